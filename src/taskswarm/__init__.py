@@ -1,0 +1,55 @@
+"""taskswarm: a distributed task framework for Python 3.
+
+A master schedules tasks onto slaves, each running a pool of worker processes; applications send
+it tasks, or whole task systems that run on the master, generate tasks, react to each finished
+one, decide when they are complete and gather the result. See DESIGN.md for the contract.
+"""
+
+from __future__ import annotations
+
+from . import api
+from .appnode import ApplicationNode
+from .errors import (
+    ClientClosed,
+    ClusterError,
+    ConfigurationError,
+    MasterUnreachable,
+    TaskError,
+    TaskswarmError,
+    TaskSystemError,
+    TaskTimeout,
+    UnknownTaskSystem,
+    WorkerCrashed,
+)
+from .handles import SystemHandle, TaskswarmExecutor
+from .local import LocalCluster, connect_or_start
+from .nodes.application import Application, connect
+from .system import TaskSystem
+from .task import FunctionTask, RemoteTraceback, Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "api",
+    "Application",
+    "ApplicationNode",
+    "ClientClosed",
+    "ClusterError",
+    "ConfigurationError",
+    "FunctionTask",
+    "LocalCluster",
+    "MasterUnreachable",
+    "RemoteTraceback",
+    "SystemHandle",
+    "Task",
+    "TaskError",
+    "TaskSystem",
+    "TaskSystemError",
+    "TaskTimeout",
+    "TaskswarmError",
+    "TaskswarmExecutor",
+    "UnknownTaskSystem",
+    "WorkerCrashed",
+    "connect",
+    "connect_or_start",
+]

@@ -1,0 +1,377 @@
+"""The `taskswarm` command: keygen, master, slave, run, status.
+
+Built on click (subcommands, --help, and TASKSWARM_* environment defaults without hand-written
+parsing). Every option can also come from a TOML file (``--config``, default ``./taskswarm.toml``)
+with one table per command, e.g. ``[master] bind = "tcp://0.0.0.0:5555"``. Errors a user can cause
+end in a one-line message and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import runpy
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import TaskswarmError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+log = logging.getLogger("taskswarm")
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+CONFIG_FILE = "taskswarm.toml"
+
+
+def _load_config(path: str | None) -> dict[str, Any]:
+    file = Path(path) if path else Path(CONFIG_FILE)
+    if not file.exists():
+        if path:
+            raise click.BadParameter(f"config file {path} does not exist", param_hint="--config")
+        return {}
+    try:
+        data = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise click.BadParameter(
+            f"{file} is not valid TOML: {exc}", param_hint="--config"
+        ) from None
+    return {
+        command: {name.replace("-", "_"): value for name, value in table.items()}
+        for command, table in data.items()
+        if isinstance(table, dict)
+    }
+
+
+class _Group(click.Group):
+    """Turns taskswarm's own errors into one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TaskswarmError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "TASKSWARM"},
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"TOML file with one table per command (default: ./{CONFIG_FILE} if present).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="How much the node logs to stderr.",
+)
+@click.version_option(package_name="taskswarm")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, log_level: str) -> None:
+    """taskswarm: a master schedules tasks and task systems onto slaves' worker processes.
+
+    \b
+    Quick start on one machine:
+      taskswarm run -m taskswarm.samples.mandelbrot     # embedded local cluster
+    A cluster by hand:
+      taskswarm keygen cluster.key
+      taskswarm master --key-file cluster.key
+      taskswarm slave tcp://127.0.0.1:5555 --key-file cluster.key
+      taskswarm run my_app.py --master tcp://127.0.0.1:5555 --key-file cluster.key
+      taskswarm status --key-file cluster.key
+    """
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    ctx.default_map = _load_config(config_file)
+
+
+def _key_option(required: bool = True):
+    return click.option(
+        "--key-file",
+        envvar="TASKSWARM_KEY_FILE",
+        required=required,
+        type=click.Path(dir_okay=False),
+        help="Cluster key made by `taskswarm keygen` (env TASKSWARM_KEY_FILE).",
+    )
+
+
+def _stop_on_signals(node: Any) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        node.stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing key file.")
+def keygen(path: str, force: bool) -> None:
+    """Write a new 256-bit cluster key to PATH (mode 0600). Give every node the same file."""
+    from .keys import generate_key_file
+
+    generate_key_file(path, overwrite=force)
+    click.echo(f"wrote a new cluster key to {path} (mode 0600); copy it to every node")
+
+
+@cli.command()
+@click.option(
+    "--bind",
+    default=DEFAULT_BIND,
+    show_default=True,
+    help="Address to listen on; use tcp://0.0.0.0:PORT to accept other machines.",
+)
+@_key_option()
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory for the master's durable state.",
+)
+@click.option("--no-state-dir", is_flag=True, help="Keep no durable state.")
+@click.option(
+    "--dashboard", metavar="HOST:PORT", default=None, help="Serve the web dashboard on HOST:PORT."
+)
+@click.option(
+    "--scheduler",
+    default="push",
+    show_default=True,
+    help="Scheduler by name: push (master sends work) or pull (slaves ask for work).",
+)
+@click.option(
+    "--strategy",
+    default="load",
+    show_default=True,
+    help="Schedule strategy by name: load (in flight per worker) or round-robin.",
+)
+@click.option(
+    "--prefetch",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Tasks a slave may hold per worker.",
+)
+@click.option(
+    "--heartbeat",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05),
+    help="Seconds between heartbeats.",
+)
+@click.option(
+    "--slave-timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds of silence after which a slave is lost and its tasks requeued.",
+)
+@click.option("--ready-file", type=click.Path(dir_okay=False), hidden=True)
+def master(
+    bind: str,
+    key_file: str,
+    state_dir: str | None,
+    no_state_dir: bool,
+    dashboard: str | None,
+    scheduler: str,
+    strategy: str,
+    prefetch: int,
+    heartbeat: float,
+    slave_timeout: float,
+    ready_file: str | None,
+) -> None:
+    """Run a master node: it keeps the task queue and runs task systems."""
+    from .keys import load_key
+    from .nodes.master import Master
+
+    key = load_key(key_file)
+    if state_dir and not no_state_dir:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+    if dashboard:
+        log.warning("the dashboard is not part of this version yet; --dashboard is ignored")
+    node = Master(
+        bind,
+        key,
+        scheduler=scheduler,
+        strategy=strategy,
+        prefetch=prefetch,
+        heartbeat_interval=heartbeat,
+        slave_timeout=slave_timeout,
+    )
+    _stop_on_signals(node)
+    node.serve(ready_file)
+
+
+@cli.command()
+@click.argument("master_address", metavar="MASTER", envvar="TASKSWARM_MASTER")
+@_key_option()
+@click.option(
+    "--workers",
+    type=click.IntRange(0),
+    default=None,
+    help="Worker processes (default: one per core).",
+)
+@click.option("--manager", default="process-pool", show_default=True, help="Task manager by name.")
+@click.option(
+    "--heartbeat",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05),
+    help="Seconds between heartbeats.",
+)
+def slave(
+    master_address: str, key_file: str, workers: int | None, manager: str, heartbeat: float
+) -> None:
+    """Run a slave node for the master at MASTER (tcp://HOST:PORT)."""
+    from .keys import load_key
+    from .nodes.slave import Slave
+
+    node = Slave(
+        master_address,
+        load_key(key_file),
+        workers=workers,
+        manager=manager,
+        heartbeat_interval=heartbeat,
+    )
+    _stop_on_signals(node)
+    node.serve()
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-m", "module", metavar="MODULE", help="Run a module, as `python -m` does.")
+@click.option(
+    "--master",
+    "master_address",
+    envvar="TASKSWARM_MASTER",
+    default=None,
+    help="Use the master at tcp://HOST:PORT instead of an embedded local cluster.",
+)
+@_key_option(required=False)
+@click.option(
+    "--slaves",
+    type=click.IntRange(1),
+    default=None,
+    help="Slaves of the embedded cluster (default 2).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0),
+    default=None,
+    help="Workers per slave of the embedded cluster (default: cores / slaves).",
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run(
+    module: str | None,
+    master_address: str | None,
+    key_file: str | None,
+    slaves: int | None,
+    workers: int | None,
+    args: tuple[str, ...],
+) -> None:
+    """Run an application (APP.py [ARGS] or -m MODULE [ARGS]) against a cluster.
+
+    Without --master an embedded LocalCluster is started for the run and stopped after it.
+    The program finds its cluster through TASKSWARM_MASTER / TASKSWARM_KEY_FILE, which
+    `ts.connect()` and `ts.connect_or_start()` read.
+    """
+    if module is None:
+        if not args:
+            raise click.UsageError("give an app file (APP.py) or a module (-m MODULE) to run")
+        target, args = args[0], args[1:]
+        if not Path(target).is_file():
+            raise click.UsageError(f"{target}: no such file (for a module, use -m {target})")
+    else:
+        target = module
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    if master_address:
+        if not key_file:
+            raise click.UsageError("--master needs --key-file (or TASKSWARM_KEY_FILE)")
+        sys.exit(_run_app(target, module is not None, args, master_address, key_file))
+    from .local import LocalCluster
+
+    with LocalCluster(slaves=slaves, workers=workers) as cluster:
+        log.info(
+            "embedded cluster: %d slaves x %d workers at %s",
+            cluster.slaves,
+            cluster.workers,
+            cluster.address,
+        )
+        code = _run_app(target, module is not None, args, cluster.address, cluster.key_file)
+    sys.exit(code)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_app(
+    target: str, is_module: bool, args: tuple[str, ...], address: str, key_file: str
+) -> int:
+    from .appnode import ApplicationNode
+
+    os.environ["TASKSWARM_MASTER"], os.environ["TASKSWARM_KEY_FILE"] = address, key_file
+    sys.argv = [target, *args]
+    try:
+        if is_module:
+            namespace = runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            sys.path.insert(0, str(Path(target).resolve().parent))
+            namespace = runpy.run_path(target, run_name="__main__")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    nodes = [
+        v
+        for v in namespace.values()
+        if isinstance(v, type)
+        and issubclass(v, ApplicationNode)
+        and v is not ApplicationNode
+        and v.__module__ == "__main__"
+    ]
+    if len(nodes) == 1 and not getattr(nodes[0], "_taskswarm_ran", False):
+        nodes[0]().run()
+    return 0
+
+
+@cli.command()
+@click.option(
+    "--master",
+    "master_address",
+    envvar="TASKSWARM_MASTER",
+    default=DEFAULT_BIND,
+    show_default=True,
+    help="The master to ask.",
+)
+@_key_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+def status(master_address: str, key_file: str, as_json: bool) -> None:
+    """Show the cluster's slaves and task systems."""
+    from .nodes.application import connect
+    from .status_view import render_status
+
+    with connect(master_address, key_file, connect_timeout=5.0) as app:
+        info = app.status()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        render_status(info)
+
+
+def main() -> None:
+    cli(prog_name="taskswarm")

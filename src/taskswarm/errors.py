@@ -1,0 +1,84 @@
+"""The error tree: one root, a category per whose-fault, each saying when it is raised.
+
+Exceptions that cross the wire (from a worker back to an application) are rebuilt by pickle from
+their module path, so every class here keeps ``taskswarm.errors`` as its home and takes its message
+as its only positional argument.
+"""
+
+from __future__ import annotations
+
+
+class TaskswarmError(Exception):
+    """Root of every error taskswarm raises itself."""
+
+
+class ConfigurationError(TaskswarmError):
+    """Raised when an option, address or key file given by the user is wrong or missing."""
+
+
+class ClusterError(TaskswarmError):
+    """Raised when the cluster cannot be reached or stops answering."""
+
+
+class MasterUnreachable(ClusterError):
+    """Raised when no master answered the handshake within the connect timeout."""
+
+
+class ClientClosed(TaskswarmError):
+    """Raised when a closed application connection, executor or cluster is used again."""
+
+
+class WireError(TaskswarmError):
+    """Raised by the decoder for a message that must be dropped; ``reason`` names why."""
+
+    reason = "malformed"
+
+
+class BadSignature(WireError):
+    """Raised when a message's HMAC does not match the cluster key (never unpickled)."""
+
+    reason = "bad-signature"
+
+
+class MalformedMessage(WireError):
+    """Raised when a message's frames or header do not follow the protocol."""
+
+    reason = "malformed"
+
+
+class VersionMismatch(WireError):
+    """Raised when a peer speaks another protocol version; the message names both."""
+
+    reason = "version"
+
+
+class TaskError(TaskswarmError):
+    """Raised when a task failed and its own exception could not travel back.
+
+    Carries the remote exception's type name and traceback text so the failure is still
+    diagnosable where the original class cannot be pickled or imported.
+    """
+
+    def __init__(self, message: str, type_name: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self):  # keep the extra fields across pickling
+        return (type(self), (self.args[0], self.type_name, self.remote_traceback))
+
+
+class TaskTimeout(TaskError):
+    """Raised when a task ran past its ``timeout``; its worker was replaced."""
+
+
+class WorkerCrashed(TaskError):
+    """Raised when a task killed its worker process (signal or exit code in the message)."""
+
+
+class TaskSystemError(TaskswarmError):
+    """Raised when a task system failed: a callback raised, or it gathered a non-exception error."""
+
+
+class UnknownTaskSystem(TaskswarmError):
+    """Raised when the master holds no task system with the given id."""

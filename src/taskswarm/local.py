@@ -1,0 +1,195 @@
+"""LocalCluster: a master and slaves as real OS processes on loopback, for one program's run.
+
+Each node is ``python -m taskswarm master|slave`` in its own process, exactly as on a real
+cluster, bound to 127.0.0.1 on a free port with a fresh key. The master writes its address to a
+"ready file" once it listens; the cluster then waits until every slave is active. ``close()``
+stops them with SIGTERM, then SIGKILL after a grace period, and removes the temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import ClusterError, ConfigurationError
+from .keys import generate_key_file, load_key
+from .nodes.application import Application, connect
+
+__all__ = ["LocalCluster", "connect_or_start", "default_layout"]
+
+
+def default_layout(slaves: int | None, workers: int | None) -> tuple[int, int]:
+    """Slaves and workers per slave when not given: 2 slaves sharing the machine's cores."""
+    cores = os.cpu_count() or 1
+    slaves = slaves if slaves is not None else min(2, cores)
+    workers = workers if workers is not None else max(1, cores // max(1, slaves))
+    if slaves < 1 or workers < 0:
+        raise ConfigurationError("a local cluster needs at least 1 slave and 0 or more workers")
+    return slaves, workers
+
+
+class LocalCluster:
+    """``with LocalCluster(slaves=2, workers=1) as cluster: app = cluster.connect()``."""
+
+    def __init__(
+        self,
+        slaves: int | None = None,
+        workers: int | None = None,
+        *,
+        scheduler: str = "push",
+        strategy: str = "load",
+        start_timeout: float = 30.0,
+        log_level: str = "warning",
+    ) -> None:
+        self.slaves, self.workers = default_layout(slaves, workers)
+        self.scheduler, self.strategy = scheduler, strategy
+        self.start_timeout = start_timeout
+        self.log_level = log_level
+        self.address = ""
+        self._dir = Path(tempfile.mkdtemp(prefix="taskswarm-"))
+        self.key_file = str(generate_key_file(self._dir / "cluster.key"))
+        self.key = load_key(self.key_file)
+        self.master_process: subprocess.Popen | None = None
+        self.slave_processes: list[subprocess.Popen] = []
+        self._apps: list[Application] = []
+        self._closed = False
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- starting --------------------------------------------------------------------------------
+
+    def _node(self, *args: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "taskswarm", "--log-level", self.log_level, *args]
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL)
+
+    def _start(self) -> None:
+        ready = self._dir / "master.address"
+        self.master_process = self._node(
+            "master",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--key-file",
+            self.key_file,
+            "--scheduler",
+            self.scheduler,
+            "--strategy",
+            self.strategy,
+            "--ready-file",
+            str(ready),
+            "--no-state-dir",
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while not ready.exists() or not ready.read_text():
+            self._check_alive(self.master_process, "master")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the master did not start within {self.start_timeout:g}s")
+            time.sleep(0.02)
+        self.address = ready.read_text().strip()
+        for _ in range(self.slaves):
+            self.add_slave(self.workers, wait=False)
+        self.wait_for_slaves(self.slaves, max(1.0, deadline - time.monotonic()))
+
+    def add_slave(self, workers: int | None = None, wait: bool = True) -> subprocess.Popen:
+        """Start one more slave process (it registers by itself)."""
+        process = self._node(
+            "slave",
+            self.address,
+            "--key-file",
+            self.key_file,
+            "--workers",
+            str(self.workers if workers is None else workers),
+        )
+        self.slave_processes.append(process)
+        if wait:
+            self.wait_for_slaves(len(self.live_slaves()), self.start_timeout)
+        return process
+
+    def live_slaves(self) -> list[subprocess.Popen]:
+        return [p for p in self.slave_processes if p.poll() is None]
+
+    def wait_for_slaves(self, count: int, timeout: float = 30.0) -> list[dict]:
+        """Wait until the master reports ``count`` active slaves; returns their summaries."""
+        deadline = time.monotonic() + timeout
+        with Application(self.address, self.key, connect_timeout=timeout) as app:
+            while True:
+                active = [s for s in app.status()["slaves"] if s["state"] == "active"]
+                if len(active) >= count:
+                    return active
+                self._check_alive(self.master_process, "master")
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"only {len(active)} of {count} slaves became active within {timeout:g}s"
+                    )
+                time.sleep(0.05)
+
+    @staticmethod
+    def _check_alive(process: subprocess.Popen | None, name: str) -> None:
+        if process is not None and process.poll() is not None:
+            raise ClusterError(f"the {name} process exited with code {process.returncode}")
+
+    # -- using -----------------------------------------------------------------------------------
+
+    def connect(self, connect_timeout: float = 10.0) -> Application:
+        """A new application connection to this cluster's master (closed with the cluster)."""
+        app = Application(self.address, self.key, connect_timeout=connect_timeout)
+        self._apps.append(app)
+        return app
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self, grace: float = 5.0) -> None:
+        """Stop every process (SIGTERM, then SIGKILL past ``grace``) and remove temp files."""
+        if self._closed:
+            return
+        self._closed = True
+        for app in self._apps:
+            app.close()
+        processes = [*self.slave_processes, self.master_process]
+        for process in processes:
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            if process is None:
+                continue
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def connect_or_start(
+    master: str | None = None,
+    key_file: str | None = None,
+    slaves: int | None = None,
+    workers: int | None = None,
+) -> Iterator[Application]:
+    """Connect to the given master (or TASKSWARM_MASTER), or else run an embedded LocalCluster.
+
+    This is how a program works both under `taskswarm run` and on its own.
+    """
+    master = master or os.environ.get("TASKSWARM_MASTER")
+    if master:
+        with connect(master, key_file) as app:
+            yield app
+        return
+    with LocalCluster(slaves=slaves, workers=workers) as cluster, cluster.connect() as app:
+        yield app

@@ -1,0 +1,409 @@
+"""The application node: sends tasks and task systems to a master and receives their outcomes.
+
+Data flow::
+
+    user thread: submit(task) --pickle--> mailbox ---+
+                                                     v
+    I/O thread: mailbox --(consecutive tasks batched into one SUBMIT)--> dealer --> master
+                dealer <-- RESULTS / SYSTEM_DONE / ... --> Future.set_result, task.finished
+
+Only the I/O thread touches the ZeroMQ socket. Tasks are pickled in the caller's thread, so a task
+that cannot be pickled fails at ``submit`` with the reason, not later on another node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+import cloudpickle
+import zmq
+
+from ..errors import ClientClosed, MasterUnreachable, TaskswarmError, UnknownTaskSystem
+from ..handles import ProgressCallback, SystemHandle, TaskswarmExecutor
+from ..keys import load_key
+from ..task import FunctionTask, Task, load_outcome
+from ..wire import Codec, Kind, Message
+from .mailbox import Mailbox
+from .transport import check_address, connect_dealer, receive_batch, try_send
+
+__all__ = ["Application", "connect"]
+
+log = logging.getLogger(__name__)
+
+#: How often the I/O thread wakes with nothing to do, to re-send HELLO to a silent master.
+TICK = 0.5
+
+
+class Application:
+    """A connection to a master. Thread-safe; close it (or use ``with``) when done."""
+
+    def __init__(
+        self,
+        address: str,
+        key: bytes,
+        *,
+        connect_timeout: float = 10.0,
+        master_timeout: float = 5.0,
+    ) -> None:
+        self.address = check_address(address)
+        self.client_id = uuid.uuid4().hex
+        self.codec = Codec(key)
+        self.master_timeout = master_timeout
+        self._context = zmq.Context()
+        self._socket = connect_dealer(self._context, address, f"app-{self.client_id}".encode())
+        self._mailbox = Mailbox()
+        self._lock = threading.Lock()
+        self._tasks: dict[str, tuple[Task, Future[Any]]] = {}
+        self._requests: dict[int, Future[Any]] = {}
+        self._systems: dict[str, SystemHandle] = {}
+        self._rids = itertools.count(1)
+        self._welcomed = threading.Event()
+        self._closed = False
+        self._last_from_master = 0.0
+        #: Called as ``(task, result, error)`` after each plain task's Future is resolved.
+        self.on_task_finished: Callable[[Task, Any, BaseException | None], None] | None = None
+        self._thread = threading.Thread(target=self._io_loop, name="taskswarm-app-io", daemon=True)
+        self._thread.start()
+        if not self._welcomed.wait(connect_timeout):
+            self.close()
+            raise MasterUnreachable(
+                f"no master answered at {address} within {connect_timeout:g}s: check that "
+                "`taskswarm master` is running there and that this node uses the same key file"
+            )
+
+    # -- tasks -----------------------------------------------------------------------------------
+
+    def submit(self, fn: Task | Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run a task (or ``fn(*args, **kwargs)``) on the cluster; returns its Future."""
+        if isinstance(fn, Task):
+            if args or kwargs:
+                raise TypeError("submit(task) takes no arguments; give them to the task")
+            return self.push_tasks([fn])[0]
+        if not callable(fn):
+            raise TypeError(f"submit() needs a ts.Task or a callable, not {type(fn).__name__}")
+        return self.push_tasks([FunctionTask(fn, *args, **kwargs)])[0]
+
+    def push_task(self, task: Task) -> Future[Any]:
+        return self.push_tasks([task])[0]
+
+    def push_tasks(self, tasks: Iterable[Task]) -> list[Future[Any]]:
+        """Send a batch of tasks in one message; one Future per task, in order."""
+        self._check_open()
+        items, futures = [], []
+        for task in tasks:
+            payload = _pickle_task(task)
+            task.client_id = self.client_id
+            future: Future[Any] = Future()
+            items.append((task, future, payload))
+            futures.append(future)
+        with self._lock:
+            for task, future, _ in items:
+                self._tasks[task.task_id] = (task, future)
+        self._mailbox.post(("tasks", [(t.task_id, p) for t, _, p in items]))
+        return futures
+
+    def executor(self) -> TaskswarmExecutor:
+        """A ``concurrent.futures.Executor`` over this connection."""
+        return TaskswarmExecutor(self)
+
+    # -- task systems ------------------------------------------------------------------------------
+
+    def submit_system(self, system: Any, progress: ProgressCallback | None = None) -> SystemHandle:
+        """Send a task system to the master and return at once; the system lives there."""
+        self._check_open()
+        try:
+            payload = cloudpickle.dumps(system)
+        except Exception as exc:
+            raise TypeError(
+                f"task system {type(system).__name__} could not be pickled: {exc}; every "
+                "attribute it holds when sent must be picklable"
+            ) from exc
+        handle = self._track_system(system.system_id, progress)
+        self._post(Kind.SYSTEM, {"system_id": system.system_id}, [payload])
+        return handle
+
+    def run_system(
+        self, system: Any, progress: ProgressCallback | None = None, timeout: float | None = None
+    ) -> Any:
+        """Send a task system and wait for its result; raises the error it gathered."""
+        return self.submit_system(system, progress).result(timeout)
+
+    def system_result(self, system_id: str, timeout: float | None = None) -> Any:
+        """The result of a system sent earlier, by any process, waiting for it if needed."""
+        self._check_open()
+        handle = self._track_system(str(system_id), None)
+        self._post(Kind.SYSTEM_QUERY, {"system_id": str(system_id)})
+        return handle.result(timeout)
+
+    def _track_system(self, system_id: str, progress: ProgressCallback | None) -> SystemHandle:
+        with self._lock:
+            handle = self._systems.get(system_id)
+            if handle is None or handle.done():
+                handle = self._systems[system_id] = SystemHandle(system_id, progress)
+            elif progress is not None:
+                handle.progress = progress
+        return handle
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def status(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The master's view of the cluster: slaves, task systems, task counts."""
+        return self._request(Kind.STATUS, {}, timeout)["status"]
+
+    def resize(self, slave_id: str, workers: int, timeout: float = 10.0) -> None:
+        """Ask a slave to grow or shrink its pool of workers (``update_pool``)."""
+        self._request(Kind.RESIZE, {"slave_id": slave_id, "workers": int(workers)}, timeout)
+
+    def _request(self, kind: str, header: dict, timeout: float) -> dict:
+        self._check_open()
+        rid = next(self._rids)
+        future: Future[Any] = Future()
+        with self._lock:
+            self._requests[rid] = future
+        self._post(kind, {**header, "rid": rid})
+        try:
+            return future.result(timeout)
+        finally:
+            with self._lock:
+                self._requests.pop(rid, None)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the I/O thread; Futures still waiting fail with ClientClosed. Safe twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._mailbox.wake()
+        self._thread.join(timeout=5.0)
+        error = ClientClosed("the application connection was closed before the result came")
+        with self._lock:
+            waiting = [f for _, f in self._tasks.values()] + list(self._requests.values())
+            systems = list(self._systems.values())
+            self._tasks.clear()
+        for future in waiting:
+            _resolve(future, exception=error)
+        for handle in systems:
+            handle.set_outcome(error=error)
+
+    def __enter__(self) -> Application:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("this application connection is closed; connect again")
+
+    def _post(self, kind: str, header: dict, payloads: list[bytes] = ()) -> None:
+        self._mailbox.post(("msg", kind, header, payloads))
+
+    # -- the I/O thread ------------------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._mailbox.fileno(), zmq.POLLIN)
+        handlers = {
+            Kind.WELCOME: self._on_welcome,
+            Kind.RESULTS: self._on_results,
+            Kind.ACK: self._on_reply,
+            Kind.REJECT: self._on_reply,
+            Kind.STATUS_REPLY: self._on_reply,
+            Kind.SYSTEM_PROGRESS: self._on_progress,
+            Kind.SYSTEM_DONE: self._on_system_done,
+            Kind.REREGISTER: self._on_reregister,
+            Kind.BYE: self._on_master_bye,
+        }
+        self._send(Kind.HELLO, {"client_id": self.client_id})
+        next_hello = time.monotonic() + TICK
+        try:
+            while not self._closed:
+                events = dict(poller.poll(TICK * 1000))
+                if self._socket in events:
+                    self._receive(handlers)
+                if self._mailbox.fileno() in events:
+                    self._send_posted(self._mailbox.drain())
+                if time.monotonic() >= next_hello:
+                    self._keep_alive()
+                    next_hello = time.monotonic() + TICK
+            self._send(Kind.BYE)
+        finally:
+            self._socket.close(linger=100)
+            self._context.term()
+            self._mailbox.close()
+
+    def _receive(self, handlers: dict[str, Callable[[Message], None]]) -> None:
+        for frames in receive_batch(self._socket):
+            try:
+                message = self.codec.decode(frames)
+            except Exception as exc:
+                log.warning("dropped a message from the master: %s", exc)
+                continue
+            self._last_from_master = time.monotonic()
+            handler = handlers.get(message.kind)
+            if handler is not None:
+                handler(message)
+
+    def _send(self, kind: str, header: dict | None = None, payloads=()) -> bool:
+        return try_send(self._socket, self.codec.encode(kind, header, payloads))
+
+    def _send_posted(self, items: list[tuple]) -> None:
+        """Send what user threads posted, merging runs of task batches into one SUBMIT."""
+        batch: list[tuple[str, bytes]] = []
+        for item in items:
+            if item[0] == "tasks":
+                batch.extend(item[1])
+                continue
+            self._send_tasks(batch)
+            batch = []
+            _, kind, header, payloads = item
+            self._send(kind, header, payloads)
+        self._send_tasks(batch)
+
+    def _send_tasks(self, batch: list[tuple[str, bytes]]) -> None:
+        if batch:
+            self._send(Kind.SUBMIT, {"tasks": [t for t, _ in batch]}, [p for _, p in batch])
+
+    def _keep_alive(self) -> None:
+        silent = time.monotonic() - self._last_from_master
+        if not self._welcomed.is_set() or silent > self.master_timeout:
+            self._send(Kind.HELLO, {"client_id": self.client_id})
+        else:
+            self._send(Kind.HEARTBEAT)
+
+    # -- handlers (I/O thread) -------------------------------------------------------------------
+
+    def _on_welcome(self, msg: Message) -> None:
+        self._welcomed.set()
+
+    def _on_reregister(self, msg: Message) -> None:
+        self._send(Kind.HELLO, {"client_id": self.client_id})
+
+    def _on_master_bye(self, msg: Message) -> None:
+        log.warning("the master at %s is going away", self.address)
+        self._last_from_master = 0.0
+
+    def _on_results(self, msg: Message) -> None:
+        for (task_id, ok), data in zip(msg["results"], msg.payloads, strict=False):
+            with self._lock:
+                entry = self._tasks.pop(task_id, None)
+            if entry is None:
+                continue  # delivered already
+            task, future = entry
+            result, error = load_outcome(ok, data, task.name)
+            try:
+                task.finished(result, error)
+            except Exception:
+                log.error("%r.finished() raised", task, exc_info=True)
+            _resolve(future, result, error)
+            if self.on_task_finished is not None:
+                self.on_task_finished(task, result, error)
+
+    def _on_reply(self, msg: Message) -> None:
+        with self._lock:
+            future = self._requests.get(msg.get("rid"))
+        if future is None:
+            return
+        if msg.kind == Kind.REJECT:
+            _resolve(future, exception=TaskswarmError(str(msg.get("reason"))))
+        else:
+            _resolve(future, msg.header)
+
+    def _on_progress(self, msg: Message) -> None:
+        handle = self._systems.get(str(msg["system_id"]))
+        if handle is not None:
+            try:
+                handle.set_progress(int(msg["done"]), int(msg["total"]))
+            except Exception:
+                log.error("progress callback raised", exc_info=True)
+
+    def _on_system_done(self, msg: Message) -> None:
+        system_id = str(msg["system_id"])
+        handle = self._systems.get(system_id)
+        if handle is None:
+            return
+        if msg.get("unknown"):
+            handle.set_outcome(
+                error=UnknownTaskSystem(
+                    f"the master at {self.address} holds no task system with id {system_id}"
+                )
+            )
+            return
+        try:
+            result, error = cloudpickle.loads(msg.payloads[0])
+        except Exception as exc:
+            result, error = (
+                None,
+                TaskswarmError(f"the system's result could not be unpickled: {exc}"),
+            )
+        if error is not None and not isinstance(error, BaseException):
+            from ..errors import TaskSystemError
+
+            error = TaskSystemError(str(error))
+        handle.set_outcome(result, error)
+
+
+def _pickle_task(task: Task) -> bytes:
+    if not isinstance(getattr(task, "task_id", None), str):
+        raise TypeError(
+            f"{task!r} has no task_id: subclass ts.Task and call super().__init__() in __init__"
+        )
+    try:
+        return cloudpickle.dumps(task)
+    except Exception as exc:
+        raise TypeError(
+            f"task {task.name!r} could not be pickled: {type(exc).__name__}: {exc}; everything a "
+            "task holds (attributes, arguments) must be picklable to travel to a worker"
+        ) from exc
+
+
+def _resolve(
+    future: Future[Any], result: Any = None, exception: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass  # cancelled by its owner in the meantime
+
+
+def connect(
+    address: str | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    *,
+    key: bytes | None = None,
+    connect_timeout: float = 10.0,
+) -> Application:
+    """Connect to a running master; address and key file default to TASKSWARM_MASTER and
+    TASKSWARM_KEY_FILE (which `taskswarm run` sets for the program it runs)."""
+    from ..errors import ConfigurationError
+
+    address = address or os.environ.get("TASKSWARM_MASTER")
+    if not address:
+        raise ConfigurationError(
+            "no master to connect to: pass its address (tcp://HOST:PORT), set TASKSWARM_MASTER, "
+            "or start the program with `taskswarm run`"
+        )
+    if key is None:
+        key_file = key_file or os.environ.get("TASKSWARM_KEY_FILE")
+        if not key_file:
+            raise ConfigurationError(
+                "no key file: pass key_file=, set TASKSWARM_KEY_FILE, or use the file the master "
+                "was started with (--key-file)"
+            )
+        key = load_key(key_file)
+    return Application(address, key, connect_timeout=connect_timeout)

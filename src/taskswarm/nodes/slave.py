@@ -1,0 +1,238 @@
+"""The slave node: registers with the master, runs the tasks it is sent, returns their results.
+
+Data flow (one thread; ZeroMQ socket and worker pipes in one poller)::
+
+    master --TASKS--> dealer --> task manager (worker processes)
+    worker pipe --> task manager results queue --> RESULTS (one message per turn) --> master
+
+The slave never unpickles a task: payloads go to the workers as they came. Until the master has
+answered (it may start later, or restart), the slave keeps re-sending REGISTER each heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+
+import zmq
+
+from ..managers.process_pool import WorkItem
+from ..scheduling import load_plugin
+from ..wire import Codec, Kind, Message
+from .mailbox import Mailbox
+from .transport import connect_dealer, receive_batch, try_send
+
+__all__ = ["Slave"]
+
+log = logging.getLogger(__name__)
+
+#: Tasks a slave asks to hold per worker: one running, one ready to start.
+PREFETCH = 2
+
+
+class Slave:
+    def __init__(
+        self,
+        master: str,
+        key: bytes,
+        *,
+        workers: int | None = None,
+        manager: str = "process-pool",
+        heartbeat_interval: float = 1.0,
+        master_timeout: float = 5.0,
+        grace: float = 2.0,
+    ) -> None:
+        self.node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.master_address = master
+        self.codec = Codec(key)
+        self.heartbeat_interval = heartbeat_interval
+        self.master_timeout = master_timeout
+        self.grace = grace
+        self.manager = load_plugin("taskswarm.managers", manager)(workers)
+        self.manager.init(self.node_id, master)
+        self._context = zmq.Context()
+        self.master_socket = connect_dealer(self._context, master, self.node_id.encode())
+        self.mailbox = Mailbox()
+        self.registered = False
+        self._stopping = False
+        self._closed = False
+        self._last_from_master = time.monotonic()
+        self._credit_owed = 0
+        self._handlers = {
+            Kind.WELCOME: self.on_welcome,
+            Kind.TASKS: self.on_tasks,
+            Kind.HEARTBEAT: self.on_heartbeat,
+            Kind.REREGISTER: self.on_reregister,
+            Kind.RESIZE: self.on_resize,
+            Kind.BYE: self.on_master_bye,
+            Kind.SHUTDOWN: self.on_shutdown,
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run until ``stop()``, then finish in-flight tasks (up to ``grace`` s) and leave."""
+        self.manager.start()
+        log.info(
+            "slave %s with %d workers, master %s",
+            self.node_id,
+            self.manager.get_num_workers(),
+            self.master_address,
+        )
+        next_beat = time.monotonic()
+        poller, generation = None, -1
+        try:
+            while not self._stopping:
+                if generation != self.manager.generation:
+                    poller, generation = self._make_poller(), self.manager.generation
+                wait = max(0.0, next_beat - time.monotonic())
+                events = dict(poller.poll(wait * 1000))
+                if self.master_socket in events:
+                    self._receive_from_master()
+                self._collect_results(events)
+                if self.mailbox.fileno() in events:
+                    self.mailbox.drain()
+                self._send_results()
+                if time.monotonic() >= next_beat:
+                    self._heartbeat_or_register()
+                    next_beat = time.monotonic() + self.heartbeat_interval
+            self._drain()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        """Ask the loop to end; safe from a signal handler or another thread."""
+        self._stopping = True
+        self.mailbox.wake()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.manager.stop()
+        self.master_socket.close(linger=0)
+        self._context.term()
+        self.mailbox.close()
+        log.info("slave %s stopped", self.node_id)
+
+    def _drain(self) -> None:
+        """Finish what is running for a while, hand the rest back, say goodbye."""
+        handed_back = self.manager.take_queued()
+        deadline = time.monotonic() + self.grace
+        while self.manager.busy and time.monotonic() < deadline:
+            poller = self._make_poller()
+            events = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+            self._collect_results(events)
+        self._send_results()
+        self._send(Kind.BYE, {"handed_back": len(handed_back)})
+        # Let the BYE and the last results leave before the socket closes.
+        self.master_socket.setsockopt(zmq.LINGER, 500)
+
+    # -- messages from the master ---------------------------------------------------------------
+
+    def _make_poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(self.master_socket, zmq.POLLIN)
+        poller.register(self.mailbox.fileno(), zmq.POLLIN)
+        for fd in self.manager.fds():
+            poller.register(fd, zmq.POLLIN)
+        return poller
+
+    def _receive_from_master(self) -> None:
+        for frames in receive_batch(self.master_socket):
+            try:
+                message = self.codec.decode(frames)
+            except Exception as exc:
+                log.warning("dropped a message: %s", exc)
+                continue
+            self._last_from_master = time.monotonic()
+            handler = self._handlers.get(message.kind)
+            if handler is not None:
+                handler(message)
+
+    def on_welcome(self, msg: Message) -> None:
+        if not self.registered:
+            log.info("registered with master %s", self.master_address)
+        self.registered = True
+        self._send(Kind.HEARTBEAT, {"workers": self.manager.get_num_workers()})
+
+    def on_tasks(self, msg: Message) -> None:
+        for task_id, payload in zip(msg["tasks"], msg.payloads, strict=False):
+            self.manager.push_task(WorkItem(task_id, payload))
+
+    def on_heartbeat(self, msg: Message) -> None:
+        pass  # _last_from_master is refreshed for every message
+
+    def on_reregister(self, msg: Message) -> None:
+        self.registered = False
+        self._register()
+
+    def on_resize(self, msg: Message) -> None:
+        before = self.manager.get_num_workers()
+        self.manager.update_pool(int(msg["workers"]))
+        self._credit_owed += (self.manager.get_num_workers() - before) * PREFETCH
+        self._send(
+            Kind.HEARTBEAT,
+            {"workers": self.manager.get_num_workers(), "credit": self._take_credit()},
+        )
+
+    def on_master_bye(self, msg: Message) -> None:
+        log.warning("master %s is going away; waiting for it to come back", self.master_address)
+        self.registered = False
+
+    def on_shutdown(self, msg: Message) -> None:
+        self.stop()
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _send(self, kind: str, header: dict | None = None, payloads=()) -> bool:
+        return try_send(self.master_socket, self.codec.encode(kind, header, payloads))
+
+    def _take_credit(self) -> int:
+        credit, self._credit_owed = self._credit_owed, 0
+        return credit
+
+    def _register(self) -> None:
+        workers = self.manager.get_num_workers()
+        self._credit_owed = 0
+        self._send(
+            Kind.REGISTER,
+            {
+                "node_id": self.node_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "workers": workers,
+                "credit": max(0, workers * PREFETCH - len(self.manager.held())),
+            },
+        )
+
+    def _heartbeat_or_register(self) -> None:
+        silent = time.monotonic() - self._last_from_master
+        if self.registered and silent > self.master_timeout:
+            log.warning("no word from the master for %.1fs; registering again", silent)
+            self.registered = False
+        if self.registered:
+            self._send(
+                Kind.HEARTBEAT,
+                {"workers": self.manager.get_num_workers(), "credit": self._take_credit()},
+            )
+        else:
+            self._register()
+
+    def _collect_results(self, events: dict) -> None:
+        for fd in self.manager.fds():
+            if fd in events:
+                self.manager.collect(fd)
+
+    def _send_results(self) -> None:
+        results = self.manager.get_results_queue()
+        batch = []
+        while not results.empty():
+            batch.append(results.get_nowait())
+        if not batch:
+            return
+        header = {"results": [[task_id, ok] for task_id, ok, _ in batch], "credit": len(batch)}
+        self._send(Kind.RESULTS, header, [data for _, _, data in batch])

@@ -1,0 +1,92 @@
+"""ZeroMQ sockets as every node uses them: one ROUTER on the master, one DEALER per other node.
+
+Kept apart from the node loops so socket options (linger, reconnect backoff, mandatory routing)
+are set in one place and a send never blocks a loop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import zmq
+
+from ..errors import ConfigurationError
+
+__all__ = ["check_address", "bind_router", "connect_dealer", "try_send", "receive_batch"]
+
+_ADDRESS = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+|\*):(\d{1,5})$")
+#: Messages read from one socket per turn of a loop, so one busy peer cannot starve the rest.
+RECEIVE_BATCH = 1000
+
+
+def check_address(address: str, *, allow_wildcard: bool = False) -> str:
+    """Validate ``tcp://HOST:PORT``; the error says what a right one looks like."""
+    match = _ADDRESS.match(address or "")
+    if not match or int(match.group(2)) > 65535 or (match.group(1) == "*" and not allow_wildcard):
+        raise ConfigurationError(
+            f"{address!r} is not a master address; write it as tcp://HOST:PORT, "
+            "for example tcp://127.0.0.1:5555"
+        )
+    return address
+
+
+def bind_router(context: zmq.Context, address: str) -> tuple[zmq.Socket, str]:
+    """Bind the master's socket; port 0 picks a free port. Returns the socket and its address."""
+    check_address(address, allow_wildcard=True)
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    # Fail loudly on a send to a peer that is gone, instead of dropping the message silently.
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    # A node reconnecting under the same identity (after a network blip) takes over its route.
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    host, port = address[len("tcp://") :].rsplit(":", 1)
+    if host.startswith("["):
+        sock.setsockopt(zmq.IPV6, 1)
+    try:
+        if port == "0":
+            real_port = sock.bind_to_random_port(f"tcp://{host}")
+            port = str(real_port)
+        else:
+            sock.bind(address)
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
+    return sock, f"tcp://{host}:{port}"
+
+
+def connect_dealer(context: zmq.Context, address: str, identity: bytes) -> zmq.Socket:
+    check_address(address)
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, identity)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    if address.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
+    sock.connect(address)
+    return sock
+
+
+def try_send(sock: zmq.Socket, frames: list) -> bool:
+    """Send without blocking; False when the peer is unknown, gone or not keeping up."""
+    try:
+        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        return True
+    except zmq.ZMQError as exc:
+        if exc.errno in (zmq.EAGAIN, zmq.EHOSTUNREACH):
+            return False
+        raise
+
+
+def receive_batch(sock: zmq.Socket, limit: int = RECEIVE_BATCH) -> Iterator[list[zmq.Frame]]:
+    """Yield the messages waiting on ``sock`` (at most ``limit``), never blocking."""
+    for _ in range(limit):
+        try:
+            yield sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return

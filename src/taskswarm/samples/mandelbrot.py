@@ -1,0 +1,611 @@
+"""Render the Mandelbrot set on a taskswarm cluster, and prove the result is right.
+
+This is the project's main sample (``make run``)::
+
+    taskswarm run -m taskswarm.samples.mandelbrot --output mandelbrot.png
+    python -m taskswarm.samples.mandelbrot --width 3072 --height 2048 --max-iter 512
+    python src/taskswarm/samples/mandelbrot.py --plain --slaves 3 --workers 2
+
+The image is cut into horizontal *bands* of rows; each band is one task (:class:`BandTask`) that
+a worker process on some slave renders with NumPy. Two ways of running those tasks are shown:
+
+* **task system** (the default): :class:`MandelbrotSystem` runs *on the master*. It generates
+  the band tasks, is told as each one finishes, and assembles the image there, so only the
+  finished picture travels back to the application -- the seed's programming model.
+* **plain tasks** (``--plain``): the application pushes the bands itself with
+  ``app.push_tasks`` and assembles the image from the futures as they complete -- the
+  ``concurrent.futures`` style.
+
+Either way the PNG is written with Pillow, and then (unless ``--no-reference``) the whole image is
+rendered again serially in this process, timed, and compared pixel for pixel. That comparison is
+the point of the sample: a distributed render is only worth its speedup if it is *exactly* the
+picture a single process would have drawn. It holds because every pixel is computed from its own
+row and column index alone, with element-wise IEEE operations whose results do not depend on how
+many other pixels share the array, so where the band boundaries fall cannot change a single bit.
+
+Rendering uses smooth (normalised iteration count) colouring, so the bands of colour outside the
+set blend continuously instead of stepping at every iteration; points inside the set are black.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+import taskswarm as ts
+
+__all__ = [
+    "DEFAULT_BAND_ROWS",
+    "BandTask",
+    "ImageSpec",
+    "MandelbrotSystem",
+    "RenderReport",
+    "assemble",
+    "band_ranges",
+    "build_parser",
+    "main",
+    "render_plain",
+    "render_rows",
+    "render_serial",
+    "render_system",
+    "write_png",
+]
+
+#: Rows per band: 1024 rows / 16 = 64 tasks, enough to keep every worker of a small cluster busy
+#: and to balance load, while each task is still big enough that its overhead is small.
+DEFAULT_BAND_ROWS = 16
+
+#: Escape radius squared. A large radius (instead of the textbook 2) is what makes the smooth
+#: iteration count really smooth: the error of its log-log correction shrinks with the radius.
+_BAILOUT_SQUARED = 1.0e6
+
+#: Size of the colour lookup table. The palette is computed once, over the same array every time,
+#: so its values never depend on which pixels a band happens to contain.
+_PALETTE_SIZE = 4096
+
+#: How many palette cycles one unit of sqrt(smooth iterations) advances. The square root keeps the
+#: colour bands wide near the outside of the set and dense near its boundary, where detail is.
+_CYCLES_PER_SQRT_ITER = 0.11
+
+#: The default view: the whole set, x in [-2.25, 0.75] and y in [-1, 1].
+_VIEW_WIDTH, _VIEW_HEIGHT = 3.0, 2.0
+
+
+# -- the picture --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What to draw: pixel size, iteration limit and the window onto the complex plane.
+
+    Frozen (and so hashable and safe to share) because one spec travels inside every task and the
+    task system: if it could change after the split, bands would disagree about the picture.
+    ``scale`` is complex-plane units per pixel; pixel ``(row, col)`` samples the centre of its
+    square, with row 0 at the top (largest imaginary part).
+    """
+
+    width: int = 1536
+    height: int = 1024
+    max_iter: int = 256
+    center_x: float = -0.75
+    center_y: float = 0.0
+    scale: float = _VIEW_WIDTH / 1536
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height", "max_iter"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ImageSpec.{name} must be a positive int, not {value!r}")
+        if not self.scale > 0:
+            raise ValueError(f"ImageSpec.scale must be positive, not {self.scale!r}")
+
+    @classmethod
+    def fit(cls, width: int = 1536, height: int = 1024, max_iter: int = 256) -> ImageSpec:
+        """A spec of this size whose window shows the whole set, whatever the aspect ratio."""
+        scale = max(_VIEW_WIDTH / width, _VIEW_HEIGHT / height)
+        return cls(width=width, height=height, max_iter=max_iter, scale=scale)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape of the rendered RGB array: (height, width, 3)."""
+        return (self.height, self.width, 3)
+
+
+def band_ranges(height: int, band_rows: int = DEFAULT_BAND_ROWS) -> list[tuple[int, int]]:
+    """Split rows [0, height) into half-open bands of ``band_rows`` rows; the last may be short."""
+    if band_rows < 1:
+        raise ValueError(f"band_rows must be at least 1, not {band_rows!r}")
+    return [(y0, min(y0 + band_rows, height)) for y0 in range(0, height, band_rows)]
+
+
+def _palette() -> np.ndarray:
+    """A cyclic cosine palette (after Inigo Quilez) as a (_PALETTE_SIZE, 3) uint8 lookup table.
+
+    Deep blue through white to amber and back: cyclic, so the colour of a pixel can wrap round
+    as its iteration count grows without ever jumping.
+    """
+    t = np.arange(_PALETTE_SIZE, dtype=np.float64) / _PALETTE_SIZE
+    a = np.array([0.5, 0.5, 0.5])
+    b = np.array([0.5, 0.5, 0.5])
+    c = np.array([1.0, 1.0, 1.0])
+    d = np.array([0.00, 0.10, 0.20])
+    rgb = a + b * np.cos(2.0 * np.pi * (c * t[:, None] + d + 0.52))
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+_PALETTE = _palette()
+
+
+def _known_interior(cr: np.ndarray, ci: np.ndarray) -> np.ndarray:
+    """Points in the main cardioid or the period-2 bulb: inside the set, no need to iterate.
+
+    These two regions are most of the set's area, and interior points are the expensive ones
+    (they run all ``max_iter`` iterations), so this test is most of the speed of the default view.
+    """
+    xq = cr - 0.25
+    ci2 = ci * ci
+    q = xq * xq + ci2
+    in_cardioid = q * (q + xq) <= 0.25 * ci2
+    xb = cr + 1.0
+    in_bulb = xb * xb + ci2 <= 0.0625
+    return in_cardioid | in_bulb
+
+
+def _escape(cr: np.ndarray, ci: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Iterate z -> z*z + c from z = 0 for flat arrays of c; only still-bounded points are worked.
+
+    Returns ``(n, r2)``: the iteration at which each point escaped (0 where it never did) and
+    ``|z|**2`` at that moment. Real and imaginary parts are kept as separate float64 arrays rather
+    than complex128 on purpose: every step is then one correctly-rounded IEEE operation per
+    element, so a pixel's value cannot depend on how NumPy vectorises the array it sits in.
+    """
+    n_out = np.zeros(cr.shape, dtype=np.int64)
+    r2_out = np.zeros(cr.shape, dtype=np.float64)
+    idx = np.flatnonzero(~_known_interior(cr, ci))
+    cr, ci = cr[idx], ci[idx]
+    zr = np.zeros_like(cr)
+    zi = np.zeros_like(ci)
+    for n in range(1, max_iter + 1):
+        if idx.size == 0:
+            break
+        zr2 = zr * zr
+        zi2 = zi * zi
+        zi = 2.0 * zr * zi + ci
+        zr = zr2 - zi2 + cr
+        r2 = zr * zr + zi * zi
+        escaped = r2 > _BAILOUT_SQUARED
+        if escaped.any():
+            n_out[idx[escaped]] = n
+            r2_out[idx[escaped]] = r2[escaped]
+            keep = ~escaped
+            idx, cr, ci, zr, zi = idx[keep], cr[keep], ci[keep], zr[keep], zi[keep]
+    return n_out, r2_out
+
+
+def render_rows(spec: ImageSpec, y0: int, y1: int) -> np.ndarray:
+    """Render rows [y0, y1) of ``spec`` as a uint8 RGB array of shape (y1 - y0, width, 3).
+
+    Any split of the image into bands, rendered anywhere and stacked, is bit-identical to
+    :func:`render_serial`: coordinates come from the row and column indices alone, and all
+    arithmetic is element-wise.
+    """
+    if not 0 <= y0 <= y1 <= spec.height:
+        raise ValueError(f"rows [{y0}, {y1}) are not within [0, {spec.height})")
+    cols = np.arange(spec.width, dtype=np.float64)
+    rows = np.arange(y0, y1, dtype=np.float64)
+    xs = spec.center_x + (cols - spec.width / 2 + 0.5) * spec.scale
+    ys = spec.center_y + (spec.height / 2 - 0.5 - rows) * spec.scale
+    cr, ci = np.meshgrid(xs, ys)
+    n, r2 = _escape(cr.ravel(), ci.ravel(), spec.max_iter)
+
+    image = np.zeros((y1 - y0) * spec.width * 3, dtype=np.uint8).reshape(-1, 3)
+    outside = n > 0
+    # Normalised iteration count: n + 1 - log2(log|z|), continuous across iteration boundaries.
+    log_abs_z = 0.5 * np.log(r2[outside])
+    smooth = n[outside] + 1.0 - np.log2(log_abs_z)
+    phase = np.sqrt(np.maximum(smooth, 0.0)) * _CYCLES_PER_SQRT_ITER
+    lut_index = (np.floor(phase * _PALETTE_SIZE).astype(np.int64)) % _PALETTE_SIZE
+    image[outside] = _PALETTE[lut_index]
+    return image.reshape(y1 - y0, spec.width, 3)
+
+
+def render_serial(spec: ImageSpec) -> np.ndarray:
+    """The whole image in this process: the reference every distributed render must equal."""
+    return render_rows(spec, 0, spec.height)
+
+
+def assemble(spec: ImageSpec, bands: Mapping[int, np.ndarray]) -> np.ndarray:
+    """Stack bands keyed by their first row into the full image; refuses gaps and overlaps."""
+    image = np.empty(spec.shape, dtype=np.uint8)
+    next_row = 0
+    for y0 in sorted(bands):
+        band = bands[y0]
+        if y0 != next_row:
+            raise ValueError(f"bands do not tile the image: expected row {next_row}, got {y0}")
+        if band.ndim != 3 or band.shape[1:] != spec.shape[1:] or band.dtype != np.uint8:
+            raise ValueError(f"band at row {y0} has shape {band.shape} / dtype {band.dtype}")
+        image[y0 : y0 + band.shape[0]] = band
+        next_row = y0 + band.shape[0]
+    if next_row != spec.height:
+        raise ValueError(f"bands cover rows [0, {next_row}) of {spec.height}")
+    return image
+
+
+def write_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write an (height, width, 3) uint8 array as an RGB PNG, creating parent directories."""
+    from PIL import Image  # imported here: only writing needs Pillow, rendering does not
+
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(path, format="PNG")
+    return path
+
+
+# -- tasks and the task system ------------------------------------------------------------------
+
+
+class BandTask(ts.Task):
+    """Render rows [y0, y1) in a worker process; the result is ``(y0, uint8 array)``.
+
+    The result names its own rows so whoever collects it needs no bookkeeping of which task was
+    which -- a band is self-describing, and a duplicate is harmless.
+    """
+
+    def __init__(self, spec: ImageSpec, y0: int, y1: int) -> None:
+        super().__init__(name=f"mandelbrot-rows-{y0}-{y1}")
+        self.spec, self.y0, self.y1 = spec, y0, y1
+
+    def __call__(self) -> tuple[int, np.ndarray]:
+        return self.y0, render_rows(self.spec, self.y0, self.y1)
+
+
+class MandelbrotSystem(ts.TaskSystem):
+    """Runs on the master: one :class:`BandTask` per band, the image assembled there.
+
+    Its state is the spec, the bands received so far (a dict keyed by first row, so a result
+    delivered twice is stored once) and the first error; nothing else, because the system is
+    pickled to the master and its callbacks run there.
+    """
+
+    def __init__(self, spec: ImageSpec, band_rows: int = DEFAULT_BAND_ROWS) -> None:
+        super().__init__()
+        self.spec = spec
+        self.band_rows = band_rows
+        self.ranges = band_ranges(spec.height, band_rows)
+        self.bands: dict[int, np.ndarray] = {}
+        self.error: BaseException | None = None
+
+    def init_system(self, master: Any) -> None:
+        """Nothing to prepare: the spec is all a band needs."""
+
+    def generate_tasks(self, master: Any) -> list[BandTask]:
+        return [BandTask(self.spec, y0, y1) for y0, y1 in self.ranges]
+
+    def task_finished(
+        self, master: Any, task: Any, result: Any, error: BaseException | None
+    ) -> None:
+        if error is not None:
+            # Rendering is deterministic, so running the band again would fail the same way:
+            # keep the first error and let the system finish with it.
+            if self.error is None:
+                self.error = error
+            return
+        y0, band = result
+        self.bands[y0] = band
+
+    def is_complete(self, master: Any) -> bool:
+        return self.error is not None or len(self.bands) == len(self.ranges)
+
+    def gather_result(self, master: Any) -> tuple[np.ndarray | None, BaseException | None]:
+        if self.error is not None:
+            return None, self.error
+        try:
+            return assemble(self.spec, self.bands), None
+        except ValueError as exc:
+            return None, exc
+
+    @property
+    def total_tasks(self) -> int:
+        return len(self.ranges)
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def render_system(
+    app: Any, spec: ImageSpec, band_rows: int, progress: ProgressCallback | None = None
+) -> np.ndarray:
+    """Render with :class:`MandelbrotSystem` on the master; blocks until the image is back."""
+    return app.run_system(MandelbrotSystem(spec, band_rows), progress=progress)
+
+
+def render_plain(
+    app: Any, spec: ImageSpec, band_rows: int, progress: ProgressCallback | None = None
+) -> np.ndarray:
+    """Render by pushing plain :class:`BandTask` s and assembling the image from their futures."""
+    tasks = [BandTask(spec, y0, y1) for y0, y1 in band_ranges(spec.height, band_rows)]
+    futures = app.push_tasks(tasks)
+    bands: dict[int, np.ndarray] = {}
+    for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+        y0, band = future.result()  # re-raises the task's own exception, remote traceback attached
+        bands[y0] = band
+        if progress is not None:
+            progress(done, len(tasks))
+    return assemble(spec, bands)
+
+
+# -- progress display ---------------------------------------------------------------------------
+
+
+class _LineProgress:
+    """Plain log lines for pipes and CI logs: one about every 10%, never one per band."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self.stream, self.label, self.last_decile = stream, label, -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 0:
+            return
+        decile = min(10, done * 10 // total)
+        if decile > self.last_decile:
+            self.last_decile = decile
+            print(f"{self.label}: {done}/{total} bands ({100 * done // total}%)", file=self.stream)
+            self.stream.flush()
+
+
+@contextmanager
+def _progress_display(quiet: bool, label: str) -> Iterator[ProgressCallback | None]:
+    """A progress callback: a rich bar on an interactive stderr, log lines otherwise."""
+    if quiet:
+        yield None
+        return
+    if not sys.stderr.isatty():
+        yield _LineProgress(sys.stderr, label)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
+        bar_id = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(bar_id, completed=done, total=total)
+
+        yield update
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+@dataclass
+class RenderReport:
+    """What ``main`` prints at the end; kept as data so tests and benchmarks can reuse it."""
+
+    output: Path
+    spec: ImageSpec
+    mode: str
+    tasks: int
+    slaves: int
+    workers: int
+    seconds_distributed: float
+    seconds_serial: float | None = None
+    matches_reference: bool | None = None
+
+    def lines(self) -> list[str]:
+        spec = self.spec
+        rows = [
+            ("output", str(self.output)),
+            ("size", f"{spec.width}x{spec.height}, max_iter {spec.max_iter}"),
+            ("mode", self.mode),
+            ("tasks", str(self.tasks)),
+            ("slaves", str(self.slaves)),
+            ("workers", str(self.workers)),
+            ("seconds distributed", f"{self.seconds_distributed:.3f}"),
+        ]
+        if self.seconds_serial is not None:
+            speedup = (
+                f"{self.seconds_serial / self.seconds_distributed:.2f}x"
+                if self.seconds_distributed > 0
+                else "n/a"
+            )
+            rows += [
+                ("seconds serial", f"{self.seconds_serial:.3f}"),
+                ("speedup", speedup),
+                ("matches serial reference", "yes" if self.matches_reference else "no"),
+            ]
+        width = max(len(name) for name, _ in rows)
+        return [f"{name + ':':<{width + 1}} {value}" for name, value in rows]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The sample's options; cluster options default to what ``taskswarm run`` set up."""
+    defaults = ImageSpec()
+    parser = argparse.ArgumentParser(
+        prog="taskswarm.samples.mandelbrot",
+        description=(
+            "Render the Mandelbrot set on a taskswarm cluster, one task per band of rows,\n"
+            "write it as a PNG, then render it again serially in this process and check\n"
+            "that the two images match pixel for pixel."
+        ),
+        epilog=(
+            "Without --master (and without TASKSWARM_MASTER, which `taskswarm run` sets),\n"
+            "an embedded local cluster is started for the run. Exit status: 0 when the\n"
+            "image matches the serial reference (or --no-reference), 1 when it does not.\n"
+            "\nExamples:\n"
+            "  taskswarm run -m taskswarm.samples.mandelbrot --output mandelbrot.png\n"
+            "  python -m taskswarm.samples.mandelbrot --plain --slaves 3 --workers 2\n"
+            "  python -m taskswarm.samples.mandelbrot --master tcp://10.0.0.5:5555 "
+            "--key-file cluster.key"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    image = parser.add_argument_group("image")
+    image.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("mandelbrot.png"),
+        metavar="PATH",
+        help="where to write the PNG (default: %(default)s)",
+    )
+    image.add_argument(
+        "--width",
+        type=_positive_int,
+        default=defaults.width,
+        metavar="PX",
+        help="image width in pixels (default: %(default)s)",
+    )
+    image.add_argument(
+        "--height",
+        type=_positive_int,
+        default=defaults.height,
+        metavar="PX",
+        help="image height in pixels (default: %(default)s)",
+    )
+    image.add_argument(
+        "--max-iter",
+        type=_positive_int,
+        default=defaults.max_iter,
+        metavar="N",
+        help="iteration limit; higher is slower and sharper (default: %(default)s)",
+    )
+    run = parser.add_argument_group("how to run")
+    run.add_argument(
+        "--band-rows",
+        type=_positive_int,
+        default=DEFAULT_BAND_ROWS,
+        metavar="N",
+        help="rows per task; the image is split into ceil(height / N) tasks (default: %(default)s)",
+    )
+    run.add_argument(
+        "--plain",
+        action="store_true",
+        help="push plain tasks from this application and assemble the image here, "
+        "instead of running a task system on the master",
+    )
+    run.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the serial reference render and the pixel-for-pixel check",
+    )
+    run.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress display; print only the summary"
+    )
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument(
+        "--master",
+        metavar="tcp://HOST:PORT",
+        default=None,
+        help="connect to this master (default: TASKSWARM_MASTER, else start "
+        "an embedded local cluster)",
+    )
+    cluster.add_argument(
+        "--key-file", metavar="PATH", default=None, help="the cluster key for --master"
+    )
+    cluster.add_argument(
+        "--slaves",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="slaves of an embedded cluster (default: 2)",
+    )
+    cluster.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="workers per slave of an embedded cluster "
+        "(default: CPU count split across the slaves)",
+    )
+    return parser
+
+
+def _cluster_size(app: Any) -> tuple[int, int]:
+    """(slaves, total workers) as the master reports them right now."""
+    slaves = app.status().get("slaves", [])
+    return len(slaves), sum(int(s.get("workers", 0) or 0) for s in slaves)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render, write, check. Returns 0 when the image matches the serial reference, else 1."""
+    args = build_parser().parse_args(argv)
+    spec = ImageSpec.fit(args.width, args.height, args.max_iter)
+    mode = "plain tasks" if args.plain else "task system"
+    render = render_plain if args.plain else render_system
+
+    with ts.connect_or_start(
+        master=args.master, key_file=args.key_file, slaves=args.slaves, workers=args.workers
+    ) as app:
+        slaves, workers = _cluster_size(app)
+        with _progress_display(args.quiet, f"rendering ({mode})") as progress:
+            started = time.perf_counter()
+            image = render(app, spec, args.band_rows, progress)
+            seconds_distributed = time.perf_counter() - started
+
+    report = RenderReport(
+        output=write_png(image, args.output),
+        spec=spec,
+        mode=mode,
+        tasks=len(band_ranges(spec.height, args.band_rows)),
+        slaves=slaves,
+        workers=workers,
+        seconds_distributed=seconds_distributed,
+    )
+    if not args.no_reference:
+        started = time.perf_counter()
+        reference = render_serial(spec)
+        report.seconds_serial = time.perf_counter() - started
+        report.matches_reference = bool(np.array_equal(image, reference))
+
+    print("\n".join(report.lines()))
+    return 1 if report.matches_reference is False else 0
+
+
+def _main_by_reference() -> int:
+    """Run ``main`` from the importable module when this file *is* that module.
+
+    Run as a script (``python -m`` or a file path), these classes live in ``__main__`` and
+    cloudpickle would ship them, and the spec dataclass, by value in every task. Importing the
+    module under its real name makes them travel by reference instead -- smaller, and the same
+    code the workers import. If the name resolves to a different file (another checkout), this
+    file's own ``main`` runs, so what runs is always what was asked for.
+    """
+    import importlib
+
+    try:
+        module = importlib.import_module("taskswarm.samples.mandelbrot")
+        same_file = Path(module.__file__ or "").resolve() == Path(__file__).resolve()
+    except (ImportError, OSError):
+        return main()
+    return module.main() if same_file else main()
+
+
+if __name__ == "__main__":
+    sys.exit(_main_by_reference())

@@ -1,0 +1,66 @@
+"""The master's records: one per task, one per slave. Plain data, no behaviour beyond helpers."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+
+class TaskState:
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class NodeState:
+    PENDING = "pending"  # registered, its pool not started yet
+    ACTIVE = "active"  # heartbeating, takes tasks
+    INACTIVE = "inactive"  # heartbeat late: takes no new tasks until it is heard again
+    LOST = "lost"  # heartbeat timed out: its tasks went back to the queue
+
+
+@dataclass(slots=True, eq=False)
+class TaskRecord:
+    """A task as the master sees it: an id, an owner, and its payload as opaque bytes."""
+
+    task_id: str
+    payload: bytes
+    client_id: str
+    system_id: str | None = None
+    state: str = TaskState.QUEUED
+    slave_id: str | None = None
+    attempts: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class SlaveRecord:
+    slave_id: str
+    identity: bytes
+    host: str = "?"
+    pid: int = 0
+    workers: int = 0
+    state: str = NodeState.PENDING
+    in_flight: set[str] = field(default_factory=set)
+    done: int = 0
+    failed: int = 0
+    credit: int = 0
+    rating: float = math.inf
+    last_seen: float = field(default_factory=time.monotonic)
+    outbox: list[TaskRecord] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """What `status` and the dashboard show of this slave: plain, msgpack-able data."""
+        return {
+            "id": self.slave_id,
+            "host": self.host,
+            "pid": self.pid,
+            "state": self.state,
+            "workers": self.workers,
+            "in_flight": len(self.in_flight),
+            "rating": None if math.isinf(self.rating) else round(self.rating, 3),
+            "done": self.done,
+            "failed": self.failed,
+        }

@@ -1,0 +1,179 @@
+"""Task systems: the base class users subclass, and the master-side runner that drives one.
+
+Data flow on the master (one ``SystemRunner`` thread per live system)::
+
+    master loop --(results)--> runner.inbox --> unpickle --> task.finished, system.task_finished
+         ^                                                                   |
+         +--------- master mailbox <-- ("push", tasks) / ("progress") / ("done", result)
+
+The runner thread is the only thread that touches the system object, so its callbacks run
+serially and need no locks; a slow callback stalls only its own system, never the master's
+networking thread or another system.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import cloudpickle
+
+from .api import ITaskSystem
+from .errors import TaskSystemError
+from .task import ExceptionWithTraceback, Task, format_remote_traceback, load_outcome
+
+__all__ = ["TaskSystem", "MasterHandle", "SystemRunner"]
+
+log = logging.getLogger(__name__)
+
+#: Least seconds between two progress reports of one system.
+PROGRESS_INTERVAL = 0.2
+
+
+class TaskSystem(ITaskSystem):
+    """Base for task systems: ``super().__init__()`` gives the system its id (a uuid)."""
+
+
+class MasterHandle:
+    """What a task system's callbacks get as ``master``: a way to push tasks, and some facts."""
+
+    def __init__(self, runner: SystemRunner) -> None:
+        self._runner = runner
+
+    @property
+    def system_id(self) -> str:
+        return self._runner.system_id
+
+    def push_task(self, task: Task) -> None:
+        """Queue one more task for this system; it is sent when the current callback returns."""
+        self._runner.add_tasks([task])
+
+    def push_tasks(self, tasks: Iterable[Task]) -> None:
+        self._runner.add_tasks(tasks)
+
+    def cluster(self) -> dict[str, int]:
+        """Slaves and workers the master has now (a snapshot, for sizing work)."""
+        return self._runner.cluster_info()
+
+
+class SystemRunner:
+    """Runs one task system on its own thread, fed by the master's networking thread."""
+
+    def __init__(
+        self,
+        system_id: str,
+        client_id: str,
+        payload: bytes,
+        post: Callable[[tuple], None],
+        cluster_info: Callable[[], dict[str, int]],
+    ) -> None:
+        self.system_id = system_id
+        self.client_id = client_id
+        self._payload = payload
+        self._post = post
+        self.cluster_info = cluster_info
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: dict[str, Task] = {}  # task id -> the task object, until its result is in
+        self._outgoing: list[Task] = []
+        self.generated = 0
+        self.finished = 0
+        self._last_progress = 0.0
+        self._thread = threading.Thread(
+            target=self._run, name=f"system-{system_id[:8]}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # -- called from callbacks (runner thread) -----------------------------------------------
+
+    def add_tasks(self, tasks: Iterable[Task]) -> None:
+        for task in tasks:
+            if not isinstance(getattr(task, "task_id", None), str):
+                raise TaskSystemError(
+                    f"{task!r} is not a taskswarm task: subclass ts.Task and call "
+                    "super().__init__() in its __init__"
+                )
+            task.system_id = self.system_id
+            task.client_id = self.client_id
+            self._outgoing.append(task)
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self.system = cloudpickle.loads(self._payload)
+            del self._payload
+            self.handle = MasterHandle(self)
+            self.system.init_system(self.handle)
+            self.add_tasks(self.system.generate_tasks(self.handle) or [])
+            if self._flush_and_check():
+                return
+            while (batch := self.inbox.get()) is not None:
+                for task_id, ok, data in batch:
+                    self._on_result(task_id, ok, data)
+                    if self._flush_and_check():
+                        return
+                self._report_progress()
+        except BaseException as exc:  # noqa: BLE001 - a broken system fails alone, loudly
+            log.error("task system %s failed", self.system_id, exc_info=True)
+            self._finish(None, exc, format_remote_traceback(exc))
+
+    def _on_result(self, task_id: str, ok: bool, data: bytes) -> None:
+        task = self._pending.pop(task_id, None)
+        if task is None:
+            return  # a duplicate delivery: each task is applied once
+        result, error = load_outcome(ok, data, task.name)
+        self.finished += 1
+        task.finished(result, error)
+        self.system.task_finished(self.handle, task, result, error)
+
+    def _flush_and_check(self) -> bool:
+        """Send what the last callback pushed, then ask the system whether it is done."""
+        if self._outgoing:
+            tasks, self._outgoing = self._outgoing, []
+            records = [(t.task_id, cloudpickle.dumps(t)) for t in tasks]
+            for task in tasks:
+                self._pending[task.task_id] = task
+            self.generated += len(tasks)
+            self._post(("push", self.system_id, records))
+        if not self.system.is_complete(self.handle):
+            if not self._pending:
+                raise TaskSystemError(
+                    "the task system is not complete but has no task left to wait for: "
+                    "generate_tasks or task_finished must push tasks until is_complete is True"
+                )
+            return False
+        result, error = self.system.gather_result(self.handle)
+        self._finish(result, error)
+        return True
+
+    def _report_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_INTERVAL:
+            self._last_progress = now
+            self._post(("progress", self.system_id, self.finished, self.generated))
+
+    def _finish(self, result: Any, error: Any, tb: str = "") -> None:
+        self._post(("progress", self.system_id, self.finished, self.generated))
+        failed = error is not None
+        if isinstance(error, BaseException):
+            error = ExceptionWithTraceback(error, tb)
+        try:
+            payload = cloudpickle.dumps((result, error))
+        except Exception as exc:
+            failed = True
+            payload = cloudpickle.dumps(
+                (None, TaskSystemError(f"the task system's result could not be pickled: {exc}"))
+            )
+        self._post(("done", self.system_id, payload, failed))

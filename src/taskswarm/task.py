@@ -1,0 +1,166 @@
+"""Tasks: the unit of work a worker process runs, and how their results and errors travel.
+
+A task is pickled (cloudpickle) on the node that creates it, travels through the master as opaque
+bytes, is unpickled and called in a worker process, and its outcome comes back as one pickled
+*outcome*: either the result, or the exception wrapped so that it is rebuilt on the other side with
+the worker's traceback as ``__cause__`` (the way ``concurrent.futures`` does it). When the
+exception itself cannot be pickled, or cannot be unpickled where it lands, a ``TaskError`` carrying
+its type name and traceback text takes its place.
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from .errors import TaskError
+
+__all__ = ["Task", "FunctionTask", "RemoteTraceback", "ExceptionWithTraceback", "new_task_id"]
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Task:
+    """One piece of work. Subclass it and implement ``__call__``, which runs in a worker process.
+
+    ``finished(result, error)`` runs where the task's owner lives: on the master for a task
+    system's tasks (as in the seed), on the application node for plain tasks.
+    """
+
+    #: Seconds the task may run before its worker is replaced (reliability work); None: no limit.
+    timeout: float | None = None
+    #: How often a task that raised may be run again (reliability work).
+    max_retries: int = 0
+
+    def __init__(
+        self, name: str | None = None, system_id: str | None = None, client_id: str | None = None
+    ) -> None:
+        self.name = name if name is not None else type(self).__name__
+        self.task_id = new_task_id()
+        self.system_id = system_id
+        self.client_id = client_id
+        self.slave_id: str | None = None
+
+    def __call__(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__(self)")
+
+    def clean_up(self) -> None:
+        """Runs in the worker after ``__call__``, whether it returned or raised."""
+
+    def finished(self, result: Any, error: BaseException | None) -> None:
+        """Runs on the owner's node once the task's outcome is in; the default does nothing."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} id={getattr(self, 'task_id', '?')}>"
+
+
+class FunctionTask(Task):
+    """A plain callable with its arguments, so ``app.submit(pow, 2, 10)`` needs no subclass."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(name=getattr(fn, "__qualname__", None) or repr(fn))
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def __call__(self) -> Any:
+        return self.fn(*self.args, **self.kwargs)
+
+
+# -- outcomes: what a worker sends back ----------------------------------------------------------
+
+
+class RemoteTraceback(Exception):
+    """The worker's formatted traceback, attached as ``__cause__`` of a re-raised task error."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+class ExceptionWithTraceback:
+    """Pickles as "rebuild this exception with this traceback text as its cause"."""
+
+    def __init__(self, exc: BaseException, tb: str) -> None:
+        self.exc, self.tb = exc, tb
+
+    def __reduce__(self):
+        return _rebuild_exception, (self.exc, self.tb)
+
+
+def format_remote_traceback(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f'\n"""\n{text}"""'
+
+
+def dump_error(exc: BaseException, context: str = "") -> bytes:
+    """Pickle an exception for the trip back; falls back to a TaskError that keeps its text."""
+    tb = format_remote_traceback(exc)
+    try:
+        return cloudpickle.dumps(ExceptionWithTraceback(exc, tb))
+    except Exception:
+        prefix = f"{context}: " if context else ""
+        fallback = TaskError(
+            f"{prefix}{type(exc).__qualname__}: {exc} (the exception could not be pickled)",
+            type(exc).__qualname__,
+            tb,
+        )
+        return cloudpickle.dumps(ExceptionWithTraceback(fallback, tb))
+
+
+def run_task_payload(payload: bytes) -> tuple[bool, bytes]:
+    """Unpickle a task, run it, and return ``(ok, pickled outcome)``; never raises.
+
+    This is the whole of what a worker process does with a task, kept here so the same rules
+    (what counts as an error, how it is pickled) hold for every task manager.
+    """
+    try:
+        task = cloudpickle.loads(payload)
+    except BaseException as exc:  # noqa: BLE001 - any unpickling failure is the task's failure
+        return False, dump_error(exc, "the task could not be unpickled in the worker")
+    try:
+        try:
+            result = task()
+        finally:
+            task.clean_up()
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from a task is its error too
+        return False, dump_error(exc)
+    try:
+        return True, cloudpickle.dumps(result)
+    except Exception as exc:
+        error = TaskError(
+            f"the result of task {getattr(task, 'name', '?')!r} could not be pickled: "
+            f"{type(exc).__name__}: {exc}",
+            type(exc).__qualname__,
+        )
+        return False, dump_error(error)
+
+
+def load_outcome(ok: bool, data: bytes, task_name: str = "?") -> tuple[Any, BaseException | None]:
+    """Turn a pickled outcome back into ``(result, error)`` on the owner's node."""
+    try:
+        value = cloudpickle.loads(data)
+    except Exception as exc:
+        what = "result" if ok else "error"
+        return None, TaskError(
+            f"the {what} of task {task_name!r} could not be unpickled here: "
+            f"{type(exc).__name__}: {exc}",
+            type(exc).__qualname__,
+        )
+    if ok:
+        return value, None
+    if not isinstance(value, BaseException):
+        return None, TaskError(f"task {task_name!r} failed: {value!r}")
+    return None, value
