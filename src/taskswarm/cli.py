@@ -79,9 +79,18 @@ class _Group(click.Group):
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     help="How much the node logs to stderr.",
 )
+@click.option(
+    "--exit-with-parent",
+    type=int,
+    default=None,
+    hidden=True,
+    help="Stop when the process with this pid is gone (used by LocalCluster).",
+)
 @click.version_option(package_name="taskswarm")
 @click.pass_context
-def cli(ctx: click.Context, config_file: str | None, log_level: str) -> None:
+def cli(
+    ctx: click.Context, config_file: str | None, log_level: str, exit_with_parent: int | None
+) -> None:
     """taskswarm: a master schedules tasks and task systems onto slaves' worker processes.
 
     \b
@@ -100,6 +109,7 @@ def cli(ctx: click.Context, config_file: str | None, log_level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     ctx.default_map = _load_config(config_file)
+    ctx.obj = {"parent": exit_with_parent}
 
 
 def _key_option(required: bool = True):
@@ -113,12 +123,17 @@ def _key_option(required: bool = True):
 
 
 def _stop_on_signals(node: Any) -> None:
+    """SIGINT/SIGTERM stop the node cleanly; so does the death of a LocalCluster's owner."""
+
     def handler(signum: int, frame: Any) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)
         node.stop()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    parent = click.get_current_context().find_root().obj["parent"]
+    if parent is not None:
+        node.parent_pid = parent
 
 
 @cli.command()
@@ -254,7 +269,7 @@ def slave(
     node.serve()
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("-m", "module", metavar="MODULE", help="Run a module, as `python -m` does.")
 @click.option(
     "--master",
@@ -286,6 +301,10 @@ def run(
     args: tuple[str, ...],
 ) -> None:
     """Run an application (APP.py [ARGS] or -m MODULE [ARGS]) against a cluster.
+
+    Options of `run` itself may stand anywhere; every other argument goes to the application.
+    Put application arguments that share a name with them (--slaves, --workers, --master,
+    --key-file, -m) after `--`.
 
     Without --master an embedded LocalCluster is started for the run and stopped after it.
     The program finds its cluster through TASKSWARM_MASTER / TASKSWARM_KEY_FILE, which

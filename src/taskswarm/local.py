@@ -70,7 +70,16 @@ class LocalCluster:
     # -- starting --------------------------------------------------------------------------------
 
     def _node(self, *args: str) -> subprocess.Popen:
-        command = [sys.executable, "-m", "taskswarm", "--log-level", self.log_level, *args]
+        command = [
+            sys.executable,
+            "-m",
+            "taskswarm",
+            "--log-level",
+            self.log_level,
+            "--exit-with-parent",
+            str(os.getpid()),
+            *args,
+        ]
         return subprocess.Popen(command, stdin=subprocess.DEVNULL)
 
     def _start(self) -> None:
@@ -159,20 +168,24 @@ class LocalCluster:
         self._closed = True
         for app in self._apps:
             app.close()
-        processes = [*self.slave_processes, self.master_process]
-        for process in processes:
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for process in processes:
-            if process is None:
-                continue
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # Slaves first, so none of them sees its master vanish and starts waiting for it.
+        _terminate(self.slave_processes, grace)
+        _terminate([self.master_process] if self.master_process else [], grace)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _terminate(processes: list[subprocess.Popen], grace: float) -> None:
+    """SIGTERM each process, then SIGKILL whichever is still running after ``grace`` s."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
+from .. import pickling
 from ..errors import ClientClosed, MasterUnreachable, TaskswarmError, UnknownTaskSystem
 from ..handles import ProgressCallback, SystemHandle, TaskswarmExecutor
 from ..keys import load_key
@@ -120,14 +121,15 @@ class Application:
         """Send a task system to the master and return at once; the system lives there."""
         self._check_open()
         try:
-            payload = cloudpickle.dumps(system)
+            payload = pickling.dumps(system)
         except Exception as exc:
             raise TypeError(
                 f"task system {type(system).__name__} could not be pickled: {exc}; every "
                 "attribute it holds when sent must be picklable"
             ) from exc
         handle = self._track_system(system.system_id, progress)
-        self._post(Kind.SYSTEM, {"system_id": system.system_id}, [payload])
+        # Wait for the master's ACK: once this returns, the system lives on without us.
+        self._request(Kind.SYSTEM, {"system_id": system.system_id}, 30.0, [payload])
         return handle
 
     def run_system(
@@ -162,13 +164,15 @@ class Application:
         """Ask a slave to grow or shrink its pool of workers (``update_pool``)."""
         self._request(Kind.RESIZE, {"slave_id": slave_id, "workers": int(workers)}, timeout)
 
-    def _request(self, kind: str, header: dict, timeout: float) -> dict:
+    def _request(
+        self, kind: str, header: dict, timeout: float, payloads: list[bytes] = ()
+    ) -> dict:
         self._check_open()
         rid = next(self._rids)
         future: Future[Any] = Future()
         with self._lock:
             self._requests[rid] = future
-        self._post(kind, {**header, "rid": rid})
+        self._post(kind, {**header, "rid": rid}, payloads)
         try:
             return future.result(timeout)
         finally:
@@ -236,9 +240,11 @@ class Application:
                 if time.monotonic() >= next_hello:
                     self._keep_alive()
                     next_hello = time.monotonic() + TICK
+            self._send_posted(self._mailbox.drain())  # what was posted before close()
             self._send(Kind.BYE)
         finally:
-            self._socket.close(linger=100)
+            # Give what is queued a moment to leave; a master that is gone costs at most this.
+            self._socket.close(linger=2000)
             self._context.term()
             self._mailbox.close()
 
@@ -359,7 +365,7 @@ def _pickle_task(task: Task) -> bytes:
             f"{task!r} has no task_id: subclass ts.Task and call super().__init__() in __init__"
         )
     try:
-        return cloudpickle.dumps(task)
+        return pickling.dumps(task)
     except Exception as exc:
         raise TypeError(
             f"task {task.name!r} could not be pickled: {type(exc).__name__}: {exc}; everything a "

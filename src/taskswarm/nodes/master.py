@@ -92,6 +92,8 @@ class Master:
         self.systems: dict[str, SystemRecord] = {}
         self.departed: dict[str, dict] = {}  # lost or gone slaves, for status
         self._stopping = False
+        #: Stop when this process is no longer our parent (set for LocalCluster's nodes).
+        self.parent_pid: int | None = None
         self._closed = False
         self.started = time.time()
         self._handlers = {
@@ -128,6 +130,7 @@ class Master:
                 if time.monotonic() >= next_beat:
                     self._send_heartbeats()
                     self._check_slaves()
+                    self._check_parent()
                     next_beat = time.monotonic() + self.heartbeat_interval
                 self.scheduler.dispatch()
                 self._send_task_batches()
@@ -135,6 +138,11 @@ class Master:
         finally:
             self._say_goodbye()
             self.close()
+
+    def _check_parent(self) -> None:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            log.warning("the process that started this node is gone; stopping")
+            self.stop()
 
     def stop(self) -> None:
         """Ask the loop to end; safe from a signal handler or another thread."""
@@ -257,14 +265,20 @@ class Master:
                 slave.state = NodeState.INACTIVE
                 log.warning("slave %s missed its heartbeats; no new tasks for it", slave.slave_id)
 
-    def _lose_slave(self, slave: SlaveRecord, why: str, state: str = NodeState.LOST) -> None:
+    def _lose_slave(
+        self,
+        slave: SlaveRecord,
+        why: str,
+        state: str = NodeState.LOST,
+        level: int = logging.WARNING,
+    ) -> None:
         requeued = self.scheduler.remove_slave(slave.slave_id)
         self.peers.pop(slave.identity, None)
         slave.state = state
         slave.in_flight = set()
         self.departed[slave.slave_id] = slave.summary()
-        log.warning(
-            "slave %s %s (%s); %d tasks requeued", slave.slave_id, state, why, len(requeued)
+        log.log(
+            level, "slave %s %s (%s); %d tasks requeued", slave.slave_id, state, why, len(requeued)
         )
 
     def _send_task_batches(self) -> None:
@@ -361,7 +375,7 @@ class Master:
     def on_bye(self, identity: bytes, msg: Message) -> None:
         peer = self.peers.get(identity)
         if isinstance(peer, SlaveRecord):
-            self._lose_slave(peer, "said goodbye", NodeState.INACTIVE)
+            self._lose_slave(peer, "said goodbye", NodeState.INACTIVE, logging.INFO)
         elif isinstance(peer, ClientRecord):
             self.peers.pop(identity, None)
 

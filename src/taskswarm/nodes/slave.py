@@ -58,6 +58,8 @@ class Slave:
         self.mailbox = Mailbox()
         self.registered = False
         self._stopping = False
+        #: Stop when this process is no longer our parent (set for LocalCluster's nodes).
+        self.parent_pid: int | None = None
         self._closed = False
         self._last_from_master = time.monotonic()
         self._credit_owed = 0
@@ -98,10 +100,16 @@ class Slave:
                 self._send_results()
                 if time.monotonic() >= next_beat:
                     self._heartbeat_or_register()
+                    self._check_parent()
                     next_beat = time.monotonic() + self.heartbeat_interval
             self._drain()
         finally:
             self.close()
+
+    def _check_parent(self) -> None:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            log.warning("the process that started this node is gone; stopping")
+            self.stop()
 
     def stop(self) -> None:
         """Ask the loop to end; safe from a signal handler or another thread."""

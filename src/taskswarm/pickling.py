@@ -1,0 +1,56 @@
+"""Pickling of application code: what travels by value, what by reference.
+
+cloudpickle sends a class or function *by reference* (module + name) whenever its module can be
+imported where it is pickled. The master and the slaves, though, can only import what is
+installed there. So code from modules that belong to no installed distribution (an app's own
+files, a test module, a notebook's helpers) is registered to travel *by value*, and code from
+installed packages (taskswarm itself, numpy, the user's pip-installed libraries) by reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from importlib.metadata import packages_distributions
+from typing import Any
+
+import cloudpickle
+
+__all__ = ["dumps", "loads"]
+
+loads = cloudpickle.loads
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_top_levels() -> frozenset[str]:
+    return frozenset(packages_distributions())
+
+
+@functools.lru_cache(maxsize=1024)
+def _ship_by_value(module_name: str) -> bool:
+    top = module_name.partition(".")[0]
+    if module_name == "__main__" or top in sys.stdlib_module_names or top == "builtins":
+        return False  # __main__ already travels by value; the stdlib is everywhere
+    if top in _installed_top_levels():
+        return False
+    module = sys.modules.get(module_name)
+    if module is None or getattr(module, "__file__", None) is None:
+        return False
+    cloudpickle.register_pickle_by_value(module)
+    return True
+
+
+def _code_modules(obj: Any) -> set[str]:
+    """Modules whose code ``obj`` needs: its class, and a wrapped function's module."""
+    modules = {type(obj).__module__}
+    fn = getattr(obj, "fn", None)
+    if fn is not None:
+        modules.add(getattr(fn, "__module__", None) or "builtins")
+    return modules
+
+
+def dumps(obj: Any) -> bytes:
+    """cloudpickle ``obj``, first marking the modules of app code it carries to go by value."""
+    for name in _code_modules(obj):
+        _ship_by_value(name)
+    return cloudpickle.dumps(obj)

@@ -1,0 +1,129 @@
+"""Fixtures that start real nodes and always stop them, and helpers to wait without sleeping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import taskswarm as ts
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.02):
+    """Poll ``condition`` until it is truthy; fail the test with a clear message at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (read from /proc, so no extra dependency)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+class Nodes:
+    """Starts `taskswarm` CLI processes for a test and kills whatever is left at the end."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, *args: str, **kwargs) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "taskswarm", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kwargs,
+        )
+        self.processes.append(process)
+        return process
+
+    def run(self, *args: str, timeout: float = 60.0, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "taskswarm", *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                for pid in descendants(process.pid):
+                    _kill(pid)
+                process.kill()
+            process.communicate(timeout=10)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def nodes() -> Iterator[Nodes]:
+    started = Nodes()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture
+def cluster() -> Iterator[ts.LocalCluster]:
+    with ts.LocalCluster(slaves=2, workers=1) as local:
+        yield local
+
+
+@pytest.fixture
+def app(cluster: ts.LocalCluster) -> Iterator[ts.Application]:
+    with cluster.connect() as connection:
+        yield connection
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> str:
+    from taskswarm.keys import generate_key_file
+
+    return str(generate_key_file(tmp_path / "cluster.key"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
