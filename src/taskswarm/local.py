@@ -46,11 +46,14 @@ class LocalCluster:
         *,
         scheduler: str = "push",
         strategy: str = "load",
+        heartbeat: float = 1.0,
+        slave_timeout: float = 5.0,
         start_timeout: float = 30.0,
         log_level: str = "warning",
     ) -> None:
         self.slaves, self.workers = default_layout(slaves, workers)
         self.scheduler, self.strategy = scheduler, strategy
+        self.heartbeat, self.slave_timeout = heartbeat, slave_timeout
         self.start_timeout = start_timeout
         self.log_level = log_level
         self.address = ""
@@ -97,6 +100,10 @@ class LocalCluster:
             "--ready-file",
             str(ready),
             "--no-state-dir",
+            "--heartbeat",
+            str(self.heartbeat),
+            "--slave-timeout",
+            str(self.slave_timeout),
         )
         deadline = time.monotonic() + self.start_timeout
         while not ready.exists() or not ready.read_text():
@@ -118,6 +125,8 @@ class LocalCluster:
             self.key_file,
             "--workers",
             str(self.workers if workers is None else workers),
+            "--heartbeat",
+            str(self.heartbeat),
         )
         self.slave_processes.append(process)
         if wait:

@@ -109,7 +109,11 @@ def dump_error(exc: BaseException, context: str = "") -> bytes:
     """Pickle an exception for the trip back; falls back to a TaskError that keeps its text."""
     tb = format_remote_traceback(exc)
     try:
-        return cloudpickle.dumps(ExceptionWithTraceback(exc, tb))
+        data = cloudpickle.dumps(ExceptionWithTraceback(exc, tb))
+        # Some exceptions pickle but cannot be rebuilt (an __init__ that does not take its own
+        # args): find out here, where the type name and traceback can still be kept.
+        cloudpickle.loads(data)
+        return data
     except Exception:
         prefix = f"{context}: " if context else ""
         fallback = TaskError(
