@@ -164,15 +164,6 @@ def test_an_unpicklable_exception_comes_back_as_a_task_error_with_its_type_and_t
     assert "raise_locked_error" in str(error.__cause__)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "task.dump_error only checks that an exception pickles, not that it unpickles; an "
-        "exception whose __init__ does not accept its own args is pickled as is, and load_outcome "
-        "then returns a TaskError naming the TypeError from unpickling, without the original type "
-        "name or the remote traceback that task.py's docstring promises"
-    ),
-)
 def test_an_unrebuildable_exception_comes_back_as_a_task_error_with_its_type_and_traceback():
     result, error = run(RaisesUnrebuildable())
 
@@ -180,14 +171,6 @@ def test_an_unrebuildable_exception_comes_back_as_a_task_error_with_its_type_and
     assert isinstance(error, TaskError)
     assert error.type_name == "NeedsTwoArguments"
     assert "raise_needs_two_arguments" in error.remote_traceback
-
-
-def test_an_exception_that_cannot_be_rebuilt_is_still_an_error_and_not_a_crash():
-    result, error = run(RaisesUnrebuildable(name="fussy"), "fussy")
-
-    assert result is None
-    assert isinstance(error, TaskError)
-    assert "fussy" in str(error)
 
 
 def test_a_task_that_exits_fails_with_system_exit_instead_of_ending_the_worker():

@@ -29,7 +29,7 @@ class ClientClosed(TaskswarmError):
 
 
 class WireError(TaskswarmError):
-    """Raised by the decoder for a message that must be dropped; ``reason`` names why."""
+    """Raised when a message must be dropped unread; ``reason`` names why (for counting)."""
 
     reason = "malformed"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any
@@ -95,10 +96,14 @@ class TaskswarmExecutor(Executor):
             for future in futures:
                 self._track(future)
 
+        deadline = None if timeout is None else time.monotonic() + timeout
+
         def results() -> Iterator[Any]:
             try:
                 for future in futures:
-                    yield future.result(timeout)
+                    # One deadline for the whole map, counted from the call, as the stdlib does.
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    yield future.result(left)
             finally:
                 for future in futures:
                     future.cancel()

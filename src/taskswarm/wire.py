@@ -133,7 +133,7 @@ class Codec:
         if not isinstance(header, dict):
             raise MalformedMessage("header is not a map")
         version = header.get("v")
-        if version != PROTOCOL_VERSION:
+        if type(version) is not int or version != PROTOCOL_VERSION:
             raise VersionMismatch(
                 f"peer speaks protocol version {version!r}, this node speaks {PROTOCOL_VERSION}"
             )

@@ -122,6 +122,8 @@ class ProcessPoolManager(ITaskManager):
     def wait_for_all(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else _now() + timeout
         while self._pending:
+            if not self._workers:
+                return False  # nothing could ever finish them: no worker to wait on
             left = None if deadline is None else deadline - _now()
             if left is not None and left <= 0:
                 return False

@@ -164,9 +164,7 @@ class Application:
         """Ask a slave to grow or shrink its pool of workers (``update_pool``)."""
         self._request(Kind.RESIZE, {"slave_id": slave_id, "workers": int(workers)}, timeout)
 
-    def _request(
-        self, kind: str, header: dict, timeout: float, payloads: list[bytes] = ()
-    ) -> dict:
+    def _request(self, kind: str, header: dict, timeout: float, payloads: list[bytes] = ()) -> dict:
         self._check_open()
         rid = next(self._rids)
         future: Future[Any] = Future()

@@ -15,6 +15,13 @@ from ..errors import ConfigurationError
 __all__ = ["load_plugin", "available"]
 
 
+_KINDS = {
+    "taskswarm.schedulers": "scheduler",
+    "taskswarm.strategies": "strategy",
+    "taskswarm.managers": "task manager",
+}
+
+
 def available(group: str) -> list[str]:
     return sorted(ep.name for ep in entry_points(group=group))
 
@@ -25,5 +32,5 @@ def load_plugin(group: str, name: str) -> Any:
         if ep.name == name:
             return ep.load()
     choices = ", ".join(available(group)) or "none installed"
-    kind = group.rsplit(".", 1)[-1]
-    raise ConfigurationError(f"no {kind[:-1]} named {name!r}; choose one of: {choices}")
+    kind = _KINDS.get(group, group)
+    raise ConfigurationError(f"no {kind} named {name!r}; choose one of: {choices}")

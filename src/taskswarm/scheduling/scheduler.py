@@ -8,7 +8,7 @@ re-run elsewhere, or its task system completed) is recognised and dropped exactl
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -135,7 +135,7 @@ class BaseScheduler(ITaskScheduler):
         slave = self.slaves.pop(slave_id, None)
         if slave is None:
             return []
-        requeued = [self.tasks[t] for t in slave.in_flight if t in self.tasks]
+        requeued = [t for t in self.tasks.values() if t.task_id in slave.in_flight]
         for task in reversed(requeued):
             task.state = TaskState.QUEUED
             task.slave_id = None
@@ -152,5 +152,5 @@ class BaseScheduler(ITaskScheduler):
         return len(dropped)
 
     def counts(self) -> dict[str, int]:
-        assigned = sum(len(s.in_flight) for s in self.slaves.values())
-        return {"queued": len(self.tasks) - assigned, "assigned": assigned}
+        states = Counter(task.state for task in self.tasks.values())
+        return {"queued": states[TaskState.QUEUED], "assigned": states[TaskState.ASSIGNED]}

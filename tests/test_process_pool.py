@@ -1,0 +1,354 @@
+"""The process pool task manager, driven directly the way a slave's loop drives it.
+
+The manager has no threads of its own: its owner pushes ``WorkItem``s and then collects, either
+with ``wait_for_all`` or by calling ``collect`` for each readable worker pipe (what the slave's
+poller does). Outcomes come out of ``get_results_queue`` as ``(task_id, ok, pickled outcome)``.
+Every test here starts real worker processes and stops them in a fixture.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from taskswarm.errors import WorkerCrashed
+from taskswarm.managers.process_pool import ProcessPoolManager, WorkItem
+from taskswarm.task import FunctionTask, Task, load_outcome
+
+DEADLINE = 30.0
+
+
+# -- what the tasks run (shipped by value: the workers cannot import this test module) ----------
+
+
+def square_with_pid(i: int) -> tuple[int, int]:
+    total = sum(range(20_000))  # a little work, so that tasks overlap a resize
+    assert total == 199_990_000
+    return i * i, os.getpid()
+
+
+def kill_myself() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def block_forever() -> None:
+    signal.pause()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tasks_travel_by_value() -> Iterator[None]:
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+# -- fixtures and helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_pool() -> Iterator[Callable[[int], ProcessPoolManager]]:
+    """Builds managers with a unique identity (their workers' name) and always stops them."""
+    pools: list[ProcessPoolManager] = []
+
+    def make(workers: int) -> ProcessPoolManager:
+        pool = ProcessPoolManager(workers)
+        pool.init(f"test-{uuid.uuid4().hex[:8]}", "tcp://127.0.0.1:0")
+        pools.append(pool)
+        return pool
+
+    try:
+        yield make
+    finally:
+        for pool in pools:
+            pool.stop()
+
+
+def push(pool: ProcessPoolManager, task: Task) -> str:
+    pool.push_task(WorkItem(task.task_id, cloudpickle.dumps(task)))
+    return task.task_id
+
+
+def results(pool: ProcessPoolManager) -> list[tuple[str, bool, bytes]]:
+    """Everything in the results queue now."""
+    out = []
+    while True:
+        try:
+            out.append(pool.get_results_queue().get_nowait())
+        except queue.Empty:
+            return out
+
+
+def collect_until(pool: ProcessPoolManager, seen: list, count: int) -> None:
+    """What the slave's loop does: wait on the worker pipes and collect, until ``count`` are in."""
+    deadline = time.monotonic() + DEADLINE
+    while len(seen) < count:
+        left = deadline - time.monotonic()
+        assert left > 0, f"only {len(seen)} of {count} results within {DEADLINE}s"
+        for fd in wait(pool.fds(), left):
+            pool.collect(fd)
+        seen.extend(results(pool))
+
+
+def outcomes(items: list[tuple[str, bool, bytes]]) -> dict[str, tuple[object, object]]:
+    ids = Counter(task_id for task_id, _, _ in items)
+    assert all(n == 1 for n in ids.values()), f"results delivered twice: {ids.most_common(3)}"
+    return {task_id: load_outcome(ok, data, task_id) for task_id, ok, data in items}
+
+
+def worker_processes(pool: ProcessPoolManager) -> list[multiprocessing.process.BaseProcess]:
+    name = f"taskswarm-worker-{pool.identity}"
+    return [p for p in multiprocessing.active_children() if p.name == name]
+
+
+def is_running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def descendants() -> set[int]:
+    """Every live process below this one (workers are the forkserver's children)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and is_running(int(entry.name)):
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, stack = set(), [os.getpid()]
+    while stack:
+        for child in parents.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+# -- running tasks -------------------------------------------------------------------------------
+
+
+def test_every_pushed_task_comes_out_of_the_results_queue_once_with_its_result(make_pool):
+    pool = make_pool(2)
+    pool.start()
+    tasks = {i: FunctionTask(pow, i, 2) for i in range(50)}
+    for task in tasks.values():
+        push(pool, task)
+
+    assert pool.wait_for_all(timeout=DEADLINE)
+
+    got = outcomes(results(pool))
+    assert got == {task.task_id: (i * i, None) for i, task in tasks.items()}
+
+
+def test_tasks_pushed_before_start_wait_for_it(make_pool):
+    pool = make_pool(1)
+    ids = [push(pool, FunctionTask(abs, -i)) for i in range(5)]
+    assert results(pool) == []
+    assert [w.task_id for w in pool.held()] == ids
+
+    pool.start()
+
+    assert pool.wait_for_all(timeout=DEADLINE)
+    assert {k: v[0] for k, v in outcomes(results(pool)).items()} == dict(
+        zip(ids, range(5), strict=True)
+    )
+
+
+def test_a_task_that_raises_comes_back_as_its_error_and_the_pool_goes_on(make_pool):
+    pool = make_pool(1)
+    pool.start()
+    bad = push(pool, FunctionTask(int, "not a number"))
+    good = push(pool, FunctionTask(int, "42"))
+
+    assert pool.wait_for_all(timeout=DEADLINE)
+
+    got = outcomes(results(pool))
+    assert type(got[bad][1]) is ValueError
+    assert got[good] == (42, None)
+
+
+def test_the_pool_grows_and_shrinks_mid_run_and_every_result_arrives_once(make_pool):
+    pool = make_pool(1)
+    pool.start()
+    seen: list = []
+    tasks = {}
+
+    def push_squares(start: int, stop: int) -> None:
+        for i in range(start, stop):
+            task = FunctionTask(square_with_pid, i)
+            tasks[push(pool, task)] = i
+
+    push_squares(0, 20)
+    collect_until(pool, seen, 5)
+    pool.update_pool(3)
+    assert pool.get_num_workers() == 3
+    push_squares(20, 60)
+    collect_until(pool, seen, 30)
+    assert pool.busy == 3  # every worker is running a task when the pool shrinks
+    pool.update_pool(1)
+    push_squares(60, 80)
+    assert pool.wait_for_all(timeout=DEADLINE)
+    seen.extend(results(pool))
+
+    got = outcomes(seen)
+    assert {task_id: value[0] for task_id, (value, _) in got.items()} == {
+        task_id: i * i for task_id, i in tasks.items()
+    }
+    assert len({pid for (_, pid), _ in got.values()}) >= 3
+    assert len(pool.fds()) == 1
+    assert len(worker_processes(pool)) == 1
+
+
+def test_growing_a_pool_that_has_not_started_only_sets_its_size(make_pool):
+    pool = make_pool(1)
+
+    pool.update_pool(4)
+
+    assert pool.get_num_workers() == 4
+    assert pool.fds() == []
+    pool.start()
+    assert len(pool.fds()) == 4
+
+
+def test_a_negative_pool_size_is_refused(make_pool):
+    with pytest.raises(ValueError):
+        make_pool(1).update_pool(-1)
+    with pytest.raises(ValueError):
+        ProcessPoolManager(-1)
+
+
+def test_queued_tasks_can_be_taken_back_and_the_running_ones_still_finish(make_pool):
+    pool = make_pool(1)
+    pool.start()
+    ids = [push(pool, FunctionTask(abs, -i)) for i in range(5)]
+
+    taken = pool.take_queued()
+
+    assert [w.task_id for w in taken] == ids[1:]
+    assert pool.wait_for_all(timeout=DEADLINE)
+    assert list(outcomes(results(pool))) == ids[:1]
+
+
+def test_create_task_builds_a_task_with_a_fresh_id(make_pool):
+    pool = make_pool(1)
+
+    first = pool.create_task(FunctionTask, pow, 2, 3)
+    second = pool.create_task(FunctionTask, pow, 2, 3)
+
+    assert isinstance(first, FunctionTask)
+    assert first.task_id != second.task_id
+    assert (first.fn, first.args) == (pow, (2, 3))
+
+
+# -- workers that die ----------------------------------------------------------------------------
+
+
+def test_a_task_that_exits_its_worker_fails_with_worker_crashed_naming_the_exit_code(make_pool):
+    pool = make_pool(1)
+    pool.start()
+    crash = push(pool, FunctionTask(os._exit, 3))
+    after = push(pool, FunctionTask(pow, 2, 10))
+
+    assert pool.wait_for_all(timeout=DEADLINE)
+
+    got = outcomes(results(pool))
+    result, error = got[crash]
+    assert result is None
+    assert isinstance(error, WorkerCrashed)
+    assert "exit code 3" in str(error)
+    assert crash in str(error)
+    assert got[after] == (1024, None)
+    assert len(pool.fds()) == 1
+
+
+def test_a_task_that_kills_its_worker_fails_with_worker_crashed_naming_the_signal(make_pool):
+    pool = make_pool(1)
+    pool.start()
+    crash = push(pool, FunctionTask(kill_myself))
+    after = push(pool, FunctionTask(abs, -7))
+
+    assert pool.wait_for_all(timeout=DEADLINE)
+
+    got = outcomes(results(pool))
+    assert isinstance(got[crash][1], WorkerCrashed)
+    assert "SIGKILL" in str(got[crash][1])
+    assert got[after] == (7, None)
+
+
+def test_wait_for_all_gives_up_at_its_timeout(make_pool):
+    pool = make_pool(1)
+    pool.start()
+    push(pool, FunctionTask(block_forever))
+
+    started = time.monotonic()
+    assert pool.wait_for_all(timeout=0.2) is False
+    assert time.monotonic() - started < 5
+
+
+# -- stopping ------------------------------------------------------------------------------------
+
+
+def test_stop_leaves_no_worker_process_behind(make_pool):
+    warm_up = make_pool(1)  # the forkserver (and resource tracker) outlive any one pool
+    warm_up.start()
+    push(warm_up, FunctionTask(abs, -1))
+    assert warm_up.wait_for_all(timeout=DEADLINE)
+    warm_up.stop()
+    before = descendants()
+
+    pool = make_pool(3)
+    pool.start()
+    for i in range(9):
+        push(pool, FunctionTask(square_with_pid, i))
+    assert pool.wait_for_all(timeout=DEADLINE)
+    workers = descendants() - before
+    assert len(workers) >= 3
+    assert len(worker_processes(pool)) == 3
+
+    pool.stop()
+
+    assert not [pid for pid in workers if is_running(pid)]
+    assert worker_processes(pool) == []
+    assert pool.fds() == []
+
+
+def test_stop_kills_a_worker_stuck_in_a_task(make_pool):
+    pool = make_pool(1)
+    pool.start()
+    push(pool, FunctionTask(block_forever))
+    [worker] = worker_processes(pool)
+
+    pool.stop()
+
+    assert not worker.is_alive()
+    assert worker_processes(pool) == []
+
+
+def test_stop_is_safe_twice_and_before_start(make_pool):
+    never_started = make_pool(2)
+    never_started.stop()
+    never_started.stop()
+
+    pool = make_pool(2)
+    pool.start()
+    pool.stop()
+    pool.stop()
+
+    assert worker_processes(pool) == []
