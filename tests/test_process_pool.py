@@ -23,9 +23,9 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from taskswarm.errors import WorkerCrashed
+from taskswarm.errors import TaskTimeout
 from taskswarm.managers.process_pool import ProcessPoolManager, WorkItem
-from taskswarm.task import FunctionTask, Task, load_outcome
+from taskswarm.task import FunctionTask, Status, Task, load_outcome
 
 DEADLINE = 30.0
 
@@ -104,10 +104,16 @@ def collect_until(pool: ProcessPoolManager, seen: list, count: int) -> None:
         seen.extend(results(pool))
 
 
-def outcomes(items: list[tuple[str, bool, bytes]]) -> dict[str, tuple[object, object]]:
+def outcomes(items: list[tuple[str, str, bytes]]) -> dict[str, tuple[object, object]]:
+    """task id -> (result, error); a crash's error is ("crash", how the worker died)."""
     ids = Counter(task_id for task_id, _, _ in items)
     assert all(n == 1 for n in ids.values()), f"results delivered twice: {ids.most_common(3)}"
-    return {task_id: load_outcome(ok, data, task_id) for task_id, ok, data in items}
+    return {
+        task_id: (None, (status, data))
+        if status in (Status.CRASH, Status.CANCELLED)
+        else load_outcome(status == Status.OK, data, task_id)
+        for task_id, status, data in items
+    }
 
 
 def worker_processes(pool: ProcessPoolManager) -> list[multiprocessing.process.BaseProcess]:
@@ -260,7 +266,7 @@ def test_create_task_builds_a_task_with_a_fresh_id(make_pool):
 # -- workers that die ----------------------------------------------------------------------------
 
 
-def test_a_task_that_exits_its_worker_fails_with_worker_crashed_naming_the_exit_code(make_pool):
+def test_a_task_that_exits_its_worker_is_reported_as_a_crash_naming_the_exit_code(make_pool):
     pool = make_pool(1)
     pool.start()
     crash = push(pool, FunctionTask(os._exit, 3))
@@ -269,16 +275,12 @@ def test_a_task_that_exits_its_worker_fails_with_worker_crashed_naming_the_exit_
     assert pool.wait_for_all(timeout=DEADLINE)
 
     got = outcomes(results(pool))
-    result, error = got[crash]
-    assert result is None
-    assert isinstance(error, WorkerCrashed)
-    assert "exit code 3" in str(error)
-    assert crash in str(error)
+    assert got[crash] == (None, (Status.CRASH, "exit code 3"))
     assert got[after] == (1024, None)
     assert len(pool.fds()) == 1
 
 
-def test_a_task_that_kills_its_worker_fails_with_worker_crashed_naming_the_signal(make_pool):
+def test_a_task_that_kills_its_worker_is_reported_as_a_crash_naming_the_signal(make_pool):
     pool = make_pool(1)
     pool.start()
     crash = push(pool, FunctionTask(kill_myself))
@@ -287,9 +289,41 @@ def test_a_task_that_kills_its_worker_fails_with_worker_crashed_naming_the_signa
     assert pool.wait_for_all(timeout=DEADLINE)
 
     got = outcomes(results(pool))
-    assert isinstance(got[crash][1], WorkerCrashed)
-    assert "SIGKILL" in str(got[crash][1])
+    assert got[crash] == (None, (Status.CRASH, "signal SIGKILL"))
     assert got[after] == (7, None)
+
+
+def test_a_task_past_its_timeout_fails_with_task_timeout_and_its_slot_serves_the_next(make_pool):
+    pool = make_pool(1)
+    pool.start()
+    slow = FunctionTask(time.sleep, 30)
+    slow_id = slow.task_id
+    pool.push_task(WorkItem(slow_id, cloudpickle.dumps(slow), 0.3))
+    after = push(pool, FunctionTask(abs, -5))
+    deadline = time.monotonic() + DEADLINE
+    while pool.get_results_queue().empty() and time.monotonic() < deadline:
+        pool.wait_for_all(timeout=0.05)
+        pool.check_timeouts()
+    assert pool.wait_for_all(timeout=DEADLINE)
+    got = outcomes(results(pool))
+    assert isinstance(got[slow_id][1], TaskTimeout)
+    assert "timeout of 0.3s" in str(got[slow_id][1])
+    assert got[after] == (5, None)
+    assert len(pool.fds()) == 1
+
+
+def test_cancel_drops_queued_tasks_and_stops_running_ones(make_pool):
+    pool = make_pool(1)
+    pool.start()
+    running = push(pool, FunctionTask(time.sleep, 30))
+    queued = push(pool, FunctionTask(time.sleep, 30))
+    after = push(pool, FunctionTask(abs, -9))
+    pool.cancel({running, queued})
+    assert pool.wait_for_all(timeout=DEADLINE)
+    got = outcomes(results(pool))
+    assert got[running] == (None, (Status.CANCELLED, b""))
+    assert got[queued] == (None, (Status.CANCELLED, b""))
+    assert got[after] == (9, None)
 
 
 def test_wait_for_all_gives_up_at_its_timeout(make_pool):

@@ -159,9 +159,17 @@ def keygen(path: str, force: bool) -> None:
     "--state-dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Directory for the master's durable state.",
+    help="Directory for the master's journal, which a restarted master resumes from "
+    "(default: a directory per bind address under ~/.local/share/taskswarm).",
 )
-@click.option("--no-state-dir", is_flag=True, help="Keep no durable state.")
+@click.option("--no-state-dir", is_flag=True, help="Keep no durable state (a restart forgets).")
+@click.option(
+    "--max-crashes",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Times a task may kill its worker process before it fails with WorkerCrashed.",
+)
 @click.option(
     "--dashboard", metavar="HOST:PORT", default=None, help="Serve the web dashboard on HOST:PORT."
 )
@@ -210,6 +218,7 @@ def master(
     prefetch: int,
     heartbeat: float,
     slave_timeout: float,
+    max_crashes: int,
     ready_file: str | None,
 ) -> None:
     """Run a master node: it keeps the task queue and runs task systems."""
@@ -217,8 +226,10 @@ def master(
     from .nodes.master import Master
 
     key = load_key(key_file)
-    if state_dir and not no_state_dir:
-        Path(state_dir).mkdir(parents=True, exist_ok=True)
+    if no_state_dir:
+        state_dir = None
+    elif state_dir is None:
+        state_dir = str(_default_state_dir(bind))
     if dashboard:
         log.warning("the dashboard is not part of this version yet; --dashboard is ignored")
     node = Master(
@@ -229,9 +240,18 @@ def master(
         prefetch=prefetch,
         heartbeat_interval=heartbeat,
         slave_timeout=slave_timeout,
+        state_dir=state_dir,
+        max_crashes=max_crashes,
     )
     _stop_on_signals(node)
     node.serve(ready_file)
+
+
+def _default_state_dir(bind: str) -> Path:
+    """One journal per bind address, under the user's data directory (XDG)."""
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    name = bind.replace("tcp://", "").replace("*", "any").replace(":", "-").strip("[]")
+    return base / "taskswarm" / f"master-{name}"
 
 
 @cli.command()
@@ -251,8 +271,20 @@ def master(
     type=click.FloatRange(0.05),
     help="Seconds between heartbeats.",
 )
+@click.option(
+    "--grace",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="On SIGINT/SIGTERM, seconds to let running tasks finish before handing them back.",
+)
 def slave(
-    master_address: str, key_file: str, workers: int | None, manager: str, heartbeat: float
+    master_address: str,
+    key_file: str,
+    workers: int | None,
+    manager: str,
+    heartbeat: float,
+    grace: float,
 ) -> None:
     """Run a slave node for the master at MASTER (tcp://HOST:PORT)."""
     from .keys import load_key
@@ -264,6 +296,7 @@ def slave(
         workers=workers,
         manager=manager,
         heartbeat_interval=heartbeat,
+        grace=grace,
     )
     _stop_on_signals(node)
     node.serve()
@@ -390,6 +423,39 @@ def status(master_address: str, key_file: str, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
     else:
         render_status(info)
+
+
+@cli.command()
+@click.argument("system_id")
+@click.option(
+    "--master",
+    "master_address",
+    envvar="TASKSWARM_MASTER",
+    default=DEFAULT_BIND,
+    show_default=True,
+    help="The master the task system was sent to.",
+)
+@_key_option()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=None,
+    help="Seconds to wait for a system still running (default: wait).",
+)
+def result(master_address: str, key_file: str, system_id: str, timeout: float | None) -> None:
+    """Print the result of the task system SYSTEM_ID (from `app.submit_system`)."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from .nodes.application import connect
+
+    with connect(master_address, key_file, connect_timeout=10.0) as app:
+        try:
+            value = app.system_result(system_id, timeout=timeout)
+        except FutureTimeout:
+            raise click.ClickException(
+                f"task system {system_id} is still running after {timeout:g}s"
+            ) from None
+    click.echo(repr(value))
 
 
 def main() -> None:

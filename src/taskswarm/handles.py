@@ -13,9 +13,28 @@ from .task import FunctionTask
 if TYPE_CHECKING:
     from .nodes.application import Application
 
-__all__ = ["SystemHandle", "TaskswarmExecutor"]
+__all__ = ["SystemHandle", "TaskFuture", "TaskswarmExecutor"]
 
 ProgressCallback = Callable[[int, int], None]
+
+
+class TaskFuture(Future):
+    """A ``concurrent.futures.Future`` for one task; ``cancel()`` also tells the master.
+
+    A task still queued is dropped there; one already running finishes, and its result is
+    ignored (``app.cancel(task_id)`` stops running ones too).
+    """
+
+    def __init__(self, task_id: str, on_cancel: Callable[[str], None]) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self._on_cancel = on_cancel
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        self._on_cancel(self.task_id)
+        return True
 
 
 class SystemHandle:

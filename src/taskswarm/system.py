@@ -24,7 +24,7 @@ import cloudpickle
 
 from .api import ITaskSystem
 from .errors import TaskSystemError
-from .task import ExceptionWithTraceback, Task, format_remote_traceback, load_outcome
+from .task import ExceptionWithTraceback, Task, format_remote_traceback, load_outcome, task_meta
 
 __all__ = ["TaskSystem", "MasterHandle", "SystemRunner"]
 
@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 
 #: Least seconds between two progress reports of one system.
 PROGRESS_INTERVAL = 0.2
+#: Most seconds between snapshots of a durable system that is applying results.
+SNAPSHOT_INTERVAL = 1.0
+
+
+class _Finished(Exception):
+    """The system completed while checking; unwinds ``_run`` quietly."""
 
 
 class TaskSystem(ITaskSystem):
@@ -61,7 +67,12 @@ class MasterHandle:
 
 
 class SystemRunner:
-    """Runs one task system on its own thread, fed by the master's networking thread."""
+    """Runs one task system on its own thread, fed by the master's networking thread.
+
+    When ``durable``, every ``push`` to the master carries a snapshot of the system (with its
+    outstanding tasks and the sequence number of the last result applied), so a restarted master
+    resumes from the snapshot and replays only the results that came after it.
+    """
 
     def __init__(
         self,
@@ -70,17 +81,27 @@ class SystemRunner:
         payload: bytes,
         post: Callable[[tuple], None],
         cluster_info: Callable[[], dict[str, int]],
+        *,
+        durable: bool = False,
+        restored: bool = False,
+        replay: list[tuple[int, str, bool, bytes]] | None = None,
     ) -> None:
         self.system_id = system_id
         self.client_id = client_id
         self._payload = payload
         self._post = post
         self.cluster_info = cluster_info
+        self._durable = durable
+        self._restored = restored
+        self._replay = replay or []
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: dict[str, Task] = {}  # task id -> the task object, until its result is in
         self._outgoing: list[Task] = []
         self.generated = 0
         self.finished = 0
+        self._applied_seq = 0  # the journal's number of the last result applied
+        self._snapshot_seq = 0
+        self._last_snapshot = time.monotonic()
         self._last_progress = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"system-{system_id[:8]}", daemon=True
@@ -112,51 +133,104 @@ class SystemRunner:
 
     def _run(self) -> None:
         try:
-            self.system = cloudpickle.loads(self._payload)
-            del self._payload
-            self.handle = MasterHandle(self)
-            self.system.init_system(self.handle)
-            self.add_tasks(self.system.generate_tasks(self.handle) or [])
-            if self._flush_and_check():
-                return
-            while (batch := self.inbox.get()) is not None:
-                for task_id, ok, data in batch:
-                    self._on_result(task_id, ok, data)
-                    if self._flush_and_check():
-                        return
+            self._begin()
+            batch = self._replay
+            while batch is not None:
+                if self._apply(batch):
+                    return
+                self._flush()
                 self._report_progress()
+                batch = self._next_batch()
+        except _Finished:
+            return
         except BaseException as exc:  # noqa: BLE001 - a broken system fails alone, loudly
             log.error("task system %s failed", self.system_id, exc_info=True)
             self._finish(None, exc, format_remote_traceback(exc))
 
-    def _on_result(self, task_id: str, ok: bool, data: bytes) -> None:
-        task = self._pending.pop(task_id, None)
-        if task is None:
-            return  # a duplicate delivery: each task is applied once
-        result, error = load_outcome(ok, data, task.name)
-        self.finished += 1
-        task.finished(result, error)
-        self.system.task_finished(self.handle, task, result, error)
+    def _next_batch(self) -> list | None:
+        """Wait for results; take everything already queued too (one flush for all of it)."""
+        batch = self.inbox.get()
+        while batch is not None:
+            try:
+                more = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                self.inbox.put(None)
+                break
+            batch = batch + more
+        return batch
 
-    def _flush_and_check(self) -> bool:
-        """Send what the last callback pushed, then ask the system whether it is done."""
-        if self._outgoing:
-            tasks, self._outgoing = self._outgoing, []
-            records = [(t.task_id, cloudpickle.dumps(t)) for t in tasks]
-            for task in tasks:
-                self._pending[task.task_id] = task
-            self.generated += len(tasks)
-            self._post(("push", self.system_id, records))
-        if not self.system.is_complete(self.handle):
-            if not self._pending:
-                raise TaskSystemError(
-                    "the task system is not complete but has no task left to wait for: "
-                    "generate_tasks or task_finished must push tasks until is_complete is True"
-                )
-            return False
-        result, error = self.system.gather_result(self.handle)
-        self._finish(result, error)
-        return True
+    def _begin(self) -> None:
+        payload, self._payload = self._payload, b""
+        self.handle = MasterHandle(self)
+        if self._restored:
+            self.system, self._pending, self.generated, self.finished = cloudpickle.loads(payload)
+            return
+        self.system = cloudpickle.loads(payload)
+        self.system.init_system(self.handle)
+        self.add_tasks(self.system.generate_tasks(self.handle) or [])
+        self._flush(force_snapshot=True)
+        self._check_waiting()
+
+    def _apply(self, batch: list[tuple[int, str, bool, bytes]]) -> bool:
+        """Apply a batch of results, asking after each whether the system is complete."""
+        for seq, task_id, ok, data in batch:
+            self._applied_seq = max(self._applied_seq, seq)
+            task = self._pending.pop(task_id, None)
+            if task is None:
+                continue  # a duplicate delivery: each task is applied once
+            result, error = load_outcome(ok, data, task.name)
+            self.finished += 1
+            task.finished(result, error)
+            self.system.task_finished(self.handle, task, result, error)
+            if self.system.is_complete(self.handle):
+                result, error = self.system.gather_result(self.handle)
+                self._finish(result, error)
+                return True
+        self._check_waiting()
+        return False
+
+    def _check_waiting(self) -> None:
+        if not self._pending and not self._outgoing and not self.system.is_complete(self.handle):
+            raise TaskSystemError(
+                "the task system is not complete but has no task left to wait for: "
+                "generate_tasks or task_finished must push tasks until is_complete is True"
+            )
+        if not self._pending and not self._outgoing:
+            result, error = self.system.gather_result(self.handle)
+            self._finish(result, error)
+            raise _Finished
+
+    def _flush(self, force_snapshot: bool = False) -> None:
+        """Send what the callbacks pushed (with a snapshot when durable)."""
+        tasks, self._outgoing = self._outgoing, []
+        records = [(task_meta(t), cloudpickle.dumps(t)) for t in tasks]
+        for task in tasks:
+            self._pending[task.task_id] = task
+        self.generated += len(tasks)
+        snapshot = None
+        due = time.monotonic() - self._last_snapshot > SNAPSHOT_INTERVAL
+        if self._durable and (
+            tasks or force_snapshot or (due and self._applied_seq > self._snapshot_seq)
+        ):
+            snapshot = self._snapshot()
+        if records or snapshot is not None:
+            self._post(("push", self.system_id, records, snapshot, self._applied_seq))
+
+    def _snapshot(self) -> bytes | None:
+        try:
+            data = cloudpickle.dumps((self.system, self._pending, self.generated, self.finished))
+        except Exception as exc:
+            log.warning(
+                "task system %s cannot be snapshotted (%s); it will not survive a master restart",
+                self.system_id,
+                exc,
+            )
+            self._durable = False
+            return None
+        self._snapshot_seq, self._last_snapshot = self._applied_seq, time.monotonic()
+        return data
 
     def _report_progress(self) -> None:
         now = time.monotonic()

@@ -19,7 +19,15 @@ import cloudpickle
 
 from .errors import TaskError
 
-__all__ = ["Task", "FunctionTask", "RemoteTraceback", "ExceptionWithTraceback", "new_task_id"]
+__all__ = [
+    "Task",
+    "FunctionTask",
+    "RemoteTraceback",
+    "ExceptionWithTraceback",
+    "Status",
+    "new_task_id",
+    "task_meta",
+]
 
 
 def new_task_id() -> str:
@@ -33,10 +41,12 @@ class Task:
     system's tasks (as in the seed), on the application node for plain tasks.
     """
 
-    #: Seconds the task may run before its worker is replaced (reliability work); None: no limit.
+    #: Seconds the task may run before its worker is replaced and it fails with TaskTimeout.
     timeout: float | None = None
-    #: How often a task that raised may be run again (reliability work).
+    #: How often a task that raised may be run again; worker or slave loss never counts.
     max_retries: int = 0
+    #: Which exceptions a retry is for (with ``max_retries`` > 0).
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
 
     def __init__(
         self, name: str | None = None, system_id: str | None = None, client_id: str | None = None
@@ -124,8 +134,31 @@ def dump_error(exc: BaseException, context: str = "") -> bytes:
         return cloudpickle.dumps(ExceptionWithTraceback(fallback, tb))
 
 
-def run_task_payload(payload: bytes) -> tuple[bool, bytes]:
-    """Unpickle a task, run it, and return ``(ok, pickled outcome)``; never raises.
+def task_meta(task: Task) -> list[Any]:
+    """What the master and slaves need to know of a task without unpickling it:
+    ``[task_id, timeout, max_retries, name]``, carried in message headers."""
+    timeout = task.timeout
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(f"task {task.name!r}: timeout must be a positive number of seconds")
+    retries = task.max_retries
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"task {task.name!r}: max_retries must be a whole number >= 0")
+    return [task.task_id, None if timeout is None else float(timeout), retries, str(task.name)]
+
+
+class Status:
+    """How a task's run ended, as the slave reports it (plain strings on the wire)."""
+
+    OK = "ok"
+    ERROR = "error"  # the task raised; the outcome is the exception
+    RETRY = "retry"  # the task raised an exception its ``retry_on`` names
+    CRASH = "crash"  # the worker process died running it
+    TIMEOUT = "timeout"  # it ran past its ``timeout``; the worker was replaced
+    CANCELLED = "cancelled"  # stopped on request; there is no outcome
+
+
+def run_task(payload: bytes) -> tuple[str, bytes]:
+    """Unpickle a task, run it, and return ``(status, pickled outcome)``; never raises.
 
     This is the whole of what a worker process does with a task, kept here so the same rules
     (what counts as an error, how it is pickled) hold for every task manager.
@@ -133,23 +166,35 @@ def run_task_payload(payload: bytes) -> tuple[bool, bytes]:
     try:
         task = cloudpickle.loads(payload)
     except BaseException as exc:  # noqa: BLE001 - any unpickling failure is the task's failure
-        return False, dump_error(exc, "the task could not be unpickled in the worker")
+        return Status.ERROR, dump_error(exc, "the task could not be unpickled in the worker")
     try:
         try:
             result = task()
         finally:
             task.clean_up()
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a task is its error too
-        return False, dump_error(exc)
+        retry = getattr(task, "max_retries", 0) > 0 and isinstance(exc, _retry_on(task))
+        return (Status.RETRY if retry else Status.ERROR), dump_error(exc)
     try:
-        return True, cloudpickle.dumps(result)
+        return Status.OK, cloudpickle.dumps(result)
     except Exception as exc:
         error = TaskError(
             f"the result of task {getattr(task, 'name', '?')!r} could not be pickled: "
             f"{type(exc).__name__}: {exc}",
             type(exc).__qualname__,
         )
-        return False, dump_error(error)
+        return Status.ERROR, dump_error(error)
+
+
+def _retry_on(task: Any) -> tuple[type[BaseException], ...]:
+    retry_on = getattr(task, "retry_on", (Exception,))
+    return retry_on if isinstance(retry_on, tuple) else (retry_on,)
+
+
+def run_task_payload(payload: bytes) -> tuple[bool, bytes]:
+    """``run_task`` as ``(ok, pickled outcome)``."""
+    status, data = run_task(payload)
+    return status == Status.OK, data
 
 
 def load_outcome(ok: bool, data: bytes, task_name: str = "?") -> tuple[Any, BaseException | None]:

@@ -43,19 +43,22 @@ class Kind:
 
     # slave -> master
     REGISTER = "register"  # {node_id, host, pid, workers}
-    RESULTS = "results"  # {results: [[task_id, ok], ...]} + one payload per result
+    RESULTS = "results"  # {results: [[task_id, status, detail], ...]} + one payload per result
     # application -> master
     HELLO = "hello"  # {client_id}
-    SUBMIT = "submit"  # {tasks: [task_id, ...], rid} + one payload per task
+    SUBMIT = "submit"  # {tasks: [[task_id, timeout, max_retries, name], ...], rid} + payloads
     SYSTEM = "system"  # {system_id, rid} + the pickled task system
     SYSTEM_QUERY = "system-query"  # {system_id}
     STATUS = "status"  # {rid}
     RESIZE = "resize"  # {slave_id, workers} to master; {workers} master -> slave
     BYE = "bye"  # a node leaves on purpose
+    CANCEL = "cancel"  # {tasks} or {system_id} to master; {tasks} master -> slave
+    RESULTS_ACK = "results-ack"  # {tasks}: the application has these results (journal may drop)
+    DRAIN = "drain"  # a slave takes no new tasks (it is stopping)
     # master -> nodes
     WELCOME = "welcome"  # {node_id}
     REREGISTER = "reregister"  # the master does not know the sender (it restarted, or lost it)
-    TASKS = "tasks"  # {tasks: [task_id, ...]} + one payload per task
+    TASKS = "tasks"  # {tasks: [[task_id, timeout], ...]} + one payload per task
     ACK = "ack"  # {rid, n}: the master accepted a submission (push_task_response)
     REJECT = "reject"  # {rid, reason}: the master refused it (push_task_failed)
     SYSTEM_PROGRESS = "system-progress"  # {system_id, done, total}

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -24,8 +25,8 @@ from typing import Any
 import msgpack
 
 from ..api import ITaskManager
-from ..errors import WorkerCrashed
-from ..task import dump_error, new_task_id
+from ..errors import TaskTimeout
+from ..task import Status, dump_error, new_task_id
 from .worker import STOP, worker_main
 
 __all__ = ["ProcessPoolManager", "WorkItem"]
@@ -39,6 +40,7 @@ class WorkItem:
 
     task_id: str
     payload: bytes
+    timeout: float | None = None
 
 
 @dataclass(eq=False)
@@ -46,7 +48,14 @@ class _Worker:
     process: Any
     conn: Any
     task: WorkItem | None = None
+    started: float = 0.0
     retiring: bool = False
+
+    @property
+    def deadline(self) -> float | None:
+        if self.task is None or self.task.timeout is None:
+            return None
+        return self.started + self.task.timeout
 
 
 def _default_context() -> multiprocessing.context.BaseContext:
@@ -69,7 +78,7 @@ class ProcessPoolManager(ITaskManager):
         self._context = context or _default_context()
         self._workers: dict[int, _Worker] = {}  # by pipe fd
         self._queue: deque[WorkItem] = deque()
-        self._results: queue.SimpleQueue[tuple[str, bool, bytes]] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
         self._pending = 0
         self._started = False
         self.generation = 0  # bumped whenever the set of pipes changes (the slave re-polls)
@@ -131,7 +140,7 @@ class ProcessPoolManager(ITaskManager):
                 self.collect(conn.fileno())
         return True
 
-    def get_results_queue(self) -> queue.SimpleQueue[tuple[str, bool, bytes]]:
+    def get_results_queue(self) -> queue.SimpleQueue[tuple[str, str, Any]]:
         return self._results
 
     def create_task(self, task_class: type, *args: Any, **kwargs: Any) -> Any:
@@ -140,9 +149,10 @@ class ProcessPoolManager(ITaskManager):
         return task
 
     def task_finished(self, task: WorkItem, result: Any, error: Any) -> None:
-        """Queue an outcome: ``result`` is the pickled outcome, ``error`` whether it failed."""
+        """Queue ``(task_id, status, outcome)``: ``error`` is the Status (None for OK),
+        ``result`` the pickled outcome, or a short text saying how a worker died."""
         self._pending -= 1
-        self._results.put((task.task_id, not error, result))
+        self._results.put((task.task_id, error or Status.OK, result))
 
     # -- what the slave's loop calls ---------------------------------------------------------
 
@@ -165,19 +175,62 @@ class ProcessPoolManager(ITaskManager):
         self._pending -= len(items)
         return items
 
+    def next_deadline(self) -> float | None:
+        """When the earliest running task's timeout expires (monotonic), if any has one."""
+        deadlines = [w.deadline for w in self._workers.values() if w.deadline is not None]
+        return min(deadlines, default=None)
+
+    def check_timeouts(self) -> None:
+        """Replace the worker of every task past its timeout; the task fails with TaskTimeout."""
+        now = time.monotonic()
+        for fd, worker in list(self._workers.items()):
+            deadline = worker.deadline
+            if deadline is None or deadline > now or worker.task is None:
+                continue
+            item = worker.task
+            log.warning(
+                "task %s ran past its %gs timeout; replacing its worker", item.task_id, item.timeout
+            )
+            self._kill(fd, worker)
+            error = TaskTimeout(
+                f"task {item.task_id} ran past its timeout of {item.timeout:g}s; its worker "
+                "process was replaced",
+                "TaskTimeout",
+            )
+            self.task_finished(item, dump_error(error), Status.TIMEOUT)
+        self._adjust_pool()
+        self._feed()
+
+    def cancel(self, task_ids: set[str]) -> None:
+        """Forget queued tasks and stop running ones (their workers are replaced)."""
+        kept: deque[WorkItem] = deque()
+        for item in self._queue:
+            if item.task_id in task_ids:
+                self.task_finished(item, b"", Status.CANCELLED)
+            else:
+                kept.append(item)
+        self._queue = kept
+        for fd, worker in list(self._workers.items()):
+            if worker.task is not None and worker.task.task_id in task_ids:
+                item = worker.task
+                self._kill(fd, worker)
+                self.task_finished(item, b"", Status.CANCELLED)
+        self._adjust_pool()
+        self._feed()
+
     def collect(self, fd: int) -> None:
         """Read one worker's outcome (or notice its death), then give it the next task."""
         worker = self._workers.get(fd)
         if worker is None:
             return
         try:
-            task_id, ok, data = msgpack.unpackb(worker.conn.recv_bytes())
+            task_id, status, data = msgpack.unpackb(worker.conn.recv_bytes())
         except (EOFError, OSError):
             self._worker_died(fd, worker)
         else:
             item, worker.task = worker.task, None
             if item is not None and item.task_id == task_id:
-                self.task_finished(item, data, not ok)
+                self.task_finished(item, data, None if status == Status.OK else status)
             if worker.retiring:
                 self._retire(fd, worker)
         self._adjust_pool()
@@ -197,6 +250,14 @@ class ProcessPoolManager(ITaskManager):
         child_end.close()
         self._workers[parent_end.fileno()] = _Worker(process, parent_end)
         self.generation += 1
+
+    def _kill(self, fd: int, worker: _Worker) -> None:
+        self._workers.pop(fd, None)
+        self.generation += 1
+        worker.task = None
+        worker.process.kill()
+        worker.process.join(timeout=5.0)
+        worker.conn.close()
 
     def _retire(self, fd: int, worker: _Worker) -> None:
         self._workers.pop(fd, None)
@@ -231,6 +292,7 @@ class ProcessPoolManager(ITaskManager):
             if worker.task is None and not worker.retiring:
                 item = self._queue.popleft()
                 worker.task = item
+                worker.started = time.monotonic()
                 try:
                     worker.conn.send_bytes(msgpack.packb([item.task_id, item.payload]))
                 except OSError:
@@ -247,13 +309,9 @@ class ProcessPoolManager(ITaskManager):
             return
         how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
         log.error("task %s killed its worker process (%s)", worker.task.task_id, how)
-        error = WorkerCrashed(
-            f"task {worker.task.task_id} killed its worker process ({how})", "WorkerCrashed"
-        )
-        self.task_finished(worker.task, dump_error(error), True)
+        # The master decides whether to run it again (a crash does not count as a retry).
+        self.task_finished(worker.task, how, Status.CRASH)
 
 
 def _now() -> float:
-    import time
-
     return time.monotonic()

@@ -11,7 +11,7 @@ from multiprocessing.connection import Connection
 
 import msgpack
 
-from ..task import run_task_payload
+from ..task import run_task
 
 #: Sent instead of a task: finish and exit.
 STOP = b""
@@ -28,8 +28,8 @@ def worker_main(conn: Connection) -> None:
         if message == STOP:
             return
         task_id, payload = msgpack.unpackb(message)
-        ok, data = run_task_payload(payload)
+        status, data = run_task(payload)
         try:
-            conn.send_bytes(msgpack.packb([task_id, ok, data]))
+            conn.send_bytes(msgpack.packb([task_id, status, data]))
         except (BrokenPipeError, OSError):
             return

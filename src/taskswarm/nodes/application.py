@@ -28,9 +28,9 @@ import zmq
 
 from .. import pickling
 from ..errors import ClientClosed, MasterUnreachable, TaskswarmError, UnknownTaskSystem
-from ..handles import ProgressCallback, SystemHandle, TaskswarmExecutor
+from ..handles import ProgressCallback, SystemHandle, TaskFuture, TaskswarmExecutor
 from ..keys import load_key
-from ..task import FunctionTask, Task, load_outcome
+from ..task import FunctionTask, Task, load_outcome, task_meta
 from ..wire import Codec, Kind, Message
 from .mailbox import Mailbox
 from .transport import check_address, connect_dealer, receive_batch, try_send
@@ -66,6 +66,7 @@ class Application:
         self._requests: dict[int, Future[Any]] = {}
         self._systems: dict[str, SystemHandle] = {}
         self._rids = itertools.count(1)
+        self._unconfirmed_batches: dict[int, list[tuple[list, bytes]]] = {}  # I/O thread only
         self._welcomed = threading.Event()
         self._closed = False
         self._last_from_master = 0.0
@@ -82,15 +83,31 @@ class Application:
 
     # -- tasks -----------------------------------------------------------------------------------
 
-    def submit(self, fn: Task | Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """Run a task (or ``fn(*args, **kwargs)``) on the cluster; returns its Future."""
+    def submit(
+        self,
+        fn: Task | Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Future[Any]:
+        """Run a task (or ``fn(*args, **kwargs)``) on the cluster; returns its Future.
+
+        ``timeout`` (seconds) sets the task's ``Task.timeout``: past it, its worker is replaced
+        and the Future fails with TaskTimeout. (To pass a ``timeout`` argument to ``fn`` itself,
+        wrap it: ``submit(ts.FunctionTask(fn, timeout=5))``.)
+        """
         if isinstance(fn, Task):
             if args or kwargs:
                 raise TypeError("submit(task) takes no arguments; give them to the task")
-            return self.push_tasks([fn])[0]
-        if not callable(fn):
+            task = fn
+        elif callable(fn):
+            task = FunctionTask(fn, *args, **kwargs)
+        else:
             raise TypeError(f"submit() needs a ts.Task or a callable, not {type(fn).__name__}")
-        return self.push_tasks([FunctionTask(fn, *args, **kwargs)])[0]
+        if timeout is not None:
+            task.timeout = timeout
+        return self.push_tasks([task])[0]
 
     def push_task(self, task: Task) -> Future[Any]:
         return self.push_tasks([task])[0]
@@ -102,14 +119,34 @@ class Application:
         for task in tasks:
             payload = _pickle_task(task)
             task.client_id = self.client_id
-            future: Future[Any] = Future()
-            items.append((task, future, payload))
+            future = TaskFuture(task.task_id, self._cancel_queued)
+            items.append((task, future, task_meta(task), payload))
             futures.append(future)
         with self._lock:
-            for task, future, _ in items:
+            for task, future, _, _ in items:
                 self._tasks[task.task_id] = (task, future)
-        self._mailbox.post(("tasks", [(t.task_id, p) for t, _, p in items]))
+        self._mailbox.post(("tasks", [(meta, payload) for _, _, meta, payload in items]))
         return futures
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task, queued or running (its worker is stopped); False if already done."""
+        with self._lock:
+            entry = self._tasks.get(task_id)
+        if entry is None or not Future.cancel(entry[1]):
+            return False
+        self._cancel_queued(task_id)
+        return True
+
+    def cancel_system(self, system_id: str) -> None:
+        """Stop a task system: its tasks are cancelled and its result is a TaskSystemError."""
+        self._check_open()
+        self._post(Kind.CANCEL, {"system_id": str(system_id)})
+
+    def _cancel_queued(self, task_id: str) -> None:
+        with self._lock:
+            self._tasks.pop(task_id, None)
+        if not self._closed:
+            self._post(Kind.CANCEL, {"tasks": [task_id]})
 
     def executor(self) -> TaskswarmExecutor:
         """A ``concurrent.futures.Executor`` over this connection."""
@@ -274,9 +311,24 @@ class Application:
             self._send(kind, header, payloads)
         self._send_tasks(batch)
 
-    def _send_tasks(self, batch: list[tuple[str, bytes]]) -> None:
-        if batch:
-            self._send(Kind.SUBMIT, {"tasks": [t for t, _ in batch]}, [p for _, p in batch])
+    def _send_tasks(self, batch: list[tuple[list, bytes]]) -> None:
+        if not batch:
+            return
+        rid = next(self._rids)
+        self._unconfirmed_batches[rid] = batch  # until the master ACKs: it may have to go again
+        header = {"tasks": [meta for meta, _ in batch], "rid": rid}
+        self._send(Kind.SUBMIT, header, [payload for _, payload in batch])
+
+    def _resync(self) -> None:
+        """After a reconnect: send again what the master may not have, ask for what is due."""
+        batches, self._unconfirmed_batches = list(self._unconfirmed_batches.values()), {}
+        with self._lock:
+            waiting = set(self._tasks)
+            systems = [h.system_id for h in self._systems.values() if not h.done()]
+        for batch in batches:
+            self._send_tasks([(meta, payload) for meta, payload in batch if meta[0] in waiting])
+        for system_id in systems:
+            self._send(Kind.SYSTEM_QUERY, {"system_id": system_id})
 
     def _keep_alive(self) -> None:
         silent = time.monotonic() - self._last_from_master
@@ -288,6 +340,9 @@ class Application:
     # -- handlers (I/O thread) -------------------------------------------------------------------
 
     def _on_welcome(self, msg: Message) -> None:
+        if self._welcomed.is_set():
+            log.info("reconnected to the master at %s", self.address)
+            self._resync()
         self._welcomed.set()
 
     def _on_reregister(self, msg: Message) -> None:
@@ -311,9 +366,17 @@ class Application:
                 log.error("%r.finished() raised", task, exc_info=True)
             _resolve(future, result, error)
             if self.on_task_finished is not None:
-                self.on_task_finished(task, result, error)
+                try:
+                    self.on_task_finished(task, result, error)
+                except Exception:
+                    log.error("on_task_finished callback raised", exc_info=True)
 
     def _on_reply(self, msg: Message) -> None:
+        batch = self._unconfirmed_batches.pop(msg.get("rid"), None)
+        if batch is not None:
+            if msg.kind == Kind.REJECT:
+                self._fail_tasks([meta[0] for meta, _ in batch], str(msg.get("reason")))
+            return
         with self._lock:
             future = self._requests.get(msg.get("rid"))
         if future is None:
@@ -322,6 +385,14 @@ class Application:
             _resolve(future, exception=TaskswarmError(str(msg.get("reason"))))
         else:
             _resolve(future, msg.header)
+
+    def _fail_tasks(self, task_ids: list[str], reason: str) -> None:
+        error = TaskswarmError(f"the master refused the tasks: {reason}")
+        with self._lock:
+            entries = [self._tasks.pop(t, None) for t in task_ids]
+        for entry in entries:
+            if entry is not None:
+                _resolve(entry[1], exception=error)
 
     def _on_progress(self, msg: Message) -> None:
         handle = self._systems.get(str(msg["system_id"]))

@@ -2,14 +2,16 @@
 
 Data flow::
 
-    application --SUBMIT--> router --> scheduler queue --dispatch--> TASKS --> slave
-    application --SYSTEM--> router --> SystemRunner thread --push--> scheduler queue
-    slave --RESULTS--> router --> scheduler.result_arrived --+--> RESULTS --> application
-                                                             +--> SystemRunner inbox (its tasks)
-    SystemRunner --done--> mailbox --> SYSTEM_DONE --> application
+    application --SUBMIT--> router --journal--> scheduler queue --dispatch--> TASKS --> slave
+    application --SYSTEM--> router --journal--> SystemRunner thread --push--> scheduler queue
+    slave --RESULTS--> router --> scheduler.result_arrived --+--journal--> RESULTS --> application
+                                                             +--journal--> SystemRunner (its tasks)
+    SystemRunner --done--> mailbox --journal--> SYSTEM_DONE --> application
 
 One thread owns the socket and every record (the loop below). Plain tasks and their results stay
 opaque bytes here; only task systems, in their runner threads, are ever unpickled on the master.
+Everything accepted is journaled (``taskswarm.journal``) before it is acknowledged, so a master
+restarted on the same state directory carries on where it stopped.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import zmq
 
+from ..errors import WorkerCrashed
+from ..journal import Journal, NullJournal
 from ..scheduling import load_plugin
 from ..scheduling.records import NodeState, SlaveRecord, TaskRecord
-from ..system import SystemRunner
+from ..task import ExceptionWithTraceback, Status
 from ..wire import Codec, Kind, Message
 from .mailbox import Mailbox
+from .systems import SystemTable
 from .transport import bind_router, receive_batch, try_send
 
 __all__ = ["Master"]
@@ -39,25 +45,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class ClientRecord:
-    """An application node: where its results go, and what could not be delivered yet."""
+    """An application node: where its results go, and which it has not confirmed yet."""
 
     client_id: str
-    identity: bytes
+    identity: bytes | None
     last_seen: float = field(default_factory=time.monotonic)
     outbox: list[tuple[str, bool, bytes]] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class SystemRecord:
-    system_id: str
-    client_id: str
-    runner: SystemRunner | None
-    started: float = field(default_factory=time.monotonic)
-    done: int = 0
-    total: int = 0
-    outcome: bytes | None = None  # pickled (result, error) once complete
-    failed: bool = False
-    waiters: set[bytes] = field(default_factory=set)
+    unconfirmed: dict[str, tuple[bool, bytes]] = field(default_factory=dict)
 
 
 class Master:
@@ -73,14 +67,18 @@ class Master:
         prefetch: int = 2,
         heartbeat_interval: float = 1.0,
         slave_timeout: float = 5.0,
+        state_dir: str | os.PathLike[str] | None = None,
+        max_crashes: int = 3,
     ) -> None:
         self.codec = Codec(key)
         self.heartbeat_interval = heartbeat_interval
         self.slave_timeout = slave_timeout
+        self.max_crashes = max_crashes
         strategy_obj = load_plugin("taskswarm.strategies", strategy)()
         self.scheduler = load_plugin("taskswarm.schedulers", scheduler)(strategy_obj, prefetch)
         self.scheduler.setup(self)
         self.scheduler_name, self.strategy_name = scheduler, strategy
+        self.journal = Journal(Path(state_dir) / "journal.sqlite3") if state_dir else NullJournal()
         self._context = zmq.Context()
         self.router, self.address = bind_router(self._context, bind)
         self.mailbox = Mailbox()
@@ -89,7 +87,7 @@ class Master:
         self._poller.register(self.mailbox.fileno(), zmq.POLLIN)
         self.peers: dict[bytes, SlaveRecord | ClientRecord] = {}
         self.clients: dict[str, ClientRecord] = {}
-        self.systems: dict[str, SystemRecord] = {}
+        self.systems = SystemTable(self)
         self.departed: dict[str, dict] = {}  # lost or gone slaves, for status
         self._stopping = False
         #: Stop when this process is no longer our parent (set for LocalCluster's nodes).
@@ -99,18 +97,47 @@ class Master:
         self._handlers = {
             Kind.REGISTER: self.on_slave_register,
             Kind.RESULTS: self.on_slave_results,
+            Kind.DRAIN: self.on_slave_drain,
             Kind.HEARTBEAT: self.on_heartbeat,
             Kind.HELLO: self.on_client_hello,
             Kind.SUBMIT: self.on_client_submit,
+            Kind.RESULTS_ACK: self.on_client_results_ack,
+            Kind.CANCEL: self.on_client_cancel,
             Kind.SYSTEM: self.on_client_system,
             Kind.SYSTEM_QUERY: self.on_system_query,
             Kind.STATUS: self.on_status,
             Kind.RESIZE: self.on_resize,
             Kind.BYE: self.on_bye,
         }
+        self._restore()
         log.info(
-            "master listening on %s (scheduler %s, strategy %s)", self.address, scheduler, strategy
+            "master listening on %s (scheduler %s, strategy %s, state %s)",
+            self.address,
+            scheduler,
+            strategy,
+            state_dir or "not kept",
         )
+
+    def _restore(self) -> None:
+        saved = self.journal.load()
+        running = {s.system_id for s in saved.systems if s.outcome is None}
+        self.scheduler.push_tasks(
+            TaskRecord(task_id, payload, client_id, system_id, timeout, retries)
+            for task_id, client_id, system_id, payload, timeout, retries in saved.queued
+            if system_id is None or system_id in running
+        )
+        for client_id, outcomes in saved.undelivered.items():
+            client = self.clients[client_id] = ClientRecord(client_id, None)
+            client.unconfirmed = {t: (ok, data) for t, ok, data in outcomes}
+        for system in saved.systems:
+            self.systems.restore(system)
+        if saved.queued or saved.undelivered or saved.systems:
+            log.info(
+                "restored %d tasks, %d undelivered results, %d task systems",
+                len(saved.queued),
+                sum(map(len, saved.undelivered.values())),
+                len(saved.systems),
+            )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -126,7 +153,8 @@ class Master:
                 if self.router in events:
                     self._receive_from_nodes()
                 if self.mailbox.fileno() in events:
-                    self._process_mailbox()
+                    for item in self.mailbox.drain():
+                        self.systems.on_runner_message(item)
                 if time.monotonic() >= next_beat:
                     self._send_heartbeats()
                     self._check_slaves()
@@ -153,15 +181,14 @@ class Master:
         if self._closed:
             return
         self._closed = True
-        for record in self.systems.values():
-            if record.runner is not None:
-                record.runner.stop()
+        self.systems.stop_all()
         self.router.close(linger=0)
         self._context.term()
         self.mailbox.close()
+        self.journal.close()
         log.info("master stopped")
 
-    # -- receiving -------------------------------------------------------------------------------
+    # -- receiving and sending -----------------------------------------------------------------
 
     def _receive_from_nodes(self) -> None:
         for frames in receive_batch(self.router):
@@ -182,14 +209,19 @@ class Master:
                 self.codec.rejected["bad-fields"] += 1
                 log.warning("dropped a %s message with bad fields: %r", message.kind, exc)
 
-    def _send(self, identity: bytes, kind: str, header: dict | None = None, payloads=()) -> bool:
+    def send(self, identity: bytes, kind: str, header: dict | None = None, payloads=()) -> bool:
         return try_send(self.router, [identity, *self.codec.encode(kind, header, payloads)])
+
+    def send_to_client(self, client_id: str, kind: str, header: dict) -> None:
+        client = self.clients.get(client_id)
+        if client is not None and client.identity is not None:
+            self.send(client.identity, kind, header)
+
+    # -- slaves ----------------------------------------------------------------------------------
 
     def _slave(self, identity: bytes) -> SlaveRecord | None:
         peer = self.peers.get(identity)
         return peer if isinstance(peer, SlaveRecord) else None
-
-    # -- slaves ----------------------------------------------------------------------------------
 
     def on_slave_register(self, identity: bytes, msg: Message) -> None:
         old = self._slave(identity)
@@ -206,7 +238,8 @@ class Master:
         self.departed.pop(slave.slave_id, None)
         self.peers[identity] = slave
         self.scheduler.add_slave(slave)
-        self._send(identity, Kind.WELCOME, {"node_id": slave.slave_id})
+        self.scheduler.assign_held(slave, [str(t) for t in msg.get("held", [])])
+        self.send(identity, Kind.WELCOME, {"node_id": slave.slave_id})
         log.info(
             "slave %s registered from %s with %d workers", slave.slave_id, slave.host, slave.workers
         )
@@ -214,7 +247,7 @@ class Master:
     def on_heartbeat(self, identity: bytes, msg: Message) -> None:
         peer = self.peers.get(identity)
         if peer is None:
-            self._send(identity, Kind.REREGISTER)
+            self.send(identity, Kind.REREGISTER)
             return
         peer.last_seen = time.monotonic()
         if isinstance(peer, SlaveRecord):
@@ -232,28 +265,71 @@ class Master:
         slave.credit += int(msg.get("credit", 0))
         slave.rating = self.scheduler.strategy.rate(slave)
 
+    def on_slave_drain(self, identity: bytes, msg: Message) -> None:
+        slave = self._slave(identity)
+        if slave is not None:
+            slave.state = NodeState.DRAINING
+            log.info("slave %s is draining", slave.slave_id)
+
     def on_slave_results(self, identity: bytes, msg: Message) -> None:
         slave = self._slave(identity)
         if slave is not None:
             slave.last_seen = time.monotonic()
             slave.credit += int(msg.get("credit", 0))
         else:
-            self._send(identity, Kind.REREGISTER)
+            self.send(identity, Kind.REREGISTER)
         slave_id = slave.slave_id if slave else None
         per_system: dict[str, list] = defaultdict(list)
-        for (task_id, ok), data in zip(msg["results"], msg.payloads, strict=False):
-            task = self.scheduler.result_arrived(slave_id, task_id)
+        plain: list[tuple[TaskRecord, bool, bytes]] = []
+        for (task_id, status, detail), data in zip(msg["results"], msg.payloads, strict=True):
+            task = self.scheduler.result_arrived(slave_id, str(task_id))
             if task is None:
-                continue
-            self.scheduler.task_finished(task, None, None if ok else True)
+                continue  # stale, duplicate or cancelled
+            outcome = self._settle(task, status, detail, data)
+            if outcome is None:
+                continue  # it runs again
+            ok, data = outcome
             if task.system_id is not None:
-                per_system[task.system_id].append((task_id, bool(ok), data))
-            elif (client := self.clients.get(task.client_id)) is not None:
-                client.outbox.append((task_id, bool(ok), data))
-        for system_id, batch in per_system.items():
-            record = self.systems.get(system_id)
-            if record is not None and record.runner is not None:
-                record.runner.inbox.put(batch)
+                per_system[task.system_id].append((task.task_id, ok, data))
+            else:
+                plain.append((task, ok, data))
+        self.systems.deliver(per_system)
+        self._route_plain(plain)
+
+    def _settle(
+        self, task: TaskRecord, status: str, detail: Any, data: bytes
+    ) -> tuple[bool, bytes] | None:
+        """Decide what a reported run means: an outcome to deliver, or None to run it again."""
+        if status == Status.CANCELLED:
+            return None
+        if status == Status.RETRY and task.retries < task.max_retries:
+            task.retries += 1
+            log.info("task %s raised; retry %d of %d", task.task_id, task.retries, task.max_retries)
+            self.scheduler.requeue(task)
+            return None
+        if status == Status.CRASH:
+            task.crashes += 1
+            if task.crashes < self.max_crashes:
+                log.warning(
+                    "task %s killed its worker (%s); running it again", task.task_id, detail
+                )
+                self.scheduler.requeue(task)
+                return None
+            data = _crash_error(task, str(detail), self.max_crashes)
+        ok = status == Status.OK
+        self.scheduler.task_finished(task, None, None if ok else status)
+        return ok, data
+
+    def _route_plain(self, outcomes: list[tuple[TaskRecord, bool, bytes]]) -> None:
+        if not outcomes:
+            return
+        self.journal.plain_outcomes((t.task_id, ok, data) for t, ok, data in outcomes)
+        for task, ok, data in outcomes:
+            client = self.clients.get(task.client_id)
+            if client is None:
+                client = self.clients[task.client_id] = ClientRecord(task.client_id, None)
+            client.outbox.append((task.task_id, ok, data))
+            client.unconfirmed[task.task_id] = (ok, data)
 
     def _check_slaves(self) -> None:
         now = time.monotonic()
@@ -283,11 +359,20 @@ class Master:
 
     def _send_task_batches(self) -> None:
         for slave, tasks in self.scheduler.take_outboxes():
-            ids = [t.task_id for t in tasks]
-            if not self._send(
-                slave.identity, Kind.TASKS, {"tasks": ids}, [t.payload for t in tasks]
-            ):
+            header = {"tasks": [[t.task_id, t.timeout] for t in tasks]}
+            if not self.send(slave.identity, Kind.TASKS, header, [t.payload for t in tasks]):
                 self._lose_slave(slave, "unreachable")
+
+    def cancel_on_slaves(self, tasks: list[TaskRecord]) -> None:
+        """Tell slaves to stop tasks that are no longer wanted (queued ones are just gone)."""
+        per_slave: dict[str, list[str]] = defaultdict(list)
+        for task in tasks:
+            if task.slave_id is not None:
+                per_slave[task.slave_id].append(task.task_id)
+        for slave_id, task_ids in per_slave.items():
+            slave = self.scheduler.slaves.get(slave_id)
+            if slave is not None:
+                self.send(slave.identity, Kind.CANCEL, {"tasks": task_ids})
 
     # -- applications ----------------------------------------------------------------------------
 
@@ -296,7 +381,7 @@ class Master:
         if isinstance(peer, ClientRecord):
             peer.last_seen = time.monotonic()
             return peer
-        self._send(identity, Kind.REREGISTER)
+        self.send(identity, Kind.REREGISTER)
         return None
 
     def on_client_hello(self, identity: bytes, msg: Message) -> None:
@@ -305,68 +390,81 @@ class Master:
         if client is None:
             client = self.clients[client_id] = ClientRecord(client_id, identity)
             log.info("application %s connected", client_id)
-        elif client.identity != identity:
+        if client.identity != identity and client.identity is not None:
             self.peers.pop(client.identity, None)
-            client.identity = identity
+        client.identity = identity
         self.peers[identity] = client
-        self._send(identity, Kind.WELCOME, {"node_id": client_id})
+        # Whatever it has not confirmed may have been lost on the way: send it again.
+        client.outbox = [(t, ok, data) for t, (ok, data) in client.unconfirmed.items()]
+        self.send(identity, Kind.WELCOME, {"node_id": client_id})
 
     def on_client_submit(self, identity: bytes, msg: Message) -> None:
         client = self._client(identity)
         if client is None:
             return
-        ids = msg["tasks"]
-        if len(ids) != len(msg.payloads):
-            self._send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": "malformed batch"})
+        metas = msg["tasks"]
+        if len(metas) != len(msg.payloads):
+            self.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": "malformed batch"})
             return
-        self.scheduler.push_tasks(
-            TaskRecord(str(task_id), payload, client.client_id)
-            for task_id, payload in zip(ids, msg.payloads, strict=False)
-        )
-        self._send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": len(ids)})
+        tasks = [
+            TaskRecord.from_meta(meta, payload, client.client_id)
+            for meta, payload in zip(metas, msg.payloads, strict=True)
+        ]
+        # A batch sent again after a reconnect: keep only what the master does not know yet.
+        fresh = [
+            t
+            for t in tasks
+            if t.task_id not in self.scheduler.tasks and t.task_id not in client.unconfirmed
+        ]
+        self.journal.add_tasks(t.journal_row() for t in fresh)
+        self.scheduler.push_tasks(fresh)
+        self.send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": len(tasks)})
+
+    def on_client_results_ack(self, identity: bytes, msg: Message) -> None:
+        client = self._client(identity)
+        if client is None:
+            return
+        task_ids = [str(t) for t in msg["tasks"]]
+        for task_id in task_ids:
+            client.unconfirmed.pop(task_id, None)
+        self.journal.forget_tasks(task_ids)
+
+    def on_client_cancel(self, identity: bytes, msg: Message) -> None:
+        client = self._client(identity)
+        if client is None:
+            return
+        if msg.get("system_id") is not None:
+            self.systems.cancel(str(msg["system_id"]))
+            return
+        task_ids = [str(t) for t in msg["tasks"]]
+        cancelled = [t for t in map(self.scheduler.cancel, task_ids) if t is not None]
+        self.journal.forget_tasks(task_ids)
+        self.cancel_on_slaves(cancelled)
 
     def on_client_system(self, identity: bytes, msg: Message) -> None:
         client = self._client(identity)
         if client is None:
             return
         system_id = str(msg["system_id"])
-        if system_id in self.systems:
-            self._send(
-                identity,
-                Kind.REJECT,
-                {"rid": msg.get("rid"), "reason": f"task system {system_id} already exists"},
-            )
-            return
-        runner = SystemRunner(
-            system_id, client.client_id, msg.payloads[0], self.mailbox.post, self.cluster_info
-        )
-        self.systems[system_id] = SystemRecord(system_id, client.client_id, runner)
-        self.systems[system_id].waiters.add(identity)
-        self.scheduler.start_system(system_id)
-        runner.start()
-        self._send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": 1})
-        log.info("task system %s started for application %s", system_id, client.client_id)
+        if self.systems.start(system_id, client.client_id, msg.payloads[0], identity):
+            self.send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": 1})
+        else:
+            reason = f"task system {system_id} already exists"
+            self.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": reason})
 
     def on_system_query(self, identity: bytes, msg: Message) -> None:
-        system_id = str(msg["system_id"])
-        record = self.systems.get(system_id)
-        if record is None:
-            self._send(identity, Kind.SYSTEM_DONE, {"system_id": system_id, "unknown": True})
-        elif record.outcome is not None:
-            self._send_outcome(identity, record)
-        else:
-            record.waiters.add(identity)
+        self.systems.query(identity, str(msg["system_id"]))
 
     def on_status(self, identity: bytes, msg: Message) -> None:
-        self._send(identity, Kind.STATUS_REPLY, {"rid": msg.get("rid"), "status": self.status()})
+        self.send(identity, Kind.STATUS_REPLY, {"rid": msg.get("rid"), "status": self.status()})
 
     def on_resize(self, identity: bytes, msg: Message) -> None:
         slave = self.scheduler.slaves.get(str(msg["slave_id"]))
-        ok = slave is not None and self._send(
+        ok = slave is not None and self.send(
             slave.identity, Kind.RESIZE, {"workers": int(msg["workers"])}
         )
         reply = Kind.ACK if ok else Kind.REJECT
-        self._send(
+        self.send(
             identity,
             reply,
             {"rid": msg.get("rid"), "n": 1, "reason": f"no slave {msg['slave_id']}"},
@@ -381,73 +479,21 @@ class Master:
 
     def _send_client_results(self) -> None:
         for client in self.clients.values():
-            if not client.outbox:
+            if not client.outbox or client.identity is None:
                 continue
             header = {"results": [[t, ok] for t, ok, _ in client.outbox]}
-            if self._send(client.identity, Kind.RESULTS, header, [d for _, _, d in client.outbox]):
+            if self.send(client.identity, Kind.RESULTS, header, [d for _, _, d in client.outbox]):
                 client.outbox = []
-
-    # -- task systems (messages from runner threads) -----------------------------------------
-
-    def _process_mailbox(self) -> None:
-        for item in self.mailbox.drain():
-            kind, system_id, *rest = item
-            record = self.systems.get(system_id)
-            if record is None or record.outcome is not None:
-                continue
-            if kind == "push":
-                self.scheduler.push_tasks(
-                    TaskRecord(task_id, payload, record.client_id, system_id)
-                    for task_id, payload in rest[0]
-                )
-            elif kind == "progress":
-                record.done, record.total = rest
-                self._send_to_owner(
-                    record,
-                    Kind.SYSTEM_PROGRESS,
-                    {"system_id": system_id, "done": rest[0], "total": rest[1]},
-                )
-            elif kind == "done":
-                self._complete_system(record, *rest)
-
-    def _complete_system(self, record: SystemRecord, outcome: bytes, failed: bool) -> None:
-        record.outcome, record.failed, record.runner = outcome, failed, None
-        dropped = self.scheduler.drop_system(record.system_id)
-        elapsed = time.monotonic() - record.started
-        log.info(
-            "task system %s %s in %.2fs (%d tasks, %d leftovers dropped)",
-            record.system_id,
-            "failed" if failed else "completed",
-            elapsed,
-            record.total,
-            dropped,
-        )
-        for identity in record.waiters:
-            self._send_outcome(identity, record)
-        record.waiters.clear()
-
-    def _send_outcome(self, identity: bytes, record: SystemRecord) -> None:
-        self._send(
-            identity,
-            Kind.SYSTEM_DONE,
-            {"system_id": record.system_id, "failed": record.failed},
-            [record.outcome],
-        )
-
-    def _send_to_owner(self, record: SystemRecord, kind: str, header: dict) -> None:
-        client = self.clients.get(record.client_id)
-        if client is not None:
-            self._send(client.identity, kind, header)
 
     # -- heartbeats and status -----------------------------------------------------------------
 
     def _send_heartbeats(self) -> None:
         for identity in list(self.peers):
-            self._send(identity, Kind.HEARTBEAT)
+            self.send(identity, Kind.HEARTBEAT)
 
     def _say_goodbye(self) -> None:
         for identity in list(self.peers):
-            self._send(identity, Kind.BYE)
+            self.send(identity, Kind.BYE)
 
     def cluster_info(self) -> dict[str, int]:
         slaves = [s for s in self.scheduler.slaves.values() if s.state == NodeState.ACTIVE]
@@ -456,16 +502,6 @@ class Master:
     def status(self) -> dict[str, Any]:
         """Plain data describing the cluster now; `taskswarm status` prints this."""
         live = [s.summary() for s in self.scheduler.slaves.values()]
-        systems = [
-            {
-                "id": r.system_id,
-                "client": r.client_id,
-                "done": r.done,
-                "total": r.total,
-                "state": "running" if r.outcome is None else ("failed" if r.failed else "complete"),
-            }
-            for r in self.systems.values()
-        ]
         return {
             "master": {
                 "address": self.address,
@@ -478,6 +514,16 @@ class Master:
             },
             "slaves": live + list(self.departed.values()),
             "applications": len(self.clients),
-            "systems": systems,
+            "systems": self.systems.summaries(),
             "tasks": self.scheduler.counts(),
         }
+
+
+def _crash_error(task: TaskRecord, how: str, attempts: int) -> bytes:
+    """The outcome of a task that keeps killing its worker: built here, never unpickled here."""
+    error = WorkerCrashed(
+        f"task {task.name or task.task_id!r} ({task.task_id}) killed its worker process "
+        f"{attempts} times; the last time: {how}",
+        "WorkerCrashed",
+    )
+    return cloudpickle.dumps(ExceptionWithTraceback(error, ""))

@@ -21,6 +21,7 @@ import zmq
 
 from ..managers.process_pool import WorkItem
 from ..scheduling import load_plugin
+from ..task import Status
 from ..wire import Codec, Kind, Message
 from .mailbox import Mailbox
 from .transport import connect_dealer, receive_batch, try_send
@@ -71,6 +72,7 @@ class Slave:
             Kind.RESIZE: self.on_resize,
             Kind.BYE: self.on_master_bye,
             Kind.SHUTDOWN: self.on_shutdown,
+            Kind.CANCEL: self.on_cancel,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -90,11 +92,12 @@ class Slave:
             while not self._stopping:
                 if generation != self.manager.generation:
                     poller, generation = self._make_poller(), self.manager.generation
-                wait = max(0.0, next_beat - time.monotonic())
-                events = dict(poller.poll(wait * 1000))
+                wake_at = min(next_beat, self.manager.next_deadline() or next_beat)
+                events = dict(poller.poll(max(0.0, wake_at - time.monotonic()) * 1000))
                 if self.master_socket in events:
                     self._receive_from_master()
                 self._collect_results(events)
+                self.manager.check_timeouts()
                 if self.mailbox.fileno() in events:
                     self.mailbox.drain()
                 self._send_results()
@@ -128,6 +131,7 @@ class Slave:
 
     def _drain(self) -> None:
         """Finish what is running for a while, hand the rest back, say goodbye."""
+        self._send(Kind.DRAIN)  # no new tasks for us
         handed_back = self.manager.take_queued()
         deadline = time.monotonic() + self.grace
         while self.manager.busy and time.monotonic() < deadline:
@@ -158,8 +162,13 @@ class Slave:
                 continue
             self._last_from_master = time.monotonic()
             handler = self._handlers.get(message.kind)
-            if handler is not None:
+            if handler is None:
+                continue
+            try:
                 handler(message)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                self.codec.rejected["bad-fields"] += 1
+                log.warning("dropped a %s message with bad fields: %r", message.kind, exc)
 
     def on_welcome(self, msg: Message) -> None:
         if not self.registered:
@@ -168,8 +177,11 @@ class Slave:
         self._send(Kind.HEARTBEAT, {"workers": self.manager.get_num_workers()})
 
     def on_tasks(self, msg: Message) -> None:
-        for task_id, payload in zip(msg["tasks"], msg.payloads, strict=False):
-            self.manager.push_task(WorkItem(task_id, payload))
+        for (task_id, timeout), payload in zip(msg["tasks"], msg.payloads, strict=True):
+            self.manager.push_task(WorkItem(str(task_id), payload, timeout))
+
+    def on_cancel(self, msg: Message) -> None:
+        self.manager.cancel({str(t) for t in msg["tasks"]})
 
     def on_heartbeat(self, msg: Message) -> None:
         pass  # _last_from_master is refreshed for every message
@@ -214,6 +226,8 @@ class Slave:
                 "pid": os.getpid(),
                 "workers": workers,
                 "credit": max(0, workers * PREFETCH - len(self.manager.held())),
+                # What it still holds from before (a master that restarted can keep it here).
+                "held": [item.task_id for item in self.manager.held()],
             },
         )
 
@@ -242,5 +256,12 @@ class Slave:
             batch.append(results.get_nowait())
         if not batch:
             return
-        header = {"results": [[task_id, ok] for task_id, ok, _ in batch], "credit": len(batch)}
-        self._send(Kind.RESULTS, header, [data for _, _, data in batch])
+        # A crash has no outcome to send, only how the worker died: that goes in the header.
+        header = {
+            "results": [
+                [t, status, data if status == Status.CRASH else None] for t, status, data in batch
+            ],
+            "credit": len(batch),
+        }
+        payloads = [b"" if status == Status.CRASH else data for _, status, data in batch]
+        self._send(Kind.RESULTS, header, payloads)

@@ -19,6 +19,7 @@ class NodeState:
     PENDING = "pending"  # registered, its pool not started yet
     ACTIVE = "active"  # heartbeating, takes tasks
     INACTIVE = "inactive"  # heartbeat late: takes no new tasks until it is heard again
+    DRAINING = "draining"  # stopping: finishes what it holds, takes nothing new
     LOST = "lost"  # heartbeat timed out: its tasks went back to the queue
 
 
@@ -30,9 +31,40 @@ class TaskRecord:
     payload: bytes
     client_id: str
     system_id: str | None = None
+    timeout: float | None = None
+    max_retries: int = 0
+    name: str = ""
     state: str = TaskState.QUEUED
     slave_id: str | None = None
-    attempts: int = 0
+    attempts: int = 0  # times sent to a slave
+    retries: int = 0  # times run again because it raised (counts against max_retries)
+    crashes: int = 0  # times it killed its worker process
+
+    @classmethod
+    def from_meta(
+        cls, meta: list, payload: bytes, client_id: str, system_id: str | None = None
+    ) -> TaskRecord:
+        """Build from the ``[task_id, timeout, max_retries, name]`` a message header carries."""
+        task_id, timeout, max_retries, name = meta
+        return cls(
+            str(task_id),
+            payload,
+            client_id,
+            system_id,
+            None if timeout is None else float(timeout),
+            int(max_retries),
+            str(name),
+        )
+
+    def journal_row(self) -> tuple:
+        return (
+            self.task_id,
+            self.client_id,
+            self.system_id,
+            self.payload,
+            self.timeout,
+            self.max_retries,
+        )
 
 
 @dataclass(slots=True, eq=False)

@@ -126,6 +126,31 @@ class BaseScheduler(ITaskScheduler):
             task.slave_id = slave.slave_id  # a late result from a slave that was lost
         return task
 
+    def requeue(self, task: TaskRecord) -> None:
+        """Run a task again (its worker crashed, or it asked for a retry): back of the queue."""
+        slave = self.slaves.get(task.slave_id or "")
+        if slave is not None:
+            slave.in_flight.discard(task.task_id)
+            slave.rating = self.strategy.rate(slave)
+        self.push_task(task)
+
+    def cancel(self, task_id: str) -> TaskRecord | None:
+        """Forget a live task; if it was assigned, its slave still holds it until told."""
+        task = self.tasks.pop(task_id, None)
+        if task is not None:
+            task.state = TaskState.CANCELLED
+        return task
+
+    def assign_held(self, slave: SlaveRecord, task_ids: list[str]) -> None:
+        """A (re)registering slave still holds these: leave them with it instead of re-running."""
+        for task_id in task_ids:
+            task = self.tasks.get(task_id)
+            if task is not None and task.state == TaskState.QUEUED:
+                task.state = TaskState.ASSIGNED  # its queue entry is skipped by dispatch
+                task.slave_id = slave.slave_id
+                slave.in_flight.add(task_id)
+        slave.rating = self.strategy.rate(slave)
+
     def add_slave(self, slave: SlaveRecord) -> None:
         slave.rating = self.strategy.rate(slave)
         self.slaves[slave.slave_id] = slave
@@ -142,14 +167,15 @@ class BaseScheduler(ITaskScheduler):
             self.queue.appendleft(task)
         return requeued
 
-    def drop_system(self, system_id: str) -> int:
-        """Forget a completed system's leftover tasks; a running one's result will be ignored."""
+    def drop_system(self, system_id: str) -> list[TaskRecord]:
+        """Forget a finished system's leftover tasks; returns them (assigned ones need
+        cancelling on their slaves, whose results will be ignored meanwhile)."""
         self.systems.discard(system_id)
         dropped = [t for t in self.tasks.values() if t.system_id == system_id]
         for task in dropped:
             del self.tasks[task.task_id]
             task.state = TaskState.CANCELLED
-        return len(dropped)
+        return dropped
 
     def counts(self) -> dict[str, int]:
         states = Counter(task.state for task in self.tasks.values())

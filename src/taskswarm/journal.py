@@ -1,0 +1,260 @@
+"""The master's durable state: a SQLite journal (WAL) of what it accepted and delivered.
+
+What is written, and when (always before the master acknowledges or forwards anything):
+
+- every task accepted (plain or pushed by a task system), with its payload: ``tasks``;
+- a plain task's outcome, kept until its application confirms receipt: ``tasks.outcome``;
+- a task system as received, then a *snapshot* of it (system, outstanding tasks, counters) each
+  time its callbacks push tasks, and periodically: ``systems``;
+- each result handed to a task system since its last snapshot: ``system_results``; on restart
+  these are replayed through ``task_finished``, so every result is applied exactly once;
+- a completed system's outcome, so ``system_result(id)`` works after a restart.
+
+A master killed at any point restarts from this file: queued and in-flight tasks are queued
+again, task systems resume from snapshot + replay, undelivered results are sent again. WAL with
+``synchronous=NORMAL`` survives the process being killed (not a power loss) without an fsync per
+commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Journal", "NullJournal", "RestoredState", "RestoredSystem"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    system_id TEXT,
+    payload BLOB,
+    timeout REAL,
+    max_retries INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    ok INTEGER,
+    outcome BLOB
+);
+CREATE INDEX IF NOT EXISTS tasks_by_system ON tasks(system_id);
+CREATE TABLE IF NOT EXISTS systems (
+    system_id TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    snapshot BLOB NOT NULL,
+    restored INTEGER NOT NULL DEFAULT 0,
+    applied_seq INTEGER NOT NULL DEFAULT 0,
+    outcome BLOB,
+    failed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS system_results (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    system_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+"""
+
+
+@dataclass
+class RestoredSystem:
+    system_id: str
+    client_id: str
+    snapshot: bytes
+    is_snapshot: bool  # False: the system as first received (not yet initialised)
+    replay: list[tuple[int, str, bool, bytes]]  # (seq, task_id, ok, data) since the snapshot
+    outcome: bytes | None
+    failed: bool
+
+
+@dataclass
+class RestoredState:
+    queued: list[tuple[str, str, str | None, bytes, float | None, int]] = field(
+        default_factory=list
+    )
+    undelivered: dict[str, list[tuple[str, bool, bytes]]] = field(default_factory=dict)
+    systems: list[RestoredSystem] = field(default_factory=list)
+
+
+class Journal:
+    """One SQLite file; used only from the master's loop thread."""
+
+    durable = True
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def add_tasks(
+        self, rows: Iterable[tuple[str, str, str | None, bytes, float | None, int]]
+    ) -> None:
+        """(task_id, client_id, system_id, payload, timeout, max_retries); repeats are ignored."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO tasks (task_id, client_id, system_id, payload, timeout,"
+                " max_retries) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes]]) -> None:
+        """Keep plain tasks' outcomes until their applications confirm them."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE tasks SET done = 1, ok = ?, outcome = ?, payload = NULL WHERE task_id = ?",
+                ((int(ok), data, task_id) for task_id, ok, data in outcomes),
+            )
+
+    def forget_tasks(self, task_ids: Iterable[str]) -> None:
+        """Delivered and confirmed, or cancelled: nothing left to keep."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM tasks WHERE task_id = ?", ((t,) for t in task_ids))
+
+    # -- task systems --------------------------------------------------------------------------
+
+    def add_system(self, system_id: str, client_id: str, payload: bytes) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR IGNORE INTO systems (system_id, client_id, snapshot) VALUES (?, ?, ?)",
+                (system_id, client_id, payload),
+            )
+
+    def system_results(self, system_id: str, results: list[tuple[str, bool, bytes]]) -> int:
+        """Record results handed to a system; returns the sequence number of the last one."""
+        with self._db:
+            self._db.execute("BEGIN")
+            last = 0
+            for task_id, ok, data in results:
+                cursor = self._db.execute(
+                    "INSERT INTO system_results (system_id, task_id, ok, data) VALUES (?, ?, ?, ?)",
+                    (system_id, task_id, int(ok), data),
+                )
+                last = cursor.lastrowid
+            self._db.executemany(
+                "DELETE FROM tasks WHERE task_id = ?", ((t,) for t, _, _ in results)
+            )
+        return last
+
+    def snapshot(
+        self,
+        system_id: str,
+        snapshot: bytes,
+        applied_seq: int,
+        new_tasks: list[tuple[str, str, str | None, bytes, float | None, int]],
+    ) -> None:
+        """The system as it is after applying results up to ``applied_seq``, with the tasks its
+        callbacks pushed meanwhile: one transaction, so a restart sees both or neither."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "UPDATE systems SET snapshot = ?, restored = 1, applied_seq = ?"
+                " WHERE system_id = ?",
+                (snapshot, applied_seq, system_id),
+            )
+            self._db.execute(
+                "DELETE FROM system_results WHERE system_id = ? AND seq <= ?",
+                (system_id, applied_seq),
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO tasks (task_id, client_id, system_id, payload, timeout,"
+                " max_retries) VALUES (?, ?, ?, ?, ?, ?)",
+                new_tasks,
+            )
+
+    def system_done(self, system_id: str, outcome: bytes, failed: bool) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "UPDATE systems SET outcome = ?, failed = ?, snapshot = x'' WHERE system_id = ?",
+                (outcome, int(failed), system_id),
+            )
+            self._db.execute("DELETE FROM tasks WHERE system_id = ?", (system_id,))
+            self._db.execute("DELETE FROM system_results WHERE system_id = ?", (system_id,))
+
+    # -- restart -------------------------------------------------------------------------------
+
+    def load(self) -> RestoredState:
+        state = RestoredState()
+        for (
+            task_id,
+            client_id,
+            system_id,
+            payload,
+            timeout,
+            retries,
+            done,
+            ok,
+            outcome,
+        ) in self._db.execute(
+            "SELECT task_id, client_id, system_id, payload, timeout, max_retries, done, ok,"
+            " outcome FROM tasks ORDER BY rowid"
+        ):
+            if done:
+                state.undelivered.setdefault(client_id, []).append((task_id, bool(ok), outcome))
+            else:
+                state.queued.append((task_id, client_id, system_id, payload, timeout, retries))
+        for system_id, client_id, snapshot, restored, applied, outcome, failed in self._db.execute(
+            "SELECT system_id, client_id, snapshot, restored, applied_seq, outcome, failed"
+            " FROM systems"
+        ):
+            replay = [
+                (seq, task_id, bool(ok), data)
+                for seq, task_id, ok, data in self._db.execute(
+                    "SELECT seq, task_id, ok, data FROM system_results WHERE system_id = ?"
+                    " AND seq > ? ORDER BY seq",
+                    (system_id, applied),
+                )
+            ]
+            state.systems.append(
+                RestoredSystem(
+                    system_id, client_id, snapshot, bool(restored), replay, outcome, bool(failed)
+                )
+            )
+        return state
+
+
+class NullJournal:
+    """A master without a state directory: the same calls, nothing kept."""
+
+    durable = False
+
+    def close(self) -> None:
+        pass
+
+    def add_tasks(self, rows: Iterable[tuple]) -> None:
+        pass
+
+    def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes]]) -> None:
+        pass
+
+    def forget_tasks(self, task_ids: Iterable[str]) -> None:
+        pass
+
+    def add_system(self, system_id: str, client_id: str, payload: bytes) -> None:
+        pass
+
+    def system_results(self, system_id: str, results: list[tuple[str, bool, bytes]]) -> int:
+        self._seq = getattr(self, "_seq", 0) + len(results)
+        return self._seq
+
+    def snapshot(self, system_id: str, snapshot: bytes, applied_seq: int, new_tasks: list) -> None:
+        pass
+
+    def system_done(self, system_id: str, outcome: bytes, failed: bool) -> None:
+        pass
+
+    def load(self) -> RestoredState:
+        return RestoredState()
