@@ -41,11 +41,16 @@ def _ship_by_value(module_name: str) -> bool:
 
 
 def _code_modules(obj: Any) -> set[str]:
-    """Modules whose code ``obj`` needs: its class, and a wrapped function's module."""
-    modules = {type(obj).__module__}
+    """Modules whose code ``obj`` needs: its class and base classes, a wrapped function's, and
+    those of the classes of its attributes (one level down: a task holding a helper object)."""
+    modules = {cls.__module__ for cls in type(obj).__mro__}
     fn = getattr(obj, "fn", None)
     if fn is not None:
         modules.add(getattr(fn, "__module__", None) or "builtins")
+    for value in getattr(obj, "__dict__", {}).values():
+        modules.update(cls.__module__ for cls in type(value).__mro__)
+        if isinstance(value, type):
+            modules.update(cls.__module__ for cls in value.__mro__)
     return modules
 
 
