@@ -21,7 +21,6 @@ import os
 import socket
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from ..scheduling import load_plugin
 from ..scheduling.records import NodeState, SlaveRecord, TaskRecord
 from ..task import ExceptionWithTraceback, Status
 from ..wire import Codec, Kind, Message
+from .clients import ClientRecord, ClientTable
 from .mailbox import Mailbox
 from .systems import SystemTable
 from .transport import bind_router, receive_batch, try_send
@@ -41,17 +41,6 @@ from .transport import bind_router, receive_batch, try_send
 __all__ = ["Master"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class ClientRecord:
-    """An application node: where its results go, and which it has not confirmed yet."""
-
-    client_id: str
-    identity: bytes | None
-    last_seen: float = field(default_factory=time.monotonic)
-    outbox: list[tuple[str, bool, bytes]] = field(default_factory=list)
-    unconfirmed: dict[str, tuple[bool, bytes]] = field(default_factory=dict)
 
 
 class Master:
@@ -86,7 +75,7 @@ class Master:
         self._poller.register(self.router, zmq.POLLIN)
         self._poller.register(self.mailbox.fileno(), zmq.POLLIN)
         self.peers: dict[bytes, SlaveRecord | ClientRecord] = {}
-        self.clients: dict[str, ClientRecord] = {}
+        self.clients = ClientTable(self)
         self.systems = SystemTable(self)
         self.departed: dict[str, dict] = {}  # lost or gone slaves, for status
         self._stopping = False
@@ -99,11 +88,11 @@ class Master:
             Kind.RESULTS: self.on_slave_results,
             Kind.DRAIN: self.on_slave_drain,
             Kind.HEARTBEAT: self.on_heartbeat,
-            Kind.HELLO: self.on_client_hello,
-            Kind.SUBMIT: self.on_client_submit,
-            Kind.RESULTS_ACK: self.on_client_results_ack,
-            Kind.CANCEL: self.on_client_cancel,
-            Kind.SYSTEM: self.on_client_system,
+            Kind.HELLO: self.clients.on_hello,
+            Kind.SUBMIT: self.clients.on_submit,
+            Kind.RESULTS_ACK: self.clients.on_results_ack,
+            Kind.CANCEL: self.clients.on_cancel,
+            Kind.SYSTEM: self.clients.on_system,
             Kind.SYSTEM_QUERY: self.on_system_query,
             Kind.STATUS: self.on_status,
             Kind.RESIZE: self.on_resize,
@@ -126,9 +115,7 @@ class Master:
             for task_id, client_id, system_id, payload, timeout, retries in saved.queued
             if system_id is None or system_id in running
         )
-        for client_id, outcomes in saved.undelivered.items():
-            client = self.clients[client_id] = ClientRecord(client_id, None)
-            client.unconfirmed = {t: (ok, data) for t, ok, data in outcomes}
+        self.clients.restore(saved.undelivered)
         for system in saved.systems:
             self.systems.restore(system)
         if saved.queued or saved.undelivered or saved.systems:
@@ -162,7 +149,7 @@ class Master:
                     next_beat = time.monotonic() + self.heartbeat_interval
                 self.scheduler.dispatch()
                 self._send_task_batches()
-                self._send_client_results()
+                self.clients.flush()
         finally:
             self._say_goodbye()
             self.close()
@@ -211,11 +198,6 @@ class Master:
 
     def send(self, identity: bytes, kind: str, header: dict | None = None, payloads=()) -> bool:
         return try_send(self.router, [identity, *self.codec.encode(kind, header, payloads)])
-
-    def send_to_client(self, client_id: str, kind: str, header: dict) -> None:
-        client = self.clients.get(client_id)
-        if client is not None and client.identity is not None:
-            self.send(client.identity, kind, header)
 
     # -- slaves ----------------------------------------------------------------------------------
 
@@ -294,7 +276,7 @@ class Master:
             else:
                 plain.append((task, ok, data))
         self.systems.deliver(per_system)
-        self._route_plain(plain)
+        self.clients.route(plain)
 
     def _settle(
         self, task: TaskRecord, status: str, detail: Any, data: bytes
@@ -319,17 +301,6 @@ class Master:
         ok = status == Status.OK
         self.scheduler.task_finished(task, None, None if ok else status)
         return ok, data
-
-    def _route_plain(self, outcomes: list[tuple[TaskRecord, bool, bytes]]) -> None:
-        if not outcomes:
-            return
-        self.journal.plain_outcomes((t.task_id, ok, data) for t, ok, data in outcomes)
-        for task, ok, data in outcomes:
-            client = self.clients.get(task.client_id)
-            if client is None:
-                client = self.clients[task.client_id] = ClientRecord(task.client_id, None)
-            client.outbox.append((task.task_id, ok, data))
-            client.unconfirmed[task.task_id] = (ok, data)
 
     def _check_slaves(self) -> None:
         now = time.monotonic()
@@ -374,83 +345,7 @@ class Master:
             if slave is not None:
                 self.send(slave.identity, Kind.CANCEL, {"tasks": task_ids})
 
-    # -- applications ----------------------------------------------------------------------------
-
-    def _client(self, identity: bytes) -> ClientRecord | None:
-        peer = self.peers.get(identity)
-        if isinstance(peer, ClientRecord):
-            peer.last_seen = time.monotonic()
-            return peer
-        self.send(identity, Kind.REREGISTER)
-        return None
-
-    def on_client_hello(self, identity: bytes, msg: Message) -> None:
-        client_id = str(msg["client_id"])
-        client = self.clients.get(client_id)
-        if client is None:
-            client = self.clients[client_id] = ClientRecord(client_id, identity)
-            log.info("application %s connected", client_id)
-        if client.identity != identity and client.identity is not None:
-            self.peers.pop(client.identity, None)
-        client.identity = identity
-        self.peers[identity] = client
-        # Whatever it has not confirmed may have been lost on the way: send it again.
-        client.outbox = [(t, ok, data) for t, (ok, data) in client.unconfirmed.items()]
-        self.send(identity, Kind.WELCOME, {"node_id": client_id})
-
-    def on_client_submit(self, identity: bytes, msg: Message) -> None:
-        client = self._client(identity)
-        if client is None:
-            return
-        metas = msg["tasks"]
-        if len(metas) != len(msg.payloads):
-            self.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": "malformed batch"})
-            return
-        tasks = [
-            TaskRecord.from_meta(meta, payload, client.client_id)
-            for meta, payload in zip(metas, msg.payloads, strict=True)
-        ]
-        # A batch sent again after a reconnect: keep only what the master does not know yet.
-        fresh = [
-            t
-            for t in tasks
-            if t.task_id not in self.scheduler.tasks and t.task_id not in client.unconfirmed
-        ]
-        self.journal.add_tasks(t.journal_row() for t in fresh)
-        self.scheduler.push_tasks(fresh)
-        self.send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": len(tasks)})
-
-    def on_client_results_ack(self, identity: bytes, msg: Message) -> None:
-        client = self._client(identity)
-        if client is None:
-            return
-        task_ids = [str(t) for t in msg["tasks"]]
-        for task_id in task_ids:
-            client.unconfirmed.pop(task_id, None)
-        self.journal.forget_tasks(task_ids)
-
-    def on_client_cancel(self, identity: bytes, msg: Message) -> None:
-        client = self._client(identity)
-        if client is None:
-            return
-        if msg.get("system_id") is not None:
-            self.systems.cancel(str(msg["system_id"]))
-            return
-        task_ids = [str(t) for t in msg["tasks"]]
-        cancelled = [t for t in map(self.scheduler.cancel, task_ids) if t is not None]
-        self.journal.forget_tasks(task_ids)
-        self.cancel_on_slaves(cancelled)
-
-    def on_client_system(self, identity: bytes, msg: Message) -> None:
-        client = self._client(identity)
-        if client is None:
-            return
-        system_id = str(msg["system_id"])
-        if self.systems.start(system_id, client.client_id, msg.payloads[0], identity):
-            self.send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": 1})
-        else:
-            reason = f"task system {system_id} already exists"
-            self.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": reason})
+    # -- requests from applications --------------------------------------------------------
 
     def on_system_query(self, identity: bytes, msg: Message) -> None:
         self.systems.query(identity, str(msg["system_id"]))
@@ -476,14 +371,6 @@ class Master:
             self._lose_slave(peer, "said goodbye", NodeState.INACTIVE, logging.INFO)
         elif isinstance(peer, ClientRecord):
             self.peers.pop(identity, None)
-
-    def _send_client_results(self) -> None:
-        for client in self.clients.values():
-            if not client.outbox or client.identity is None:
-                continue
-            header = {"results": [[t, ok] for t, ok, _ in client.outbox]}
-            if self.send(client.identity, Kind.RESULTS, header, [d for _, _, d in client.outbox]):
-                client.outbox = []
 
     # -- heartbeats and status -----------------------------------------------------------------
 
@@ -513,7 +400,7 @@ class Master:
                 "rejected": dict(self.codec.rejected),
             },
             "slaves": live + list(self.departed.values()),
-            "applications": len(self.clients),
+            "applications": len(self.clients.records),
             "systems": self.systems.summaries(),
             "tasks": self.scheduler.counts(),
         }

@@ -126,7 +126,7 @@ class SystemTable:
             self._push(record, *rest)
         elif kind == "progress":
             record.done, record.total = rest
-            self.master.send_to_client(
+            self.master.clients.send(
                 record.client_id,
                 Kind.SYSTEM_PROGRESS,
                 {"system_id": system_id, "done": rest[0], "total": rest[1]},

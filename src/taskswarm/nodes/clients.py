@@ -1,0 +1,149 @@
+"""The master's table of application nodes: what they submit, and their results' way back.
+
+A plain task's outcome is journaled and kept here until its application confirms receipt
+(RESULTS_ACK), and sent again after a reconnect, so a result survives both a lost message and a
+master restart. Lives on the master's loop thread, like everything the master owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..scheduling.records import TaskRecord
+from ..wire import Kind, Message
+
+if TYPE_CHECKING:
+    from .master import Master
+
+__all__ = ["ClientRecord", "ClientTable"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ClientRecord:
+    """An application node: where its results go, and which it has not confirmed yet."""
+
+    client_id: str
+    identity: bytes | None
+    last_seen: float = field(default_factory=time.monotonic)
+    outbox: list[tuple[str, bool, bytes]] = field(default_factory=list)
+    unconfirmed: dict[str, tuple[bool, bytes]] = field(default_factory=dict)
+
+
+class ClientTable:
+    def __init__(self, master: Master) -> None:
+        self.master = master
+        self.records: dict[str, ClientRecord] = {}
+
+    def restore(self, undelivered: dict[str, list[tuple[str, bool, bytes]]]) -> None:
+        """Results journaled but never confirmed: they wait for their application's HELLO."""
+        for client_id, outcomes in undelivered.items():
+            client = self._record(client_id)
+            client.unconfirmed = {t: (ok, data) for t, ok, data in outcomes}
+
+    def _record(self, client_id: str) -> ClientRecord:
+        client = self.records.get(client_id)
+        if client is None:
+            client = self.records[client_id] = ClientRecord(client_id, None)
+        return client
+
+    def known(self, identity: bytes) -> ClientRecord | None:
+        """The application behind ``identity``; unknown ones are asked to say HELLO again."""
+        peer = self.master.peers.get(identity)
+        if isinstance(peer, ClientRecord):
+            peer.last_seen = time.monotonic()
+            return peer
+        self.master.send(identity, Kind.REREGISTER)
+        return None
+
+    # -- handlers ----------------------------------------------------------------------------------
+
+    def on_hello(self, identity: bytes, msg: Message) -> None:
+        client_id = str(msg["client_id"])
+        if client_id not in self.records:
+            log.info("application %s connected", client_id)
+        client = self._record(client_id)
+        if client.identity not in (identity, None):
+            self.master.peers.pop(client.identity, None)
+        client.identity = identity
+        self.master.peers[identity] = client
+        # Whatever it has not confirmed may have been lost on the way: send it again.
+        client.outbox = [(t, ok, data) for t, (ok, data) in client.unconfirmed.items()]
+        self.master.send(identity, Kind.WELCOME, {"node_id": client_id})
+
+    def on_submit(self, identity: bytes, msg: Message) -> None:
+        client = self.known(identity)
+        if client is None:
+            return
+        tasks = [
+            TaskRecord.from_meta(meta, payload, client.client_id)
+            for meta, payload in zip(msg["tasks"], msg.payloads, strict=True)
+        ]
+        # A batch sent again after a reconnect: keep only what the master does not know yet.
+        known = self.master.scheduler.tasks
+        fresh = [t for t in tasks if t.task_id not in known and t.task_id not in client.unconfirmed]
+        self.master.journal.add_tasks(t.journal_row() for t in fresh)
+        self.master.scheduler.push_tasks(fresh)
+        self.master.send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": len(tasks)})
+
+    def on_results_ack(self, identity: bytes, msg: Message) -> None:
+        client = self.known(identity)
+        if client is None:
+            return
+        task_ids = [str(t) for t in msg["tasks"]]
+        for task_id in task_ids:
+            client.unconfirmed.pop(task_id, None)
+        self.master.journal.forget_tasks(task_ids)
+
+    def on_cancel(self, identity: bytes, msg: Message) -> None:
+        if self.known(identity) is None:
+            return
+        if msg.get("system_id") is not None:
+            self.master.systems.cancel(str(msg["system_id"]))
+            return
+        task_ids = [str(t) for t in msg["tasks"]]
+        cancelled = [t for t in map(self.master.scheduler.cancel, task_ids) if t is not None]
+        self.master.journal.forget_tasks(task_ids)
+        self.master.cancel_on_slaves(cancelled)
+
+    def on_system(self, identity: bytes, msg: Message) -> None:
+        client = self.known(identity)
+        if client is None:
+            return
+        system_id = str(msg["system_id"])
+        if self.master.systems.start(system_id, client.client_id, msg.payloads[0], identity):
+            self.master.send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": 1})
+        else:
+            reason = f"task system {system_id} already exists"
+            self.master.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": reason})
+
+    # -- results on their way back ---------------------------------------------------------------
+
+    def route(self, outcomes: list[tuple[TaskRecord, bool, bytes]]) -> None:
+        """Journal plain tasks' outcomes, then queue them for their applications."""
+        if not outcomes:
+            return
+        self.master.journal.plain_outcomes((t.task_id, ok, data) for t, ok, data in outcomes)
+        for task, ok, data in outcomes:
+            client = self._record(task.client_id)
+            client.outbox.append((task.task_id, ok, data))
+            client.unconfirmed[task.task_id] = (ok, data)
+
+    def flush(self) -> None:
+        """One RESULTS message per application with everything queued for it."""
+        for client in self.records.values():
+            if not client.outbox or client.identity is None:
+                continue
+            header = {"results": [[t, ok] for t, ok, _ in client.outbox]}
+            payloads = [data for _, _, data in client.outbox]
+            if self.master.send(client.identity, Kind.RESULTS, header, payloads):
+                client.outbox = []
+
+    def send(self, client_id: str, kind: str, header: dict) -> None:
+        client = self.records.get(client_id)
+        if client is not None and client.identity is not None:
+            self.master.send(client.identity, kind, header)
