@@ -52,7 +52,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +68,8 @@ PRIME = (1 << 61) - 1
 ROUNDS = 100_000
 #: Seconds a scenario may wait for its system's result before it counts as hung.
 RESULT_TIMEOUT = 180.0
+#: Seconds the master-kill scenario waits for the progress at which it kills the master.
+STALL_TIMEOUT = 60.0
 #: Seconds to wait for a node to start, or for slaves to become active.
 START_TIMEOUT = 30.0
 #: Seconds a SIGKILLed slave's workers get to notice and exit by themselves.
@@ -457,6 +459,16 @@ class Cluster:
     def kill_random_slave(self, rng: random.Random) -> None:
         self.kill(rng.choice(self.slaves), "slave")
 
+    def exited(self) -> list[str]:
+        """Nodes that exited by themselves (not killed here), with their exit codes."""
+        nodes = [("master", self.master)] if self.master is not None else []
+        nodes += [("slave", p) for p in self.slaves]
+        return [
+            f"{what} {p.pid} exited by itself with code {p.returncode}"
+            for what, p in nodes
+            if p.poll() is not None
+        ]
+
     def connect(self) -> ts.Application:
         return ts.connect(self.address, key_file=self.key_file, connect_timeout=START_TIMEOUT)
 
@@ -479,6 +491,16 @@ class Cluster:
                     if any(f" {level} " in line for level in levels) or "Traceback" in line:
                         lines.append(f"{path.stem}: {line}")
         return lines[-limit:]
+
+    def requeued(self) -> tuple[int, int]:
+        """(slaves the master lost, tasks it requeued from them), from the master's log."""
+        lost = tasks = 0
+        with contextlib.suppress(OSError):
+            for line in (self.dir / "master.log").read_text(errors="replace").splitlines():
+                if line.endswith(" tasks requeued") and " lost (" in line:
+                    lost += 1
+                    tasks += int(line.rsplit(" ", 3)[-3])
+        return lost, tasks
 
     def restore_lines(self) -> list[str]:
         """What the master logged about restoring its state after a restart."""
@@ -537,13 +559,20 @@ class Outcome:
     duplicates: int | None = None
     seconds: float = 0.0
     note: str = ""
-    passed: bool = False
+    failures: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
 
+    @property
+    def passed(self) -> bool:
+        """Every check of the run held (a run that never got to its checks has failures)."""
+        return not self.failures
+
     def fail(self, why: str) -> None:
-        self.passed = False
-        self.note = f"{why}; {self.note}" if self.note else why
+        self.failures.append(why)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
 
 
 @dataclass
@@ -559,9 +588,12 @@ class Options:
 def _finish_counting(outcome: Outcome, result: dict, reference: dict, n: int) -> None:
     outcome.lost, outcome.duplicates = count_deliveries(result["counts"], n)
     outcome.correct = (result["sum"], result["counts"]) == (reference["sum"], reference["counts"])
-    outcome.passed = outcome.correct and outcome.lost == 0 and outcome.duplicates == 0
     if not outcome.correct:
         outcome.fail("result differs from the serial run")
+    if outcome.lost:
+        outcome.fail(f"{outcome.lost} tasks never delivered")
+    if outcome.duplicates:
+        outcome.fail(f"{outcome.duplicates} duplicate deliveries")
 
 
 def restore_summary(lines: list[str]) -> str:
@@ -601,26 +633,48 @@ def _progress_text(app: ts.Application, handle: ts.SystemHandle) -> str:
     return "the master does not know the system"
 
 
-@contextlib.contextmanager
-def _cluster_run(
-    outcome: Outcome, slaves: int, opts: Options
-) -> Iterator[tuple[Cluster, ts.Application]]:
-    """A cluster and a connection for one scenario run; failures become the outcome's note."""
-    cluster = None
-    try:
-        cluster = Cluster(slaves)
-        with cluster.connect() as app:
-            cluster.wait_active(app, slaves)
-            yield cluster, app
-    except Exception as exc:  # noqa: BLE001 - a run that breaks is a failed run
-        outcome.fail(f"{type(exc).__name__}: {exc}")
-        outcome.details["traceback"] = traceback.format_exc()
-    finally:
-        if cluster is not None:
-            _close_cluster(cluster, outcome, opts)
+class _ClusterRun:
+    """``with _ClusterRun(outcome, slaves, opts) as (cluster, app)``: a cluster with its slaves
+    active and a connection, for one scenario run. An error inside becomes a failure of the run;
+    the processes are reaped and the logs of a failed run kept (in ``outcome.log``) either way."""
+
+    def __init__(self, outcome: Outcome, slaves: int, opts: Options) -> None:
+        self.outcome, self.slaves, self.opts = outcome, slaves, opts
+        self.cluster: Cluster | None = None
+        self.app: ts.Application | None = None
+
+    def __enter__(self) -> tuple[Cluster, ts.Application]:
+        try:
+            self.cluster = Cluster(self.slaves)
+            self.app = self.cluster.connect()
+            self.cluster.wait_active(self.app, self.slaves)
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self.cluster, self.app
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, Exception):
+            self.outcome.fail(_describe(exc))
+            self.outcome.details["traceback"] = "".join(traceback.format_exception(exc))
+        try:
+            if self.app is not None:
+                self.app.close()
+        finally:
+            if self.cluster is not None:
+                _close_cluster(self.cluster, self.outcome, self.opts)
+        return isinstance(exc, Exception)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _close_cluster(cluster: Cluster, outcome: Outcome, opts: Options) -> None:
+    exited = cluster.exited()
+    if exited:
+        outcome.details["exited"] = exited
+        outcome.fail("; ".join(exited))
     try:
         if not outcome.passed:
             outcome.log = cluster.log_lines()
@@ -638,14 +692,14 @@ def _close_cluster(cluster: Cluster, outcome: Outcome, opts: Options) -> None:
 # -- scenarios -----------------------------------------------------------------------------------
 
 
-def slave_kill(opts: Options, run: int = 1) -> Outcome:
+def slave_kill(opts: Options, outcome: Outcome) -> None:
     """3 slaves; one random slave SIGKILLed and replaced every second for 10 s (3 s quick)."""
     rng = random.Random(opts.seed if opts.seed is not None else None)
     n = opts.tasks or (500 if opts.quick else 1500)
     window, kill_for = 60, (3.0 if opts.quick else 10.0)
-    outcome = Outcome("slave-kill", run, tasks=n)
+    outcome.tasks = n
     reference = serial_reference(n, opts.rounds, window)
-    with _cluster_run(outcome, 3, opts) as (cluster, app):
+    with _ClusterRun(outcome, 3, opts) as (cluster, app):
         done = threading.Event()
         started = time.monotonic()
         handle = app.submit_system(CountingSystem(n, opts.rounds, window))
@@ -658,22 +712,23 @@ def slave_kill(opts: Options, run: int = 1) -> Outcome:
             outcome.kills += 1
         result = _wait_result(app, handle, outcome, opts.result_timeout)
         outcome.seconds = time.monotonic() - started
+        lost, requeued = cluster.requeued()
+        outcome.note = f"master lost {lost} slaves, requeued {requeued} tasks"
         if outcome.kills < kill_for:
-            outcome.note = f"done before the kills ended ({outcome.kills} of {kill_for:g})"
+            outcome.note += f"; done before the kills ended ({outcome.kills} of {kill_for:g})"
         if result is not None:
             _finish_counting(outcome, result, reference, n)
-    return outcome
 
 
-def master_kill(opts: Options, run: int = 1) -> Outcome:
+def master_kill(opts: Options, outcome: Outcome) -> None:
     """3 slaves; the master SIGKILLed once at 20-60 % done, restarted on its state dir."""
     rng = random.Random(opts.seed if opts.seed is not None else None)
     n = opts.tasks or (300 if opts.quick else 600)
     window = 60
     at, pause = rng.uniform(0.2, 0.6), rng.uniform(0.2, 1.0)
-    outcome = Outcome("master-kill", run, tasks=n)
+    outcome.tasks = n
     reference = serial_reference(n, opts.rounds, window)
-    with _cluster_run(outcome, 3, opts) as (cluster, app):
+    with _ClusterRun(outcome, 3, opts) as (cluster, app):
         reached = threading.Event()
         seen = [0]
 
@@ -685,7 +740,11 @@ def master_kill(opts: Options, run: int = 1) -> Outcome:
         started = time.monotonic()
         handle = app.submit_system(CountingSystem(n, opts.rounds, window), progress=progress)
         handle.add_done_callback(lambda _: reached.set())
-        reached.wait(opts.result_timeout)
+        if not reached.wait(STALL_TIMEOUT):
+            outcome.fail(f"no progress to {at:.0%} within {STALL_TIMEOUT:g}s ({seen[0]}/{n})")
+            return
+        if cluster.exited():
+            return  # the check on closing says which node
         if not handle.done():
             killed_at = seen[0]
             cluster.kill_master()
@@ -702,16 +761,15 @@ def master_kill(opts: Options, run: int = 1) -> Outcome:
             _finish_counting(outcome, result, reference, n)
         if outcome.kills == 0:
             outcome.fail("the system completed before the master could be killed")
-    return outcome
 
 
-def poison(opts: Options, run: int = 1) -> Outcome:
+def poison(opts: Options, outcome: Outcome) -> None:
     """1,000 tasks, a task that kills its worker, a task that sleeps past its timeout."""
     n = opts.tasks or 1000
     rounds, timeout = 2_000, 1.0
-    outcome = Outcome("poison", run, tasks=n + 2)
+    outcome.tasks = n + 2
     reference = serial_reference(n, rounds, n)
-    with _cluster_run(outcome, 2, opts) as (cluster, app):
+    with _ClusterRun(outcome, 2, opts) as (cluster, app):
         crash_marker = str(cluster.dir / "crash.attempts")
         sleep_marker = str(cluster.dir / "sleeper.attempts")
         extras = [Crash(crash_marker), Sleeper(sleep_marker, timeout, 60.0)]
@@ -724,7 +782,6 @@ def poison(opts: Options, run: int = 1) -> Outcome:
             crashes = _attempts(crash_marker)
             sleeps = _attempts(sleep_marker)
             _check_poison(outcome, result["outcomes"], crashes, sleeps, timeout)
-    return outcome
 
 
 def _attempts(marker: str) -> int:
@@ -754,15 +811,15 @@ def _check_poison(
         outcome.fail(f"{len(work_errors)} Work tasks failed")
 
 
-def cancel(opts: Options, run: int = 1) -> Outcome:
+def cancel(opts: Options, outcome: Outcome) -> None:
     """Reverse md5 that completes early: how long until no slave holds a leftover task."""
     rng = random.Random(opts.seed if opts.seed is not None else None)
     ranges, chunk = 16, (400_000 if opts.quick else 1_000_000)
     # In range 4, past its middle: ranges 5+ are running or waiting on the slaves by then.
     secret = 4 * chunk + rng.randrange(chunk // 2, chunk - chunk // 10)
     target = hashlib.md5(str(secret).encode()).hexdigest()
-    outcome = Outcome("cancel", run, tasks=ranges)
-    with _cluster_run(outcome, 3, opts) as (cluster, app):
+    outcome.tasks = ranges
+    with _ClusterRun(outcome, 3, opts) as (cluster, app):
         markers = cluster.dir / "markers"
         markers.mkdir()
         started = time.monotonic()
@@ -771,10 +828,9 @@ def cancel(opts: Options, run: int = 1) -> Outcome:
         completed, completed_wall = time.monotonic(), time.time()
         outcome.seconds = completed - started
         if result is not None:
-            idle = _wait_idle(app, completed, opts.result_timeout)
+            idle = _wait_idle(app, completed, 10 * CANCEL_IDLE_LIMIT)
             time.sleep(0.5)  # a leftover that was not stopped would go on writing markers
             _check_cancel(outcome, result, secret, idle, markers, completed_wall)
-    return outcome
 
 
 def _wait_idle(app: ts.Application, since: float, timeout: float) -> float | None:
@@ -803,12 +859,8 @@ def _check_cancel(
         f"{len(stopped)} stopped while running, {outcome.tasks - len(started)} never started"
     )
     outcome.details.update(idle=idle, stopped=stopped, late=late, done=result["done"])
-    outcome.passed = (
-        outcome.correct
-        and outcome.duplicates == 0
-        and idle is not None
-        and idle < CANCEL_IDLE_LIMIT
-    )
+    if outcome.duplicates:
+        outcome.fail(f"{outcome.duplicates} duplicate deliveries")
     if not outcome.correct:
         outcome.fail(f"found {result['found']}, expected {secret}")
     if idle is None or idle >= CANCEL_IDLE_LIMIT:
@@ -817,7 +869,7 @@ def _check_cancel(
         outcome.fail(f"ranges {late} ran to their end after completion")
 
 
-RUNNERS: dict[str, Callable[[Options, int], Outcome]] = {
+RUNNERS: dict[str, Callable[[Options, Outcome], None]] = {
     "slave-kill": slave_kill,
     "master-kill": master_kill,
     "poison": poison,
@@ -829,12 +881,13 @@ def run_scenario(name: str, opts: Options | None = None, run: int = 1) -> Outcom
     """Run one scenario once; never raises for a failed run (the outcome says why)."""
     opts = opts or Options()
     began = time.monotonic()
+    outcome = Outcome(name, run)
     try:
-        outcome = RUNNERS[name](opts, run)
-    except Exception as exc:  # noqa: BLE001 - e.g. the reference or self check itself broke
-        outcome = Outcome(name, run)
-        outcome.fail(f"{type(exc).__name__}: {exc}")
-        outcome.details["traceback"] = traceback.format_exc()
+        RUNNERS[name](opts, outcome)
+    except Exception as exc:  # noqa: BLE001 - e.g. a cluster that did not start
+        if _describe(exc) not in outcome.failures:
+            outcome.fail(_describe(exc))
+            outcome.details["traceback"] = traceback.format_exc()
     if not outcome.seconds:
         outcome.seconds = time.monotonic() - began
     return outcome
@@ -861,7 +914,11 @@ def table_header() -> str:
 
 
 def table_row(o: Outcome) -> str:
-    note = o.note if o.passed else f"FAILED: {o.note}"
+    note = (
+        o.note
+        if o.passed
+        else "; ".join(["FAILED: " + "; ".join(o.failures), o.note][: 1 + bool(o.note)])
+    )
     cells = (o.scenario, o.run, o.kills, o.tasks, o.correct, o.lost, o.duplicates, o.seconds, note)
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
@@ -949,7 +1006,7 @@ def write_json(path: str, outcomes: list[Outcome], seed: int) -> None:
         "seed": seed,
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
-        "runs": [asdict(o) for o in outcomes],
+        "runs": [o.as_dict() for o in outcomes],
     }
     Path(path).write_text(json.dumps(data, indent=2, default=str))
 

@@ -92,12 +92,16 @@ def test_cancel_leaves_no_slave_holding_a_leftover_task(no_leftovers):
     assert not outcome.details["late"]
 
 
-def test_a_broken_run_is_a_failed_row_not_a_crash_of_the_harness(monkeypatch):
-    def broken(opts, run):
-        raise RuntimeError("no cluster today")
+def test_a_cluster_that_does_not_start_is_a_failed_row_not_a_crash(monkeypatch, no_leftovers):
+    made = []
 
-    monkeypatch.setitem(chaos.RUNNERS, "slave-kill", broken)
-    outcome = chaos.run_scenario("slave-kill", chaos.Options(quick=True))
+    def no_master(self):
+        made.append(self.dir)
+        raise RuntimeError("no master today")
+
+    monkeypatch.setattr(chaos.Cluster, "start_master", no_master)
+    outcome = chaos.run_scenario("poison", chaos.Options(quick=True))
     assert not outcome.passed
-    assert "FAILED: RuntimeError: no cluster today" in chaos.table_row(outcome)
-    assert chaos.summary([outcome], ["slave-kill"]) == ["slave-kill: 0/1 passed"]
+    assert "FAILED: RuntimeError: no master today" in chaos.table_row(outcome)
+    assert chaos.summary([outcome], ["poison"]) == ["poison: 0/1 passed"]
+    assert made and not made[0].exists()

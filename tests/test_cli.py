@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import descendants, free_port, wait_for
+from taskswarm.keys import load_key
 
 
 def start_cluster(nodes, key_file, slaves=2, workers=1, *master_args):
@@ -46,7 +47,7 @@ def test_keygen_writes_a_key_only_its_owner_can_read(nodes, tmp_path):
     out = nodes.run("keygen", str(path))
     assert out.returncode == 0, out.stderr
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert len(bytes.fromhex(path.read_text().strip())) == 32
+    assert len(load_key(path)) == 32
     again = nodes.run("keygen", str(path))
     assert again.returncode == 1
     assert "already exists" in again.stderr

@@ -23,6 +23,7 @@ EXPORTS = [
     "api",
     "Application",
     "ApplicationNode",
+    "AuthenticationFailed",
     "ClientClosed",
     "ClusterError",
     "ConfigurationError",

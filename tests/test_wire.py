@@ -68,7 +68,8 @@ plain_values = st.recursive(
     ),
     max_leaves=12,
 )
-field_names = st.text(max_size=12).filter(lambda name: name not in ("v", "k"))
+RESERVED = ("v", "k", "sid", "seq", "to", "ts")  # the wire's own header fields
+field_names = st.text(max_size=12).filter(lambda name: name not in RESERVED)
 headers = st.dictionaries(field_names, plain_values, max_size=6)
 payload_lists = st.lists(st.binary(max_size=64), max_size=5)
 kinds = st.sampled_from(sorted(Kind.ALL))
@@ -82,10 +83,11 @@ kinds = st.sampled_from(sorted(Kind.ALL))
 def test_every_kind_with_any_plain_header_and_payloads_round_trips(kind, header, payloads):
     codec = Codec(KEY)
 
-    message = codec.decode(codec.encode(kind, header, payloads))
+    message = codec.decode(codec.encode(kind, header, payloads, to=codec.session))
 
     assert message.kind == kind
-    assert {k: v for k, v in message.header.items() if k not in ("v", "k")} == header
+    assert {k: v for k, v in message.header.items() if k not in RESERVED} == header
+    assert message.sender == codec.session
     assert message.header["v"] == PROTOCOL_VERSION
     assert message.header["k"] == kind
     assert message.payloads == payloads
@@ -95,7 +97,7 @@ def test_every_kind_with_any_plain_header_and_payloads_round_trips(kind, header,
 
 def test_a_message_reads_its_header_fields_by_name():
     codec = Codec(KEY)
-    message = codec.decode(codec.encode(Kind.ACK, {"rid": 7, "n": 3}))
+    message = codec.decode(codec.encode(Kind.ACK, {"rid": 7, "n": 3}, to=codec.session))
 
     assert isinstance(message, Message)
     assert message["rid"] == 7
@@ -106,14 +108,16 @@ def test_a_message_reads_its_header_fields_by_name():
 
 
 def test_the_signature_is_hmac_sha256_over_the_length_prefixed_frames():
-    frames = Codec(KEY).encode(Kind.TASKS, {"tasks": ["a", "b"]}, [b"one", b"two"])
+    frames = Codec(KEY).encode(
+        Kind.TASKS, {"tasks": ["a", "b"]}, [b"one", b"two"], to=Codec(KEY).session
+    )
 
     assert frames[0] == sign(KEY, frames[1:])
     assert len(frames[0]) == 32
 
 
 def test_every_kind_is_a_distinct_string():
-    names = [v for k, v in vars(Kind).items() if k.isupper() and k != "ALL"]
+    names = [v for k, v in vars(Kind).items() if k.isupper() and isinstance(v, str)]
 
     assert set(names) == Kind.ALL
     assert len(names) == len(Kind.ALL)
@@ -124,7 +128,7 @@ def test_every_kind_is_a_distinct_string():
 @given(header=headers, payloads=payload_lists)
 def test_zmq_frames_decode_like_bytes(header, payloads):
     codec = Codec(KEY)
-    frames = [zmq.Frame(f) for f in codec.encode(Kind.RESULTS, header, payloads)]
+    frames = [zmq.Frame(f) for f in codec.encode(Kind.RESULTS, header, payloads, to=codec.session)]
 
     message = codec.decode(frames)
 
@@ -140,7 +144,9 @@ def test_frames_received_from_a_real_socket_without_copying_decode():
     try:
         receiver.bind("inproc://wire-test")
         sender.connect("inproc://wire-test")
-        sender.send_multipart(codec.encode(Kind.TASKS, {"tasks": ["t1"]}, [b"x" * 1000]))
+        sender.send_multipart(
+            codec.encode(Kind.TASKS, {"tasks": ["t1"]}, [b"x" * 1000], to=codec.session)
+        )
         assert receiver.poll(5000), "the message never arrived"
         frames = receiver.recv_multipart(copy=False)
 
@@ -197,7 +203,7 @@ def test_any_single_change_to_a_signed_message_is_rejected_and_counted(
     kind, header, payloads, data
 ):
     codec = Codec(KEY)
-    original = codec.encode(kind, header, payloads)
+    original = codec.encode(kind, header, payloads, to=codec.session)
     op, frames = data.draw(mutations(original), label="mutation")
     assert frames != original
 
@@ -215,7 +221,7 @@ def test_a_message_signed_with_another_key_is_a_bad_signature():
     codec = Codec(KEY)
 
     with pytest.raises(BadSignature):
-        codec.decode(Codec(OTHER_KEY).encode(Kind.HEARTBEAT))
+        codec.decode(Codec(OTHER_KEY).encode(Kind.HEARTBEAT, to=Codec(KEY).session))
 
     assert codec.rejected == {"bad-signature": 1}
 
@@ -232,10 +238,12 @@ def test_fewer_than_two_frames_is_malformed(frames):
 
 def test_more_frames_than_the_limit_is_malformed_before_the_signature_is_computed():
     codec = Codec(KEY, max_frames=3)
-    codec.decode(codec.encode(Kind.TASKS, {}, [b"1", b"2"]))  # header + 2 payloads: at the limit
+    codec.decode(
+        codec.encode(Kind.TASKS, {}, [b"1", b"2"], to=codec.session)
+    )  # header + 2 payloads: at the limit
 
     with pytest.raises(MalformedMessage, match="too many frames"):
-        codec.decode(codec.encode(Kind.TASKS, {}, [b"1", b"2", b"3"]))
+        codec.decode(codec.encode(Kind.TASKS, {}, [b"1", b"2", b"3"], to=codec.session))
 
     assert codec.rejected == {"malformed": 1}
 
@@ -299,15 +307,15 @@ def test_a_correctly_signed_header_that_is_not_msgpack_is_malformed(raw_header):
 def test_rejections_are_counted_per_reason():
     codec = Codec(KEY)
     bad = [
-        Codec(OTHER_KEY).encode(Kind.HEARTBEAT),
-        Codec(OTHER_KEY).encode(Kind.BYE),
+        Codec(OTHER_KEY).encode(Kind.HEARTBEAT, to=Codec(KEY).session),
+        Codec(OTHER_KEY).encode(Kind.BYE, to=Codec(KEY).session),
         [b"x"],
         signed({"v": PROTOCOL_VERSION + 1, "k": Kind.BYE}),
     ]
     for frames in bad:
         with pytest.raises(WireError):
             codec.decode(frames)
-    codec.decode(codec.encode(Kind.BYE))
+    codec.decode(codec.encode(Kind.BYE, to=codec.session))
 
     assert codec.rejected == {"bad-signature": 2, "malformed": 1, "version": 1}
 
@@ -341,7 +349,7 @@ def test_decoding_a_signed_message_leaves_a_pickled_payload_as_bytes(tmp_path):
     payload = pickle.dumps(CreatesAFileWhenUnpickled(target))
     codec = Codec(KEY)
 
-    message = codec.decode(codec.encode(Kind.TASKS, {"tasks": ["t"]}, [payload]))
+    message = codec.decode(codec.encode(Kind.TASKS, {"tasks": ["t"]}, [payload], to=codec.session))
 
     assert message.payloads == [payload]
     assert not target.exists()
@@ -352,7 +360,9 @@ def test_a_badly_signed_pickled_payload_is_dropped_without_being_unpickled(tmp_p
     payload = pickle.dumps(CreatesAFileWhenUnpickled(target))
 
     with pytest.raises(BadSignature):
-        Codec(KEY).decode(Codec(OTHER_KEY).encode(Kind.TASKS, {"tasks": ["t"]}, [payload]))
+        Codec(KEY).decode(
+            Codec(OTHER_KEY).encode(Kind.TASKS, {"tasks": ["t"]}, [payload], to=Codec(KEY).session)
+        )
 
     assert not target.exists()
 

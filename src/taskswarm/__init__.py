@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import api
 from .appnode import ApplicationNode
 from .errors import (
+    AuthenticationFailed,
     ClientClosed,
     ClusterError,
     ConfigurationError,
@@ -33,6 +34,7 @@ __all__ = [
     "api",
     "Application",
     "ApplicationNode",
+    "AuthenticationFailed",
     "ClientClosed",
     "ClusterError",
     "ConfigurationError",

@@ -300,6 +300,8 @@ def slave(
     )
     _stop_on_signals(node)
     node.serve()
+    if node.failure:
+        raise click.ClickException(f"{node.failure} (key file {key_file})")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

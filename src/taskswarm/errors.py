@@ -52,6 +52,36 @@ class VersionMismatch(WireError):
     reason = "version"
 
 
+class Replayed(WireError):
+    """Raised when a message repeats a sequence number its sender already used (a replay)."""
+
+    reason = "replayed"
+
+
+class Misdirected(WireError):
+    """Raised when a message is addressed to another session (another node, or a master that
+    has since restarted); ``sender`` lets the receiver ask a real peer to say HELLO again."""
+
+    reason = "misdirected"
+
+    def __init__(self, message: str, sender: str = "") -> None:
+        super().__init__(message)
+        self.sender = sender
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.sender))
+
+
+class StaleMessage(WireError):
+    """Raised when an opening HELLO/REGISTER is older (or newer) than the replay window."""
+
+    reason = "stale"
+
+
+class AuthenticationFailed(ClusterError):
+    """Raised when the master refuses this node's messages: the key files differ."""
+
+
 class TaskError(TaskswarmError):
     """Raised when a task failed and its own exception could not travel back.
 

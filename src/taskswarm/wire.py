@@ -13,29 +13,80 @@ A message is a list of ZeroMQ frames::
 
 ``Codec.decode`` checks the signature before it parses the header, and nothing here unpickles: a
 message that fails any check raises a ``WireError`` whose ``reason`` the node counts and drops.
+
+Replay protection (docs/security.md has the threat model). Every header also carries:
+
+- ``sid``: the sender's *session*, random for each Codec (each node process and connection);
+- ``seq``: a sequence number, strictly increasing over everything that session sends;
+- ``to``: the session the message is *for*, learnt from the peer's own messages. Only HELLO and
+  REGISTER, which open a conversation, go unaddressed, and those carry ``ts`` (send time),
+  accepted within ``REPLAY_WINDOW`` seconds.
+
+So a captured message replayed to the same node is refused (its number is not new), one replayed
+to another node or to a restarted master is refused (it is not addressed to that session), and a
+captured HELLO/REGISTER is good only for the window. Refusals are counted by reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
+import secrets
 import struct
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from .errors import BadSignature, MalformedMessage, VersionMismatch, WireError
+from .errors import (
+    BadSignature,
+    MalformedMessage,
+    Misdirected,
+    Replayed,
+    StaleMessage,
+    VersionMismatch,
+    WireError,
+)
 
-__all__ = ["PROTOCOL_VERSION", "Kind", "Message", "Codec"]
+__all__ = ["PROTOCOL_VERSION", "Kind", "Message", "Codec", "Notice"]
 
 PROTOCOL_VERSION = 1
 SIGNATURE_SIZE = 32
 #: Most frames one message may carry (header + payloads); a batch larger than this is split.
 MAX_FRAMES = 100_000
 _LENGTH = struct.Struct("!Q")
+#: Seconds an unaddressed HELLO/REGISTER stays valid (allows this much clock difference).
+REPLAY_WINDOW = 300.0
+#: Sender sessions remembered for their sequence numbers (oldest forgotten first).
+MAX_SESSIONS = 65_536
+
+
+class Notice:
+    """Unsigned one-frame answers the master gives a peer whose messages it cannot accept, so
+    that peer can say why instead of waiting: they carry no data and change nothing."""
+
+    AUTH_FAILED = b"taskswarm:auth-failed"
+    VERSION = b"taskswarm:version:"  # followed by the master's protocol version
+
+    @staticmethod
+    def read(frames: Sequence[Any]) -> str | None:
+        """The reason a notice gives, or None when ``frames`` is not a notice."""
+        if len(frames) != 1:
+            return None
+        raw = bytes(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
+        if raw == Notice.AUTH_FAILED:
+            return "authentication failed: this key does not match the master's"
+        if raw.startswith(Notice.VERSION):
+            theirs = raw[len(Notice.VERSION) :].decode("ascii", "replace")
+            return (
+                f"protocol version mismatch: the master speaks version {theirs}, this node "
+                f"speaks version {PROTOCOL_VERSION}; install the same taskswarm on both"
+            )
+        return None
 
 
 class Kind:
@@ -68,6 +119,9 @@ class Kind:
     # both ways
     HEARTBEAT = "heartbeat"
 
+    #: Kinds that open a conversation, sent before the peer's session is known.
+    UNADDRESSED = frozenset({"hello", "register"})
+
     ALL = frozenset(v for k, v in vars().items() if k.isupper() and isinstance(v, str))
 
 
@@ -76,6 +130,7 @@ class Message:
     kind: str
     header: dict[str, Any]
     payloads: list[bytes] = field(default_factory=list)
+    sender: str = ""  # the sending session (reply to it with ``to=``)
 
     def __getitem__(self, key: str) -> Any:
         return self.header[key]
@@ -85,13 +140,23 @@ class Message:
 
 
 class Codec:
-    """Encodes and verifies messages for one cluster key, and counts what it rejected."""
+    """Encodes and verifies messages for one cluster key and one session; counts refusals.
 
-    def __init__(self, key: bytes, max_frames: int = MAX_FRAMES) -> None:
+    A Codec is used by one thread (its node's loop) and is the node's session: its ``session``
+    goes out with every message, and peers address their answers to it.
+    """
+
+    def __init__(
+        self, key: bytes, max_frames: int = MAX_FRAMES, window: float = REPLAY_WINDOW
+    ) -> None:
         if not key:
             raise ValueError("the cluster key must not be empty")
         self._key = key
         self.max_frames = max_frames
+        self.window = window
+        self.session = secrets.token_hex(8)
+        self._numbers = itertools.count(1)
+        self._last_seen: OrderedDict[str, int] = OrderedDict()
         self.rejected: Counter[str] = Counter()
 
     def _sign(self, frames: Sequence[bytes | memoryview]) -> bytes:
@@ -102,18 +167,26 @@ class Codec:
         return mac.digest()
 
     def encode(
-        self, kind: str, header: dict[str, Any] | None = None, payloads: Sequence[bytes] = ()
+        self,
+        kind: str,
+        header: dict[str, Any] | None = None,
+        payloads: Sequence[bytes] = (),
+        to: str | None = None,
     ) -> list[bytes]:
+        """Frames for one message; ``to`` is the receiving session (None only to open)."""
         fields = dict(header or ())
-        fields["v"] = PROTOCOL_VERSION
-        fields["k"] = kind
+        fields.update(v=PROTOCOL_VERSION, k=kind, sid=self.session, seq=next(self._numbers), to=to)
+        if to is None:
+            fields["ts"] = time.time()
         frames = [msgpack.packb(fields, use_bin_type=True), *payloads]
         return [self._sign(frames), *frames]
 
     def decode(self, frames: Sequence[Any]) -> Message:
         """Verify and parse; raises a ``WireError`` (and counts it) for anything to drop."""
         try:
-            return self._decode(frames)
+            message = self._decode(frames)
+            self._check_fresh(message)
+            return message
         except WireError as exc:
             self.rejected[exc.reason] += 1
             raise
@@ -143,4 +216,31 @@ class Codec:
         kind = header.get("k")
         if kind not in Kind.ALL:
             raise MalformedMessage(f"unknown message kind {kind!r}")
-        return Message(kind, header, [bytes(p) for p in rest[1:]])
+        sender = header.get("sid")
+        if not isinstance(sender, str) or type(header.get("seq")) is not int:
+            raise MalformedMessage("header lacks its session and sequence number")
+        return Message(kind, header, [bytes(p) for p in rest[1:]], sender)
+
+    def _check_fresh(self, message: Message) -> None:
+        """Refuse replays: wrong addressee, an old sequence number, or a stale opening."""
+        header = message.header
+        to = header.get("to")
+        if to is None:
+            if message.kind not in Kind.UNADDRESSED:
+                raise Misdirected(f"an unaddressed {message.kind} message", message.sender)
+            sent = header.get("ts")
+            if not isinstance(sent, (int, float)) or abs(time.time() - sent) > self.window:
+                raise StaleMessage(
+                    f"a {message.kind} sent at {sent!r} is outside the {self.window:g}s window "
+                    "(replayed, or the two machines' clocks differ: sync them)"
+                )
+        elif to != self.session:
+            raise Misdirected(f"a {message.kind} message for another session", message.sender)
+        number = header["seq"]
+        last = self._last_seen.get(message.sender, 0)
+        if number <= last:
+            raise Replayed(f"{message.kind} number {number} from {message.sender} was seen")
+        self._last_seen[message.sender] = number
+        self._last_seen.move_to_end(message.sender)
+        if len(self._last_seen) > MAX_SESSIONS:
+            self._last_seen.popitem(last=False)

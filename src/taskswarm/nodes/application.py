@@ -27,11 +27,19 @@ import cloudpickle
 import zmq
 
 from .. import pickling
-from ..errors import ClientClosed, MasterUnreachable, TaskswarmError, UnknownTaskSystem
+from ..errors import (
+    AuthenticationFailed,
+    ClientClosed,
+    ClusterError,
+    MasterUnreachable,
+    TaskswarmError,
+    UnknownTaskSystem,
+    WireError,
+)
 from ..handles import ProgressCallback, SystemHandle, TaskFuture, TaskswarmExecutor
 from ..keys import load_key
 from ..task import FunctionTask, Task, load_outcome, task_meta
-from ..wire import Codec, Kind, Message
+from ..wire import Codec, Kind, Message, Notice
 from .mailbox import Mailbox
 from .transport import check_address, connect_dealer, receive_batch, try_send
 
@@ -68,13 +76,24 @@ class Application:
         self._rids = itertools.count(1)
         self._unconfirmed_batches: dict[int, list[tuple[list, bytes]]] = {}  # I/O thread only
         self._welcomed = threading.Event()
+        self._refused = threading.Event()  # the master answered with a Notice (key, version)
+        self._refusal = ""
+        self._master_session: str | None = None
         self._closed = False
         self._last_from_master = 0.0
         #: Called as ``(task, result, error)`` after each plain task's Future is resolved.
         self.on_task_finished: Callable[[Task, Any, BaseException | None], None] | None = None
         self._thread = threading.Thread(target=self._io_loop, name="taskswarm-app-io", daemon=True)
         self._thread.start()
-        if not self._welcomed.wait(connect_timeout):
+        deadline = time.monotonic() + connect_timeout
+        while not self._welcomed.wait(0.05):
+            if self._refused.is_set():
+                self.close()
+                error = AuthenticationFailed if "key" in self._refusal else ClusterError
+                raise error(f"{self._refusal} (master {address})")
+            if time.monotonic() > deadline:
+                break
+        if not self._welcomed.is_set():
             self.close()
             raise MasterUnreachable(
                 f"no master answered at {address} within {connect_timeout:g}s: check that "
@@ -287,16 +306,23 @@ class Application:
         for frames in receive_batch(self._socket):
             try:
                 message = self.codec.decode(frames)
-            except Exception as exc:
-                log.warning("dropped a message from the master: %s", exc)
+            except WireError as exc:
+                refusal = Notice.read(frames)
+                if refusal is not None and not self._welcomed.is_set():
+                    self._refusal = refusal
+                    self._refused.set()
+                else:
+                    log.debug("dropped a message from the master: %s", exc)
                 continue
             self._last_from_master = time.monotonic()
+            self._master_session = message.sender
             handler = handlers.get(message.kind)
             if handler is not None:
                 handler(message)
 
     def _send(self, kind: str, header: dict | None = None, payloads=()) -> bool:
-        return try_send(self._socket, self.codec.encode(kind, header, payloads))
+        to = None if kind in Kind.UNADDRESSED else self._master_session
+        return try_send(self._socket, self.codec.encode(kind, header, payloads, to=to))
 
     def _send_posted(self, items: list[tuple]) -> None:
         """Send what user threads posted, merging runs of task batches into one SUBMIT."""

@@ -34,6 +34,7 @@ from ..scheduling.records import NodeState, SlaveRecord, TaskRecord
 from ..task import ExceptionWithTraceback, Status
 from ..wire import Codec, Kind, Message
 from .clients import ClientRecord, ClientTable
+from .gate import Gate
 from .mailbox import Mailbox
 from .systems import SystemTable
 from .transport import bind_router, receive_batch, try_send
@@ -71,6 +72,11 @@ class Master:
         self._context = zmq.Context()
         self.router, self.address = bind_router(self._context, bind)
         self.mailbox = Mailbox()
+        self.gate = Gate(
+            self.codec,
+            lambda identity, frames: try_send(self.router, [identity, *frames]),
+            self._ask_to_reregister,
+        )
         self._poller = zmq.Poller()
         self._poller.register(self.router, zmq.POLLIN)
         self._poller.register(self.mailbox.fileno(), zmq.POLLIN)
@@ -144,6 +150,7 @@ class Master:
                         self.systems.on_runner_message(item)
                 if time.monotonic() >= next_beat:
                     self._send_heartbeats()
+                    self.gate.report()
                     self._check_slaves()
                     self._check_parent()
                     next_beat = time.monotonic() + self.heartbeat_interval
@@ -180,10 +187,8 @@ class Master:
     def _receive_from_nodes(self) -> None:
         for frames in receive_batch(self.router):
             identity = frames[0].bytes
-            try:
-                message = self.codec.decode(frames[1:])
-            except Exception as exc:
-                log.warning("dropped a message from %r: %s", identity[:16], exc)
+            message = self.gate.admit(identity, frames[1:])
+            if message is None:
                 continue
             handler = self._handlers.get(message.kind)
             if handler is None:
@@ -197,7 +202,11 @@ class Master:
                 log.warning("dropped a %s message with bad fields: %r", message.kind, exc)
 
     def send(self, identity: bytes, kind: str, header: dict | None = None, payloads=()) -> bool:
-        return try_send(self.router, [identity, *self.codec.encode(kind, header, payloads)])
+        frames = self.codec.encode(kind, header, payloads, to=self.gate.sessions.get(identity))
+        return try_send(self.router, [identity, *frames])
+
+    def _ask_to_reregister(self, identity: bytes, session: str) -> None:
+        try_send(self.router, [identity, *self.codec.encode(Kind.REREGISTER, to=session)])
 
     # -- slaves ----------------------------------------------------------------------------------
 

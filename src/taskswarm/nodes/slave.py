@@ -19,10 +19,11 @@ import uuid
 
 import zmq
 
+from ..errors import WireError
 from ..managers.process_pool import WorkItem
 from ..scheduling import load_plugin
 from ..task import Status
-from ..wire import Codec, Kind, Message
+from ..wire import Codec, Kind, Message, Notice
 from .mailbox import Mailbox
 from .transport import connect_dealer, receive_batch, try_send
 
@@ -58,6 +59,9 @@ class Slave:
         self.master_socket = connect_dealer(self._context, master, self.node_id.encode())
         self.mailbox = Mailbox()
         self.registered = False
+        self.master_session: str | None = None  # the master's session, to address messages
+        #: Why the master refused this slave (wrong key or version), if it did.
+        self.failure: str | None = None
         self._stopping = False
         #: Stop when this process is no longer our parent (set for LocalCluster's nodes).
         self.parent_pid: int | None = None
@@ -157,10 +161,20 @@ class Slave:
         for frames in receive_batch(self.master_socket):
             try:
                 message = self.codec.decode(frames)
-            except Exception as exc:
-                log.warning("dropped a message: %s", exc)
+            except WireError as exc:
+                refusal = Notice.read(frames)
+                if refusal is not None and not self.registered:
+                    # Wrong key or version: waiting would only hang. Say so and stop.
+                    log.error(
+                        "the master at %s refused this slave: %s", self.master_address, refusal
+                    )
+                    self.failure = refusal
+                    self.stop()
+                else:
+                    log.debug("dropped a message: %s", exc)
                 continue
             self._last_from_master = time.monotonic()
+            self.master_session = message.sender
             handler = self._handlers.get(message.kind)
             if handler is None:
                 continue
@@ -209,7 +223,8 @@ class Slave:
     # -- sending ---------------------------------------------------------------------------------
 
     def _send(self, kind: str, header: dict | None = None, payloads=()) -> bool:
-        return try_send(self.master_socket, self.codec.encode(kind, header, payloads))
+        to = None if kind in Kind.UNADDRESSED else self.master_session
+        return try_send(self.master_socket, self.codec.encode(kind, header, payloads, to=to))
 
     def _take_credit(self) -> int:
         credit, self._credit_owed = self._credit_owed, 0
