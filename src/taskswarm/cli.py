@@ -122,6 +122,16 @@ def _key_option(required: bool = True):
     )
 
 
+def _max_message_option():
+    return click.option(
+        "--max-message-mib",
+        default=512,
+        show_default=True,
+        type=click.IntRange(1),
+        help="Largest message accepted, in MiB (the socket drops a peer that sends more).",
+    )
+
+
 def _stop_on_signals(node: Any) -> None:
     """SIGINT/SIGTERM stop the node cleanly; so does the death of a LocalCluster's owner."""
 
@@ -139,12 +149,14 @@ def _stop_on_signals(node: Any) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace an existing key file.")
-def keygen(path: str, force: bool) -> None:
+@click.option("--curve", is_flag=True, help="Add a CurveZMQ keypair: every node encrypts traffic.")
+def keygen(path: str, force: bool, curve: bool) -> None:
     """Write a new 256-bit cluster key to PATH (mode 0600). Give every node the same file."""
     from .keys import generate_key_file
 
-    generate_key_file(path, overwrite=force)
-    click.echo(f"wrote a new cluster key to {path} (mode 0600); copy it to every node")
+    generate_key_file(path, overwrite=force, curve=curve)
+    what = "cluster key with a CurveZMQ keypair" if curve else "cluster key"
+    click.echo(f"wrote a new {what} to {path} (mode 0600); copy it to every node")
 
 
 @cli.command()
@@ -206,6 +218,13 @@ def keygen(path: str, force: bool) -> None:
     type=click.FloatRange(0.1),
     help="Seconds of silence after which a slave is lost and its tasks requeued.",
 )
+@click.option(
+    "--curve",
+    is_flag=True,
+    help="Require CurveZMQ encryption (the key file must come from `taskswarm keygen --curve`; "
+    "any node given such a file encrypts anyway).",
+)
+@_max_message_option()
 @click.option("--ready-file", type=click.Path(dir_okay=False), hidden=True)
 def master(
     bind: str,
@@ -219,13 +238,20 @@ def master(
     heartbeat: float,
     slave_timeout: float,
     max_crashes: int,
+    curve: bool,
+    max_message_mib: int,
     ready_file: str | None,
 ) -> None:
     """Run a master node: it keeps the task queue and runs task systems."""
-    from .keys import load_key
+    from .keys import load_keys
     from .nodes.master import Master
 
-    key = load_key(key_file)
+    key = load_keys(key_file)
+    if curve and not key.curve:
+        raise click.ClickException(
+            f"--curve needs a key file with a CurveZMQ keypair; make one with "
+            f"`taskswarm keygen --curve {key_file}`"
+        )
     if no_state_dir:
         state_dir = None
     elif state_dir is None:
@@ -242,6 +268,7 @@ def master(
         slave_timeout=slave_timeout,
         state_dir=state_dir,
         max_crashes=max_crashes,
+        max_message_bytes=max_message_mib * 1024 * 1024,
     )
     _stop_on_signals(node)
     node.serve(ready_file)
@@ -278,6 +305,7 @@ def _default_state_dir(bind: str) -> Path:
     type=click.FloatRange(0),
     help="On SIGINT/SIGTERM, seconds to let running tasks finish before handing them back.",
 )
+@_max_message_option()
 def slave(
     master_address: str,
     key_file: str,
@@ -285,18 +313,20 @@ def slave(
     manager: str,
     heartbeat: float,
     grace: float,
+    max_message_mib: int,
 ) -> None:
     """Run a slave node for the master at MASTER (tcp://HOST:PORT)."""
-    from .keys import load_key
+    from .keys import load_keys
     from .nodes.slave import Slave
 
     node = Slave(
         master_address,
-        load_key(key_file),
+        load_keys(key_file),
         workers=workers,
         manager=manager,
         heartbeat_interval=heartbeat,
         grace=grace,
+        max_message_bytes=max_message_mib * 1024 * 1024,
     )
     _stop_on_signals(node)
     node.serve()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import ConfigurationError
 
-__all__ = ["ClusterKeys", "generate_key_file", "load_key", "load_keys"]
+__all__ = ["ClusterKeys", "as_keys", "generate_key_file", "load_key", "load_keys"]
 
 KEY_BYTES = 32
 _HEADER = "# taskswarm cluster key: give this file to every node of the cluster, and no one else\n"
@@ -41,6 +41,11 @@ class ClusterKeys:
 
     def __repr__(self) -> str:  # never show a key in a log or a traceback
         return f"ClusterKeys(curve={self.curve})"
+
+
+def as_keys(key: bytes | ClusterKeys) -> ClusterKeys:
+    """Nodes take either a bare HMAC key or a key file's full contents."""
+    return key if isinstance(key, ClusterKeys) else ClusterKeys(key)
 
 
 def generate_key_file(

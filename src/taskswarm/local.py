@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ClusterError, ConfigurationError
-from .keys import generate_key_file, load_key
+from .keys import generate_key_file, load_keys
 from .nodes.application import Application, connect
 
 __all__ = ["LocalCluster", "connect_or_start", "default_layout"]
@@ -48,6 +48,7 @@ class LocalCluster:
         strategy: str = "load",
         heartbeat: float = 1.0,
         slave_timeout: float = 5.0,
+        curve: bool = False,
         start_timeout: float = 30.0,
         log_level: str = "warning",
     ) -> None:
@@ -58,8 +59,8 @@ class LocalCluster:
         self.log_level = log_level
         self.address = ""
         self._dir = Path(tempfile.mkdtemp(prefix="taskswarm-"))
-        self.key_file = str(generate_key_file(self._dir / "cluster.key"))
-        self.key = load_key(self.key_file)
+        self.key_file = str(generate_key_file(self._dir / "cluster.key", curve=curve))
+        self.key = load_keys(self.key_file)
         self.master_process: subprocess.Popen | None = None
         self.slave_processes: list[subprocess.Popen] = []
         self._apps: list[Application] = []

@@ -166,7 +166,7 @@ def run_task(payload: bytes) -> tuple[str, bytes]:
     try:
         task = cloudpickle.loads(payload)
     except BaseException as exc:  # noqa: BLE001 - any unpickling failure is the task's failure
-        return Status.ERROR, dump_error(exc, "the task could not be unpickled in the worker")
+        return Status.ERROR, dump_error(_unpickling_error(exc))
     try:
         try:
             result = task()
@@ -184,6 +184,24 @@ def run_task(payload: bytes) -> tuple[str, bytes]:
             type(exc).__qualname__,
         )
         return Status.ERROR, dump_error(error)
+
+
+def _unpickling_error(exc: BaseException) -> TaskError:
+    """Say what to do when a worker cannot rebuild a task: usually a module it cannot import."""
+    import socket
+
+    where = f"on slave host {socket.gethostname()}"
+    if isinstance(exc, ImportError) and exc.name:
+        text = (
+            f"the task could not be unpickled {where}: module {exc.name!r} is not installed "
+            "there; install it on every slave, or define the task in the application's own "
+            "files (those travel with the task)"
+        )
+    else:
+        text = f"the task could not be unpickled {where}: {type(exc).__name__}: {exc}"
+    error = TaskError(text, type(exc).__qualname__, format_remote_traceback(exc))
+    error.__cause__ = exc
+    return error
 
 
 def _retry_on(task: Any) -> tuple[type[BaseException], ...]:

@@ -147,12 +147,17 @@ class Codec:
     """
 
     def __init__(
-        self, key: bytes, max_frames: int = MAX_FRAMES, window: float = REPLAY_WINDOW
+        self,
+        key: bytes,
+        max_frames: int = MAX_FRAMES,
+        window: float = REPLAY_WINDOW,
+        max_bytes: int | None = None,
     ) -> None:
         if not key:
             raise ValueError("the cluster key must not be empty")
         self._key = key
         self.max_frames = max_frames
+        self.max_bytes = max_bytes
         self.window = window
         self.session = secrets.token_hex(8)
         self._numbers = itertools.count(1)
@@ -197,6 +202,8 @@ class Codec:
         if len(frames) > self.max_frames + 1:
             raise MalformedMessage(f"too many frames: {len(frames)} > {self.max_frames + 1}")
         raw = [f.buffer if hasattr(f, "buffer") else f for f in frames]
+        if self.max_bytes is not None and sum(map(len, raw)) > self.max_bytes:
+            raise MalformedMessage(f"message larger than the limit of {self.max_bytes} bytes")
         signature, rest = raw[0], raw[1:]
         if len(signature) != SIGNATURE_SIZE or not hmac.compare_digest(
             bytes(signature), self._sign(rest)

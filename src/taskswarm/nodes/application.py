@@ -37,7 +37,7 @@ from ..errors import (
     WireError,
 )
 from ..handles import ProgressCallback, SystemHandle, TaskFuture, TaskswarmExecutor
-from ..keys import load_key
+from ..keys import ClusterKeys, as_keys, load_keys
 from ..task import FunctionTask, Task, load_outcome, task_meta
 from ..wire import Codec, Kind, Message, Notice
 from .mailbox import Mailbox
@@ -57,21 +57,26 @@ class Application:
     def __init__(
         self,
         address: str,
-        key: bytes,
+        key: bytes | ClusterKeys,
         *,
         connect_timeout: float = 10.0,
         master_timeout: float = 5.0,
     ) -> None:
         self.address = check_address(address)
         self.client_id = uuid.uuid4().hex
-        self.codec = Codec(key)
+        keys = as_keys(key)
+        self.codec = Codec(keys.hmac)
         self.master_timeout = master_timeout
         self._context = zmq.Context()
-        self._socket = connect_dealer(self._context, address, f"app-{self.client_id}".encode())
+        self._socket = connect_dealer(
+            self._context, address, f"app-{self.client_id}".encode(), keys.curve_public
+        )
         self._mailbox = Mailbox()
         self._lock = threading.Lock()
         self._tasks: dict[str, tuple[Task, Future[Any]]] = {}
         self._requests: dict[int, Future[Any]] = {}
+        #: What each pending request sent, to send again after a reconnect.
+        self._request_messages: dict[int, tuple[str, dict, list[bytes]]] = {}
         self._systems: dict[str, SystemHandle] = {}
         self._rids = itertools.count(1)
         self._unconfirmed_batches: dict[int, list[tuple[list, bytes]]] = {}  # I/O thread only
@@ -226,12 +231,14 @@ class Application:
         future: Future[Any] = Future()
         with self._lock:
             self._requests[rid] = future
+            self._request_messages[rid] = (kind, {**header, "rid": rid}, list(payloads))
         self._post(kind, {**header, "rid": rid}, payloads)
         try:
             return future.result(timeout)
         finally:
             with self._lock:
                 self._requests.pop(rid, None)
+                self._request_messages.pop(rid, None)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -351,6 +358,9 @@ class Application:
         with self._lock:
             waiting = set(self._tasks)
             systems = [h.system_id for h in self._systems.values() if not h.done()]
+            requests = list(self._request_messages.values())
+        for kind, header, payloads in requests:
+            self._send(kind, header, payloads)
         for batch in batches:
             self._send_tasks([(meta, payload) for meta, payload in batch if meta[0] in waiting])
         for system_id in systems:
@@ -463,9 +473,27 @@ def _pickle_task(task: Task) -> bytes:
         return pickling.dumps(task)
     except Exception as exc:
         raise TypeError(
-            f"task {task.name!r} could not be pickled: {type(exc).__name__}: {exc}; everything a "
-            "task holds (attributes, arguments) must be picklable to travel to a worker"
+            f"task {task.name!r} cannot be sent: {_unpicklable_part(task)} cannot be pickled "
+            f"({type(exc).__name__}: {exc}); everything a task holds must be picklable to travel "
+            "to a worker: create such objects inside __call__ instead"
         ) from exc
+
+
+def _unpicklable_part(task: Task) -> str:
+    """Name what in a task cannot be pickled: an attribute, an argument, or the task itself."""
+    parts = dict(vars(task))
+    if isinstance(task, FunctionTask):
+        parts.pop("args", None)
+        parts.pop("kwargs", None)
+        parts.update({f"argument {i}": a for i, a in enumerate(task.args)})
+        parts.update({f"argument {k!r}": v for k, v in task.kwargs.items()})
+    for name, value in parts.items():
+        try:
+            pickling.dumps(value)
+        except Exception:
+            label = name if name.startswith("argument") else f"attribute {name!r}"
+            return f"{label} ({type(value).__module__}.{type(value).__qualname__})"
+    return "the task"
 
 
 def _resolve(
@@ -486,7 +514,7 @@ def connect(
     address: str | None = None,
     key_file: str | os.PathLike[str] | None = None,
     *,
-    key: bytes | None = None,
+    key: bytes | ClusterKeys | None = None,
     connect_timeout: float = 10.0,
 ) -> Application:
     """Connect to a running master; address and key file default to TASKSWARM_MASTER and
@@ -506,5 +534,5 @@ def connect(
                 "no key file: pass key_file=, set TASKSWARM_KEY_FILE, or use the file the master "
                 "was started with (--key-file)"
             )
-        key = load_key(key_file)
+        key = load_keys(key_file)
     return Application(address, key, connect_timeout=connect_timeout)

@@ -29,6 +29,7 @@ import zmq
 
 from ..errors import WorkerCrashed
 from ..journal import Journal, NullJournal
+from ..keys import ClusterKeys, as_keys
 from ..scheduling import load_plugin
 from ..scheduling.records import NodeState, SlaveRecord, TaskRecord
 from ..task import ExceptionWithTraceback, Status
@@ -37,7 +38,7 @@ from .clients import ClientRecord, ClientTable
 from .gate import Gate
 from .mailbox import Mailbox
 from .systems import SystemTable
-from .transport import bind_router, receive_batch, try_send
+from .transport import MAX_MESSAGE_BYTES, bind_router, receive_batch, try_send
 
 __all__ = ["Master"]
 
@@ -50,7 +51,7 @@ class Master:
     def __init__(
         self,
         bind: str,
-        key: bytes,
+        key: bytes | ClusterKeys,
         *,
         scheduler: str = "push",
         strategy: str = "load",
@@ -59,8 +60,10 @@ class Master:
         slave_timeout: float = 5.0,
         state_dir: str | os.PathLike[str] | None = None,
         max_crashes: int = 3,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        self.codec = Codec(key)
+        keys = as_keys(key)
+        self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
         self.heartbeat_interval = heartbeat_interval
         self.slave_timeout = slave_timeout
         self.max_crashes = max_crashes
@@ -70,7 +73,10 @@ class Master:
         self.scheduler_name, self.strategy_name = scheduler, strategy
         self.journal = Journal(Path(state_dir) / "journal.sqlite3") if state_dir else NullJournal()
         self._context = zmq.Context()
-        self.router, self.address = bind_router(self._context, bind)
+        self.router, self.address = bind_router(
+            self._context, bind, keys.curve_secret, max_message_bytes
+        )
+        self.encrypted = keys.curve
         self.mailbox = Mailbox()
         self.gate = Gate(
             self.codec,
@@ -254,6 +260,7 @@ class Master:
             slave.workers = int(workers)
             log.info("slave %s now has %d workers", slave.slave_id, slave.workers)
         slave.credit += int(msg.get("credit", 0))
+        slave.rejected = int(msg.get("rejected", slave.rejected))
         slave.rating = self.scheduler.strategy.rate(slave)
 
     def on_slave_drain(self, identity: bytes, msg: Message) -> None:
@@ -406,6 +413,7 @@ class Master:
                 "uptime": round(time.time() - self.started, 3),
                 "scheduler": self.scheduler_name,
                 "strategy": self.strategy_name,
+                "encrypted": self.encrypted,
                 "rejected": dict(self.codec.rejected),
             },
             "slaves": live + list(self.departed.values()),

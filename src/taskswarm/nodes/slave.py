@@ -20,12 +20,13 @@ import uuid
 import zmq
 
 from ..errors import WireError
+from ..keys import ClusterKeys, as_keys
 from ..managers.process_pool import WorkItem
 from ..scheduling import load_plugin
 from ..task import Status
 from ..wire import Codec, Kind, Message, Notice
 from .mailbox import Mailbox
-from .transport import connect_dealer, receive_batch, try_send
+from .transport import MAX_MESSAGE_BYTES, connect_dealer, receive_batch, try_send
 
 __all__ = ["Slave"]
 
@@ -39,24 +40,28 @@ class Slave:
     def __init__(
         self,
         master: str,
-        key: bytes,
+        key: bytes | ClusterKeys,
         *,
         workers: int | None = None,
         manager: str = "process-pool",
         heartbeat_interval: float = 1.0,
         master_timeout: float = 5.0,
         grace: float = 2.0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
+        keys = as_keys(key)
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.master_address = master
-        self.codec = Codec(key)
+        self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
         self.heartbeat_interval = heartbeat_interval
         self.master_timeout = master_timeout
         self.grace = grace
         self.manager = load_plugin("taskswarm.managers", manager)(workers)
         self.manager.init(self.node_id, master)
         self._context = zmq.Context()
-        self.master_socket = connect_dealer(self._context, master, self.node_id.encode())
+        self.master_socket = connect_dealer(
+            self._context, master, self.node_id.encode(), keys.curve_public, max_message_bytes
+        )
         self.mailbox = Mailbox()
         self.registered = False
         self.master_session: str | None = None  # the master's session, to address messages
@@ -254,7 +259,11 @@ class Slave:
         if self.registered:
             self._send(
                 Kind.HEARTBEAT,
-                {"workers": self.manager.get_num_workers(), "credit": self._take_credit()},
+                {
+                    "workers": self.manager.get_num_workers(),
+                    "credit": self._take_credit(),
+                    "rejected": sum(self.codec.rejected.values()),
+                },
             )
         else:
             self._register()

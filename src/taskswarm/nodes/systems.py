@@ -61,9 +61,10 @@ class SystemTable:
     # -- starting --------------------------------------------------------------------------------
 
     def start(self, system_id: str, client_id: str, payload: bytes, waiter: bytes) -> bool:
-        """Take in a system sent by an application; False if the id is taken."""
+        """Take in a system sent by an application; False if the id is taken by another."""
         if system_id in self.records:
-            return False
+            # Sent again by its own application after a reconnect: it is here already.
+            return self.records[system_id].client_id == client_id
         self.master.journal.add_system(system_id, client_id, payload)
         self._run(SystemRecord(system_id, client_id, None), payload, None, [])
         self.records[system_id].waiters.add(waiter)

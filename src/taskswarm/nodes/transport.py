@@ -18,6 +18,8 @@ __all__ = ["check_address", "bind_router", "connect_dealer", "try_send", "receiv
 _ADDRESS = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+|\*):(\d{1,5})$")
 #: Messages read from one socket per turn of a loop, so one busy peer cannot starve the rest.
 RECEIVE_BATCH = 1000
+#: Largest message a socket accepts by default (ZeroMQ drops the connection beyond it).
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 
 
 def check_address(address: str, *, allow_wildcard: bool = False) -> str:
@@ -31,11 +33,24 @@ def check_address(address: str, *, allow_wildcard: bool = False) -> str:
     return address
 
 
-def bind_router(context: zmq.Context, address: str) -> tuple[zmq.Socket, str]:
-    """Bind the master's socket; port 0 picks a free port. Returns the socket and its address."""
+def bind_router(
+    context: zmq.Context,
+    address: str,
+    curve_secret: bytes | None = None,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> tuple[zmq.Socket, str]:
+    """Bind the master's socket; port 0 picks a free port. Returns the socket and its address.
+
+    With ``curve_secret`` the socket is a CurveZMQ server: every connection is encrypted, and
+    only clients that know the server's public key can talk to it.
+    """
     check_address(address, allow_wildcard=True)
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+    if curve_secret is not None:
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve_secret)
     # Fail loudly on a send to a peer that is gone, instead of dropping the message silently.
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     # A node reconnecting under the same identity (after a network blip) takes over its route.
@@ -57,10 +72,23 @@ def bind_router(context: zmq.Context, address: str) -> tuple[zmq.Socket, str]:
     return sock, f"tcp://{host}:{port}"
 
 
-def connect_dealer(context: zmq.Context, address: str, identity: bytes) -> zmq.Socket:
+def connect_dealer(
+    context: zmq.Context,
+    address: str,
+    identity: bytes,
+    curve_server_key: bytes | None = None,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> zmq.Socket:
+    """Connect a node to the master; with ``curve_server_key`` the link is encrypted."""
     check_address(address)
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+    if curve_server_key is not None:
+        public, secret = zmq.curve_keypair()  # this connection's own, short-lived keypair
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve_server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
     sock.setsockopt(zmq.ROUTING_ID, identity)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)

@@ -79,6 +79,7 @@ class SlaveRecord:
     done: int = 0
     failed: int = 0
     credit: int = 0
+    rejected: int = 0  # messages this slave refused (bad signature, replays...), as it reports
     rating: float = math.inf
     last_seen: float = field(default_factory=time.monotonic)
     outbox: list[TaskRecord] = field(default_factory=list)
@@ -95,4 +96,5 @@ class SlaveRecord:
             "rating": None if math.isinf(self.rating) else round(self.rating, 3),
             "done": self.done,
             "failed": self.failed,
+            "rejected": self.rejected,
         }
