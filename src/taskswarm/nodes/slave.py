@@ -60,7 +60,7 @@ class Slave:
         self.manager.init(self.node_id, master)
         self._context = zmq.Context()
         self.master_socket = connect_dealer(
-            self._context, master, self.node_id.encode(), keys.curve_public, max_message_bytes
+            self._context, master, self.node_id.encode(), keys.curve_public
         )
         self.mailbox = Mailbox()
         self.registered = False

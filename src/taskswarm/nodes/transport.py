@@ -77,13 +77,16 @@ def connect_dealer(
     address: str,
     identity: bytes,
     curve_server_key: bytes | None = None,
-    max_bytes: int = MAX_MESSAGE_BYTES,
 ) -> zmq.Socket:
-    """Connect a node to the master; with ``curve_server_key`` the link is encrypted."""
+    """Connect a node to the master; with ``curve_server_key`` the link is encrypted.
+
+    No ZeroMQ size limit here, unlike the master's socket: a connecting socket that receives an
+    oversized message drops the connection and never makes it again (libzmq 4.3), which would
+    let one bad message cut a node off. The node's decoder enforces the limit instead.
+    """
     check_address(address)
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
     if curve_server_key is not None:
         public, secret = zmq.curve_keypair()  # this connection's own, short-lived keypair
         sock.setsockopt(zmq.CURVE_SERVERKEY, curve_server_key)
