@@ -19,7 +19,8 @@ number of ``i`` never delivered; ``duplicates`` is the number of deliveries beyo
 Scenarios:
 
 * ``slave-kill``: 3 slaves; every second for 10 s (3 s with ``--quick``) one random slave gets
-  SIGKILL and a replacement starts at once.
+  SIGKILL and a replacement starts at once. Its tasks also sleep 15 ms, so that the system
+  outlives the kills however fast the machine; one that completes sooner fails the run.
 * ``master-kill``: 3 slaves; the master gets SIGKILL once, when 20-60 % of the tasks are done, and
   is restarted after a short pause on the same port and state directory.
 * ``poison``: 1,000 tasks, one task that calls ``os._exit(1)`` (expected: ``WorkerCrashed`` after
@@ -66,15 +67,16 @@ SCENARIOS = ("slave-kill", "master-kill", "poison", "cancel")
 PRIME = (1 << 61) - 1
 #: Modular squarings per Work task: about 8 ms of CPU on a 2020s core.
 ROUNDS = 100_000
-#: Seconds a scenario may wait for its system's result before it counts as hung.
+#: Seconds a scenario may wait for its system's result before it counts as hung (quick: less).
 RESULT_TIMEOUT = 180.0
+QUICK_RESULT_TIMEOUT = 60.0
 #: Seconds the master-kill scenario waits for the progress at which it kills the master.
 STALL_TIMEOUT = 60.0
 #: Seconds to wait for a node to start, or for slaves to become active.
 START_TIMEOUT = 30.0
 #: Seconds a SIGKILLed slave's workers get to notice and exit by themselves.
 ORPHAN_GRACE = 5.0
-#: Most in-flight-free seconds the cancel scenario accepts after completion.
+#: Cancel scenario: seconds after completion by which every slave must show in_flight == 0.
 CANCEL_IDLE_LIMIT = 1.0
 #: A leftover range that ends this long after completion was not stopped by the cancel.
 LATE_SLACK = 0.2
@@ -97,13 +99,16 @@ def fast_value(i: int, rounds: int) -> int:
 
 
 class Work(ts.Task):
-    """Returns ``(i, f(i))``."""
+    """Returns ``(i, f(i))``; sleeps ``pause`` seconds first (pacing: a run lasts at least
+    tasks * pause / workers seconds however fast the machine)."""
 
-    def __init__(self, i: int, rounds: int) -> None:
+    def __init__(self, i: int, rounds: int, pause: float = 0.0) -> None:
         super().__init__(name=f"work-{i}")
-        self.i, self.rounds = i, rounds
+        self.i, self.rounds, self.pause = i, rounds, pause
 
     def __call__(self) -> tuple[int, int]:
+        if self.pause:
+            time.sleep(self.pause)
         return self.i, slow_value(self.i, self.rounds)
 
 
@@ -139,9 +144,11 @@ class CountingSystem(ts.TaskSystem):
     outcome is kept by name). Counts deliveries per ``i``; complete when every ``i`` and every
     extra has been delivered at least once."""
 
-    def __init__(self, n: int, rounds: int, window: int, extras: list[ts.Task] = ()) -> None:
+    def __init__(
+        self, n: int, rounds: int, window: int, extras: list[ts.Task] = (), pause: float = 0.0
+    ) -> None:
         super().__init__()
-        self.n, self.rounds, self.window = n, rounds, window
+        self.n, self.rounds, self.window, self.pause = n, rounds, window, pause
         self.extras = list(extras)
         self.next = 0
         self.total = 0
@@ -154,7 +161,7 @@ class CountingSystem(ts.TaskSystem):
     def generate_tasks(self, master: Any) -> list[ts.Task]:
         first = min(self.window, self.n)
         self.next = first
-        return [Work(i, self.rounds) for i in range(first)] + self.extras
+        return [Work(i, self.rounds, self.pause) for i in range(first)] + self.extras
 
     def task_finished(self, master: Any, task: Any, result: Any, error: Any) -> None:
         if not isinstance(task, Work):
@@ -167,7 +174,7 @@ class CountingSystem(ts.TaskSystem):
         else:
             self.total += result[1]
         if self.next < self.n:
-            master.push_task(Work(self.next, self.rounds))
+            master.push_task(Work(self.next, self.rounds, self.pause))
             self.next += 1
 
     def is_complete(self, master: Any) -> bool:
@@ -695,14 +702,14 @@ def _close_cluster(cluster: Cluster, outcome: Outcome, opts: Options) -> None:
 def slave_kill(opts: Options, outcome: Outcome) -> None:
     """3 slaves; one random slave SIGKILLed and replaced every second for 10 s (3 s quick)."""
     rng = random.Random(opts.seed if opts.seed is not None else None)
-    n = opts.tasks or (500 if opts.quick else 1500)
-    window, kill_for = 60, (3.0 if opts.quick else 10.0)
+    n = opts.tasks or (600 if opts.quick else 1500)
+    window, kill_for, pause = 60, (3.0 if opts.quick else 10.0), 0.015
     outcome.tasks = n
     reference = serial_reference(n, opts.rounds, window)
     with _ClusterRun(outcome, 3, opts) as (cluster, app):
         done = threading.Event()
         started = time.monotonic()
-        handle = app.submit_system(CountingSystem(n, opts.rounds, window))
+        handle = app.submit_system(CountingSystem(n, opts.rounds, window, pause=pause))
         handle.add_done_callback(lambda _: done.set())
         while outcome.kills < kill_for and not done.wait(
             max(0.0, started + outcome.kills + 1 - time.monotonic())
@@ -715,7 +722,7 @@ def slave_kill(opts: Options, outcome: Outcome) -> None:
         lost, requeued = cluster.requeued()
         outcome.note = f"master lost {lost} slaves, requeued {requeued} tasks"
         if outcome.kills < kill_for:
-            outcome.note += f"; done before the kills ended ({outcome.kills} of {kill_for:g})"
+            outcome.fail(f"completed after {outcome.kills} of {kill_for:g} kills: raise --tasks")
         if result is not None:
             _finish_counting(outcome, result, reference, n)
 
@@ -960,6 +967,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _print_evidence(outcome: Outcome) -> None:
+    """For a failed run: the last warnings and errors its nodes logged, and any traceback."""
+    if outcome.passed:
+        return
+    for line in outcome.log[-15:]:
+        print(f"    {line}", file=sys.stderr)
+    if "traceback" in outcome.details:
+        print(outcome.details["traceback"], file=sys.stderr)
+    sys.stderr.flush()
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -981,14 +999,14 @@ def main(argv: list[str] | None = None) -> int:
                     seed=seed + len(outcomes),
                     tasks=args.tasks,
                     rounds=args.rounds,
+                    result_timeout=QUICK_RESULT_TIMEOUT if args.quick else RESULT_TIMEOUT,
                     keep_failed=Path(args.keep_failed) if args.keep_failed else None,
                 )
                 outcome = run_scenario(name, opts, run)
                 outcome.details["seed"] = opts.seed
                 outcomes.append(outcome)
                 print(table_row(outcome), flush=True)
-                for line in outcome.log[-15:]:
-                    print(f"    {line}", file=sys.stderr, flush=True)
+                _print_evidence(outcome)
     except KeyboardInterrupt:
         print("interrupted; every node was stopped", file=sys.stderr)
         return 130

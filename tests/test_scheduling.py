@@ -666,3 +666,25 @@ def test_an_unknown_plugin_group_says_none_is_installed():
 def test_an_unknown_strategy_is_called_a_strategy_in_the_message():
     with pytest.raises(ConfigurationError, match="no strategy named 'nope'"):
         load_plugin("taskswarm.strategies", "nope")
+
+
+@pytest.mark.parametrize("kind", ["push", "pull"])
+def test_tasks_a_slave_never_received_are_requeued_and_its_credit_restored(kind):
+    scheduler = make_scheduler(kind, prefetch=2)
+    slave = make_slave("s", workers=1, credit=2)
+    scheduler.add_slave(slave)
+    scheduler.push_tasks([TaskRecord(f"t{i}", b"", "c") for i in range(3)])
+    scheduler.dispatch()
+    sent = [t.task_id for t in scheduler.take_outboxes()[0][1]]
+    assert len(sent) == 2
+    credit = slave.credit
+
+    # Just sent: not missing yet, whatever the slave says.
+    assert scheduler.reclaim_missing(slave, set(), sent_before=0.0) == []
+    # Long ago, and the slave holds only the first: the second was lost on the way.
+    missing = scheduler.reclaim_missing(slave, {sent[0]}, sent_before=float("inf"))
+    assert [t.task_id for t in missing] == [sent[1]]
+    assert slave.in_flight == {sent[0]}
+    assert scheduler.tasks[sent[1]].state == TaskState.QUEUED
+    if kind == "pull":
+        assert slave.credit == credit + 1

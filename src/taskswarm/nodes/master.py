@@ -261,6 +261,12 @@ class Master:
             log.info("slave %s now has %d workers", slave.slave_id, slave.workers)
         slave.credit += int(msg.get("credit", 0))
         slave.rejected = int(msg.get("rejected", slave.rejected))
+        if msg.get("held") is not None:
+            # Tasks sent two heartbeats ago have arrived unless their message was lost.
+            sent_before = time.monotonic() - 2 * self.heartbeat_interval
+            held = {str(t) for t in msg["held"]}
+            for task in self.scheduler.reclaim_missing(slave, held, sent_before):
+                log.warning("slave %s never got task %s; requeued", slave.slave_id, task.task_id)
         slave.rating = self.scheduler.strategy.rate(slave)
 
     def on_slave_drain(self, identity: bytes, msg: Message) -> None:

@@ -263,6 +263,7 @@ class Slave:
                     "workers": self.manager.get_num_workers(),
                     "credit": self._take_credit(),
                     "rejected": sum(self.codec.rejected.values()),
+                    "held": [item.task_id for item in self.manager.held()],
                 },
             )
         else:

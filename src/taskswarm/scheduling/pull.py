@@ -22,3 +22,8 @@ class PullScheduler(BaseScheduler):
     def _tasked_pushed(self, slave_id: str) -> None:
         self.slaves[slave_id].credit -= 1
         super()._tasked_pushed(slave_id)
+
+    def reclaim_missing(self, slave: SlaveRecord, held: set[str], sent_before: float) -> list:
+        missing = super().reclaim_missing(slave, held, sent_before)
+        slave.credit += len(missing)  # spent on tasks that never arrived
+        return missing

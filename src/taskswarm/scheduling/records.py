@@ -37,6 +37,7 @@ class TaskRecord:
     state: str = TaskState.QUEUED
     slave_id: str | None = None
     attempts: int = 0  # times sent to a slave
+    assigned_at: float = 0.0  # monotonic time of the last assignment
     retries: int = 0  # times run again because it raised (counts against max_retries)
     crashes: int = 0  # times it killed its worker process
 

@@ -8,6 +8,7 @@ re-run elsewhere, or its task system completed) is recognised and dropped exactl
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
@@ -63,6 +64,7 @@ class BaseScheduler(ITaskScheduler):
         task.state = TaskState.ASSIGNED
         task.slave_id = slave.slave_id
         task.attempts += 1
+        task.assigned_at = time.monotonic()
         slave.in_flight.add(task.task_id)
         slave.outbox.append(task)
         self._tasked_pushed(slave.slave_id)
@@ -133,6 +135,22 @@ class BaseScheduler(ITaskScheduler):
             slave.in_flight.discard(task.task_id)
             slave.rating = self.strategy.rate(slave)
         self.push_task(task)
+
+    def reclaim_missing(
+        self, slave: SlaveRecord, held: set[str], sent_before: float
+    ) -> list[TaskRecord]:
+        """Requeue tasks sent to ``slave`` before ``sent_before`` that it says it does not hold.
+
+        A message can be lost where the transport gives no guarantee (a connection dropped and
+        made again): without this, such a task would stay "assigned" to a live slave forever.
+        """
+        missing = []
+        for task_id in list(slave.in_flight):
+            task = self.tasks.get(task_id)
+            if task is not None and task_id not in held and task.assigned_at < sent_before:
+                missing.append(task)
+                self.requeue(task)
+        return missing
 
     def cancel(self, task_id: str) -> TaskRecord | None:
         """Forget a live task; if it was assigned, its slave still holds it until told."""
