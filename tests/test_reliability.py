@@ -267,3 +267,45 @@ def test_taskswarm_result_prints_a_detached_systems_result(cluster, nodes):
 
 
 assert subprocess and sys and textwrap
+
+
+class CrashAfterNoting(ts.Task):
+    """Notes each attempt in a file, then kills its worker."""
+
+    def __init__(self, path: str):
+        super().__init__(name="crash")
+        self.path = path
+
+    def __call__(self):
+        with open(self.path, "a") as fh:
+            fh.write("attempt\n")
+        time.sleep(0.3)
+        os._exit(1)
+
+
+def test_a_restarted_master_remembers_how_often_a_task_crashed(nodes, key_file, tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    attempts = tmp_path / "attempts"
+    master_args = (
+        "master",
+        "--bind",
+        address,
+        "--key-file",
+        key_file,
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--heartbeat",
+        "0.2",
+    )
+    master = nodes.start(*master_args)
+    nodes.start("slave", address, "--key-file", key_file, "--workers", "1", "--heartbeat", "0.2")
+    with ts.connect(address, key_file=key_file) as app:
+        future = app.submit(CrashAfterNoting(str(attempts)))
+        wait_for(lambda: attempts.exists() and len(attempts.read_text().split()) >= 2)
+        master.kill()
+        master.wait()
+        nodes.start(*master_args)
+        with pytest.raises(ts.WorkerCrashed, match=r"'crash' .* 3 times"):
+            future.result(timeout=60)
+    # Two before the kill, at most one in flight across it: never a fresh set of three.
+    assert len(attempts.read_text().split()) <= 4

@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     payload BLOB,
     timeout REAL,
     max_retries INTEGER NOT NULL DEFAULT 0,
+    name TEXT NOT NULL DEFAULT '',
+    retries INTEGER NOT NULL DEFAULT 0,
+    crashes INTEGER NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0,
     ok INTEGER,
     outcome BLOB
@@ -70,9 +73,8 @@ class RestoredSystem:
 
 @dataclass
 class RestoredState:
-    queued: list[tuple[str, str, str | None, bytes, float | None, int]] = field(
-        default_factory=list
-    )
+    #: (task_id, client_id, system_id, payload, timeout, max_retries, name, retries, crashes)
+    queued: list[tuple] = field(default_factory=list)
     undelivered: dict[str, list[tuple[str, bool, bytes]]] = field(default_factory=dict)
     systems: list[RestoredSystem] = field(default_factory=list)
 
@@ -89,22 +91,37 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        for column, kind in (
+            ("name", "TEXT NOT NULL DEFAULT ''"),
+            ("retries", "INTEGER NOT NULL DEFAULT 0"),
+            ("crashes", "INTEGER NOT NULL DEFAULT 0"),
+        ):
+            if column not in columns:  # a journal from an earlier taskswarm
+                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    def add_tasks(
-        self, rows: Iterable[tuple[str, str, str | None, bytes, float | None, int]]
-    ) -> None:
-        """(task_id, client_id, system_id, payload, timeout, max_retries); repeats are ignored."""
+    def add_tasks(self, rows: Iterable[tuple]) -> None:
+        """``TaskRecord.journal_row()`` tuples; a task already journaled is left as it is."""
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT OR IGNORE INTO tasks (task_id, client_id, system_id, payload, timeout,"
-                " max_retries) VALUES (?, ?, ?, ?, ?, ?)",
+                " max_retries, name) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
+            )
+
+    def count_attempts(self, task_id: str, retries: int, crashes: int) -> None:
+        """A task runs again: keep its counts, so a restart does not give it more chances."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "UPDATE tasks SET retries = ?, crashes = ? WHERE task_id = ?",
+                (retries, crashes, task_id),
             )
 
     def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes]]) -> None:
@@ -153,7 +170,7 @@ class Journal:
         system_id: str,
         snapshot: bytes,
         applied_seq: int,
-        new_tasks: list[tuple[str, str, str | None, bytes, float | None, int]],
+        new_tasks: list[tuple],
     ) -> None:
         """The system as it is after applying results up to ``applied_seq``, with the tasks its
         callbacks pushed meanwhile: one transaction, so a restart sees both or neither."""
@@ -170,7 +187,7 @@ class Journal:
             )
             self._db.executemany(
                 "INSERT OR IGNORE INTO tasks (task_id, client_id, system_id, payload, timeout,"
-                " max_retries) VALUES (?, ?, ?, ?, ?, ?)",
+                " max_retries, name) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 new_tasks,
             )
 
@@ -188,24 +205,15 @@ class Journal:
 
     def load(self) -> RestoredState:
         state = RestoredState()
-        for (
-            task_id,
-            client_id,
-            system_id,
-            payload,
-            timeout,
-            retries,
-            done,
-            ok,
-            outcome,
-        ) in self._db.execute(
-            "SELECT task_id, client_id, system_id, payload, timeout, max_retries, done, ok,"
-            " outcome FROM tasks ORDER BY rowid"
+        for row in self._db.execute(
+            "SELECT task_id, client_id, system_id, payload, timeout, max_retries, name, retries,"
+            " crashes, done, ok, outcome FROM tasks ORDER BY rowid"
         ):
+            *task, done, ok, outcome = row
             if done:
-                state.undelivered.setdefault(client_id, []).append((task_id, bool(ok), outcome))
+                state.undelivered.setdefault(task[1], []).append((task[0], bool(ok), outcome))
             else:
-                state.queued.append((task_id, client_id, system_id, payload, timeout, retries))
+                state.queued.append(tuple(task))
         for system_id, client_id, snapshot, restored, applied, outcome, failed in self._db.execute(
             "SELECT system_id, client_id, snapshot, restored, applied_seq, outcome, failed"
             " FROM systems"
@@ -238,6 +246,9 @@ class NullJournal:
         pass
 
     def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes]]) -> None:
+        pass
+
+    def count_attempts(self, task_id: str, retries: int, crashes: int) -> None:
         pass
 
     def forget_tasks(self, task_ids: Iterable[str]) -> None:

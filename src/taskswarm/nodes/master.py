@@ -123,9 +123,9 @@ class Master:
         saved = self.journal.load()
         running = {s.system_id for s in saved.systems if s.outcome is None}
         self.scheduler.push_tasks(
-            TaskRecord(task_id, payload, client_id, system_id, timeout, retries)
-            for task_id, client_id, system_id, payload, timeout, retries in saved.queued
-            if system_id is None or system_id in running
+            TaskRecord.from_journal(row)
+            for row in saved.queued
+            if row[2] is None or row[2] in running  # a completed system's leftovers stay gone
         )
         self.clients.restore(saved.undelivered)
         for system in saved.systems:
@@ -308,11 +308,13 @@ class Master:
             return None
         if status == Status.RETRY and task.retries < task.max_retries:
             task.retries += 1
+            self.journal.count_attempts(task.task_id, task.retries, task.crashes)
             log.info("task %s raised; retry %d of %d", task.task_id, task.retries, task.max_retries)
             self.scheduler.requeue(task)
             return None
         if status == Status.CRASH:
             task.crashes += 1
+            self.journal.count_attempts(task.task_id, task.retries, task.crashes)
             if task.crashes < self.max_crashes:
                 log.warning(
                     "task %s killed its worker (%s); running it again", task.task_id, detail

@@ -65,6 +65,22 @@ class TaskRecord:
             self.payload,
             self.timeout,
             self.max_retries,
+            self.name,
+        )
+
+    @classmethod
+    def from_journal(cls, row: tuple) -> TaskRecord:
+        task_id, client_id, system_id, payload, timeout, max_retries, name, retries, crashes = row
+        return cls(
+            task_id,
+            payload,
+            client_id,
+            system_id,
+            timeout,
+            max_retries,
+            name,
+            retries=retries,
+            crashes=crashes,
         )
 
 
