@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from concurrent.futures import CancelledError
 
@@ -178,6 +175,50 @@ def test_sigterm_to_a_slave_finishes_its_running_tasks_and_hands_back_the_rest()
         assert cluster.slave_processes[0].wait(timeout=10) == 0
 
 
+class DurableMaster:
+    """A master on a state directory, with slaves, that a test can kill -9 and restart."""
+
+    def __init__(self, nodes, key_file: str, tmp_path, slaves: int, workers: int) -> None:
+        self.nodes = nodes
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.args = (
+            "master",
+            "--bind",
+            self.address,
+            "--key-file",
+            key_file,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--heartbeat",
+            "0.2",
+            "--slave-timeout",
+            "2",
+        )
+        self.start()
+        for _ in range(slaves):
+            nodes.start(
+                "slave",
+                self.address,
+                "--key-file",
+                key_file,
+                "--workers",
+                str(workers),
+                "--heartbeat",
+                "0.2",
+            )
+
+    def start(self) -> None:
+        self.process = self.nodes.start(*self.args)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def restart_after_kill(self) -> None:
+        self.kill()
+        self.start()
+
+
 class SlowSquares(SumOfSquares):
     def generate_tasks(self, master):
         return [SlowSquare(i) for i in range(self.n)]
@@ -194,57 +235,24 @@ class SlowSquare(ts.Task):
 
 
 def test_a_master_killed_mid_system_resumes_from_its_journal(nodes, key_file, tmp_path):
-    address = f"tcp://127.0.0.1:{free_port()}"
-    state = str(tmp_path / "state")
-    master_args = (
-        "master",
-        "--bind",
-        address,
-        "--key-file",
-        key_file,
-        "--state-dir",
-        state,
-        "--heartbeat",
-        "0.2",
-        "--slave-timeout",
-        "2",
-    )
-    master = nodes.start(*master_args)
-    for _ in range(2):
-        nodes.start(
-            "slave", address, "--key-file", key_file, "--workers", "1", "--heartbeat", "0.2"
-        )
+    master = DurableMaster(nodes, key_file, tmp_path, slaves=2, workers=1)
+    address = master.address
     with ts.connect(address, key_file=key_file) as app:
         handle = app.submit_system(SlowSquares(300))
         wait_for(lambda: handle.done_tasks >= 60)
-        master.kill()
-        master.wait()
-        nodes.start(*master_args)
+        master.restart_after_kill()
         assert handle.result(timeout=120) == sum(i * i for i in range(300))
 
 
 def test_plain_tasks_survive_a_master_kill(nodes, key_file, tmp_path):
-    address = f"tcp://127.0.0.1:{free_port()}"
-    master_args = (
-        "master",
-        "--bind",
-        address,
-        "--key-file",
-        key_file,
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--heartbeat",
-        "0.2",
-    )
-    master = nodes.start(*master_args)
-    nodes.start("slave", address, "--key-file", key_file, "--workers", "2", "--heartbeat", "0.2")
+    master = DurableMaster(nodes, key_file, tmp_path, slaves=1, workers=2)
+    address = master.address
     with ts.connect(address, key_file=key_file) as app:
         futures = app.push_tasks([SlowSquare(i) for i in range(200)])
         wait_for(lambda: sum(f.done() for f in futures) >= 30)
         master.kill()
-        master.wait()
         more = app.push_tasks([SlowSquare(i) for i in range(200, 250)])  # while it is down
-        nodes.start(*master_args)
+        master.start()
         assert [f.result(timeout=120) for f in futures + more] == [i * i for i in range(250)]
 
 
@@ -266,9 +274,6 @@ def test_taskswarm_result_prints_a_detached_systems_result(cluster, nodes):
     assert out.stdout.strip() == str(sum(i * i for i in range(20)))
 
 
-assert subprocess and sys and textwrap
-
-
 class CrashAfterNoting(ts.Task):
     """Notes each attempt in a file, then kills its worker."""
 
@@ -284,27 +289,13 @@ class CrashAfterNoting(ts.Task):
 
 
 def test_a_restarted_master_remembers_how_often_a_task_crashed(nodes, key_file, tmp_path):
-    address = f"tcp://127.0.0.1:{free_port()}"
     attempts = tmp_path / "attempts"
-    master_args = (
-        "master",
-        "--bind",
-        address,
-        "--key-file",
-        key_file,
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--heartbeat",
-        "0.2",
-    )
-    master = nodes.start(*master_args)
-    nodes.start("slave", address, "--key-file", key_file, "--workers", "1", "--heartbeat", "0.2")
+    master = DurableMaster(nodes, key_file, tmp_path, slaves=1, workers=1)
+    address = master.address
     with ts.connect(address, key_file=key_file) as app:
         future = app.submit(CrashAfterNoting(str(attempts)))
         wait_for(lambda: attempts.exists() and len(attempts.read_text().split()) >= 2)
-        master.kill()
-        master.wait()
-        nodes.start(*master_args)
+        master.restart_after_kill()
         with pytest.raises(ts.WorkerCrashed, match=r"'crash' .* 3 times"):
             future.result(timeout=60)
     # Two before the kill, at most one in flight across it: never a fresh set of three.

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
@@ -269,4 +266,3 @@ def test_the_key_never_appears_in_logs_or_status(nodes, key_file):
     assert "master listening" in err and secret not in err
 
 
-assert subprocess and sys and textwrap
