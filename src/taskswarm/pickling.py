@@ -16,7 +16,9 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["dumps", "loads"]
+from .task import FunctionTask
+
+__all__ = ["dumps", "dumps_task", "loads"]
 
 loads = cloudpickle.loads
 
@@ -59,3 +61,36 @@ def dumps(obj: Any) -> bytes:
     for name in _code_modules(obj):
         _ship_by_value(name)
     return cloudpickle.dumps(obj)
+
+
+def dumps_task(task: Any) -> bytes:
+    """Pickle a task for the trip to a worker; an error names what cannot be pickled."""
+    if not isinstance(getattr(task, "task_id", None), str):
+        raise TypeError(
+            f"{task!r} has no task_id: subclass ts.Task and call super().__init__() in __init__"
+        )
+    try:
+        return dumps(task)
+    except Exception as exc:
+        raise TypeError(
+            f"task {task.name!r} cannot be sent: {_unpicklable_part(task)} cannot be pickled "
+            f"({type(exc).__name__}: {exc}); everything a task holds must be picklable to travel "
+            "to a worker: create such objects inside __call__ instead"
+        ) from exc
+
+
+def _unpicklable_part(task: Any) -> str:
+    """Name what in a task cannot be pickled: an attribute, an argument, or the task itself."""
+    parts = dict(vars(task))
+    if isinstance(task, FunctionTask):
+        parts.pop("args", None)
+        parts.pop("kwargs", None)
+        parts.update({f"argument {i}": a for i, a in enumerate(task.args)})
+        parts.update({f"argument {k!r}": v for k, v in task.kwargs.items()})
+    for name, value in parts.items():
+        try:
+            dumps(value)
+        except Exception:
+            label = name if name.startswith("argument") else f"attribute {name!r}"
+            return f"{label} ({type(value).__module__}.{type(value).__qualname__})"
+    return "the task"

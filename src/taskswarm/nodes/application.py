@@ -141,7 +141,7 @@ class Application:
         self._check_open()
         items, futures = [], []
         for task in tasks:
-            payload = _pickle_task(task)
+            payload = pickling.dumps_task(task)
             task.client_id = self.client_id
             future = TaskFuture(task.task_id, self._cancel_queued)
             items.append((task, future, task_meta(task), payload))
@@ -462,38 +462,6 @@ class Application:
 
             error = TaskSystemError(str(error))
         handle.set_outcome(result, error)
-
-
-def _pickle_task(task: Task) -> bytes:
-    if not isinstance(getattr(task, "task_id", None), str):
-        raise TypeError(
-            f"{task!r} has no task_id: subclass ts.Task and call super().__init__() in __init__"
-        )
-    try:
-        return pickling.dumps(task)
-    except Exception as exc:
-        raise TypeError(
-            f"task {task.name!r} cannot be sent: {_unpicklable_part(task)} cannot be pickled "
-            f"({type(exc).__name__}: {exc}); everything a task holds must be picklable to travel "
-            "to a worker: create such objects inside __call__ instead"
-        ) from exc
-
-
-def _unpicklable_part(task: Task) -> str:
-    """Name what in a task cannot be pickled: an attribute, an argument, or the task itself."""
-    parts = dict(vars(task))
-    if isinstance(task, FunctionTask):
-        parts.pop("args", None)
-        parts.pop("kwargs", None)
-        parts.update({f"argument {i}": a for i, a in enumerate(task.args)})
-        parts.update({f"argument {k!r}": v for k, v in task.kwargs.items()})
-    for name, value in parts.items():
-        try:
-            pickling.dumps(value)
-        except Exception:
-            label = name if name.startswith("argument") else f"attribute {name!r}"
-            return f"{label} ({type(value).__module__}.{type(value).__qualname__})"
-    return "the task"
 
 
 def _resolve(
