@@ -239,6 +239,9 @@ class NullJournal:
 
     durable = False
 
+    def __init__(self) -> None:
+        self._seq = 0  # results still need sequence numbers: the runners track what they applied
+
     def close(self) -> None:
         pass
 
@@ -258,7 +261,7 @@ class NullJournal:
         pass
 
     def system_results(self, system_id: str, results: list[tuple[str, bool, bytes]]) -> int:
-        self._seq = getattr(self, "_seq", 0) + len(results)
+        self._seq += len(results)
         return self._seq
 
     def snapshot(self, system_id: str, snapshot: bytes, applied_seq: int, new_tasks: list) -> None:

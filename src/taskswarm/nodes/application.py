@@ -33,6 +33,7 @@ from ..errors import (
     ClusterError,
     MasterUnreachable,
     TaskswarmError,
+    TaskSystemError,
     UnknownTaskSystem,
     WireError,
 )
@@ -458,8 +459,6 @@ class Application:
                 TaskswarmError(f"the system's result could not be unpickled: {exc}"),
             )
         if error is not None and not isinstance(error, BaseException):
-            from ..errors import TaskSystemError
-
             error = TaskSystemError(str(error))
         handle.set_outcome(result, error)
 
