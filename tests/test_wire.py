@@ -28,7 +28,7 @@ from taskswarm.errors import (
     VersionMismatch,
     WireError,
 )
-from taskswarm.wire import PROTOCOL_VERSION, Codec, Kind, Message
+from taskswarm.wire import BIG_PAYLOAD, PROTOCOL_VERSION, Codec, Kind, Message
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32
@@ -68,7 +68,7 @@ plain_values = st.recursive(
     ),
     max_leaves=12,
 )
-RESERVED = ("v", "k", "sid", "seq", "to", "ts")  # the wire's own header fields
+RESERVED = ("v", "k", "sid", "seq", "to", "ts", "pf")  # the wire's own header fields
 field_names = st.text(max_size=12).filter(lambda name: name not in RESERVED)
 headers = st.dictionaries(field_names, plain_values, max_size=6)
 payload_lists = st.lists(st.binary(max_size=64), max_size=5)
@@ -93,6 +93,56 @@ def test_every_kind_with_any_plain_header_and_payloads_round_trips(kind, header,
     assert message.payloads == payloads
     assert all(type(p) is bytes for p in message.payloads)
     assert not codec.rejected
+
+
+@CHECKS
+@given(
+    sizes=st.lists(
+        st.sampled_from([0, 1, 100, BIG_PAYLOAD - 1, BIG_PAYLOAD, BIG_PAYLOAD + 1]), max_size=8
+    )
+)
+def test_small_payloads_share_a_frame_and_big_ones_travel_alone(sizes):
+    codec = Codec(KEY)
+    payloads = [bytes([i % 256]) * n for i, n in enumerate(sizes)]
+
+    frames = codec.encode(Kind.TASKS, {}, payloads, to=codec.session)
+    message = codec.decode(frames)
+
+    assert [bytes(p) for p in message.payloads] == payloads
+    big = sum(1 for n in sizes if n >= BIG_PAYLOAD)
+    assert len(frames) - 2 <= 2 * big + 1  # runs of small ones between big ones, one frame each
+
+
+def test_ten_thousand_small_payloads_are_one_frame():
+    codec = Codec(KEY)
+    payloads = [i.to_bytes(4, "big") for i in range(10_000)]
+
+    frames = codec.encode(Kind.TASKS, {}, payloads, to=codec.session)
+
+    assert len(frames) == 3
+    assert codec.decode(frames).payloads == payloads
+
+
+@pytest.mark.parametrize(
+    "layout, body",
+    [
+        ("pp", [msgpack.packb([b"a"])]),  # says two frames, has one
+        ("x", [msgpack.packb([b"a"])]),  # unknown layout letter
+        ("p", [b"\xc1"]),  # not msgpack
+        ("p", [msgpack.packb({"a": 1})]),  # not a list
+        ("p", [msgpack.packb([1, 2])]),  # not a list of bytes
+        (7, [msgpack.packb([b"a"])]),  # layout not a string
+    ],
+)
+def test_a_signed_message_whose_payload_frames_do_not_match_their_layout_is_malformed(layout, body):
+    codec = Codec(KEY)
+    header = {"v": PROTOCOL_VERSION, "k": Kind.TASKS, "sid": "s", "seq": 1, "to": codec.session}
+    frames = [msgpack.packb({**header, "pf": layout}, use_bin_type=True), *body]
+
+    with pytest.raises(MalformedMessage):
+        codec.decode([sign(KEY, frames), *frames])
+
+    assert codec.rejected == {"malformed": 1}
 
 
 def test_a_message_reads_its_header_fields_by_name():
@@ -238,12 +288,11 @@ def test_fewer_than_two_frames_is_malformed(frames):
 
 def test_more_frames_than_the_limit_is_malformed_before_the_signature_is_computed():
     codec = Codec(KEY, max_frames=3)
-    codec.decode(
-        codec.encode(Kind.TASKS, {}, [b"1", b"2"], to=codec.session)
-    )  # header + 2 payloads: at the limit
+    big = b"x" * BIG_PAYLOAD  # big payloads travel one per frame
+    codec.decode(codec.encode(Kind.TASKS, {}, [big, big], to=codec.session))  # at the limit
 
     with pytest.raises(MalformedMessage, match="too many frames"):
-        codec.decode(codec.encode(Kind.TASKS, {}, [b"1", b"2", b"3"], to=codec.session))
+        codec.decode(codec.encode(Kind.TASKS, {}, [big, big, big], to=codec.session))
 
     assert codec.rejected == {"malformed": 1}
 
