@@ -1,24 +1,34 @@
-"""The default task manager: a pool of worker processes, one task per worker at a time.
+"""The default task manager: a pool of worker processes, each fed a short pipeline of tasks.
 
 Data flow (all on the slave's loop thread; no threads of its own)::
 
-    push_task --> queue --feed--> idle worker's pipe ==> worker process runs it
-    worker pipe readable --collect--> task_finished --> results queue --> slave sends RESULTS
+    push_task --> queue --feed--> worker's socket (several small tasks per write) ==> worker runs
+    worker socket readable --collect--> task_finished --> results queue --> slave sends RESULTS
 
-Each worker has its own pipe, whose read end the slave polls beside its ZeroMQ socket, so a result
-is picked up the moment it is written and a worker that dies is noticed by its pipe closing.
+Each worker has its own socket, whose end the slave polls beside its ZeroMQ socket, so results
+are picked up as they are written and a worker that dies is noticed by its socket closing.
+
+A worker holds a *pipeline*: the task it runs and, while tasks are short, the next few, so it
+never waits for the slave between two tasks. How deep is measured, not configured: about
+``PIPELINE_SECONDS`` of work at the pace tasks have been finishing, never more than
+``PIPELINE_BYTES`` of payloads (so a write to a busy worker never blocks) and a single task when
+tasks are slow. A big task goes only to an idle worker. Results come back in order, so the first
+task of a pipeline is the one running: its timeout counts from the moment the one before it
+ended, and when a worker dies it is the one that killed it; the tasks behind it go back to the
+front of the queue (they never started).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import queue
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -27,11 +37,20 @@ import msgpack
 from ..api import ITaskManager
 from ..errors import TaskTimeout
 from ..task import Status, dump_error, new_task_id
-from .worker import STOP, worker_main
+from .worker import READ_SIZE, STOP, worker_main, write_all
 
 __all__ = ["ProcessPoolManager", "WorkItem"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds of work a worker is given ahead, at the pace tasks have been finishing.
+PIPELINE_SECONDS = 0.005
+#: Most tasks in one worker's pipeline.
+MAX_PIPELINE = 64
+#: Most payload bytes sent ahead to a busy worker (well under a socket's buffer).
+PIPELINE_BYTES = 32 * 1024
+#: Weight of the newest task in the running average of task durations.
+PACE_WEIGHT = 0.2
 
 
 @dataclass(slots=True)
@@ -39,23 +58,32 @@ class WorkItem:
     """A task as a slave holds it: its id and its still-pickled payload."""
 
     task_id: str
-    payload: bytes
+    payload: Any  # bytes, or a memoryview of the frame it arrived in
     timeout: float | None = None
+    cancelled: bool = False  # cancelled while in a worker's pipeline: its outcome is dropped
 
 
 @dataclass(eq=False)
 class _Worker:
     process: Any
     conn: Any
-    task: WorkItem | None = None
-    started: float = 0.0
+    unpacker: Any = field(default_factory=lambda: msgpack.Unpacker(raw=False, max_buffer_size=0))
+    pipeline: deque[WorkItem] = field(default_factory=deque)  # sent, no outcome yet
+    pipeline_bytes: int = 0
+    started: float = 0.0  # when the first task of the pipeline started (as the slave saw it)
     retiring: bool = False
 
     @property
+    def task(self) -> WorkItem | None:
+        """The task running now."""
+        return self.pipeline[0] if self.pipeline else None
+
+    @property
     def deadline(self) -> float | None:
-        if self.task is None or self.task.timeout is None:
+        task = self.task
+        if task is None or task.timeout is None:
             return None
-        return self.started + self.task.timeout
+        return self.started + task.timeout
 
 
 def _default_context() -> multiprocessing.context.BaseContext:
@@ -76,12 +104,13 @@ class ProcessPoolManager(ITaskManager):
         if self._target < 0:
             raise ValueError("the number of workers cannot be negative")
         self._context = context or _default_context()
-        self._workers: dict[int, _Worker] = {}  # by pipe fd
+        self._workers: dict[int, _Worker] = {}  # by socket fd
         self._queue: deque[WorkItem] = deque()
         self._results: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
         self._pending = 0
         self._started = False
-        self.generation = 0  # bumped whenever the set of pipes changes (the slave re-polls)
+        self._pace = 0.0  # running average of task durations, seconds
+        self.generation = 0  # bumped whenever the set of sockets changes (the slave re-polls)
         self.identity = self.address = ""
 
     # -- ITaskManager ------------------------------------------------------------------------------
@@ -103,10 +132,7 @@ class ProcessPoolManager(ITaskManager):
         self._workers.clear()
         self.generation += 1
         for worker in workers:
-            try:
-                worker.conn.send_bytes(STOP)
-            except OSError:
-                pass
+            _send_quietly(worker, STOP)
         for worker in workers:
             worker.process.join(timeout=1.0)
             if worker.process.is_alive():
@@ -126,6 +152,12 @@ class ProcessPoolManager(ITaskManager):
     def push_task(self, task: WorkItem) -> None:
         self._queue.append(task)
         self._pending += 1
+        self._feed()
+
+    def push_tasks(self, tasks: list[WorkItem]) -> None:
+        """Many at once: one pass of feeding the workers, not one per task."""
+        self._queue.extend(tasks)
+        self._pending += len(tasks)
         self._feed()
 
     def wait_for_all(self, timeout: float | None = None) -> bool:
@@ -152,6 +184,8 @@ class ProcessPoolManager(ITaskManager):
         """Queue ``(task_id, status, outcome)``: ``error`` is the Status (None for OK),
         ``result`` the pickled outcome, or a short text saying how a worker died."""
         self._pending -= 1
+        if task.cancelled:
+            error, result = Status.CANCELLED, b""
         self._results.put((task.task_id, error or Status.OK, result))
 
     # -- what the slave's loop calls ---------------------------------------------------------
@@ -161,15 +195,28 @@ class ProcessPoolManager(ITaskManager):
 
     @property
     def busy(self) -> int:
-        return sum(1 for w in self._workers.values() if w.task is not None)
+        return sum(1 for w in self._workers.values() if w.pipeline)
 
     def held(self) -> list[WorkItem]:
-        """Every task pushed and not finished: running ones first, then queued ones."""
-        running = [w.task for w in self._workers.values() if w.task is not None]
-        return running + list(self._queue)
+        """Every task pushed and not finished: running ones first, then the rest."""
+        pipelines = [list(w.pipeline) for w in self._workers.values()]
+        running = [p[0] for p in pipelines if p]
+        waiting = [item for p in pipelines for item in p[1:]]
+        return running + waiting + list(self._queue)
+
+    def wanted(self) -> int:
+        """How many tasks this pool would like to hold to stay busy: each worker's pipeline
+        twice over (one in the workers, one ready to follow), at least two per worker."""
+        return self._target * 2 * self.depth()
+
+    def depth(self) -> int:
+        """Tasks a worker is given ahead, from the pace tasks have been finishing."""
+        if self._pace <= 0.0:
+            return 1
+        return max(1, min(MAX_PIPELINE, math.floor(PIPELINE_SECONDS / self._pace)))
 
     def take_queued(self) -> list[WorkItem]:
-        """Remove the tasks no worker has started (to hand them back to the master)."""
+        """Remove the tasks no worker has been given (to hand them back to the master)."""
         items = list(self._queue)
         self._queue.clear()
         self._pending -= len(items)
@@ -185,9 +232,9 @@ class ProcessPoolManager(ITaskManager):
         now = time.monotonic()
         for fd, worker in list(self._workers.items()):
             deadline = worker.deadline
-            if deadline is None or deadline > now or worker.task is None:
+            if deadline is None or deadline > now:
                 continue
-            item = worker.task
+            item = worker.pipeline.popleft()
             log.warning(
                 "task %s ran past its %gs timeout; replacing its worker", item.task_id, item.timeout
             )
@@ -211,32 +258,49 @@ class ProcessPoolManager(ITaskManager):
                 kept.append(item)
         self._queue = kept
         for fd, worker in list(self._workers.items()):
-            if worker.task is not None and worker.task.task_id in task_ids:
-                item = worker.task
+            for item in worker.pipeline:
+                if item.task_id in task_ids:
+                    item.cancelled = True
+            running = worker.task
+            if running is not None and running.cancelled:
+                worker.pipeline.popleft()
                 self._kill(fd, worker)
-                self.task_finished(item, b"", Status.CANCELLED)
+                self.task_finished(running, b"", Status.CANCELLED)
         self._adjust_pool()
         self._feed()
 
     def collect(self, fd: int) -> None:
-        """Read one worker's outcome (or notice its death), then give it the next task."""
+        """Read a worker's outcomes (or notice its death), then feed it more tasks."""
         worker = self._workers.get(fd)
         if worker is None:
             return
         try:
-            task_id, status, data = msgpack.unpackb(worker.conn.recv_bytes())
-        except (EOFError, OSError):
+            data = os.read(fd, READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:
             self._worker_died(fd, worker)
         else:
-            item, worker.task = worker.task, None
-            if item is not None and item.task_id == task_id:
-                self.task_finished(item, data, None if status == Status.OK else status)
-            if worker.retiring:
+            worker.unpacker.feed(data)
+            for task_id, status, outcome in worker.unpacker:
+                self._finished_in(worker, task_id, status, outcome)
+            if worker.retiring and not worker.pipeline:
                 self._retire(fd, worker)
         self._adjust_pool()
         self._feed()
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _finished_in(self, worker: _Worker, task_id: str, status: str, outcome: bytes) -> None:
+        if not worker.pipeline or worker.pipeline[0].task_id != task_id:
+            log.error("worker sent an outcome for task %s it was not running; dropped", task_id)
+            return
+        item = worker.pipeline.popleft()
+        worker.pipeline_bytes -= len(item.payload)
+        now = time.monotonic()
+        self._pace += PACE_WEIGHT * ((now - worker.started) - self._pace)
+        worker.started = now  # the next one starts now
+        self.task_finished(item, outcome, None if status == Status.OK else status)
 
     def _spawn(self) -> None:
         parent_end, child_end = self._context.Pipe(duplex=True)
@@ -251,10 +315,21 @@ class ProcessPoolManager(ITaskManager):
         self._workers[parent_end.fileno()] = _Worker(process, parent_end)
         self.generation += 1
 
+    def _requeue_pipeline(self, worker: _Worker) -> None:
+        """Put tasks a worker was given but never started back at the front of the queue."""
+        waiting = [item for item in worker.pipeline if not item.cancelled]
+        for item in worker.pipeline:
+            if item.cancelled:
+                self.task_finished(item, b"", Status.CANCELLED)
+        worker.pipeline.clear()
+        worker.pipeline_bytes = 0
+        self._queue.extendleft(reversed(waiting))
+
     def _kill(self, fd: int, worker: _Worker) -> None:
+        """Stop a worker now (its running task already taken off its pipeline)."""
         self._workers.pop(fd, None)
         self.generation += 1
-        worker.task = None
+        self._requeue_pipeline(worker)
         worker.process.kill()
         worker.process.join(timeout=5.0)
         worker.conn.close()
@@ -262,10 +337,7 @@ class ProcessPoolManager(ITaskManager):
     def _retire(self, fd: int, worker: _Worker) -> None:
         self._workers.pop(fd, None)
         self.generation += 1
-        try:
-            worker.conn.send_bytes(STOP)
-        except OSError:
-            pass
+        _send_quietly(worker, STOP)
         worker.process.join(timeout=1.0)
         worker.conn.close()
 
@@ -277,26 +349,40 @@ class ProcessPoolManager(ITaskManager):
         for _ in range(self._target - len(active)):
             self._spawn()
         excess = len(active) - self._target
-        for fd, worker in sorted(active, key=lambda fw: fw[1].task is not None)[: max(0, excess)]:
-            if worker.task is None:
+        for fd, worker in sorted(active, key=lambda fw: bool(fw[1].pipeline))[: max(0, excess)]:
+            if not worker.pipeline:
                 self._retire(fd, worker)
             else:
-                worker.retiring = True
+                worker.retiring = True  # it finishes its pipeline (a few ms of work) first
 
     def _feed(self) -> None:
-        if not self._started:
+        if not self._started or not self._queue:
             return
+        depth = self.depth()
         for worker in self._workers.values():
             if not self._queue:
                 return
-            if worker.task is None and not worker.retiring:
+            if worker.retiring:
+                continue
+            batch = []
+            while self._queue and self._fits(worker, self._queue[0], depth):
                 item = self._queue.popleft()
-                worker.task = item
-                worker.started = time.monotonic()
-                try:
-                    worker.conn.send_bytes(msgpack.packb([item.task_id, item.payload]))
-                except OSError:
-                    pass  # it died; collect() sees its pipe close and reports the task
+                if not worker.pipeline:
+                    worker.started = time.monotonic()
+                worker.pipeline.append(item)
+                worker.pipeline_bytes += len(item.payload)
+                batch.append(msgpack.packb([item.task_id, item.payload]))
+            if batch:
+                _send_quietly(worker, b"".join(batch))
+
+    @staticmethod
+    def _fits(worker: _Worker, item: WorkItem, depth: int) -> bool:
+        if not worker.pipeline:
+            return True  # an idle worker takes anything: it is reading, so the write completes
+        return (
+            len(worker.pipeline) < depth
+            and worker.pipeline_bytes + len(item.payload) <= PIPELINE_BYTES
+        )
 
     def _worker_died(self, fd: int, worker: _Worker) -> None:
         self._workers.pop(fd, None)
@@ -304,13 +390,23 @@ class ProcessPoolManager(ITaskManager):
         worker.process.join(timeout=1.0)
         code = worker.process.exitcode
         worker.conn.close()
-        if worker.task is None:
+        if not worker.pipeline:
             log.warning("an idle worker process exited (code %s); replacing it", code)
             return
+        item = worker.pipeline.popleft()
+        worker.pipeline_bytes -= len(item.payload)
+        self._requeue_pipeline(worker)
         how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
-        log.error("task %s killed its worker process (%s)", worker.task.task_id, how)
+        log.error("task %s killed its worker process (%s)", item.task_id, how)
         # The master decides whether to run it again (a crash does not count as a retry).
-        self.task_finished(worker.task, how, Status.CRASH)
+        self.task_finished(item, how, Status.CRASH)
+
+
+def _send_quietly(worker: _Worker, data: bytes) -> None:
+    try:
+        write_all(worker.conn.fileno(), data)
+    except OSError:
+        pass  # it died; collect() sees its socket close and reports its tasks
 
 
 def _now() -> float:

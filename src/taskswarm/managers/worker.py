@@ -1,4 +1,10 @@
-"""The loop of one worker process: receive a task, run it, send its outcome back.
+"""The loop of one worker process: read tasks, run each, write each outcome back at once.
+
+Tasks arrive on a socket as a stream of msgpack ``[task_id, payload]`` arrays; one read takes
+every task waiting, so a slave that sends a worker several small tasks at once costs one system
+call, not one per task. Each outcome is written the moment its task ends, in the order the tasks
+came: the slave always knows which task is running (the first without an outcome), which is how
+it enforces timeouts and names the task that killed a worker.
 
 Kept tiny and import-light because the forkserver preloads it: every worker forks from a process
 that already has it (and cloudpickle) imported.
@@ -6,6 +12,7 @@ that already has it (and cloudpickle) imported.
 
 from __future__ import annotations
 
+import os
 import signal
 from multiprocessing.connection import Connection
 
@@ -14,22 +21,36 @@ import msgpack
 from ..task import run_task
 
 #: Sent instead of a task: finish and exit.
-STOP = b""
+STOP = msgpack.packb(None)
+#: Most bytes taken from the socket per read.
+READ_SIZE = 1 << 20
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def worker_main(conn: Connection) -> None:
     # Ctrl-C goes to the whole process group; the slave decides what happens to running tasks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fd = conn.fileno()
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
     while True:
         try:
-            message = conn.recv_bytes()
-        except (EOFError, OSError):
+            data = os.read(fd, READ_SIZE)
+        except OSError:
             return  # the slave is gone: never outlive it
-        if message == STOP:
+        if not data:
             return
-        task_id, payload = msgpack.unpackb(message)
-        status, data = run_task(payload)
-        try:
-            conn.send_bytes(msgpack.packb([task_id, status, data]))
-        except (BrokenPipeError, OSError):
-            return
+        unpacker.feed(data)
+        for message in unpacker:
+            if message is None:
+                return
+            task_id, payload = message
+            status, outcome = run_task(payload)
+            try:
+                write_all(fd, msgpack.packb([task_id, status, outcome]))
+            except OSError:
+                return

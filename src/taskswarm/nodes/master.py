@@ -231,6 +231,7 @@ class Master:
             pid=int(msg.get("pid", 0)),
             workers=int(msg.get("workers", 0)),
             credit=int(msg.get("credit", 0)),
+            want=int(msg.get("want", 0)),
         )
         self.departed.pop(slave.slave_id, None)
         self.peers[identity] = slave
@@ -260,6 +261,7 @@ class Master:
             slave.workers = int(workers)
             log.info("slave %s now has %d workers", slave.slave_id, slave.workers)
         slave.credit += int(msg.get("credit", 0))
+        slave.want = int(msg.get("want", slave.want))
         slave.rejected = int(msg.get("rejected", slave.rejected))
         if msg.get("held") is not None:
             # Tasks sent two heartbeats ago have arrived unless their message was lost.
@@ -280,6 +282,7 @@ class Master:
         if slave is not None:
             slave.last_seen = time.monotonic()
             slave.credit += int(msg.get("credit", 0))
+            slave.want = int(msg.get("want", slave.want))
         else:
             self.send(identity, Kind.REREGISTER)
         slave_id = slave.slave_id if slave else None

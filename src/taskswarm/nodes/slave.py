@@ -73,6 +73,7 @@ class Slave:
         self._closed = False
         self._last_from_master = time.monotonic()
         self._credit_owed = 0
+        self._want = 0  # how many tasks the master was last told this slave wants to hold
         self._handlers = {
             Kind.WELCOME: self.on_welcome,
             Kind.TASKS: self.on_tasks,
@@ -196,8 +197,16 @@ class Slave:
         self._send(Kind.HEARTBEAT, {"workers": self.manager.get_num_workers()})
 
     def on_tasks(self, msg: Message) -> None:
-        for (task_id, timeout), payload in zip(msg["tasks"], msg.payloads, strict=True):
-            self.manager.push_task(WorkItem(str(task_id), payload, timeout))
+        items = [
+            WorkItem(str(task_id), payload, timeout)
+            for (task_id, timeout), payload in zip(msg["tasks"], msg.payloads, strict=True)
+        ]
+        push_many = getattr(self.manager, "push_tasks", None)
+        if push_many is not None:
+            push_many(items)
+        else:
+            for item in items:
+                self.manager.push_task(item)
 
     def on_cancel(self, msg: Message) -> None:
         self.manager.cancel({str(t) for t in msg["tasks"]})
@@ -210,13 +219,8 @@ class Slave:
         self._register()
 
     def on_resize(self, msg: Message) -> None:
-        before = self.manager.get_num_workers()
         self.manager.update_pool(int(msg["workers"]))
-        self._credit_owed += (self.manager.get_num_workers() - before) * PREFETCH
-        self._send(
-            Kind.HEARTBEAT,
-            {"workers": self.manager.get_num_workers(), "credit": self._take_credit()},
-        )
+        self._send(Kind.HEARTBEAT, {"workers": self.manager.get_num_workers(), **self._window()})
 
     def on_master_bye(self, msg: Message) -> None:
         log.warning("master %s is going away; waiting for it to come back", self.master_address)
@@ -231,23 +235,38 @@ class Slave:
         to = None if kind in Kind.UNADDRESSED else self.master_session
         return try_send(self.master_socket, self.codec.encode(kind, header, payloads, to=to))
 
-    def _take_credit(self) -> int:
-        credit, self._credit_owed = self._credit_owed, 0
-        return credit
+    def _wanted(self) -> int:
+        """Tasks to hold to keep every worker busy (the task manager knows best, if it can say:
+        for short tasks that is many more than ``PREFETCH`` per worker)."""
+        wanted = getattr(self.manager, "wanted", None)
+        floor = self.manager.get_num_workers() * PREFETCH
+        return max(floor, wanted()) if wanted is not None else floor
+
+    def _window(self, finished: int = 0) -> dict:
+        """Header fields telling the master how much more to send: ``want`` (push scheduler),
+        and ``credit``, one per finished task plus any growth of the want (pull scheduler)."""
+        want = self._wanted()
+        self._credit_owed += finished + want - self._want
+        self._want = want
+        fields: dict = {"want": want}
+        if self._credit_owed > 0:  # a shrinking want is paid back out of later results
+            fields["credit"], self._credit_owed = self._credit_owed, 0
+        return fields
 
     def _register(self) -> None:
-        workers = self.manager.get_num_workers()
-        self._credit_owed = 0
+        held = self.manager.held()
+        self._want = 0
+        self._credit_owed = -len(held)
         self._send(
             Kind.REGISTER,
             {
                 "node_id": self.node_id,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
-                "workers": workers,
-                "credit": max(0, workers * PREFETCH - len(self.manager.held())),
+                "workers": self.manager.get_num_workers(),
+                **self._window(),
                 # What it still holds from before (a master that restarted can keep it here).
-                "held": [item.task_id for item in self.manager.held()],
+                "held": [item.task_id for item in held],
             },
         )
 
@@ -261,7 +280,7 @@ class Slave:
                 Kind.HEARTBEAT,
                 {
                     "workers": self.manager.get_num_workers(),
-                    "credit": self._take_credit(),
+                    **self._window(),
                     "rejected": sum(self.codec.rejected.values()),
                     "held": [item.task_id for item in self.manager.held()],
                 },
@@ -286,7 +305,7 @@ class Slave:
             "results": [
                 [t, status, data if status == Status.CRASH else None] for t, status, data in batch
             ],
-            "credit": len(batch),
+            **self._window(finished=len(batch)),
         }
         payloads = [b"" if status == Status.CRASH else data for _, status, data in batch]
         self._send(Kind.RESULTS, header, payloads)

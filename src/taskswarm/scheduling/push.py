@@ -1,4 +1,8 @@
-""" "Sending work": the master decides, keeping each slave at most ``prefetch`` tasks per worker."""
+""" "Sending work": the master decides, keeping each slave as busy as it asks to be.
+
+A slave holds ``prefetch`` tasks per worker, or more when it says it needs more (``want``: with
+tasks of a few microseconds, a pool needs hundreds on hand to never wait for the master).
+"""
 
 from __future__ import annotations
 
@@ -12,4 +16,4 @@ class PushScheduler(BaseScheduler):
     name = "push"
 
     def capacity(self, slave: SlaveRecord) -> int:
-        return slave.workers * self.prefetch - len(slave.in_flight)
+        return max(slave.workers * self.prefetch, slave.want) - len(slave.in_flight)

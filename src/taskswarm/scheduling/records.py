@@ -95,7 +95,8 @@ class SlaveRecord:
     in_flight: set[str] = field(default_factory=set)
     done: int = 0
     failed: int = 0
-    credit: int = 0
+    credit: int = 0  # tasks it may still be sent (pull)
+    want: int = 0  # tasks it asks to hold to stay busy (push; at least workers * prefetch)
     rejected: int = 0  # messages this slave refused (bad signature, replays...), as it reports
     rating: float = math.inf
     last_seen: float = field(default_factory=time.monotonic)
