@@ -10,8 +10,11 @@ its type name and traceback text takes its place.
 
 from __future__ import annotations
 
+import itertools
+import os
+import pickle
+import secrets
 import traceback
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +33,23 @@ __all__ = [
 ]
 
 
+_ids: Any = None
+
+
+def _reset_ids() -> None:
+    """A random prefix per process and a counter: unique across the cluster, and a hundred
+    times cheaper than a uuid4 (no system call per id). A forked child gets its own prefix."""
+    global _ids
+    prefix = secrets.token_hex(8)
+    _ids = (f"{prefix}{n:x}" for n in itertools.count())
+
+
+_reset_ids()
+os.register_at_fork(after_in_child=_reset_ids)
+
+
 def new_task_id() -> str:
-    return uuid.uuid4().hex
+    return next(_ids)
 
 
 class Task:
@@ -164,7 +182,7 @@ def run_task(payload: bytes) -> tuple[str, bytes]:
     (what counts as an error, how it is pickled) hold for every task manager.
     """
     try:
-        task = cloudpickle.loads(payload)
+        task = pickle.loads(payload)
     except BaseException as exc:  # noqa: BLE001 - any unpickling failure is the task's failure
         return Status.ERROR, dump_error(_unpickling_error(exc))
     try:
@@ -176,7 +194,7 @@ def run_task(payload: bytes) -> tuple[str, bytes]:
         retry = getattr(task, "max_retries", 0) > 0 and isinstance(exc, _retry_on(task))
         return (Status.RETRY if retry else Status.ERROR), dump_error(exc)
     try:
-        return Status.OK, cloudpickle.dumps(result)
+        return Status.OK, dump_result(result)
     except Exception as exc:
         error = TaskError(
             f"the result of task {getattr(task, 'name', '?')!r} could not be pickled: "
@@ -184,6 +202,15 @@ def run_task(payload: bytes) -> tuple[str, bytes]:
             type(exc).__qualname__,
         )
         return Status.ERROR, dump_error(error)
+
+
+def dump_result(result: Any) -> bytes:
+    """The plain pickler first (several times faster); cloudpickle for what it cannot do, such
+    as an instance of a class the task brought with it by value."""
+    try:
+        return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _unpickling_error(exc: BaseException) -> TaskError:
