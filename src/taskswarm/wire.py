@@ -33,7 +33,6 @@ captured HELLO/REGISTER is good only for the window. Refusals are counted by rea
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import itertools
 import secrets
@@ -45,6 +44,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+
+try:  # OpenSSL's HMAC object itself: copying it costs half of what hmac.new does
+    from _hashlib import hmac_new as _hmac_new
+except ImportError:  # pragma: no cover - Python built without OpenSSL's HMAC
+
+    def _hmac_new(key: bytes, digestmod: str) -> Any:
+        return hmac.new(key, digestmod=digestmod)
+
 
 from .errors import (
     BadSignature,
@@ -165,6 +172,8 @@ class Codec:
         if not key:
             raise ValueError("the cluster key must not be empty")
         self._key = key
+        self._mac = _hmac_new(key, digestmod="sha256")  # keyed once, copied per message
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # msgpack.packb makes one per call
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.window = window
@@ -174,10 +183,11 @@ class Codec:
         self.rejected: Counter[str] = Counter()
 
     def _sign(self, frames: Sequence[bytes | memoryview]) -> bytes:
-        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        mac = self._mac.copy()
+        pack, update = _LENGTH.pack, mac.update
         for frame in frames:
-            mac.update(_LENGTH.pack(len(frame)))
-            mac.update(frame)
+            update(pack(len(frame)))
+            update(frame)
         return mac.digest()
 
     def encode(
@@ -192,10 +202,10 @@ class Codec:
         fields.update(v=PROTOCOL_VERSION, k=kind, sid=self.session, seq=next(self._numbers), to=to)
         if to is None:
             fields["ts"] = time.time()
-        layout, body = _pack_payloads(payloads)
+        layout, body = _pack_payloads(payloads, self._pack)
         if body:
             fields["pf"] = layout
-        frames = [msgpack.packb(fields, use_bin_type=True), *body]
+        frames = [self._pack(fields), *body]
         return [self._sign(frames), *frames]
 
     def decode(self, frames: Sequence[Any]) -> Message:
@@ -265,7 +275,7 @@ class Codec:
             self._last_seen.popitem(last=False)
 
 
-def _pack_payloads(payloads: Sequence[Any]) -> tuple[str, list[Any]]:
+def _pack_payloads(payloads: Sequence[Any], pack: Any = msgpack.packb) -> tuple[str, list[Any]]:
     """Frames for ``payloads``: runs of small ones packed together, big ones alone."""
     layout: list[str] = []
     frames: list[Any] = []
@@ -276,7 +286,7 @@ def _pack_payloads(payloads: Sequence[Any]) -> tuple[str, list[Any]]:
         if n >= BIG_PAYLOAD:
             if run:
                 layout.append("p")
-                frames.append(msgpack.packb(run))
+                frames.append(pack(run))
                 run, size = [], 0
             layout.append("r")
             frames.append(payload)
@@ -285,11 +295,11 @@ def _pack_payloads(payloads: Sequence[Any]) -> tuple[str, list[Any]]:
         size += n
         if size >= PACKED_FRAME:
             layout.append("p")
-            frames.append(msgpack.packb(run))
+            frames.append(pack(run))
             run, size = [], 0
     if run:
         layout.append("p")
-        frames.append(msgpack.packb(run))
+        frames.append(pack(run))
     return "".join(layout), frames
 
 
