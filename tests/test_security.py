@@ -169,7 +169,7 @@ class Relay:
 @pytest.mark.parametrize("curve", [False, True])
 def test_with_curve_a_tasks_payload_never_appears_in_the_traffic(curve):
     marker = b"A-VERY-RECOGNISABLE-PAYLOAD-0451"
-    with ts.LocalCluster(slaves=1, workers=1, curve=curve) as cluster:
+    with ts.LocalCluster(slaves=1, workers=1, curve=curve, ipc=False) as cluster:
         relay = Relay(int(cluster.address.rsplit(":", 1)[1]))
         try:
             with ts.connect(f"tcp://127.0.0.1:{relay.port}", key=cluster.key) as app:

@@ -16,6 +16,8 @@ from ..errors import ConfigurationError
 __all__ = ["check_address", "bind_router", "connect_dealer", "try_send", "receive_batch"]
 
 _ADDRESS = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+|\*):(\d{1,5})$")
+#: A Unix socket (one machine only: what LocalCluster uses, a quarter faster than loopback TCP).
+_IPC_ADDRESS = re.compile(r"^ipc:///[^\x00]{1,100}$")
 #: Messages read from one socket per turn of a loop, so one busy peer cannot starve the rest.
 RECEIVE_BATCH = 1000
 #: Largest message a socket accepts by default (ZeroMQ drops the connection beyond it).
@@ -23,7 +25,10 @@ MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 
 
 def check_address(address: str, *, allow_wildcard: bool = False) -> str:
-    """Validate ``tcp://HOST:PORT``; the error says what a right one looks like."""
+    """Validate ``tcp://HOST:PORT`` (or ``ipc:///PATH``); the error says what a right one
+    looks like."""
+    if _IPC_ADDRESS.match(address or ""):
+        return address
     match = _ADDRESS.match(address or "")
     if not match or int(match.group(2)) > 65535 or (match.group(1) == "*" and not allow_wildcard):
         raise ConfigurationError(
@@ -57,6 +62,13 @@ def bind_router(
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
+    if address.startswith("ipc://"):
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise ConfigurationError(f"cannot listen on {address}: {exc}") from None
+        return sock, address
     host, port = address[len("tcp://") :].rsplit(":", 1)
     if host.startswith("["):
         sock.setsockopt(zmq.IPV6, 1)
