@@ -54,8 +54,12 @@ TICK = 0.5
 #: Tasks pickled before they are handed to the I/O thread: the master starts on the first ones
 #: while later ones are still being pickled.
 CHUNK = 500
-#: Most tasks in one SUBMIT message.
+#: Most tasks, and most payload bytes, in one SUBMIT message: big ones start moving (and
+#: running) while the rest follow.
 SUBMIT_BATCH = 5000
+SUBMIT_BYTES = 4 * 1024 * 1024
+#: Seconds a result's receipt waits to be confirmed with others (off the way of the next task).
+ACK_DELAY = 0.005
 
 
 class Application:
@@ -87,6 +91,8 @@ class Application:
         self._systems: dict[str, SystemHandle] = {}
         self._rids = itertools.count(1)
         self._unconfirmed_batches: dict[int, list[tuple[list, bytes]]] = {}  # I/O thread only
+        self._acks_due: list[str] = []  # results received, their receipt not yet confirmed
+        self._ack_at = 0.0
         self._welcomed = threading.Event()
         self._refused = threading.Event()  # the master answered with a Notice (key, version)
         self._refusal = ""
@@ -153,6 +159,7 @@ class Application:
         self._check_open()
         futures: list[Future[Any]] = []
         chunk: list[tuple[Task, TaskFuture, list, bytes]] = []
+        size = 0
         paused = _pause_gc()
         try:
             for task in tasks:
@@ -162,9 +169,10 @@ class Application:
                 future = TaskFuture(task.task_id, self._cancel_queued)
                 chunk.append((task, future, meta, payload))
                 futures.append(future)
-                if len(chunk) >= CHUNK:
+                size += len(payload)
+                if len(chunk) >= CHUNK or size >= SUBMIT_BYTES:
                     self._post_tasks(chunk)
-                    chunk = []
+                    chunk, size = [], 0
         except BaseException:
             self._withdraw(futures[: len(futures) - len(chunk)])
             raise
@@ -334,15 +342,19 @@ class Application:
         next_hello = time.monotonic() + TICK
         try:
             while not self._closed:
-                events = dict(poller.poll(TICK * 1000))
+                wait = TICK if not self._acks_due else max(0.0, self._ack_at - time.monotonic())
+                events = dict(poller.poll(wait * 1000))
                 if self._socket in events:
                     self._receive(handlers)
+                if self._acks_due and time.monotonic() >= self._ack_at:
+                    self._send_acks()
                 if self._mailbox.fileno() in events:
                     self._send_posted(self._mailbox.drain())
                 if time.monotonic() >= next_hello:
                     self._keep_alive()
                     next_hello = time.monotonic() + TICK
             self._send_posted(self._mailbox.drain())  # what was posted before close()
+            self._send_acks()
             self._send(Kind.BYE)
         finally:
             # Give what is queued a moment to leave; a master that is gone costs at most this.
@@ -386,12 +398,27 @@ class Application:
         self._send_tasks(batch)
 
     def _send_tasks(self, batch: list[tuple[list, bytes]]) -> None:
-        for start in range(0, len(batch), SUBMIT_BATCH):
-            part = batch[start : start + SUBMIT_BATCH]
-            rid = next(self._rids)
-            self._unconfirmed_batches[rid] = part  # until the master ACKs: it may go again
-            header = {"tasks": [meta for meta, _ in part], "rid": rid}
-            self._send(Kind.SUBMIT, header, [payload for _, payload in part])
+        part: list[tuple[list, bytes]] = []
+        size = 0
+        for item in batch:
+            part.append(item)
+            size += len(item[1])
+            if len(part) >= SUBMIT_BATCH or size >= SUBMIT_BYTES:
+                self._send_submit(part)
+                part, size = [], 0
+        if part:
+            self._send_submit(part)
+
+    def _send_submit(self, part: list[tuple[list, bytes]]) -> None:
+        rid = next(self._rids)
+        self._unconfirmed_batches[rid] = part  # until the master ACKs: it may go again
+        header = {"tasks": [meta for meta, _ in part], "rid": rid}
+        self._send(Kind.SUBMIT, header, [payload for _, payload in part])
+
+    def _send_acks(self) -> None:
+        if self._acks_due:
+            self._send(Kind.RESULTS_ACK, {"tasks": self._acks_due})
+            self._acks_due = []
 
     def _resync(self) -> None:
         """After a reconnect: send again what the master may not have, ask for what is due."""
@@ -433,8 +460,10 @@ class Application:
         results = msg["results"]
         with self._lock:
             entries = [self._tasks.pop(task_id, None) for task_id, _ in results]
-        # The master keeps each result (journaled) until told it arrived.
-        self._send(Kind.RESULTS_ACK, {"tasks": [task_id for task_id, _ in results]})
+        # The master keeps each result (journaled) until told it arrived: say so soon, in bulk.
+        if not self._acks_due:
+            self._ack_at = time.monotonic() + ACK_DELAY
+        self._acks_due.extend(task_id for task_id, _ in results)
         for (_, ok), data, entry in zip(results, msg.payloads, entries, strict=False):
             if entry is None:
                 continue  # delivered already

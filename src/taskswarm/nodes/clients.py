@@ -88,7 +88,8 @@ class ClientTable:
         fresh = [t for t in tasks if t.task_id not in known and t.task_id not in client.unconfirmed]
         self.master.journal.add_tasks(t.journal_row() for t in fresh)
         self.master.scheduler.push_tasks(fresh)
-        self.master.send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": len(tasks)})
+        # Answered once this turn's tasks are on their way: the ACK is not on their path.
+        self.master.reply_later(identity, Kind.ACK, {"rid": msg.get("rid"), "n": len(tasks)})
 
     def on_results_ack(self, identity: bytes, msg: Message) -> None:
         client = self.known(identity)

@@ -90,6 +90,7 @@ class Master:
         self.clients = ClientTable(self)
         self.systems = SystemTable(self)
         self.departed: dict[str, dict] = {}  # lost or gone slaves, for status
+        self._replies: list[tuple[bytes, str, dict]] = []
         self._stopping = False
         #: Stop when this process is no longer our parent (set for LocalCluster's nodes).
         self.parent_pid: int | None = None
@@ -163,6 +164,7 @@ class Master:
                 self.scheduler.dispatch()
                 self._send_task_batches()
                 self.clients.flush()
+                self._send_replies()
         finally:
             self._say_goodbye()
             self.close()
@@ -206,6 +208,15 @@ class Master:
                 # Signed but ill-formed: a bug or a version skew in a peer, never a crash here.
                 self.codec.rejected["bad-fields"] += 1
                 log.warning("dropped a %s message with bad fields: %r", message.kind, exc)
+
+    def reply_later(self, identity: bytes, kind: str, header: dict) -> None:
+        """Send at the end of this turn of the loop, after the tasks it dispatches."""
+        self._replies.append((identity, kind, header))
+
+    def _send_replies(self) -> None:
+        replies, self._replies = self._replies, []
+        for identity, kind, header in replies:
+            self.send(identity, kind, header)
 
     def send(self, identity: bytes, kind: str, header: dict | None = None, payloads=()) -> bool:
         frames = self.codec.encode(kind, header, payloads, to=self.gate.sessions.get(identity))
