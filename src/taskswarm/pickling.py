@@ -117,8 +117,21 @@ def load_by_value(blob: bytes) -> Any:
 _CODE_TYPES = (types.FunctionType, type)
 
 
+def load_function_task(fn: Any, state: dict[str, Any]) -> FunctionTask:
+    """Rebuild a FunctionTask pickled by ``_TaskPickler``; ``fn`` may be a by-value blob."""
+    task = FunctionTask.__new__(FunctionTask)
+    task.__dict__.update(state)
+    task.fn = load_by_value(fn) if isinstance(fn, bytes) else fn
+    return task
+
+
 class _TaskPickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is FunctionTask:  # the common case, in one global instead of three
+            state = dict(obj.__dict__)
+            fn = state.pop("fn")
+            blob = _blob(fn) if isinstance(fn, _CODE_TYPES) else None
+            return load_function_task, (fn if blob is None else blob, state)
         if isinstance(obj, _CODE_TYPES):
             blob = _blob(obj)
             if blob is not None:

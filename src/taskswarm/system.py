@@ -41,7 +41,14 @@ class _Finished(Exception):
 
 
 class TaskSystem(ITaskSystem):
-    """Base for task systems: ``super().__init__()`` gives the system its id (a uuid)."""
+    """Base for task systems: ``super().__init__()`` gives the system its id (a uuid).
+
+    Implement ``generate_tasks``, ``task_finished``, ``is_complete`` and ``gather_result``;
+    ``init_system`` is optional here (most systems set themselves up in ``__init__``).
+    """
+
+    def init_system(self, master: Any) -> None:
+        """Runs on the master before ``generate_tasks``; the default does nothing."""
 
 
 class MasterHandle:
