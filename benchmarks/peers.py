@@ -1362,6 +1362,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(queue1m gets 3x) (default: %(default)s)",
     )
     parser.add_argument(
+        "--workers",
+        type=positive,
+        default=WORKERS,
+        help="worker processes each framework gets (default: %(default)s; on a many-core "
+        "machine, a larger number shows how each one scales)",
+    )
+    parser.add_argument(
         "--json",
         metavar="PATH",
         default=str(Path(__file__).resolve().parent / "peers.json"),
@@ -1396,7 +1403,9 @@ def _default_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global WORKERS
     args = parse_args(argv)
+    WORKERS = args.workers
     ctx = Context(
         args=args,
         sizes=sizes_for(args),

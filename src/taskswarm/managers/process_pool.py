@@ -37,7 +37,7 @@ import msgpack
 from ..api import ITaskManager
 from ..errors import TaskTimeout
 from ..task import Status, dump_error, new_task_id
-from .worker import READ_SIZE, STOP, worker_main, write_all
+from .worker import READ_SIZE, STOP, worker_main, write_all, writev_all
 
 __all__ = ["ProcessPoolManager", "WorkItem"]
 
@@ -371,9 +371,9 @@ class ProcessPoolManager(ITaskManager):
                     worker.started = time.monotonic()
                 worker.pipeline.append(item)
                 worker.pipeline_bytes += len(item.payload)
-                batch.append(msgpack.packb([item.task_id, item.payload]))
+                batch.extend(_frame_task(item))
             if batch:
-                _send_quietly(worker, b"".join(batch))
+                _send_quietly(worker, batch)
 
     @staticmethod
     def _fits(worker: _Worker, item: WorkItem, depth: int) -> bool:
@@ -402,9 +402,25 @@ class ProcessPoolManager(ITaskManager):
         self.task_finished(item, how, Status.CRASH)
 
 
-def _send_quietly(worker: _Worker, data: bytes) -> None:
+_pack = msgpack.Packer().pack
+#: Payloads at least this big are written from where they lie, not copied into a message.
+_BIG = 64 * 1024
+
+
+def _frame_task(item: WorkItem) -> list[Any]:
+    """A task as the worker reads it, msgpack ``[task_id, payload]``, in one or two pieces."""
+    if len(item.payload) < _BIG:
+        return [_pack([item.task_id, item.payload])]
+    head = b"\x92" + _pack(item.task_id) + b"\xc6" + len(item.payload).to_bytes(4, "big")
+    return [head, item.payload]  # array of 2, the id, then a bin 32 header and its bytes
+
+
+def _send_quietly(worker: _Worker, data: bytes | list[Any]) -> None:
     try:
-        write_all(worker.conn.fileno(), data)
+        if isinstance(data, list):
+            writev_all(worker.conn.fileno(), data)
+        else:
+            write_all(worker.conn.fileno(), data)
     except OSError:
         pass  # it died; collect() sees its socket close and reports its tasks
 

@@ -1,14 +1,20 @@
 """The master's table of application nodes: what they submit, and their results' way back.
 
-A plain task's outcome is journaled and kept here until its application confirms receipt
-(RESULTS_ACK), and sent again after a reconnect, so a result survives both a lost message and a
-master restart. Lives on the master's loop thread, like everything the master owns.
+A plain task's outcome is kept here until its application confirms receipt (RESULTS_ACK), and
+sent again after a reconnect, so a result survives a lost message. It is journaled too, so it
+survives a master restart, but not at once: most are confirmed within milliseconds, and writing
+each one down only to delete it moments later was a third of a durable master's work. An outcome
+still unconfirmed after ``JOURNAL_AFTER`` seconds is written; until then the task's own journal
+row stands for it, so a master killed in between runs the task again rather than lose it. An
+outcome of a task that ran for ``JOURNAL_AFTER`` or longer is written at once: running it again
+would cost more than the write. Lives on the master's loop thread, like everything it owns.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["ClientRecord", "ClientTable"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds an outcome may wait for its application's confirmation before it is journaled.
+JOURNAL_AFTER = 0.25
 
 
 @dataclass(eq=False)
@@ -38,6 +47,8 @@ class ClientTable:
     def __init__(self, master: Master) -> None:
         self.master = master
         self.records: dict[str, ClientRecord] = {}
+        #: Outcomes not journaled yet, oldest first: (when, client, task_id).
+        self._unjournaled: deque[tuple[float, ClientRecord, str]] = deque()
 
     def restore(self, undelivered: dict[str, list[tuple[str, bool, bytes]]]) -> None:
         """Results journaled but never confirmed: they wait for their application's HELLO."""
@@ -125,14 +136,36 @@ class ClientTable:
     # -- results on their way back ---------------------------------------------------------------
 
     def route(self, outcomes: list[tuple[TaskRecord, bool, bytes]]) -> None:
-        """Journal plain tasks' outcomes, then queue them for their applications."""
+        """Queue plain tasks' outcomes for their applications (journaled later, if need be)."""
         if not outcomes:
             return
-        self.master.journal.plain_outcomes((t.task_id, ok, data) for t, ok, data in outcomes)
+        now = time.monotonic()
+        durable = self.master.journal.durable
+        long_ran = []
         for task, ok, data in outcomes:
             client = self._record(task.client_id)
             client.outbox.append((task.task_id, ok, data))
             client.unconfirmed[task.task_id] = (ok, data)
+            if not durable:
+                continue
+            if now - task.assigned_at >= JOURNAL_AFTER:
+                long_ran.append((task.task_id, ok, data))
+            else:
+                self._unjournaled.append((now, client, task.task_id))
+        if long_ran:
+            self.master.journal.plain_outcomes(long_ran)
+
+    def journal_unconfirmed(self, everything: bool = False) -> None:
+        """Write down the outcomes still unconfirmed after ``JOURNAL_AFTER`` (or all of them)."""
+        due = time.monotonic() - JOURNAL_AFTER
+        rows = []
+        while self._unjournaled and (everything or self._unjournaled[0][0] <= due):
+            _, client, task_id = self._unjournaled.popleft()
+            outcome = client.unconfirmed.get(task_id)
+            if outcome is not None:
+                rows.append((task_id, *outcome))
+        if rows:
+            self.master.journal.plain_outcomes(rows)
 
     def flush(self) -> None:
         """One RESULTS message per application with everything queued for it."""

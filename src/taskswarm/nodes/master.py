@@ -164,6 +164,7 @@ class Master:
                 self.scheduler.dispatch()
                 self._send_task_batches()
                 self.clients.flush()
+                self.clients.journal_unconfirmed()
                 self._send_replies()
         finally:
             self._say_goodbye()
@@ -183,6 +184,7 @@ class Master:
         if self._closed:
             return
         self._closed = True
+        self.clients.journal_unconfirmed(everything=True)
         self.systems.stop_all()
         self.router.close(linger=0)
         self._context.term()
