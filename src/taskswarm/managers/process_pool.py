@@ -206,14 +206,15 @@ class ProcessPoolManager(ITaskManager):
 
     def wanted(self) -> int:
         """How many tasks this pool would like to hold to stay busy: each worker's pipeline
-        twice over (one in the workers, one ready to follow), at least two per worker."""
+        twice over (one in the workers, one ready to follow)."""
         return self._target * 2 * self.depth()
 
     def depth(self) -> int:
-        """Tasks a worker is given ahead, from the pace tasks have been finishing."""
+        """Tasks a worker holds: the one it runs and the next, so it never waits for the slave
+        between two, and more while tasks are short (from the pace they have been finishing)."""
         if self._pace <= 0.0:
-            return 1
-        return max(1, min(MAX_PIPELINE, math.floor(PIPELINE_SECONDS / self._pace)))
+            return 2
+        return max(2, min(MAX_PIPELINE, math.floor(PIPELINE_SECONDS / self._pace)))
 
     def take_queued(self) -> list[WorkItem]:
         """Remove the tasks no worker has been given (to hand them back to the master)."""
@@ -282,7 +283,10 @@ class ProcessPoolManager(ITaskManager):
             self._worker_died(fd, worker)
         else:
             worker.unpacker.feed(data)
-            for task_id, status, outcome in worker.unpacker:
+            finished = list(worker.unpacker)
+            if finished:
+                self._keep_pace(worker, len(finished))
+            for task_id, status, outcome in finished:
                 self._finished_in(worker, task_id, status, outcome)
             if worker.retiring and not worker.pipeline:
                 self._retire(fd, worker)
@@ -297,10 +301,18 @@ class ProcessPoolManager(ITaskManager):
             return
         item = worker.pipeline.popleft()
         worker.pipeline_bytes -= len(item.payload)
-        now = time.monotonic()
-        self._pace += PACE_WEIGHT * ((now - worker.started) - self._pace)
-        worker.started = now  # the next one starts now
         self.task_finished(item, outcome, None if status == Status.OK else status)
+
+    def _keep_pace(self, worker: _Worker, finished: int) -> None:
+        """Fold ``finished`` tasks, read at once, into the running average of task durations.
+
+        Outcomes are read in bursts, so the time since the last read is shared out among all
+        of them (timing each from the one before would make all but the first look instant).
+        """
+        now = time.monotonic()
+        duration = (now - worker.started) / finished
+        self._pace += (1 - (1 - PACE_WEIGHT) ** finished) * (duration - self._pace)
+        worker.started = now  # the next one starts now
 
     def _spawn(self) -> None:
         parent_end, child_end = self._context.Pipe(duplex=True)
@@ -358,12 +370,16 @@ class ProcessPoolManager(ITaskManager):
     def _feed(self) -> None:
         if not self._started or not self._queue:
             return
-        depth = self.depth()
-        for worker in self._workers.values():
+        feeding = [w for w in self._workers.values() if not w.retiring]
+        if not feeding:
+            return
+        # Never more than a fair share each, whatever the pace says: the pace may be that of
+        # earlier, shorter tasks, and 200 slow tasks must not all go to the first few workers.
+        held = len(self._queue) + sum(len(w.pipeline) for w in feeding)
+        depth = min(self.depth(), -(-held // len(feeding)))
+        for worker in feeding:
             if not self._queue:
                 return
-            if worker.retiring:
-                continue
             batch = []
             while self._queue and self._fits(worker, self._queue[0], depth):
                 item = self._queue.popleft()
