@@ -127,8 +127,14 @@ def try_send(sock: zmq.Socket, frames: list) -> bool:
 
 
 def receive_batch(sock: zmq.Socket, limit: int = RECEIVE_BATCH) -> Iterator[list[zmq.Frame]]:
-    """Yield the messages waiting on ``sock`` (at most ``limit``), never blocking."""
+    """Yield the messages waiting on ``sock`` (at most ``limit``), never blocking.
+
+    Asks the socket whether a message waits before each read: cheaper than the exception a
+    read of an empty socket raises, once per turn of every loop.
+    """
     for _ in range(limit):
+        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return
         try:
             yield sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
