@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -54,7 +55,7 @@ class TaskRecord:
             system_id,
             None if timeout is None else float(timeout),
             int(max_retries),
-            str(name),
+            sys.intern(str(name)),  # a million tasks of one kind keep one name between them
         )
 
     def journal_row(self) -> tuple:
@@ -111,6 +112,7 @@ class SlaveRecord:
             "state": self.state,
             "workers": self.workers,
             "in_flight": len(self.in_flight),
+            "want": self.want,
             "rating": None if math.isinf(self.rating) else round(self.rating, 3),
             "done": self.done,
             "failed": self.failed,

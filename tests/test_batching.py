@@ -1,0 +1,204 @@
+"""Batching on every hop, checked for what it must never change: every task runs, its result
+arrives once, and a failure belongs to the task that caused it.
+
+Worker pipelines are driven directly (the way a slave's loop drives them); streaming
+submission, the slaves' window and the confirmation of results run on real clusters.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import cloudpickle
+import pytest
+
+import taskswarm as ts
+from conftest import free_port, wait_for
+from taskswarm.managers.process_pool import ProcessPoolManager, WorkItem
+from taskswarm.task import FunctionTask, Status
+from test_process_pool import DEADLINE, outcomes, push, results
+
+# -- what the tasks run (shipped by value: the workers cannot import this test module) ----------
+
+
+def sleep_and_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def noop(x: object) -> object:
+    return x
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tasks_travel_by_value() -> Iterator[None]:
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+@pytest.fixture
+def make_pool() -> Iterator[Callable[[int], ProcessPoolManager]]:
+    pools: list[ProcessPoolManager] = []
+
+    def make(workers: int) -> ProcessPoolManager:
+        pool = ProcessPoolManager(workers)
+        pool.init(f"test-{uuid.uuid4().hex[:8]}", "tcp://127.0.0.1:0")
+        pools.append(pool)
+        pool.start()
+        return pool
+
+    try:
+        yield make
+    finally:
+        for pool in pools:
+            pool.stop()
+
+
+def learn_short_tasks(pool: ProcessPoolManager) -> None:
+    """Run many instant tasks: the pool learns tasks are short and pipelines deeply."""
+    for i in range(300):
+        push(pool, FunctionTask(abs, -i))
+    assert pool.wait_for_all(timeout=DEADLINE)
+    results(pool)
+    assert pool.depth() > 2
+
+
+def run_with_timeouts(pool: ProcessPoolManager, count: int) -> list:
+    """What the slave's loop does: collect, and enforce timeouts, until ``count`` are in."""
+    seen: list = []
+    deadline = time.monotonic() + DEADLINE
+    while len(seen) < count:
+        assert time.monotonic() < deadline, f"only {len(seen)} of {count} outcomes"
+        pool.wait_for_all(timeout=0.02)
+        pool.check_timeouts()
+        seen.extend(results(pool))
+    return seen
+
+
+# -- worker pipelines ----------------------------------------------------------------------------
+
+
+def test_a_crash_deep_in_a_pipeline_is_its_own_and_the_tasks_behind_it_run_once(make_pool):
+    pool = make_pool(1)
+    learn_short_tasks(pool)
+    before = [push(pool, FunctionTask(abs, -i)) for i in range(5)]
+    crash = push(pool, FunctionTask(os._exit, 7))
+    after = [push(pool, FunctionTask(abs, -i)) for i in range(5, 10)]
+
+    assert pool.wait_for_all(timeout=DEADLINE)
+
+    got = outcomes(results(pool))  # fails on any duplicate
+    assert got[crash] == (None, (Status.CRASH, "exit code 7"))
+    assert [got[t] for t in before + after] == [(i, None) for i in range(10)]
+
+
+def test_a_pipelined_tasks_timeout_counts_from_when_it_starts(make_pool):
+    pool = make_pool(1)
+    learn_short_tasks(pool)
+    first = push(pool, FunctionTask(sleep_and_pid, 0.6))  # no timeout, runs first
+    second = FunctionTask(sleep_and_pid, 0.05)
+    pool.push_task(WorkItem(second.task_id, cloudpickle.dumps(second), 0.4))
+
+    got = outcomes(run_with_timeouts(pool, 2))
+
+    # It waited 0.6 s behind the first, longer than its timeout, and ran well within it.
+    assert got[first][1] is None and got[second.task_id][1] is None
+    assert got[first][0] == got[second.task_id][0]  # the same worker, one after the other
+
+
+def test_cancelling_a_task_waiting_in_a_pipeline_leaves_the_running_one_alone(make_pool):
+    pool = make_pool(1)
+    learn_short_tasks(pool)
+    running = push(pool, FunctionTask(sleep_and_pid, 0.3))
+    waiting = push(pool, FunctionTask(abs, -1))
+    assert [w.task_id for w in pool.held()] == [running, waiting]
+
+    pool.cancel({waiting})
+
+    assert pool.wait_for_all(timeout=DEADLINE)
+    got = outcomes(results(pool))
+    assert got[waiting] == (None, (Status.CANCELLED, b""))
+    assert got[running][1] is None
+
+
+def test_a_batch_of_slow_tasks_after_fast_ones_is_shared_among_all_workers(make_pool):
+    pool = make_pool(4)
+    learn_short_tasks(pool)
+    tasks = [FunctionTask(sleep_and_pid, 0.05) for _ in range(16)]
+
+    pool.push_tasks([WorkItem(t.task_id, cloudpickle.dumps(t)) for t in tasks])
+
+    assert pool.wait_for_all(timeout=DEADLINE)
+    pids = [value for value, _ in outcomes(results(pool)).values()]
+    assert len(set(pids)) == 4, "the fast tasks' pace must not send the batch to one worker"
+
+
+# -- on a cluster --------------------------------------------------------------------------------
+
+
+def test_push_tasks_streams_a_generator_results_arrive_before_it_returns(app):
+    first_result = threading.Event()
+    app.on_task_finished = lambda task, result, error: first_result.set()
+
+    def tasks() -> Iterator[ts.Task]:
+        for i in range(3000):
+            if i == 2000:  # two thousand made: some must have run by now, or this times out
+                assert first_result.wait(DEADLINE), "no result while the tasks were being made"
+            yield ts.FunctionTask(noop, i)
+
+    futures = app.push_tasks(tasks())
+
+    assert [f.result(timeout=DEADLINE) for f in futures] == list(range(3000))
+
+
+def test_an_unsendable_task_mid_stream_withdraws_those_sent_before_it(app):
+    lock = threading.Lock()
+
+    def tasks() -> Iterator[ts.Task]:
+        for _ in range(1200):
+            yield ts.FunctionTask(time.sleep, 0.2)
+        yield ts.FunctionTask(print, lock)
+
+    with pytest.raises(TypeError, match=r"argument 0 \(_thread.lock\) cannot be pickled"):
+        app.push_tasks(tasks())
+
+    wait_for(lambda: app.status()["tasks"] == {"queued": 0, "assigned": 0}, timeout=DEADLINE)
+
+
+def test_a_slave_asks_for_hundreds_of_tasks_when_they_take_microseconds(cluster, app):
+    assert cluster.address.startswith("ipc://")  # a LocalCluster's nodes share a Unix socket
+    for future in app.push_tasks([ts.FunctionTask(noop, i) for i in range(5000)]):
+        future.result(timeout=DEADLINE)
+
+    slaves = app.status()["slaves"]
+
+    assert all(s["want"] > 10 * s["workers"] for s in slaves), slaves
+
+
+def test_a_durable_master_forgets_results_once_the_application_has_them(nodes, key_file, tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    journal = tmp_path / "state" / "journal.sqlite3"
+    nodes.start(
+        "master", "--bind", address, "--key-file", key_file, "--state-dir", str(journal.parent)
+    )
+    nodes.start("slave", address, "--key-file", key_file, "--workers", "2")
+
+    with ts.connect(address, key_file=key_file) as app:
+        futures = app.push_tasks([ts.FunctionTask(noop, i) for i in range(500)])
+        assert [f.result(timeout=DEADLINE) for f in futures] == list(range(500))
+
+        def rows() -> int:
+            with sqlite3.connect(journal) as db:
+                return db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+
+        wait_for(lambda: rows() == 0, timeout=DEADLINE)
