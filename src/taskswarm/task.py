@@ -156,6 +156,8 @@ def task_meta(task: Task) -> list[Any]:
     """What the master and slaves need to know of a task without unpickling it:
     ``[task_id, timeout, max_retries, name]``, carried in message headers."""
     timeout = task.timeout
+    if timeout is None and task.max_retries == 0:  # the defaults: nothing to check
+        return [task.task_id, None, 0, str(task.name)]
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError(f"task {task.name!r}: timeout must be a positive number of seconds")
     retries = task.max_retries

@@ -469,10 +469,11 @@ class Application:
                 continue  # delivered already
             task, future = entry
             result, error = load_outcome(ok, data, task.name)
-            try:
-                task.finished(result, error)
-            except Exception:
-                log.error("%r.finished() raised", task, exc_info=True)
+            if type(task).finished is not Task.finished:  # most tasks keep the no-op
+                try:
+                    task.finished(result, error)
+                except Exception:
+                    log.error("%r.finished() raised", task, exc_info=True)
             _resolve(future, result, error)
             if self.on_task_finished is not None:
                 try:
@@ -569,9 +570,7 @@ def _resume_gc(paused: bool) -> None:
 def _resolve(
     future: Future[Any], result: Any = None, exception: BaseException | None = None
 ) -> None:
-    if future.done():
-        return
-    try:
+    try:  # set_* refuse a future already done (cancelled meanwhile): one lock, not two
         if exception is not None:
             future.set_exception(exception)
         else:
