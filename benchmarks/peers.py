@@ -19,28 +19,35 @@ Workloads (``--workloads``):
   the first task is created to the last result;
 * ``latency``: 1,000 sequential submit-and-wait round trips: p50 and p99 in ms;
 * ``cpu``: 200 tasks of ~20 ms of pure-Python work (the loop count is calibrated once, at
-  start-up, in this process): seconds, and the speedup over the same 200 calls run serially in
-  this process in the same repetition (efficiency = speedup / 2 workers);
+  start-up, in the orchestrating process): seconds, and the speedup over the same 200 calls run
+  serially in the orchestrating process, which hosts no framework, in the same repetition
+  (efficiency = speedup / 2 workers);
 * ``bigarg``: 500 tasks each given its own 1 MiB ``bytes`` and returning its length: MiB/s of
   arguments moved;
 * ``fanout``: 20,000 tasks in all, every finished task creating two more until the total is
   reached: tasks/s. On taskswarm this is a task system (its own model: the logic runs on the
-  master); the peers drive it from this process, as completions come in;
+  master); the peers drive it from their driver process, as completions come in;
 * ``queue1m``: 1,000,000 no-op tasks pushed at once (from a generator), run once after
   everything else, on taskswarm and ``mp.Pool`` only: the master's peak RSS and how far it grew,
-  how far this process's RSS grew, seconds from the start of the push to the first result and to
-  ``push_tasks`` returning, seconds in all, tasks/s.
+  how far the framework's driver process's RSS grew, seconds from the start of the push to the
+  first result and to ``push_tasks`` returning, seconds in all, tasks/s.
 
-Each framework is started once (start-up is timed to its first result), warmed up, and kept alive
-for the whole run. Inside each repetition the frameworks take turns workload by workload, and
-the order reverses every other repetition, so a burst of noise from a neighbour hits all alike.
-The tables show the median over ``--repeats`` repetitions.
+Each framework's client lives in a driver process of its own (this script, run with ``--driver
+NAME``), so no framework's threads compete with another's for a GIL; this process only
+orchestrates, one JSON line per command and per reply, and every timing is taken inside the
+driver, around the workload. Each framework is started once, in its driver (start-up is timed
+there, to its first result), warmed up, and kept alive for the whole run. Inside each repetition
+the frameworks take turns workload by workload, and the order reverses every other repetition,
+so a burst of noise from a neighbour hits all alike. The tables show the median over
+``--repeats`` repetitions.
 
 A peer that is not installed, fails to start, fails a workload (an error or a wrong result) or
 runs past the per-measurement deadline (``--deadline``) is shown as such in the table, and the run
-goes on; a framework that failed a measurement is restarted before its next workload. Nothing
-asserts a timing: the exit code is 1 only when a taskswarm measurement fails or hangs (a wrong
-result, a crash, the deadline), 130 on Ctrl-C (after printing what was measured), else 0.
+goes on; a framework that failed a measurement is restarted, in a fresh driver, before its next
+workload (a driver that does not answer by the deadline is killed, one that dies is reported as
+such). Nothing asserts a timing: the exit code is 1 only when a taskswarm measurement fails or
+hangs (a wrong result, a crash, the deadline), 130 on Ctrl-C (after printing what was measured),
+else 0.
 """
 
 from __future__ import annotations
@@ -58,13 +65,15 @@ import multiprocessing
 import os
 import platform
 import queue
+import select
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,11 +172,13 @@ class FanOutSystem(ts.TaskSystem):
 
 # -- small helpers -------------------------------------------------------------------------------
 
-_T0 = time.perf_counter()
+#: Where a driver finds the orchestrating process's clock origin, so progress lines share it.
+T0_VARIABLE = "TASKSWARM_PEERS_T0"
+_T0 = float(os.environ.get(T0_VARIABLE) or time.monotonic())
 
 
 def progress(message: str) -> None:
-    print(f"[{time.perf_counter() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
+    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def remaining(deadline: float) -> float:
@@ -367,8 +378,6 @@ class Framework:
     name = ""
     #: Modules that must import for the framework to run (checked before starting it).
     modules: tuple[str, ...] = ()
-    #: Forks this process when it starts: started before anything else has threads.
-    forks = False
     #: Runs queue1m (a million tasks at once); the others are reported as not run.
     runs_queue = False
 
@@ -479,7 +488,6 @@ class Taskswarm(Framework):
 
 class MpPool(Framework):
     name = "mp.Pool"
-    forks = True
     runs_queue = True
 
     def __init__(self) -> None:
@@ -587,7 +595,6 @@ class ExecutorFramework(Framework):
 
 class ProcessPool(ExecutorFramework):
     name = "ProcessPoolExecutor"
-    forks = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -791,7 +798,376 @@ FRAMEWORKS: dict[str, Callable[[], Framework]] = {
 }
 
 
-# -- the run -------------------------------------------------------------------------------------
+# -- the driver: one process per framework, holding its client -----------------------------------
+
+
+@dataclass
+class Job:
+    """What one measurement needs, as a driver gets it from the orchestrating process."""
+
+    sizes: dict[str, int]
+    spin_count: int = 0
+    spin_expected: int = 0
+    serial_cpu_s: float | None = None
+    blobs: list[bytes] = field(default_factory=list)
+
+
+def warm_up(fw: Framework, n: int, deadline: float) -> None:
+    """A few hundred no-op tasks, some round trips, and each other kind of task once or twice."""
+    check_exactly_once(fw.bulk(noop, range(n), deadline), n)
+    for i in range(20):
+        if fw.call(noop, i, deadline) != i:
+            raise WrongResult(f"warm-up round trip {i} came back wrong")
+    check_all_equal(fw.bulk(spin, [1000] * 4, deadline), 4, spin(1000))
+    check_all_equal(fw.bulk(length, [b"x" * 4096] * 4, deadline), 4, 4096)
+    check_exactly_once(fw.fanout(min(n, 100), deadline), min(n, 100))
+
+
+def start_framework(fw: Framework, warm_up_tasks: int) -> dict[str, Any]:
+    """Start, time to the first result, warm up; on failure, stop what started and raise."""
+    deadline = time.monotonic() + START_DEADLINE
+    start = time.perf_counter()
+    fw.running = True
+    try:
+        fw.launch()
+        fw.call(noop, 0, deadline)
+        startup_s = time.perf_counter() - start
+        warm_up(fw, warm_up_tasks, deadline)
+    except Exception:
+        stop_framework(fw)
+        raise
+    return {"startup_s": startup_s}
+
+
+def stop_framework(fw: Framework) -> None:
+    if not fw.running:
+        return
+    fw.running = False
+    try:
+        fw.shutdown()
+    except Exception as exc:
+        progress(f"{fw.name}: shutting down raised {short(exc)}")
+
+
+# Each workload's measurement: (framework, job, deadline) -> one repetition's numbers. They run
+# in the framework's driver, so the timed region holds the framework's work and nothing else.
+
+
+def measure_noop(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
+    n = job.sizes["noop"]
+    start = time.perf_counter()
+    results = fw.bulk(noop, range(n), deadline)
+    elapsed = time.perf_counter() - start
+    check_exactly_once(results, n)
+    return {"seconds": elapsed, "tasks_per_s": n / elapsed}
+
+
+def measure_latency(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
+    samples = []
+    for i in range(job.sizes["latency"]):
+        start = time.perf_counter()
+        result = fw.call(noop, i, deadline)
+        samples.append((time.perf_counter() - start) * 1000)
+        if result != i:
+            raise WrongResult(f"round trip {i} returned {result!r}")
+    p50, p99 = percentiles(samples)
+    return {"p50_ms": p50, "p99_ms": p99, "mean_ms": statistics.fmean(samples)}
+
+
+def measure_cpu(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
+    n, serial = job.sizes["cpu"], job.serial_cpu_s
+    if serial is None:
+        raise ValueError("no serial reference for cpu")
+    start = time.perf_counter()
+    results = fw.bulk(spin, [job.spin_count] * n, deadline)
+    elapsed = time.perf_counter() - start
+    check_all_equal(results, n, job.spin_expected)
+    speedup = serial / elapsed
+    return {
+        "seconds": elapsed,
+        "serial_s": serial,
+        "speedup": speedup,
+        "efficiency_pct": 100 * speedup / WORKERS,
+    }
+
+
+def measure_bigarg(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
+    blobs = job.blobs
+    start = time.perf_counter()
+    results = fw.bulk(length, blobs, deadline)
+    elapsed = time.perf_counter() - start
+    check_all_equal(results, len(blobs), MIB)
+    return {"seconds": elapsed, "mib_per_s": len(blobs) / elapsed}
+
+
+def measure_fanout(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
+    n = job.sizes["fanout"]
+    start = time.perf_counter()
+    results = fw.fanout(n, deadline)
+    elapsed = time.perf_counter() - start
+    check_exactly_once(results, n)
+    return {"seconds": elapsed, "tasks_per_s": n / elapsed}
+
+
+def measure_queue(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
+    numbers = fw.queue(job.sizes["queue1m"], deadline)
+    gc.collect()  # a million futures and results, gone before anything else runs
+    return numbers
+
+
+MEASURE: dict[str, Callable[[Framework, Job, float], dict[str, Any]]] = {
+    "noop": measure_noop,
+    "latency": measure_latency,
+    "cpu": measure_cpu,
+    "bigarg": measure_bigarg,
+    "fanout": measure_fanout,
+    "queue1m": measure_queue,
+}
+
+
+def measure_in_driver(fw: Framework, command: dict[str, Any]) -> dict[str, Any]:
+    """One ``measure`` command: the workload's inputs made here (untimed), then the measurement."""
+    workload = command["workload"]
+    job = Job(
+        sizes=command["sizes"],
+        spin_count=command["spin_count"],
+        spin_expected=command["spin_expected"],
+        serial_cpu_s=command["serial_cpu_s"],
+    )
+    if workload == "bigarg":
+        base = os.urandom(MIB - 8)  # every task gets its own object: no framework can dedupe
+        job.blobs = [base + i.to_bytes(8, "little") for i in range(job.sizes["bigarg"])]
+    return MEASURE[workload](fw, job, time.monotonic() + command["deadline_s"])
+
+
+def answer(fw: Framework, command: dict[str, Any]) -> dict[str, Any]:
+    """A driver's reply to one command: ``ok`` and what was asked for, or the error."""
+    reply: dict[str, Any] = {"ok": True}
+    try:
+        if command["op"] == "start":
+            reply.update(start_framework(fw, command["warm_up"]))
+        elif command["op"] == "measure":
+            reply["numbers"] = measure_in_driver(fw, command)
+        elif command["op"] == "stop":
+            stop_framework(fw)
+        else:
+            raise ValueError(f"unknown command {command['op']!r}")
+    except Exception as exc:
+        reply = {"ok": False, "error": short(exc), "timeout": isinstance(exc, TimeoutError)}
+    reply.update(version=fw.version, pid=os.getpid())
+    return reply
+
+
+def serve(name: str) -> int:
+    """A framework's driver process (``--driver NAME``): the framework's client lives here and
+    nowhere else. Commands come one JSON line each on stdin, replies go one JSON line each to
+    stdout, until ``stop``, the end of stdin, or SIGTERM; the framework is shut down either way."""
+    commands = os.fdopen(os.dup(0), "r", encoding="utf-8")
+    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    # Whatever the framework prints goes to stderr, never among the replies; it reads nothing.
+    os.dup2(2, 1)
+    with open(os.devnull, "rb") as null:
+        os.dup2(null.fileno(), 0)
+    # SIGTERM (from the orchestrating process) shuts down as cleanly as a finished run does.
+    # Processes forked from here (pool workers) get the default back: terminate() must kill them.
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    os.register_at_fork(after_in_child=_default_sigterm)
+    fw = FRAMEWORKS[name]()
+    try:
+        for line in commands:
+            command = json.loads(line)
+            replies.write(json.dumps(answer(fw, command)) + "\n")
+            replies.flush()
+            if command["op"] == "stop":
+                break
+    except KeyboardInterrupt:
+        progress(f"{name}'s driver: told to stop in the middle of a command, shutting down ...")
+    finally:
+        stop_framework(fw)
+        reap_leftovers()
+    return 0
+
+
+# -- the run: the orchestrating process ----------------------------------------------------------
+
+#: Seconds the orchestrating process waits for a reply beyond the deadline its command carries.
+ANSWER_MARGIN = 30.0
+#: Seconds a driver may take to shut its framework down and exit.
+STOP_WAIT = 4 * CLOSE_TIMEOUT
+
+
+class DriverExited(RuntimeError):
+    """A framework's driver process is gone."""
+
+
+class DriverHung(TimeoutError):
+    """A driver did not answer in time."""
+
+
+class DriverFailed(RuntimeError):
+    """A driver reported an error; the text is its own."""
+
+
+class DriverTimedOut(TimeoutError):
+    """A driver reported that the deadline passed."""
+
+
+def family_of(pid: int) -> list[tuple[int, bytes]]:
+    """The live processes below ``pid``, each with its command line (so a reused pid is told
+    apart)."""
+    return [(child, command_line(child)) for child in live_descendants(pid)]
+
+
+class Driver:
+    """One framework as the orchestrating process sees it: a driver process of its own (this
+    script, ``--driver NAME``), started once and kept for the whole run, told what to do."""
+
+    def __init__(self, name: str) -> None:
+        self.spec = FRAMEWORKS[name]()  # never launched here: only what it is and needs
+        self.name = self.spec.name
+        self.runs_queue = self.spec.runs_queue
+        self.version = self.spec.version
+        self.status = "ok"  # or why it does not run
+        self.startup_s: float | None = None
+        self.needs_restart = False
+        self.pids: list[int] = []  # every driver process it had, restarts included
+        self.process: subprocess.Popen[bytes] | None = None
+        self.family: list[tuple[int, bytes]] = []  # what the driver had started, last seen
+        self.busy = False  # a command is out and its reply not in
+        self.buffer = b""
+
+    def spawn(self) -> None:
+        script = str(Path(__file__).resolve())  # __main__ stays this script in the driver
+        self.process = subprocess.Popen(
+            [sys.executable, script, "--driver", self.name, "--workers", str(WORKERS)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            env={**os.environ, T0_VARIABLE: repr(_T0)},
+            start_new_session=True,  # Ctrl-C reaches only this process, which stops the drivers
+        )
+        self.family, self.busy, self.buffer = [], False, b""
+
+    def exited(self) -> DriverExited:
+        process = self.process
+        assert process is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5.0)
+        return DriverExited(f"driver exited (code {process.returncode})")
+
+    def ask(self, command: dict[str, Any], wait_s: float) -> dict[str, Any]:
+        """Send one command and wait up to ``wait_s`` for its reply."""
+        process = self.process
+        if process is None or process.stdin is None or process.stdout is None:
+            raise DriverExited("no driver running")
+        try:
+            process.stdin.write(json.dumps(command).encode() + b"\n")
+        except BrokenPipeError:
+            raise self.exited() from None
+        self.busy = True
+        deadline = time.monotonic() + wait_s
+        fd = process.stdout.fileno()
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DriverHung(f"no answer from its driver in {wait_s:g}s")
+            if select.select([fd], [], [], min(left, 0.5))[0]:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    raise self.exited()
+                self.buffer += chunk
+            elif process.poll() is not None:
+                raise self.exited()
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        self.busy = False
+        return json.loads(line)
+
+    def request(self, command: dict[str, Any], wait_s: float) -> dict[str, Any]:
+        """``ask``, with an error reply raised (DriverTimedOut or DriverFailed)."""
+        reply = self.ask(command, wait_s)
+        self.version = reply.get("version") or self.version
+        if not reply["ok"]:
+            raise (DriverTimedOut if reply["timeout"] else DriverFailed)(reply["error"])
+        self.family = family_of(reply["pid"])
+        return reply
+
+    def kill(self, grace: float) -> None:
+        """The driver gone, however it is: SIGTERM (it shuts its framework down) and up to
+        ``grace`` s to exit, then SIGKILL to it and to whatever it started that is still alive."""
+        process = self.process
+        if process is None:
+            return
+        family = self.family
+        if process.poll() is None:
+            family = family + family_of(process.pid)
+            with contextlib.suppress(OSError):
+                process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(grace)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        left = [pid for pid, line in set(family) if alive(pid) and command_line(pid) == line]
+        kill_if_lingering(left, min(grace, 5.0), f"{self.name}")
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        self.process, self.family, self.busy = None, [], False
+
+
+def start_driver(fw: Driver, ctx: Context) -> None:
+    """Its driver started and told to start the framework; on failure, note why, stop it."""
+    missing = fw.spec.missing()
+    if missing:
+        fw.status = f"{NOT_INSTALLED} (no {missing})"
+        progress(f"{fw.name}: {fw.status}")
+        return
+    progress(f"starting {fw.name} ...")
+    try:
+        fw.spawn()
+        command = {"op": "start", "warm_up": ctx.args.warm_up}
+        reply = fw.request(command, START_DEADLINE + ANSWER_MARGIN)
+    except Exception as exc:
+        fw.status = f"failed to start: {exc if isinstance(exc, DRIVER_ERRORS) else short(exc)}"
+        progress(f"{fw.name}: {fw.status}")
+        stop_driver(fw)
+        return
+    fw.startup_s, fw.status, fw.needs_restart = reply["startup_s"], "ok", False
+    fw.pids.append(reply["pid"])
+    progress(f"{fw.name} up in {fw.startup_s:.2f}s ({fw.version}; driver pid {reply['pid']})")
+
+
+def stop_driver(fw: Driver) -> None:
+    """Told to stop where it can hear it (it is idle), else SIGTERM; killed if need be."""
+    process = fw.process
+    if process is None:
+        return
+    if process.poll() is None and not fw.busy:
+        try:
+            fw.ask({"op": "stop"}, STOP_WAIT)
+            process.wait(STOP_WAIT)
+        except (OSError, ValueError, TimeoutError, DriverExited, subprocess.TimeoutExpired) as exc:
+            progress(f"{fw.name}: stopping its driver: {short(exc)}")
+    fw.kill(STOP_WAIT)
+
+
+def restart_driver(fw: Driver, ctx: Context) -> None:
+    """After a failed or timed-out measurement: a fresh driver, so leftovers skew nothing."""
+    progress(f"restarting {fw.name} after a failed measurement ...")
+    stop_driver(fw)
+    start_driver(fw, ctx)
+
+
+DRIVER_ERRORS = (DriverExited, DriverFailed, DriverHung, DriverTimedOut)
+
+
+def failure(exc: BaseException, deadline_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"timed out (deadline {deadline_s:g}s)"
+    if isinstance(exc, DRIVER_ERRORS):
+        return f"failed: {exc}"
+    return f"failed: {short(exc)}"
 
 
 @dataclass
@@ -817,13 +1193,12 @@ class Context:
 
     args: argparse.Namespace
     sizes: dict[str, int]
-    frameworks: list[Framework]
+    frameworks: list[Driver]
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     spin_count: int = 0
     spin_expected: int = 0
     spin_call_ms: float = 0.0
     serial_cpu_s: list[float] = field(default_factory=list)
-    blobs: list[bytes] | None = None
     idle_cpu_percent: float | None = None
     started_at: str = ""
     interrupted: bool = False
@@ -854,137 +1229,6 @@ def _timed(fn: Callable[[int], Any], arg: int) -> float:
     return time.perf_counter() - start
 
 
-def warm_up(fw: Framework, n: int, deadline: float) -> None:
-    """A few hundred no-op tasks, some round trips, and each other kind of task once or twice."""
-    check_exactly_once(fw.bulk(noop, range(n), deadline), n)
-    for i in range(20):
-        if fw.call(noop, i, deadline) != i:
-            raise WrongResult(f"warm-up round trip {i} came back wrong")
-    check_all_equal(fw.bulk(spin, [1000] * 4, deadline), 4, spin(1000))
-    check_all_equal(fw.bulk(length, [b"x" * 4096] * 4, deadline), 4, 4096)
-    check_exactly_once(fw.fanout(min(n, 100), deadline), min(n, 100))
-
-
-def start_framework(fw: Framework, ctx: Context) -> None:
-    """Start, time to the first result, warm up; on failure, note why and stop what started."""
-    missing = fw.missing()
-    if missing:
-        fw.status = f"{NOT_INSTALLED} (no {missing})"
-        progress(f"{fw.name}: {fw.status}")
-        return
-    progress(f"starting {fw.name} ...")
-    deadline = time.monotonic() + START_DEADLINE
-    start = time.perf_counter()
-    try:
-        fw.running = True
-        fw.launch()
-        fw.call(noop, 0, deadline)
-        fw.startup_s = time.perf_counter() - start
-        warm_up(fw, ctx.args.warm_up, deadline)
-    except Exception as exc:
-        fw.status = f"failed to start: {short(exc)}"
-        progress(f"{fw.name}: {fw.status}")
-        stop_framework(fw)
-        return
-    fw.status, fw.needs_restart = "ok", False
-    progress(f"{fw.name} up in {fw.startup_s:.2f}s ({fw.version})")
-
-
-def stop_framework(fw: Framework) -> None:
-    if not fw.running:
-        return
-    fw.running = False
-    try:
-        fw.shutdown()
-    except Exception as exc:
-        progress(f"{fw.name}: shutting down raised {short(exc)}")
-
-
-def restart_framework(fw: Framework, ctx: Context) -> None:
-    """After a failed or timed-out measurement: a fresh start, so leftovers skew nothing."""
-    progress(f"restarting {fw.name} after a failed measurement ...")
-    stop_framework(fw)
-    start_framework(fw, ctx)
-
-
-def failure(exc: BaseException, deadline_s: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"timed out (deadline {deadline_s:g}s)"
-    return f"failed: {short(exc)}"
-
-
-# Each workload's measurement: (framework, context, deadline) -> one repetition's numbers.
-
-
-def measure_noop(fw: Framework, ctx: Context, deadline: float) -> dict[str, Any]:
-    n = ctx.sizes["noop"]
-    start = time.perf_counter()
-    results = fw.bulk(noop, range(n), deadline)
-    elapsed = time.perf_counter() - start
-    check_exactly_once(results, n)
-    return {"seconds": elapsed, "tasks_per_s": n / elapsed}
-
-
-def measure_latency(fw: Framework, ctx: Context, deadline: float) -> dict[str, Any]:
-    samples = []
-    for i in range(ctx.sizes["latency"]):
-        start = time.perf_counter()
-        result = fw.call(noop, i, deadline)
-        samples.append((time.perf_counter() - start) * 1000)
-        if result != i:
-            raise WrongResult(f"round trip {i} returned {result!r}")
-    p50, p99 = percentiles(samples)
-    return {"p50_ms": p50, "p99_ms": p99, "mean_ms": statistics.fmean(samples)}
-
-
-def measure_cpu(fw: Framework, ctx: Context, deadline: float) -> dict[str, Any]:
-    n, serial = ctx.sizes["cpu"], ctx.serial_cpu_s[-1]
-    start = time.perf_counter()
-    results = fw.bulk(spin, [ctx.spin_count] * n, deadline)
-    elapsed = time.perf_counter() - start
-    check_all_equal(results, n, ctx.spin_expected)
-    speedup = serial / elapsed
-    return {
-        "seconds": elapsed,
-        "serial_s": serial,
-        "speedup": speedup,
-        "efficiency_pct": 100 * speedup / WORKERS,
-    }
-
-
-def measure_bigarg(fw: Framework, ctx: Context, deadline: float) -> dict[str, Any]:
-    blobs = ctx.blobs
-    start = time.perf_counter()
-    results = fw.bulk(length, blobs, deadline)
-    elapsed = time.perf_counter() - start
-    check_all_equal(results, len(blobs), MIB)
-    return {"seconds": elapsed, "mib_per_s": len(blobs) / elapsed}
-
-
-def measure_fanout(fw: Framework, ctx: Context, deadline: float) -> dict[str, Any]:
-    n = ctx.sizes["fanout"]
-    start = time.perf_counter()
-    results = fw.fanout(n, deadline)
-    elapsed = time.perf_counter() - start
-    check_exactly_once(results, n)
-    return {"seconds": elapsed, "tasks_per_s": n / elapsed}
-
-
-def measure_queue(fw: Framework, ctx: Context, deadline: float) -> dict[str, Any]:
-    numbers = fw.queue(ctx.sizes["queue1m"], deadline)
-    gc.collect()  # a million futures and results, gone before anything else runs
-    return numbers
-
-
-MEASURE: dict[str, Callable[[Framework, Context, float], dict[str, Any]]] = {
-    "noop": measure_noop,
-    "latency": measure_latency,
-    "cpu": measure_cpu,
-    "bigarg": measure_bigarg,
-    "fanout": measure_fanout,
-    "queue1m": measure_queue,
-}
-
 QUEUE_NOT_RUN = "not run: queue1m runs on taskswarm and mp.Pool only"
 
 
@@ -999,45 +1243,49 @@ def summary(workload: str, numbers: dict[str, Any]) -> str:
     return f"{numbers['tasks_per_s']:,.0f} tasks/s in {numbers['seconds']:.2f} s"
 
 
-def measure_cell(fw: Framework, ctx: Context, workload: str) -> None:
-    """One measurement of one framework, recorded in its cell (or why there is none)."""
+def measure_cell(fw: Driver, ctx: Context, workload: str) -> None:
+    """One measurement of one framework, by its driver, recorded in its cell (or why none)."""
     cell = ctx.cell(workload, fw.name)
     if workload == "queue1m" and not fw.runs_queue:
         cell.status = QUEUE_NOT_RUN
         return
     if fw.status == "ok" and fw.needs_restart:
-        restart_framework(fw, ctx)
+        restart_driver(fw, ctx)
     if fw.status != "ok" or cell.status != "ok":
         cell.status = fw.status if cell.status == "ok" else cell.status
         return
     deadline_s = ctx.args.deadline * (3 if workload == "queue1m" else 1)
+    command = {
+        "op": "measure",
+        "workload": workload,
+        "deadline_s": deadline_s,
+        "sizes": ctx.sizes,
+        "spin_count": ctx.spin_count,
+        "spin_expected": ctx.spin_expected,
+        "serial_cpu_s": ctx.serial_cpu_s[-1] if ctx.serial_cpu_s else None,
+    }
     try:
-        numbers = MEASURE[workload](fw, ctx, time.monotonic() + deadline_s)
+        numbers = fw.request(command, deadline_s + ANSWER_MARGIN)["numbers"]
     except Exception as exc:
         cell.status = failure(exc, deadline_s)
         fw.needs_restart = True
         progress(f"  {fw.name} {workload}: {cell.status}")
+        if isinstance(exc, DriverHung):  # it cannot be told: SIGTERM, then SIGKILL
+            fw.kill(CLOSE_TIMEOUT)
+        elif isinstance(exc, DriverExited):  # what it started may still be running
+            fw.kill(0.0)
         return
     cell.runs.append(numbers)
     progress(f"  {fw.name} {workload}: {summary(workload, numbers)}")
 
 
-@contextlib.contextmanager
-def prepared(ctx: Context, workload: str) -> Iterator[None]:
-    """What a workload needs in this repetition: the serial reference, the 1 MiB arguments."""
-    if workload == "cpu":
-        start = time.perf_counter()
-        results = [spin(ctx.spin_count) for _ in range(ctx.sizes["cpu"])]
-        ctx.serial_cpu_s.append(time.perf_counter() - start)
-        check_all_equal(results, ctx.sizes["cpu"], ctx.spin_expected)
-        progress(f"  serial in this process: {ctx.serial_cpu_s[-1]:.2f} s")
-    elif workload == "bigarg":
-        base = os.urandom(MIB - 8)  # every task gets its own object: no framework can dedupe
-        ctx.blobs = [base + i.to_bytes(8, "little") for i in range(ctx.sizes["bigarg"])]
-    try:
-        yield
-    finally:
-        ctx.blobs = None
+def measure_serial(ctx: Context) -> None:
+    """``cpu``'s serial reference for this repetition, here, where no framework lives."""
+    start = time.perf_counter()
+    results = [spin(ctx.spin_count) for _ in range(ctx.sizes["cpu"])]
+    ctx.serial_cpu_s.append(time.perf_counter() - start)
+    check_all_equal(results, ctx.sizes["cpu"], ctx.spin_expected)
+    progress(f"  serial in the orchestrating process: {ctx.serial_cpu_s[-1]:.2f} s")
 
 
 def run_repetition(ctx: Context, repeat: int) -> None:
@@ -1046,19 +1294,35 @@ def run_repetition(ctx: Context, repeat: int) -> None:
         if workload == "queue1m":
             continue
         progress(f"repetition {repeat + 1}/{ctx.args.repeats}: {workload}")
-        with prepared(ctx, workload):
-            for fw in order:
-                measure_cell(fw, ctx, workload)
+        if workload == "cpu":
+            measure_serial(ctx)
+        for fw in order:
+            measure_cell(fw, ctx, workload)
+
+
+def stop_everything(ctx: Context) -> None:
+    """Every driver stopped, one by one; a second Ctrl-C kills what is left at once."""
+    progress("shutting everything down ...")
+    try:
+        for fw in reversed(ctx.frameworks):
+            stop_driver(fw)
+    except KeyboardInterrupt:
+        progress("interrupted again: killing every driver that is left")
+        for fw in ctx.frameworks:
+            fw.kill(0.0)
+        raise
+    finally:
+        reap_leftovers()
 
 
 def run(ctx: Context) -> None:
-    """The whole run; every framework is shut down at the end, however it ends."""
+    """The whole run; every driver (and so every framework) is stopped at the end, however it
+    ends."""
     ctx.spin_count, ctx.spin_expected, ctx.spin_call_ms = calibrate_spin()
     progress(f"cpu task: spin({ctx.spin_count:,}) takes {ctx.spin_call_ms:.1f} ms here")
     try:
-        # Frameworks that fork this process start before any other has started threads.
-        for fw in sorted(ctx.frameworks, key=lambda f: not f.forks):
-            start_framework(fw, ctx)
+        for fw in ctx.frameworks:
+            start_driver(fw, ctx)
         ctx.idle_cpu_percent = cpu_busy_percent(2.0)
         if ctx.idle_cpu_percent is not None:
             progress(f"all started; CPU busy while idle: {ctx.idle_cpu_percent:.1f}%")
@@ -1066,15 +1330,11 @@ def run(ctx: Context) -> None:
             run_repetition(ctx, repeat)
         if "queue1m" in ctx.args.workloads:
             progress(f"queue1m: {ctx.sizes['queue1m']:,} tasks at once, once")
-            # mp.Pool's small queue first: memory the big runs free stays resident here, and
-            # a later run that reuses it shows less growth than it caused.
+            # mp.Pool's small queue first, as before the drivers were separate processes.
             for fw in sorted(ctx.frameworks, key=lambda f: f.name != "mp.Pool"):
                 measure_cell(fw, ctx, "queue1m")
     finally:
-        progress("shutting everything down ...")
-        for fw in reversed(ctx.frameworks):
-            stop_framework(fw)
-        reap_leftovers()
+        stop_everything(ctx)
 
 
 # -- reporting -----------------------------------------------------------------------------------
@@ -1132,7 +1392,7 @@ TABLES: dict[str, tuple[str, list[Column]]] = {
         ],
     ),
     "cpu": (
-        "{n:,} tasks of ~20 ms pure Python; speedup over the same calls run serially here",
+        "{n:,} tasks of ~20 ms pure Python; speedup over the same calls run serially",
         [
             ("seconds", metric("seconds", ".2f")),
             ("speedup", metric("speedup", ".2f")),
@@ -1170,16 +1430,18 @@ TABLES: dict[str, tuple[str, list[Column]]] = {
 }
 
 NOTES = {
-    "cpu": "Serial reference: the same calls in this process at the start of each repetition, "
-    "median {serial} s; the calibration, before any framework started, predicts {predicted:.2f} s "
-    "({call_ms:.1f} ms a call). This process also runs the peers' client threads, so the serial "
-    "run can be the slower one: an efficiency (speedup / {workers} workers) above 100% says so.",
-    "fanout": "taskswarm runs it as a task system on the master; the peers drive it from this "
-    "script as completions arrive (executors: a done-callback queue; dask: as_completed; "
+    "cpu": "Serial reference: the same calls at the start of each repetition in the "
+    "orchestrating process, which hosts no framework (each one's client lives in a driver "
+    "process of its own), median {serial} s; the calibration, before any framework started, "
+    "predicts {predicted:.2f} s ({call_ms:.1f} ms a call). The idle frameworks still share the "
+    "CPUs, so an efficiency (speedup / {workers} workers) above 100% says the serial run was "
+    "the one slowed down.",
+    "fanout": "taskswarm runs it as a task system on the master; the peers drive it from their "
+    "driver process as completions arrive (executors: a done-callback queue; dask: as_completed; "
     "ray: ray.wait; mp.Pool: apply_async callbacks).",
     "queue1m": "Peak RSS counts from just before the push; growth is that peak less the RSS "
-    "the process held then. The driver is this script's process; mp.Pool has no master: its "
-    "queue lives in the driver. first result: from the start of the push.",
+    "the process held then. The driver is the framework's own driver process; mp.Pool has no "
+    "master: its queue lives in the driver. first result: from the start of the push.",
 }
 
 
@@ -1264,6 +1526,7 @@ def report(ctx: Context) -> dict[str, Any]:
         },
         "environment": {
             "date": ctx.started_at,
+            "orchestrator_pid": os.getpid(),
             "python": platform.python_version(),
             "implementation": platform.python_implementation(),
             "platform": platform.platform(),
@@ -1274,7 +1537,12 @@ def report(ctx: Context) -> dict[str, Any]:
             "cloudpickle": distribution_version("cloudpickle"),
         },
         "frameworks": {
-            fw.name: {"version": fw.version, "startup_s": fw.startup_s, "status": fw.status}
+            fw.name: {
+                "version": fw.version,
+                "startup_s": fw.startup_s,
+                "status": fw.status,
+                "driver_pids": fw.pids,
+            }
             for fw in ctx.frameworks
         },
         "serial_cpu_s": ctx.serial_cpu_s,
@@ -1374,6 +1642,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=str(Path(__file__).resolve().parent / "peers.json"),
         help="where to write the results as JSON (default: benchmarks/peers.json)",
     )
+    parser.add_argument("--driver", choices=list(FRAMEWORKS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.warm_up = QUICK_WARM_UP if args.quick else WARM_UP
     return args
@@ -1406,16 +1675,16 @@ def main(argv: list[str] | None = None) -> int:
     global WORKERS
     args = parse_args(argv)
     WORKERS = args.workers
+    if args.driver:
+        return serve(args.driver)
     ctx = Context(
         args=args,
         sizes=sizes_for(args),
-        frameworks=[FRAMEWORKS[name]() for name in args.frameworks],
+        frameworks=[Driver(name) for name in args.frameworks],
         started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
-    # SIGTERM shuts down as cleanly as Ctrl-C does: the finally blocks stop every framework.
-    # Processes forked from here (pool workers) get the default back: terminate() must kill them.
+    # SIGTERM shuts down as cleanly as Ctrl-C does: the finally blocks stop every driver.
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    os.register_at_fork(after_in_child=_default_sigterm)
     try:
         run(ctx)
     except KeyboardInterrupt:
