@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import taskswarm as ts
+from taskswarm.managers.process_pool import ProcessPoolManager
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.02):
@@ -142,3 +144,22 @@ def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
             os.environ.pop("XDG_DATA_HOME", None)
         else:
             os.environ["XDG_DATA_HOME"] = old
+
+
+@pytest.fixture
+def make_pool() -> Iterator[Callable[[int], ProcessPoolManager]]:
+    """Process-pool task managers (not started), each with a unique identity (its workers'
+    name), always stopped at the end of the test."""
+    pools: list[ProcessPoolManager] = []
+
+    def make(workers: int) -> ProcessPoolManager:
+        pool = ProcessPoolManager(workers)
+        pool.init(f"test-{uuid.uuid4().hex[:8]}", "tcp://127.0.0.1:0")
+        pools.append(pool)
+        return pool
+
+    try:
+        yield make
+    finally:
+        for pool in pools:
+            pool.stop()

@@ -12,8 +12,7 @@ import sqlite3
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import cloudpickle
 import pytest
@@ -46,26 +45,10 @@ def _tasks_travel_by_value() -> Iterator[None]:
         cloudpickle.unregister_pickle_by_value(module)
 
 
-@pytest.fixture
-def make_pool() -> Iterator[Callable[[int], ProcessPoolManager]]:
-    pools: list[ProcessPoolManager] = []
-
-    def make(workers: int) -> ProcessPoolManager:
-        pool = ProcessPoolManager(workers)
-        pool.init(f"test-{uuid.uuid4().hex[:8]}", "tcp://127.0.0.1:0")
-        pools.append(pool)
-        pool.start()
-        return pool
-
-    try:
-        yield make
-    finally:
-        for pool in pools:
-            pool.stop()
-
-
 def learn_short_tasks(pool: ProcessPoolManager) -> None:
-    """Run many instant tasks: the pool learns tasks are short and pipelines deeply."""
+    """Start the pool and run many instant tasks: it learns tasks are short and pipelines
+    deeply."""
+    pool.start()
     for i in range(300):
         push(pool, FunctionTask(abs, -i))
     assert pool.wait_for_all(timeout=DEADLINE)

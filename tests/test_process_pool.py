@@ -14,9 +14,8 @@ import queue
 import signal
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -58,24 +57,6 @@ def _tasks_travel_by_value() -> Iterator[None]:
 
 
 # -- fixtures and helpers ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_pool() -> Iterator[Callable[[int], ProcessPoolManager]]:
-    """Builds managers with a unique identity (their workers' name) and always stops them."""
-    pools: list[ProcessPoolManager] = []
-
-    def make(workers: int) -> ProcessPoolManager:
-        pool = ProcessPoolManager(workers)
-        pool.init(f"test-{uuid.uuid4().hex[:8]}", "tcp://127.0.0.1:0")
-        pools.append(pool)
-        return pool
-
-    try:
-        yield make
-    finally:
-        for pool in pools:
-            pool.stop()
 
 
 def push(pool: ProcessPoolManager, task: Task) -> str:
