@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import taskswarm as ts
+from procs import descendants, proc_stat
 
 SCENARIOS = ("slave-kill", "master-kill", "poison", "cancel")
 
@@ -301,35 +302,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _proc_stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, state) of a process, or None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[1]), fields[0]
-
-
 def alive(pid: int) -> bool:
-    stat = _proc_stat(pid)
+    stat = proc_stat(pid)
     return stat is not None and stat[1] not in ("Z", "X")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] not in ("Z", "X"):
-                children.setdefault(stat[0], []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def _sigkill(pid: int) -> None:

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import taskswarm as ts
+from procs import descendants
 
 PROCESSES = ("app", "master", "slave", "workers")
 
@@ -43,24 +44,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (the slave's forkserver and its workers)."""
-    found: list[int] = []
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for thread in threads:
-        try:
-            with open(f"/proc/{pid}/task/{thread}/children") as file:
-                kids = [int(k) for k in file.read().split()]
-        except OSError:
-            continue
-        for kid in kids:
-            found += [kid, *children(kid)]
-    return found
-
-
 def snapshot(cluster: ts.LocalCluster) -> dict[str, float]:
     assert cluster.master_process is not None
     slave = cluster.slave_processes[0].pid
@@ -68,7 +51,7 @@ def snapshot(cluster: ts.LocalCluster) -> dict[str, float]:
         "app": cpu_seconds(os.getpid()),
         "master": cpu_seconds(cluster.master_process.pid),
         "slave": cpu_seconds(slave),
-        "workers": sum(cpu_seconds(p) for p in children(slave)),
+        "workers": sum(cpu_seconds(p) for p in descendants(slave)),
     }
 
 

@@ -79,6 +79,7 @@ from pathlib import Path
 from typing import Any
 
 import taskswarm as ts
+from procs import descendants
 
 MIB = 1 << 20
 #: Worker processes every framework gets.
@@ -284,26 +285,6 @@ def cpu_busy_percent(seconds: float) -> float | None:
     return 100.0 * (1 - (idle1 - idle0) / total) if total > 0 else None
 
 
-def live_descendants(pid: int) -> list[int]:
-    """Every live (not zombie) process below ``pid``, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
 def command_line(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -315,7 +296,7 @@ def descendants_running(marker: bytes) -> list[int]:
     """This script's live descendants whose command line contains ``marker``."""
     if not Path("/proc/self/stat").exists():
         return []
-    return [pid for pid in live_descendants(os.getpid()) if marker in command_line(pid)]
+    return [pid for pid in descendants(os.getpid()) if marker in command_line(pid)]
 
 
 def alive(pid: int) -> bool:
@@ -347,9 +328,7 @@ def reap_leftovers(grace: float = 10.0) -> None:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        left = [
-            p for p in live_descendants(os.getpid()) if b"resource_tracker" not in command_line(p)
-        ]
+        left = [p for p in descendants(os.getpid()) if b"resource_tracker" not in command_line(p)]
         if not left:
             return
         time.sleep(0.2)
@@ -1015,7 +994,7 @@ class DriverTimedOut(TimeoutError):
 def family_of(pid: int) -> list[tuple[int, bytes]]:
     """The live processes below ``pid``, each with its command line (so a reused pid is told
     apart)."""
-    return [(child, command_line(child)) for child in live_descendants(pid)]
+    return [(child, command_line(child)) for child in descendants(pid)]
 
 
 class Driver:

@@ -21,6 +21,9 @@ HARNESS = Path(__file__).resolve().parent.parent / "benchmarks" / "chaos.py"
 
 
 def _load_harness():
+    # The harness imports its sibling ``procs``, as it does when run from benchmarks/.
+    if str(HARNESS.parent) not in sys.path:
+        sys.path.append(str(HARNESS.parent))
     spec = importlib.util.spec_from_file_location("taskswarm_chaos", HARNESS)
     module = importlib.util.module_from_spec(spec)
     # In sys.modules (so dataclasses and cloudpickle find it); it is no installed package, so
