@@ -34,6 +34,10 @@ def noop(x: Any) -> Any:
     return x
 
 
+def length(data: bytes) -> int:
+    return len(data)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process so far (0 once it is gone)."""
     try:
@@ -55,14 +59,22 @@ def snapshot(cluster: ts.LocalCluster) -> dict[str, float]:
     }
 
 
-def one_run(app: ts.Application, cluster: ts.LocalCluster, n: int) -> dict[str, float]:
+def one_run(
+    app: ts.Application, cluster: ts.LocalCluster, n: int, arg_bytes: int
+) -> dict[str, float]:
     before = snapshot(cluster)
     start = time.perf_counter()
-    futures = app.push_tasks(ts.FunctionTask(noop, i) for i in range(n))
+    if arg_bytes:
+        data = bytes(arg_bytes)
+        futures = app.push_tasks(ts.FunctionTask(length, data) for _ in range(n))
+        expected = [arg_bytes] * n
+    else:
+        futures = app.push_tasks(ts.FunctionTask(noop, i) for i in range(n))
+        expected = list(range(n))
     done, not_done = concurrent.futures.wait(futures, timeout=60 + n / 1000)
     elapsed = time.perf_counter() - start
     after = snapshot(cluster)
-    if not_done or sorted(f.result() for f in done) != list(range(n)):
+    if not_done or sorted(f.result() for f in done) != expected:
         raise RuntimeError(f"{len(not_done)} of {n} tasks did not come back right")
     row = {name: (after[name] - before[name]) / n * 1e6 for name in PROCESSES}
     row["tasks/s"] = n / elapsed
@@ -77,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--durable", action="store_true", help="give the master a journal (a state directory)"
     )
+    parser.add_argument(
+        "--arg-bytes",
+        type=int,
+        default=0,
+        help="give every task a bytes argument this long and have it return the length"
+        " (0: no-op tasks)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="taskswarm-cost-") as state:
         cluster = ts.LocalCluster(
@@ -88,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         with cluster, cluster.connect() as app:
             for future in app.push_tasks(ts.FunctionTask(noop, i) for i in range(2000)):
                 future.result(timeout=60)
-            rows = [one_run(app, cluster, args.tasks) for _ in range(args.repeats)]
+            rows = [one_run(app, cluster, args.tasks, args.arg_bytes) for _ in range(args.repeats)]
     medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
     total = sum(medians[name] for name in PROCESSES)
     print(
-        f"{args.tasks:,} no-op tasks, LocalCluster(slaves=1, workers=2, {args.scheduler})"
+        f"{args.tasks:,} {f'{args.arg_bytes:,}-byte-argument' if args.arg_bytes else 'no-op'}"
+        " tasks, LocalCluster(slaves=1, workers=2, {args.scheduler})"
         f"{', durable' if args.durable else ''}; median of {args.repeats}"
     )
     print("| tasks/s | " + " | ".join(f"{p} µs" for p in PROCESSES) + " | total µs |")

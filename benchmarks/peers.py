@@ -20,8 +20,9 @@ Workloads (``--workloads``):
 * ``latency``: 1,000 sequential submit-and-wait round trips: p50 and p99 in ms;
 * ``cpu``: 200 tasks of ~20 ms of pure-Python work (the loop count is calibrated once, at
   start-up, in the orchestrating process): seconds, and the speedup over the same 200 calls run
-  serially in the orchestrating process, which hosts no framework, in the same repetition
-  (efficiency = speedup / 2 workers);
+  serially just before, in the same driver process (efficiency = speedup / 2 workers). The
+  reference is taken again for every measurement because a shared machine's speed drifts by
+  ±10 % within a run;
 * ``bigarg``: 500 tasks each given its own 1 MiB ``bytes`` and returning its length: MiB/s of
   arguments moved;
 * ``fanout``: 20,000 tasks in all, every finished task creating two more until the total is
@@ -787,7 +788,6 @@ class Job:
     sizes: dict[str, int]
     spin_count: int = 0
     spin_expected: int = 0
-    serial_cpu_s: float | None = None
     blobs: list[bytes] = field(default_factory=list)
 
 
@@ -854,9 +854,10 @@ def measure_latency(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
 
 
 def measure_cpu(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
-    n, serial = job.sizes["cpu"], job.serial_cpu_s
-    if serial is None:
-        raise ValueError("no serial reference for cpu")
+    n = job.sizes["cpu"]
+    start = time.perf_counter()
+    check_all_equal([spin(job.spin_count) for _ in range(n)], n, job.spin_expected)
+    serial = time.perf_counter() - start
     start = time.perf_counter()
     results = fw.bulk(spin, [job.spin_count] * n, deadline)
     elapsed = time.perf_counter() - start
@@ -911,7 +912,6 @@ def measure_in_driver(fw: Framework, command: dict[str, Any]) -> dict[str, Any]:
         sizes=command["sizes"],
         spin_count=command["spin_count"],
         spin_expected=command["spin_expected"],
-        serial_cpu_s=command["serial_cpu_s"],
     )
     if workload == "bigarg":
         base = os.urandom(MIB - 8)  # every task gets its own object: no framework can dedupe
@@ -1177,7 +1177,16 @@ class Context:
     spin_count: int = 0
     spin_expected: int = 0
     spin_call_ms: float = 0.0
-    serial_cpu_s: list[float] = field(default_factory=list)
+
+    def serial_cpu_s(self) -> list[float]:
+        """Every ``cpu`` measurement's serial reference, from all frameworks' drivers."""
+        return [
+            run["serial_s"]
+            for (workload, _), cell in sorted(self.cells.items())
+            if workload == "cpu"
+            for run in cell.runs
+        ]
+
     idle_cpu_percent: float | None = None
     started_at: str = ""
     interrupted: bool = False
@@ -1241,7 +1250,6 @@ def measure_cell(fw: Driver, ctx: Context, workload: str) -> None:
         "sizes": ctx.sizes,
         "spin_count": ctx.spin_count,
         "spin_expected": ctx.spin_expected,
-        "serial_cpu_s": ctx.serial_cpu_s[-1] if ctx.serial_cpu_s else None,
     }
     try:
         numbers = fw.request(command, deadline_s + ANSWER_MARGIN)["numbers"]
@@ -1258,23 +1266,12 @@ def measure_cell(fw: Driver, ctx: Context, workload: str) -> None:
     progress(f"  {fw.name} {workload}: {summary(workload, numbers)}")
 
 
-def measure_serial(ctx: Context) -> None:
-    """``cpu``'s serial reference for this repetition, here, where no framework lives."""
-    start = time.perf_counter()
-    results = [spin(ctx.spin_count) for _ in range(ctx.sizes["cpu"])]
-    ctx.serial_cpu_s.append(time.perf_counter() - start)
-    check_all_equal(results, ctx.sizes["cpu"], ctx.spin_expected)
-    progress(f"  serial in the orchestrating process: {ctx.serial_cpu_s[-1]:.2f} s")
-
-
 def run_repetition(ctx: Context, repeat: int) -> None:
     order = ctx.frameworks if repeat % 2 == 0 else ctx.frameworks[::-1]
     for workload in ctx.args.workloads:
         if workload == "queue1m":
             continue
         progress(f"repetition {repeat + 1}/{ctx.args.repeats}: {workload}")
-        if workload == "cpu":
-            measure_serial(ctx)
         for fw in order:
             measure_cell(fw, ctx, workload)
 
@@ -1409,12 +1406,11 @@ TABLES: dict[str, tuple[str, list[Column]]] = {
 }
 
 NOTES = {
-    "cpu": "Serial reference: the same calls at the start of each repetition in the "
-    "orchestrating process, which hosts no framework (each one's client lives in a driver "
-    "process of its own), median {serial} s; the calibration, before any framework started, "
-    "predicts {predicted:.2f} s ({call_ms:.1f} ms a call). The idle frameworks still share the "
-    "CPUs, so an efficiency (speedup / {workers} workers) above 100% says the serial run was "
-    "the one slowed down.",
+    "cpu": "Serial reference: the same calls run just before each measurement in the same driver "
+    "process (the framework's client), median {serial} s; the calibration, before any framework "
+    "started, predicts {predicted:.2f} s ({call_ms:.1f} ms a call). The idle frameworks still "
+    "share the CPUs, so an efficiency (speedup / {workers} workers) above 100% says the serial "
+    "run was the one slowed down.",
     "fanout": "taskswarm runs it as a task system on the master; the peers drive it from their "
     "driver process as completions arrive (executors: a done-callback queue; dask: as_completed; "
     "ray: ray.wait; mp.Pool: apply_async callbacks).",
@@ -1448,7 +1444,8 @@ def render_workload(ctx: Context, workload: str) -> list[str]:
         note = "" if cell.status == "ok" else cell.status
         lines.append(f"| {fw.name} | {values} | {note} |")
     if workload in NOTES:
-        serial = fmt(statistics.median(ctx.serial_cpu_s) if ctx.serial_cpu_s else None, ".2f")
+        serials = ctx.serial_cpu_s()
+        serial = fmt(statistics.median(serials) if serials else None, ".2f")
         note = NOTES[workload].format(
             serial=serial,
             predicted=ctx.spin_call_ms * ctx.sizes["cpu"] / 1000,
@@ -1524,7 +1521,7 @@ def report(ctx: Context) -> dict[str, Any]:
             }
             for fw in ctx.frameworks
         },
-        "serial_cpu_s": ctx.serial_cpu_s,
+        "serial_cpu_s": ctx.serial_cpu_s(),
         "interrupted": ctx.interrupted,
         "results": cells,
     }
