@@ -31,6 +31,7 @@ EXPORTS = [
     "LocalCluster",
     "MasterUnreachable",
     "RemoteTraceback",
+    "ResourceUnavailable",
     "SystemHandle",
     "Task",
     "TaskError",

@@ -196,7 +196,24 @@ def keygen(path: str, force: bool, curve: bool) -> None:
     "--strategy",
     default="load",
     show_default=True,
-    help="Schedule strategy by name: load (in flight per worker) or round-robin.",
+    help="Schedule strategy by name: load (fewest tasks in flight per worker), throughput "
+    "(shortest expected wait, from each slave's measured task durations), two-choices (the "
+    "better of two random slaves), random, round-robin, or one a plugin registers.",
+)
+@click.option(
+    "--stealing/--no-stealing",
+    default=True,
+    show_default=True,
+    help="Move tasks a busy slave holds but has not started to slaves that sit idle.",
+)
+@click.option(
+    "--resource-wait",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="How long a task may wait for resources (Task.resources) that no slave offers before "
+    "it fails with ResourceUnavailable; 'inf' waits for ever.",
 )
 @click.option(
     "--prefetch",
@@ -235,6 +252,8 @@ def master(
     dashboard: str | None,
     scheduler: str,
     strategy: str,
+    stealing: bool,
+    resource_wait: float,
     prefetch: int,
     heartbeat: float,
     slave_timeout: float,
@@ -270,10 +289,32 @@ def master(
         state_dir=state_dir,
         max_crashes=max_crashes,
         max_message_bytes=max_message_mib * 1024 * 1024,
+        stealing=stealing,
+        resource_wait=resource_wait,
     )
     _stop_on_signals(node)
     _tune_gc()
     node.serve(ready_file)
+
+
+def _parse_resources_option(value: str | None) -> dict[str, float] | None:
+    """``gpu=2,mem=16`` -> ``{"gpu": 2.0, "mem": 16.0}``, or a usage error saying what is wrong."""
+    if not value:
+        return None
+    resources: dict[str, float] = {}
+    for item in value.split(","):
+        name, sep, amount = item.strip().partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            resources[name.strip()] = float(amount)
+        except ValueError:
+            raise click.BadParameter(
+                f"{item.strip()!r} is not NAME=AMOUNT; write e.g. --resources gpu=2,mem=16"
+            ) from None
+        if not resources[name.strip()] >= 0:
+            raise click.BadParameter(f"{item.strip()!r}: the amount must be a number >= 0")
+    return resources
 
 
 def _tune_gc() -> None:
@@ -315,6 +356,14 @@ def _default_state_dir(bind: str) -> Path:
     type=click.FloatRange(0),
     help="On SIGINT/SIGTERM, seconds to let running tasks finish before handing them back.",
 )
+@click.option(
+    "--resources",
+    metavar="NAME=AMOUNT[,...]",
+    default=None,
+    callback=lambda ctx, param, value: _parse_resources_option(value),
+    help="What this slave offers tasks that declare needs (Task.resources), e.g. gpu=2,mem=16: "
+    "a task needing gpu=1 runs only where one is free.",
+)
 @_max_message_option()
 def slave(
     master_address: str,
@@ -323,6 +372,7 @@ def slave(
     manager: str,
     heartbeat: float,
     grace: float,
+    resources: dict[str, float] | None,
     max_message_mib: int,
 ) -> None:
     """Run a slave node for the master at MASTER (tcp://HOST:PORT)."""
@@ -337,6 +387,7 @@ def slave(
         heartbeat_interval=heartbeat,
         grace=grace,
         max_message_bytes=max_message_mib * 1024 * 1024,
+        resources=resources,
     )
     _stop_on_signals(node)
     _tune_gc()

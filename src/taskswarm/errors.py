@@ -102,6 +102,11 @@ class TaskTimeout(TaskError):
     """Raised when a task ran past its ``timeout``; its worker was replaced."""
 
 
+class ResourceUnavailable(TaskError):
+    """Raised when a task needs resources (``Task.resources``) that no slave in the cluster
+    offers, and none came within the master's ``--resource-wait``."""
+
+
 class WorkerCrashed(TaskError):
     """Raised when a task killed its worker process (signal or exit code in the message)."""
 

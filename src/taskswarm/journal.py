@@ -25,6 +25,11 @@ from pathlib import Path
 
 __all__ = ["Journal", "NullJournal", "RestoredState", "RestoredSystem"]
 
+_INSERT_TASKS = (
+    "INSERT OR IGNORE INTO tasks (task_id, client_id, system_id, payload, timeout, max_retries,"
+    " name, priority, resources) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
@@ -34,6 +39,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     timeout REAL,
     max_retries INTEGER NOT NULL DEFAULT 0,
     name TEXT NOT NULL DEFAULT '',
+    priority INTEGER NOT NULL DEFAULT 0,
+    resources TEXT,
     retries INTEGER NOT NULL DEFAULT 0,
     crashes INTEGER NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0,
@@ -96,6 +103,8 @@ class Journal:
             ("name", "TEXT NOT NULL DEFAULT ''"),
             ("retries", "INTEGER NOT NULL DEFAULT 0"),
             ("crashes", "INTEGER NOT NULL DEFAULT 0"),
+            ("priority", "INTEGER NOT NULL DEFAULT 0"),
+            ("resources", "TEXT"),
         ):
             if column not in columns:  # a journal from an earlier taskswarm
                 self._db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
@@ -110,8 +119,7 @@ class Journal:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT OR IGNORE INTO tasks (task_id, client_id, system_id, payload, timeout,"
-                " max_retries, name) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                _INSERT_TASKS,
                 rows,
             )
 
@@ -186,8 +194,7 @@ class Journal:
                 (system_id, applied_seq),
             )
             self._db.executemany(
-                "INSERT OR IGNORE INTO tasks (task_id, client_id, system_id, payload, timeout,"
-                " max_retries, name) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                _INSERT_TASKS,
                 new_tasks,
             )
 
@@ -206,8 +213,8 @@ class Journal:
     def load(self) -> RestoredState:
         state = RestoredState()
         for row in self._db.execute(
-            "SELECT task_id, client_id, system_id, payload, timeout, max_retries, name, retries,"
-            " crashes, done, ok, outcome FROM tasks ORDER BY rowid"
+            "SELECT task_id, client_id, system_id, payload, timeout, max_retries, name, priority,"
+            " resources, retries, crashes, done, ok, outcome FROM tasks ORDER BY rowid"
         ):
             *task, done, ok, outcome = row
             if done:

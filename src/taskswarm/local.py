@@ -40,7 +40,10 @@ class LocalCluster:
     """``with LocalCluster(slaves=2, workers=1) as cluster: app = cluster.connect()``.
 
     ``state_dir`` gives the master a journal there (see ``taskswarm master --state-dir``);
-    ``ipc=False`` has the nodes talk over loopback TCP instead of a Unix socket.
+    ``ipc=False`` has the nodes talk over loopback TCP instead of a Unix socket. ``stealing``
+    and ``resource_wait`` are the master's ``--stealing`` and ``--resource-wait``;
+    ``resources`` is what each of the first slaves offers (``taskswarm slave --resources``), and
+    ``add_slave(workers, resources=...)`` adds slaves of other shapes.
     """
 
     def __init__(
@@ -57,9 +60,14 @@ class LocalCluster:
         log_level: str = "warning",
         state_dir: str | os.PathLike[str] | None = None,
         ipc: bool = True,
+        stealing: bool = True,
+        resource_wait: float = 10.0,
+        resources: dict[str, float] | None = None,
     ) -> None:
         self.slaves, self.workers = default_layout(slaves, workers)
         self.scheduler, self.strategy = scheduler, strategy
+        self.stealing, self.resource_wait = stealing, resource_wait
+        self.resources = resources
         self.heartbeat, self.slave_timeout = heartbeat, slave_timeout
         self.start_timeout = start_timeout
         self.log_level = log_level
@@ -116,6 +124,9 @@ class LocalCluster:
             str(self.heartbeat),
             "--slave-timeout",
             str(self.slave_timeout),
+            "--stealing" if self.stealing else "--no-stealing",
+            "--resource-wait",
+            str(self.resource_wait),
         )
         deadline = time.monotonic() + self.start_timeout
         while not ready.exists() or not ready.read_text():
@@ -125,11 +136,17 @@ class LocalCluster:
             time.sleep(0.02)
         self.address = ready.read_text().strip()
         for _ in range(self.slaves):
-            self.add_slave(self.workers, wait=False)
+            self.add_slave(self.workers, wait=False, resources=self.resources)
         self.wait_for_slaves(self.slaves, max(1.0, deadline - time.monotonic()))
 
-    def add_slave(self, workers: int | None = None, wait: bool = True) -> subprocess.Popen:
-        """Start one more slave process (it registers by itself)."""
+    def add_slave(
+        self,
+        workers: int | None = None,
+        wait: bool = True,
+        resources: dict[str, float] | None = None,
+    ) -> subprocess.Popen:
+        """Start one more slave process (it registers by itself), offering ``resources``."""
+        offer = ",".join(f"{name}={amount:g}" for name, amount in (resources or {}).items())
         process = self._node(
             "slave",
             self.address,
@@ -139,6 +156,7 @@ class LocalCluster:
             str(self.workers if workers is None else workers),
             "--heartbeat",
             str(self.heartbeat),
+            *(["--resources", offer] if offer else []),
         )
         self.slave_processes.append(process)
         if wait:

@@ -16,19 +16,22 @@ def render_status(info: dict[str, Any], console: Console | None = None) -> None:
     tasks = info["tasks"]
     console.print(
         f"master {master['address']} (pid {master['pid']} on {master['host']}, "
-        f"scheduler {master['scheduler']}/{master['strategy']}, up {master['uptime']:.0f}s); "
+        f"scheduler {master['scheduler']}/{master['strategy']}"
+        f"{', stealing' if master.get('stealing') else ''}, up {master['uptime']:.0f}s); "
         f"tasks queued {tasks['queued']}, assigned {tasks['assigned']}"
     )
     table = Table(title="slaves")
-    for column in ("id", "host", "state", "workers", "in flight", "rating", "done"):
-        table.add_column(
-            column,
-            justify="right" if column in ("workers", "in flight", "rating", "done") else "left",
-        )
-    for slave in info["slaves"]:
+    # Columns that would be all zeros or empty are left out, so the table fits a terminal.
+    slaves = info["slaves"]
+    stolen = any(slave.get("stolen") for slave in slaves)
+    resources = any(slave.get("resources") for slave in slaves)
+    numbers = ("workers", "in flight", "rating", "done", *(["stolen"] if stolen else []))
+    for column in ("id", "host", "state", *numbers, *(["resources"] if resources else [])):
+        table.add_column(column, justify="right" if column in numbers else "left")
+    for slave in slaves:
         style = _STATE_STYLE.get(slave["state"], "")
         rating = "-" if slave["rating"] is None else f"{slave['rating']:.2f}"
-        table.add_row(
+        cells = [
             slave["id"],
             slave["host"],
             f"[{style}]{slave['state']}[/]",
@@ -36,7 +39,13 @@ def render_status(info: dict[str, Any], console: Console | None = None) -> None:
             str(slave["in_flight"]),
             rating,
             str(slave["done"]),
-        )
+        ]
+        if stolen:
+            cells.append(str(slave.get("stolen", 0)))
+        if resources:
+            offer = slave.get("resources") or {}
+            cells.append(",".join(f"{k}={v:g}" for k, v in sorted(offer.items())) or "-")
+        table.add_row(*cells)
     console.print(table)
     if info["systems"]:
         systems = Table(title="task systems")

@@ -21,6 +21,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import TaskError
+from .scheduling.records import parse_resources
 
 __all__ = [
     "Task",
@@ -65,6 +66,11 @@ class Task:
     max_retries: int = 0
     #: Which exceptions a retry is for (with ``max_retries`` > 0).
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    #: Higher runs first; tasks of one priority run in the order they were sent.
+    priority: int = 0
+    #: What the task needs of a slave, e.g. ``{"gpu": 1}``: it only goes to a slave started
+    #: with ``--resources gpu=N`` that has that much free, and holds it while it runs.
+    resources: dict[str, float] | None = None
 
     def __init__(
         self, name: str | None = None, system_id: str | None = None, client_id: str | None = None
@@ -154,10 +160,33 @@ def dump_error(exc: BaseException, context: str = "") -> bytes:
 
 def task_meta(task: Task) -> list[Any]:
     """What the master and slaves need to know of a task without unpickling it:
-    ``[task_id, timeout, max_retries, name]``, carried in message headers."""
+    ``[task_id, timeout, max_retries, name]``, then ``priority, resources`` when either is not
+    the default, carried in message headers."""
     timeout = task.timeout
-    if timeout is None and task.max_retries == 0:  # the defaults: nothing to check
-        return [task.task_id, None, 0, str(task.name)]
+    if timeout is None and task.max_retries == 0 and task.priority == 0 and not task.resources:
+        return [task.task_id, None, 0, str(task.name)]  # the defaults: nothing to check
+    meta = _checked_meta(task)
+    if task.priority != 0 or task.resources:
+        meta += [_checked_priority(task), _checked_resources(task)]
+    return meta
+
+
+def _checked_priority(task: Task) -> int:
+    priority = task.priority
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"task {task.name!r}: priority must be a whole number, not {priority!r}")
+    return priority
+
+
+def _checked_resources(task: Task) -> dict[str, float] | None:
+    try:
+        return parse_resources(task.resources)
+    except ValueError as exc:
+        raise ValueError(f"task {task.name!r}: {exc}") from None
+
+
+def _checked_meta(task: Task) -> list[Any]:
+    timeout = task.timeout
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError(f"task {task.name!r}: timeout must be a positive number of seconds")
     retries = task.max_retries

@@ -121,6 +121,7 @@ class Kind:
     CANCEL = "cancel"  # {tasks} or {system_id} to master; {tasks} master -> slave
     RESULTS_ACK = "results-ack"  # {tasks}: the application has these results (journal may drop)
     DRAIN = "drain"  # a slave takes no new tasks (it is stopping)
+    RELEASED = "released"  # {tasks}: unstarted tasks a slave gives back after a STEAL
     # master -> nodes
     WELCOME = "welcome"  # {node_id}
     REREGISTER = "reregister"  # the master does not know the sender (it restarted, or lost it)
@@ -131,6 +132,7 @@ class Kind:
     SYSTEM_DONE = "system-done"  # {system_id, error?} + pickled (result, error)
     STATUS_REPLY = "status-reply"  # {rid, status}
     SHUTDOWN = "shutdown"
+    STEAL = "steal"  # {count}: give back up to this many tasks no worker has started
     # both ways
     HEARTBEAT = "heartbeat"
 

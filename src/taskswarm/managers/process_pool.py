@@ -51,6 +51,10 @@ MAX_PIPELINE = 64
 PIPELINE_BYTES = 32 * 1024
 #: Weight of the newest task in the running average of task durations.
 PACE_WEIGHT = 0.2
+#: Tasks at least this long go to a worker one at a time: waiting for the slave between two
+#: costs well under 1 % of them, and every task not yet in a pipeline can still be given back
+#: to the master for an idle slave.
+SLOW_TASK = 0.05
 
 
 @dataclass(slots=True)
@@ -214,7 +218,22 @@ class ProcessPoolManager(ITaskManager):
         between two, and more while tasks are short (from the pace they have been finishing)."""
         if self._pace <= 0.0:
             return 2
+        if self._pace >= SLOW_TASK:
+            return 1
         return max(2, min(MAX_PIPELINE, math.floor(PIPELINE_SECONDS / self._pace)))
+
+    @property
+    def pace(self) -> float:
+        """Running average of task durations in seconds (0 until one has finished): the master
+        rates slaves by it (the ``throughput`` strategy) and steals only real work."""
+        return self._pace
+
+    def release(self, count: int) -> list[WorkItem]:
+        """Give back up to ``count`` tasks no worker has been given, the newest first: the
+        master moves them to idle slaves."""
+        items = [self._queue.pop() for _ in range(min(count, len(self._queue)))]
+        self._pending -= len(items)
+        return items
 
     def take_queued(self) -> list[WorkItem]:
         """Remove the tasks no worker has been given (to hand them back to the master)."""

@@ -27,11 +27,17 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from ..errors import WorkerCrashed
+from ..errors import ResourceUnavailable, WorkerCrashed
 from ..journal import Journal, NullJournal
 from ..keys import ClusterKeys, as_keys
 from ..scheduling import load_plugin
-from ..scheduling.records import NodeState, SlaveRecord, TaskRecord
+from ..scheduling.records import (
+    NodeState,
+    SlaveRecord,
+    TaskRecord,
+    format_resources,
+    parse_resources,
+)
 from ..task import ExceptionWithTraceback, Status
 from ..wire import Codec, Kind, Message
 from .clients import ClientRecord, ClientTable
@@ -61,6 +67,8 @@ class Master:
         state_dir: str | os.PathLike[str] | None = None,
         max_crashes: int = 3,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        stealing: bool = True,
+        resource_wait: float = 10.0,
     ) -> None:
         keys = as_keys(key)
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
@@ -70,6 +78,8 @@ class Master:
         strategy_obj = load_plugin("taskswarm.strategies", strategy)()
         self.scheduler = load_plugin("taskswarm.schedulers", scheduler)(strategy_obj, prefetch)
         self.scheduler.setup(self)
+        self.scheduler.stealing = stealing
+        self.scheduler.resource_wait = resource_wait
         self.scheduler_name, self.strategy_name = scheduler, strategy
         self.journal = Journal(Path(state_dir) / "journal.sqlite3") if state_dir else NullJournal()
         self._context = zmq.Context()
@@ -99,6 +109,7 @@ class Master:
         self._handlers = {
             Kind.REGISTER: self.on_slave_register,
             Kind.RESULTS: self.on_slave_results,
+            Kind.RELEASED: self.on_slave_released,
             Kind.DRAIN: self.on_slave_drain,
             Kind.HEARTBEAT: self.on_heartbeat,
             Kind.HELLO: self.clients.on_hello,
@@ -113,10 +124,11 @@ class Master:
         }
         self._restore()
         log.info(
-            "master listening on %s (scheduler %s, strategy %s, state %s)",
+            "master listening on %s (scheduler %s, strategy %s, stealing %s, state %s)",
             self.address,
             scheduler,
             strategy,
+            "on" if stealing else "off",
             state_dir or "not kept",
         )
 
@@ -162,7 +174,9 @@ class Master:
                     self._check_parent()
                     next_beat = time.monotonic() + self.heartbeat_interval
                 self.scheduler.dispatch()
+                self._fail_unsatisfiable()
                 self._send_task_batches()
+                self._send_steal_requests()
                 self.clients.flush()
                 self.clients.journal_unconfirmed()
                 self._send_replies()
@@ -245,14 +259,23 @@ class Master:
             workers=int(msg.get("workers", 0)),
             credit=int(msg.get("credit", 0)),
             want=int(msg.get("want", 0)),
+            pace=float(msg.get("pace", 0.0)),
         )
+        try:
+            slave.resources = parse_resources(msg.get("resources"))
+        except ValueError as exc:
+            log.warning("slave %s declared bad resources (%s); it offers none", slave.slave_id, exc)
         self.departed.pop(slave.slave_id, None)
         self.peers[identity] = slave
         self.scheduler.add_slave(slave)
         self.scheduler.assign_held(slave, [str(t) for t in msg.get("held", [])])
         self.send(identity, Kind.WELCOME, {"node_id": slave.slave_id})
         log.info(
-            "slave %s registered from %s with %d workers", slave.slave_id, slave.host, slave.workers
+            "slave %s registered from %s with %d workers%s",
+            slave.slave_id,
+            slave.host,
+            slave.workers,
+            f" and resources {format_resources(slave.resources)}" if slave.resources else "",
         )
 
     def on_heartbeat(self, identity: bytes, msg: Message) -> None:
@@ -275,6 +298,7 @@ class Master:
             log.info("slave %s now has %d workers", slave.slave_id, slave.workers)
         slave.credit += int(msg.get("credit", 0))
         slave.want = int(msg.get("want", slave.want))
+        slave.pace = float(msg.get("pace", slave.pace))
         slave.rejected = int(msg.get("rejected", slave.rejected))
         if msg.get("held") is not None:
             # Tasks sent two heartbeats ago have arrived unless their message was lost.
@@ -282,12 +306,13 @@ class Master:
             held = {str(t) for t in msg["held"]}
             for task in self.scheduler.reclaim_missing(slave, held, sent_before):
                 log.warning("slave %s never got task %s; requeued", slave.slave_id, task.task_id)
-        slave.rating = self.scheduler.strategy.rate(slave)
+        self.scheduler.refresh(slave)
 
     def on_slave_drain(self, identity: bytes, msg: Message) -> None:
         slave = self._slave(identity)
         if slave is not None:
             slave.state = NodeState.DRAINING
+            self.scheduler.refresh(slave)
             log.info("slave %s is draining", slave.slave_id)
 
     def on_slave_results(self, identity: bytes, msg: Message) -> None:
@@ -296,6 +321,8 @@ class Master:
             slave.last_seen = time.monotonic()
             slave.credit += int(msg.get("credit", 0))
             slave.want = int(msg.get("want", slave.want))
+            slave.pace = float(msg.get("pace", slave.pace))
+            self.scheduler.refresh(slave)
         else:
             self.send(identity, Kind.REREGISTER)
         slave_id = slave.slave_id if slave else None
@@ -350,6 +377,7 @@ class Master:
                 self._lose_slave(slave, f"silent for {silent:.1f}s")
             elif silent > 2.5 * self.heartbeat_interval and slave.state == NodeState.ACTIVE:
                 slave.state = NodeState.INACTIVE
+                self.scheduler.refresh(slave)
                 log.warning("slave %s missed its heartbeats; no new tasks for it", slave.slave_id)
 
     def _lose_slave(
@@ -373,6 +401,55 @@ class Master:
             header = {"tasks": [[t.task_id, t.timeout] for t in tasks]}
             if not self.send(slave.identity, Kind.TASKS, header, [t.payload for t in tasks]):
                 self._lose_slave(slave, "unreachable")
+
+    def _send_steal_requests(self) -> None:
+        for slave, count in self.scheduler.plan_steals():
+            log.debug("asking slave %s for %d unstarted tasks back", slave.slave_id, count)
+            self.send(slave.identity, Kind.STEAL, {"count": count})
+
+    def on_slave_released(self, identity: bytes, msg: Message) -> None:
+        """A slave gave back tasks it had not started (for idle slaves): queue them again."""
+        slave = self._slave(identity)
+        if slave is None:
+            return  # it was lost meanwhile: its tasks went back to the queue then
+        slave.last_seen = time.monotonic()
+        slave.credit += int(msg.get("credit", 0))
+        slave.want = int(msg.get("want", slave.want))
+        back = self.scheduler.released(slave, [str(t) for t in msg.get("tasks", [])])
+        if back:
+            log.debug("slave %s gave back %d tasks for idle slaves", slave.slave_id, len(back))
+
+    def _fail_unsatisfiable(self) -> None:
+        """Tasks whose resources no slave offers: their owners get ResourceUnavailable."""
+        tasks = self.scheduler.take_unsatisfiable()
+        if not tasks:
+            return
+        offers = sorted({format_resources(s.resources) for s in self.scheduler.slaves.values()})
+        per_system: dict[str, list] = defaultdict(list)
+        plain: list[tuple[TaskRecord, bool, bytes]] = []
+        for task in tasks:
+            needs = format_resources(task.resources)
+            log.warning(
+                "task %s needs %s, which no slave offers (%s); it fails",
+                task.task_id,
+                needs,
+                "; ".join(offers),
+            )
+            error = ResourceUnavailable(
+                f"task {task.name or task.task_id!r} ({task.task_id}) needs {needs}, but no slave "
+                f"in the cluster offers that (they offer: {'; '.join(offers)}) and none came "
+                f"within {self.scheduler.resource_wait:g}s. Start a slave with "
+                f"`taskswarm slave --resources {needs}`, lower the task's needs, or give the "
+                "master a longer --resource-wait.",
+                "ResourceUnavailable",
+            )
+            data = cloudpickle.dumps(ExceptionWithTraceback(error, ""))
+            if task.system_id is not None:
+                per_system[task.system_id].append((task.task_id, False, data))
+            else:
+                plain.append((task, False, data))
+        self.systems.deliver(per_system)
+        self.clients.route(plain)
 
     def cancel_on_slaves(self, tasks: list[TaskRecord]) -> None:
         """Tell slaves to stop tasks that are no longer wanted (queued ones are just gone)."""
@@ -437,6 +514,7 @@ class Master:
                 "uptime": round(time.time() - self.started, 3),
                 "scheduler": self.scheduler_name,
                 "strategy": self.strategy_name,
+                "stealing": self.scheduler.stealing,
                 "encrypted": self.encrypted,
                 "rejected": dict(self.codec.rejected),
             },

@@ -23,6 +23,7 @@ from ..errors import WireError
 from ..keys import ClusterKeys, as_keys
 from ..managers.process_pool import WorkItem
 from ..scheduling import load_plugin
+from ..scheduling.records import format_resources, parse_resources
 from ..task import Status
 from ..wire import Codec, Kind, Message, Notice
 from .mailbox import Mailbox
@@ -48,8 +49,11 @@ class Slave:
         master_timeout: float = 5.0,
         grace: float = 2.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        resources: dict[str, float] | None = None,
     ) -> None:
         keys = as_keys(key)
+        #: What this slave offers tasks that declare needs (``Task.resources``), e.g. GPUs.
+        self.resources = parse_resources(resources)
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.master_address = master
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
@@ -83,6 +87,7 @@ class Slave:
             Kind.BYE: self.on_master_bye,
             Kind.SHUTDOWN: self.on_shutdown,
             Kind.CANCEL: self.on_cancel,
+            Kind.STEAL: self.on_steal,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -91,9 +96,10 @@ class Slave:
         """Run until ``stop()``, then finish in-flight tasks (up to ``grace`` s) and leave."""
         self.manager.start()
         log.info(
-            "slave %s with %d workers, master %s",
+            "slave %s with %d workers%s, master %s",
             self.node_id,
             self.manager.get_num_workers(),
+            f" and resources {format_resources(self.resources)}" if self.resources else "",
             self.master_address,
         )
         next_beat = time.monotonic()
@@ -211,6 +217,15 @@ class Slave:
     def on_cancel(self, msg: Message) -> None:
         self.manager.cancel({str(t) for t in msg["tasks"]})
 
+    def on_steal(self, msg: Message) -> None:
+        """Give back up to ``count`` tasks no worker has started, for idle slaves elsewhere."""
+        release = getattr(self.manager, "release", None)
+        items = release(int(msg.get("count", 0))) if release is not None else []
+        self._send(
+            Kind.RELEASED,
+            {"tasks": [item.task_id for item in items], **self._window(finished=len(items))},
+        )
+
     def on_heartbeat(self, msg: Message) -> None:
         pass  # _last_from_master is refreshed for every message
 
@@ -249,6 +264,9 @@ class Slave:
         self._credit_owed += finished + want - self._want
         self._want = want
         fields: dict = {"want": want}
+        pace = getattr(self.manager, "pace", None)
+        if pace:
+            fields["pace"] = pace
         if self._credit_owed > 0:  # a shrinking want is paid back out of later results
             fields["credit"], self._credit_owed = self._credit_owed, 0
         return fields
@@ -264,6 +282,7 @@ class Slave:
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "workers": self.manager.get_num_workers(),
+                "resources": self.resources,
                 **self._window(),
                 # What it still holds from before (a master that restarted can keep it here).
                 "held": [item.task_id for item in held],

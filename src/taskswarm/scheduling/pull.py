@@ -26,4 +26,5 @@ class PullScheduler(BaseScheduler):
     def reclaim_missing(self, slave: SlaveRecord, held: set[str], sent_before: float) -> list:
         missing = super().reclaim_missing(slave, held, sent_before)
         slave.credit += len(missing)  # spent on tasks that never arrived
+        self.refresh(slave)
         return missing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -41,14 +42,18 @@ class TaskRecord:
     assigned_at: float = 0.0  # monotonic time of the last assignment
     retries: int = 0  # times run again because it raised (counts against max_retries)
     crashes: int = 0  # times it killed its worker process
+    priority: int = 0  # higher runs first
+    resources: dict[str, float] | None = None  # what it needs of a slave's declared resources
+    queued_at: float = 0.0  # monotonic time it last joined the queue
 
     @classmethod
     def from_meta(
         cls, meta: list, payload: bytes, client_id: str, system_id: str | None = None
     ) -> TaskRecord:
-        """Build from the ``[task_id, timeout, max_retries, name]`` a message header carries."""
-        task_id, timeout, max_retries, name = meta
-        return cls(
+        """Build from the ``[task_id, timeout, max_retries, name, priority?, resources?]`` a
+        message header carries (the last two only when not the defaults)."""
+        task_id, timeout, max_retries, name = meta[:4]
+        record = cls(
             str(task_id),
             payload,
             client_id,
@@ -57,6 +62,10 @@ class TaskRecord:
             int(max_retries),
             sys.intern(str(name)),  # a million tasks of one kind keep one name between them
         )
+        if len(meta) > 4:
+            record.priority = int(meta[4])
+            record.resources = parse_resources(meta[5]) if len(meta) > 5 else None
+        return record
 
     def journal_row(self) -> tuple:
         return (
@@ -67,11 +76,14 @@ class TaskRecord:
             self.timeout,
             self.max_retries,
             self.name,
+            self.priority,
+            json.dumps(self.resources) if self.resources else None,
         )
 
     @classmethod
     def from_journal(cls, row: tuple) -> TaskRecord:
-        task_id, client_id, system_id, payload, timeout, max_retries, name, retries, crashes = row
+        (task_id, client_id, system_id, payload, timeout, max_retries, name, priority, resources,
+         retries, crashes) = row  # fmt: skip
         return cls(
             task_id,
             payload,
@@ -82,7 +94,35 @@ class TaskRecord:
             name,
             retries=retries,
             crashes=crashes,
+            priority=priority or 0,
+            resources=parse_resources(json.loads(resources)) if resources else None,
         )
+
+
+def parse_resources(value: object) -> dict[str, float] | None:
+    """``{"gpu": 1}`` as a task needs or a slave offers it: names to amounts >= 0.
+
+    Raises ValueError with what is wrong, so a bad declaration is refused where it is made.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"resources must be a dict of names to amounts, not {value!r}")
+    parsed = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"resource names must be non-empty strings, not {name!r}")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
+            raise ValueError(f"resource {name!r}: the amount must be a number >= 0, not {amount!r}")
+        parsed[name] = float(amount)
+    return parsed or None
+
+
+def format_resources(resources: dict[str, float] | None) -> str:
+    """``gpu=2,mem=16``, the way ``--resources`` takes them."""
+    if not resources:
+        return "none"
+    return ",".join(f"{name}={amount:g}" for name, amount in sorted(resources.items()))
 
 
 @dataclass(slots=True, eq=False)
@@ -102,6 +142,25 @@ class SlaveRecord:
     rating: float = math.inf
     last_seen: float = field(default_factory=time.monotonic)
     outbox: list[TaskRecord] = field(default_factory=list)
+    resources: dict[str, float] | None = None  # what it declared (--resources)
+    used: dict[str, float] = field(default_factory=dict)  # taken by the tasks it holds
+    pace: float = 0.0  # its running average of task durations, seconds (0: not known yet)
+    steal_until: float = 0.0  # a steal request is out until then (monotonic)
+    stolen: int = 0  # tasks taken back from it for idle slaves
+
+    def fits(self, needs: dict[str, float]) -> bool:
+        """Whether a task needing ``needs`` fits in what this slave has free now."""
+        offered = self.resources or {}
+        used = self.used
+        return all(offered.get(k, 0.0) - used.get(k, 0.0) >= v for k, v in needs.items())
+
+    def could_ever_fit(self, needs: dict[str, float]) -> bool:
+        offered = self.resources or {}
+        return all(offered.get(k, 0.0) >= v for k, v in needs.items())
+
+    def take(self, needs: dict[str, float], sign: int = 1) -> None:
+        for name, amount in needs.items():
+            self.used[name] = self.used.get(name, 0.0) + sign * amount
 
     def summary(self) -> dict:
         """What `status` and the dashboard show of this slave: plain, msgpack-able data."""
@@ -117,4 +176,7 @@ class SlaveRecord:
             "done": self.done,
             "failed": self.failed,
             "rejected": self.rejected,
+            "resources": self.resources or {},
+            "pace_ms": round(self.pace * 1000, 3),
+            "stolen": self.stolen,
         }

@@ -1,22 +1,76 @@
 """The bookkeeping every scheduler shares: the global queue, the task records, the slaves.
 
 A task's life here is one state at a time: queued -> assigned (to one slave) -> done, failed or
-cancelled; assigned goes back to queued when its slave is lost. ``result_arrived`` is the single
-place a result is matched to its record, so a result for a task that is no longer live (it was
-re-run elsewhere, or its task system completed) is recognised and dropped exactly once.
+cancelled; assigned goes back to queued when its slave is lost or gives it back (stolen for an
+idle slave). ``result_arrived`` is the single place a result is matched to its record, so a
+result for a task that is no longer live (it was re-run elsewhere, or its task system completed)
+is recognised and dropped exactly once.
+
+The queue is ordered by priority, then arrival (``TaskQueue``). Tasks that need resources go
+only to a slave with that much free; while none has, they wait without holding up the tasks
+behind them, and one that no live slave could ever run fails after ``resource_wait`` seconds.
+Every change to a slave goes through ``refresh``, which keeps the *ready* slaves (active, with
+room) indexed for the strategy, so choosing a slave never scans them all.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import time
-from collections import Counter, deque
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..api import ITaskScheduler, ITaskScheduleStrategy
+from .queue import TaskQueue
 from .records import NodeState, SlaveRecord, TaskRecord, TaskState
 
-__all__ = ["BaseScheduler"]
+__all__ = ["BaseScheduler", "ReadySet"]
+
+#: Most tasks needing resources that one dispatch sets aside while looking past them.
+MAX_SET_ASIDE = 256
+#: A slave is asked for tasks back only if those it holds beyond its workers are this much work.
+STEAL_MIN_BACKLOG = 0.02
+#: Seconds between two looks for idle slaves, and how long a steal request may go unanswered.
+STEAL_INTERVAL = 0.05
+STEAL_PATIENCE = 1.0
+
+
+class ReadySet:
+    """The slaves that can take a task now: O(1) to add, remove and draw one at random."""
+
+    def __init__(self) -> None:
+        self._slaves: list[SlaveRecord] = []
+        self._index: dict[str, int] = {}
+
+    def add(self, slave: SlaveRecord) -> None:
+        if slave.slave_id not in self._index:
+            self._index[slave.slave_id] = len(self._slaves)
+            self._slaves.append(slave)
+
+    def discard(self, slave_id: str) -> None:
+        index = self._index.pop(slave_id, None)
+        if index is None:
+            return
+        last = self._slaves.pop()
+        if index < len(self._slaves):
+            self._slaves[index] = last
+            self._index[last.slave_id] = index
+
+    def choice(self, rng: random.Random) -> SlaveRecord | None:
+        if not self._slaves:
+            return None
+        return self._slaves[int(rng.random() * len(self._slaves))]
+
+    def __contains__(self, slave_id: object) -> bool:
+        return slave_id in self._index
+
+    def __len__(self) -> int:
+        return len(self._slaves)
+
+    def __iter__(self) -> Iterator[SlaveRecord]:
+        return iter(list(self._slaves))
 
 
 class BaseScheduler(ITaskScheduler):
@@ -27,11 +81,22 @@ class BaseScheduler(ITaskScheduler):
     def __init__(self, strategy: ITaskScheduleStrategy, prefetch: int = 2) -> None:
         self.strategy = strategy
         self.prefetch = max(1, prefetch)
-        self.queue: deque[TaskRecord] = deque()
+        self.queue = TaskQueue()
         self.tasks: dict[str, TaskRecord] = {}
         self.slaves: dict[str, SlaveRecord] = {}
+        self.ready = ReadySet()
         self.systems: set[str] = set()
         self.master: Any = None
+        #: Give idle slaves tasks that busy ones hold beyond what their workers are running.
+        self.stealing = True
+        #: Seconds a task may wait for resources no live slave has before it fails (inf: never).
+        self.resource_wait = 10.0
+        #: Tasks that failed for want of resources, for the master to report to their owners.
+        self.unsatisfiable: list[TaskRecord] = []
+        self._outboxes: list[SlaveRecord] = []
+        self._changed = getattr(strategy, "slave_changed", None)
+        self._next_steal_look = 0.0
+        self._next_resource_look = 0.0
 
     # -- ITaskScheduler ---------------------------------------------------------------------
 
@@ -41,7 +106,7 @@ class BaseScheduler(ITaskScheduler):
 
     def rate_slaves(self) -> None:
         for slave in self.slaves.values():
-            slave.rating = self.strategy.rate(slave)
+            self.refresh(slave)
 
     def start_system(self, task_system: Any) -> None:
         self.systems.add(getattr(task_system, "system_id", task_system))
@@ -53,6 +118,7 @@ class BaseScheduler(ITaskScheduler):
     def push_task(self, task: TaskRecord) -> None:
         task.state = TaskState.QUEUED
         task.slave_id = None
+        task.queued_at = time.monotonic()
         self.tasks[task.task_id] = task
         self.queue.append(task)
 
@@ -61,18 +127,11 @@ class BaseScheduler(ITaskScheduler):
         if slave is None:
             self.queue.appendleft(task)
             return False
-        task.state = TaskState.ASSIGNED
-        task.slave_id = slave.slave_id
-        task.attempts += 1
-        task.assigned_at = time.monotonic()
-        slave.in_flight.add(task.task_id)
-        slave.outbox.append(task)
-        self._tasked_pushed(slave.slave_id)
+        self._assign(task, slave)
         return True
 
     def _tasked_pushed(self, slave_id: str) -> None:
-        slave = self.slaves[slave_id]
-        slave.rating = self.strategy.rate(slave)
+        self.refresh(self.slaves[slave_id])
 
     def task_finished(self, task: TaskRecord, result: Any = None, error: Any = None) -> None:
         task.state = TaskState.DONE if error is None else TaskState.FAILED
@@ -80,11 +139,13 @@ class BaseScheduler(ITaskScheduler):
         if slave is None:
             return
         slave.in_flight.discard(task.task_id)
+        if task.resources:
+            slave.take(task.resources, -1)
         if error is None:
             slave.done += 1
         else:
             slave.failed += 1
-        slave.rating = self.strategy.rate(slave)
+        self.refresh(slave)
 
     # -- what the master calls ---------------------------------------------------------------
 
@@ -92,28 +153,182 @@ class BaseScheduler(ITaskScheduler):
         """How many more tasks ``slave`` may be sent now."""
         raise NotImplementedError
 
+    def is_ready(self, slave: SlaveRecord) -> bool:
+        return slave.state == NodeState.ACTIVE and self.capacity(slave) > 0
+
+    def refresh(self, slave: SlaveRecord) -> None:
+        """Re-rate a slave after anything about it changed, and keep the ready set right."""
+        slave.rating = self.strategy.rate(slave)
+        if slave.slave_id in self.slaves and self.is_ready(slave):
+            self.ready.add(slave)
+        else:
+            self.ready.discard(slave.slave_id)
+        if self._changed is not None:
+            self._changed(slave)
+
     def eligible_slaves(self) -> list[SlaveRecord]:
-        return [
-            s for s in self.slaves.values() if s.state == NodeState.ACTIVE and self.capacity(s) > 0
-        ]
+        """The slaves that can take a task now (what a strategy chooses among)."""
+        return list(self.ready)
 
     def dispatch(self) -> None:
-        """Hand queued tasks to slaves until the queue is empty or no slave can take more."""
-        while self.queue:
+        """Hand queued tasks to slaves until the queue is empty or no slave can take more.
+
+        A task needing resources no ready slave has free is set aside and put back in its place
+        afterwards, so it holds up nothing behind it.
+        """
+        aside: list[TaskRecord] = []
+        fits_somewhere: dict[tuple, bool] = {}
+        while self.queue and len(self.ready):
             task = self.queue.popleft()
             if task.state != TaskState.QUEUED:
                 continue  # cancelled while queued: its record is already gone
-            if not self.handle_task(task):
-                return
+            if task.resources:
+                slave = self._fitting_slave(task)
+                if slave is not None:
+                    self._assign(task, slave)
+                elif not self._unsatisfiable(task, fits_somewhere):
+                    aside.append(task)
+                    if len(aside) >= MAX_SET_ASIDE:
+                        break
+            elif not self.handle_task(task):
+                break
+        for task in reversed(aside):
+            self.queue.appendleft(task)
+        if self.queue and not len(self.ready):
+            self._fail_unsatisfiable(fits_somewhere)
+
+    def _assign(self, task: TaskRecord, slave: SlaveRecord) -> None:
+        task.state = TaskState.ASSIGNED
+        task.slave_id = slave.slave_id
+        task.attempts += 1
+        task.assigned_at = time.monotonic()
+        slave.in_flight.add(task.task_id)
+        if task.resources:
+            slave.take(task.resources)
+        if not slave.outbox:
+            self._outboxes.append(slave)
+        slave.outbox.append(task)
+        self._tasked_pushed(slave.slave_id)
+
+    def _fitting_slave(self, task: TaskRecord) -> SlaveRecord | None:
+        """The best rated ready slave with the task's resources free (a scan of the ready
+        slaves that declared any resources: tasks with needs are expected to be few)."""
+        needs = task.resources or {}
+        best = None
+        for slave in self.ready:
+            if (
+                slave.resources
+                and slave.fits(needs)
+                and (best is None or slave.rating < best.rating)
+            ):
+                best = slave
+        return best
+
+    def _unsatisfiable(self, task: TaskRecord, fits_somewhere: dict[tuple, bool]) -> bool:
+        """True (and the task is set aside to fail) when it has waited ``resource_wait``
+        seconds and no live slave could ever run it; with no slave at all, tasks wait for one.
+        ``fits_somewhere`` caches the answer per set of needs for one dispatch."""
+        if time.monotonic() - task.queued_at < self.resource_wait:
+            return False
+        needs = task.resources or {}
+        key = tuple(sorted(needs.items()))
+        if key not in fits_somewhere:
+            live = [s for s in self.slaves.values() if s.state != NodeState.LOST]
+            fits_somewhere[key] = not live or any(s.could_ever_fit(needs) for s in live)
+        if fits_somewhere[key]:
+            return False
+        task.state = TaskState.FAILED
+        self.tasks.pop(task.task_id, None)
+        self.unsatisfiable.append(task)
+        return True
+
+    def _fail_unsatisfiable(self, fits_somewhere: dict[tuple, bool]) -> None:
+        """With no slave ready, ``dispatch`` never reaches the tasks waiting for resources:
+        look at them here, once a second at most (it walks the queue)."""
+        now = time.monotonic()
+        if math.isinf(self.resource_wait) or now < self._next_resource_look:
+            return
+        self._next_resource_look = now + 1.0
+        if not self.queue.needy:
+            return
+        expired = [
+            task
+            for task in self.queue
+            if task.resources
+            and task.state == TaskState.QUEUED
+            and now - task.queued_at >= self.resource_wait
+        ]
+        for task in expired[:MAX_SET_ASIDE]:
+            self._unsatisfiable(task, fits_somewhere)
+
+    def take_unsatisfiable(self) -> list[TaskRecord]:
+        tasks, self.unsatisfiable = self.unsatisfiable, []
+        return tasks
 
     def take_outboxes(self) -> list[tuple[SlaveRecord, list[TaskRecord]]]:
         """The tasks assigned since the last call, grouped per slave (one message each)."""
         batches = []
-        for slave in self.slaves.values():
+        for slave in self._outboxes:
             if slave.outbox:
                 batches.append((slave, slave.outbox))
                 slave.outbox = []
+        self._outboxes = []
         return batches
+
+    # -- work stealing -----------------------------------------------------------------------
+
+    def plan_steals(self) -> list[tuple[SlaveRecord, int]]:
+        """Which slaves to ask for tasks back, and how many, so idle workers elsewhere get
+        them: only when the queue is empty, only tasks beyond a slave's running ones (it picks
+        them from those no worker has started), and only when they are real work (by the
+        slave's pace), so a stream of tiny tasks never churns."""
+        now = time.monotonic()
+        if not self.stealing or self.queue or now < self._next_steal_look:
+            return []
+        self._next_steal_look = now + STEAL_INTERVAL
+        active = [s for s in self.slaves.values() if s.state == NodeState.ACTIVE]
+        idle = sum(max(0, s.workers - len(s.in_flight)) for s in active)
+        if not idle:
+            return []
+        victims = []
+        for slave in active:
+            surplus = len(slave.in_flight) - slave.workers
+            backlog = surplus * slave.pace / max(1, slave.workers)
+            if surplus > 0 and backlog >= STEAL_MIN_BACKLOG and slave.steal_until <= now:
+                victims.append((surplus, slave))
+        plans = []
+        for surplus, slave in sorted(victims, key=lambda v: -v[0]):
+            count = min(surplus, idle)
+            slave.steal_until = now + STEAL_PATIENCE
+            plans.append((slave, count))
+            idle -= count
+            if not idle:
+                break
+        return plans
+
+    def released(self, slave: SlaveRecord, task_ids: Iterable[str]) -> list[TaskRecord]:
+        """A slave gave these back unstarted: to the front of the queue, in their order."""
+        slave.steal_until = 0.0
+        back = []
+        for task_id in task_ids:
+            task = self.tasks.get(task_id)
+            if task is None or task.slave_id != slave.slave_id:
+                continue  # finished, cancelled or moved meanwhile
+            if task.state != TaskState.ASSIGNED:
+                continue
+            slave.in_flight.discard(task_id)
+            if task.resources:
+                slave.take(task.resources, -1)
+            task.state = TaskState.QUEUED
+            task.slave_id = None
+            back.append(task)
+        for task in reversed(back):
+            self.queue.appendleft(task)
+        slave.stolen += len(back)
+        self.refresh(slave)
+        return back
+
+    # -- results and recovery ----------------------------------------------------------------
 
     def result_arrived(self, slave_id: str | None, task_id: str) -> TaskRecord | None:
         """Match a result to its live record and retire it; None for a stale or duplicate one."""
@@ -122,7 +337,7 @@ class BaseScheduler(ITaskScheduler):
         if task is None:
             if slave is not None and task_id in slave.in_flight:
                 slave.in_flight.discard(task_id)  # its system completed while it ran
-                slave.rating = self.strategy.rate(slave)
+                self.refresh(slave)
             return None
         if task.slave_id is None and slave is not None:
             task.slave_id = slave.slave_id  # a late result from a slave that was lost
@@ -133,7 +348,9 @@ class BaseScheduler(ITaskScheduler):
         slave = self.slaves.get(task.slave_id or "")
         if slave is not None:
             slave.in_flight.discard(task.task_id)
-            slave.rating = self.strategy.rate(slave)
+            if task.resources:
+                slave.take(task.resources, -1)
+            self.refresh(slave)
         self.push_task(task)
 
     def reclaim_missing(
@@ -156,8 +373,16 @@ class BaseScheduler(ITaskScheduler):
         """Forget a live task; if it was assigned, its slave still holds it until told."""
         task = self.tasks.pop(task_id, None)
         if task is not None:
+            self._give_back_resources(task)
             task.state = TaskState.CANCELLED
         return task
+
+    def _give_back_resources(self, task: TaskRecord) -> None:
+        if task.resources and task.state == TaskState.ASSIGNED:
+            slave = self.slaves.get(task.slave_id or "")
+            if slave is not None:
+                slave.take(task.resources, -1)
+                self.refresh(slave)
 
     def assign_held(self, slave: SlaveRecord, task_ids: list[str]) -> None:
         """A (re)registering slave still holds these: leave them with it instead of re-running."""
@@ -167,17 +392,22 @@ class BaseScheduler(ITaskScheduler):
                 task.state = TaskState.ASSIGNED  # its queue entry is skipped by dispatch
                 task.slave_id = slave.slave_id
                 slave.in_flight.add(task_id)
-        slave.rating = self.strategy.rate(slave)
+                if task.resources:
+                    slave.take(task.resources)
+        self.refresh(slave)
 
     def add_slave(self, slave: SlaveRecord) -> None:
-        slave.rating = self.strategy.rate(slave)
         self.slaves[slave.slave_id] = slave
+        self.refresh(slave)
 
     def remove_slave(self, slave_id: str) -> list[TaskRecord]:
         """Forget a slave and put its tasks back at the head of the queue, in their order."""
         slave = self.slaves.pop(slave_id, None)
         if slave is None:
             return []
+        self.ready.discard(slave_id)
+        if self._changed is not None:
+            self._changed(slave)
         requeued = [t for t in self.tasks.values() if t.task_id in slave.in_flight]
         for task in reversed(requeued):
             task.state = TaskState.QUEUED
@@ -192,6 +422,7 @@ class BaseScheduler(ITaskScheduler):
         dropped = [t for t in self.tasks.values() if t.system_id == system_id]
         for task in dropped:
             del self.tasks[task.task_id]
+            self._give_back_resources(task)
             task.state = TaskState.CANCELLED
         return dropped
 
