@@ -22,6 +22,7 @@ from pathlib import Path
 from .errors import ClusterError, ConfigurationError
 from .keys import generate_key_file, load_keys
 from .nodes.application import Application, connect
+from .scheduling import load_plugin
 
 __all__ = ["LocalCluster", "connect_or_start", "default_layout"]
 
@@ -65,6 +66,9 @@ class LocalCluster:
         resources: dict[str, float] | None = None,
     ) -> None:
         self.slaves, self.workers = default_layout(slaves, workers)
+        # A misspelt name is refused here, with the choices, rather than as a master that died.
+        load_plugin("taskswarm.schedulers", scheduler)
+        load_plugin("taskswarm.strategies", strategy)
         self.scheduler, self.strategy = scheduler, strategy
         self.stealing, self.resource_wait = stealing, resource_wait
         self.resources = resources

@@ -138,9 +138,7 @@ class BaseScheduler(ITaskScheduler):
         slave = self.slaves.get(task.slave_id or "")
         if slave is None:
             return
-        slave.in_flight.discard(task.task_id)
-        if task.resources:
-            slave.take(task.resources, -1)
+        self._unhold(slave, task)
         if error is None:
             slave.done += 1
         else:
@@ -294,7 +292,13 @@ class BaseScheduler(ITaskScheduler):
         for slave in active:
             surplus = len(slave.in_flight) - slave.workers
             backlog = surplus * slave.pace / max(1, slave.workers)
-            if surplus > 0 and backlog >= STEAL_MIN_BACKLOG and slave.steal_until <= now:
+            if (
+                surplus > 0
+                and backlog >= STEAL_MIN_BACKLOG
+                and slave.steal_until <= now
+                # Tasks holding resources may fit nowhere else: they would come straight back.
+                and not any(amount > 0 for amount in slave.used.values())
+            ):
                 victims.append((surplus, slave))
         plans = []
         for surplus, slave in sorted(victims, key=lambda v: -v[0]):
@@ -310,17 +314,18 @@ class BaseScheduler(ITaskScheduler):
         """A slave gave these back unstarted: to the front of the queue, in their order."""
         slave.steal_until = 0.0
         back = []
+        now = time.monotonic()
         for task_id in task_ids:
             task = self.tasks.get(task_id)
-            if task is None or task.slave_id != slave.slave_id:
-                continue  # finished, cancelled or moved meanwhile
-            if task.state != TaskState.ASSIGNED:
+            if task is None:
+                slave.in_flight.discard(task_id)  # cancelled meanwhile: no result will come
                 continue
-            slave.in_flight.discard(task_id)
-            if task.resources:
-                slave.take(task.resources, -1)
+            if task.slave_id != slave.slave_id or task.state != TaskState.ASSIGNED:
+                continue  # moved meanwhile
+            self._unhold(slave, task)
             task.state = TaskState.QUEUED
             task.slave_id = None
+            task.queued_at = now
             back.append(task)
         for task in reversed(back):
             self.queue.appendleft(task)
@@ -347,11 +352,18 @@ class BaseScheduler(ITaskScheduler):
         """Run a task again (its worker crashed, or it asked for a retry): back of the queue."""
         slave = self.slaves.get(task.slave_id or "")
         if slave is not None:
+            self._unhold(slave, task)
+            self.refresh(slave)
+        self.push_task(task)
+
+    @staticmethod
+    def _unhold(slave: SlaveRecord, task: TaskRecord) -> None:
+        """The slave no longer holds the task: its slot and resources are free again (only if
+        it held it: a late result may be credited to a slave that registered again)."""
+        if task.task_id in slave.in_flight:
             slave.in_flight.discard(task.task_id)
             if task.resources:
                 slave.take(task.resources, -1)
-            self.refresh(slave)
-        self.push_task(task)
 
     def reclaim_missing(
         self, slave: SlaveRecord, held: set[str], sent_before: float
@@ -409,9 +421,11 @@ class BaseScheduler(ITaskScheduler):
         if self._changed is not None:
             self._changed(slave)
         requeued = [t for t in self.tasks.values() if t.task_id in slave.in_flight]
+        now = time.monotonic()
         for task in reversed(requeued):
             task.state = TaskState.QUEUED
             task.slave_id = None
+            task.queued_at = now  # a task needing resources gets its full wait for a new slave
             self.queue.appendleft(task)
         return requeued
 
