@@ -640,14 +640,26 @@ class ResourceBookkeeping(RuleBasedStateMachine):
         ids = [*given, *(["never-sent", *others[:2]] if junk else [])]
         before = {s: set(x.in_flight) for s, x in self.scheduler.slaves.items()}
 
+        idle_before = {s.slave_id for s in self.scheduler.ready if len(s.in_flight) < s.workers}
+
         back = self.scheduler.released(slave, ids)
 
         assert [t.task_id for t in back] == given
-        assert all(t.state == TaskState.QUEUED and t.slave_id is None for t in back)
         self.holdings[slave_id].difference_update(given)
-        for other_id, in_flight in before.items():  # nobody else's tasks moved
+        # Each goes straight to another slave that had idle workers, or back to the queue.
+        placed = {s.slave_id: [t.task_id for t in b] for s, b in self.scheduler.take_outboxes()}
+        for task in back:
+            if task.state == TaskState.QUEUED:
+                assert task.slave_id is None
+            else:
+                assert task.state == TaskState.ASSIGNED
+                assert task.slave_id != slave_id and task.slave_id in idle_before
+                assert task.task_id in placed[task.slave_id]
+        for other_id, in_flight in before.items():  # nobody else's own tasks moved
             if other_id != slave_id:
-                assert self.scheduler.slaves[other_id].in_flight == in_flight
+                gained = set(placed.get(other_id, []))
+                assert self.scheduler.slaves[other_id].in_flight == in_flight | gained
+                self.holdings[other_id].update(gained)
         if self.kind == "pull":
             slave.credit += len(given)
             self.scheduler.refresh(slave)

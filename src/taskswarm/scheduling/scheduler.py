@@ -152,12 +152,16 @@ class BaseScheduler(ITaskScheduler):
         raise NotImplementedError
 
     def is_ready(self, slave: SlaveRecord) -> bool:
-        return slave.state == NodeState.ACTIVE and self.capacity(slave) > 0
+        return (
+            slave.state == NodeState.ACTIVE
+            and self.slaves.get(slave.slave_id) is slave
+            and self.capacity(slave) > 0
+        )
 
     def refresh(self, slave: SlaveRecord) -> None:
         """Re-rate a slave after anything about it changed, and keep the ready set right."""
         slave.rating = self.strategy.rate(slave)
-        if slave.slave_id in self.slaves and self.is_ready(slave):
+        if self.is_ready(slave):
             self.ready.add(slave)
         else:
             self.ready.discard(slave.slave_id)
@@ -311,7 +315,8 @@ class BaseScheduler(ITaskScheduler):
         return plans
 
     def released(self, slave: SlaveRecord, task_ids: Iterable[str]) -> list[TaskRecord]:
-        """A slave gave these back unstarted: to the front of the queue, in their order."""
+        """A slave gave these back unstarted: straight to slaves with idle workers (never back
+        to the one they came from), the rest to the front of the queue, in their order."""
         slave.steal_until = 0.0
         back = []
         now = time.monotonic()
@@ -327,11 +332,26 @@ class BaseScheduler(ITaskScheduler):
             task.slave_id = None
             task.queued_at = now
             back.append(task)
-        for task in reversed(back):
-            self.queue.appendleft(task)
         slave.stolen += len(back)
+        left = self._place_stolen(back, slave)
+        for task in reversed(left):
+            self.queue.appendleft(task)
         self.refresh(slave)
         return back
+
+    def _place_stolen(self, tasks: list[TaskRecord], victim: SlaveRecord) -> list[TaskRecord]:
+        """Give each task to the ready slave with the most idle workers; returns those left."""
+        thieves = [s for s in self.ready if s is not victim and len(s.in_flight) < s.workers]
+        left = []
+        for task in tasks:
+            idle = [s for s in thieves if len(s.in_flight) < s.workers and self.is_ready(s)]
+            if task.resources:
+                idle = [s for s in idle if s.resources and s.fits(task.resources)]
+            if not idle:
+                left.append(task)
+                continue
+            self._assign(task, max(idle, key=lambda s: s.workers - len(s.in_flight)))
+        return left
 
     # -- results and recovery ----------------------------------------------------------------
 

@@ -113,12 +113,14 @@ class ThroughputStrategy(LoadStrategy):
 
     def setup(self, scheduler: Any, master: Any) -> None:
         super().setup(scheduler, master)
+        self._paces: dict[str, float] = {}  # the last pace each slave reported
         self._known_pace = 0.0  # running average of the paces reported
 
     def rate(self, slave: SlaveRecord) -> float:
         if slave.workers <= 0:
             return math.inf
-        if slave.pace > 0:
+        if slave.pace > 0 and self._paces.get(slave.slave_id) != slave.pace:
+            self._paces[slave.slave_id] = slave.pace  # a new report: fold it in once
             if not self._known_pace:
                 self._known_pace = slave.pace
             self._known_pace += 0.1 * (slave.pace - self._known_pace)
