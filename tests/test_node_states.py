@@ -67,9 +67,11 @@ def test_every_scheduler_and_strategy_runs_a_system(scheduler, strategy):
             assert all(s["done"] > 0 for s in status["slaves"])
 
 
-def test_an_unknown_scheduler_name_is_a_clear_error():
-    with pytest.raises(ts.ClusterError, match="exited"):
+def test_an_unknown_scheduler_name_is_a_clear_error_before_any_process_starts():
+    before = set(descendants(os.getpid()))
+    with pytest.raises(ts.ConfigurationError, match="no scheduler named 'nope'; choose one of: "):
         ts.LocalCluster(slaves=1, scheduler="nope", start_timeout=20)
+    assert set(descendants(os.getpid())) <= before
 
 
 def test_a_local_cluster_leaves_no_process_behind_even_when_the_body_raises():
