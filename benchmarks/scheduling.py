@@ -116,13 +116,18 @@ def calibrate(seconds: float = 0.5) -> float:
     return 100_000 / best
 
 
-def workload(count: int, seed: int) -> list[float]:
-    """Task lengths in core-seconds: ``MIX`` in exact proportions, shuffled by ``seed``."""
+def workload(count: int, seed: int, order: str = "shuffled") -> list[float]:
+    """Task lengths in core-seconds: ``MIX`` in exact proportions, shuffled by ``seed``; with
+    ``order="long-last"``, sorted shortest first, so the long tasks are the last ones handed
+    out and end up queued behind one another on whichever slave took them (what stealing is
+    for)."""
     lengths: list[float] = []
     for share, seconds in MIX[1:]:
         lengths += [seconds] * int(count * share + 0.5)
     lengths += [MIX[0][1]] * max(0, count - len(lengths))
     random.Random(seed).shuffle(lengths)
+    if order == "long-last":
+        lengths.sort()
     return lengths[:count]
 
 
@@ -307,7 +312,7 @@ def covered(spans: list[tuple[float, float]], start: float) -> float:
 def heterogeneous(args: argparse.Namespace, loops_per_s: float) -> list[RunResult]:
     """Every strategy x stealing, ``--repeats`` times, the order reversing every other time."""
     cpus = sorted(os.sched_getaffinity(0))[:2]
-    lengths = workload(args.tasks, args.seed)
+    lengths = workload(args.tasks, args.seed, args.order)
     loops = [max(1, int(seconds * loops_per_s)) for seconds in lengths]
     bound = max(sum(lengths) / CAPACITY, max(lengths, default=0.0))
     combos = [(s, st) for s in args.strategies for st in args.stealing]
@@ -367,13 +372,16 @@ def heterogeneous_rows(results: list[RunResult], bound: float) -> list[dict[str,
     return rows
 
 
-def print_heterogeneous(rows: list[dict[str, Any]], lengths: list[float], repeats: int) -> None:
+def print_heterogeneous(
+    rows: list[dict[str, Any]], lengths: list[float], repeats: int, order: str
+) -> None:
     counts = [sum(1 for x in lengths if x == seconds) for _, seconds in MIX]
     mix = ", ".join(f"{n} x {s * 1000:.0f} ms" for n, (_, s) in zip(counts, MIX, strict=True))
     print(
         f"\n### heterogeneous: slave A 1 worker at half a core, slave B 3 workers on one core"
         f"\n\n{len(lengths)} tasks ({mix}; {sum(lengths):.2f} core-s, longest "
-        f"{max(lengths, default=0) * 1000:.0f} ms), submitted at once; capacity {CAPACITY} cores;"
+        f"{max(lengths, default=0) * 1000:.0f} ms, {order}), submitted at once;"
+        f" capacity {CAPACITY} cores;"
         f" median of {repeats}. lower bound: max(work / {CAPACITY} cores, longest task)."
         " cores A+B: what each slave's CPU delivered while it had a task running (the work it"
         " did / that time); measured ratio: the makespan over the bound at those speeds."
@@ -618,6 +626,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="which parts to run (heterogeneous,simulated)",
     )
     parser.add_argument("--seed", type=int, default=SEED, help="for the task mix and simulation")
+    parser.add_argument(
+        "--order",
+        choices=("shuffled", "long-last"),
+        default="shuffled",
+        help="the order tasks are submitted in: shuffled, or long-last (shortest first, the "
+        "long ones at the end, where a slow slave holding them leaves the others idle)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write every figure there")
     args = parser.parse_args(argv)
     args.parts = {part.strip() for part in args.parts.split(",")}
@@ -634,16 +649,17 @@ def run_heterogeneous(args: argparse.Namespace, report: dict[str, Any]) -> list[
         print("\nheterogeneous: not run, it needs 2 CPUs and this process may use one")
         return []
     loops_per_s = calibrate()
-    lengths = workload(args.tasks, args.seed)
+    lengths = workload(args.tasks, args.seed, args.order)
     bound = max(sum(lengths) / CAPACITY, max(lengths))
     log(f"calibrated: {loops_per_s:,.0f} loop turns per core-second; lower bound {bound:.2f} s")
     results = heterogeneous(args, loops_per_s)
     rows = heterogeneous_rows(results, bound)
-    print_heterogeneous(rows, lengths, args.repeats)
+    print_heterogeneous(rows, lengths, args.repeats, args.order)
     report["heterogeneous"] = {
         "loops_per_core_s": loops_per_s,
         "work_core_s": sum(lengths),
         "longest_s": max(lengths),
+        "order": args.order,
         "lower_bound_s": bound,
         "rows": rows,
         "runs": [vars(result) for result in results],
