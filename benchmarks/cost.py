@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(medians[name] for name in PROCESSES)
     print(
         f"{args.tasks:,} {f'{args.arg_bytes:,}-byte-argument' if args.arg_bytes else 'no-op'}"
-        " tasks, LocalCluster(slaves=1, workers=2, {args.scheduler})"
+        f" tasks, LocalCluster(slaves=1, workers=2, {args.scheduler})"
         f"{', durable' if args.durable else ''}; median of {args.repeats}"
     )
     print("| tasks/s | " + " | ".join(f"{p} µs" for p in PROCESSES) + " | total µs |")

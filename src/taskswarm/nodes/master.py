@@ -38,6 +38,7 @@ from ..scheduling.records import (
     format_resources,
     parse_resources,
 )
+from ..stats import Stats
 from ..task import ExceptionWithTraceback, Status
 from ..wire import Codec, Kind, Message
 from .clients import ClientRecord, ClientTable
@@ -78,6 +79,9 @@ class Master:
         strategy_obj = load_plugin("taskswarm.strategies", strategy)()
         self.scheduler = load_plugin("taskswarm.schedulers", scheduler)(strategy_obj, prefetch)
         self.scheduler.setup(self)
+        #: Named measures (count, sum, min, max) of what the master times: ``status()["stats"]``.
+        self.stats = Stats()
+        self.scheduler.queue_wait = self.stats.measure("queue_wait_seconds")
         self.scheduler.stealing = stealing
         self.scheduler.resource_wait = resource_wait
         self.scheduler_name, self.strategy_name = scheduler, strategy
@@ -173,7 +177,7 @@ class Master:
                     self._check_slaves()
                     self._check_parent()
                     next_beat = time.monotonic() + self.heartbeat_interval
-                self.scheduler.dispatch()
+                self._dispatch()
                 self._fail_unsatisfiable()
                 self._send_task_batches()
                 self._send_steal_requests()
@@ -183,6 +187,15 @@ class Master:
         finally:
             self._say_goodbye()
             self.close()
+
+    def _dispatch(self) -> None:
+        """The scheduler's turn, timed per decision."""
+        before = self.scheduler.decisions
+        start = time.perf_counter()
+        self.scheduler.dispatch()
+        decided = self.scheduler.decisions - before
+        if decided:
+            self.stats.add("dispatch_seconds", (time.perf_counter() - start) / decided, decided)
 
     def _check_parent(self) -> None:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
@@ -328,10 +341,12 @@ class Master:
         slave_id = slave.slave_id if slave else None
         per_system: dict[str, list] = defaultdict(list)
         plain: list[tuple[TaskRecord, bool, bytes]] = []
+        now, took = time.monotonic(), []
         for (task_id, status, detail), data in zip(msg["results"], msg.payloads, strict=True):
             task = self.scheduler.result_arrived(slave_id, str(task_id))
             if task is None:
                 continue  # stale, duplicate or cancelled
+            took.append(now - task.assigned_at)
             outcome = self._settle(task, status, detail, data)
             if outcome is None:
                 continue  # it runs again
@@ -340,6 +355,11 @@ class Master:
                 per_system[task.system_id].append((task.task_id, ok, data))
             else:
                 plain.append((task, ok, data))
+        if took and slave_id is not None:
+            self.stats.add(
+                "task_seconds", sum(took) / len(took), len(took), low=min(took), high=max(took),
+                slave=slave_id,
+            )  # fmt: skip
         self.systems.deliver(per_system)
         self.clients.route(plain)
 
@@ -398,9 +418,11 @@ class Master:
 
     def _send_task_batches(self) -> None:
         for slave, tasks in self.scheduler.take_outboxes():
+            start = time.perf_counter()
             header = {"tasks": [[t.task_id, t.timeout] for t in tasks]}
             if not self.send(slave.identity, Kind.TASKS, header, [t.payload for t in tasks]):
                 self._lose_slave(slave, "unreachable")
+            self.stats.add("send_seconds", time.perf_counter() - start)
 
     def _send_steal_requests(self) -> None:
         for slave, count in self.scheduler.plan_steals():
@@ -522,6 +544,12 @@ class Master:
             "applications": len(self.clients.records),
             "systems": self.systems.summaries(),
             "tasks": self.scheduler.counts(),
+            "stats": self.stats.snapshot()
+            + [
+                {"name": "messages_rejected", "labels": {"reason": reason}, "count": n, "sum": n}
+                | {"avg": 1.0, "min": 1.0, "max": 1.0}
+                for reason, n in sorted(self.codec.rejected.items())
+            ],
         }
 
 

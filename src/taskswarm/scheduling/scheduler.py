@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..api import ITaskScheduler, ITaskScheduleStrategy
+from ..stats import Measure
 from .queue import TaskQueue
 from .records import NodeState, SlaveRecord, TaskRecord, TaskState
 
@@ -94,6 +95,10 @@ class BaseScheduler(ITaskScheduler):
         #: Tasks that failed for want of resources, for the master to report to their owners.
         self.unsatisfiable: list[TaskRecord] = []
         self._outboxes: list[SlaveRecord] = []
+        #: Tasks assigned so far (the master times dispatch per decision from it).
+        self.decisions = 0
+        #: How long tasks waited in the queue before their assignment.
+        self.queue_wait = Measure()
         self._changed = getattr(strategy, "slave_changed", None)
         self._next_steal_look = 0.0
         self._next_resource_look = 0.0
@@ -203,7 +208,15 @@ class BaseScheduler(ITaskScheduler):
         task.state = TaskState.ASSIGNED
         task.slave_id = slave.slave_id
         task.attempts += 1
-        task.assigned_at = time.monotonic()
+        task.assigned_at = now = time.monotonic()
+        self.decisions += 1
+        wait, measure = now - task.queued_at, self.queue_wait  # inline: this runs per task
+        measure.count += 1
+        measure.total += wait
+        if wait < measure.low:
+            measure.low = wait
+        if wait > measure.high:
+            measure.high = wait
         slave.in_flight.add(task.task_id)
         if task.resources:
             slave.take(task.resources)
