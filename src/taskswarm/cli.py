@@ -184,8 +184,14 @@ def keygen(path: str, force: bool, curve: bool) -> None:
     help="Times a task may kill its worker process before it fails with WorkerCrashed.",
 )
 @click.option(
-    "--dashboard", metavar="HOST:PORT", default=None, help="Serve the web dashboard on HOST:PORT."
+    "--dashboard",
+    metavar="HOST:PORT",
+    default="127.0.0.1:8787",
+    show_default=True,
+    help="Serve the HTTP API (/api/...), its OpenAPI document and Prometheus /metrics on "
+    "HOST:PORT (port 0: any free one). Busy: the master logs why and runs without it.",
 )
+@click.option("--no-dashboard", is_flag=True, help="Serve no HTTP at all.")
 @click.option(
     "--scheduler",
     default="push",
@@ -249,7 +255,8 @@ def master(
     key_file: str,
     state_dir: str | None,
     no_state_dir: bool,
-    dashboard: str | None,
+    dashboard: str,
+    no_dashboard: bool,
     scheduler: str,
     strategy: str,
     stealing: bool,
@@ -263,6 +270,7 @@ def master(
     ready_file: str | None,
 ) -> None:
     """Run a master node: it keeps the task queue and runs task systems."""
+    from .dashboard import parse_address
     from .keys import load_keys
     from .nodes.master import Master
 
@@ -276,8 +284,7 @@ def master(
         state_dir = None
     elif state_dir is None:
         state_dir = str(_default_state_dir(bind))
-    if dashboard:
-        log.warning("the dashboard is not part of this version yet; --dashboard is ignored")
+    parse_address(dashboard)  # a malformed address is a usage error before anything starts
     node = Master(
         bind,
         key,
@@ -291,6 +298,7 @@ def master(
         max_message_bytes=max_message_mib * 1024 * 1024,
         stealing=stealing,
         resource_wait=resource_wait,
+        dashboard=None if no_dashboard else dashboard,
     )
     _stop_on_signals(node)
     _tune_gc()

@@ -44,7 +44,8 @@ class LocalCluster:
     ``ipc=False`` has the nodes talk over loopback TCP instead of a Unix socket. ``stealing``
     and ``resource_wait`` are the master's ``--stealing`` and ``--resource-wait``;
     ``resources`` is what each of the first slaves offers (``taskswarm slave --resources``), and
-    ``add_slave(workers, resources=...)`` adds slaves of other shapes.
+    ``add_slave(workers, resources=...)`` adds slaves of other shapes. ``dashboard="HOST:PORT"``
+    serves the master's HTTP API there (none by default: many local clusters may run at once).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class LocalCluster:
         stealing: bool = True,
         resource_wait: float = 10.0,
         resources: dict[str, float] | None = None,
+        dashboard: str | None = None,
     ) -> None:
         self.slaves, self.workers = default_layout(slaves, workers)
         # A misspelt name is refused here, with the choices, rather than as a master that died.
@@ -72,6 +74,7 @@ class LocalCluster:
         self.scheduler, self.strategy = scheduler, strategy
         self.stealing, self.resource_wait = stealing, resource_wait
         self.resources = resources
+        self.dashboard = dashboard
         self.heartbeat, self.slave_timeout = heartbeat, slave_timeout
         self.start_timeout = start_timeout
         self.log_level = log_level
@@ -131,6 +134,7 @@ class LocalCluster:
             "--stealing" if self.stealing else "--no-stealing",
             "--resource-wait",
             str(self.resource_wait),
+            *(["--dashboard", self.dashboard] if self.dashboard else ["--no-dashboard"]),
         )
         deadline = time.monotonic() + self.start_timeout
         while not ready.exists() or not ready.read_text():

@@ -16,6 +16,7 @@ restarted on the same state directory carries on where it stopped.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import socket
@@ -27,6 +28,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
+from ..dashboard import DashboardServer, parse_address
 from ..errors import ResourceUnavailable, WorkerCrashed
 from ..journal import Journal, NullJournal
 from ..keys import ClusterKeys, as_keys
@@ -70,6 +72,7 @@ class Master:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         stealing: bool = True,
         resource_wait: float = 10.0,
+        dashboard: str | None = None,
     ) -> None:
         keys = as_keys(key)
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
@@ -127,6 +130,10 @@ class Master:
             Kind.BYE: self.on_bye,
         }
         self._restore()
+        self.dashboard: DashboardServer | None = None
+        self.dashboard_url: str | None = None
+        if dashboard:
+            self._start_dashboard(dashboard)
         log.info(
             "master listening on %s (scheduler %s, strategy %s, stealing %s, state %s)",
             self.address,
@@ -155,6 +162,37 @@ class Master:
                 len(saved.systems),
             )
 
+    def _start_dashboard(self, address: str) -> None:
+        host, port = parse_address(address)
+        server = DashboardServer(self.ask, host, port)
+        try:
+            self.dashboard_url = server.start()
+        except OSError as exc:
+            log.warning(
+                "dashboard not started: cannot listen on %s (%s); the master runs without it. "
+                "Give another --dashboard HOST:PORT, or --no-dashboard.",
+                address,
+                exc.strerror or exc,
+            )
+            return
+        self.dashboard = server
+        log.info("dashboard and API on %s", self.dashboard_url)
+
+    def ask(self, question: Any) -> concurrent.futures.Future:
+        """Run ``question(master)`` in the master's loop (from any thread): how the dashboard
+        reads the records the loop owns. The Future holds its answer or its exception."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self.mailbox.post(("ask", question, future))
+        return future
+
+    def _answer(self, question: Any, future: concurrent.futures.Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(question(self))
+        except Exception as exc:  # noqa: BLE001 - the asker gets it, the loop carries on
+            future.set_exception(exc)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def serve(self, ready_file: str | None = None) -> None:
@@ -170,7 +208,10 @@ class Master:
                     self._receive_from_nodes()
                 if self.mailbox.fileno() in events:
                     for item in self.mailbox.drain():
-                        self.systems.on_runner_message(item)
+                        if item[0] == "ask":
+                            self._answer(*item[1:])
+                        else:
+                            self.systems.on_runner_message(item)
                 if time.monotonic() >= next_beat:
                     self._send_heartbeats()
                     self.gate.report()
@@ -211,6 +252,8 @@ class Master:
         if self._closed:
             return
         self._closed = True
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self.clients.journal_unconfirmed(everything=True)
         self.systems.stop_all()
         self.router.close(linger=0)
@@ -537,6 +580,7 @@ class Master:
                 "scheduler": self.scheduler_name,
                 "strategy": self.strategy_name,
                 "stealing": self.scheduler.stealing,
+                "dashboard": self.dashboard_url,
                 "encrypted": self.encrypted,
                 "rejected": dict(self.codec.rejected),
             },

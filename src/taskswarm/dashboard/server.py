@@ -1,0 +1,93 @@
+"""DashboardServer: aiohttp in its own thread; every question is answered by the master's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import ConfigurationError
+from .api import routes
+
+__all__ = ["DashboardServer", "parse_address"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a request waits for the master's loop before it answers 503.
+ANSWER_TIMEOUT = 10.0
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8787`` for IPv6) -> (host, port); a clear error otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigurationError(
+            f"dashboard address {value!r} is not HOST:PORT; write e.g. 127.0.0.1:8787"
+        )
+    return host.strip("[]"), int(port)
+
+
+class DashboardServer:
+    """Serve the API for ``ask``: a function that runs a callable in the master's loop and
+    returns a concurrent Future of its result."""
+
+    def __init__(
+        self, ask: Callable[[Callable[[], Any]], concurrent.futures.Future], host: str, port: int
+    ) -> None:
+        self.ask = ask
+        self.host, self.port = host, port
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> str:
+        """Bind and serve; returns the URL (port 0 picks a free one). Raises OSError when the
+        address cannot be bound."""
+        started: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._serve, args=(started,), name="taskswarm-dashboard", daemon=True
+        )
+        self._thread.start()
+        self.url = started.result(timeout=30)
+        return self.url
+
+    def _serve(self, started: concurrent.futures.Future[str]) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        try:
+            app = web.Application()
+            app["ask"] = self._answer
+            app.add_routes(routes)
+            runner = self._runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, self.host, self.port)
+            loop.run_until_complete(site.start())
+            port = runner.addresses[0][1]
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            started.set_result(f"http://{host}:{port}")
+        except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
+            started.set_exception(exc)
+            loop.close()
+            return
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    async def _answer(self, question: Callable[[], Any]) -> Any:
+        future = self.ask(question)
+        return await asyncio.wait_for(asyncio.wrap_future(future), ANSWER_TIMEOUT)
+
+    def stop(self) -> None:
+        """Stop serving and join the thread; safe to call twice."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._loop = self._thread = None
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)

@@ -1,0 +1,168 @@
+"""The master's HTTP API against a real LocalCluster: the same numbers as `taskswarm status
+--json`, Prometheus text the Prometheus parser reads, clear 400s, and a master that runs on
+when its dashboard port is taken."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import taskswarm as ts
+from conftest import Nodes, free_port, wait_for
+from taskswarm.keys import load_keys
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[ts.LocalCluster, ts.Application, str]]:
+    with ts.LocalCluster(slaves=2, workers=1, dashboard="127.0.0.1:0") as cluster:
+        app = cluster.connect()
+        futures = app.push_tasks(ts.FunctionTask(abs, -i) for i in range(50))
+        assert sorted(f.result(timeout=30) for f in futures) == list(range(50))
+        url = app.status()["master"]["dashboard"]
+        assert url and url.startswith("http://127.0.0.1:")
+        yield cluster, app, url
+
+
+def comparable(status: dict) -> dict:
+    """What two reads of an idle cluster must agree on (uptime and timings move on)."""
+    return {
+        "slaves": sorted(
+            (s["id"], s["state"], s["workers"], s["in_flight"], s["done"], s["failed"])
+            for s in status["slaves"]
+        ),
+        "tasks": status["tasks"],
+        "systems": status["systems"],
+        "counts": sorted((row["name"], json.dumps(row["labels"])) for row in status["stats"]),
+    }
+
+
+@pytest.mark.timeout(60)
+def test_the_api_and_status_json_report_the_same_numbers(served, nodes: Nodes):
+    cluster, _, url = served
+    code, kind, body = get(url + "/api/status")
+    assert code == 200 and kind.startswith("application/json")
+    cli = nodes.run("status", "--master", cluster.address, "--key-file", cluster.key_file, "--json")
+    assert cli.returncode == 0, cli.stderr
+
+    api, printed = json.loads(body), json.loads(cli.stdout)
+
+    assert comparable(api) == comparable(printed)
+    assert printed["applications"] == api["applications"] + 1  # the status command itself
+    assert sum(s["done"] for s in api["slaves"]) >= 50
+
+
+@pytest.mark.timeout(60)
+def test_metrics_parse_as_prometheus_text_and_agree_with_the_api(served):
+    _, _, url = served
+    code, kind, body = get(url + "/metrics")
+    assert code == 200 and kind.startswith("text/plain")
+
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+
+    assert families["taskswarm_slaves_active"].samples[0].value == 2
+    assert families["taskswarm_tasks_queued"].samples[0].value == 0
+    per_slave = {
+        s.labels["slave"]: s.value
+        for s in families["taskswarm_task_seconds"].samples
+        if s.name == "taskswarm_task_seconds_count"
+    }
+    _, _, stats = get(url + "/api/stats")
+    expected = {
+        row["labels"]["slave"]: row["count"]
+        for row in json.loads(stats)
+        if row["name"] == "task_seconds"
+    }
+    assert per_slave == expected and sum(per_slave.values()) >= 50
+
+
+@pytest.mark.timeout(60)
+def test_every_documented_path_answers_what_its_document_promises(served):
+    _, _, url = served
+    code, _, body = get(url + "/api/openapi.json")
+    assert code == 200
+    document = json.loads(body)
+    assert document["openapi"].startswith("3.")
+    for path, operations in document["paths"].items():
+        code, kind, body = get(url + path)
+        assert code == 200, path
+        schema = operations["get"]["responses"]["200"]["content"]
+        if "application/json" in schema:
+            value = json.loads(body)
+            for key in schema["application/json"]["schema"].get("required", []):
+                assert key in value, (path, key)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "query, says",
+    [
+        ("limit=lots", "limit must be a whole number"),
+        ("limit=0", "limit must be between 1 and 1000"),
+        ("offset=-1", "offset must be between"),
+        ("state=running", "state must be one of queued, assigned"),
+    ],
+)
+def test_a_malformed_query_gets_a_400_that_says_what_is_wrong(served, query, says):
+    _, _, url = served
+    code, _, body = get(f"{url}/api/tasks?{query}")
+    assert code == 400
+    assert says in body
+
+
+@pytest.mark.timeout(60)
+def test_tasks_are_listed_by_state_and_paged(served):
+    _, app, url = served
+    gate = app.submit(__import__("time").sleep, 3)  # holds one worker while we look
+    try:
+        wait_for(lambda: json.loads(get(url + "/api/tasks?state=assigned")[2])["total"] >= 1)
+        _, _, body = get(url + "/api/tasks?state=assigned&limit=1&offset=0")
+        page = json.loads(body)
+        assert page["limit"] == 1 and len(page["tasks"]) == 1
+        assert page["tasks"][0]["state"] == "assigned" and page["tasks"][0]["slave"]
+    finally:
+        gate.result(timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_a_master_whose_dashboard_port_is_taken_runs_without_it(nodes: Nodes, key_file: str):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        address = f"tcp://127.0.0.1:{free_port()}"
+        master = nodes.start(
+            "master", "--bind", address, "--key-file", key_file, "--no-state-dir",
+            "--dashboard", f"127.0.0.1:{busy}",
+        )  # fmt: skip
+        with ts.Application(address, load_keys(key_file), connect_timeout=20) as app:
+            assert app.status()["master"]["dashboard"] is None
+        master.terminate()
+        _, err = master.communicate(timeout=20)
+    assert f"dashboard not started: cannot listen on 127.0.0.1:{busy}" in err
+    assert "Traceback" not in err
+
+
+def test_a_malformed_dashboard_address_is_refused_before_anything_starts(
+    nodes: Nodes, key_file: str
+):
+    out = nodes.run(
+        "master", "--bind", f"tcp://127.0.0.1:{free_port()}", "--key-file", key_file,
+        "--no-state-dir", "--dashboard", "localhost",
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "dashboard address 'localhost' is not HOST:PORT" in out.stderr
+    assert "Traceback" not in out.stderr
