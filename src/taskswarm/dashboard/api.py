@@ -123,19 +123,6 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
-@routes.get("/")
-async def index(request: web.Request) -> web.Response:
-    links = "".join(
-        f'<li><a href="{path}">{path}</a></li>'
-        for path in ("/api/status", "/api/nodes", "/api/systems", "/api/tasks", "/api/stats")
-        + ("/metrics", "/api/openapi.json")
-    )
-    return web.Response(
-        text=f"<!doctype html><title>taskswarm</title><h1>taskswarm master</h1><ul>{links}</ul>",
-        content_type="text/html",
-    )
-
-
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ..errors import ConfigurationError
 from .api import routes
+from .page import routes as page_routes
 
 __all__ = ["DashboardServer", "parse_address"]
 
@@ -63,6 +64,7 @@ class DashboardServer:
             app = web.Application()
             app["ask"] = self._answer
             app.add_routes(routes)
+            app.add_routes(page_routes)
             runner = self._runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self.host, self.port)
