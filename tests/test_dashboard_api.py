@@ -97,6 +97,8 @@ def test_every_documented_path_answers_what_its_document_promises(served):
     document = json.loads(body)
     assert document["openapi"].startswith("3.")
     for path, operations in document["paths"].items():
+        if "get" not in operations:
+            continue  # actions: see the tests below
         code, kind, body = get(url + path)
         assert code == 200, path
         schema = operations["get"]["responses"]["200"]["content"]
@@ -166,3 +168,105 @@ def test_a_malformed_dashboard_address_is_refused_before_anything_starts(
     assert out.returncode != 0
     assert "dashboard address 'localhost' is not HOST:PORT" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def post(url: str, body: object = None, token: str | None = None) -> tuple[int, str]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST")
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("token", [None, "wrong", ""])
+def test_an_action_without_the_right_token_is_refused_and_says_how_to_get_it(served, token):
+    cluster, app, url = served
+    slave = app.status()["slaves"][0]
+    code, body = post(f"{url}/api/slaves/{slave['id']}/resize", {"workers": 2}, token)
+    assert code == 401
+    assert "Authorization: Bearer" in body and "taskswarm status" in body
+    assert app.status()["slaves"][0]["workers"] == slave["workers"]
+
+
+@pytest.mark.timeout(60)
+def test_resize_with_the_token_changes_the_slaves_pool(served):
+    cluster, app, url = served
+    token = cluster.key.dashboard_token()
+    slave_id = app.status()["slaves"][0]["id"]
+
+    def workers() -> int:
+        return next(s["workers"] for s in app.status()["slaves"] if s["id"] == slave_id)
+
+    try:
+        assert post(f"{url}/api/slaves/{slave_id}/resize", {"workers": 2}, token)[0] == 200
+        wait_for(lambda: workers() == 2)
+    finally:
+        post(f"{url}/api/slaves/{slave_id}/resize", {"workers": 1}, token)
+        wait_for(lambda: workers() == 1)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "path, body, code, says",
+    [
+        ("/api/slaves/nobody/resize", {"workers": 1}, 404, "no slave 'nobody'"),
+        ("/api/slaves/{slave}/resize", {"workers": -1}, 400, "workers must be a whole number"),
+        ("/api/slaves/{slave}/resize", {"workers": "two"}, 400, "workers must be a whole number"),
+        ("/api/slaves/{slave}/resize", None, 400, '{"workers": 4}'),
+        ("/api/tasks/nothing/cancel", None, 404, "no live task 'nothing'"),
+        ("/api/systems/nothing/cancel", None, 404, "no running task system 'nothing'"),
+        ("/api/slaves/nobody/drain", None, 404, "no slave 'nobody'"),
+    ],
+)
+def test_a_bad_action_gets_an_error_that_says_what_is_wrong(served, path, body, code, says):
+    cluster, app, url = served
+    slave = app.status()["slaves"][0]["id"]
+    answer = post(url + path.format(slave=slave), body, cluster.key.dashboard_token())
+    assert answer[0] == code
+    assert says in answer[1]
+
+
+@pytest.mark.timeout(60)
+def test_a_task_cancelled_through_the_api_fails_its_future_with_a_task_error(served):
+    cluster, app, url = served
+    gate = app.submit(__import__("time").sleep, 30)
+    task_id = wait_for(
+        lambda: next(
+            (t["id"] for t in json.loads(get(url + "/api/tasks?state=assigned")[2])["tasks"]),
+            None,
+        )
+    )
+    assert post(f"{url}/api/tasks/{task_id}/cancel", None, cluster.key.dashboard_token())[0] == 200
+    with pytest.raises(ts.TaskError, match="cancelled through the master's API"):
+        gate.result(timeout=20)
+
+
+@pytest.mark.timeout(60)
+def test_a_drained_slave_leaves_and_the_other_takes_the_work():
+    with ts.LocalCluster(slaves=2, workers=1, dashboard="127.0.0.1:0") as cluster:
+        app = cluster.connect()
+        url = app.status()["master"]["dashboard"]
+        first, second = (s["id"] for s in app.status()["slaves"])
+
+        answer = post(f"{url}/api/slaves/{first}/drain", None, cluster.key.dashboard_token())
+
+        assert answer[0] == 200
+        wait_for(
+            lambda: [s["id"] for s in app.status()["slaves"] if s["state"] == "active"] == [second]
+        )
+        futures = app.push_tasks(ts.FunctionTask(abs, -i) for i in range(20))
+        assert sorted(f.result(timeout=30) for f in futures) == list(range(20))
+
+
+@pytest.mark.timeout(60)
+def test_status_prints_the_dashboard_url_with_its_token(served, nodes: Nodes):
+    cluster, _, url = served
+    out = nodes.run("status", "--master", cluster.address, "--key-file", cluster.key_file)
+    assert out.returncode == 0, out.stderr
+    assert f"{url}/?token={cluster.key.dashboard_token()}" in out.stdout.replace("\n", "")

@@ -523,8 +523,14 @@ def status(master_address: str, key_file: str, as_json: bool) -> None:
         info = app.status()
     if as_json:
         click.echo(json.dumps(info, indent=2))
-    else:
-        render_status(info)
+        return
+    render_status(info)
+    url = info["master"].get("dashboard")
+    if url:
+        from .keys import load_keys
+
+        token = load_keys(key_file).dashboard_token()
+        click.echo(f"dashboard: {url}/?token={token} (the token allows actions: keep it private)")
 
 
 @cli.command()

@@ -15,6 +15,8 @@ File format (text)::
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -41,6 +43,14 @@ class ClusterKeys:
 
     def __repr__(self) -> str:  # never show a key in a log or a traceback
         return f"ClusterKeys(curve={self.curve})"
+
+    def dashboard_token(self) -> str:
+        """The bearer token the master's HTTP API asks of actions (resize, drain, cancel).
+
+        Derived from the cluster key, so whoever holds the key file can act (``taskswarm status``
+        prints the dashboard's URL with it), while the token itself reveals nothing of the key.
+        """
+        return hmac.new(self.hmac, b"taskswarm dashboard token v1", hashlib.sha256).hexdigest()[:32]
 
 
 def as_keys(key: bytes | ClusterKeys) -> ClusterKeys:

@@ -6,6 +6,7 @@ live server against it.
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from aiohttp import web
@@ -118,6 +119,69 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"X-Content-Type-Options": "nosniff"})  # fmt: skip
 
 
+# -- actions: they change the cluster, so they need the token ----------------------------------
+
+
+def _authorise(request: web.Request) -> None:
+    given = request.headers.get("Authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token, request.app["token"]):
+        raise web.HTTPUnauthorized(
+            text="this action needs the dashboard token: send 'Authorization: Bearer TOKEN'; "
+            "`taskswarm status` prints the dashboard URL with it (it comes from the key file)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def _act(request: web.Request, question: Any, what: str) -> web.Response:
+    if not await _ask(request, question):
+        raise web.HTTPNotFound(text=f"no {what}")
+    return web.json_response({"ok": True})
+
+
+@routes.post("/api/slaves/{slave_id}/resize")
+async def resize(request: web.Request) -> web.Response:
+    _authorise(request)
+    slave_id = request.match_info["slave_id"]
+    try:
+        body = await request.json()
+        workers = body["workers"]
+    except (ValueError, KeyError, TypeError):
+        raise web.HTTPBadRequest(text='send a JSON body like {"workers": 4}') from None
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 1024:
+        raise web.HTTPBadRequest(
+            text=f"workers must be a whole number from 0 to 1024, not {workers!r}"
+        )
+    return await _act(
+        request, lambda master: master.resize_slave(slave_id, workers), f"slave {slave_id!r}"
+    )
+
+
+@routes.post("/api/slaves/{slave_id}/drain")
+async def drain(request: web.Request) -> web.Response:
+    _authorise(request)
+    slave_id = request.match_info["slave_id"]
+    return await _act(request, lambda master: master.drain_slave(slave_id), f"slave {slave_id!r}")
+
+
+@routes.post("/api/tasks/{task_id}/cancel")
+async def cancel_task(request: web.Request) -> web.Response:
+    _authorise(request)
+    task_id = request.match_info["task_id"]
+    return await _act(request, lambda master: master.cancel_task(task_id), f"live task {task_id!r}")
+
+
+@routes.post("/api/systems/{system_id}/cancel")
+async def cancel_system(request: web.Request) -> web.Response:
+    _authorise(request)
+    system_id = request.match_info["system_id"]
+    return await _act(
+        request,
+        lambda master: master.systems.cancel(system_id),
+        f"running task system {system_id!r}",
+    )
+
+
 @routes.get("/api/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
@@ -128,6 +192,27 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 _OBJECT = {"type": "object"}
+
+
+def _action(summary: str, parameter: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"token": []}],
+        "parameters": [
+            {"name": parameter, "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "responses": {
+            "200": _json({"type": "object", "required": ["ok"]}),
+            "400": {"description": "The body is malformed; the text says how."},
+            "401": {"description": "No token, or the wrong one."},
+            "404": {"description": "No such node, task or task system (or it has ended)."},
+        },
+    }
+    if body is not None:
+        operation["requestBody"] = body
+    return {"post": operation}
+
+
 _BAD = {"400": {"description": "A query parameter is malformed; the text says which."}}
 
 OPENAPI: dict[str, Any] = {
@@ -137,6 +222,7 @@ OPENAPI: dict[str, Any] = {
         "version": "1",
         "description": "What the master knows now: nodes, task systems, tasks and stats.",
     },
+    "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
     "paths": {
         "/api/status": {
             "get": {
@@ -211,6 +297,31 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json({"type": "array", "items": _OBJECT})},
             }
         },
+        "/api/slaves/{slave_id}/resize": _action(
+            "Resize a slave's pool of workers (update_pool)",
+            "slave_id",
+            {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["workers"],
+                            "properties": {
+                                "workers": {"type": "integer", "minimum": 0, "maximum": 1024}
+                            },
+                        }
+                    }
+                },
+            },
+        ),
+        "/api/slaves/{slave_id}/drain": _action(
+            "Drain a slave: it finishes what it runs, hands back the rest, and leaves", "slave_id"
+        ),
+        "/api/tasks/{task_id}/cancel": _action(
+            "Cancel a live task; its owner gets a TaskError", "task_id"
+        ),
+        "/api/systems/{system_id}/cancel": _action("Cancel a running task system", "system_id"),
         "/metrics": {
             "get": {
                 "summary": "The same stats in the Prometheus text format",

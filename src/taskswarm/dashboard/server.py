@@ -38,9 +38,14 @@ class DashboardServer:
     returns a concurrent Future of its result."""
 
     def __init__(
-        self, ask: Callable[[Callable[[], Any]], concurrent.futures.Future], host: str, port: int
+        self,
+        ask: Callable[[Callable[[], Any]], concurrent.futures.Future],
+        host: str,
+        port: int,
+        token: str,
     ) -> None:
         self.ask = ask
+        self.token = token
         self.host, self.port = host, port
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -63,6 +68,7 @@ class DashboardServer:
         try:
             app = web.Application()
             app["ask"] = self._answer
+            app["token"] = self.token
             app.add_routes(routes)
             app.add_routes(page_routes)
             runner = self._runner = web.AppRunner(app, access_log=None)

@@ -29,7 +29,7 @@ import cloudpickle
 import zmq
 
 from ..dashboard import DashboardServer, parse_address
-from ..errors import ResourceUnavailable, WorkerCrashed
+from ..errors import ResourceUnavailable, TaskError, WorkerCrashed
 from ..journal import Journal, NullJournal
 from ..keys import ClusterKeys, as_keys
 from ..scheduling import load_plugin
@@ -74,7 +74,7 @@ class Master:
         resource_wait: float = 10.0,
         dashboard: str | None = None,
     ) -> None:
-        keys = as_keys(key)
+        keys = self._keys = as_keys(key)
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
         self.heartbeat_interval = heartbeat_interval
         self.slave_timeout = slave_timeout
@@ -164,7 +164,7 @@ class Master:
 
     def _start_dashboard(self, address: str) -> None:
         host, port = parse_address(address)
-        server = DashboardServer(self.ask, host, port)
+        server = DashboardServer(self.ask, host, port, self._keys.dashboard_token())
         try:
             self.dashboard_url = server.start()
         except OSError as exc:
@@ -466,6 +466,35 @@ class Master:
             if not self.send(slave.identity, Kind.TASKS, header, [t.payload for t in tasks]):
                 self._lose_slave(slave, "unreachable")
             self.stats.add("send_seconds", time.perf_counter() - start)
+
+    # -- actions from the HTTP API (run in the loop through ``ask``) ----------------------------
+
+    def resize_slave(self, slave_id: str, workers: int) -> bool:
+        slave = self.scheduler.slaves.get(slave_id)
+        return slave is not None and self.send(slave.identity, Kind.RESIZE, {"workers": workers})
+
+    def drain_slave(self, slave_id: str) -> bool:
+        """The slave finishes what it runs, hands back what it holds, and leaves."""
+        slave = self.scheduler.slaves.get(slave_id)
+        return slave is not None and self.send(slave.identity, Kind.SHUTDOWN)
+
+    def cancel_task(self, task_id: str) -> bool:
+        """Cancel a live task; its owner gets a TaskError saying so (its Future resolves)."""
+        task = self.scheduler.cancel(task_id)
+        if task is None:
+            return False
+        self.cancel_on_slaves([task])
+        error = TaskError(
+            f"task {task.name or task.task_id!r} ({task.task_id}) was cancelled through the "
+            "master's API",
+            "TaskError",
+        )
+        data = cloudpickle.dumps(ExceptionWithTraceback(error, ""))
+        if task.system_id is not None:
+            self.systems.deliver({task.system_id: [(task.task_id, False, data)]})
+        else:
+            self.clients.route([(task, False, data)])
+        return True
 
     def _send_steal_requests(self) -> None:
         for slave, count in self.scheduler.plan_steals():
