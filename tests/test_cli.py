@@ -206,3 +206,16 @@ def test_options_come_from_a_toml_file_and_environment(nodes, key_file, tmp_path
     nodes.start("--config", str(config), "master", env=env)
     nodes.start("slave", address, "--workers", "1", env=env)
     active_slaves(nodes, address, key_file, 1)
+
+
+@pytest.mark.timeout(60)
+def test_status_watch_redraws_until_ctrl_c_and_leaves_quietly(cluster, app, nodes):
+    before = app.status()["applications"]
+    watcher = nodes.start(
+        "status", "--master", cluster.address, "--key-file", cluster.key_file, "--watch", "0.2"
+    )
+    wait_for(lambda: app.status()["applications"] > before)  # it is connected and drawing
+    watcher.send_signal(signal.SIGINT)
+    out, err = watcher.communicate(timeout=20)
+    assert watcher.returncode == 0, err
+    assert "slaves" in out and "Traceback" not in err

@@ -325,6 +325,27 @@ def _parse_resources_option(value: str | None) -> dict[str, float] | None:
     return resources
 
 
+def _watch_status(app: Any, seconds: float) -> None:
+    """Redraw the status tables in place until Ctrl-C (which ends it quietly)."""
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+
+    from .status_view import status_renderables
+
+    def frame() -> Group:
+        return Group(*status_renderables(app.status()))
+
+    try:
+        with Live(frame(), refresh_per_second=4) as live:
+            while True:
+                time.sleep(seconds)  # the refresh period itself, not a synchronisation
+                live.update(frame())
+    except KeyboardInterrupt:
+        pass
+
+
 def _tune_gc() -> None:
     """A node process holds many long-lived records (a million queued tasks, on a master) and
     makes almost no reference cycles: collect young objects less often, and never walk what
@@ -514,12 +535,22 @@ def _run_app(
 )
 @_key_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
-def status(master_address: str, key_file: str, as_json: bool) -> None:
+@click.option(
+    "--watch",
+    type=click.FloatRange(0.1),
+    default=None,
+    metavar="SECONDS",
+    help="Refresh the tables every SECONDS until Ctrl-C.",
+)
+def status(master_address: str, key_file: str, as_json: bool, watch: float | None) -> None:
     """Show the cluster's slaves and task systems."""
     from .nodes.application import connect
     from .status_view import render_status
 
     with connect(master_address, key_file, connect_timeout=5.0) as app:
+        if watch is not None and not as_json:
+            _watch_status(app, watch)
+            return
         info = app.status()
     if as_json:
         click.echo(json.dumps(info, indent=2))

@@ -12,9 +12,16 @@ _STATE_STYLE = {"active": "green", "pending": "yellow", "inactive": "yellow", "l
 
 def render_status(info: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
+    for renderable in status_renderables(info):
+        console.print(renderable)
+
+
+def status_renderables(info: dict[str, Any]) -> list[Any]:
+    """The header line and tables `taskswarm status` prints (``--watch`` redraws them)."""
     master = info["master"]
     tasks = info["tasks"]
-    console.print(
+    out: list[Any] = []
+    out.append(
         f"master {master['address']} (pid {master['pid']} on {master['host']}, "
         f"scheduler {master['scheduler']}/{master['strategy']}"
         f"{', stealing' if master.get('stealing') else ''}, up {master['uptime']:.0f}s); "
@@ -46,7 +53,7 @@ def render_status(info: dict[str, Any], console: Console | None = None) -> None:
             offer = slave.get("resources") or {}
             cells.append(",".join(f"{k}={v:g}" for k, v in sorted(offer.items())) or "-")
         table.add_row(*cells)
-    console.print(table)
+    out.append(table)
     if info["systems"]:
         systems = Table(title="task systems")
         for column in ("id", "state", "done", "total"):
@@ -55,4 +62,5 @@ def render_status(info: dict[str, Any], console: Console | None = None) -> None:
             systems.add_row(
                 system["id"], system["state"], str(system["done"]), str(system["total"])
             )
-        console.print(systems)
+        out.append(systems)
+    return out
