@@ -214,7 +214,9 @@ def test_status_watch_redraws_until_ctrl_c_and_leaves_quietly(cluster, app, node
     watcher = nodes.start(
         "status", "--master", cluster.address, "--key-file", cluster.key_file, "--watch", "0.2"
     )
-    wait_for(lambda: app.status()["applications"] > before)  # it is connected and drawing
+    wait_for(lambda: app.status()["applications"] > before)  # it is connected
+    first = watcher.stderr.readline()  # once its first frame is drawn (the test's timeout guards)
+    assert "Ctrl-C to stop" in first
     watcher.send_signal(signal.SIGINT)
     out, err = watcher.communicate(timeout=20)
     assert watcher.returncode == 0, err

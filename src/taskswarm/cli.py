@@ -326,7 +326,7 @@ def _parse_resources_option(value: str | None) -> dict[str, float] | None:
 
 
 def _watch_status(app: Any, seconds: float) -> None:
-    """Redraw the status tables in place until Ctrl-C (which ends it quietly)."""
+    """Redraw the status tables in place until Ctrl-C (the caller ends quietly on it)."""
     import time
 
     from rich.console import Group
@@ -337,13 +337,11 @@ def _watch_status(app: Any, seconds: float) -> None:
     def frame() -> Group:
         return Group(*status_renderables(app.status()))
 
-    try:
-        with Live(frame(), refresh_per_second=4) as live:
-            while True:
-                time.sleep(seconds)  # the refresh period itself, not a synchronisation
-                live.update(frame())
-    except KeyboardInterrupt:
-        pass
+    with Live(frame(), refresh_per_second=4) as live:
+        click.echo(f"refreshing every {seconds:g}s; Ctrl-C to stop", err=True)
+        while True:
+            time.sleep(seconds)  # the refresh period itself, not a synchronisation
+            live.update(frame())
 
 
 def _tune_gc() -> None:
@@ -547,10 +545,14 @@ def status(master_address: str, key_file: str, as_json: bool, watch: float | Non
     from .nodes.application import connect
     from .status_view import render_status
 
+    if watch is not None and not as_json:
+        try:
+            with connect(master_address, key_file, connect_timeout=5.0) as app:
+                _watch_status(app, watch)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how watching ends, whenever it comes
+        return
     with connect(master_address, key_file, connect_timeout=5.0) as app:
-        if watch is not None and not as_json:
-            _watch_status(app, watch)
-            return
         info = app.status()
     if as_json:
         click.echo(json.dumps(info, indent=2))

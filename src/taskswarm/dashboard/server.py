@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ..errors import ConfigurationError
 from .api import routes
+from .page import close_streams
 from .page import routes as page_routes
 
 __all__ = ["DashboardServer", "parse_address"]
@@ -71,6 +72,7 @@ class DashboardServer:
             app["token"] = self.token
             app.add_routes(routes)
             app.add_routes(page_routes)
+            app.on_shutdown.append(close_streams)  # open event streams must not hold up stop()
             runner = self._runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self.host, self.port)
