@@ -41,15 +41,22 @@ class SystemRecord:
     outcome: bytes | None = None  # pickled (result, error) once complete
     failed: bool = False
     waiters: set[bytes] = field(default_factory=set)
+    ended: float | None = None  # monotonic time it completed or failed
 
     def summary(self) -> dict[str, Any]:
         state = "running" if self.outcome is None else ("failed" if self.failed else "complete")
+        elapsed = (self.ended or time.monotonic()) - self.started
+        eta = None  # seconds left at the rate so far, while running and once it is known
+        if self.outcome is None and self.done and self.total >= self.done and elapsed > 0:
+            eta = round((self.total - self.done) / (self.done / elapsed), 3)
         return {
             "id": self.system_id,
             "client": self.client_id,
             "done": self.done,
             "total": self.total,
             "state": state,
+            "elapsed": round(elapsed, 3),
+            "eta": eta,
         }
 
 
@@ -155,6 +162,7 @@ class SystemTable:
         if record.runner is not None:
             record.runner.stop()
         record.outcome, record.failed, record.runner = outcome, failed, None
+        record.ended = time.monotonic()
         self.master.journal.system_done(record.system_id, outcome, failed)
         leftovers = self.master.scheduler.drop_system(record.system_id)
         self.master.cancel_on_slaves(leftovers)

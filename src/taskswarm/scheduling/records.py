@@ -166,6 +166,7 @@ class SlaveRecord:
         """What `status` and the dashboard show of this slave: plain, msgpack-able data."""
         return {
             "id": self.slave_id,
+            "kind": "slave",
             "host": self.host,
             "pid": self.pid,
             "state": self.state,
@@ -179,4 +180,5 @@ class SlaveRecord:
             "resources": self.resources or {},
             "pace_ms": round(self.pace * 1000, 3),
             "stolen": self.stolen,
+            "last_heartbeat": round(time.monotonic() - self.last_seen, 3),  # seconds ago
         }
