@@ -23,6 +23,15 @@ from hypothesis.stateful import (
     rule,
 )
 
+from schedbook import (
+    SCHEDULERS,
+    STRATEGIES,
+    dispatch,
+    finish,
+    make_scheduler,
+    make_slave,
+    make_tasks,
+)
 from taskswarm.api import ITaskScheduler, ITaskScheduleStrategy
 from taskswarm.errors import ConfigurationError
 from taskswarm.managers.process_pool import ProcessPoolManager
@@ -30,63 +39,12 @@ from taskswarm.scheduling import available, load_plugin
 from taskswarm.scheduling.pull import PullScheduler
 from taskswarm.scheduling.push import PushScheduler
 from taskswarm.scheduling.records import NodeState, SlaveRecord, TaskRecord, TaskState
-from taskswarm.scheduling.scheduler import BaseScheduler
 from taskswarm.scheduling.strategies import (
     LoadStrategy,
-    RandomStrategy,
     RoundRobinStrategy,
-    ThroughputStrategy,
-    TwoChoicesStrategy,
 )
 
-SCHEDULERS = {"push": PushScheduler, "pull": PullScheduler}
-STRATEGIES = {
-    "load": LoadStrategy,
-    "round-robin": RoundRobinStrategy,
-    "random": RandomStrategy,
-    "two-choices": TwoChoicesStrategy,
-    "throughput": ThroughputStrategy,
-}
 CHECKS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-_ids = itertools.count()
-
-
-def make_scheduler(kind: str = "push", strategy: str = "load", prefetch: int = 2) -> BaseScheduler:
-    scheduler = SCHEDULERS[kind](STRATEGIES[strategy](), prefetch)
-    scheduler.setup(None)
-    if hasattr(scheduler.strategy, "random"):
-        scheduler.strategy.random.seed(0)  # hypothesis replays each example exactly
-    return scheduler
-
-
-def make_slave(
-    slave_id: str, workers: int, credit: int = 0, state: str = NodeState.ACTIVE
-) -> SlaveRecord:
-    return SlaveRecord(slave_id, slave_id.encode(), workers=workers, credit=credit, state=state)
-
-
-def make_tasks(n: int, system_id: str | None = None) -> list[TaskRecord]:
-    return [TaskRecord(f"t{next(_ids)}", b"payload", "client", system_id) for _ in range(n)]
-
-
-def dispatch(scheduler: BaseScheduler) -> dict[str, list[str]]:
-    """What the master sends after one turn: task ids per slave id."""
-    scheduler.dispatch()
-    return {
-        slave.slave_id: [task.task_id for task in batch]
-        for slave, batch in scheduler.take_outboxes()
-    }
-
-
-def finish(
-    scheduler: BaseScheduler, slave_id: str | None, task_id: str, error: object = None
-) -> TaskRecord | None:
-    """What the master does with one result from a slave."""
-    record = scheduler.result_arrived(slave_id, task_id)
-    if record is not None:
-        scheduler.task_finished(record, None, error)
-    return record
 
 
 # -- rating and placement ------------------------------------------------------------------------
@@ -366,9 +324,9 @@ def test_a_late_result_from_a_slave_that_registered_again_is_credited_to_it():
 def test_dropping_a_system_cancels_its_queued_tasks_and_ignores_its_running_ones():
     scheduler = make_scheduler("push", prefetch=1)
     scheduler.add_slave(make_slave("a", workers=2))
-    running = make_tasks(2, "sys")
-    waiting = make_tasks(2, "sys")
-    other = make_tasks(1, "other")
+    running = make_tasks(2, system_id="sys")
+    waiting = make_tasks(2, system_id="sys")
+    other = make_tasks(1, system_id="other")
     scheduler.start_system("sys")
     scheduler.push_tasks(running + waiting + other)
     dispatch(scheduler)
@@ -397,7 +355,7 @@ def test_a_scheduler_takes_a_system_or_its_id():
 def test_counts_never_go_negative_after_a_system_with_running_tasks_is_dropped():
     scheduler = make_scheduler()
     scheduler.add_slave(make_slave("a", workers=1))
-    scheduler.push_tasks(make_tasks(2, "sys"))
+    scheduler.push_tasks(make_tasks(2, system_id="sys"))
     dispatch(scheduler)
 
     scheduler.drop_system("sys")
@@ -475,7 +433,7 @@ class SchedulerBookkeeping(RuleBasedStateMachine):
             system_id = None  # the master pushes nothing for a system that completed
         if system_id is not None:
             self.scheduler.start_system(system_id)
-        tasks = make_tasks(n, system_id)
+        tasks = make_tasks(n, system_id=system_id)
         self.scheduler.push_tasks(tasks)
         self.pushed.update((t.task_id, t) for t in tasks)
 

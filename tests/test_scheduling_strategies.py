@@ -28,9 +28,17 @@ from hypothesis.stateful import (
     rule,
 )
 
+from schedbook import (
+    SCHEDULERS,
+    STRATEGIES,
+    dispatch,
+    finish,
+    make_scheduler,
+    make_slave,
+    make_tasks,
+)
 from taskswarm.scheduling import scheduler as scheduler_module
 from taskswarm.scheduling.pull import PullScheduler
-from taskswarm.scheduling.push import PushScheduler
 from taskswarm.scheduling.queue import TaskQueue
 from taskswarm.scheduling.records import NodeState, SlaveRecord, TaskRecord, TaskState
 from taskswarm.scheduling.scheduler import (
@@ -39,24 +47,9 @@ from taskswarm.scheduling.scheduler import (
     STEAL_PATIENCE,
     BaseScheduler,
 )
-from taskswarm.scheduling.strategies import (
-    LoadStrategy,
-    RandomStrategy,
-    RoundRobinStrategy,
-    ThroughputStrategy,
-    TwoChoicesStrategy,
-)
 
 pytestmark = pytest.mark.timeout(120)
 
-SCHEDULERS = {"push": PushScheduler, "pull": PullScheduler}
-STRATEGIES = {
-    "load": LoadStrategy,
-    "round-robin": RoundRobinStrategy,
-    "random": RandomStrategy,
-    "two-choices": TwoChoicesStrategy,
-    "throughput": ThroughputStrategy,
-}
 HEAPS = ["load", "throughput"]
 CHECKS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MACHINES = settings(
@@ -66,71 +59,6 @@ MACHINES = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 NOT_ACTIVE = [NodeState.PENDING, NodeState.INACTIVE, NodeState.DRAINING]
-
-_ids = itertools.count()
-
-
-# -- helpers (the same shape as tests/test_scheduling.py's) --------------------------------------
-
-
-def make_scheduler(kind: str = "push", strategy: str = "load", prefetch: int = 2) -> BaseScheduler:
-    scheduler = SCHEDULERS[kind](STRATEGIES[strategy](), prefetch)
-    scheduler.setup(None)
-    if hasattr(scheduler.strategy, "random"):
-        scheduler.strategy.random.seed(0)  # hypothesis replays each example exactly
-    return scheduler
-
-
-def make_slave(
-    slave_id: str,
-    workers: int,
-    credit: int = 0,
-    state: str = NodeState.ACTIVE,
-    resources: dict[str, float] | None = None,
-    want: int = 0,
-    pace: float = 0.0,
-) -> SlaveRecord:
-    return SlaveRecord(
-        slave_id,
-        slave_id.encode(),
-        workers=workers,
-        credit=credit,
-        state=state,
-        resources=resources,
-        want=want,
-        pace=pace,
-    )
-
-
-def make_tasks(
-    n: int,
-    resources: dict[str, float] | None = None,
-    priority: int = 0,
-    system_id: str | None = None,
-) -> list[TaskRecord]:
-    return [
-        TaskRecord(
-            f"t{next(_ids)}", b"", "client", system_id, priority=priority, resources=resources
-        )
-        for _ in range(n)
-    ]
-
-
-def dispatch(scheduler: BaseScheduler) -> dict[str, list[str]]:
-    """What the master sends after one turn: task ids per slave id."""
-    scheduler.dispatch()
-    return {
-        slave.slave_id: [task.task_id for task in batch]
-        for slave, batch in scheduler.take_outboxes()
-    }
-
-
-def finish(scheduler: BaseScheduler, slave_id: str | None, task_id: str) -> TaskRecord | None:
-    """What the master does with one successful result from a slave."""
-    record = scheduler.result_arrived(slave_id, task_id)
-    if record is not None:
-        scheduler.task_finished(record, None, None)
-    return record
 
 
 def room(scheduler: BaseScheduler, slave: SlaveRecord) -> int:
