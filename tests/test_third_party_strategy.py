@@ -124,7 +124,12 @@ def on_path(installed: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def worker_ancestry() -> list[int]:
-    """The pids from this worker up to its slave (and a little above)."""
+    """The pids from this worker up to its slave (and a little above).
+
+    Defined here, not shared with test_priorities_resources.py's twin: a function from a test
+    module travels to the workers by value, one imported from a helper module by reference,
+    and the workers cannot import the tests.
+    """
     pids = [os.getpid()]
     for _ in range(5):
         try:
