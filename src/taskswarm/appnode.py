@@ -29,6 +29,7 @@ class ApplicationNode:
         self.master, self.key_file = master, key_file
         self.slaves, self.workers = slaves, workers
         self.app: Any = None
+        self.handle: Any = None  # the SystemHandle of the task system, once sent
         self._outstanding: set[str] = set()
         self._lock = threading.Lock()
         self._all_done = threading.Event()
@@ -56,7 +57,11 @@ class ApplicationNode:
         """The task system finished with ``gather_result``'s outcome."""
 
     def system_progress(self, done: int, total: int) -> None:
-        """The task system has ``done`` of ``total`` tasks finished so far."""
+        """The task system has ``done`` of ``total`` tasks finished so far.
+
+        ``self.handle.meter`` has the rate (tasks/s) and ETA too. Under ``taskswarm run`` the
+        system already shows as a progress bar (or log lines when output is not a terminal).
+        """
 
     # -- what the hooks call -----------------------------------------------------------------------
 
@@ -86,6 +91,7 @@ class ApplicationNode:
             app.on_task_finished = self._on_task_finished
             system = self.get_task_system()
             handle = app.submit_system(system, self.system_progress) if system else None
+            self.handle = handle
             self.start_processing()
             self._all_done.wait(timeout)
             if handle is None:

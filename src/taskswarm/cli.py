@@ -445,6 +445,12 @@ def slave(
     default=None,
     help="Workers per slave of the embedded cluster (default: cores / slaves).",
 )
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="Show no progress of task systems (by default: a bar each on a terminal, a log line "
+    "every tenth of the way otherwise, on stderr).",
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(
     module: str | None,
@@ -452,6 +458,7 @@ def run(
     key_file: str | None,
     slaves: int | None,
     workers: int | None,
+    no_progress: bool,
     args: tuple[str, ...],
 ) -> None:
     """Run an application (APP.py [ARGS] or -m MODULE [ARGS]) against a cluster.
@@ -476,7 +483,7 @@ def run(
     if master_address:
         if not key_file:
             raise click.UsageError("--master needs --key-file (or TASKSWARM_KEY_FILE)")
-        sys.exit(_run_app(target, module is not None, args, master_address, key_file))
+        sys.exit(_run_app(target, module is not None, args, master_address, key_file, no_progress))
     from .local import LocalCluster
 
     with LocalCluster(slaves=slaves, workers=workers) as cluster:
@@ -486,7 +493,9 @@ def run(
             cluster.workers,
             cluster.address,
         )
-        code = _run_app(target, module is not None, args, cluster.address, cluster.key_file)
+        code = _run_app(
+            target, module is not None, args, cluster.address, cluster.key_file, no_progress
+        )
     sys.exit(code)
 
 
@@ -495,12 +504,28 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 
 def _run_app(
-    target: str, is_module: bool, args: tuple[str, ...], address: str, key_file: str
+    target: str,
+    is_module: bool,
+    args: tuple[str, ...],
+    address: str,
+    key_file: str,
+    no_progress: bool = False,
 ) -> int:
-    from .appnode import ApplicationNode
+    """Run the app with every task system it sends shown on one progress board (stderr)."""
+    from .progress import ProgressBoard, installed
 
     os.environ["TASKSWARM_MASTER"], os.environ["TASKSWARM_KEY_FILE"] = address, key_file
     sys.argv = [target, *args]
+    if no_progress:
+        return _run_target(target, is_module)
+    with ProgressBoard() as board, installed(board):
+        return _run_target(target, is_module)
+
+
+def _run_target(target: str, is_module: bool) -> int:
+    """Run the app as ``__main__``; then run the ApplicationNode it defines, if it has not."""
+    from .appnode import ApplicationNode
+
     try:
         if is_module:
             namespace = runpy.run_module(target, run_name="__main__", alter_sys=True)

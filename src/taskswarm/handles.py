@@ -8,14 +8,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any
 
+from . import progress as progress_board
+from .progress import Meter, ProgressCallback
 from .task import FunctionTask
 
 if TYPE_CHECKING:
     from .nodes.application import Application
 
 __all__ = ["SystemHandle", "TaskFuture", "TaskswarmExecutor"]
-
-ProgressCallback = Callable[[int, int], None]
 
 
 class TaskFuture(Future):
@@ -38,13 +38,23 @@ class TaskFuture(Future):
 
 
 class SystemHandle:
-    """A task system living on the master. Keep ``system_id``: any process can fetch the result."""
+    """A task system living on the master. Keep ``system_id``: any process can fetch the result.
 
-    def __init__(self, system_id: str, progress: ProgressCallback | None = None) -> None:
+    ``meter`` tells how far it has got: done, total, rate (tasks/s) and ETA. Under ``taskswarm
+    run`` the system also shows on the program's progress board, unless the callback given
+    draws progress itself.
+    """
+
+    def __init__(
+        self, system_id: str, progress: ProgressCallback | None = None, label: str = ""
+    ) -> None:
         self.system_id = system_id
         self.progress = progress
         self.done_tasks = 0
         self.total_tasks = 0
+        self.meter = Meter(label or f"task system {system_id[:8]}")
+        board = progress_board.active()
+        self._board = None if getattr(progress, "draws_progress", False) else board
         self._future: Future[Any] = Future()
 
     # -- the caller's side -----------------------------------------------------------------------
@@ -67,12 +77,18 @@ class SystemHandle:
 
     def set_progress(self, done: int, total: int) -> None:
         self.done_tasks, self.total_tasks = done, total
+        self.meter.update(done, total)
+        if self._board is not None:
+            self._board.update(self.system_id, done, total, self.meter.label)
         if self.progress is not None:
             self.progress(done, total)
 
     def set_outcome(self, result: Any = None, error: BaseException | None = None) -> None:
         if self._future.done():
             return
+        self.meter.finished, self.meter.failed = True, error is not None
+        if self._board is not None:
+            self._board.finish(self.system_id, error)
         if error is not None:
             self._future.set_exception(error)
         else:

@@ -237,7 +237,8 @@ class Application:
                 f"task system {type(system).__name__} could not be pickled: {exc}; every "
                 "attribute it holds when sent must be picklable"
             ) from exc
-        handle = self._track_system(system.system_id, progress)
+        label = f"{type(system).__name__} {system.system_id[:8]}"
+        handle = self._track_system(system.system_id, progress, label)
         # Wait for the master's ACK: once this returns, the system lives on without us.
         self._request(Kind.SYSTEM, {"system_id": system.system_id}, 30.0, [payload])
         return handle
@@ -255,11 +256,13 @@ class Application:
         self._post(Kind.SYSTEM_QUERY, {"system_id": str(system_id)})
         return handle.result(timeout)
 
-    def _track_system(self, system_id: str, progress: ProgressCallback | None) -> SystemHandle:
+    def _track_system(
+        self, system_id: str, progress: ProgressCallback | None, label: str = ""
+    ) -> SystemHandle:
         with self._lock:
             handle = self._systems.get(system_id)
             if handle is None or handle.done():
-                handle = self._systems[system_id] = SystemHandle(system_id, progress)
+                handle = self._systems[system_id] = SystemHandle(system_id, progress, label)
             elif progress is not None:
                 handle.progress = progress
         return handle

@@ -33,15 +33,15 @@ import argparse
 import concurrent.futures
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
 import taskswarm as ts
+from taskswarm.progress import ProgressCallback, progress_display
 
 __all__ = [
     "DEFAULT_BAND_ROWS",
@@ -334,9 +334,6 @@ class MandelbrotSystem(ts.TaskSystem):
         return len(self.ranges)
 
 
-ProgressCallback = Callable[[int, int], None]
-
-
 def warm_up(app: Any, spec: ImageSpec, workers: int) -> None:
     """Have every worker import NumPy and this module before the clock starts, as the serial
     reference already has: the timing compares rendering, not interpreter start-up."""
@@ -365,53 +362,6 @@ def render_plain(
         if progress is not None:
             progress(done, len(tasks))
     return assemble(spec, bands)
-
-
-# -- progress display ---------------------------------------------------------------------------
-
-
-class _LineProgress:
-    """Plain log lines for pipes and CI logs: one about every 10%, never one per band."""
-
-    def __init__(self, stream: TextIO, label: str) -> None:
-        self.stream, self.label, self.last_decile = stream, label, -1
-
-    def __call__(self, done: int, total: int) -> None:
-        if total <= 0:
-            return
-        decile = min(10, done * 10 // total)
-        if decile > self.last_decile:
-            self.last_decile = decile
-            print(f"{self.label}: {done}/{total} bands ({100 * done // total}%)", file=self.stream)
-            self.stream.flush()
-
-
-@contextmanager
-def _progress_display(quiet: bool, label: str) -> Iterator[ProgressCallback | None]:
-    """A progress callback: a rich bar on an interactive stderr, log lines otherwise."""
-    if quiet:
-        yield None
-        return
-    if not sys.stderr.isatty():
-        yield _LineProgress(sys.stderr, label)
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
-        bar_id = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(bar_id, completed=done, total=total)
-
-        yield update
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -599,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     ) as app:
         slaves, workers = _cluster_size(app)
         warm_up(app, spec, workers)
-        with _progress_display(args.quiet, f"rendering ({mode})") as progress:
+        with progress_display(f"rendering ({mode})", quiet=args.quiet) as progress:
             started = time.perf_counter()
             image = render(app, spec, args.band_rows, progress)
             seconds_distributed = time.perf_counter() - started

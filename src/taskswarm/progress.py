@@ -1,0 +1,271 @@
+"""Progress on long work: one bar per task system on a terminal, plain log lines elsewhere.
+
+A task system reports ``(done, total)`` as it goes (``SYSTEM_PROGRESS``); what a person wants to
+see is how fast and how long still. :class:`Meter` turns the counts into a rate and an ETA (over
+a recent window, so a slow start or a change of pace does not skew it for ever), and
+:class:`ProgressBoard` shows every meter: a rich bar each on an interactive terminal; on a pipe or
+in CI, a log line every tenth of the way (and at least every ``LOG_INTERVAL`` seconds) -- never
+a line per task.
+
+``taskswarm run`` puts up a board for the whole program (:func:`installed`), and every task
+system the program sends or waits for appears on it by itself, including those of an
+``ApplicationNode``. A program that draws its own progress asks for a bar with
+:func:`progress_display`: on the run's board when there is one, on its own otherwise, so the
+same system never shows twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+__all__ = [
+    "Meter",
+    "ProgressBoard",
+    "ProgressCallback",
+    "active",
+    "installed",
+    "progress_display",
+]
+
+ProgressCallback = Callable[[int, int], None]
+
+#: Seconds of recent updates the rate is measured over.
+RATE_WINDOW = 10.0
+#: Most seconds between two log lines of one unfinished meter (in plain-line mode).
+LOG_INTERVAL = 30.0
+
+
+@dataclass
+class Meter:
+    """Counts of one piece of work, with the rate and ETA they imply."""
+
+    label: str
+    done: int = 0
+    total: int = 0
+    started: float = 0.0
+    finished: bool = False
+    failed: bool = False
+
+    def __post_init__(self) -> None:
+        self.started = self.started or time.monotonic()
+        self._samples: deque[tuple[float, int]] = deque([(self.started, 0)])
+
+    def update(self, done: int, total: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.done, self.total = done, max(total, done)
+        self._samples.append((now, done))
+        while len(self._samples) > 2 and now - self._samples[1][0] > RATE_WINDOW:
+            self._samples.popleft()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def rate(self) -> float:
+        """Tasks per second over the recent window (the whole run when it is short)."""
+        (t0, d0), (t1, d1) = self._samples[0], self._samples[-1]
+        return (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds still to go at the recent rate; None while it cannot be told."""
+        if self.finished:
+            return 0.0
+        rate = self.rate
+        if rate <= 0 or self.total <= 0:
+            return None
+        return max(0.0, (self.total - self.done) / rate)
+
+    def describe(self) -> str:
+        """One line: ``label: done/total (P%), R tasks/s, ETA T`` -- what a log line says."""
+        percent = f" ({100 * self.done // self.total}%)" if self.total else ""
+        text = f"{self.label}: {self.done}/{self.total or '?'} tasks{percent}"
+        if self.finished:
+            how = "failed" if self.failed else "done"
+            rate = self.done / self.elapsed if self.elapsed > 0 else 0.0
+            return f"{text}, {how} in {format_seconds(self.elapsed)} ({rate:.1f} tasks/s)"
+        eta = "?" if self.eta is None else format_seconds(self.eta)
+        return f"{text}, {self.rate:.1f} tasks/s, ETA {eta}"
+
+
+def format_seconds(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h04m``: short enough for a column, exact enough to plan by."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class ProgressBoard:
+    """Every meter of one program, drawn as bars on a terminal or logged as lines otherwise.
+
+    Thread-safe: updates come from an application's I/O thread while the program's own thread
+    prints. The rich display starts with the first meter, so a program that sends no task
+    system never gets an empty live region.
+    """
+
+    def __init__(self, stream: TextIO | None = None, interactive: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.interactive = self.stream.isatty() if interactive is None else interactive
+        self._lock = threading.Lock()
+        self._meters: dict[str, Meter] = {}
+        self._logged: dict[str, tuple[int, float]] = {}  # key -> (tenth, when) of its last line
+        self._rich: Any = None
+        self._bars: dict[str, Any] = {}
+        self._closed = False
+
+    def __enter__(self) -> ProgressBoard:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._rich is not None:
+                self._rich.stop()
+                self._rich = None
+
+    def update(self, key: str, done: int, total: int, label: str | None = None) -> None:
+        with self._lock:
+            meter = self._meters.get(key)
+            if meter is None:
+                meter = self._meters[key] = Meter(label or key)
+            if meter.finished or self._closed:
+                return
+            meter.update(done, total)
+            self._show(key, meter)
+
+    def finish(self, key: str, error: BaseException | None = None) -> None:
+        with self._lock:
+            meter = self._meters.get(key)
+            if meter is None or meter.finished or self._closed:
+                return
+            meter.finished, meter.failed = True, error is not None
+            self._show(key, meter)
+
+    def callback(self, key: str, label: str) -> ProgressCallback:
+        """A ``(done, total)`` callback that draws on this board under ``label``."""
+
+        def report(done: int, total: int) -> None:
+            self.update(key, done, total, label)
+            if total and done >= total:
+                self.finish(key)
+
+        report.draws_progress = True  # type: ignore[attr-defined]
+        return report
+
+    # -- drawing (with the lock held) -----------------------------------------------------------
+
+    def _show(self, key: str, meter: Meter) -> None:
+        if self.interactive:
+            self._draw(key, meter)
+        else:
+            self._log(key, meter)
+
+    def _log(self, key: str, meter: Meter) -> None:
+        tenth = 10 * meter.done // meter.total if meter.total else 0
+        now = time.monotonic()
+        last = self._logged.get(key)
+        if (
+            last is not None
+            and not meter.finished
+            and tenth <= last[0]
+            and now - last[1] < LOG_INTERVAL
+        ):
+            return
+        self._logged[key] = (tenth, now)
+        print(meter.describe(), file=self.stream, flush=True)
+
+    def _draw(self, key: str, meter: Meter) -> None:
+        if self._rich is None:
+            self._rich = _rich_progress(self.stream)
+            self._rich.start()
+        if meter.finished:
+            state = "failed" if meter.failed else "done"
+        else:
+            state = "ETA ?" if meter.eta is None else f"ETA {format_seconds(meter.eta)}"
+        fields = {"rate": f"{meter.rate:.1f} tasks/s", "eta": state}
+        bar = self._bars.get(key)
+        if bar is None:
+            bar = self._bars[key] = self._rich.add_task(meter.label, total=None, **fields)
+        self._rich.update(bar, completed=meter.done, total=meter.total or None, **fields)
+
+
+def _rich_progress(stream: TextIO) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[eta]}"),
+        console=Console(file=stream),
+        transient=False,
+        # The program's prints go above the bars when they share the terminal; output sent
+        # elsewhere (a file, a pipe) stays where the program sent it.
+        redirect_stdout=_is_terminal(sys.stdout),
+        redirect_stderr=stream is sys.stderr,
+    )
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# -- the program's board ------------------------------------------------------------------------
+
+_active: ProgressBoard | None = None
+
+
+def active() -> ProgressBoard | None:
+    """The board ``taskswarm run`` put up for this program, if any."""
+    return _active
+
+
+@contextlib.contextmanager
+def installed(board: ProgressBoard) -> Iterator[ProgressBoard]:
+    """Make ``board`` the program's board while the block runs: every task system shows on it."""
+    global _active
+    previous, _active = _active, board
+    try:
+        yield board
+    finally:
+        _active = previous
+
+
+@contextlib.contextmanager
+def progress_display(
+    label: str, quiet: bool = False, stream: TextIO | None = None
+) -> Iterator[ProgressCallback | None]:
+    """A ``(done, total)`` callback that shows progress under ``label``; None when ``quiet``.
+
+    It draws on the program's board when ``taskswarm run`` put one up, on a board of its own
+    otherwise (a bar on an interactive stderr, log lines on a pipe).
+    """
+    if quiet:
+        yield None
+        return
+    key = f"{label}#{id(object())}"
+    board = active()
+    if board is not None:
+        yield board.callback(key, label)
+        return
+    with ProgressBoard(stream) as own:
+        yield own.callback(key, label)
