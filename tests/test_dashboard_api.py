@@ -46,6 +46,7 @@ def comparable(status: dict) -> dict:
         ),
         "tasks": status["tasks"],
         "systems": status["systems"],
+        "errors": status["errors"],
         "counts": sorted((row["name"], json.dumps(row["labels"])) for row in status["stats"]),
     }
 
@@ -61,7 +62,10 @@ def test_the_api_and_status_json_report_the_same_numbers(served, nodes: Nodes):
     api, printed = json.loads(body), json.loads(cli.stdout)
 
     assert comparable(api) == comparable(printed)
-    assert printed["applications"] == api["applications"] + 1  # the status command itself
+    def connected(info: dict) -> set[str]:
+        return {a["id"] for a in info["applications"] if a["state"] == "connected"}
+
+    assert len(connected(printed) - connected(api)) == 1  # the status command itself
     assert sum(s["done"] for s in api["slaves"]) >= 50
 
 
@@ -270,3 +274,37 @@ def test_status_prints_the_dashboard_url_with_its_token(served, nodes: Nodes):
     out = nodes.run("status", "--master", cluster.address, "--key-file", cluster.key_file)
     assert out.returncode == 0, out.stderr
     assert f"{url}/?token={cluster.key.dashboard_token()}" in out.stdout.replace("\n", "")
+
+
+def explode(x: int) -> None:
+    raise ValueError(f"bad input {x}")
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_task_shows_with_its_remote_traceback_in_api_and_status(served, nodes: Nodes):
+    cluster, app, url = served
+    with pytest.raises(ValueError, match="bad input 7"):
+        app.submit(explode, 7).result(timeout=30)
+
+    code, _, body = get(url + "/api/errors?limit=5")
+    assert code == 200
+    newest = json.loads(body)[0]
+    assert newest["error"] == "ValueError: bad input 7"
+    assert newest["status"] == "error" and newest["application_id"] == app.client_id
+    assert "in explode" in newest["traceback"] and newest["slave_id"]
+
+    printed = nodes.run("status", "--master", cluster.address, "--key-file", cluster.key_file)
+    assert printed.returncode == 0, printed.stderr
+    assert "latest errors" in printed.stdout and "ValueError: bad input 7" in printed.stdout
+
+
+@pytest.mark.timeout(60)
+def test_nodes_are_slaves_and_applications_each_with_its_kind(served):
+    _, app, url = served
+    code, _, body = get(url + "/api/nodes")
+    assert code == 200
+    nodes = json.loads(body)
+    assert {s["kind"] for s in nodes["slaves"]} == {"slave"}
+    mine = [a for a in nodes["applications"] if a["id"] == app.client_id]
+    assert mine and mine[0]["kind"] == "application" and mine[0]["state"] == "connected"
+    assert mine[0]["done"] >= 50 and mine[0]["host"] and mine[0]["pid"]

@@ -67,6 +67,10 @@ class Naps(ts.TaskSystem):
         return self.finished, None
 
 
+def divide(x: int, y: int) -> float:
+    return x / y
+
+
 def keep_screenshot(path: Path) -> Path:
     """Copy the screenshot where people look for it; returns the copy's path."""
     folder = Path(os.environ.get("TASKSWARM_ARTIFACTS") or REPO / "test-artifacts")
@@ -130,6 +134,17 @@ def test_the_dashboard_follows_slaves_a_task_system_and_a_resize(tmp_path: Path)
                 row = page.locator(f'tr.slave[data-id="{slave_id}"]')
                 expect(row.locator("td.workers")).to_have_text("2", timeout=WAIT_MS)
                 expect(page.locator("#action-message")).not_to_have_class("message bad")
+
+                # A task that fails: its error, then its remote traceback on a click.
+                with pytest.raises(ZeroDivisionError):
+                    app.submit(divide, 1, 0).result(timeout=30)
+                failure = page.locator("#error-list li.error").first
+                expect(failure.locator(".message")).to_have_text(
+                    "ZeroDivisionError: division by zero", timeout=WAIT_MS
+                )
+                failure.locator("summary").click()
+                expect(failure.locator("pre.traceback")).to_contain_text("in divide")
+                expect(page.locator("tr.application")).to_have_count(1)
 
                 shot = tmp_path / "dashboard.png"
                 page.screenshot(path=str(shot), full_page=True)

@@ -85,15 +85,18 @@ def collect_until(pool: ProcessPoolManager, seen: list, count: int) -> None:
         seen.extend(results(pool))
 
 
-def outcomes(items: list[tuple[str, str, bytes]]) -> dict[str, tuple[object, object]]:
-    """task id -> (result, error); a crash's error is ("crash", how the worker died)."""
-    ids = Counter(task_id for task_id, _, _ in items)
+def outcomes(items: list[tuple]) -> dict[str, tuple[object, object]]:
+    """task id -> (result, error); a crash's error is ("crash", how the worker died).
+
+    Items are ``(task_id, status, outcome, detail)``; the detail (a failure as text) is checked
+    where it matters."""
+    ids = Counter(task_id for task_id, *_ in items)
     assert all(n == 1 for n in ids.values()), f"results delivered twice: {ids.most_common(3)}"
     return {
         task_id: (None, (status, data))
         if status in (Status.CRASH, Status.CANCELLED)
         else load_outcome(status == Status.OK, data, task_id)
-        for task_id, status, data in items
+        for task_id, status, data, _ in items
     }
 
 
@@ -166,9 +169,15 @@ def test_a_task_that_raises_comes_back_as_its_error_and_the_pool_goes_on(make_po
 
     assert pool.wait_for_all(timeout=DEADLINE)
 
-    got = outcomes(results(pool))
+    items = results(pool)
+    got = outcomes(items)
     assert type(got[bad][1]) is ValueError
     assert got[good] == (42, None)
+    # Beside the pickled error, its text: what the master shows people without unpickling.
+    detail = {task_id: text for task_id, _, _, text in items}
+    assert detail[good] is None
+    assert detail[bad].startswith("ValueError: invalid literal for int()")
+    assert "Traceback (most recent call last)" in detail[bad]
 
 
 def test_the_pool_grows_and_shrinks_mid_run_and_every_result_arrives_once(make_pool):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from .progress import format_seconds
 
 _STATE_STYLE = {"active": "green", "pending": "yellow", "inactive": "yellow", "lost": "red"}
 
@@ -27,14 +30,25 @@ def status_renderables(info: dict[str, Any]) -> list[Any]:
         f"{', stealing' if master.get('stealing') else ''}, up {master['uptime']:.0f}s); "
         f"tasks queued {tasks['queued']}, assigned {tasks['assigned']}"
     )
+    out.append(_slaves_table(info["slaves"]))
+    if info.get("applications"):
+        out.append(_applications_table(info["applications"]))
+    if info["systems"]:
+        out.append(_systems_table(info["systems"]))
+    if info.get("errors"):
+        out.append(_errors_table(info["errors"]))
+    return out
+
+
+def _slaves_table(slaves: list[dict[str, Any]]) -> Table:
     table = Table(title="slaves")
     # Columns that would be all zeros or empty are left out, so the table fits a terminal.
-    slaves = info["slaves"]
     stolen = any(slave.get("stolen") for slave in slaves)
     resources = any(slave.get("resources") for slave in slaves)
-    numbers = ("workers", "in flight", "rating", "done", *(["stolen"] if stolen else []))
-    for column in ("id", "host", "state", *numbers, *(["resources"] if resources else [])):
-        table.add_column(column, justify="right" if column in numbers else "left")
+    numbers = ("workers", "in flight", "rating", "done", "failed", *(["stolen"] if stolen else []))
+    columns = ("id", "host", "state", *numbers, *(["resources"] if resources else []), "heard")
+    for column in columns:
+        table.add_column(column, justify="right" if column in (*numbers, "heard") else "left")
     for slave in slaves:
         style = _STATE_STYLE.get(slave["state"], "")
         rating = "-" if slave["rating"] is None else f"{slave['rating']:.2f}"
@@ -46,21 +60,69 @@ def status_renderables(info: dict[str, Any]) -> list[Any]:
             str(slave["in_flight"]),
             rating,
             str(slave["done"]),
+            str(slave.get("failed", 0)),
         ]
         if stolen:
             cells.append(str(slave.get("stolen", 0)))
         if resources:
             offer = slave.get("resources") or {}
             cells.append(",".join(f"{k}={v:g}" for k, v in sorted(offer.items())) or "-")
+        cells.append(_ago(slave.get("last_heartbeat")))
         table.add_row(*cells)
-    out.append(table)
-    if info["systems"]:
-        systems = Table(title="task systems")
-        for column in ("id", "state", "done", "total"):
-            systems.add_column(column)
-        for system in info["systems"]:
-            systems.add_row(
-                system["id"], system["state"], str(system["done"]), str(system["total"])
-            )
-        out.append(systems)
-    return out
+    return table
+
+
+def _applications_table(applications: list[dict[str, Any]]) -> Table:
+    table = Table(title="applications")
+    numbers = ("in flight", "done", "failed", "heard")
+    for column in ("id", "host", "pid", "state", *numbers):
+        table.add_column(column, justify="right" if column in numbers else "left")
+    for app in applications:
+        table.add_row(
+            app["id"],
+            app.get("host") or "-",
+            str(app.get("pid") or "-"),
+            app["state"],
+            str(app["in_flight"]),
+            str(app["done"]),
+            str(app["failed"]),
+            _ago(app.get("last_heartbeat")),
+        )
+    return table
+
+
+def _systems_table(systems: list[dict[str, Any]]) -> Table:
+    table = Table(title="task systems")
+    numbers = ("done", "total", "failed", "elapsed", "eta")
+    for column in ("id", "state", *numbers):
+        table.add_column(column, justify="right" if column in numbers else "left")
+    for system in systems:
+        eta = system.get("eta")
+        table.add_row(
+            system["id"],
+            system["state"],
+            str(system["done"]),
+            str(system["total"]),
+            str(system.get("tasks_failed", 0)),
+            format_seconds(system.get("elapsed", 0.0)),
+            "-" if eta is None else format_seconds(eta),
+        )
+    return table
+
+
+def _errors_table(errors: list[dict[str, Any]]) -> Table:
+    table = Table(title="latest errors (newest first; the dashboard shows their tracebacks)")
+    for column in ("time", "task", "slave", "error"):
+        table.add_column(column, overflow="fold")
+    for error in errors:
+        table.add_row(
+            time.strftime("%H:%M:%S", time.localtime(error["time"])),
+            error.get("name") or error["task_id"],
+            error.get("slave_id") or "-",
+            error["error"],
+        )
+    return table
+
+
+def _ago(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}s ago"

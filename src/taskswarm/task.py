@@ -212,10 +212,19 @@ def run_task(payload: bytes) -> tuple[str, bytes]:
     This is the whole of what a worker process does with a task, kept here so the same rules
     (what counts as an error, how it is pickled) hold for every task manager.
     """
+    status, outcome, _ = run_task_reporting(payload)
+    return status, outcome
+
+
+def run_task_reporting(payload: bytes) -> tuple[str, bytes, str | None]:
+    """``run_task``, plus for a failure :func:`error_text`: the master shows it to people
+    (latest errors on the dashboard) without unpickling the outcome, which it never does for
+    plain tasks."""
     try:
         task = pickle.loads(payload)
     except BaseException as exc:  # noqa: BLE001 - any unpickling failure is the task's failure
-        return Status.ERROR, dump_error(_unpickling_error(exc))
+        error = _unpickling_error(exc)
+        return Status.ERROR, dump_error(error), error_text(error)
     try:
         try:
             result = task()
@@ -223,16 +232,30 @@ def run_task(payload: bytes) -> tuple[str, bytes]:
             task.clean_up()
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a task is its error too
         retry = getattr(task, "max_retries", 0) > 0 and isinstance(exc, _retry_on(task))
-        return (Status.RETRY if retry else Status.ERROR), dump_error(exc)
+        return (Status.RETRY if retry else Status.ERROR), dump_error(exc), error_text(exc)
     try:
-        return Status.OK, dump_result(result)
+        return Status.OK, dump_result(result), None
     except Exception as exc:
         error = TaskError(
             f"the result of task {getattr(task, 'name', '?')!r} could not be pickled: "
             f"{type(exc).__name__}: {exc}",
             type(exc).__qualname__,
         )
-        return Status.ERROR, dump_error(error)
+        return Status.ERROR, dump_error(error), error_text(error)
+
+
+#: Most characters of a traceback sent along for people to read (its end: where it failed).
+ERROR_TEXT_LIMIT = 4000
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` on the first line, then the traceback (its last ``ERROR_TEXT_LIMIT``
+    characters), as plain text any node can show without unpickling anything."""
+    head = f"{type(exc).__qualname__}: {exc}"
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if len(tb) > ERROR_TEXT_LIMIT:
+        tb = "...\n" + tb[-ERROR_TEXT_LIMIT:]
+    return f"{head[:500]}\n{tb}"
 
 
 def dump_result(result: Any) -> bytes:

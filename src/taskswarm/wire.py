@@ -111,7 +111,7 @@ class Kind:
     REGISTER = "register"  # {node_id, host, pid, workers}
     RESULTS = "results"  # {results: [[task_id, status, detail], ...]} + one payload per result
     # application -> master
-    HELLO = "hello"  # {client_id}
+    HELLO = "hello"  # {client_id, host, pid}
     SUBMIT = "submit"  # {tasks: [[task_id, timeout, max_retries, name], ...], rid} + payloads
     SYSTEM = "system"  # {system_id, rid} + the pickled task system
     SYSTEM_QUERY = "system-query"  # {system_id}

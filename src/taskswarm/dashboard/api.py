@@ -20,6 +20,8 @@ routes = web.RouteTableDef()
 #: Most tasks one page of ``/api/tasks`` returns.
 MAX_PAGE = 1000
 TASK_STATES = ("queued", "assigned")
+#: Latest task failures the master keeps for people to read (here and on the page).
+ERRORS_KEPT = 50
 
 
 async def _ask(request: web.Request, question: Any) -> Any:
@@ -40,6 +42,12 @@ async def nodes(request: web.Request) -> web.Response:
 @routes.get("/api/systems")
 async def systems(request: web.Request) -> web.Response:
     return web.json_response(await _ask(request, lambda master: master.systems.summaries()))
+
+
+@routes.get("/api/errors")
+async def errors(request: web.Request) -> web.Response:
+    limit = _int_param(request, "limit", 20, 1, ERRORS_KEPT)
+    return web.json_response(await _ask(request, lambda master: master.latest_errors(limit)))
 
 
 @routes.get("/api/stats")
@@ -108,7 +116,11 @@ async def metrics(request: web.Request) -> web.Response:
             "Slaves taking tasks.",
             sum(1 for s in info["slaves"] if s["state"] == "active"),
         ),
-        ("applications", "Applications connected.", info["applications"]),
+        (
+            "applications",
+            "Applications connected.",
+            sum(1 for a in info["applications"] if a["state"] == "connected"),
+        ),
     ]
     lines = []
     for name, help_text, value in gauges:
@@ -213,6 +225,37 @@ def _action(summary: str, parameter: str, body: dict[str, Any] | None = None) ->
     return {"post": operation}
 
 
+_NODE = {
+    "type": "object",
+    "required": ["id", "kind", "host", "state", "in_flight", "done", "failed", "last_heartbeat"],
+    "properties": {
+        "id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["slave", "application"]},
+        "host": {"type": "string"},
+        "state": {"type": "string"},
+        "workers": {"type": "integer", "minimum": 0},
+        "in_flight": {"type": "integer", "minimum": 0},
+        "rating": {"type": "number", "nullable": True},
+        "done": {"type": "integer", "minimum": 0},
+        "failed": {"type": "integer", "minimum": 0},
+        "last_heartbeat": {"type": "number", "description": "seconds since last heard from"},
+    },
+}
+_ERROR = {
+    "type": "object",
+    "required": ["time", "task_id", "status", "error", "traceback"],
+    "properties": {
+        "time": {"type": "number", "description": "Unix time the failure reached the master"},
+        "task_id": {"type": "string"},
+        "name": {"type": "string"},
+        "system_id": {"type": "string", "nullable": True},
+        "application_id": {"type": "string"},
+        "slave_id": {"type": "string", "nullable": True},
+        "status": {"type": "string", "enum": ["error", "retry", "timeout", "crash"]},
+        "error": {"type": "string", "description": "Type: message"},
+        "traceback": {"type": "string", "description": "the remote traceback, as text"},
+    },
+}
 _BAD = {"400": {"description": "A query parameter is malformed; the text says which."}}
 
 OPENAPI: dict[str, Any] = {
@@ -232,19 +275,33 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/nodes": {
             "get": {
-                "summary": "Slaves (live and departed) and the number of applications",
+                "summary": "Slaves (live and departed) and application nodes: id, kind, host, "
+                "state, workers, in flight, rating, done, failed, last heartbeat",
                 "responses": {
                     "200": _json(
                         {
                             "type": "object",
                             "required": ["slaves", "applications"],
                             "properties": {
-                                "slaves": {"type": "array", "items": _OBJECT},
-                                "applications": {"type": "integer", "minimum": 0},
+                                "slaves": {"type": "array", "items": _NODE},
+                                "applications": {"type": "array", "items": _NODE},
                             },
                         }
                     )
                 },
+            }
+        },
+        "/api/errors": {
+            "get": {
+                "summary": "The latest task failures, newest first, with their remote tracebacks",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": ERRORS_KEPT},
+                    }
+                ],
+                "responses": {"200": _json({"type": "array", "items": _ERROR}), **_BAD},
             }
         },
         "/api/systems": {

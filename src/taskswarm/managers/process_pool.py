@@ -36,7 +36,7 @@ import msgpack
 
 from ..api import ITaskManager
 from ..errors import TaskTimeout
-from ..task import Status, dump_error, new_task_id
+from ..task import Status, dump_error, error_text, new_task_id
 from .worker import READ_SIZE, STOP, worker_main, write_all, writev_all
 
 __all__ = ["ProcessPoolManager", "WorkItem"]
@@ -184,13 +184,16 @@ class ProcessPoolManager(ITaskManager):
         task.task_id = new_task_id()
         return task
 
-    def task_finished(self, task: WorkItem, result: Any, error: Any) -> None:
-        """Queue ``(task_id, status, outcome)``: ``error`` is the Status (None for OK),
-        ``result`` the pickled outcome, or a short text saying how a worker died."""
+    def task_finished(
+        self, task: WorkItem, result: Any, error: Any, detail: str | None = None
+    ) -> None:
+        """Queue ``(task_id, status, outcome, detail)``: ``error`` is the Status (None for OK),
+        ``result`` the pickled outcome, or a short text saying how a worker died; ``detail``
+        the failure as text for people (see ``task.error_text``)."""
         self._pending -= 1
         if task.cancelled:
-            error, result = Status.CANCELLED, b""
-        self._results.put((task.task_id, error or Status.OK, result))
+            error, result, detail = Status.CANCELLED, b"", None
+        self._results.put((task.task_id, error or Status.OK, result, detail))
 
     # -- what the slave's loop calls ---------------------------------------------------------
 
@@ -264,7 +267,7 @@ class ProcessPoolManager(ITaskManager):
                 "process was replaced",
                 "TaskTimeout",
             )
-            self.task_finished(item, dump_error(error), Status.TIMEOUT)
+            self.task_finished(item, dump_error(error), Status.TIMEOUT, error_text(error))
         self._adjust_pool()
         self._feed()
 
@@ -305,8 +308,8 @@ class ProcessPoolManager(ITaskManager):
             finished = list(worker.unpacker)
             if finished:
                 self._keep_pace(worker, len(finished))
-            for task_id, status, outcome in finished:
-                self._finished_in(worker, task_id, status, outcome)
+            for task_id, status, outcome, *text in finished:
+                self._finished_in(worker, task_id, status, outcome, text[0] if text else None)
             if worker.retiring and not worker.pipeline:
                 self._retire(fd, worker)
         self._adjust_pool()
@@ -314,13 +317,15 @@ class ProcessPoolManager(ITaskManager):
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _finished_in(self, worker: _Worker, task_id: str, status: str, outcome: bytes) -> None:
+    def _finished_in(
+        self, worker: _Worker, task_id: str, status: str, outcome: bytes, text: str | None
+    ) -> None:
         if not worker.pipeline or worker.pipeline[0].task_id != task_id:
             log.error("worker sent an outcome for task %s it was not running; dropped", task_id)
             return
         item = worker.pipeline.popleft()
         worker.pipeline_bytes -= len(item.payload)
-        self.task_finished(item, outcome, None if status == Status.OK else status)
+        self.task_finished(item, outcome, None if status == Status.OK else status, text)
 
     def _keep_pace(self, worker: _Worker, finished: int) -> None:
         """Fold ``finished`` tasks, read at once, into the running average of task durations.

@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 
 import msgpack
 
-from ..task import run_task
+from ..task import run_task_reporting
 
 #: Sent instead of a task: finish and exit.
 STOP = msgpack.packb(None)
@@ -61,8 +61,11 @@ def worker_main(conn: Connection) -> None:
             if message is None:
                 return
             task_id, payload = message
-            status, outcome = run_task(payload)
+            status, outcome, text = run_task_reporting(payload)
+            message = (
+                [task_id, status, outcome] if text is None else [task_id, status, outcome, text]
+            )
             try:
-                write_all(fd, msgpack.packb([task_id, status, outcome]))
+                write_all(fd, msgpack.packb(message))
             except OSError:
                 return

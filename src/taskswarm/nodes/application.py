@@ -17,6 +17,7 @@ import gc
 import itertools
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -75,6 +76,11 @@ class Application:
     ) -> None:
         self.address = check_address(address)
         self.client_id = uuid.uuid4().hex
+        self._hello = {
+            "client_id": self.client_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
         keys = as_keys(key)
         self.codec = Codec(keys.hmac)
         self.master_timeout = master_timeout
@@ -341,7 +347,7 @@ class Application:
             Kind.REREGISTER: self._on_reregister,
             Kind.BYE: self._on_master_bye,
         }
-        self._send(Kind.HELLO, {"client_id": self.client_id})
+        self._send(Kind.HELLO, self._hello)
         next_hello = time.monotonic() + TICK
         try:
             while not self._closed:
@@ -440,7 +446,7 @@ class Application:
     def _keep_alive(self) -> None:
         silent = time.monotonic() - self._last_from_master
         if not self._welcomed.is_set() or silent > self.master_timeout:
-            self._send(Kind.HELLO, {"client_id": self.client_id})
+            self._send(Kind.HELLO, self._hello)
         else:
             self._send(Kind.HEARTBEAT)
 
@@ -453,7 +459,7 @@ class Application:
         self._welcomed.set()
 
     def _on_reregister(self, msg: Message) -> None:
-        self._send(Kind.HELLO, {"client_id": self.client_id})
+        self._send(Kind.HELLO, self._hello)
 
     def _on_master_bye(self, msg: Message) -> None:
         log.warning("the master at %s is going away", self.address)

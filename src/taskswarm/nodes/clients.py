@@ -16,7 +16,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..scheduling.records import TaskRecord
 from ..wire import Kind, Message
@@ -41,6 +41,29 @@ class ClientRecord:
     last_seen: float = field(default_factory=time.monotonic)
     outbox: list[tuple[str, bool, bytes]] = field(default_factory=list)
     unconfirmed: dict[str, tuple[bool, bytes]] = field(default_factory=dict)
+    host: str = ""
+    pid: int | None = None
+    connected: bool = False  # said HELLO and not BYE
+    submitted: int = 0  # plain tasks accepted from it
+    done: int = 0  # ... whose outcome was a result
+    failed: int = 0  # ... whose outcome was an error
+    cancelled: int = 0  # ... cancelled before an outcome
+
+    def summary(self) -> dict[str, Any]:
+        """What `status` and the dashboard show of this application node."""
+        settled = self.done + self.failed + self.cancelled
+        return {
+            "id": self.client_id,
+            "kind": "application",
+            "host": self.host,
+            "pid": self.pid,
+            "state": "connected" if self.connected else "gone",
+            "in_flight": max(0, self.submitted - settled),
+            "done": self.done,
+            "failed": self.failed,
+            "unconfirmed": len(self.unconfirmed),
+            "last_heartbeat": round(time.monotonic() - self.last_seen, 3),  # seconds ago
+        }
 
 
 class ClientTable:
@@ -81,6 +104,8 @@ class ClientTable:
         if client.identity not in (identity, None):
             self.master.peers.pop(client.identity, None)
         client.identity = identity
+        client.connected = True
+        client.host, client.pid = str(msg.get("host", "")), msg.get("pid")
         self.master.peers[identity] = client
         # Whatever it has not confirmed may have been lost on the way: send it again.
         client.outbox = [(t, ok, data) for t, (ok, data) in client.unconfirmed.items()]
@@ -97,6 +122,7 @@ class ClientTable:
         # A batch sent again after a reconnect: keep only what the master does not know yet.
         known = self.master.scheduler.tasks
         fresh = [t for t in tasks if t.task_id not in known and t.task_id not in client.unconfirmed]
+        client.submitted += len(fresh)
         self.master.journal.add_tasks(t.journal_row() for t in fresh)
         self.master.scheduler.push_tasks(fresh)
         # Answered once this turn's tasks are on their way: the ACK is not on their path.
@@ -112,13 +138,15 @@ class ClientTable:
         self.master.journal.forget_tasks(task_ids)
 
     def on_cancel(self, identity: bytes, msg: Message) -> None:
-        if self.known(identity) is None:
+        client = self.known(identity)
+        if client is None:
             return
         if msg.get("system_id") is not None:
             self.master.systems.cancel(str(msg["system_id"]))
             return
         task_ids = [str(t) for t in msg["tasks"]]
         cancelled = [t for t in map(self.master.scheduler.cancel, task_ids) if t is not None]
+        client.cancelled += len(cancelled)
         self.master.journal.forget_tasks(task_ids)
         self.master.cancel_on_slaves(cancelled)
 
@@ -144,6 +172,10 @@ class ClientTable:
         long_ran = []
         for task, ok, data in outcomes:
             client = self._record(task.client_id)
+            if ok:
+                client.done += 1
+            else:
+                client.failed += 1
             client.outbox.append((task.task_id, ok, data))
             client.unconfirmed[task.task_id] = (ok, data)
             if not durable:
@@ -176,6 +208,10 @@ class ClientTable:
             payloads = [data for _, _, data in client.outbox]
             if self.master.send(client.identity, Kind.RESULTS, header, payloads):
                 client.outbox = []
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Connected applications, and gone ones whose results still wait for them."""
+        return [c.summary() for c in self.records.values() if c.connected or c.unconfirmed]
 
     def send(self, client_id: str, kind: str, header: dict) -> None:
         client = self.records.get(client_id)

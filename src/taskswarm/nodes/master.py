@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import cloudpickle
 import zmq
 
 from ..dashboard import DashboardServer, parse_address
+from ..dashboard.api import ERRORS_KEPT
 from ..errors import ResourceUnavailable, TaskError, WorkerCrashed
 from ..journal import Journal, NullJournal
 from ..keys import ClusterKeys, as_keys
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 
 
 class Master:
+#: The newest task failures ``status`` (and so the live page) carries.
+ERRORS_IN_STATUS = 10
+
+
     """Serve one cluster on ``bind`` until ``stop()``; see the module docstring for the flow."""
 
     def __init__(
@@ -112,6 +117,9 @@ class Master:
         #: Stop when this process is no longer our parent (set for LocalCluster's nodes).
         self.parent_pid: int | None = None
         self._closed = False
+        self.errors: deque[dict[str, Any]] = deque(
+            maxlen=ERRORS_KEPT
+        )  # latest failures, newest last
         self.started = time.time()
         self._handlers = {
             Kind.REGISTER: self.on_slave_register,
@@ -401,6 +409,8 @@ class Master:
         if took and slave_id is not None:
             self.stats.add(
                 "task_seconds", sum(took) / len(took), len(took), low=min(took), high=max(took),
+            if not ok:
+                self._note_error(task, status, detail, slave_id)
                 slave=slave_id,
             )  # fmt: skip
         self.systems.deliver(per_system)
@@ -439,6 +449,33 @@ class Master:
             if silent > self.slave_timeout:
                 self._lose_slave(slave, f"silent for {silent:.1f}s")
             elif silent > 2.5 * self.heartbeat_interval and slave.state == NodeState.ACTIVE:
+    def latest_errors(self, limit: int) -> list[dict[str, Any]]:
+        """The latest task failures, newest first."""
+        return list(reversed(self.errors))[:limit]
+
+    def _note_error(self, task: TaskRecord, status: str, detail: Any, slave_id: str | None) -> None:
+        """Keep the failure for people to read (dashboard, API): its text, never its pickle."""
+        system = self.systems.records.get(task.system_id) if task.system_id else None
+        if system is not None:
+            system.tasks_failed += 1
+        text = str(detail) if detail else f"the task failed ({status}); its slave gave no detail"
+        if status == Status.CRASH:
+            text = f"WorkerCrashed: killed its worker process {task.crashes} times; last: {text}"
+        error, _, traceback = text.partition("\n")
+        self.errors.append(
+            {
+                "time": round(time.time(), 3),
+                "task_id": task.task_id,
+                "name": task.name,
+                "system_id": task.system_id,
+                "application_id": task.client_id,
+                "slave_id": slave_id,
+                "status": status,
+                "error": error,
+                "traceback": traceback,
+            }
+        )
+
                 slave.state = NodeState.INACTIVE
                 self.scheduler.refresh(slave)
                 log.warning("slave %s missed its heartbeats; no new tasks for it", slave.slave_id)
@@ -588,6 +625,7 @@ class Master:
     def _send_heartbeats(self) -> None:
         for identity in list(self.peers):
             self.send(identity, Kind.HEARTBEAT)
+            peer.connected = False
 
     def _say_goodbye(self) -> None:
         for identity in list(self.peers):
@@ -614,7 +652,7 @@ class Master:
                 "rejected": dict(self.codec.rejected),
             },
             "slaves": live + list(self.departed.values()),
-            "applications": len(self.clients.records),
+            "applications": self.clients.summaries(),
             "systems": self.systems.summaries(),
             "tasks": self.scheduler.counts(),
             "stats": self.stats.snapshot()
@@ -625,6 +663,7 @@ class Master:
             ],
         }
 
+            "errors": self.latest_errors(ERRORS_IN_STATUS),
 
 def _crash_error(task: TaskRecord, how: str, attempts: int) -> bytes:
     """The outcome of a task that keeps killing its worker: built here, never unpickled here."""

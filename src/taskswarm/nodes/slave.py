@@ -16,6 +16,7 @@ import os
 import socket
 import time
 import uuid
+from typing import Any
 
 import zmq
 
@@ -319,12 +320,20 @@ class Slave:
             batch.append(results.get_nowait())
         if not batch:
             return
-        # A crash has no outcome to send, only how the worker died: that goes in the header.
+        # A crash has no outcome to send, only how the worker died: that goes in the header, as
+        # does a failure's text (what people read on the master; a manager may give none).
         header = {
             "results": [
-                [t, status, data if status == Status.CRASH else None] for t, status, data in batch
+                [t, status, _detail(status, data, rest)] for t, status, data, *rest in batch
             ],
             **self._window(finished=len(batch)),
         }
-        payloads = [b"" if status == Status.CRASH else data for _, status, data in batch]
+        payloads = [b"" if status == Status.CRASH else data for _, status, data, *_ in batch]
         self._send(Kind.RESULTS, header, payloads)
+
+
+def _detail(status: str, data: Any, rest: list) -> str | None:
+    """What a result's header says beside its status: how a worker died, or a failure's text."""
+    if status == Status.CRASH:
+        return str(data)
+    return rest[0] if rest and status != Status.OK else None

@@ -42,6 +42,7 @@ class SystemRecord:
     failed: bool = False
     waiters: set[bytes] = field(default_factory=set)
     ended: float | None = None  # monotonic time it completed or failed
+    tasks_failed: int = 0  # its tasks whose outcome was an error
 
     def summary(self) -> dict[str, Any]:
         state = "running" if self.outcome is None else ("failed" if self.failed else "complete")
@@ -51,9 +52,10 @@ class SystemRecord:
             eta = round((self.total - self.done) / (self.done / elapsed), 3)
         return {
             "id": self.system_id,
-            "client": self.client_id,
+            "application": self.client_id,
             "done": self.done,
             "total": self.total,
+            "tasks_failed": self.tasks_failed,
             "state": state,
             "elapsed": round(elapsed, 3),
             "eta": eta,

@@ -12,7 +12,6 @@ const state = {
   queue: [], // [uptime, tasks queued]
   lastDone: null, // [uptime, total done]
   systems: new Map(), // id -> [[uptime, done], ...]
-  slaveFailed: new Map(), // id -> failed count last seen
   systemStates: new Map(), // id -> state last seen
   rejected: null, // total rejected messages last seen
   errors: [],
@@ -72,7 +71,7 @@ function renderSummary(status, rate) {
   setText($("sum-queued"), number(status.tasks.queued));
   setText($("sum-done"), number(status.slaves.reduce((t, s) => t + (s.done || 0), 0)));
   setText($("sum-rate"), number(rate, 1));
-  setText($("sum-apps"), status.applications);
+  setText($("sum-apps"), status.applications.filter((a) => a.state === "connected").length);
 }
 
 // -- nodes -----------------------------------------------------------------------------------
@@ -339,20 +338,65 @@ function renderSystems(systems, now) {
   $("no-systems").hidden = systems.length > 0;
 }
 
+// -- applications --------------------------------------------------------------------------
+
+function renderApplications(applications) {
+  const body = $("application-rows");
+  body.replaceChildren(
+    ...applications.map((app) => {
+      const row = el("tr", "application");
+      row.dataset.id = app.id;
+      const badge = el("span", `state ${app.state}`, app.state);
+      const stateCell = el("td", "state-cell");
+      stateCell.append(badge);
+      row.append(
+        el("td", "id", app.id),
+        el("td", "host", `${app.host || "–"}:${app.pid ?? "–"}`),
+        stateCell,
+        el("td", "num", number(app.in_flight)),
+        el("td", "num", number(app.done)),
+        el("td", "num", number(app.failed)),
+        el("td", "num", `${number(app.last_heartbeat, 1)}s ago`),
+      );
+      return row;
+    }),
+  );
+  $("no-applications").hidden = applications.length > 0;
+}
+
 // -- errors ----------------------------------------------------------------------------------
 
-function noteErrors(status) {
-  for (const slave of status.slaves) {
-    const before = state.slaveFailed.get(slave.id);
-    if (before !== undefined && slave.failed > before) {
-      addError(`slave ${slave.id}: ${slave.failed - before} task(s) failed`);
-    }
-    state.slaveFailed.set(slave.id, slave.failed);
-  }
+// Task failures come from the master with their remote tracebacks (newest first); the rest are
+// cluster events this page notices between two updates.
+function renderErrors(errors) {
+  const list = $("error-list");
+  const key = errors.map((e) => `${e.task_id}@${e.time}`).join(",");
+  if (list.dataset.key === key) return; // unchanged: keep any traceback the reader opened
+  list.dataset.key = key;
+  list.replaceChildren(
+    ...errors.map((error) => {
+      const item = el("li", "error");
+      const details = el("details");
+      const summary = el("summary");
+      const where = error.slave_id ? ` on ${error.slave_id}` : "";
+      summary.append(
+        el("time", "", new Date(error.time * 1000).toLocaleTimeString()),
+        el("span", "task", `${error.name || error.task_id}${where}: `),
+        el("span", "message", error.error),
+      );
+      details.append(summary, el("pre", "traceback", error.traceback || "(no traceback)"));
+      item.append(details);
+      return item;
+    }),
+  );
+  $("no-errors").hidden = errors.length > 0;
+}
+
+function noteEvents(status) {
   for (const system of status.systems) {
     const before = state.systemStates.get(system.id);
     if (system.state === "failed" && before !== "failed") {
-      addError(`task system ${system.id} failed after ${system.done} tasks`);
+      addEvent(`task system ${system.id} failed after ${system.done} tasks`);
     }
     state.systemStates.set(system.id, system.state);
   }
@@ -361,24 +405,24 @@ function noteErrors(status) {
     const reasons = Object.entries(status.master.rejected)
       .map(([reason, n]) => `${reason}: ${n}`)
       .join(", ");
-    addError(`master rejected ${rejected - state.rejected} message(s) (${reasons})`);
+    addEvent(`master rejected ${rejected - state.rejected} message(s) (${reasons})`);
   }
   state.rejected = rejected;
 }
 
-function addError(text) {
+function addEvent(text) {
   state.errors.unshift({ at: new Date(), text });
   state.errors.length = Math.min(state.errors.length, MAX_ERRORS);
-  const list = $("error-list");
+  const list = $("event-list");
   list.replaceChildren(
-    ...state.errors.map((error) => {
-      const item = el("li", "error");
-      const time = el("time", "", error.at.toLocaleTimeString());
-      item.append(time, document.createTextNode(error.text));
+    ...state.errors.map((event) => {
+      const item = el("li", "event");
+      const time = el("time", "", event.at.toLocaleTimeString());
+      item.append(time, document.createTextNode(event.text));
       return item;
     }),
   );
-  $("no-errors").hidden = true;
+  list.hidden = false;
 }
 
 // -- wiring ----------------------------------------------------------------------------------
@@ -388,8 +432,10 @@ function render(status) {
   renderHeader(status.master);
   renderSummary(status, rate);
   renderSlaves(status.slaves);
+  renderApplications(status.applications);
   renderSystems(status.systems, status.master.uptime);
-  noteErrors(status);
+  renderErrors(status.errors || []);
+  noteEvents(status);
   setText($("legend-rate"), number(rate, 1));
   setText($("legend-queue"), number(status.tasks.queued));
   drawChart();
