@@ -33,6 +33,10 @@ DEFAULT_BIND = "tcp://127.0.0.1:5555"
 CONFIG_FILE = "taskswarm.toml"
 
 
+#: Settings that name files: relative ones are relative to the settings file naming them.
+PATH_SETTINGS = ("key_file", "state_dir")
+
+
 def _load_config(path: str | None) -> dict[str, Any]:
     file = Path(path) if path else Path(CONFIG_FILE)
     if not file.exists():
@@ -45,15 +49,32 @@ def _load_config(path: str | None) -> dict[str, Any]:
         raise click.BadParameter(
             f"{file} is not valid TOML: {exc}", param_hint="--config"
         ) from None
-    return {
+    tables = {
         command: {name.replace("-", "_"): value for name, value in table.items()}
         for command, table in data.items()
         if isinstance(table, dict)
     }
+    for table in tables.values():
+        for name in PATH_SETTINGS:
+            if isinstance(table.get(name), str):
+                table[name] = str(file.parent / Path(table[name]).expanduser())
+    return tables
 
 
 class _Group(click.Group):
-    """Turns taskswarm's own errors into one clear line instead of a traceback."""
+    """Turns taskswarm's own errors into one clear line instead of a traceback, and finds a
+    command's ``--env DIR`` before the command's defaults are read (they come from it)."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        for i, arg in enumerate(rest):
+            if arg == "--":
+                break
+            if arg == "--env" and i + 1 < len(rest):
+                ctx.meta["taskswarm.env"] = rest[i + 1]
+            elif arg.startswith("--env="):
+                ctx.meta["taskswarm.env"] = arg.partition("=")[2]
+        return name, command, rest
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -74,6 +95,16 @@ class _Group(click.Group):
     help=f"TOML file with one table per command (default: ./{CONFIG_FILE} if present).",
 )
 @click.option(
+    "--env",
+    "env_dir",
+    envvar="TASKSWARM_ENV",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Use the environment DIR made by `taskswarm init`: its settings, plugins, logs, state "
+    "and key (env TASKSWARM_ENV). Commands take --env DIR too.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -90,7 +121,11 @@ class _Group(click.Group):
 @click.version_option(package_name="taskswarm")
 @click.pass_context
 def cli(
-    ctx: click.Context, config_file: str | None, log_level: str, exit_with_parent: int | None
+    ctx: click.Context,
+    config_file: str | None,
+    env_dir: str | None,
+    log_level: str,
+    exit_with_parent: int | None,
 ) -> None:
     """taskswarm: a master schedules tasks and task systems onto slaves' worker processes.
 
@@ -109,8 +144,37 @@ def cli(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    env_dir = ctx.meta.get("taskswarm.env") or env_dir
+    if env_dir and ctx.invoked_subcommand != "init":
+        env = _open_environment(env_dir, ctx.invoked_subcommand or "taskswarm")
+        config_file = config_file or str(env.config)
     ctx.default_map = _load_config(config_file)
-    ctx.obj = {"parent": exit_with_parent}
+    ctx.obj = {"parent": exit_with_parent, "config": config_file}
+
+
+def _open_environment(directory: str, command: str) -> Any:
+    """Open the environment, log to its logs/, load its plugins; its nodes' children (a
+    LocalCluster's master and slaves) inherit it through TASKSWARM_ENV."""
+    from .environment import Environment
+
+    try:
+        env = Environment.open(directory)
+        env.start(command, log=command in ("master", "slave", "run"))
+    except TaskswarmError as exc:
+        raise click.ClickException(str(exc)) from None
+    os.environ["TASKSWARM_ENV"] = str(env.root)
+    return env
+
+
+def _env_option():
+    return click.option(
+        "--env",
+        metavar="DIR",
+        expose_value=False,
+        type=click.Path(file_okay=False),
+        help="Use the environment DIR made by `taskswarm init` (settings, plugins, logs, state, "
+        "key).",
+    )
 
 
 def _key_option(required: bool = True):
@@ -250,6 +314,7 @@ def keygen(path: str, force: bool, curve: bool) -> None:
 )
 @_max_message_option()
 @click.option("--ready-file", type=click.Path(dir_okay=False), hidden=True)
+@_env_option()
 def master(
     bind: str,
     key_file: str,
@@ -392,6 +457,7 @@ def _default_state_dir(bind: str) -> Path:
     "a task needing gpu=1 runs only where one is free.",
 )
 @_max_message_option()
+@_env_option()
 def slave(
     master_address: str,
     key_file: str,
@@ -452,6 +518,7 @@ def slave(
     "every tenth of the way otherwise, on stderr).",
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@_env_option()
 def run(
     module: str | None,
     master_address: str | None,
@@ -565,6 +632,7 @@ def _run_target(target: str, is_module: bool) -> int:
     metavar="SECONDS",
     help="Refresh the tables every SECONDS until Ctrl-C.",
 )
+@_env_option()
 def status(master_address: str, key_file: str, as_json: bool, watch: float | None) -> None:
     """Show the cluster's slaves and task systems."""
     from .nodes.application import connect
@@ -622,6 +690,59 @@ def result(master_address: str, key_file: str, system_id: str, timeout: float | 
                 f"task system {system_id} is still running after {timeout:g}s"
             ) from None
     click.echo(repr(value))
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Write the settings file again over an existing one.")
+def init(directory: str, force: bool) -> None:
+    """Make an environment in DIRECTORY: taskswarm.toml with every setting, plugins/, logs/,
+    state/ and a cluster key. Then run commands with --env DIRECTORY."""
+    from .environment import Environment
+    from .settings import settings_template
+
+    env = Environment.create(directory, settings_template(cli), force)
+    click.echo(f"made a taskswarm environment in {env.root}:")
+    click.echo(f"  {env.config.name}   every setting, with its default and what it does")
+    click.echo("  plugins/         Python files loaded at start (see plugins/README.txt)")
+    click.echo("  logs/ state/     each command's log; the master's journal")
+    click.echo(f"  {env.key.name}      the cluster key (mode 0600): copy it to every node")
+    click.echo("next:")
+    click.echo(f"  taskswarm master --env {directory}")
+    click.echo(f"  taskswarm slave tcp://127.0.0.1:5555 --env {directory}")
+    click.echo(f"  taskswarm status --env {directory}")
+
+
+@cli.group()
+def config() -> None:
+    """Settings: the value each has now, and where it came from."""
+
+
+@config.command("show")
+@_env_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+def config_show(as_json: bool) -> None:
+    """Print every setting of master, slave, run and status: value and source (command-line
+    options aside: they win over all of these)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .settings import effective_settings
+
+    root = click.get_current_context().find_root()
+    path = root.obj.get("config") or CONFIG_FILE
+    file_name = str(Path(path).resolve()) if Path(path).exists() else None
+    rows = effective_settings(cli, root.default_map or {})
+    if as_json:
+        click.echo(json.dumps([row.__dict__ for row in rows], indent=2, default=str))
+        return
+    table = Table(title=f"settings (file: {file_name or 'none'}; command-line options win)")
+    for column in ("command", "setting", "value", "source"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        value = "-" if row.value is None else str(row.value)
+        table.add_row(row.command, row.name, value, row.source)
+    Console().print(table)
 
 
 def main() -> None:

@@ -7,30 +7,6 @@ slave's outbox as one message per slave.
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-from typing import Any
-
-from ..errors import ConfigurationError
+from ..plugins import available, load_plugin
 
 __all__ = ["load_plugin", "available"]
-
-
-_KINDS = {
-    "taskswarm.schedulers": "scheduler",
-    "taskswarm.strategies": "strategy",
-    "taskswarm.managers": "task manager",
-}
-
-
-def available(group: str) -> list[str]:
-    return sorted(ep.name for ep in entry_points(group=group))
-
-
-def load_plugin(group: str, name: str) -> Any:
-    """Load the class registered under ``name`` in entry-point ``group``."""
-    for ep in entry_points(group=group):
-        if ep.name == name:
-            return ep.load()
-    choices = ", ".join(available(group)) or "none installed"
-    kind = _KINDS.get(group, group)
-    raise ConfigurationError(f"no {kind} named {name!r}; choose one of: {choices}")
