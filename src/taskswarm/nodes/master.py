@@ -55,11 +55,11 @@ __all__ = ["Master"]
 log = logging.getLogger(__name__)
 
 
-class Master:
 #: The newest task failures ``status`` (and so the live page) carries.
 ERRORS_IN_STATUS = 10
 
 
+class Master:
     """Serve one cluster on ``bind`` until ``stop()``; see the module docstring for the flow."""
 
     def __init__(
@@ -112,14 +112,12 @@ ERRORS_IN_STATUS = 10
         self.clients = ClientTable(self)
         self.systems = SystemTable(self)
         self.departed: dict[str, dict] = {}  # lost or gone slaves, for status
+        self.errors: deque[dict[str, Any]] = deque(maxlen=ERRORS_KEPT)  # newest last
         self._replies: list[tuple[bytes, str, dict]] = []
         self._stopping = False
         #: Stop when this process is no longer our parent (set for LocalCluster's nodes).
         self.parent_pid: int | None = None
         self._closed = False
-        self.errors: deque[dict[str, Any]] = deque(
-            maxlen=ERRORS_KEPT
-        )  # latest failures, newest last
         self.started = time.time()
         self._handlers = {
             Kind.REGISTER: self.on_slave_register,
@@ -402,6 +400,8 @@ ERRORS_IN_STATUS = 10
             if outcome is None:
                 continue  # it runs again
             ok, data = outcome
+            if not ok:
+                self._note_error(task, status, detail, slave_id)
             if task.system_id is not None:
                 per_system[task.system_id].append((task.task_id, ok, data))
             else:
@@ -409,8 +409,6 @@ ERRORS_IN_STATUS = 10
         if took and slave_id is not None:
             self.stats.add(
                 "task_seconds", sum(took) / len(took), len(took), low=min(took), high=max(took),
-            if not ok:
-                self._note_error(task, status, detail, slave_id)
                 slave=slave_id,
             )  # fmt: skip
         self.systems.deliver(per_system)
@@ -442,13 +440,6 @@ ERRORS_IN_STATUS = 10
         self.scheduler.task_finished(task, None, None if ok else status)
         return ok, data
 
-    def _check_slaves(self) -> None:
-        now = time.monotonic()
-        for slave in list(self.scheduler.slaves.values()):
-            silent = now - slave.last_seen
-            if silent > self.slave_timeout:
-                self._lose_slave(slave, f"silent for {silent:.1f}s")
-            elif silent > 2.5 * self.heartbeat_interval and slave.state == NodeState.ACTIVE:
     def latest_errors(self, limit: int) -> list[dict[str, Any]]:
         """The latest task failures, newest first."""
         return list(reversed(self.errors))[:limit]
@@ -476,6 +467,13 @@ ERRORS_IN_STATUS = 10
             }
         )
 
+    def _check_slaves(self) -> None:
+        now = time.monotonic()
+        for slave in list(self.scheduler.slaves.values()):
+            silent = now - slave.last_seen
+            if silent > self.slave_timeout:
+                self._lose_slave(slave, f"silent for {silent:.1f}s")
+            elif silent > 2.5 * self.heartbeat_interval and slave.state == NodeState.ACTIVE:
                 slave.state = NodeState.INACTIVE
                 self.scheduler.refresh(slave)
                 log.warning("slave %s missed its heartbeats; no new tasks for it", slave.slave_id)
@@ -618,6 +616,7 @@ ERRORS_IN_STATUS = 10
         if isinstance(peer, SlaveRecord):
             self._lose_slave(peer, "said goodbye", NodeState.INACTIVE, logging.INFO)
         elif isinstance(peer, ClientRecord):
+            peer.connected = False
             self.peers.pop(identity, None)
 
     # -- heartbeats and status -----------------------------------------------------------------
@@ -625,7 +624,6 @@ ERRORS_IN_STATUS = 10
     def _send_heartbeats(self) -> None:
         for identity in list(self.peers):
             self.send(identity, Kind.HEARTBEAT)
-            peer.connected = False
 
     def _say_goodbye(self) -> None:
         for identity in list(self.peers):
@@ -655,6 +653,7 @@ ERRORS_IN_STATUS = 10
             "applications": self.clients.summaries(),
             "systems": self.systems.summaries(),
             "tasks": self.scheduler.counts(),
+            "errors": self.latest_errors(ERRORS_IN_STATUS),
             "stats": self.stats.snapshot()
             + [
                 {"name": "messages_rejected", "labels": {"reason": reason}, "count": n, "sum": n}
@@ -663,7 +662,6 @@ ERRORS_IN_STATUS = 10
             ],
         }
 
-            "errors": self.latest_errors(ERRORS_IN_STATUS),
 
 def _crash_error(task: TaskRecord, how: str, attempts: int) -> bytes:
     """The outcome of a task that keeps killing its worker: built here, never unpickled here."""
