@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -10,11 +11,16 @@ from rich.table import Table
 
 from .progress import format_seconds
 
+#: Columns of output that goes to a pipe or a file.
+WIDE = 200
+
 _STATE_STYLE = {"active": "green", "pending": "yellow", "inactive": "yellow", "lost": "red"}
 
 
 def render_status(info: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:
+        # A pipe or a log has no width to fit: use a wide one rather than squeeze the tables.
+        console = Console() if sys.stdout.isatty() else Console(width=WIDE)
     for renderable in status_renderables(info):
         console.print(renderable)
 
