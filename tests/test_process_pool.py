@@ -379,3 +379,18 @@ def test_stop_is_safe_twice_and_before_start(make_pool):
     pool.stop()
 
     assert worker_processes(pool) == []
+
+
+def test_the_default_pool_size_counts_only_the_cores_this_process_may_use():
+    """A slave pinned to one core (taskset, a cpuset, a systemd CPUAffinity=) starts one worker."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", "from taskswarm.managers.process_pool import usable_cores as u; "
+         "print(u())"],
+        capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import ClusterError, ConfigurationError
 from .keys import generate_key_file, load_keys
+from .managers.process_pool import usable_cores
 from .nodes.application import Application, connect
 from .scheduling import load_plugin
 
@@ -29,7 +30,7 @@ __all__ = ["LocalCluster", "connect_or_start", "default_layout"]
 
 def default_layout(slaves: int | None, workers: int | None) -> tuple[int, int]:
     """Slaves and workers per slave when not given: 2 slaves sharing the machine's cores."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     slaves = slaves if slaves is not None else min(2, cores)
     workers = workers if workers is not None else max(1, cores // max(1, slaves))
     if slaves < 1 or workers < 0:

@@ -39,7 +39,7 @@ from ..errors import TaskTimeout
 from ..task import Status, dump_error, error_text, new_task_id
 from .worker import READ_SIZE, STOP, worker_main, write_all, writev_all
 
-__all__ = ["ProcessPoolManager", "WorkItem"]
+__all__ = ["ProcessPoolManager", "WorkItem", "usable_cores"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,23 @@ PACE_WEIGHT = 0.2
 #: costs well under 1 % of them, and every task not yet in a pipeline can still be given back
 #: to the master for an idle slave.
 SLOW_TASK = 0.05
+
+
+def usable_cores() -> int:
+    """Cores this process may actually use: its CPU affinity (taskset, cpusets) and its cgroup's
+    CPU quota (systemd's CPUQuota=, a container's --cpus), not every core of the machine --
+    the default number of workers, which should not oversubscribe a limited slave."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to read: the affinity stands
+    return max(1, cores)
 
 
 @dataclass(slots=True)
@@ -104,7 +121,7 @@ class ProcessPoolManager(ITaskManager):
     """ITaskManager over worker processes; see the module docstring for the flow."""
 
     def __init__(self, num_workers: int | None = None, context: Any = None) -> None:
-        self._target = num_workers if num_workers is not None else (os.cpu_count() or 1)
+        self._target = num_workers if num_workers is not None else usable_cores()
         if self._target < 0:
             raise ValueError("the number of workers cannot be negative")
         self._context = context or _default_context()
