@@ -60,3 +60,19 @@ def test_taskswarm_run_runs_the_application_node_an_app_file_defines(nodes, tmp_
     assert sorted(line for line in out.stdout.splitlines() if line.startswith("cube")) == [
         f"cube {i} {i**3}" for i in range(5)
     ]
+
+
+def test_an_app_file_that_runs_its_own_node_is_not_run_twice(nodes, tmp_path):
+    app = tmp_path / "self_running_app.py"
+    app.write_text(
+        "import taskswarm as ts\n"
+        "class OnceApp(ts.ApplicationNode):\n"
+        "    def start_processing(self):\n"
+        "        print('started', flush=True)\n"
+        "        self.push_task(ts.FunctionTask(abs, -1))\n"
+        "if __name__ == '__main__':\n"
+        "    OnceApp().run()\n"
+    )
+    out = nodes.run("run", str(app), "--slaves", "1", "--workers", "1", timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("started") == 1

@@ -145,3 +145,21 @@ def test_paths_in_a_settings_file_are_relative_to_it(nodes, tmp_path, key_file):
     out = nodes.run("--config", str(folder / "taskswarm.toml"), "config", "show", "--json")
     rows = {(r["command"], r["name"]): r for r in json.loads(out.stdout)}
     assert rows["status", "key-file"]["value"] == str(folder / "my.key")
+
+
+def test_a_setting_is_named_as_its_option_and_a_typo_is_refused(nodes, tmp_path):
+    config = tmp_path / "taskswarm.toml"
+    config.write_text('[status]\nmaster = "tcp://127.0.0.1:7777"\njson = true\n')
+    out = nodes.run("--config", str(config), "config", "show", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {(r["command"], r["name"]): r for r in json.loads(out.stdout)}
+    assert rows["status", "master"]["value"] == "tcp://127.0.0.1:7777"
+    assert rows["status", "json"] == {
+        "command": "status", "name": "json", "value": True, "source": "file"
+    }  # fmt: skip
+
+    config.write_text('[master]\nstrategy = "load"\nworkres = 4\n')
+    typo = nodes.run("--config", str(config), "master")
+    assert typo.returncode == 2
+    assert "has no setting 'workres'" in typo.stderr and "config show" in typo.stderr
+    assert "Traceback" not in typo.stderr

@@ -86,6 +86,9 @@ class ApplicationNode:
         """Connect (or start a local cluster), send the work, wait until all of it is done."""
         from .local import connect_or_start
 
+        # `taskswarm run app.py` runs the file's ApplicationNode only if the file did not.
+        type(self)._taskswarm_ran = True
+
         with connect_or_start(self.master, self.key_file, self.slaves, self.workers) as app:
             self.app = app
             app.on_task_finished = self._on_task_finished

@@ -50,7 +50,7 @@ def _load_config(path: str | None) -> dict[str, Any]:
             f"{file} is not valid TOML: {exc}", param_hint="--config"
         ) from None
     tables = {
-        command: {name.replace("-", "_"): value for name, value in table.items()}
+        command: _parameters(file, command, table)
         for command, table in data.items()
         if isinstance(table, dict)
     }
@@ -59,6 +59,28 @@ def _load_config(path: str | None) -> dict[str, Any]:
             if isinstance(table.get(name), str):
                 table[name] = str(file.parent / Path(table[name]).expanduser())
     return tables
+
+
+def _parameters(file: Path, command: str, table: dict[str, Any]) -> dict[str, Any]:
+    """A settings table's keys as the command's parameter names; an unknown one is an error
+    that says where it is and how to see the known ones."""
+    from .settings import COMMANDS, parameter_names
+
+    if command not in COMMANDS:
+        raise click.BadParameter(
+            f"{file}: [{command}] is not a command with settings; use one of "
+            f"{', '.join(f'[{c}]' for c in COMMANDS)}",
+            param_hint="--config",
+        )
+    names = parameter_names(cli.commands[command])
+    unknown = sorted(key for key in table if key not in names)
+    if unknown:
+        raise click.BadParameter(
+            f"{file}: [{command}] has no setting {', '.join(map(repr, unknown))}; "
+            "`taskswarm config show` lists every setting",
+            param_hint="--config",
+        )
+    return {names[key]: value for key, value in table.items()}
 
 
 class _Group(click.Group):

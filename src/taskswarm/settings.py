@@ -67,6 +67,16 @@ def _key(option: click.Option) -> str:
     return max(option.opts, key=len).lstrip("-")
 
 
+def parameter_names(command: click.Command) -> dict[str, str]:
+    """Settings-file key -> the command's parameter: ``master`` and ``master_address`` both
+    name ``--master``; ``json`` names ``--json`` (``as_json``)."""
+    names = {}
+    for option in _options(command):
+        for spelling in (_key(option), option.name or ""):
+            names[spelling] = names[spelling.replace("-", "_")] = option.name or ""
+    return names
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
