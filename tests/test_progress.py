@@ -51,6 +51,7 @@ APP = textwrap.dedent(
 
 def test_the_meter_tells_rate_and_eta_from_recent_updates():
     meter = Meter("squares", started=100.0)
+    meter.update(0, 100, now=100.0)
     meter.update(10, 100, now=101.0)
     meter.update(30, 100, now=102.0)
     assert meter.rate == pytest.approx(15.0)  # 30 tasks in 2 s
@@ -96,9 +97,21 @@ def test_a_program_drawing_its_own_bar_joins_the_run_board():
     assert "rendering: 5/5 tasks (100%), done" in stream.getvalue()
 
 
-def test_quiet_progress_display_is_none():
-    with progress_display("rendering", quiet=True) as callback:
-        assert callback is None
+def test_quiet_progress_shows_nothing_even_on_the_run_board():
+    stream = io.StringIO()
+    with ProgressBoard(stream, interactive=False) as board, installed(board):
+        with progress_display("rendering", quiet=True) as callback:
+            callback(5, 5)
+            assert callback.draws_progress  # so a task system it watches is not shown either
+    assert stream.getvalue() == ""
+
+
+def test_a_board_that_first_hears_of_work_under_way_does_not_count_it_as_instant():
+    meter = Meter("late", started=100.0)
+    meter.update(500, 1000, now=100.01)  # the first report: half done already
+    assert meter.rate == 0.0 and meter.eta is None
+    meter.update(600, 1000, now=101.01)
+    assert meter.rate == pytest.approx(100.0)
 
 
 def _write_app(tmp_path):

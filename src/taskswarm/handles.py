@@ -53,6 +53,7 @@ class SystemHandle:
         self.done_tasks = 0
         self.total_tasks = 0
         self.meter = Meter(label or f"task system {system_id[:8]}")
+        self.meter.update(0, 0)  # the system starts now: its rate counts from here
         board = progress_board.active()
         self._board = None if getattr(progress, "draws_progress", False) else board
         self._future: Future[Any] = Future()

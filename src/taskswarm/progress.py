@@ -55,7 +55,9 @@ class Meter:
 
     def __post_init__(self) -> None:
         self.started = self.started or time.monotonic()
-        self._samples: deque[tuple[float, int]] = deque([(self.started, 0)])
+        # The rate comes from updates only: a meter that starts watching work already under
+        # way (a board's first report of a system) must not count it all as done at once.
+        self._samples: deque[tuple[float, int]] = deque()
 
     def update(self, done: int, total: int, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -71,6 +73,8 @@ class Meter:
     @property
     def rate(self) -> float:
         """Tasks per second over the recent window (the whole run when it is short)."""
+        if len(self._samples) < 2:
+            return 0.0
         (t0, d0), (t1, d1) = self._samples[0], self._samples[-1]
         return (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
 
@@ -254,13 +258,14 @@ def installed(board: ProgressBoard) -> Iterator[ProgressBoard]:
 def progress_display(
     label: str, quiet: bool = False, stream: TextIO | None = None
 ) -> Iterator[ProgressCallback | None]:
-    """A ``(done, total)`` callback that shows progress under ``label``; None when ``quiet``.
+    """A ``(done, total)`` callback that shows progress under ``label`` (nothing when ``quiet``).
 
     It draws on the program's board when ``taskswarm run`` put one up, on a board of its own
-    otherwise (a bar on an interactive stderr, log lines on a pipe).
+    otherwise (a bar on an interactive stderr, log lines on a pipe). A quiet one still stands
+    for the work, so the run's board does not show it either.
     """
     if quiet:
-        yield None
+        yield _silent
         return
     key = f"{label}#{id(object())}"
     board = active()
@@ -269,3 +274,10 @@ def progress_display(
         return
     with ProgressBoard(stream) as own:
         yield own.callback(key, label)
+
+
+def _silent(done: int, total: int) -> None:
+    """Progress no one is to see."""
+
+
+_silent.draws_progress = True  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ This is the project's main sample (``make run``)::
     taskswarm run -m taskswarm.samples.mandelbrot --output mandelbrot.png
     python -m taskswarm.samples.mandelbrot --width 3072 --height 2048 --max-iter 512
     python src/taskswarm/samples/mandelbrot.py --plain --slaves 3 --workers 2
+    taskswarm run -m taskswarm.samples.mandelbrot --center=-0.7436,0.1318 --zoom 200 --palette ultra
 
 The image is cut into horizontal *bands* of rows; each band is one task (:class:`BandTask`) that
 a worker process on some slave renders with NumPy. Two ways of running those tasks are shown:
@@ -25,15 +26,19 @@ many other pixels share the array, so where the band boundaries fall cannot chan
 
 Rendering uses smooth (normalised iteration count) colouring, so the bands of colour outside the
 set blend continuously instead of stepping at every iteration; points inside the set are black.
+``--center`` and ``--zoom`` move the window (zoom 1 shows the whole set), ``--palette`` picks one
+of :data:`PALETTES`; the palette is part of the spec every band carries, so it cannot differ
+between bands either.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +47,18 @@ import numpy as np
 
 import taskswarm as ts
 from taskswarm.progress import ProgressCallback, progress_display
+from taskswarm.samples._common import (
+    add_cluster_options,
+    aligned,
+    cluster_size,
+    positive_float,
+    positive_int,
+    run_as_main,
+)
 
 __all__ = [
     "DEFAULT_BAND_ROWS",
+    "PALETTES",
     "BandTask",
     "ImageSpec",
     "MandelbrotSystem",
@@ -53,6 +67,7 @@ __all__ = [
     "band_ranges",
     "build_parser",
     "main",
+    "palette_table",
     "render_plain",
     "render_rows",
     "render_serial",
@@ -78,6 +93,7 @@ _CYCLES_PER_SQRT_ITER = 0.11
 
 #: The default view: the whole set, x in [-2.25, 0.75] and y in [-1, 1].
 _VIEW_WIDTH, _VIEW_HEIGHT = 3.0, 2.0
+_VIEW_CENTER = (-0.75, 0.0)
 
 
 # -- the picture --------------------------------------------------------------------------------
@@ -91,7 +107,8 @@ class ImageSpec:
     task system: if it could change after the split, bands would disagree about the picture.
     ``scale`` is complex-plane units per pixel; pixel ``(row, col)`` is the average of
     ``samples`` x ``samples`` points spread evenly over its square (anti-aliasing; 1 samples its
-    centre), with row 0 at the top (largest imaginary part).
+    centre), with row 0 at the top (largest imaginary part). ``palette`` names one of
+    :data:`PALETTES`.
     """
 
     width: int = 1536
@@ -101,6 +118,7 @@ class ImageSpec:
     center_y: float = 0.0
     scale: float = _VIEW_WIDTH / 1536
     samples: int = 3
+    palette: str = "classic"
 
     def __post_init__(self) -> None:
         for name in ("width", "height", "max_iter", "samples"):
@@ -109,14 +127,43 @@ class ImageSpec:
                 raise ValueError(f"ImageSpec.{name} must be a positive int, not {value!r}")
         if not self.scale > 0:
             raise ValueError(f"ImageSpec.scale must be positive, not {self.scale!r}")
+        if self.palette not in PALETTES:
+            raise ValueError(
+                f"unknown palette {self.palette!r}: choose one of {', '.join(PALETTES)}"
+            )
 
     @classmethod
     def fit(
-        cls, width: int = 1536, height: int = 1024, max_iter: int = 256, samples: int = 3
+        cls,
+        width: int = 1536,
+        height: int = 1024,
+        max_iter: int = 256,
+        samples: int = 3,
+        *,
+        center: tuple[float, float] = _VIEW_CENTER,
+        zoom: float = 1.0,
+        palette: str = "classic",
     ) -> ImageSpec:
-        """A spec of this size whose window shows the whole set, whatever the aspect ratio."""
-        scale = max(_VIEW_WIDTH / width, _VIEW_HEIGHT / height)
-        return cls(width=width, height=height, max_iter=max_iter, scale=scale, samples=samples)
+        """A spec of this size looking at ``center``, ``zoom`` times closer than the view that
+        shows the whole set (zoom 1), whatever the aspect ratio."""
+        if not zoom > 0:
+            raise ValueError(f"zoom must be positive, not {zoom!r}")
+        scale = max(_VIEW_WIDTH / width, _VIEW_HEIGHT / height) / zoom
+        return cls(
+            width=width,
+            height=height,
+            max_iter=max_iter,
+            center_x=float(center[0]),
+            center_y=float(center[1]),
+            scale=scale,
+            samples=samples,
+            palette=palette,
+        )
+
+    @property
+    def zoom(self) -> float:
+        """How many times closer than the whole-set view of the same size."""
+        return max(_VIEW_WIDTH / self.width, _VIEW_HEIGHT / self.height) / self.scale
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -131,22 +178,59 @@ def band_ranges(height: int, band_rows: int = DEFAULT_BAND_ROWS) -> list[tuple[i
     return [(y0, min(y0 + band_rows, height)) for y0 in range(0, height, band_rows)]
 
 
-def _palette() -> np.ndarray:
-    """A cyclic cosine palette (after Inigo Quilez) as a (_PALETTE_SIZE, 3) uint8 lookup table.
+def _cosine(d: tuple[float, float, float], shift: float) -> np.ndarray:
+    """A cyclic cosine palette (after Inigo Quilez): one cosine per channel, phases ``d``.
 
-    Deep blue through white to amber and back: cyclic, so the colour of a pixel can wrap round
-    as its iteration count grows without ever jumping.
+    Cyclic, like every palette here, so the colour of a pixel can wrap round as its iteration
+    count grows without ever jumping.
     """
     t = np.arange(_PALETTE_SIZE, dtype=np.float64) / _PALETTE_SIZE
-    a = np.array([0.5, 0.5, 0.5])
-    b = np.array([0.5, 0.5, 0.5])
-    c = np.array([1.0, 1.0, 1.0])
-    d = np.array([0.00, 0.10, 0.20])
-    rgb = a + b * np.cos(2.0 * np.pi * (c * t[:, None] + d + 0.52))
+    rgb = 0.5 + 0.5 * np.cos(2.0 * np.pi * (t[:, None] + np.array(d) + shift))
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
-_PALETTE = _palette()
+def _gradient(*stops: tuple[float, tuple[int, int, int]]) -> np.ndarray:
+    """A cyclic gradient through ``(position, rgb)`` stops; the last blends back into the first."""
+    positions = [p for p, _ in stops] + [1.0 + stops[0][0]]
+    colours = np.array([c for _, c in stops] + [stops[0][1]], dtype=np.float64)
+    t = np.arange(_PALETTE_SIZE, dtype=np.float64) / _PALETTE_SIZE
+    t = np.where(t < positions[0], t + 1.0, t)
+    rgb = np.stack([np.interp(t, positions, colours[:, k]) for k in range(3)], axis=1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+#: The named palettes (``--palette``), each a function that builds its lookup table.
+PALETTES: dict[str, Callable[[], np.ndarray]] = {
+    # Deep blue through white to amber and back.
+    "classic": lambda: _cosine((0.00, 0.10, 0.20), 0.52),
+    "rainbow": lambda: _cosine((0.00, 0.33, 0.67), 0.0),
+    # The gradient Ultra Fractal made familiar: navy, sky blue, white, gold, black.
+    "ultra": lambda: _gradient(
+        (0.0, (0, 7, 100)),
+        (0.16, (32, 107, 203)),
+        (0.42, (237, 255, 255)),
+        (0.6425, (255, 170, 0)),
+        (0.8575, (0, 2, 0)),
+    ),
+    "fire": lambda: _gradient(
+        (0.0, (20, 0, 0)),
+        (0.2, (160, 16, 0)),
+        (0.4, (255, 120, 0)),
+        (0.55, (255, 230, 90)),
+        (0.65, (255, 255, 235)),
+        (0.8, (255, 150, 20)),
+    ),
+    "grey": lambda: _gradient((0.0, (24, 24, 24)), (0.5, (250, 250, 250))),
+}
+
+
+@functools.cache
+def palette_table(name: str) -> np.ndarray:
+    """The (_PALETTE_SIZE, 3) uint8 lookup table of a palette, built once per process; always
+    over the same array, so its values never depend on which pixels a band happens to hold."""
+    table = PALETTES[name]()
+    table.flags.writeable = False  # shared by every band this process renders
+    return table
 
 
 def _known_interior(cr: np.ndarray, ci: np.ndarray) -> np.ndarray:
@@ -220,7 +304,7 @@ def render_rows(spec: ImageSpec, y0: int, y1: int) -> np.ndarray:
     smooth = n[outside] + 1.0 - np.log2(log_abs_z)
     phase = np.sqrt(np.maximum(smooth, 0.0)) * _CYCLES_PER_SQRT_ITER
     lut_index = (np.floor(phase * _PALETTE_SIZE).astype(np.int64)) % _PALETTE_SIZE
-    colours[outside] = _PALETTE[lut_index]
+    colours[outside] = palette_table(spec.palette)[lut_index]
     # Each pixel is the mean of its own ss x ss samples, summed in the same order in any band.
     pixels = colours.reshape(y1 - y0, ss, spec.width, ss, 3).mean(axis=(1, 3))
     return np.rint(pixels).astype(np.uint8)
@@ -354,6 +438,8 @@ def render_plain(
 ) -> np.ndarray:
     """Render by pushing plain :class:`BandTask` s and assembling the image from their futures."""
     tasks = [BandTask(spec, y0, y1) for y0, y1 in band_ranges(spec.height, band_rows)]
+    if progress is not None:
+        progress(0, len(tasks))  # the display's clock starts now, not at the first band
     futures = app.push_tasks(tasks)
     bands: dict[int, np.ndarray] = {}
     for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
@@ -390,6 +476,11 @@ class RenderReport:
                 f"{spec.width}x{spec.height}, max_iter {spec.max_iter}, "
                 f"{spec.samples}x{spec.samples} samples per pixel",
             ),
+            (
+                "view",
+                f"centre {spec.center_x:.10g},{spec.center_y:.10g}, zoom {spec.zoom:.6g}x, "
+                f"palette {spec.palette}",
+            ),
             ("mode", self.mode),
             ("tasks", str(self.tasks)),
             ("slaves", str(self.slaves)),
@@ -407,18 +498,35 @@ class RenderReport:
                 ("speedup", speedup),
                 ("matches serial reference", "yes" if self.matches_reference else "no"),
             ]
-        width = max(len(name) for name, _ in rows)
-        return [f"{name + ':':<{width + 1}} {value}" for name, value in rows]
+        return aligned(rows)
 
 
-def _positive_int(text: str) -> int:
+def _point(text: str) -> tuple[float, float]:
+    """``X,Y`` as a point of the complex plane (``--center``)."""
+    parts = text.split(",")
     try:
-        value = int(text)
+        if len(parts) != 2:
+            raise ValueError
+        x, y = float(parts[0]), float(parts[1])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a point: write X,Y, e.g. --center=-0.75,0.1"
+        ) from None
+    if not (abs(x) < float("inf") and abs(y) < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: both coordinates must be finite")
+    return x, y
+
+
+def _attach_negative_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``--center -1.2,0.3`` as ``--center=-1.2,0.3``: argparse would read a value that starts
+    with '-' and is not a plain number as an option, and refuse it."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in options and arg[:1] == "-" and arg[1:2] in set("0123456789."):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -439,7 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
             "  taskswarm run -m taskswarm.samples.mandelbrot --output mandelbrot.png\n"
             "  python -m taskswarm.samples.mandelbrot --plain --slaves 3 --workers 2\n"
             "  python -m taskswarm.samples.mandelbrot --master tcp://10.0.0.5:5555 "
-            "--key-file cluster.key"
+            "--key-file cluster.key\n"
+            "  python -m taskswarm.samples.mandelbrot --center -0.7436,0.1318 --zoom 200 "
+            "--palette ultra\n"
+            "  python -m taskswarm.samples.mandelbrot --center -1.25,0 --zoom 8 --max-iter 1024"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -454,36 +565,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     image.add_argument(
         "--width",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.width,
         metavar="PX",
         help="image width in pixels (default: %(default)s)",
     )
     image.add_argument(
         "--height",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.height,
         metavar="PX",
         help="image height in pixels (default: %(default)s)",
     )
     image.add_argument(
         "--max-iter",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.max_iter,
         metavar="N",
         help="iteration limit; higher is slower and sharper (default: %(default)s)",
     )
     image.add_argument(
         "--samples",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.samples,
         metavar="N",
         help="anti-aliasing: N x N samples per pixel; 1 is fastest (default: %(default)s)",
     )
+    image.add_argument(
+        "--center",
+        type=_point,
+        default=_VIEW_CENTER,
+        metavar="X,Y",
+        help="the point of the complex plane at the centre of the image "
+        "(default: -0.75,0, the middle of the whole set)",
+    )
+    image.add_argument(
+        "--zoom",
+        type=positive_float,
+        default=1.0,
+        metavar="Z",
+        help="magnification: 1 shows the whole set, 100 a window 100 times narrower; past about "
+        "1e13 float64 runs out of digits and the picture turns blocky (default: %(default)s)",
+    )
+    image.add_argument(
+        "--palette",
+        choices=list(PALETTES),
+        default=defaults.palette,
+        help="colours outside the set; inside is always black (default: %(default)s)",
+    )
     run = parser.add_argument_group("how to run")
     run.add_argument(
         "--band-rows",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_BAND_ROWS,
         metavar="N",
         help="rows per task; the image is split into ceil(height / N) tasks (default: %(default)s)",
@@ -502,52 +635,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--quiet", "-q", action="store_true", help="no progress display; print only the summary"
     )
-    cluster = parser.add_argument_group("cluster")
-    cluster.add_argument(
-        "--master",
-        metavar="tcp://HOST:PORT",
-        default=None,
-        help="connect to this master (default: TASKSWARM_MASTER, else start "
-        "an embedded local cluster)",
-    )
-    cluster.add_argument(
-        "--key-file", metavar="PATH", default=None, help="the cluster key for --master"
-    )
-    cluster.add_argument(
-        "--slaves",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="slaves of an embedded cluster (default: 2)",
-    )
-    cluster.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="workers per slave of an embedded cluster "
-        "(default: CPU count split across the slaves)",
-    )
+    add_cluster_options(parser)
     return parser
-
-
-def _cluster_size(app: Any) -> tuple[int, int]:
-    """(slaves, total workers) as the master reports them right now."""
-    slaves = app.status().get("slaves", [])
-    return len(slaves), sum(int(s.get("workers", 0) or 0) for s in slaves)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Render, write, check. Returns 0 when the image matches the serial reference, else 1."""
-    args = build_parser().parse_args(argv)
-    spec = ImageSpec.fit(args.width, args.height, args.max_iter, args.samples)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(_attach_negative_values(argv, ("--center",)))
+    spec = ImageSpec.fit(
+        args.width,
+        args.height,
+        args.max_iter,
+        args.samples,
+        center=args.center,
+        zoom=args.zoom,
+        palette=args.palette,
+    )
     mode = "plain tasks" if args.plain else "task system"
     render = render_plain if args.plain else render_system
 
     with ts.connect_or_start(
         master=args.master, key_file=args.key_file, slaves=args.slaves, workers=args.workers
     ) as app:
-        slaves, workers = _cluster_size(app)
+        slaves, workers = cluster_size(app)
         warm_up(app, spec, workers)
         with progress_display(f"rendering ({mode})", quiet=args.quiet) as progress:
             started = time.perf_counter()
@@ -573,24 +684,6 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report.matches_reference is False else 0
 
 
-def _main_by_reference() -> int:
-    """Run ``main`` from the importable module when this file *is* that module.
-
-    Run as a script (``python -m`` or a file path), these classes live in ``__main__`` and
-    cloudpickle would ship them, and the spec dataclass, by value in every task. Importing the
-    module under its real name makes them travel by reference instead -- smaller, and the same
-    code the workers import. If the name resolves to a different file (another checkout), this
-    file's own ``main`` runs, so what runs is always what was asked for.
-    """
-    import importlib
-
-    try:
-        module = importlib.import_module("taskswarm.samples.mandelbrot")
-        same_file = Path(module.__file__ or "").resolve() == Path(__file__).resolve()
-    except (ImportError, OSError):
-        return main()
-    return module.main() if same_file else main()
-
-
 if __name__ == "__main__":
-    sys.exit(_main_by_reference())
+    # Classes travel by reference when this file is the installed module (see run_as_main).
+    sys.exit(run_as_main("taskswarm.samples.mandelbrot", __file__, main))
