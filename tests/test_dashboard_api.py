@@ -62,6 +62,7 @@ def test_the_api_and_status_json_report_the_same_numbers(served, nodes: Nodes):
     api, printed = json.loads(body), json.loads(cli.stdout)
 
     assert comparable(api) == comparable(printed)
+
     def connected(info: dict) -> set[str]:
         return {a["id"] for a in info["applications"] if a["state"] == "connected"}
 

@@ -12,7 +12,8 @@ import time
 import pytest
 
 import taskswarm as ts
-from conftest import descendants, wait_for
+from conftest import descendants, free_port, wait_for
+from taskswarm.keys import load_keys
 from test_contract import SumOfSquares
 
 
@@ -116,3 +117,54 @@ def test_sigint_to_taskswarm_run_stops_the_app_and_its_embedded_cluster(tmp_path
         if process.poll() is None:
             process.kill()
         process.communicate()
+
+
+class Nap(ts.Task):
+    def __init__(self, i: int):
+        super().__init__(name=f"nap-{i}")
+        self.i = i
+
+    def __call__(self):
+        time.sleep(0.4)
+        return self.i
+
+
+SLOW_BEATING_SLAVE = textwrap.dedent(
+    """
+    import sys
+    from taskswarm.keys import load_keys
+    from taskswarm.nodes.slave import Slave
+
+    # Beats every 1.5 s (the master every 0.5 s) and would take the master for lost after
+    # 0.3 s of silence: each side must go by the other's pace, not its own.
+    slave = Slave(sys.argv[1], load_keys(sys.argv[2]), workers=1, heartbeat_interval=1.5,
+                  master_timeout=0.3)
+    slave.serve()
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_master_and_slave_each_wait_by_the_others_heartbeat_not_their_own(nodes, key_file):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    master = nodes.start(
+        "master", "--bind", address, "--key-file", key_file, "--no-state-dir", "--no-dashboard",
+        "--heartbeat", "0.5", "--slave-timeout", "0.6",
+    )  # fmt: skip
+    slave = subprocess.Popen(
+        [sys.executable, "-c", SLOW_BEATING_SLAVE, address, key_file],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with ts.Application(address, load_keys(key_file)) as app:
+            futures = app.push_tasks([Nap(i) for i in range(8)])  # 3 s of work, 2 slave beats
+            assert [f.result(timeout=30) for f in futures] == list(range(8))
+            assert states(app) == ["active"]
+    finally:
+        slave.terminate()
+        _, slave_log = slave.communicate(timeout=20)
+        master.terminate()
+        _, master_log = master.communicate(timeout=20)
+    assert master_log.count("registered from") == 1, master_log
+    assert " lost " not in master_log and "inactive" not in master_log, master_log
+    assert "registering again" not in slave_log, slave_log

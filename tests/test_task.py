@@ -9,6 +9,7 @@ comes back as its own exception with the worker's traceback as ``__cause__``, or
 from __future__ import annotations
 
 import pickle
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -164,13 +165,24 @@ def test_an_unpicklable_exception_comes_back_as_a_task_error_with_its_type_and_t
     assert "raise_locked_error" in str(error.__cause__)
 
 
-def test_an_unrebuildable_exception_comes_back_as_a_task_error_with_its_type_and_traceback():
+def check_unrebuildable_exception_comes_back_as_a_task_error() -> None:
     result, error = run(RaisesUnrebuildable())
 
     assert result is None
     assert isinstance(error, TaskError)
     assert error.type_name == "NeedsTwoArguments"
     assert "raise_needs_two_arguments" in error.remote_traceback
+
+
+def test_an_unrebuildable_exception_comes_back_as_a_task_error_with_its_type_and_traceback():
+    # In a fresh process: importing dask's distributed (as the engine tests do) teaches pickle
+    # to rebuild any exception, and this is about a worker where nothing has.
+    code = "import test_task; test_task.check_unrebuildable_exception_comes_back_as_a_task_error()"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parent, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
 
 
 def test_a_task_that_exits_fails_with_system_exit_instead_of_ending_the_worker():

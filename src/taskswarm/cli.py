@@ -253,6 +253,14 @@ def keygen(path: str, force: bool, curve: bool) -> None:
     show_default=True,
     help="Address to listen on; use tcp://0.0.0.0:PORT to accept other machines.",
 )
+@click.option(
+    "--advertise",
+    metavar="tcp://HOST:PORT",
+    default=None,
+    help="The address others are told to reach this master at (status, the dashboard URL), "
+    "for NAT or a DNS name. Default: the bind address; for a wildcard bind, this host's "
+    "primary address (else its name) with the bound port.",
+)
 @_key_option()
 @click.option(
     "--state-dir",
@@ -282,7 +290,15 @@ def keygen(path: str, force: bool, curve: bool) -> None:
     "--scheduler",
     default="push",
     show_default=True,
-    help="Scheduler by name: push (master sends work) or pull (slaves ask for work).",
+    help="Scheduler by name: push (master sends work), pull (slaves ask for work), or dask / "
+    "ray (every task runs on that engine's cluster, see --engine).",
+)
+@click.option(
+    "--engine",
+    metavar="ADDRESS",
+    default=None,
+    help="With --scheduler dask: the Dask scheduler, tcp://HOST:PORT. With --scheduler ray: "
+    "ray://HOST:PORT, HOST:PORT or auto. Default: a local one started by the master.",
 )
 @click.option(
     "--strategy",
@@ -355,6 +371,8 @@ def master(
     curve: bool,
     max_message_mib: int,
     ready_file: str | None,
+    advertise: str | None = None,
+    engine: str | None = None,
 ) -> None:
     """Run a master node: it keeps the task queue and runs task systems."""
     from .dashboard import parse_address
@@ -386,6 +404,8 @@ def master(
         stealing=stealing,
         resource_wait=resource_wait,
         dashboard=None if no_dashboard else dashboard,
+        advertise=advertise,
+        engine=engine,
     )
     _stop_on_signals(node)
     _tune_gc()
@@ -455,7 +475,20 @@ def _default_state_dir(bind: str) -> Path:
     default=None,
     help="Worker processes (default: one per core).",
 )
-@click.option("--manager", default="process-pool", show_default=True, help="Task manager by name.")
+@click.option(
+    "--manager",
+    default="process-pool",
+    show_default=True,
+    help="Task manager by name: process-pool, or dask / ray (tasks run on that engine's "
+    "cluster, see --engine; --workers then caps how many run at once).",
+)
+@click.option(
+    "--engine",
+    metavar="ADDRESS",
+    default=None,
+    help="With --manager dask: the Dask scheduler, tcp://HOST:PORT. With --manager ray: "
+    "ray://HOST:PORT, HOST:PORT or auto. Default: a local one started by the slave.",
+)
 @click.option(
     "--heartbeat",
     default=1.0,
@@ -489,16 +522,19 @@ def slave(
     grace: float,
     resources: dict[str, float] | None,
     max_message_mib: int,
+    engine: str | None = None,
 ) -> None:
     """Run a slave node for the master at MASTER (tcp://HOST:PORT)."""
     from .keys import load_keys
+    from .managers.engines import manager_for
     from .nodes.slave import Slave
 
+    key = load_keys(key_file)
     node = Slave(
         master_address,
-        load_keys(key_file),
+        key,
         workers=workers,
-        manager=manager,
+        manager=manager_for(manager, workers, engine),
         heartbeat_interval=heartbeat,
         grace=grace,
         max_message_bytes=max_message_mib * 1024 * 1024,

@@ -108,7 +108,7 @@ class Kind:
     """Message kinds. Each node dispatches through a table keyed on these."""
 
     # slave -> master
-    REGISTER = "register"  # {node_id, host, pid, workers}
+    REGISTER = "register"  # {node_id, host, pid, workers, resources, heartbeat, held, ...}
     RESULTS = "results"  # {results: [[task_id, status, detail], ...]} + one payload per result
     # application -> master
     HELLO = "hello"  # {client_id, host, pid}
@@ -123,7 +123,7 @@ class Kind:
     DRAIN = "drain"  # a slave takes no new tasks (it is stopping)
     RELEASED = "released"  # {tasks}: unstarted tasks a slave gives back after a STEAL
     # master -> nodes
-    WELCOME = "welcome"  # {node_id}
+    WELCOME = "welcome"  # {node_id, heartbeat}
     REREGISTER = "reregister"  # the master does not know the sender (it restarted, or lost it)
     TASKS = "tasks"  # {tasks: [[task_id, timeout], ...]} + one payload per task
     ACK = "ack"  # {rid, n}: the master accepted a submission (push_task_response)

@@ -30,7 +30,7 @@ import zmq
 
 from ..dashboard import DashboardServer, parse_address
 from ..dashboard.api import ERRORS_KEPT
-from ..errors import ResourceUnavailable, TaskError, WorkerCrashed
+from ..errors import ConfigurationError, ResourceUnavailable, TaskError, WorkerCrashed
 from ..journal import Journal, NullJournal
 from ..keys import ClusterKeys, as_keys
 from ..scheduling import load_plugin
@@ -44,6 +44,7 @@ from ..scheduling.records import (
 from ..stats import Stats
 from ..task import ExceptionWithTraceback, Status
 from ..wire import Codec, Kind, Message
+from .addresses import advertised_address, check_advertise, public_url
 from .clients import ClientRecord, ClientTable
 from .gate import Gate
 from .mailbox import Mailbox
@@ -78,6 +79,8 @@ class Master:
         stealing: bool = True,
         resource_wait: float = 10.0,
         dashboard: str | None = None,
+        advertise: str | None = None,
+        engine: str | None = None,
     ) -> None:
         keys = self._keys = as_keys(key)
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
@@ -86,6 +89,13 @@ class Master:
         self.max_crashes = max_crashes
         strategy_obj = load_plugin("taskswarm.strategies", strategy)()
         self.scheduler = load_plugin("taskswarm.schedulers", scheduler)(strategy_obj, prefetch)
+        #: The Dask or Ray cluster an engine scheduler (``--scheduler dask|ray``) hands tasks to.
+        self.engine = engine
+        if engine is not None and not getattr(self.scheduler, "uses_engine", False):
+            raise ConfigurationError(
+                f"--engine {engine} needs a scheduler that runs tasks on an engine "
+                f"(--scheduler dask or --scheduler ray), not {scheduler!r}"
+            )
         self.scheduler.setup(self)
         #: Named measures (count, sum, min, max) of what the master times: ``status()["stats"]``.
         self.stats = Stats()
@@ -94,10 +104,13 @@ class Master:
         self.scheduler.resource_wait = resource_wait
         self.scheduler_name, self.strategy_name = scheduler, strategy
         self.journal = Journal(Path(state_dir) / "journal.sqlite3") if state_dir else NullJournal()
+        check_advertise(advertise)  # a bad one is a usage error before anything is bound
         self._context = zmq.Context()
         self.router, self.address = bind_router(
             self._context, bind, keys.curve_secret, max_message_bytes
         )
+        #: Where others are told to reach this master (status, the dashboard URL): see addresses.
+        self.advertised = advertised_address(self.address, advertise)
         self.encrypted = keys.curve
         self.mailbox = Mailbox()
         self.gate = Gate(
@@ -141,8 +154,10 @@ class Master:
         if dashboard:
             self._start_dashboard(dashboard)
         log.info(
-            "master listening on %s (scheduler %s, strategy %s, stealing %s, state %s)",
+            "master listening on %s, advertised as %s (scheduler %s, strategy %s, stealing %s, "
+            "state %s)",
             self.address,
+            self.advertised,
             scheduler,
             strategy,
             "on" if stealing else "off",
@@ -172,7 +187,7 @@ class Master:
         host, port = parse_address(address)
         server = DashboardServer(self.ask, host, port, self._keys.dashboard_token())
         try:
-            self.dashboard_url = server.start()
+            self.dashboard_url = public_url(server.start(), self.advertised)
         except OSError as exc:
             log.warning(
                 "dashboard not started: cannot listen on %s (%s); the master runs without it. "
@@ -260,6 +275,9 @@ class Master:
         self._closed = True
         if self.dashboard is not None:
             self.dashboard.stop()
+        close_scheduler = getattr(self.scheduler, "close", None)
+        if close_scheduler is not None:
+            close_scheduler()  # an engine scheduler's bridge and its engine connection
         self.clients.journal_unconfirmed(everything=True)
         self.systems.stop_all()
         self.router.close(linger=0)
@@ -322,6 +340,7 @@ class Master:
             credit=int(msg.get("credit", 0)),
             want=int(msg.get("want", 0)),
             pace=float(msg.get("pace", 0.0)),
+            heartbeat=_positive(msg.get("heartbeat")),
         )
         try:
             slave.resources = parse_resources(msg.get("resources"))
@@ -331,7 +350,10 @@ class Master:
         self.peers[identity] = slave
         self.scheduler.add_slave(slave)
         self.scheduler.assign_held(slave, [str(t) for t in msg.get("held", [])])
-        self.send(identity, Kind.WELCOME, {"node_id": slave.slave_id})
+        # The slave learns how often to expect word from the master, so a long heartbeat
+        # (a big cluster's) is not taken for a lost master.
+        welcome = {"node_id": slave.slave_id, "heartbeat": self.heartbeat_interval}
+        self.send(identity, Kind.WELCOME, welcome)
         log.info(
             "slave %s registered from %s with %d workers%s",
             slave.slave_id,
@@ -471,9 +493,13 @@ class Master:
         now = time.monotonic()
         for slave in list(self.scheduler.slaves.values()):
             silent = now - slave.last_seen
-            if silent > self.slave_timeout:
+            # A slave that beats slower than the master is given as many of its own beats.
+            beat = max(self.heartbeat_interval, slave.heartbeat)
+            if silent > max(
+                self.slave_timeout, self.slave_timeout * beat / self.heartbeat_interval
+            ):
                 self._lose_slave(slave, f"silent for {silent:.1f}s")
-            elif silent > 2.5 * self.heartbeat_interval and slave.state == NodeState.ACTIVE:
+            elif silent > 2.5 * beat and slave.state == NodeState.ACTIVE:
                 slave.state = NodeState.INACTIVE
                 self.scheduler.refresh(slave)
                 log.warning("slave %s missed its heartbeats; no new tasks for it", slave.slave_id)
@@ -638,7 +664,8 @@ class Master:
         live = [s.summary() for s in self.scheduler.slaves.values()]
         return {
             "master": {
-                "address": self.address,
+                "address": self.advertised,
+                "bind": self.address,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "uptime": round(time.time() - self.started, 3),
@@ -671,3 +698,8 @@ def _crash_error(task: TaskRecord, how: str, attempts: int) -> bytes:
         "WorkerCrashed",
     )
     return cloudpickle.dumps(ExceptionWithTraceback(error, ""))
+
+
+def _positive(value: Any) -> float:
+    """A number a peer declared, or 0.0 when it said nothing usable."""
+    return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0

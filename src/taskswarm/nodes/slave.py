@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from ..api import ITaskManager
 from ..errors import WireError
 from ..keys import ClusterKeys, as_keys
 from ..managers.process_pool import WorkItem
@@ -34,6 +35,8 @@ __all__ = ["Slave"]
 
 log = logging.getLogger(__name__)
 
+#: Master heartbeats a slave may miss before it takes the master for lost and reconnects.
+MASTER_BEATS = 5
 #: Tasks a slave asks to hold per worker: one running, one ready to start.
 PREFETCH = 2
 
@@ -45,7 +48,7 @@ class Slave:
         key: bytes | ClusterKeys,
         *,
         workers: int | None = None,
-        manager: str = "process-pool",
+        manager: str | ITaskManager = "process-pool",
         heartbeat_interval: float = 1.0,
         master_timeout: float = 5.0,
         grace: float = 2.0,
@@ -59,9 +62,15 @@ class Slave:
         self.master_address = master
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
         self.heartbeat_interval = heartbeat_interval
-        self.master_timeout = master_timeout
+        self.master_timeout = self._master_timeout = master_timeout
         self.grace = grace
-        self.manager = load_plugin("taskswarm.managers", manager)(workers)
+        # A name, or a task manager built by the caller (one that needs more than ``workers``,
+        # such as an engine's address).
+        self.manager = (
+            manager
+            if isinstance(manager, ITaskManager)
+            else load_plugin("taskswarm.managers", manager)(workers)
+        )
         self.manager.init(self.node_id, master)
         self._context = zmq.Context()
         self.master_socket = connect_dealer(
@@ -201,6 +210,10 @@ class Slave:
         if not self.registered:
             log.info("registered with master %s", self.master_address)
         self.registered = True
+        beat = msg.get("heartbeat")
+        if isinstance(beat, (int, float)) and beat > 0:
+            # Silent for five of the master's heartbeats (and never under the given timeout).
+            self.master_timeout = max(self._master_timeout, MASTER_BEATS * float(beat))
         self._send(Kind.HEARTBEAT, {"workers": self.manager.get_num_workers()})
 
     def on_tasks(self, msg: Message) -> None:
@@ -231,6 +244,11 @@ class Slave:
         pass  # _last_from_master is refreshed for every message
 
     def on_reregister(self, msg: Message) -> None:
+        if not self.registered:
+            # A REGISTER is already on its way (each heartbeat repeats it). After a network
+            # outage the master answers every stale heartbeat with REREGISTER: registering
+            # once per answer would make it drop and re-add this slave as many times.
+            return
         self.registered = False
         self._register()
 
@@ -284,6 +302,7 @@ class Slave:
                 "pid": os.getpid(),
                 "workers": self.manager.get_num_workers(),
                 "resources": self.resources,
+                "heartbeat": self.heartbeat_interval,
                 **self._window(),
                 # What it still holds from before (a master that restarted can keep it here).
                 "held": [item.task_id for item in held],
@@ -292,9 +311,11 @@ class Slave:
 
     def _heartbeat_or_register(self) -> None:
         silent = time.monotonic() - self._last_from_master
-        if self.registered and silent > self.master_timeout:
-            log.warning("no word from the master for %.1fs; registering again", silent)
-            self.registered = False
+        if silent > self.master_timeout:
+            if self.registered:
+                log.warning("no word from the master for %.1fs; registering again", silent)
+                self.registered = False
+            self._reconnect()
         if self.registered:
             self._send(
                 Kind.HEARTBEAT,
@@ -307,6 +328,21 @@ class Slave:
             )
         else:
             self._register()
+
+    def _reconnect(self) -> None:
+        """Replace the connection to a master that has been silent for ``master_timeout``.
+
+        After a network outage the old connection waits for TCP's next retransmission, whose
+        backoff doubles up to two minutes, with every message since queued behind it: a slave
+        cut off for 30 s would rejoin some 25 s after the network came back, and then replay a
+        REGISTER per heartbeat. A new connection gets through within ``master_timeout`` of the
+        network's return (the master hands this slave's identity over to it). What was queued
+        on the old one is dropped: the REGISTER that follows tells the master which tasks this
+        slave still holds, and the master queues the rest again.
+        """
+        self._last_from_master = time.monotonic()  # the next try, if needed, is as far off
+        self.master_socket.disconnect(self.master_address)
+        self.master_socket.connect(self.master_address)
 
     def _collect_results(self, events: dict) -> None:
         for fd in self.manager.fds():

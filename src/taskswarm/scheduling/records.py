@@ -147,6 +147,7 @@ class SlaveRecord:
     pace: float = 0.0  # its running average of task durations, seconds (0: not known yet)
     steal_until: float = 0.0  # a steal request is out until then (monotonic)
     stolen: int = 0  # tasks taken back from it for idle slaves
+    heartbeat: float = 0.0  # seconds between its heartbeats, as it declared (0: not said)
 
     def fits(self, needs: dict[str, float]) -> bool:
         """Whether a task needing ``needs`` fits in what this slave has free now."""

@@ -1,0 +1,131 @@
+"""An application node for the multi-host tests, run inside a host's namespace.
+
+    ip netns exec NS python netapp.py tcp://MASTER:PORT KEY_FILE
+
+The test process cannot reach the hosts' network, so it asks this node instead: one JSON
+request per line on stdin (``{"op": "status"}``, ``{"op": "submit", ...}``, ``{"op": "result",
+...}``), one JSON reply per line on stdout (``{"ok": ...}`` or ``{"error": "..."}``).
+
+Run by path, this file is ``__main__``: the task and task system below travel to the master and
+the slaves by value, so no host needs the tests on its import path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import taskswarm as ts
+from taskswarm.samples.mandelbrot import BandTask, ImageSpec, MandelbrotSystem
+
+#: Most seconds a gated task waits for the test to let it through before it fails.
+GATE_TIMEOUT = 60.0
+#: Least seconds a gated task takes: slow enough that a slave holds a couple of tasks, not a
+#: pipeline of dozens, so the queue on the master still has work for slaves that come later.
+MIN_TASK_SECONDS = 0.06
+#: Most seconds the node waits for a task system's result.
+RESULT_TIMEOUT = 60.0
+
+
+def _limit(gate: Path) -> int:
+    try:
+        return int((gate / "limit").read_text())
+    except (OSError, ValueError):
+        return -1
+
+
+class GatedBand(BandTask):
+    """One row of the image, rendered once the gate's limit reaches it; the result also names
+    the host it ran on."""
+
+    def __init__(self, spec: ImageSpec, y0: int, gate: str) -> None:
+        super().__init__(spec, y0, y0 + 1)
+        self.gate = gate
+
+    def __call__(self) -> tuple[int, np.ndarray, str]:
+        started = time.monotonic()
+        host = os.environ.get("TASKSWARM_TEST_HOST", "?")
+        gate = Path(self.gate)
+        (gate / "started" / f"{self.y0}-{host}").touch()
+        while _limit(gate) < self.y0:  # the task's own wait for the test: its "work"
+            if time.monotonic() - started > GATE_TIMEOUT:
+                raise TimeoutError(f"row {self.y0}: the gate stayed shut for {GATE_TIMEOUT}s")
+            time.sleep(0.02)
+        y0, band = super().__call__()
+        time.sleep(max(0.0, MIN_TASK_SECONDS - (time.monotonic() - started)))
+        return y0, band, host
+
+
+class GatedMandelbrot(MandelbrotSystem):
+    """The sample's task system, one gated row per task; its result is the image and, for each
+    row, the host whose result arrived first."""
+
+    def __init__(self, spec: ImageSpec, gate: str) -> None:
+        super().__init__(spec, band_rows=1)
+        self.gate = gate
+        self.ran_on: dict[int, str] = {}
+
+    def generate_tasks(self, master: Any) -> list[GatedBand]:
+        return [GatedBand(self.spec, y0, self.gate) for y0, _ in self.ranges]
+
+    def task_finished(self, master: Any, task: Any, result: Any, error: Any) -> None:
+        if error is None:
+            y0, band, host = result
+            self.ran_on.setdefault(y0, host)
+            result = (y0, band)
+        super().task_finished(master, task, result, error)
+
+    def gather_result(self, master: Any) -> tuple[Any, Any]:
+        image, error = super().gather_result(master)
+        return (None if error else {"image": image, "ran_on": self.ran_on}), error
+
+
+def serve(app: ts.Application) -> None:
+    handles: dict[str, Any] = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            op = request.pop("op")
+            if op == "status":
+                reply: Any = app.status()
+            elif op == "submit":
+                spec = ImageSpec.fit(request["width"], request["height"], request["max_iter"], 1)
+                if request.get("gate"):
+                    system: MandelbrotSystem = GatedMandelbrot(spec, request["gate"])
+                else:
+                    system = MandelbrotSystem(spec, band_rows=request["band_rows"])
+                handle = app.submit_system(system)
+                handles[handle.system_id] = handle
+                reply = handle.system_id
+            elif op == "result":
+                outcome = handles.pop(request["system_id"]).result(RESULT_TIMEOUT)
+                image, ran_on = (
+                    (outcome["image"], outcome["ran_on"])
+                    if isinstance(outcome, dict)
+                    else (outcome, {})
+                )
+                np.save(request["save_to"], image)
+                reply = {str(row): host for row, host in ran_on.items()}
+            else:
+                raise ValueError(f"unknown op {op!r}")
+        except Exception:  # noqa: BLE001 - the test reports it, with the traceback
+            print(json.dumps({"error": traceback.format_exc()}), flush=True)
+            continue
+        print(json.dumps({"ok": reply}), flush=True)
+
+
+def main() -> None:
+    master, key_file = sys.argv[1], sys.argv[2]
+    with ts.connect(master, key_file, connect_timeout=30) as app:
+        serve(app)
+
+
+if __name__ == "__main__":
+    main()
