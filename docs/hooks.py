@@ -142,9 +142,12 @@ def _flags(param: click.Parameter) -> str:
 
 
 def _key(param: click.Parameter) -> str:
-    """``_load_config`` accepts dashes or underscores; click looks the value up by the
-    parameter's name, which for some options differs from the flag (``--master``)."""
-    key = param.name.replace("_", "-")
+    """An option's key is its long flag (``--master`` -> ``master``); an argument's is its
+    parameter name (``MASTER`` of ``slave`` -> ``master-address``)."""
+    if isinstance(param, click.Option):
+        key = max(param.opts, key=len).lstrip("-")
+    else:
+        key = param.name.replace("_", "-")
     if isinstance(param, click.Option) and param.is_flag:
         return f"{key} = {'false' if param.default is True else 'true'}"
     return key

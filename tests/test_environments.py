@@ -163,3 +163,11 @@ def test_a_setting_is_named_as_its_option_and_a_typo_is_refused(nodes, tmp_path)
     assert typo.returncode == 2
     assert "has no setting 'workres'" in typo.stderr and "config show" in typo.stderr
     assert "Traceback" not in typo.stderr
+
+
+def test_the_slaves_master_argument_can_come_from_the_settings_file(nodes, tmp_path, key_file):
+    config = tmp_path / "taskswarm.toml"
+    config.write_text('[slave]\nmaster-address = "not-an-address"\n')
+    out = nodes.run("--config", str(config), "slave", "--key-file", key_file, timeout=30)
+    assert out.returncode != 0
+    assert "not-an-address" in out.stderr and "Traceback" not in out.stderr

@@ -74,6 +74,9 @@ def parameter_names(command: click.Command) -> dict[str, str]:
     for option in _options(command):
         for spelling in (_key(option), option.name or ""):
             names[spelling] = names[spelling.replace("-", "_")] = option.name or ""
+    for argument in command.params:
+        if isinstance(argument, click.Argument) and argument.name:  # slave's MASTER
+            names[argument.name] = names[argument.name.replace("_", "-")] = argument.name
     return names
 
 
