@@ -8,6 +8,7 @@ a real process. A test skips, saying why, when the engine's extra is not install
 
 from __future__ import annotations
 
+import copyreg
 import os
 import signal
 import subprocess
@@ -109,6 +110,18 @@ def exit_worker():
 
 
 # -- the engines and the masters in front of them --------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pickling_as_it_was() -> Iterator[None]:
+    """Importing dask registers, for the whole process, its own way of pickling every exception
+    (tblib's): a SystemExit comes back without its code, and an exception that cannot be
+    rebuilt comes back rebuilt. Undo that when this module is done, so the rest of the suite
+    pickles as a worker that never imported dask does."""
+    before = dict(copyreg.dispatch_table)
+    yield
+    copyreg.dispatch_table.clear()
+    copyreg.dispatch_table.update(before)
 
 
 @pytest.fixture(scope="module")
