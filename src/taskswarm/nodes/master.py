@@ -330,7 +330,9 @@ class Master:
     def on_slave_register(self, identity: bytes, msg: Message) -> None:
         old = self._slave(identity)
         if old is not None:
-            self._lose_slave(old, "re-registered")
+            # Usual at start (a slave repeats REGISTER each heartbeat until welcomed), and what
+            # it still holds is assigned back to it just below: worth no warning.
+            self._lose_slave(old, "re-registered", level=logging.INFO)
         slave = SlaveRecord(
             slave_id=str(msg["node_id"]),
             identity=identity,
