@@ -309,3 +309,19 @@ def test_nodes_are_slaves_and_applications_each_with_its_kind(served):
     mine = [a for a in nodes["applications"] if a["id"] == app.client_id]
     assert mine and mine[0]["kind"] == "application" and mine[0]["state"] == "connected"
     assert mine[0]["done"] >= 50 and mine[0]["host"] and mine[0]["pid"]
+
+
+@pytest.mark.timeout(60)
+def test_slaves_report_their_own_measures_labelled_with_the_slave(served):
+    _, app, url = served
+
+    def slave_rows() -> list[dict] | None:
+        rows = [r for r in app.status()["stats"] if r["name"] == "slave_task_seconds"]
+        return rows if sum(r["count"] for r in rows) >= 50 else None
+
+    rows = wait_for(slave_rows, timeout=30)
+    slaves = {s["id"] for s in app.status()["slaves"]}
+    assert {r["labels"]["slave"] for r in rows} <= slaves
+    assert all(0 <= r["min"] <= r["avg"] <= r["max"] for r in rows)
+    code, _, text = get(url + "/metrics")
+    assert code == 200 and 'taskswarm_slave_task_seconds_count{slave="' in text

@@ -99,3 +99,15 @@ def test_a_master_times_its_decisions_queue_waits_sends_and_each_slaves_tasks(ap
     for row in rows:
         assert 0 <= row["min"] <= row["avg"] <= row["max"]
     assert list(text_string_to_metric_families(prometheus_text(rows)))
+
+
+def test_a_slaves_reported_measures_keep_only_well_formed_rows_labelled_with_it():
+    from taskswarm.nodes.master import _measures
+
+    good = {"name": "slave_send_seconds", "labels": {}, "count": 2, "sum": 0.5, "avg": 0.25,
+            "min": 0.1, "max": 0.4}  # fmt: skip
+    rows = _measures(
+        [good, {"name": 3}, "junk", {**good, "count": "many"}, {**good, "max": True}], "s1"
+    )
+    assert rows == [{**good, "labels": {"slave": "s1"}}]
+    assert _measures("not a list", "s1") == []

@@ -23,6 +23,8 @@ HELP = {
     "send_seconds": "Master: time to encode and send one message of tasks to a slave.",
     "task_seconds": "Master: time from assigning a task to its result, per slave.",
     "messages_rejected": "Messages dropped before use, by reason (bad signature, replay...).",
+    "slave_task_seconds": "Slave: time from a task's arrival to its result (queue and run there).",
+    "slave_send_seconds": "Slave: time to encode and send one message of results.",
 }
 
 _NAME = re.compile(r"[^a-zA-Z0-9_]")

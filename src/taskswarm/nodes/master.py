@@ -386,6 +386,8 @@ class Master:
         slave.want = int(msg.get("want", slave.want))
         slave.pace = float(msg.get("pace", slave.pace))
         slave.rejected = int(msg.get("rejected", slave.rejected))
+        if msg.get("stats") is not None:
+            slave.stats = _measures(msg["stats"], slave.slave_id)
         if msg.get("held") is not None:
             # Tasks sent two heartbeats ago have arrived unless their message was lost.
             sent_before = time.monotonic() - 2 * self.heartbeat_interval
@@ -684,6 +686,7 @@ class Master:
             "tasks": self.scheduler.counts(),
             "errors": self.latest_errors(ERRORS_IN_STATUS),
             "stats": self.stats.snapshot()
+            + [row for slave in self.scheduler.slaves.values() for row in slave.stats]
             + [
                 {"name": "messages_rejected", "labels": {"reason": reason}, "count": n, "sum": n}
                 | {"avg": 1.0, "min": 1.0, "max": 1.0}
@@ -705,3 +708,25 @@ def _crash_error(task: TaskRecord, how: str, attempts: int) -> bytes:
 def _positive(value: Any) -> float:
     """A number a peer declared, or 0.0 when it said nothing usable."""
     return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0
+
+
+#: What a measure a node reports must hold (anything else is dropped, not trusted).
+_MEASURE_FIELDS = ("count", "sum", "avg", "min", "max")
+
+
+def _measures(rows: Any, slave_id: str) -> list[dict[str, Any]]:
+    """A slave's reported measures, labelled with the slave; malformed rows are left out."""
+    if not isinstance(rows, list):
+        return []
+    kept = []
+    for row in rows[:64]:
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            continue
+        values = [row.get(field) for field in _MEASURE_FIELDS]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        labels = row.get("labels") if isinstance(row.get("labels"), dict) else {}
+        labels = {str(k): str(v) for k, v in labels.items()} | {"slave": slave_id}
+        summary = dict(zip(_MEASURE_FIELDS, values, strict=True))
+        kept.append({"name": row["name"], "labels": labels, **summary})
+    return kept

@@ -26,6 +26,7 @@ from ..keys import ClusterKeys, as_keys
 from ..managers.process_pool import WorkItem
 from ..scheduling import load_plugin
 from ..scheduling.records import format_resources, parse_resources
+from ..stats import Stats
 from ..task import Status
 from ..wire import Codec, Kind, Message, Notice
 from .mailbox import Mailbox
@@ -64,6 +65,9 @@ class Slave:
         self.heartbeat_interval = heartbeat_interval
         self.master_timeout = self._master_timeout = master_timeout
         self.grace = grace
+        #: What this slave times (sends, tasks' time here), reported to the master each heartbeat.
+        self.stats = Stats()
+        self._arrived: dict[str, float] = {}  # task id -> when it reached this slave
         # A name, or a task manager built by the caller (one that needs more than ``workers``,
         # such as an engine's address).
         self.manager = (
@@ -221,6 +225,7 @@ class Slave:
             WorkItem(str(task_id), payload, timeout)
             for (task_id, timeout), payload in zip(msg["tasks"], msg.payloads, strict=True)
         ]
+        self._arrived.update(dict.fromkeys([item.task_id for item in items], time.monotonic()))
         push_many = getattr(self.manager, "push_tasks", None)
         if push_many is not None:
             push_many(items)
@@ -235,6 +240,8 @@ class Slave:
         """Give back up to ``count`` tasks no worker has started, for idle slaves elsewhere."""
         release = getattr(self.manager, "release", None)
         items = release(int(msg.get("count", 0))) if release is not None else []
+        for item in items:
+            self._arrived.pop(item.task_id, None)
         self._send(
             Kind.RELEASED,
             {"tasks": [item.task_id for item in items], **self._window(finished=len(items))},
@@ -323,6 +330,7 @@ class Slave:
                     "workers": self.manager.get_num_workers(),
                     **self._window(),
                     "rejected": sum(self.codec.rejected.values()),
+                    "stats": self.stats.snapshot(),
                     "held": [item.task_id for item in self.manager.held()],
                 },
             )
@@ -365,7 +373,15 @@ class Slave:
             **self._window(finished=len(batch)),
         }
         payloads = [b"" if status == Status.CRASH else data for _, status, data, *_ in batch]
+        started = time.monotonic()
         self._send(Kind.RESULTS, header, payloads)
+        now = time.monotonic()
+        self.stats.add("slave_send_seconds", now - started)
+        arrived = self._arrived
+        held = [now - arrived.pop(item[0], now) for item in batch]
+        self.stats.add(
+            "slave_task_seconds", sum(held) / len(held), len(held), low=min(held), high=max(held)
+        )
 
 
 def _detail(status: str, data: Any, rest: list) -> str | None:

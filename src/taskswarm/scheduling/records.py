@@ -148,6 +148,7 @@ class SlaveRecord:
     steal_until: float = 0.0  # a steal request is out until then (monotonic)
     stolen: int = 0  # tasks taken back from it for idle slaves
     heartbeat: float = 0.0  # seconds between its heartbeats, as it declared (0: not said)
+    stats: list[dict] = field(default_factory=list)  # its own measures, as last reported
 
     def fits(self, needs: dict[str, float]) -> bool:
         """Whether a task needing ``needs`` fits in what this slave has free now."""
