@@ -224,3 +224,19 @@ def test_status_watch_redraws_until_ctrl_c_and_leaves_quietly(cluster, app, node
     out, err = watcher.communicate(timeout=20)
     assert watcher.returncode == 0, err
     assert "slaves" in out and "Traceback" not in err
+
+
+def test_help_after_the_app_is_the_apps_own_and_starts_no_cluster(nodes, tmp_path):
+    app = tmp_path / "helpful_app.py"
+    app.write_text(
+        "import argparse, os\n"
+        "parser = argparse.ArgumentParser(description='the app itself')\n"
+        "parser.parse_args()\n"
+        "print('no help asked', os.environ.get('TASKSWARM_MASTER'))\n"
+    )
+    out = nodes.run("run", str(app), "--help", timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "the app itself" in out.stdout and "embedded cluster" not in out.stderr
+    assert "Run an application" in nodes.run("run", "--help").stdout  # run's own, before the app
+    module = nodes.run("run", "--slaves", "1", "-m", "taskswarm.samples.expensive", "-h")
+    assert module.returncode == 0 and "--duration" in module.stdout

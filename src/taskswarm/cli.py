@@ -547,7 +547,45 @@ def slave(
         raise click.ClickException(f"{node.failure} (key file {key_file})")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+class _RunCommand(click.Command):
+    """``taskswarm run APP.py --help`` is the app's help, not run's: a help option after the
+    app (or ``-m MODULE``) is passed on to it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        target = _target_index(args)
+        if target is not None:
+            args = [
+                _APP_HELP if i > target and arg in ("-h", "--help") else arg
+                for i, arg in enumerate(args)
+            ]
+        return super().parse_args(ctx, args)
+
+
+#: Stands for the app's own --help while run's options are parsed (run's would win otherwise).
+_APP_HELP = "--taskswarm-app-help"
+#: Options of `run` that take a value (the value is not the app).
+_RUN_VALUE_OPTIONS = {"-m", "--master", "--key-file", "--slaves", "--workers", "--env"}
+
+
+def _target_index(args: list[str]) -> int | None:
+    """Where the app (APP.py, or MODULE after -m) stands in run's arguments, if anywhere."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return i
+        if arg == "-m":
+            return i + 1 if i + 1 < len(args) else None
+        if arg in _RUN_VALUE_OPTIONS:
+            i += 2
+            continue
+        if not arg.startswith("-"):
+            return i
+        i += 1
+    return None
+
+
+@cli.command(cls=_RunCommand, context_settings={"ignore_unknown_options": True})
 @click.option("-m", "module", metavar="MODULE", help="Run a module, as `python -m` does.")
 @click.option(
     "--master",
@@ -604,6 +642,11 @@ def run(
             raise click.UsageError(f"{target}: no such file (for a module, use -m {target})")
     else:
         target = module
+    if _APP_HELP in args:
+        # The app's help: nothing to run it against, so no cluster is started for it.
+        args = tuple("--help" if arg == _APP_HELP else arg for arg in args)
+        sys.argv = [target, *args]
+        sys.exit(_run_target(target, module is not None))
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     if master_address:
         if not key_file:
