@@ -1,8 +1,18 @@
-"""What the samples share: cluster options, the connection, warm-up, the summary table, and
-running a sample file as ``__main__`` with its classes still travelling by reference.
+"""What the samples share: their common options, the cluster and the timing of a run on it,
+warm-up, the summary table, and running a sample file as ``__main__`` with its classes still
+travelling by reference.
 
-Each sample stays a readable program of its own; only the parts that would otherwise be copied
-word for word into every one of them live here.
+Each sample stays a readable program of its own -- its tasks, its task system, its report --
+and only the parts that would otherwise be copied word for word into every one of them live
+here. The skeleton of a sample's ``main``::
+
+    args = build_parser().parse_args(argv)      # sample_parser(...), add_run_options(...)
+    with on_cluster(args) as cluster:           # connect, or start an embedded cluster
+        cluster.warm_up("taskswarm.samples.NAME")
+        result, seconds = cluster.timed("title", lambda progress: run(cluster.app, progress))
+    if not args.no_reference:
+        reference, seconds_serial = timed(lambda: run_serial(...))
+    summary = aligned([..., *timing_rows(...)])  # printed line by line
 """
 
 from __future__ import annotations
@@ -11,21 +21,28 @@ import argparse
 import concurrent.futures
 import contextlib
 import importlib
+import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback
+from taskswarm.progress import ProgressCallback, progress_display
 
 __all__ = [
+    "SampleCluster",
     "add_cluster_options",
+    "add_run_options",
+    "add_seed_option",
     "aligned",
     "cancel_all",
+    "check_positive_ints",
     "cluster_size",
-    "connect",
     "non_negative_int",
+    "on_cluster",
     "positive_float",
     "positive_int",
     "rescaled",
@@ -33,50 +50,106 @@ __all__ = [
     "run_plain_tasks",
     "run_serially",
     "run_system",
+    "sample_parser",
+    "timed",
+    "timing_rows",
     "warm_up",
 ]
+
+T = TypeVar("T")
+_N = TypeVar("_N", int, float)
 
 
 # -- command line -------------------------------------------------------------------------------
 
 
+def _checked(
+    text: str, convert: Callable[[str], _N], kind: str, accept: Callable[[_N], bool], rule: str
+) -> _N:
+    """``convert(text)`` when it is a ``kind`` that ``accept`` takes; otherwise the usage error
+    argparse shows, saying which of the two was wrong."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"{text!r} {rule}")
+    return value
+
+
+def _whole_number(text: str) -> int:
+    """``1_000_000`` and ``1e6`` alike: counts of darts or candidates are written both ways."""
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        number = float(text)
+        if not number.is_integer():
+            raise ValueError(f"{text!r} is not a whole number") from None
+        return int(number)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1 (``1_000_000`` and ``1e6`` both accepted)."""
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        try:
-            number = float(text)
-        except ValueError:
-            number = 0.5
-        if not number.is_integer():
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        value = int(number)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+    return _checked(text, _whole_number, "an integer", lambda n: n >= 1, "must be at least 1")
 
 
 def non_negative_int(text: str) -> int:
     """An argparse type: an integer of 0 or more (a seed, say)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
+    return _checked(text, int, "an integer", lambda n: n >= 0, "must be 0 or more")
 
 
 def positive_float(text: str) -> float:
     """An argparse type: a number greater than 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number greater than 0")
-    return value
+    rule = "must be a finite number greater than 0"
+    return _checked(text, float, "a number", lambda x: 0 < x < math.inf, rule)
+
+
+def check_positive_ints(plan: object, *names: str) -> None:
+    """Refuse a plan whose named fields are not positive ints, naming the field: caught when
+    the plan is made, not as a puzzling NumPy error in some worker later."""
+    for name in names:
+        value = getattr(plan, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{type(plan).__name__}.{name} must be a positive int, not {value!r}")
+
+
+def sample_parser(
+    name: str, description: str, notes: str, examples: Sequence[str]
+) -> argparse.ArgumentParser:
+    """The parser of ``taskswarm.samples.NAME``: its description, then ``notes`` and the
+    example command lines under the options, with the line breaks as written."""
+    return argparse.ArgumentParser(
+        prog=f"taskswarm.samples.{name}",
+        description=description,
+        epilog=notes + "\n\nExamples:\n" + "\n".join(f"  {line}" for line in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_seed_option(group: argparse._ArgumentGroup, default: int) -> None:
+    """``--seed``: a sample whose result depends on its options alone takes its seed here."""
+    group.add_argument(
+        "--seed", type=non_negative_int, default=default, help="the seed (default: %(default)s)"
+    )
+
+
+def add_run_options(
+    parser: argparse.ArgumentParser,
+    run: argparse._ArgumentGroup,
+    *,
+    plain: str,
+    no_reference: str | None = None,
+) -> None:
+    """The options every sample ends with, in one order: ``--plain`` (help ``plain``),
+    ``--no-reference`` (help ``no_reference``; only a sample with a serial reference has it)
+    and ``--quiet`` in its ``run`` group, then the cluster group."""
+    run.add_argument("--plain", action="store_true", help=plain)
+    if no_reference is not None:
+        run.add_argument("--no-reference", action="store_true", help=no_reference)
+    run.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress display; print only the summary"
+    )
+    add_cluster_options(parser)
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
@@ -110,11 +183,7 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def connect(args: argparse.Namespace) -> contextlib.AbstractContextManager[ts.Application]:
-    """The cluster the options name, or an embedded one for the length of the run."""
-    return ts.connect_or_start(
-        master=args.master, key_file=args.key_file, slaves=args.slaves, workers=args.workers
-    )
+# -- the summary --------------------------------------------------------------------------------
 
 
 def aligned(rows: Sequence[tuple[str, str]]) -> list[str]:
@@ -122,6 +191,30 @@ def aligned(rows: Sequence[tuple[str, str]]) -> list[str]:
     test (or ``grep``) can match line by line."""
     width = max(len(name) for name, _ in rows)
     return [f"{name + ':':<{width + 1}} {value}" for name, value in rows]
+
+
+def timing_rows(
+    slaves: int,
+    workers: int,
+    seconds_distributed: float,
+    seconds_serial: float | None = None,
+    matches_reference: bool | None = None,
+) -> list[tuple[str, str]]:
+    """The summary's rows on the cluster and its time; with ``seconds_serial`` (a timed serial
+    reference) also what distribution bought, and whether it changed the answer (it must not)."""
+    rows = [
+        ("slaves", str(slaves)),
+        ("workers", str(workers)),
+        ("seconds distributed", f"{seconds_distributed:.3f}"),
+    ]
+    if seconds_serial is not None:
+        speedup = seconds_serial / seconds_distributed if seconds_distributed > 0 else None
+        rows += [
+            ("seconds serial", f"{seconds_serial:.3f}"),
+            ("speedup", "n/a" if speedup is None else f"{speedup:.2f}x"),
+            ("matches serial reference", "yes" if matches_reference else "no"),
+        ]
+    return rows
 
 
 # -- the cluster --------------------------------------------------------------------------------
@@ -144,6 +237,46 @@ def warm_up(app: ts.Application, module: str, workers: int) -> None:
     futures = app.push_tasks(ts.FunctionTask(_import, module) for _ in range(2 * max(1, workers)))
     for future in futures:
         future.result()
+
+
+def timed(work: Callable[[], T]) -> tuple[T, float]:
+    """``work()``'s result and the seconds it took."""
+    started = time.perf_counter()
+    result = work()
+    return result, time.perf_counter() - started
+
+
+@dataclass
+class SampleCluster:
+    """The cluster a sample runs on, with what its summary says of it: the size when the run
+    started and the mode (``task system`` or ``plain tasks``) the options chose."""
+
+    app: ts.Application
+    slaves: int
+    workers: int
+    mode: str
+    quiet: bool = False
+
+    def warm_up(self, module: str) -> None:
+        """:func:`warm_up` for this cluster's workers."""
+        warm_up(self.app, module, self.workers)
+
+    def timed(self, title: str, work: Callable[[ProgressCallback | None], T]) -> tuple[T, float]:
+        """``work(progress)``, shown as ``title (mode)`` unless ``--quiet``: its result and the
+        seconds it took, the display's own start and end left out."""
+        with progress_display(f"{title} ({self.mode})", quiet=self.quiet) as progress:
+            return timed(lambda: work(progress))
+
+
+@contextlib.contextmanager
+def on_cluster(args: argparse.Namespace) -> Iterator[SampleCluster]:
+    """The cluster the options name, or an embedded one for the length of the ``with``."""
+    with ts.connect_or_start(
+        master=args.master, key_file=args.key_file, slaves=args.slaves, workers=args.workers
+    ) as app:
+        slaves, workers = cluster_size(app)
+        mode = "plain tasks" if args.plain else "task system"
+        yield SampleCluster(app, slaves, workers, mode, args.quiet)
 
 
 # -- running work -------------------------------------------------------------------------------

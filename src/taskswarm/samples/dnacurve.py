@@ -45,20 +45,20 @@ from typing import Any
 import numpy as np
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback, progress_display
+from taskswarm.progress import ProgressCallback
 from taskswarm.samples._common import (
-    add_cluster_options,
+    add_run_options,
+    add_seed_option,
     aligned,
-    cluster_size,
-    connect,
-    non_negative_int,
+    check_positive_ints,
+    on_cluster,
     positive_int,
     rescaled,
     run_as_main,
     run_plain_tasks,
     run_serially,
     run_system,
-    warm_up,
+    sample_parser,
 )
 
 __all__ = [
@@ -96,10 +96,7 @@ class GenomePlan:
     skew: float = 0.1  # how much more G than C the leading strand carries (0.1: 55% vs 45%)
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "tasks", "first_chunk", "window"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"GenomePlan.{name} must be a positive int, not {value!r}")
+        check_positive_ints(self, "rounds", "tasks", "first_chunk", "window")
         if self.first_chunk % self.window:
             raise ValueError(
                 f"a chunk of {self.first_chunk} bases is not a whole number of windows of "
@@ -406,24 +403,20 @@ class GenomeReport:
 def build_parser() -> argparse.ArgumentParser:
     """The sample's options; cluster options default to what ``taskswarm run`` set up."""
     defaults = GenomePlan()
-    parser = argparse.ArgumentParser(
-        prog="taskswarm.samples.dnacurve",
-        description=(
-            "Locate the origin and terminus of replication of synthetic bacterial genomes\n"
-            "from their cumulative GC-skew curve, on a taskswarm cluster, in rounds whose\n"
-            "DNA chunks double in size; report the master's memory before, during and after."
-        ),
-        epilog=(
-            "The master's memory is read from /proc when it runs on this machine; in the\n"
-            "task-system mode the system reads it on the master itself at each round's end.\n"
-            "Exit status: 0 when every round's counts match the serial reference (or\n"
-            "--no-reference), 1 when one does not.\n"
-            "\nExamples:\n"
-            "  taskswarm run -m taskswarm.samples.dnacurve\n"
-            "  taskswarm run -m taskswarm.samples.dnacurve --rounds 7 --tasks 64\n"
-            "  python -m taskswarm.samples.dnacurve --plain --first-kib 64"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = sample_parser(
+        "dnacurve",
+        "Locate the origin and terminus of replication of synthetic bacterial genomes\n"
+        "from their cumulative GC-skew curve, on a taskswarm cluster, in rounds whose\n"
+        "DNA chunks double in size; report the master's memory before, during and after.",
+        "The master's memory is read from /proc when it runs on this machine; in the\n"
+        "task-system mode the system reads it on the master itself at each round's end.\n"
+        "Exit status: 0 when every round's counts match the serial reference (or\n"
+        "--no-reference), 1 when one does not.",
+        [
+            "taskswarm run -m taskswarm.samples.dnacurve",
+            "taskswarm run -m taskswarm.samples.dnacurve --rounds 7 --tasks 64",
+            "python -m taskswarm.samples.dnacurve --plain --first-kib 64",
+        ],
     )
     work = parser.add_argument_group("the genomes")
     work.add_argument(
@@ -454,28 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BASES",
         help="bases per window of the profile; must divide the chunk size (default: %(default)s)",
     )
-    work.add_argument(
-        "--seed",
-        type=non_negative_int,
-        default=defaults.seed,
-        help="the seed (default: %(default)s)",
-    )
+    add_seed_option(work, defaults.seed)
     run = parser.add_argument_group("how to run")
-    run.add_argument(
-        "--plain",
-        action="store_true",
-        help="make the chunks here and push plain tasks, instead of running a task system "
+    add_run_options(
+        parser,
+        run,
+        plain="make the chunks here and push plain tasks, instead of running a task system "
         "on the master",
+        no_reference="skip the serial reference and the check of every round's counts",
     )
-    run.add_argument(
-        "--no-reference",
-        action="store_true",
-        help="skip the serial reference and the check of every round's counts",
-    )
-    run.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress display; print only the summary"
-    )
-    add_cluster_options(parser)
     return parser
 
 
@@ -487,20 +467,19 @@ def main(argv: list[str] | None = None) -> int:
         plan = GenomePlan(args.seed, args.rounds, args.tasks, args.first_kib * _KIB, args.window)
     except ValueError as exc:
         parser.error(str(exc))
-    mode = "plain tasks" if args.plain else "task system"
     run = run_plain if args.plain else run_tasks_system
 
-    with connect(args) as app:
-        slaves, workers = cluster_size(app)
-        warm_up(app, "taskswarm.samples.dnacurve", workers)
-        before = master_memory(app)
-        with progress_display(f"dna curve ({mode})", quiet=args.quiet) as progress:
-            started = time.perf_counter()
-            results = run(app, plan, progress)
-            seconds = time.perf_counter() - started
-        after = master_memory(app)
+    with on_cluster(args) as cluster:
+        cluster.warm_up("taskswarm.samples.dnacurve")
+        before = master_memory(cluster.app)
+        results, seconds = cluster.timed(
+            "dna curve", lambda progress: run(cluster.app, plan, progress)
+        )
+        after = master_memory(cluster.app)
 
-    report = GenomeReport(plan, results, mode, slaves, workers, seconds, before, after)
+    report = GenomeReport(
+        plan, results, cluster.mode, cluster.slaves, cluster.workers, seconds, before, after
+    )
     if not args.no_reference:
         reference = run_serial(plan)
         report.matches_reference = len(reference) == len(results) and all(

@@ -34,18 +34,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback, progress_display
+from taskswarm.progress import ProgressCallback
 from taskswarm.samples._common import (
-    add_cluster_options,
+    add_run_options,
     aligned,
-    cluster_size,
-    connect,
+    on_cluster,
     positive_float,
     positive_int,
     run_as_main,
     run_plain_tasks,
     run_system,
-    warm_up,
+    sample_parser,
+    timing_rows,
 )
 
 __all__ = [
@@ -234,9 +234,7 @@ class ExpensiveReport:
             ("tasks", f"{t.count} x {t.seconds_per_task:.3f} s ({self.how})"),
             ("tasks run", f"{len(self.runs)}{'' if self.complete else ' (NOT all of them)'}"),
             ("mode", self.mode),
-            ("slaves", str(self.slaves)),
-            ("workers", str(t.workers)),
-            ("seconds distributed", f"{t.seconds_distributed:.3f}"),
+            *timing_rows(self.slaves, t.workers, t.seconds_distributed),
             ("seconds serial (ideal)", f"{t.seconds_serial:.3f} (count x duration)"),
             (
                 "seconds best possible",
@@ -267,24 +265,20 @@ def _improvement(percent: float) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The sample's options; cluster options default to what ``taskswarm run`` set up."""
-    parser = argparse.ArgumentParser(
-        prog="taskswarm.samples.expensive",
-        description=(
-            "Run COUNT tasks of DURATION seconds each on a taskswarm cluster and compare the\n"
-            "time with the ideal serial time (COUNT x DURATION): speedup, efficiency against\n"
-            "the best the cluster's workers could do, and improvement in percent."
-        ),
-        epilog=(
-            "busy tasks use DURATION seconds of CPU each: more workers than cores gain nothing.\n"
-            "sleep tasks wait DURATION seconds: more workers than cores still help.\n"
-            "Exit status: 0 when every task ran exactly once.\n"
-            "\nExamples:\n"
-            "  taskswarm run -m taskswarm.samples.expensive\n"
-            "  taskswarm run -m taskswarm.samples.expensive --count 64 --duration 0.5 --plain\n"
-            "  python -m taskswarm.samples.expensive --how sleep --count 100 --duration 0.2 "
-            "--workers 10"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = sample_parser(
+        "expensive",
+        "Run COUNT tasks of DURATION seconds each on a taskswarm cluster and compare the\n"
+        "time with the ideal serial time (COUNT x DURATION): speedup, efficiency against\n"
+        "the best the cluster's workers could do, and improvement in percent.",
+        "busy tasks use DURATION seconds of CPU each: more workers than cores gain nothing.\n"
+        "sleep tasks wait DURATION seconds: more workers than cores still help.\n"
+        "Exit status: 0 when every task ran exactly once.",
+        [
+            "taskswarm run -m taskswarm.samples.expensive",
+            "taskswarm run -m taskswarm.samples.expensive --count 64 --duration 0.5 --plain",
+            "python -m taskswarm.samples.expensive --how sleep --count 100 --duration 0.2 "
+            "--workers 10",
+        ],
     )
     work = parser.add_argument_group("the work")
     work.add_argument(
@@ -308,35 +302,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="busy: use that much CPU time; sleep: wait that long (default: %(default)s)",
     )
     run = parser.add_argument_group("how to run")
-    run.add_argument(
-        "--plain",
-        action="store_true",
-        help="push plain tasks from this application instead of running a task system "
+    add_run_options(
+        parser,
+        run,
+        plain="push plain tasks from this application instead of running a task system "
         "on the master",
     )
-    run.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress display; print only the summary"
-    )
-    add_cluster_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run, time, report. Returns 0 when every task ran exactly once, else 1."""
     args = build_parser().parse_args(argv)
-    mode = "plain tasks" if args.plain else "task system"
     run = run_plain if args.plain else run_tasks_system
 
-    with connect(args) as app:
-        slaves, workers = cluster_size(app)
-        warm_up(app, "taskswarm.samples.expensive", workers)
-        with progress_display(f"expensive tasks ({mode})", quiet=args.quiet) as progress:
-            started = time.perf_counter()
-            runs = run(app, args.count, args.duration, args.how, progress)
-            seconds = time.perf_counter() - started
+    with on_cluster(args) as cluster:
+        cluster.warm_up("taskswarm.samples.expensive")
+        runs, seconds = cluster.timed(
+            "expensive tasks",
+            lambda progress: run(cluster.app, args.count, args.duration, args.how, progress),
+        )
 
-    timing = Timing(args.count, args.duration, workers, seconds)
-    report = ExpensiveReport(timing, args.how, mode, slaves, runs)
+    timing = Timing(args.count, args.duration, cluster.workers, seconds)
+    report = ExpensiveReport(timing, args.how, cluster.mode, cluster.slaves, runs)
     print("\n".join(report.lines()))
     return 0 if report.complete else 1
 

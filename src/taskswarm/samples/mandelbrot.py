@@ -37,7 +37,6 @@ import argparse
 import concurrent.futures
 import functools
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,14 +45,18 @@ from typing import Any
 import numpy as np
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback, progress_display
+from taskswarm.progress import ProgressCallback
 from taskswarm.samples._common import (
-    add_cluster_options,
+    add_run_options,
     aligned,
-    cluster_size,
+    check_positive_ints,
+    on_cluster,
     positive_float,
     positive_int,
     run_as_main,
+    sample_parser,
+    timed,
+    timing_rows,
 )
 
 __all__ = [
@@ -121,10 +124,7 @@ class ImageSpec:
     palette: str = "classic"
 
     def __post_init__(self) -> None:
-        for name in ("width", "height", "max_iter", "samples"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ImageSpec.{name} must be a positive int, not {value!r}")
+        check_positive_ints(self, "width", "height", "max_iter", "samples")
         if not self.scale > 0:
             raise ValueError(f"ImageSpec.scale must be positive, not {self.scale!r}")
         if self.palette not in PALETTES:
@@ -483,21 +483,14 @@ class RenderReport:
             ),
             ("mode", self.mode),
             ("tasks", str(self.tasks)),
-            ("slaves", str(self.slaves)),
-            ("workers", str(self.workers)),
-            ("seconds distributed", f"{self.seconds_distributed:.3f}"),
+            *timing_rows(
+                self.slaves,
+                self.workers,
+                self.seconds_distributed,
+                self.seconds_serial,
+                self.matches_reference,
+            ),
         ]
-        if self.seconds_serial is not None:
-            speedup = (
-                f"{self.seconds_serial / self.seconds_distributed:.2f}x"
-                if self.seconds_distributed > 0
-                else "n/a"
-            )
-            rows += [
-                ("seconds serial", f"{self.seconds_serial:.3f}"),
-                ("speedup", speedup),
-                ("matches serial reference", "yes" if self.matches_reference else "no"),
-            ]
         return aligned(rows)
 
 
@@ -532,27 +525,23 @@ def _attach_negative_values(argv: list[str], options: tuple[str, ...]) -> list[s
 def build_parser() -> argparse.ArgumentParser:
     """The sample's options; cluster options default to what ``taskswarm run`` set up."""
     defaults = ImageSpec()
-    parser = argparse.ArgumentParser(
-        prog="taskswarm.samples.mandelbrot",
-        description=(
-            "Render the Mandelbrot set on a taskswarm cluster, one task per band of rows,\n"
-            "write it as a PNG, then render it again serially in this process and check\n"
-            "that the two images match pixel for pixel."
-        ),
-        epilog=(
-            "Without --master (and without TASKSWARM_MASTER, which `taskswarm run` sets),\n"
-            "an embedded local cluster is started for the run. Exit status: 0 when the\n"
-            "image matches the serial reference (or --no-reference), 1 when it does not.\n"
-            "\nExamples:\n"
-            "  taskswarm run -m taskswarm.samples.mandelbrot --output mandelbrot.png\n"
-            "  python -m taskswarm.samples.mandelbrot --plain --slaves 3 --workers 2\n"
-            "  python -m taskswarm.samples.mandelbrot --master tcp://10.0.0.5:5555 "
-            "--key-file cluster.key\n"
-            "  python -m taskswarm.samples.mandelbrot --center -0.7436,0.1318 --zoom 200 "
-            "--palette ultra\n"
-            "  python -m taskswarm.samples.mandelbrot --center -1.25,0 --zoom 8 --max-iter 1024"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = sample_parser(
+        "mandelbrot",
+        "Render the Mandelbrot set on a taskswarm cluster, one task per band of rows,\n"
+        "write it as a PNG, then render it again serially in this process and check\n"
+        "that the two images match pixel for pixel.",
+        "Without --master (and without TASKSWARM_MASTER, which `taskswarm run` sets),\n"
+        "an embedded local cluster is started for the run. Exit status: 0 when the\n"
+        "image matches the serial reference (or --no-reference), 1 when it does not.",
+        [
+            "taskswarm run -m taskswarm.samples.mandelbrot --output mandelbrot.png",
+            "python -m taskswarm.samples.mandelbrot --plain --slaves 3 --workers 2",
+            "python -m taskswarm.samples.mandelbrot --master tcp://10.0.0.5:5555 "
+            "--key-file cluster.key",
+            "python -m taskswarm.samples.mandelbrot --center -0.7436,0.1318 --zoom 200 "
+            "--palette ultra",
+            "python -m taskswarm.samples.mandelbrot --center -1.25,0 --zoom 8 --max-iter 1024",
+        ],
     )
     image = parser.add_argument_group("image")
     image.add_argument(
@@ -621,21 +610,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="rows per task; the image is split into ceil(height / N) tasks (default: %(default)s)",
     )
-    run.add_argument(
-        "--plain",
-        action="store_true",
-        help="push plain tasks from this application and assemble the image here, "
+    add_run_options(
+        parser,
+        run,
+        plain="push plain tasks from this application and assemble the image here, "
         "instead of running a task system on the master",
+        no_reference="skip the serial reference render and the pixel-for-pixel check",
     )
-    run.add_argument(
-        "--no-reference",
-        action="store_true",
-        help="skip the serial reference render and the pixel-for-pixel check",
-    )
-    run.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress display; print only the summary"
-    )
-    add_cluster_options(parser)
     return parser
 
 
@@ -652,32 +633,25 @@ def main(argv: list[str] | None = None) -> int:
         zoom=args.zoom,
         palette=args.palette,
     )
-    mode = "plain tasks" if args.plain else "task system"
     render = render_plain if args.plain else render_system
 
-    with ts.connect_or_start(
-        master=args.master, key_file=args.key_file, slaves=args.slaves, workers=args.workers
-    ) as app:
-        slaves, workers = cluster_size(app)
-        warm_up(app, spec, workers)
-        with progress_display(f"rendering ({mode})", quiet=args.quiet) as progress:
-            started = time.perf_counter()
-            image = render(app, spec, args.band_rows, progress)
-            seconds_distributed = time.perf_counter() - started
+    with on_cluster(args) as cluster:
+        warm_up(cluster.app, spec, cluster.workers)
+        image, seconds_distributed = cluster.timed(
+            "rendering", lambda progress: render(cluster.app, spec, args.band_rows, progress)
+        )
 
     report = RenderReport(
         output=write_png(image, args.output),
         spec=spec,
-        mode=mode,
+        mode=cluster.mode,
         tasks=len(band_ranges(spec.height, args.band_rows)),
-        slaves=slaves,
-        workers=workers,
+        slaves=cluster.slaves,
+        workers=cluster.workers,
         seconds_distributed=seconds_distributed,
     )
     if not args.no_reference:
-        started = time.perf_counter()
-        reference = render_serial(spec, args.band_rows)
-        report.seconds_serial = time.perf_counter() - started
+        reference, report.seconds_serial = timed(lambda: render_serial(spec, args.band_rows))
         report.matches_reference = bool(np.array_equal(image, reference))
 
     print("\n".join(report.lines()))

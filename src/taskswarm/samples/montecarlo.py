@@ -34,27 +34,28 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback, progress_display
+from taskswarm.progress import ProgressCallback
 from taskswarm.samples._common import (
-    add_cluster_options,
+    add_run_options,
+    add_seed_option,
     aligned,
-    cluster_size,
-    connect,
-    non_negative_int,
+    check_positive_ints,
+    on_cluster,
     positive_int,
     rescaled,
     run_as_main,
     run_plain_tasks,
     run_serially,
     run_system,
-    warm_up,
+    sample_parser,
+    timed,
+    timing_rows,
 )
 
 __all__ = [
@@ -85,10 +86,7 @@ class Plan:
     rows_per_task: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("grid", "pilot", "points", "rows_per_task"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Plan.{name} must be a positive int, not {value!r}")
+        check_positive_ints(self, "grid", "pilot", "points", "rows_per_task")
         if self.seed < 0:
             raise ValueError(f"the seed must be 0 or more, not {self.seed}")
 
@@ -362,39 +360,33 @@ class MonteCarloReport:
                 f"{est.bytes_out / _MIB:.1f} MiB to workers, {est.bytes_back / _MIB:.1f} MiB "
                 f"back ({est.bytes_out / max(1, est.tasks) / 1024:,.0f} KiB of arguments a task)",
             ),
-            ("slaves", str(self.slaves)),
-            ("workers", str(self.workers)),
-            ("seconds distributed", f"{self.seconds_distributed:.3f}"),
+            *timing_rows(
+                self.slaves,
+                self.workers,
+                self.seconds_distributed,
+                self.seconds_serial,
+                self.matches_reference,
+            ),
         ]
-        if self.seconds_serial is not None:
-            rows += [
-                ("seconds serial", f"{self.seconds_serial:.3f}"),
-                ("speedup", f"{self.seconds_serial / self.seconds_distributed:.2f}x"),
-                ("matches serial reference", "yes" if self.matches_reference else "no"),
-            ]
         return aligned(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The sample's options; cluster options default to what ``taskswarm run`` set up."""
     defaults = Plan()
-    parser = argparse.ArgumentParser(
-        prog="taskswarm.samples.montecarlo",
-        description=(
-            "Estimate pi by stratified Monte Carlo (a pilot round, then Neyman allocation)\n"
-            "on a taskswarm cluster, with NumPy arrays as task arguments and results; then\n"
-            "compute it again serially here and check the two agree bit for bit."
-        ),
-        epilog=(
-            "The estimate depends on the options alone (same --seed, same digits), never on\n"
-            "the cluster. Exit status: 0 when it matches the serial reference (or\n"
-            "--no-reference), 1 when it does not.\n"
-            "\nExamples:\n"
-            "  taskswarm run -m taskswarm.samples.montecarlo\n"
-            "  taskswarm run -m taskswarm.samples.montecarlo --grid 2048 --points 1e8 --seed 7\n"
-            "  python -m taskswarm.samples.montecarlo --plain --grid 256"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = sample_parser(
+        "montecarlo",
+        "Estimate pi by stratified Monte Carlo (a pilot round, then Neyman allocation)\n"
+        "on a taskswarm cluster, with NumPy arrays as task arguments and results; then\n"
+        "compute it again serially here and check the two agree bit for bit.",
+        "The estimate depends on the options alone (same --seed, same digits), never on\n"
+        "the cluster. Exit status: 0 when it matches the serial reference (or\n"
+        "--no-reference), 1 when it does not.",
+        [
+            "taskswarm run -m taskswarm.samples.montecarlo",
+            "taskswarm run -m taskswarm.samples.montecarlo --grid 2048 --points 1e8 --seed 7",
+            "python -m taskswarm.samples.montecarlo --plain --grid 256",
+        ],
     )
     work = parser.add_argument_group("the estimate")
     work.add_argument(
@@ -419,12 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="darts of the second round, shared out by the pilot (default: %(default)s)",
     )
-    work.add_argument(
-        "--seed",
-        type=non_negative_int,
-        default=defaults.seed,
-        help="the seed (default: %(default)s)",
-    )
+    add_seed_option(work, defaults.seed)
     run = parser.add_argument_group("how to run")
     run.add_argument(
         "--rows-per-task",
@@ -433,21 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="rows of cells per task: ceil(grid / N) tasks a round (default: %(default)s)",
     )
-    run.add_argument(
-        "--plain",
-        action="store_true",
-        help="push plain tasks from this application, round by round, instead of running a "
+    add_run_options(
+        parser,
+        run,
+        plain="push plain tasks from this application, round by round, instead of running a "
         "task system on the master",
+        no_reference="skip the serial reference and the bit-for-bit check",
     )
-    run.add_argument(
-        "--no-reference",
-        action="store_true",
-        help="skip the serial reference and the bit-for-bit check",
-    )
-    run.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress display; print only the summary"
-    )
-    add_cluster_options(parser)
     return parser
 
 
@@ -455,22 +434,19 @@ def main(argv: list[str] | None = None) -> int:
     """Estimate, check, report. Returns 0 when the estimate matches the serial reference."""
     args = build_parser().parse_args(argv)
     plan = Plan(args.seed, args.grid, args.pilot, args.points, args.rows_per_task)
-    mode = "plain tasks" if args.plain else "task system"
     run = run_plain if args.plain else run_tasks_system
 
-    with connect(args) as app:
-        slaves, workers = cluster_size(app)
-        warm_up(app, "taskswarm.samples.montecarlo", workers)
-        with progress_display(f"monte carlo ({mode})", quiet=args.quiet) as progress:
-            started = time.perf_counter()
-            estimate = run(app, plan, progress)
-            seconds = time.perf_counter() - started
+    with on_cluster(args) as cluster:
+        cluster.warm_up("taskswarm.samples.montecarlo")
+        estimate, seconds = cluster.timed(
+            "monte carlo", lambda progress: run(cluster.app, plan, progress)
+        )
 
-    report = MonteCarloReport(plan, estimate, mode, slaves, workers, seconds)
+    report = MonteCarloReport(
+        plan, estimate, cluster.mode, cluster.slaves, cluster.workers, seconds
+    )
     if not args.no_reference:
-        started = time.perf_counter()
-        reference = run_serial(plan)
-        report.seconds_serial = time.perf_counter() - started
+        reference, report.seconds_serial = timed(lambda: run_serial(plan))
         report.matches_reference = (
             np.array_equal(estimate.counts, reference.counts)
             and np.array_equal(estimate.hits, reference.hits)

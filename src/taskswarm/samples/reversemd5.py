@@ -37,23 +37,21 @@ import itertools
 import math
 import string
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback, progress_display
+from taskswarm.progress import ProgressCallback
 from taskswarm.samples._common import (
-    add_cluster_options,
+    add_run_options,
     aligned,
     cancel_all,
-    cluster_size,
-    connect,
+    on_cluster,
     positive_int,
     rescaled,
     run_as_main,
     run_system,
-    warm_up,
+    sample_parser,
 )
 
 __all__ = [
@@ -532,26 +530,22 @@ def _lengths(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The sample's options; cluster options default to what ``taskswarm run`` set up."""
-    parser = argparse.ArgumentParser(
-        prog="taskswarm.samples.reversemd5",
-        description=(
-            "Find the input whose MD5 (or SHA-1, SHA-256) digest is the target, by hashing\n"
-            "every candidate of a search space in chunks on a taskswarm cluster. The search\n"
-            "stops, and cancels the chunks still out, as soon as one finds it."
-        ),
-        epilog=(
-            "Without --target the target is the digest of --secret (default "
-            f"{DEFAULT_SECRET!r}),\nfound in a few seconds by two workers. Exit status: 0 when "
-            "the preimage is found\n(and its digest checked here), 1 when the space holds none.\n"
-            "\nExamples:\n"
-            "  taskswarm run -m taskswarm.samples.reversemd5\n"
-            "  taskswarm run -m taskswarm.samples.reversemd5 --secret 31415926 --hash sha256\n"
-            "  taskswarm run -m taskswarm.samples.reversemd5 --alphabet lower --length 1-5 \\\n"
-            "      --target 6b3d43184271885b9fb260c59821d5e8\n"
-            "  python -m taskswarm.samples.reversemd5 --secret Zz9 --alphabet alnum "
-            "--length 3 --plain"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = sample_parser(
+        "reversemd5",
+        "Find the input whose MD5 (or SHA-1, SHA-256) digest is the target, by hashing\n"
+        "every candidate of a search space in chunks on a taskswarm cluster. The search\n"
+        "stops, and cancels the chunks still out, as soon as one finds it.",
+        "Without --target the target is the digest of --secret (default "
+        f"{DEFAULT_SECRET!r}),\nfound in a few seconds by two workers. Exit status: 0 when "
+        "the preimage is found\n(and its digest checked here), 1 when the space holds none.",
+        [
+            "taskswarm run -m taskswarm.samples.reversemd5",
+            "taskswarm run -m taskswarm.samples.reversemd5 --secret 31415926 --hash sha256",
+            "taskswarm run -m taskswarm.samples.reversemd5 --alphabet lower --length 1-5 \\",
+            "    --target 6b3d43184271885b9fb260c59821d5e8",
+            "python -m taskswarm.samples.reversemd5 --secret Zz9 --alphabet alnum "
+            "--length 3 --plain",
+        ],
     )
     target = parser.add_argument_group("what to find")
     target.add_argument(
@@ -602,16 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="candidates per task (default: %(default)s)",
     )
-    run.add_argument(
-        "--plain",
-        action="store_true",
-        help="push plain tasks from this application and cancel the rest here, "
+    add_run_options(
+        parser,
+        run,
+        plain="push plain tasks from this application and cancel the rest here, "
         "instead of running a task system on the master",
     )
-    run.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress display; print only the summary"
-    )
-    add_cluster_options(parser)
     return parser
 
 
@@ -647,21 +637,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     plan = plan_from(args, parser)
-    mode = "plain tasks" if args.plain else "task system"
 
-    with connect(args) as app:
-        slaves, workers = cluster_size(app)
-        warm_up(app, "taskswarm.samples.reversemd5", workers)
-        with progress_display(f"{plan.algorithm} search ({mode})", quiet=args.quiet) as progress:
-            started = time.perf_counter()
-            if args.plain:
-                window = WINDOW_PER_WORKER * max(2, workers)
-                outcome = search_plain(app, plan, progress, window)
-            else:
-                outcome = search_system(app, plan, progress)
-            seconds = time.perf_counter() - started
+    with on_cluster(args) as cluster:
+        cluster.warm_up("taskswarm.samples.reversemd5")
+        window = WINDOW_PER_WORKER * max(2, cluster.workers)  # the plain mode's own window
+        search = functools.partial(search_plain, window=window) if args.plain else search_system
+        outcome, seconds = cluster.timed(
+            f"{plan.algorithm} search", lambda progress: search(cluster.app, plan, progress)
+        )
 
-    report = SearchReport(plan, outcome, mode, slaves, workers, seconds)
+    report = SearchReport(plan, outcome, cluster.mode, cluster.slaves, cluster.workers, seconds)
     print("\n".join(report.lines()))
     return 0 if report.verified else 1
 
