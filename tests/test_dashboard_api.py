@@ -325,3 +325,29 @@ def test_slaves_report_their_own_measures_labelled_with_the_slave(served):
     assert all(0 <= r["min"] <= r["avg"] <= r["max"] for r in rows)
     code, _, text = get(url + "/metrics")
     assert code == 200 and 'taskswarm_slave_task_seconds_count{slave="' in text
+
+
+def first_events(url: str, count: int) -> list[dict]:
+    """The first ``count`` status events of one /api/events stream."""
+    found = []
+    with urllib.request.urlopen(url + "/api/events", timeout=10) as stream:
+        for raw in stream:
+            line = raw.decode().strip()
+            if line.startswith("data: "):
+                found.append(json.loads(line[len("data: ") :]))
+                if len(found) == count:
+                    return found
+    return found
+
+
+@pytest.mark.timeout(60)
+def test_pages_open_at_once_each_get_their_own_live_stream(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, url = served
+    with ThreadPoolExecutor(4) as pool:
+        streams = list(pool.map(lambda _: first_events(url, 3), range(4)))
+    for events in streams:
+        assert len(events) == 3
+        uptimes = [event["master"]["uptime"] for event in events]
+        assert uptimes == sorted(uptimes) and uptimes[0] < uptimes[-1]  # live, not one replayed

@@ -8,7 +8,8 @@ Why it is built this way:
   second, instead of polling: one long response rather than a request a second, and the
   browser's EventSource reconnects by itself when a stream ends or the master restarts;
 * each event asks the master's loop for ``master.status()``, as every API handler does, so the
-  dashboard's thread never touches the master's records;
+  dashboard's thread never touches the master's records; the streams open at once share one
+  question per second;
 * a stream never holds the server up when it stops: it ends on a client that went away, on a
   master that does not answer within ``ASK_TIMEOUT`` (the master's loop is busy stopping the
   dashboard) and at once when ``close_streams`` runs as an ``on_shutdown`` hook.
@@ -52,6 +53,8 @@ _HEADERS = {
 
 #: Stop events of the open streams, by id() of their application.
 _streams: dict[int, set[asyncio.Event]] = {}
+#: The latest status question per application: (loop time asked, its future).
+_latest: dict[int, tuple[float, asyncio.Future]] = {}
 
 
 @routes.get("/")
@@ -72,6 +75,7 @@ async def close_streams(app: web.Application) -> None:
     """End every open event stream of ``app`` now; meant for ``app.on_shutdown``."""
     for stop in _streams.get(id(app), ()):
         stop.set()
+    _latest.pop(id(app), None)
 
 
 def _event(name: str, data: Any) -> bytes:
@@ -79,10 +83,27 @@ def _event(name: str, data: Any) -> bytes:
     return f"event: {name}\ndata: {text}\n\n".encode()
 
 
+def _shared_ask(app: web.Application) -> asyncio.Future:
+    """The master's status, asked at most once per half ``EVENT_INTERVAL`` for all the open
+    streams of ``app``: ten open pages cost the master one status a second, not ten (a big
+    cluster's status is megabytes)."""
+    now = asyncio.get_running_loop().time()
+    latest = _latest.get(id(app))
+    if latest is not None:
+        asked, ask = latest
+        failed = ask.done() and (ask.cancelled() or ask.exception() is not None)
+        if now - asked < EVENT_INTERVAL / 2 and not failed:
+            return ask
+    ask = asyncio.ensure_future(app["ask"](lambda master: master.status()))
+    ask.add_done_callback(lambda f: f.cancelled() or f.exception())  # read here, not lost
+    _latest[id(app)] = (now, ask)
+    return ask
+
+
 async def _status(request: web.Request, stop: asyncio.Event) -> Any:
     """The master's status; None when the master does not answer within ``ASK_TIMEOUT`` or the
     stream is told to stop first (the master's loop may be the one stopping the server)."""
-    ask = asyncio.ensure_future(request.app["ask"](lambda master: master.status()))
+    ask = _shared_ask(request.app)
     halt = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({ask, halt}, timeout=ASK_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
@@ -90,8 +111,7 @@ async def _status(request: web.Request, stop: asyncio.Event) -> Any:
             return ask.result()
         return None  # a timeout, the master's error, or a stop: end; the page reconnects
     finally:
-        ask.cancel()
-        halt.cancel()
+        halt.cancel()  # not the ask: other streams may be waiting on it
 
 
 @routes.get("/api/events")
@@ -128,4 +148,5 @@ async def events(request: web.Request) -> web.StreamResponse:
         streams.discard(stop)
         if not streams:
             _streams.pop(id(request.app), None)
+            _latest.pop(id(request.app), None)
     return response
