@@ -36,6 +36,9 @@ STEAL_MIN_BACKLOG = 0.02
 #: Seconds between two looks for idle slaves, and how long a steal request may go unanswered.
 STEAL_INTERVAL = 0.05
 STEAL_PATIENCE = 1.0
+#: A look for work to steal walks every slave: the next look waits at least this many times as
+#: long as the last took, so with thousands of slaves looking costs the loop at most ~1 %.
+STEAL_LOOK_SHARE = 100
 
 
 class ReadySet:
@@ -300,7 +303,12 @@ class BaseScheduler(ITaskScheduler):
         now = time.monotonic()
         if not self.stealing or self.queue or now < self._next_steal_look:
             return []
-        self._next_steal_look = now + STEAL_INTERVAL
+        plans = self._look_for_steals(now)
+        took = time.monotonic() - now
+        self._next_steal_look = now + max(STEAL_INTERVAL, STEAL_LOOK_SHARE * took)
+        return plans
+
+    def _look_for_steals(self, now: float) -> list[tuple[SlaveRecord, int]]:
         active = [s for s in self.slaves.values() if s.state == NodeState.ACTIVE]
         idle = sum(max(0, s.workers - len(s.in_flight)) for s in active)
         if not idle:
