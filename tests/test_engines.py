@@ -28,6 +28,7 @@ from taskswarm.managers.engines import DaskManager, manager_for
 from taskswarm.managers.process_pool import WorkItem
 from taskswarm.pickling import dumps_task
 from taskswarm.task import RemoteTraceback, Status, load_outcome
+from test_contract import Square, SumOfSquares  # DESIGN.md's task system, as written there
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,39 +37,6 @@ EXPECTED = sum(i * i for i in range(N))
 
 
 # -- what runs on the engines' workers (module level: it travels by value) -----------------------
-
-
-class Square(ts.Task):
-    def __init__(self, x):
-        super().__init__(name=f"square-{x}")
-        self.x = x
-
-    def __call__(self):
-        return self.x * self.x
-
-
-class SumOfSquares(ts.TaskSystem):
-    """DESIGN.md's task system, as written there."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.n, self.total, self.seen = n, 0, 0
-
-    def init_system(self, master):
-        pass
-
-    def generate_tasks(self, master):
-        return [Square(i) for i in range(self.n)]
-
-    def task_finished(self, master, task, result, error):
-        self.total += result
-        self.seen += 1
-
-    def is_complete(self, master):
-        return self.seen == self.n
-
-    def gather_result(self, master):
-        return (self.total, None)
 
 
 class Boom(ts.Task):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_scheduling_benchmark import gone
+from test_scheduling_benchmark import finish, gone
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
 TINY = ["--tasks", "300", "--repeats", "1", "--idle-seconds", "0.5", "--heartbeat", "0.2"]
@@ -41,16 +41,7 @@ def start(*args: str) -> subprocess.Popen:
 
 
 def run_to_the_end(*args: str) -> tuple[str, str]:
-    process = start(*args)
-    try:
-        stdout, stderr = process.communicate(timeout=100)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        gone(process.pid)
-    assert process.returncode == 0, stderr[-3000:]
-    return stdout, stderr
+    return finish(start(*args), timeout=100)
 
 
 def rows_of(stdout: str, header: str) -> list[list[str]]:

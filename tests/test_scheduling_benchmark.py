@@ -48,6 +48,19 @@ def gone(session: int) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def finish(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """Its output once it has ended successfully; whatever happens, nothing of it is left."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        gone(process.pid)
+    assert process.returncode == 0, stderr[-3000:]
+    return stdout, stderr
+
+
 def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), *args],
@@ -64,14 +77,7 @@ def start(*args: str) -> subprocess.Popen:
 def test_a_tiny_run_prints_both_tables_and_leaves_nothing_running(tmp_path: Path) -> None:
     report = tmp_path / "scheduling.json"
     process = start(*TINY, "--strategies", "load,round-robin", "--json", str(report))
-    try:
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        gone(process.pid)
-    assert process.returncode == 0, stderr[-3000:]
+    stdout, _ = finish(process, timeout=120)
     assert "| strategy | stealing | makespan s | lower bound s | ratio |" in stdout
     assert "| strategy | 10 slaves | 100 slaves | drop 10 → 100 |" in stdout
     for row in ("| load | on |", "| load | off |", "| round-robin | on |", "| round-robin | off |"):

@@ -552,7 +552,13 @@ class _RunCommand(click.Command):
     app (or ``-m MODULE``) is passed on to it."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        target = _target_index(args)
+        valued = {
+            name
+            for param in self.params
+            if isinstance(param, click.Option) and not param.is_flag
+            for name in param.opts
+        }
+        target = _target_index(args, valued)
         if target is not None:
             args = [
                 _APP_HELP if i > target and arg in ("-h", "--help") else arg
@@ -563,12 +569,11 @@ class _RunCommand(click.Command):
 
 #: Stands for the app's own --help while run's options are parsed (run's would win otherwise).
 _APP_HELP = "--taskswarm-app-help"
-#: Options of `run` that take a value (the value is not the app).
-_RUN_VALUE_OPTIONS = {"-m", "--master", "--key-file", "--slaves", "--workers", "--env"}
 
 
-def _target_index(args: list[str]) -> int | None:
-    """Where the app (APP.py, or MODULE after -m) stands in run's arguments, if anywhere."""
+def _target_index(args: list[str], valued: set[str]) -> int | None:
+    """Where the app (APP.py, or MODULE after -m) stands in run's arguments, if anywhere;
+    ``valued`` are run's options that take a value (which is not the app)."""
     i = 0
     while i < len(args):
         arg = args[i]
@@ -576,7 +581,7 @@ def _target_index(args: list[str]) -> int | None:
             return i
         if arg == "-m":
             return i + 1 if i + 1 < len(args) else None
-        if arg in _RUN_VALUE_OPTIONS:
+        if arg in valued:
             i += 2
             continue
         if not arg.startswith("-"):

@@ -36,16 +36,16 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from queue import SimpleQueue
 from typing import Any
 
 from ..api import ITaskManager
 from ..errors import ConfigurationError, TaskError, TaskTimeout
 from ..nodes.mailbox import Mailbox
 from ..scheduling import load_plugin
-from ..task import Status, dump_error, error_text, format_remote_traceback, new_task_id
+from ..task import Status, dump_error, error_text, format_remote_traceback
 from .engine_clients import DaskEngine, EngineClient, Outcome, RayEngine
-from .process_pool import PACE_WEIGHT, SLOW_TASK, WorkItem
+from .process_pool import PACE_WEIGHT, SLOW_TASK
+from .queued import QueuedManager, WorkItem
 
 __all__ = ["EngineManager", "DaskManager", "RayManager", "manager_for"]
 
@@ -76,7 +76,7 @@ class _Run:
         return None if self.item.timeout is None else self.started + self.item.timeout
 
 
-class EngineManager(ITaskManager):
+class EngineManager(QueuedManager):
     """ITaskManager over an engine's workers; see the module docstring for the flow."""
 
     #: The engine client this manager drives (a subclass names one).
@@ -85,15 +85,13 @@ class EngineManager(ITaskManager):
     def __init__(self, num_workers: int | None = None, engine: str | None = None) -> None:
         if num_workers is not None and num_workers < 0:
             raise ValueError("the number of workers cannot be negative")
+        super().__init__()
         self._cap = num_workers
         self.engine = self.engine_class(engine, num_workers)
-        self._queue: deque[WorkItem] = deque()
         self._running: dict[str, _Run] = {}
-        self._results: SimpleQueue[tuple[str, str, Any]] = SimpleQueue()
         self._mailbox: Mailbox | None = None
         self._lock = threading.Lock()  # between engine threads posting and stop() closing
         self._connected = self._started = False
-        self._pending = 0
         self._pace = 0.0
         self._slots, self._slots_at = 0, 0.0
         self.generation = 0  # bumped when the set of fds to poll changes (the slave re-polls)
@@ -149,14 +147,6 @@ class EngineManager(ITaskManager):
         self._cap = _num_workers
         self._feed()
 
-    def push_task(self, task: WorkItem) -> None:
-        self.push_tasks([task])
-
-    def push_tasks(self, tasks: list[WorkItem]) -> None:
-        self._queue.extend(tasks)
-        self._pending += len(tasks)
-        self._feed()
-
     def wait_for_all(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._pending:
@@ -170,14 +160,6 @@ class EngineManager(ITaskManager):
             if readable:
                 self.collect(fd)
         return True
-
-    def get_results_queue(self) -> SimpleQueue[tuple[str, str, Any]]:
-        return self._results
-
-    def create_task(self, task_class: type, *args: Any, **kwargs: Any) -> Any:
-        task = task_class(*args, **kwargs)
-        task.task_id = new_task_id()
-        return task
 
     def task_finished(
         self, task: WorkItem, result: Any, error: Any, detail: str | None = None
@@ -217,18 +199,6 @@ class EngineManager(ITaskManager):
     def held(self) -> list[WorkItem]:
         """Every task pushed and not finished: those the engine runs first, then the rest."""
         return [run.item for run in self._running.values()] + list(self._queue)
-
-    def release(self, count: int) -> list[WorkItem]:
-        """Give back up to ``count`` tasks not handed to the engine, the newest first."""
-        items = [self._queue.pop() for _ in range(min(count, len(self._queue)))]
-        self._pending -= len(items)
-        return items
-
-    def take_queued(self) -> list[WorkItem]:
-        items = list(self._queue)
-        self._queue.clear()
-        self._pending -= len(items)
-        return items
 
     def next_deadline(self) -> float | None:
         deadlines = [run.deadline for run in self._running.values() if run.deadline is not None]

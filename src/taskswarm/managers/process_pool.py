@@ -24,7 +24,6 @@ import logging
 import math
 import multiprocessing
 import os
-import queue
 import signal
 import time
 from collections import deque
@@ -34,9 +33,9 @@ from typing import Any
 
 import msgpack
 
-from ..api import ITaskManager
 from ..errors import TaskTimeout
-from ..task import Status, dump_error, error_text, new_task_id
+from ..task import Status, dump_error, error_text
+from .queued import QueuedManager, WorkItem
 from .worker import READ_SIZE, STOP, worker_main, write_all, writev_all
 
 __all__ = ["ProcessPoolManager", "WorkItem", "usable_cores"]
@@ -74,16 +73,6 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
-@dataclass(slots=True)
-class WorkItem:
-    """A task as a slave holds it: its id and its still-pickled payload."""
-
-    task_id: str
-    payload: Any  # bytes, or a memoryview of the frame it arrived in
-    timeout: float | None = None
-    cancelled: bool = False  # cancelled while in a worker's pipeline: its outcome is dropped
-
-
 @dataclass(eq=False)
 class _Worker:
     process: Any
@@ -117,18 +106,16 @@ def _default_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-class ProcessPoolManager(ITaskManager):
+class ProcessPoolManager(QueuedManager):
     """ITaskManager over worker processes; see the module docstring for the flow."""
 
     def __init__(self, num_workers: int | None = None, context: Any = None) -> None:
+        super().__init__()
         self._target = num_workers if num_workers is not None else usable_cores()
         if self._target < 0:
             raise ValueError("the number of workers cannot be negative")
         self._context = context or _default_context()
         self._workers: dict[int, _Worker] = {}  # by socket fd
-        self._queue: deque[WorkItem] = deque()
-        self._results: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
-        self._pending = 0
         self._started = False
         self._pace = 0.0  # running average of task durations, seconds
         self.generation = 0  # bumped whenever the set of sockets changes (the slave re-polls)
@@ -170,17 +157,6 @@ class ProcessPoolManager(ITaskManager):
             self._adjust_pool()
             self._feed()
 
-    def push_task(self, task: WorkItem) -> None:
-        self._queue.append(task)
-        self._pending += 1
-        self._feed()
-
-    def push_tasks(self, tasks: list[WorkItem]) -> None:
-        """Many at once: one pass of feeding the workers, not one per task."""
-        self._queue.extend(tasks)
-        self._pending += len(tasks)
-        self._feed()
-
     def wait_for_all(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else _now() + timeout
         while self._pending:
@@ -192,14 +168,6 @@ class ProcessPoolManager(ITaskManager):
             for conn in wait([w.conn for w in self._workers.values()], left):
                 self.collect(conn.fileno())
         return True
-
-    def get_results_queue(self) -> queue.SimpleQueue[tuple[str, str, Any]]:
-        return self._results
-
-    def create_task(self, task_class: type, *args: Any, **kwargs: Any) -> Any:
-        task = task_class(*args, **kwargs)
-        task.task_id = new_task_id()
-        return task
 
     def task_finished(
         self, task: WorkItem, result: Any, error: Any, detail: str | None = None
@@ -247,20 +215,6 @@ class ProcessPoolManager(ITaskManager):
         """Running average of task durations in seconds (0 until one has finished): the master
         rates slaves by it (the ``throughput`` strategy) and steals only real work."""
         return self._pace
-
-    def release(self, count: int) -> list[WorkItem]:
-        """Give back up to ``count`` tasks no worker has been given, the newest first: the
-        master moves them to idle slaves."""
-        items = [self._queue.pop() for _ in range(min(count, len(self._queue)))]
-        self._pending -= len(items)
-        return items
-
-    def take_queued(self) -> list[WorkItem]:
-        """Remove the tasks no worker has been given (to hand them back to the master)."""
-        items = list(self._queue)
-        self._queue.clear()
-        self._pending -= len(items)
-        return items
 
     def next_deadline(self) -> float | None:
         """When the earliest running task's timeout expires (monotonic), if any has one."""

@@ -1,0 +1,73 @@
+"""What every slave-side task manager shares: a queue of tasks not yet handed to anything that
+runs them, a count of tasks pushed and not finished, and the queue the slave reads outcomes from.
+
+The process pool and the engine managers differ in how they run tasks (``_feed`` hands queued
+ones on); how tasks come in, are given back to the master (work stealing, a slave that stops)
+and go out as outcomes is the same, and is kept here once.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ..api import ITaskManager
+from ..task import new_task_id
+
+__all__ = ["QueuedManager", "WorkItem"]
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """A task as a slave holds it: its id and its still-pickled payload."""
+
+    task_id: str
+    payload: Any  # bytes, or a memoryview of the frame it arrived in
+    timeout: float | None = None
+    cancelled: bool = False  # cancelled while in a worker's pipeline: its outcome is dropped
+
+
+class QueuedManager(ITaskManager):
+    """The queue half of a task manager; subclasses say how queued tasks are run (``_feed``)."""
+
+    def __init__(self) -> None:
+        self._queue: deque[WorkItem] = deque()
+        self._results: queue.SimpleQueue[tuple[str, str, Any, str | None]] = queue.SimpleQueue()
+        self._pending = 0  # pushed and not finished (queued, running or handed on)
+
+    def _feed(self) -> None:
+        """Hand queued tasks on to what runs them, as far as there is room."""
+        raise NotImplementedError
+
+    def push_task(self, task: WorkItem) -> None:
+        self.push_tasks([task])
+
+    def push_tasks(self, tasks: list[WorkItem]) -> None:
+        """Many at once: one pass of feeding, not one per task."""
+        self._queue.extend(tasks)
+        self._pending += len(tasks)
+        self._feed()
+
+    def get_results_queue(self) -> queue.SimpleQueue[tuple[str, str, Any, str | None]]:
+        return self._results
+
+    def create_task(self, task_class: type, *args: Any, **kwargs: Any) -> Any:
+        task = task_class(*args, **kwargs)
+        task.task_id = new_task_id()
+        return task
+
+    def release(self, count: int) -> list[WorkItem]:
+        """Give back up to ``count`` tasks not handed on yet, the newest first: the master moves
+        them to idle slaves."""
+        items = [self._queue.pop() for _ in range(min(count, len(self._queue)))]
+        self._pending -= len(items)
+        return items
+
+    def take_queued(self) -> list[WorkItem]:
+        """Remove the tasks not handed on yet (to hand them back to the master)."""
+        items = list(self._queue)
+        self._queue.clear()
+        self._pending -= len(items)
+        return items
