@@ -12,7 +12,6 @@ import gc
 import json
 import logging
 import os
-import runpy
 import signal
 import sys
 from pathlib import Path
@@ -352,6 +351,14 @@ def keygen(path: str, force: bool, curve: bool) -> None:
 )
 @_max_message_option()
 @click.option("--ready-file", type=click.Path(dir_okay=False), hidden=True)
+@click.option(
+    "--system-log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default=None,
+    hidden=True,
+    help="How much of task systems' own logging to show (default: as --log-level); "
+    "LocalCluster shows it at info while the nodes log warnings only.",
+)
 @_env_option()
 def master(
     bind: str,
@@ -373,8 +380,11 @@ def master(
     ready_file: str | None,
     advertise: str | None = None,
     engine: str | None = None,
+    system_log_level: str | None = None,
 ) -> None:
     """Run a master node: it keeps the task queue and runs task systems."""
+    if system_log_level is not None:
+        _show_system_logging(system_log_level)
     from .dashboard import parse_address
     from .keys import load_keys
     from .nodes.master import Master
@@ -410,6 +420,29 @@ def master(
     _stop_on_signals(node)
     _tune_gc()
     node.serve(ready_file)
+
+
+def _show_system_logging(level: str) -> None:
+    """Let task systems' own log records through at ``level``, whatever the node's level.
+
+    A task system's callbacks run on its runner thread on the master (``system-...``): what
+    they log is the application's output, not the master's chatter. An embedded cluster's
+    master logs warnings only, and this is how its systems' info lines still reach the run's
+    console (the master's stderr is the run's).
+    """
+    from .system import RUNNER_THREAD_PREFIX
+
+    wanted = logging.getLevelName(level.upper())
+    root = logging.getLogger()
+    node_level = root.level
+    root.setLevel(min(node_level, wanted))
+
+    def keep(record: logging.LogRecord) -> bool:
+        from_system = (record.threadName or "").startswith(RUNNER_THREAD_PREFIX)
+        return record.levelno >= (wanted if from_system else node_level)
+
+    for handler in root.handlers:
+        handler.addFilter(keep)
 
 
 def _parse_resources_option(value: str | None) -> dict[str, float] | None:
@@ -639,85 +672,73 @@ def run(
     The program finds its cluster through TASKSWARM_MASTER / TASKSWARM_KEY_FILE, which
     `ts.connect()` and `ts.connect_or_start()` read.
     """
+    from . import running
+
+    is_module = module is not None
     if module is None:
         if not args:
             raise click.UsageError("give an app file (APP.py) or a module (-m MODULE) to run")
-        target, args = args[0], args[1:]
+        target, node = running.split_node(args[0], is_module=False)
+        args = args[1:]
         if not Path(target).is_file():
             raise click.UsageError(f"{target}: no such file (for a module, use -m {target})")
     else:
-        target = module
+        target, node = running.split_node(module, is_module=True)
     if _APP_HELP in args:
         # The app's help: nothing to run it against, so no cluster is started for it.
         args = tuple("--help" if arg == _APP_HELP else arg for arg in args)
         sys.argv = [target, *args]
-        sys.exit(_run_target(target, module is not None))
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    if master_address:
-        if not key_file:
-            raise click.UsageError("--master needs --key-file (or TASKSWARM_KEY_FILE)")
-        sys.exit(_run_app(target, module is not None, args, master_address, key_file, no_progress))
-    from .local import LocalCluster
+        sys.exit(running.run_target(target, is_module, node))
+    # Ctrl-C and SIGTERM cancel what the program sent before the cluster goes (running.py).
+    signal.signal(signal.SIGINT, running.interrupt_once)
+    signal.signal(signal.SIGTERM, running.interrupt_once)
+    try:
+        if master_address:
+            if not key_file:
+                raise click.UsageError("--master needs --key-file (or TASKSWARM_KEY_FILE)")
+            _check_master(master_address, key_file)
+            sys.exit(_run_app(target, is_module, node, args, master_address, key_file, no_progress))
+        from .local import LocalCluster
 
-    with LocalCluster(slaves=slaves, workers=workers) as cluster:
-        log.info(
-            "embedded cluster: %d slaves x %d workers at %s",
-            cluster.slaves,
-            cluster.workers,
-            cluster.address,
-        )
-        code = _run_app(
-            target, module is not None, args, cluster.address, cluster.key_file, no_progress
-        )
+        with LocalCluster(slaves=slaves, workers=workers) as cluster:
+            log.info(
+                "embedded cluster: %d slaves x %d workers at %s",
+                cluster.slaves,
+                cluster.workers,
+                cluster.address,
+            )
+            code = _run_app(
+                target, is_module, node, args, cluster.address, cluster.key_file, no_progress
+            )
+    except KeyboardInterrupt:  # before the program started, or while the cluster stopped
+        click.echo("interrupted", err=True)
+        code = running.interrupted_exit_code()
     sys.exit(code)
 
 
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+def _check_master(address: str, key_file: str) -> None:
+    """Fail before the program starts, in one line, when its master does not answer."""
+    from .nodes.application import connect
+
+    with connect(address, key_file, connect_timeout=5.0):
+        pass
 
 
 def _run_app(
     target: str,
     is_module: bool,
+    node: str | None,
     args: tuple[str, ...],
     address: str,
     key_file: str,
     no_progress: bool = False,
 ) -> int:
-    """Run the app with every task system it sends shown on one progress board (stderr)."""
-    from .progress import ProgressBoard, installed
+    """Run the app against the master at ``address`` (see :mod:`taskswarm.running`)."""
+    from .running import run_app
 
     os.environ["TASKSWARM_MASTER"], os.environ["TASKSWARM_KEY_FILE"] = address, key_file
     sys.argv = [target, *args]
-    if no_progress:
-        return _run_target(target, is_module)
-    with ProgressBoard() as board, installed(board):
-        return _run_target(target, is_module)
-
-
-def _run_target(target: str, is_module: bool) -> int:
-    """Run the app as ``__main__``; then run the ApplicationNode it defines, if it has not."""
-    from .appnode import ApplicationNode
-
-    try:
-        if is_module:
-            namespace = runpy.run_module(target, run_name="__main__", alter_sys=True)
-        else:
-            sys.path.insert(0, str(Path(target).resolve().parent))
-            namespace = runpy.run_path(target, run_name="__main__")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    nodes = [
-        v
-        for v in namespace.values()
-        if isinstance(v, type)
-        and issubclass(v, ApplicationNode)
-        and v is not ApplicationNode
-        and v.__module__ == "__main__"
-    ]
-    if len(nodes) == 1 and not getattr(nodes[0], "_taskswarm_ran", False):
-        nodes[0]().run()
-    return 0
+    return run_app(target, is_module, node, no_progress)
 
 
 @cli.command()

@@ -47,6 +47,11 @@ class LocalCluster:
     ``resources`` is what each of the first slaves offers (``taskswarm slave --resources``), and
     ``add_slave(workers, resources=...)`` adds slaves of other shapes. ``dashboard="HOST:PORT"``
     serves the master's HTTP API there (none by default: many local clusters may run at once).
+
+    The nodes log warnings only (``log_level``), but what task systems log themselves shows
+    from ``system_log_level`` up, on this process's stderr, which the nodes share. The nodes
+    run in a process group of their own, so a Ctrl-C at the terminal reaches this program
+    alone: it decides what to cancel, then stops the slaves before the master.
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class LocalCluster:
         curve: bool = False,
         start_timeout: float = 30.0,
         log_level: str = "warning",
+        system_log_level: str = "info",
         state_dir: str | os.PathLike[str] | None = None,
         ipc: bool = True,
         stealing: bool = True,
@@ -79,6 +85,7 @@ class LocalCluster:
         self.heartbeat, self.slave_timeout = heartbeat, slave_timeout
         self.start_timeout = start_timeout
         self.log_level = log_level
+        self.system_log_level = system_log_level
         # No journal unless asked: nothing restarts an embedded master from it (the cluster
         # lives and dies with this program), and journaling costs a third of its speed.
         self.state_dir = state_dir
@@ -111,7 +118,9 @@ class LocalCluster:
             str(os.getpid()),
             *args,
         ]
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        # A session of its own: the terminal's Ctrl-C goes to this program only (the nodes
+        # still stop with it: --exit-with-parent).
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _start(self) -> None:
         ready = self._dir / "master.address"
@@ -127,6 +136,8 @@ class LocalCluster:
             self.strategy,
             "--ready-file",
             str(ready),
+            "--system-log-level",
+            self.system_log_level,
             *(["--state-dir", str(self.state_dir)] if self.state_dir else ["--no-state-dir"]),
             "--heartbeat",
             str(self.heartbeat),

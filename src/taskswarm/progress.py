@@ -1,8 +1,9 @@
 """Progress on long work: one bar per task system on a terminal, plain log lines elsewhere.
 
-A task system reports ``(done, total)`` as it goes (``SYSTEM_PROGRESS``); what a person wants to
-see is how fast and how long still. :class:`Meter` turns the counts into a rate and an ETA (over
-a recent window, so a slow start or a change of pace does not skew it for ever), and
+A task system reports ``(done, total)`` as it goes (``SYSTEM_PROGRESS``), with how many of its
+tasks failed and, once, what the first failure said; what a person wants to see is how fast, how
+long still, and whether the work is failing. :class:`Meter` turns the counts into a rate and an
+ETA (over a recent window, so a slow start or a change of pace does not skew it for ever), and
 :class:`ProgressBoard` shows every meter: a rich bar each on an interactive terminal; on a pipe or
 in CI, a log line every tenth of the way (and at least every ``LOG_INTERVAL`` seconds) -- never
 a line per task.
@@ -51,7 +52,10 @@ class Meter:
     total: int = 0
     started: float = 0.0
     finished: bool = False
-    failed: bool = False
+    failed: bool = False  # the work as a whole ended in an error
+    cancelled: bool = False  # ... or was stopped (Ctrl-C, app.cancel_system)
+    tasks_failed: int = 0  # of ``done``, how many ended in an error
+    first_failure: str | None = None  # what the first of those said, remote traceback and all
 
     def __post_init__(self) -> None:
         self.started = self.started or time.monotonic()
@@ -59,9 +63,20 @@ class Meter:
         # way (a board's first report of a system) must not count it all as done at once.
         self._samples: deque[tuple[float, int]] = deque()
 
-    def update(self, done: int, total: int, now: float | None = None) -> None:
+    def update(
+        self,
+        done: int,
+        total: int,
+        now: float | None = None,
+        failed: int | None = None,
+        first_failure: str | None = None,
+    ) -> None:
         now = time.monotonic() if now is None else now
         self.done, self.total = done, max(total, done)
+        if failed is not None:
+            self.tasks_failed = failed
+        if first_failure and self.first_failure is None:
+            self.first_failure = first_failure
         self._samples.append((now, done))
         while len(self._samples) > 2 and now - self._samples[1][0] > RATE_WINDOW:
             self._samples.popleft()
@@ -88,12 +103,22 @@ class Meter:
             return None
         return max(0.0, (self.total - self.done) / rate)
 
+    @property
+    def state(self) -> str:
+        """How the work ended: ``done``, ``failed`` or ``cancelled`` (``running`` until then)."""
+        if not self.finished:
+            return "running"
+        return "cancelled" if self.cancelled else "failed" if self.failed else "done"
+
     def describe(self) -> str:
-        """One line: ``label: done/total (P%), R tasks/s, ETA T`` -- what a log line says."""
+        """One line: ``label: done/total (P%), F failed, R tasks/s, ETA T`` -- what a log line
+        says (the failed count only when some failed)."""
         percent = f" ({100 * self.done // self.total}%)" if self.total else ""
         text = f"{self.label}: {self.done}/{self.total or '?'} tasks{percent}"
+        if self.tasks_failed:
+            text += f", {self.tasks_failed} failed"
         if self.finished:
-            how = "failed" if self.failed else "done"
+            how = self.state
             rate = self.done / self.elapsed if self.elapsed > 0 else 0.0
             return f"{text}, {how} in {format_seconds(self.elapsed)} ({rate:.1f} tasks/s)"
         eta = "?" if self.eta is None else format_seconds(self.eta)
@@ -126,6 +151,7 @@ class ProgressBoard:
         self._logged: dict[str, tuple[int, float]] = {}  # key -> (tenth, when) of its last line
         self._rich: Any = None
         self._bars: dict[str, Any] = {}
+        self._told_failure: set[str] = set()  # meters whose first failure was shown
         self._closed = False
 
     def __enter__(self) -> ProgressBoard:
@@ -141,15 +167,25 @@ class ProgressBoard:
                 self._rich.stop()
                 self._rich = None
 
-    def update(self, key: str, done: int, total: int, label: str | None = None) -> None:
+    def update(
+        self,
+        key: str,
+        done: int,
+        total: int,
+        label: str | None = None,
+        failed: int = 0,
+        first_failure: str | None = None,
+    ) -> None:
+        """New counts for ``key``; the first failure's text is shown once, when it comes."""
         with self._lock:
             meter = self._meters.get(key)
             if meter is None:
                 meter = self._meters[key] = Meter(label or key)
             if meter.finished or self._closed:
                 return
-            meter.update(done, total)
+            meter.update(done, total, failed=failed, first_failure=first_failure)
             self._show(key, meter)
+            self._tell_failure(key, meter)
 
     def finish(self, key: str, error: BaseException | None = None) -> None:
         with self._lock:
@@ -158,6 +194,16 @@ class ProgressBoard:
                 return
             meter.finished, meter.failed = True, error is not None
             self._show(key, meter)
+
+    def cancel(self, key: str) -> Meter | None:
+        """Show ``key`` as cancelled (Ctrl-C): its meter, to say how far it got, or None."""
+        with self._lock:
+            meter = self._meters.get(key)
+            if meter is None or meter.finished or self._closed:
+                return meter
+            meter.finished, meter.cancelled = True, True
+            self._show(key, meter)
+            return meter
 
     def callback(self, key: str, label: str) -> ProgressCallback:
         """A ``(done, total)`` callback that draws on this board under ``label``."""
@@ -178,6 +224,18 @@ class ProgressBoard:
         else:
             self._log(key, meter)
 
+    def _tell_failure(self, key: str, meter: Meter) -> None:
+        """Print what the first failed task said, once: a run whose every task fails shows why
+        at once, not only a count."""
+        if meter.first_failure is None or key in self._told_failure:
+            return
+        self._told_failure.add(key)
+        text = f"{meter.label}: first failure: {meter.first_failure}"
+        if self._rich is not None:
+            self._rich.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=self.stream, flush=True)
+
     def _log(self, key: str, meter: Meter) -> None:
         tenth = 10 * meter.done // meter.total if meter.total else 0
         now = time.monotonic()
@@ -197,10 +255,11 @@ class ProgressBoard:
             self._rich = _rich_progress(self.stream)
             self._rich.start()
         if meter.finished:
-            state = "failed" if meter.failed else "done"
+            state = meter.state
         else:
             state = "ETA ?" if meter.eta is None else f"ETA {format_seconds(meter.eta)}"
-        fields = {"rate": f"{meter.rate:.1f} tasks/s", "eta": state}
+        failed = f"[red]{meter.tasks_failed} failed[/red]" if meter.tasks_failed else ""
+        fields = {"rate": f"{meter.rate:.1f} tasks/s", "eta": state, "failed": failed}
         bar = self._bars.get(key)
         if bar is None:
             bar = self._bars[key] = self._rich.add_task(meter.label, total=None, **fields)
@@ -215,6 +274,7 @@ def _rich_progress(stream: TextIO) -> Any:
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]}"),
         TextColumn("{task.fields[rate]}"),
         TextColumn("{task.fields[eta]}"),
         console=Console(file=stream),

@@ -30,6 +30,8 @@ __all__ = ["TaskSystem", "MasterHandle", "SystemRunner"]
 
 log = logging.getLogger(__name__)
 
+#: How a system's runner thread is named: log records from it are the system's own.
+RUNNER_THREAD_PREFIX = "system-"
 #: Least seconds between two progress reports of one system.
 PROGRESS_INTERVAL = 0.2
 #: Most seconds between snapshots of a durable system that is applying results.
@@ -106,12 +108,17 @@ class SystemRunner:
         self._outgoing: list[Task] = []
         self.generated = 0
         self.finished = 0
+        #: Tasks whose outcome was an error, and what the first of them said (with its remote
+        #: traceback): progress reports carry both, so a run whose every task fails says so.
+        self.failed = 0
+        self.first_failure: str | None = None
+        self._failure_sent = False
         self._applied_seq = 0  # the journal's number of the last result applied
         self._snapshot_seq = 0
         self._last_snapshot = time.monotonic()
         self._last_progress = 0.0
         self._thread = threading.Thread(
-            target=self._run, name=f"system-{system_id[:8]}", daemon=True
+            target=self._run, name=f"{RUNNER_THREAD_PREFIX}{system_id[:8]}", daemon=True
         )
 
     def start(self) -> None:
@@ -151,7 +158,13 @@ class SystemRunner:
         except _Finished:
             return
         except BaseException as exc:  # noqa: BLE001 - a broken system fails alone, loudly
-            log.error("task system %s failed", self.system_id, exc_info=True)
+            # A TaskSystemError says all there is to say; a bug's traceback is worth printing.
+            log.error(
+                "task system %s failed: %s",
+                self.system_id,
+                exc,
+                exc_info=not isinstance(exc, TaskSystemError),
+            )
             self._finish(None, exc, format_remote_traceback(exc))
 
     def _next_batch(self) -> list | None:
@@ -189,11 +202,12 @@ class SystemRunner:
                 continue  # a duplicate delivery: each task is applied once
             result, error = load_outcome(ok, data, task.name)
             self.finished += 1
+            if error is not None:
+                self._count_failure(task, error)
             task.finished(result, error)
             self.system.task_finished(self.handle, task, result, error)
             if self.system.is_complete(self.handle):
-                result, error = self.system.gather_result(self.handle)
-                self._finish(result, error)
+                self._finish(*self._gather())
                 return True
         self._check_waiting()
         return False
@@ -205,9 +219,28 @@ class SystemRunner:
                 "generate_tasks or task_finished must push tasks until is_complete is True"
             )
         if not self._pending and not self._outgoing:
-            result, error = self.system.gather_result(self.handle)
-            self._finish(result, error)
+            self._finish(*self._gather())
             raise _Finished
+
+    def _gather(self) -> tuple[Any, Any]:
+        """``gather_result``'s ``(result, error)`` pair, checked: Concurrent's samples returned a
+        bare value (the seed asks for a pair), which would otherwise end in a bare unpacking
+        ``TypeError`` that names neither the method nor the fix."""
+        outcome = self.system.gather_result(self.handle)
+        name = f"{type(self.system).__name__}.gather_result"
+        if not isinstance(outcome, tuple) or len(outcome) != 2:
+            raise TaskSystemError(
+                f"{name} returned {_short(outcome)}, not a (result, error) pair: "
+                "return (result, None) on success, (None, error) on failure"
+            )
+        result, error = outcome
+        if error is not None and not isinstance(error, (BaseException, str)):
+            raise TaskSystemError(
+                f"{name} returned {_short(outcome)}: the second item is the error, and must be "
+                "None, an exception or a message; to send a pair as the result, return "
+                "((a, b), None)"
+            )
+        return result, error
 
     def _flush(self, force_snapshot: bool = False) -> None:
         """Send what the callbacks pushed (with a snapshot when durable)."""
@@ -239,14 +272,27 @@ class SystemRunner:
         self._snapshot_seq, self._last_snapshot = self._applied_seq, time.monotonic()
         return data
 
+    def _count_failure(self, task: Task, error: BaseException) -> None:
+        self.failed += 1
+        if self.first_failure is None:
+            self.first_failure = describe_failure(task.name or task.task_id, error)
+
     def _report_progress(self) -> None:
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_INTERVAL:
             self._last_progress = now
-            self._post(("progress", self.system_id, self.finished, self.generated))
+            self._post(self._progress())
+
+    def _progress(self) -> tuple:
+        """A ``progress`` message: done, total, failed, and the first failure's text the first
+        time there is one to tell (the application keeps it; it is not sent again)."""
+        first = None
+        if self.first_failure is not None and not self._failure_sent:
+            first, self._failure_sent = self.first_failure, True
+        return ("progress", self.system_id, self.finished, self.generated, self.failed, first)
 
     def _finish(self, result: Any, error: Any, tb: str = "") -> None:
-        self._post(("progress", self.system_id, self.finished, self.generated))
+        self._post(self._progress())
         failed = error is not None
         if isinstance(error, BaseException):
             error = ExceptionWithTraceback(error, tb)
@@ -258,3 +304,22 @@ class SystemRunner:
                 (None, TaskSystemError(f"the task system's result could not be pickled: {exc}"))
             )
         self._post(("done", self.system_id, payload, failed))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``value`` as an error message shows it: its type and a repr cut to ``limit``."""
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def describe_failure(task_name: str, error: BaseException) -> str:
+    """What a person reads of a failed task: its name, the error, and the worker's traceback
+    when it came with one."""
+    text = f"task {task_name!r} failed: {type(error).__name__}: {error}"
+    cause = error.__cause__
+    remote = getattr(cause, "tb", None)
+    if isinstance(remote, str) and remote.strip():
+        text += "\n" + remote.strip().strip('"').strip()
+    return text

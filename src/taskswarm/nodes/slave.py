@@ -6,7 +6,9 @@ Data flow (one thread; ZeroMQ socket and worker pipes in one poller)::
     worker pipe --> task manager results queue --> RESULTS (one message per turn) --> master
 
 The slave never unpickles a task: payloads go to the workers as they came. Until the master has
-answered (it may start later, or restart), the slave keeps re-sending REGISTER each heartbeat.
+answered (it may start later, or restart), the slave keeps re-sending REGISTER each heartbeat,
+and says so: that it is waiting for the master at its address (and why, when the host's name
+does not resolve), again every ``WAIT_LOG_INTERVAL`` s, and when it gets through.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ..stats import Stats
 from ..task import Status
 from ..wire import Codec, Kind, Message, Notice
 from .mailbox import Mailbox
-from .transport import MAX_MESSAGE_BYTES, connect_dealer, receive_batch, try_send
+from .transport import MAX_MESSAGE_BYTES, connect_dealer, receive_batch, try_send, unresolvable
 
 __all__ = ["Slave"]
 
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 MASTER_BEATS = 5
 #: Tasks a slave asks to hold per worker: one running, one ready to start.
 PREFETCH = 2
+#: Seconds between two "still waiting for the master" lines.
+WAIT_LOG_INTERVAL = 30.0
 
 
 class Slave:
@@ -90,6 +94,9 @@ class Slave:
         self.parent_pid: int | None = None
         self._closed = False
         self._last_from_master = time.monotonic()
+        #: Since when no master has answered, and when to say so next (None: registered).
+        self._waiting_since: float | None = time.monotonic()
+        self._next_wait_note = 0.0
         self._credit_owed = 0
         self._want = 0  # how many tasks the master was last told this slave wants to hold
         self._handlers = {
@@ -212,8 +219,14 @@ class Slave:
 
     def on_welcome(self, msg: Message) -> None:
         if not self.registered:
-            log.info("registered with master %s", self.master_address)
+            waited = time.monotonic() - (self._waiting_since or time.monotonic())
+            log.info(
+                "connected to the master at %s%s",
+                self.master_address,
+                f" after waiting {waited:.1f}s" if waited >= self.heartbeat_interval else "",
+            )
         self.registered = True
+        self._waiting_since, self._next_wait_note = None, 0.0
         beat = msg.get("heartbeat")
         if isinstance(beat, (int, float)) and beat > 0:
             # Silent for five of the master's heartbeats (and never under the given timeout).
@@ -335,7 +348,39 @@ class Slave:
                 },
             )
         else:
+            self._note_waiting()
             self._register()
+
+    def _note_waiting(self) -> None:
+        """Say that the master has not answered: once a heartbeat has passed without it, then
+        every ``WAIT_LOG_INTERVAL`` s. A host whose name does not resolve is named as such,
+        since ZeroMQ itself retries it silently, exactly like a master not started yet."""
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        waited = now - self._waiting_since
+        if waited < self.heartbeat_interval or now < self._next_wait_note:
+            return
+        first = self._next_wait_note == 0.0
+        self._next_wait_note = now + WAIT_LOG_INTERVAL
+        why = unresolvable(self.master_address)
+        if why is not None:
+            log.warning(
+                "waiting for the master at %s: %s; trying again every %gs",
+                self.master_address,
+                why,
+                self.heartbeat_interval,
+            )
+        elif first:
+            log.info(
+                "waiting for the master at %s: no answer yet; trying again every %gs",
+                self.master_address,
+                self.heartbeat_interval,
+            )
+        else:
+            log.info(
+                "still waiting for the master at %s (%.0fs so far)", self.master_address, waited
+            )
 
     def _reconnect(self) -> None:
         """Replace the connection to a master that has been silent for ``master_timeout``.

@@ -7,13 +7,22 @@ are set in one place and a send never blocks a loop.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 
 import zmq
 
 from ..errors import ConfigurationError
 
-__all__ = ["check_address", "bind_router", "connect_dealer", "try_send", "receive_batch"]
+__all__ = [
+    "check_address",
+    "bind_router",
+    "connect_dealer",
+    "try_send",
+    "receive_batch",
+    "unresolvable",
+    "unreachable_message",
+]
 
 _ADDRESS = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+|\*):(\d{1,5})$")
 #: A Unix socket (one machine only: what LocalCluster uses, a quarter faster than loopback TCP).
@@ -36,6 +45,40 @@ def check_address(address: str, *, allow_wildcard: bool = False) -> str:
             "for example tcp://127.0.0.1:5555"
         )
     return address
+
+
+def unresolvable(address: str) -> str | None:
+    """Why the host of ``address`` has no address, if it has none; else None.
+
+    ZeroMQ retries a name it cannot resolve for ever without a word, so a misspelt host looks
+    exactly like a master that is not running: nodes ask themselves, once they have waited,
+    to tell the two apart. A numeric address and an ``ipc://`` path always "resolve".
+    """
+    match = _ADDRESS.match(address or "")
+    if match is None:
+        return None
+    host = match.group(1).strip("[]")
+    try:
+        socket.getaddrinfo(host, int(match.group(2)), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"the host {host!r} cannot be resolved ({exc.strerror or exc})"
+    except (OSError, UnicodeError) as exc:
+        return f"the host {host!r} cannot be resolved ({exc})"
+    return None
+
+
+def unreachable_message(address: str, waited: float) -> str:
+    """What to tell someone whose node got no answer from ``address`` within ``waited`` s."""
+    why = unresolvable(address)
+    if why is not None:
+        return (
+            f"no master at {address}: {why}; check the name in the address (or use the "
+            "master's IP address)"
+        )
+    return (
+        f"no master answered at {address} within {waited:g}s: check that `taskswarm master` "
+        "is running there and that this node uses the same key file"
+    )
 
 
 def bind_router(
