@@ -1,7 +1,15 @@
 """The seed's callback style: subclass ApplicationNode, override its hooks, call ``run()``.
 
-``taskswarm run my_app.py`` runs the ApplicationNode subclass an app file defines. Hooks are
-called on the connection's I/O thread, one at a time.
+``taskswarm run my_app.py`` runs the ApplicationNode subclass an app file defines
+(``my_app.py:ClassName`` picks one when it defines several), constructed without arguments:
+such a node reads its options from ``sys.argv``, which holds what follows the app on the
+command line.
+
+Which thread calls what: ``get_task_system``, ``start_processing`` and ``work_finished`` run on
+the thread that called ``run()`` (the main thread under ``taskswarm run``), as do
+``push_task_response`` and ``push_task_failed`` (on the thread that pushed). ``task_finished``
+and ``system_progress`` run on the connection's I/O thread, one at a time: keep them short (a
+slow one holds up every later result); pushing more tasks from them is fine.
 """
 
 from __future__ import annotations

@@ -662,7 +662,7 @@ def run(
     no_progress: bool,
     args: tuple[str, ...],
 ) -> None:
-    """Run an application (APP.py [ARGS] or -m MODULE [ARGS]) against a cluster.
+    """Run an application (APP.py, APP.py:NODE or -m MODULE, then its ARGS) against a cluster.
 
     Options of `run` itself may stand anywhere; every other argument goes to the application.
     Put application arguments that share a name with them (--slaves, --workers, --master,
@@ -670,7 +670,10 @@ def run(
 
     Without --master an embedded LocalCluster is started for the run and stopped after it.
     The program finds its cluster through TASKSWARM_MASTER / TASKSWARM_KEY_FILE, which
-    `ts.connect()` and `ts.connect_or_start()` read.
+    `ts.connect()` and `ts.connect_or_start()` read. After the program, the ApplicationNode
+    subclass it defines runs (NODE names one of several); a program that neither connects
+    nor defines one exits 1. Ctrl-C cancels the task systems and tasks the program sent and
+    exits 130.
     """
     from . import running
 
