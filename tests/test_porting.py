@@ -270,3 +270,18 @@ def wait_for_slaves(address: str, key_file: str, count: int) -> None:
             lambda: sum(s["state"] == "active" for s in app.status()["slaves"]) >= count,
             timeout=30,
         )
+
+
+def test_a_node_that_sends_nothing_exits_non_zero(nodes, tmp_path):
+    source = textwrap.dedent(
+        """
+        import taskswarm as ts
+
+        class CamelCaseNode(ts.ApplicationNode):
+            def getTaskSystem(self):  # not a hook: nothing calls it
+                raise AssertionError("never called")
+        """
+    )
+    out = run_app(nodes, tmp_path, source, "app.py")
+    assert out.returncode == 1
+    assert "nothing ran: CamelCaseNode.get_task_system returned None" in out.stderr

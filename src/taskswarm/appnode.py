@@ -38,6 +38,9 @@ class ApplicationNode:
         self.slaves, self.workers = slaves, workers
         self.app: Any = None
         self.handle: Any = None  # the SystemHandle of the task system, once sent
+        #: Plain tasks pushed so far: with no task system either, the node ran nothing (a
+        #: hook misnamed in porting, say), which `taskswarm run` reports as an error.
+        self.tasks_sent = 0
         self._outstanding: set[str] = set()
         self._lock = threading.Lock()
         self._all_done = threading.Event()
@@ -80,6 +83,7 @@ class ApplicationNode:
         tasks = list(tasks)
         with self._lock:
             self._outstanding.update(t.task_id for t in tasks)
+            self.tasks_sent += len(tasks)
             self._all_done.clear()
         try:
             futures = self.app.push_tasks(tasks)

@@ -155,7 +155,13 @@ def run_target(
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     chosen = _choose_node(target, namespace, node)
     if chosen is not None and not getattr(chosen, "_taskswarm_ran", False):
-        chosen().run()
+        instance = chosen()
+        instance.run()
+        if watch is not None and instance.handle is None and not instance.tasks_sent:
+            raise click.ClickException(
+                f"nothing ran: {chosen.__name__}.get_task_system returned None and its "
+                "start_processing pushed no task (check the hooks' names and signatures)"
+            )
         return 0
     if watch is not None and chosen is None and watch.connections == 0:
         raise click.ClickException(
