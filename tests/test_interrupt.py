@@ -138,3 +138,13 @@ def test_ctrl_c_against_a_master_started_by_hand_is_cancelled_in_every_view(
     result = nodes.run("result", system_id, "--master", address, "--key-file", key_file)
     assert result.returncode == 1
     assert "was cancelled" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_program_that_leaves_its_connection_open_ends_without_warnings(nodes, tmp_path):
+    (tmp_path / "app.py").write_text(
+        "import taskswarm as ts\napp = ts.connect()\nprint(app.submit(abs, -5).result())\n"
+    )
+    out = nodes.run("run", "--slaves", "1", "--workers", "1", "app.py", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "5"
+    assert "WARNING" not in out.stderr and "going away" not in out.stderr

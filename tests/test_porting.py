@@ -285,3 +285,13 @@ def test_a_node_that_sends_nothing_exits_non_zero(nodes, tmp_path):
     out = run_app(nodes, tmp_path, source, "app.py")
     assert out.returncode == 1
     assert "nothing ran: CamelCaseNode.get_task_system returned None" in out.stderr
+
+
+def test_a_terminal_board_shows_failed_tasks_and_a_cancelled_system():
+    stream = io.StringIO()
+    with ProgressBoard(stream, interactive=True) as board:
+        board.update("s", 2, 5, "squares", failed=2, first_failure="task 'a' failed: [boom]")
+        assert board.cancel("s").cancelled
+        board.finish("s")  # the outcome that follows a cancellation changes nothing
+    text = stream.getvalue()
+    assert "2 failed" in text and "cancelled" in text and "[boom]" in text

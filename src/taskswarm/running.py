@@ -91,6 +91,13 @@ class RunWatch:
             self.interrupted(app)
             app.close()
 
+    def close_all(self) -> None:
+        """Close the connections the program left open once it is done: their master (an
+        embedded one stops next) must not be seen going away by a connection still listening.
+        Closing cancels nothing: a task system sent lives on."""
+        for app in list(self.live):
+            app.close()
+
     def report(self, signum: int) -> None:
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         click.echo(f"interrupted ({name})", err=True)
@@ -126,9 +133,11 @@ def run_app(target: str, is_module: bool, node: str | None, no_progress: bool) -
     try:
         with watching(watch):
             if board is None:
-                return run_target(target, is_module, node, watch)
-            with installed(board):
-                return run_target(target, is_module, node, watch)
+                code = run_target(target, is_module, node, watch)
+            else:
+                with installed(board):
+                    code = run_target(target, is_module, node, watch)
+        return code
     except KeyboardInterrupt:
         watch.interrupt_all()
         if board is not None:
@@ -136,6 +145,7 @@ def run_app(target: str, is_module: bool, node: str | None, no_progress: bool) -
         watch.report(_interrupted_by[0] if _interrupted_by else signal.SIGINT)
         return interrupted_exit_code()
     finally:
+        watch.close_all()
         if board is not None:
             board.close()
 
