@@ -721,10 +721,19 @@ def run(
 
 def _check_master(address: str, key_file: str) -> None:
     """Fail before the program starts, in one line, when its master does not answer."""
-    from .nodes.application import connect
-
-    with connect(address, key_file, connect_timeout=5.0):
+    with _connect(address, key_file, 5.0):
         pass
+
+
+def _connect(address: str, key_file: str, timeout: float) -> Any:
+    """A connection to the master at ``address``; a host name that does not resolve fails at
+    once, naming it, instead of after ``timeout`` seconds of silence."""
+    from .nodes.application import connect
+    from .nodes.transport import unreachable_message, unresolvable
+
+    if unresolvable(address) is not None:
+        raise click.ClickException(unreachable_message(address, 0.0))
+    return connect(address, key_file, connect_timeout=timeout)
 
 
 def _run_app(
@@ -765,17 +774,16 @@ def _run_app(
 @_env_option()
 def status(master_address: str, key_file: str, as_json: bool, watch: float | None) -> None:
     """Show the cluster's slaves and task systems."""
-    from .nodes.application import connect
     from .status_view import render_status
 
     if watch is not None and not as_json:
         try:
-            with connect(master_address, key_file, connect_timeout=5.0) as app:
+            with _connect(master_address, key_file, 5.0) as app:
                 _watch_status(app, watch)
         except KeyboardInterrupt:
             pass  # Ctrl-C is how watching ends, whenever it comes
         return
-    with connect(master_address, key_file, connect_timeout=5.0) as app:
+    with _connect(master_address, key_file, 5.0) as app:
         info = app.status()
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -810,9 +818,7 @@ def result(master_address: str, key_file: str, system_id: str, timeout: float | 
     """Print the result of the task system SYSTEM_ID (from `app.submit_system`)."""
     from concurrent.futures import TimeoutError as FutureTimeout
 
-    from .nodes.application import connect
-
-    with connect(master_address, key_file, connect_timeout=10.0) as app:
+    with _connect(master_address, key_file, 10.0) as app:
         try:
             value = app.system_result(system_id, timeout=timeout)
         except FutureTimeout:
