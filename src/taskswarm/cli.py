@@ -344,6 +344,44 @@ def keygen(path: str, force: bool, curve: bool) -> None:
     help="Seconds of silence after which a slave is lost and its tasks requeued.",
 )
 @click.option(
+    "--client-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    metavar="SECONDS",
+    help="Seconds of silence after which an application (it beats every 0.5s) is lost: its "
+    "plain tasks are cancelled, its task systems go on and their results are kept for it.",
+)
+@click.option(
+    "--result-ttl",
+    default=86400.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="How long results no application collected are kept (a detached task system's, "
+    "or those of an application that went away), counted from when they were made; "
+    "then they expire, and system_result(id) says so. A result is let go as soon as an "
+    "application confirms it received it.",
+)
+@click.option(
+    "--result-cap-mib",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(0),
+    metavar="MIB",
+    help="Most MiB of such uncollected results kept (in memory and in the journal); past it "
+    "the oldest are dropped first. 0: no cap, only --result-ttl.",
+)
+@click.option(
+    "--forget-after",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="How long departed slaves, gone applications and collected task systems stay in "
+    "status before the master forgets them (at most 1000 of each are kept meanwhile).",
+)
+@click.option(
     "--curve",
     is_flag=True,
     help="Require CurveZMQ encryption (the key file must come from `taskswarm keygen --curve`; "
@@ -380,6 +418,10 @@ def master(
     ready_file: str | None,
     advertise: str | None = None,
     engine: str | None = None,
+    client_timeout: float = 10.0,
+    result_ttl: float = 86400.0,
+    result_cap_mib: int = 1024,
+    forget_after: float = 300.0,
     system_log_level: str | None = None,
 ) -> None:
     """Run a master node: it keeps the task queue and runs task systems."""
@@ -416,6 +458,10 @@ def master(
         dashboard=None if no_dashboard else dashboard,
         advertise=advertise,
         engine=engine,
+        result_ttl=result_ttl,
+        result_cap=result_cap_mib * 1024 * 1024,
+        client_timeout=client_timeout,
+        forget_after=forget_after,
     )
     _stop_on_signals(node)
     _tune_gc()

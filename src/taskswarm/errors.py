@@ -117,3 +117,8 @@ class TaskSystemError(TaskswarmError):
 
 class UnknownTaskSystem(TaskswarmError):
     """Raised when the master holds no task system with the given id."""
+
+
+class MessageTooLarge(TaskswarmError, ValueError):
+    """Raised when a task's arguments, or its result, pickle to more than the cluster's message
+    limit (``--max-message-mib`` of the master and slaves): nothing that big can travel."""

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
+from concurrent.futures._base import (
+    CANCELLED,
+    CANCELLED_AND_NOTIFIED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+)
 from typing import TYPE_CHECKING, Any
 
 from . import progress as progress_board
+from .pickling import UnpicklableTask
 from .progress import Meter, ProgressCallback
 from .task import FunctionTask
 
@@ -19,10 +29,16 @@ __all__ = ["SystemHandle", "TaskFuture", "TaskswarmExecutor"]
 
 
 class TaskFuture(Future):
-    """A ``concurrent.futures.Future`` for one task; ``cancel()`` also tells the master.
+    """A ``concurrent.futures.Future`` for one task, with the stdlib's states and rules.
 
-    A task still queued is dropped there; one already running finishes, and its result is
-    ignored (``app.cancel(task_id)`` stops running ones too).
+    It is *running* once a worker has begun its task (its slave tells the master, which tells
+    this application). ``cancel()`` works only before that, as the stdlib defines it: it
+    returns True, the Future is cancelled at once, and the task is dropped wherever it still
+    waits (the master's queue, a slave's, or behind another task in a worker's pipeline). On
+    a running task it returns False and the task runs on. Cancelling travels: a task that was
+    already reaching a worker as ``cancel()`` was called may still run there, its outcome
+    discarded. ``app.cancel(future)`` stops a running task too, on purpose (its worker is
+    replaced).
     """
 
     def __init__(self, task_id: str, on_cancel: Callable[[str], None]) -> None:
@@ -31,9 +47,36 @@ class TaskFuture(Future):
         self._on_cancel = on_cancel
 
     def cancel(self) -> bool:
-        if not super().cancel():
+        if not self._cancel(running_too=False):
             return False
         self._on_cancel(self.task_id)
+        return True
+
+    # -- the application node's side -------------------------------------------------------------
+
+    def mark_running(self) -> None:
+        """The master handed the task to a slave: from now on ``cancel()`` returns False."""
+        with self._condition:
+            if self._state == PENDING:
+                self.set_running_or_notify_cancel()
+
+    def stop(self) -> bool:
+        """Cancel whether running or not (``app.cancel``); False once the outcome is in."""
+        return self._cancel(running_too=True)
+
+    def _cancel(self, running_too: bool) -> bool:
+        with self._condition:
+            if self._state == FINISHED or (self._state == RUNNING and not running_too):
+                return False
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+            self._state = CANCELLED
+            self._condition.notify_all()
+            # Waiters (wait, as_completed) learn of a cancellation only through this call,
+            # which a local executor makes when it would have run the call; here nothing
+            # local ever would.
+            self.set_running_or_notify_cancel()
+        self._invoke_callbacks()
         return True
 
 
@@ -76,11 +119,15 @@ class SystemHandle:
 
     # -- the application node's side ------------------------------------------------------------
 
-    def set_progress(self, done: int, total: int) -> None:
+    def set_progress(
+        self, done: int, total: int, failed: int = 0, first_failure: str | None = None
+    ) -> None:
         self.done_tasks, self.total_tasks = done, total
-        self.meter.update(done, total)
+        self.meter.update(done, total, failed=failed, first_failure=first_failure)
         if self._board is not None:
-            self._board.update(self.system_id, done, total, self.meter.label)
+            self._board.update(
+                self.system_id, done, total, self.meter.label, failed, first_failure
+            )
         if self.progress is not None:
             self.progress(done, total)
 
@@ -99,22 +146,33 @@ class SystemHandle:
 class TaskswarmExecutor(Executor):
     """A ``concurrent.futures.Executor`` whose calls run on the cluster's workers.
 
-    ``map`` sends its whole batch in one message instead of one per call.
+    ``map`` sends its whole batch in one message instead of one per call. Every call is a
+    ``FunctionTask``: keyword arguments (``timeout`` included) go to the function, as the
+    stdlib's executors do; use ``app.submit(..., timeout=)`` for a task time limit.
     """
 
     def __init__(self, app: Application) -> None:
         self._app = app
-        self._futures: set[Future[Any]] = set()
+        # Weak: a pending future is kept alive by the application until its outcome is in, and
+        # nothing here may keep a finished one (or its result) alive for the caller.
+        self._futures: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._shutdown = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        # The lock orders submissions against shutdown; nothing that may call back into this
+        # executor (a done-callback fired at once) runs under it.
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future = self._app.submit(fn, *args, **kwargs)
-            self._track(future)
-            return future
+            try:
+                (future,) = self._app.push_tasks([FunctionTask(fn, *args, **kwargs)])
+            except UnpicklableTask as exc:
+                # As the stdlib's process pool, whose feeder thread pickles the call: the
+                # Future fails with the pickler's own error (``app.submit`` raises at once).
+                return _failed(exc)
+            self._futures.add(future)
+        return future
 
     def map(
         self,
@@ -123,47 +181,53 @@ class TaskswarmExecutor(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
     ) -> Iterator[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            futures = self._app.push_tasks(
-                [FunctionTask(fn, *args) for args in zip(*iterables, strict=False)]
-            )
-            for future in futures:
-                self._track(future)
-
-        deadline = None if timeout is None else time.monotonic() + timeout
+            calls = zip(*iterables, strict=False)
+            futures = self._app.push_tasks(FunctionTask(fn, *args) for args in calls)
+            self._futures.update(futures)
+        futures.reverse()  # popped from the end, in order
 
         def results() -> Iterator[Any]:
+            # Each future is let go as its result is yielded: the caller alone holds a result.
             try:
-                for future in futures:
-                    # One deadline for the whole map, counted from the call, as the stdlib does.
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    yield future.result(left)
+                while futures:
+                    if deadline is None:
+                        yield _result_or_cancel(futures.pop())
+                    else:
+                        # One deadline for the whole map, counted from the call, as the stdlib.
+                        yield _result_or_cancel(futures.pop(), deadline - time.monotonic())
             finally:
-                for future in futures:
-                    future.cancel()
+                self._app.cancel_pending(futures)  # those never asked for: one message
 
         return results()
-
-    def _track(self, future: Future[Any]) -> None:
-        self._futures.add(future)
-        future.add_done_callback(self._forget)
-
-    def _forget(self, future: Future[Any]) -> None:
-        with self._lock:
-            self._futures.discard(future)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             self._shutdown = True
-            pending = list(self._futures)
+            pending = [f for f in list(self._futures) if not f.done()]
         if cancel_futures:
-            for future in pending:
-                future.cancel()
+            self._app.cancel_queued(pending)  # what no slave has started: a running one finishes
         if wait:
-            for future in pending:
-                try:
-                    future.exception()
-                except BaseException:  # noqa: BLE001 - cancelled: nothing to wait for
-                    pass
+            concurrent.futures.wait(pending)
+
+
+def _failed(exc: UnpicklableTask) -> Future[Any]:
+    error = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    if error is not exc and hasattr(error, "add_note"):
+        error.add_note(str(exc))
+    future: Future[Any] = Future()
+    future.set_exception(error)
+    return future
+
+
+def _result_or_cancel(future: Future[Any], timeout: float | None = None) -> Any:
+    try:
+        try:
+            return future.result(timeout)
+        finally:
+            future.cancel()
+    finally:
+        del future  # the exception it holds refers back to this frame

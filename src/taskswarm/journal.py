@@ -10,6 +10,13 @@ What is written, and when (always before the master acknowledges or forwards any
   these are replayed through ``task_finished``, so every result is applied exactly once;
 - a completed system's outcome, so ``system_result(id)`` works after a restart.
 
+What is no longer needed is deleted, so the file follows live work, not history: a plain outcome
+once its application confirmed it (or it expired), a task system's row once its result was
+collected (or expired). The space they held is given back: the database uses
+``auto_vacuum=INCREMENTAL``, and ``maintain()`` (called by the master every few seconds) runs
+``incremental_vacuum`` when free pages are a large part of the file, and checkpoints the WAL
+with ``journal_size_limit`` so the ``-wal`` file shrinks back too.
+
 A master killed at any point restarts from this file: queued and in-flight tasks are queued
 again, task systems resume from snapshot + replay, undelivered results are sent again. WAL with
 ``synchronous=NORMAL`` survives the process being killed (not a power loss) without an fsync per
@@ -19,6 +26,7 @@ commit.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +53,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     crashes INTEGER NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0,
     ok INTEGER,
-    outcome BLOB
+    outcome BLOB,
+    done_at REAL
 );
 CREATE INDEX IF NOT EXISTS tasks_by_system ON tasks(system_id);
 CREATE TABLE IF NOT EXISTS systems (
@@ -55,7 +64,8 @@ CREATE TABLE IF NOT EXISTS systems (
     restored INTEGER NOT NULL DEFAULT 0,
     applied_seq INTEGER NOT NULL DEFAULT 0,
     outcome BLOB,
-    failed INTEGER NOT NULL DEFAULT 0
+    failed INTEGER NOT NULL DEFAULT 0,
+    ended_at REAL
 );
 CREATE TABLE IF NOT EXISTS system_results (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -76,14 +86,29 @@ class RestoredSystem:
     replay: list[tuple[int, str, bool, bytes]]  # (seq, task_id, ok, data) since the snapshot
     outcome: bytes | None
     failed: bool
+    ended_at: float | None = None  # wall-clock time it completed (for --result-ttl)
 
 
 @dataclass
 class RestoredState:
     #: (task_id, client_id, system_id, payload, timeout, max_retries, name, retries, crashes)
     queued: list[tuple] = field(default_factory=list)
-    undelivered: dict[str, list[tuple[str, bool, bytes]]] = field(default_factory=dict)
+    #: client_id -> [(task_id, ok, outcome, done_at)]: outcomes not confirmed by their application
+    undelivered: dict[str, list[tuple[str, bool, bytes, float]]] = field(default_factory=dict)
     systems: list[RestoredSystem] = field(default_factory=list)
+
+
+#: ``PRAGMA auto_vacuum`` value for INCREMENTAL.
+_INCREMENTAL = 2
+#: Bytes the -wal file is cut back to after a checkpoint (it grows past this only while one
+#: transaction needs it); ``maintain()`` empties one grown past ``WAL_TRUNCATE``.
+WAL_LIMIT = 4 * 1024 * 1024
+WAL_TRUNCATE = 1024 * 1024
+#: Free pages are given back once they are this share of the file and at least ``MIN_FREE``.
+FREE_SHARE = 0.25
+MIN_FREE = 256
+#: Most pages one ``maintain()`` gives back: bounds the time it takes the master's loop.
+VACUUM_STEP = 8192
 
 
 class Journal:
@@ -95,19 +120,28 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Before any table exists (a new file); an older file is converted just below.
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # The -wal file is cut back to this after each checkpoint that empties it.
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
-        for column, kind in (
-            ("name", "TEXT NOT NULL DEFAULT ''"),
-            ("retries", "INTEGER NOT NULL DEFAULT 0"),
-            ("crashes", "INTEGER NOT NULL DEFAULT 0"),
-            ("priority", "INTEGER NOT NULL DEFAULT 0"),
-            ("resources", "TEXT"),
+        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+            # A journal from an earlier taskswarm: once, so its free space can be given back.
+            self._db.execute("VACUUM")
+        for table, column, kind in (
+            ("tasks", "name", "TEXT NOT NULL DEFAULT ''"),
+            ("tasks", "retries", "INTEGER NOT NULL DEFAULT 0"),
+            ("tasks", "crashes", "INTEGER NOT NULL DEFAULT 0"),
+            ("tasks", "priority", "INTEGER NOT NULL DEFAULT 0"),
+            ("tasks", "resources", "TEXT"),
+            ("tasks", "done_at", "REAL"),
+            ("systems", "ended_at", "REAL"),
         ):
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in columns:  # a journal from an earlier taskswarm
-                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -132,13 +166,15 @@ class Journal:
                 (retries, crashes, task_id),
             )
 
-    def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes]]) -> None:
-        """Keep plain tasks' outcomes until their applications confirm them."""
+    def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes, float]]) -> None:
+        """Keep plain tasks' outcomes ``(task_id, ok, data, done_at)`` until their applications
+        confirm them, or they expire (``done_at`` is wall-clock time, for ``--result-ttl``)."""
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "UPDATE tasks SET done = 1, ok = ?, outcome = ?, payload = NULL WHERE task_id = ?",
-                ((int(ok), data, task_id) for task_id, ok, data in outcomes),
+                "UPDATE tasks SET done = 1, ok = ?, outcome = ?, done_at = ?, payload = NULL"
+                " WHERE task_id = ?",
+                ((int(ok), data, when, task_id) for task_id, ok, data, when in outcomes),
             )
 
     def forget_tasks(self, task_ids: Iterable[str]) -> None:
@@ -198,15 +234,53 @@ class Journal:
                 new_tasks,
             )
 
-    def system_done(self, system_id: str, outcome: bytes, failed: bool) -> None:
+    def system_done(
+        self, system_id: str, outcome: bytes, failed: bool, ended_at: float | None = None
+    ) -> None:
+        """A system completed: keep only its outcome, until it is collected or expires."""
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute(
-                "UPDATE systems SET outcome = ?, failed = ?, snapshot = x'' WHERE system_id = ?",
-                (outcome, int(failed), system_id),
+                "UPDATE systems SET outcome = ?, failed = ?, snapshot = x'', ended_at = ?"
+                " WHERE system_id = ?",
+                (outcome, int(failed), ended_at, system_id),
             )
             self._db.execute("DELETE FROM tasks WHERE system_id = ?", (system_id,))
             self._db.execute("DELETE FROM system_results WHERE system_id = ?", (system_id,))
+
+    def forget_systems(self, system_ids: Iterable[str]) -> None:
+        """Collected or expired: nothing of these systems is kept any more."""
+        ids = [(s,) for s in system_ids]
+        if not ids:
+            return
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM systems WHERE system_id = ?", ids)
+            self._db.executemany("DELETE FROM tasks WHERE system_id = ?", ids)
+            self._db.executemany("DELETE FROM system_results WHERE system_id = ?", ids)
+
+    # -- space ---------------------------------------------------------------------------------
+
+    def maintain(self) -> None:
+        """Give free space back to the file system (called every few seconds by the master).
+
+        Deleted rows leave free pages that SQLite reuses but never returns by itself: a master
+        that once held a lot would keep a file that size for ever. A step of
+        ``incremental_vacuum`` cuts them off the end once they are a large share of the file;
+        a TRUNCATE checkpoint empties a -wal file grown past ``WAL_TRUNCATE``.
+        """
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        if free >= MIN_FREE and free >= FREE_SHARE * pages:
+            # executescript steps it to the end (execute would free one page per call).
+            self._db.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP});")
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            grown = wal.stat().st_size > WAL_TRUNCATE
+        except OSError:
+            grown = False
+        if grown:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     # -- restart -------------------------------------------------------------------------------
 
@@ -214,16 +288,26 @@ class Journal:
         state = RestoredState()
         for row in self._db.execute(
             "SELECT task_id, client_id, system_id, payload, timeout, max_retries, name, priority,"
-            " resources, retries, crashes, done, ok, outcome FROM tasks ORDER BY rowid"
+            " resources, retries, crashes, done, ok, outcome, done_at FROM tasks ORDER BY rowid"
         ):
-            *task, done, ok, outcome = row
+            *task, done, ok, outcome, done_at = row
             if done:
-                state.undelivered.setdefault(task[1], []).append((task[0], bool(ok), outcome))
+                when = time.time() if done_at is None else done_at  # older journals: from now
+                state.undelivered.setdefault(task[1], []).append((task[0], bool(ok), outcome, when))
             else:
                 state.queued.append(tuple(task))
-        for system_id, client_id, snapshot, restored, applied, outcome, failed in self._db.execute(
-            "SELECT system_id, client_id, snapshot, restored, applied_seq, outcome, failed"
-            " FROM systems"
+        for (
+            system_id,
+            client_id,
+            snapshot,
+            restored,
+            applied,
+            outcome,
+            failed,
+            ended_at,
+        ) in self._db.execute(
+            "SELECT system_id, client_id, snapshot, restored, applied_seq, outcome, failed,"
+            " ended_at FROM systems"
         ):
             replay = [
                 (seq, task_id, bool(ok), data)
@@ -235,7 +319,14 @@ class Journal:
             ]
             state.systems.append(
                 RestoredSystem(
-                    system_id, client_id, snapshot, bool(restored), replay, outcome, bool(failed)
+                    system_id,
+                    client_id,
+                    snapshot,
+                    bool(restored),
+                    replay,
+                    outcome,
+                    bool(failed),
+                    ended_at if ended_at is not None or outcome is None else time.time(),
                 )
             )
         return state
@@ -255,7 +346,7 @@ class NullJournal:
     def add_tasks(self, rows: Iterable[tuple]) -> None:
         pass
 
-    def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes]]) -> None:
+    def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes, float]]) -> None:
         pass
 
     def count_attempts(self, task_id: str, retries: int, crashes: int) -> None:
@@ -274,7 +365,15 @@ class NullJournal:
     def snapshot(self, system_id: str, snapshot: bytes, applied_seq: int, new_tasks: list) -> None:
         pass
 
-    def system_done(self, system_id: str, outcome: bytes, failed: bool) -> None:
+    def system_done(
+        self, system_id: str, outcome: bytes, failed: bool, ended_at: float | None = None
+    ) -> None:
+        pass
+
+    def forget_systems(self, system_ids: Iterable[str]) -> None:
+        pass
+
+    def maintain(self) -> None:
         pass
 
     def load(self) -> RestoredState:

@@ -17,10 +17,13 @@ one. Whatever the fast pickler cannot do falls back to plain cloudpickle.
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
+import os
 import pickle
 import sys
+import sysconfig
 import threading
 import types
 from importlib.metadata import packages_distributions
@@ -44,18 +47,113 @@ def _installed_top_levels() -> frozenset[str]:
     return frozenset(packages_distributions())
 
 
-@functools.lru_cache(maxsize=1024)
+_by_value_modules: dict[str, bool] = {}  # module name -> travels by value (decided once)
+
+
 def _ship_by_value(module_name: str) -> bool:
+    decided = _by_value_modules.get(module_name)
+    if decided is None:
+        decided = _by_value_modules[module_name] = _decide_by_value(module_name)
+    return decided
+
+
+def _decide_by_value(module_name: str) -> bool:
     top = module_name.partition(".")[0]
     if module_name == "__main__" or top in sys.stdlib_module_names or top == "builtins":
         return False  # __main__ already travels by value; the stdlib is everywhere
     if top in _installed_top_levels():
         return False
     module = sys.modules.get(module_name)
-    if module is None or getattr(module, "__file__", None) is None:
+    path = getattr(module, "__file__", None)
+    if module is None or path is None or _installed_path(path):
         return False
     cloudpickle.register_pickle_by_value(module)
     return True
+
+
+def _installed_path(path: str) -> bool:
+    """A file of the interpreter's own library or site-packages: installed where it runs."""
+    return os.path.abspath(path).startswith(_library_roots())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    return tuple(os.path.join(os.path.abspath(root), "") for root in roots)
+
+
+def _keep_by_reference(module_name: str) -> None:
+    """A module whose contents cannot travel by value (a lock, an open file at module level)
+    goes back to travelling by reference: the slaves must have it installed, as before."""
+    _by_value_modules[module_name] = False
+    module = sys.modules.get(module_name)
+    if module is not None:
+        try:
+            cloudpickle.unregister_pickle_by_value(module)
+        except ValueError:
+            pass  # it was not registered
+
+
+# -- what code an object brings with it --------------------------------------------------------
+
+_Walked = set[int]
+
+
+def _needed_code(obj: Any, seen: _Walked, modules: set[str]) -> None:
+    """Register by value every module of the application's own that ``obj``'s code reaches
+    (a ``helpers.py`` beside the script, imported as a module or by name); collect their
+    names in ``modules``."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, types.ModuleType):
+            reached = _module_reaches(item, modules)
+        elif isinstance(item, types.FunctionType):
+            reached = _function_reaches(item, modules)
+        else:
+            reached = _class_reaches(item)
+        stack.extend(value for value in reached if isinstance(value, _CODE_OR_MODULE))
+
+
+def _module_reaches(module: types.ModuleType, modules: set[str]) -> list[Any]:
+    if not _ship_by_value(module.__name__):
+        return []
+    modules.add(module.__name__)
+    return list(vars(module).values())
+
+
+def _function_reaches(fn: types.FunctionType, modules: set[str]) -> list[Any]:
+    if not _by_value(fn):
+        return []
+    if fn.__module__ not in (None, "__main__"):
+        modules.add(fn.__module__)
+    namespace = fn.__globals__
+    reached = [namespace.get(name) for name in _global_names(fn.__code__)]
+    for cell in fn.__closure__ or ():
+        try:
+            reached.append(cell.cell_contents)
+        except ValueError:
+            pass  # an empty cell
+    return reached
+
+
+def _class_reaches(cls: type) -> list[Any]:
+    if not _by_value(cls):
+        return []
+    members = [getattr(value, "__func__", value) for value in vars(cls).values()]
+    return members + list(cls.__mro__[1:])
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
 
 
 def _code_modules(obj: Any) -> set[str]:
@@ -72,11 +170,51 @@ def _code_modules(obj: Any) -> set[str]:
     return modules
 
 
+def _code_keeping_its_file(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, but with the file name kept: cloudpickle
+    writes ``<dynamic-code>`` instead (for byte-identical pickles), which leaves a remote
+    traceback with neither the file nor, so, its lines."""
+    cls, args = _cloudpickle_code_reduce(code)
+    return cls, tuple(code.co_filename if arg == _DYNAMIC else arg for arg in args)
+
+
+_DYNAMIC = "<dynamic-code>"
+# Private to cloudpickle (checked by the tests, which fail should it move).
+_cloudpickle_code_reduce = cloudpickle.cloudpickle._code_reduce
+
+
+class _CodePickler(cloudpickle.Pickler):
+    dispatch_table = collections.ChainMap(
+        {types.CodeType: _code_keeping_its_file}, cloudpickle.Pickler.dispatch_table
+    )
+
+
+def cloud_dumps(obj: Any) -> bytes:
+    """``cloudpickle.dumps``, keeping the file names of code that travels by value."""
+    buffer = io.BytesIO()
+    _CodePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
 def dumps(obj: Any) -> bytes:
     """cloudpickle ``obj``, first marking the modules of app code it carries to go by value."""
     for name in _code_modules(obj):
         _ship_by_value(name)
-    return cloudpickle.dumps(obj)
+    seen: _Walked = set()
+    for code in _code_objects(obj):
+        _needed_code(code, seen, set())
+    return cloud_dumps(obj)
+
+
+def _code_objects(obj: Any) -> list[Any]:
+    """The classes and functions an object is made of (one level down, as ``_code_modules``)."""
+    found: list[Any] = [type(obj)]
+    for value in [getattr(obj, "fn", None), *getattr(obj, "__dict__", {}).values()]:
+        if isinstance(value, _CODE_OR_MODULE):
+            found.append(value)
+        elif value is not None:
+            found.append(type(value))
+    return found
 
 
 def _by_value(obj: Any) -> bool:
@@ -99,9 +237,26 @@ def _blob(obj: Any) -> bytes | None:
         return entry[1]
     if len(_blobs) >= BLOB_CACHE:
         _blobs.clear()
-    blob = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if _by_value(obj) else None
+    blob = _code_blob(obj) if _by_value(obj) else None
     _blobs[id(obj)] = (obj, blob)
     return blob
+
+
+def _code_blob(obj: Any) -> bytes:
+    """A function or class by value, with the application modules it uses (by value too). A
+    module that cannot travel by value is left to travel by reference, as it did before it was
+    found. (Its source lines do not travel: every task carries this blob, so the application
+    fills them into remote tracebacks instead; see ``task.with_source_lines``.)"""
+    modules: set[str] = set()
+    _needed_code(obj, set(), modules)
+    try:
+        return cloud_dumps(obj)
+    except Exception:
+        if not modules:
+            raise
+    for name in modules:
+        _keep_by_reference(name)
+    return cloud_dumps(obj)
 
 
 def load_by_value(blob: bytes) -> Any:
@@ -115,6 +270,7 @@ def load_by_value(blob: bytes) -> Any:
 
 
 _CODE_TYPES = (types.FunctionType, type)
+_CODE_OR_MODULE = (types.FunctionType, type, types.ModuleType)
 
 
 def load_function_task(fn: Any, state: dict[str, Any]) -> FunctionTask:
@@ -153,16 +309,23 @@ _picklers = _Picklers()
 def _fast_dumps(obj: Any) -> bytes:
     local = _picklers
     buffer, pickler = local.buffer, local.pickler
-    buffer.seek(0)
-    buffer.truncate()
-    pickler.clear_memo()
     try:
         pickler.dump(obj)
     except BaseException:
         # A failed dump may leave the pickler half-way: start the next one afresh.
         local.__init__()
         raise
-    return buffer.getvalue()
+    data = buffer.getvalue()
+    # The memo refers to everything just pickled: cleared now, not before the next dump, so
+    # the last task's arguments are not kept alive by the pickler (test_no_stale_references).
+    pickler.clear_memo()
+    buffer.seek(0)
+    buffer.truncate()
+    return data
+
+
+class UnpicklableTask(TypeError):
+    """A task that cannot be pickled; the pickler's own error is its ``__cause__``."""
 
 
 def dumps_task(task: Any) -> bytes:
@@ -178,7 +341,7 @@ def dumps_task(task: Any) -> bytes:
     try:
         return dumps(task)
     except Exception as exc:
-        raise TypeError(
+        raise UnpicklableTask(
             f"task {task.name!r} cannot be sent: {_unpicklable_part(task)} cannot be pickled "
             f"({type(exc).__name__}: {exc}); everything a task holds must be picklable to travel "
             "to a worker: create such objects inside __call__ instead"

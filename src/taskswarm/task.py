@@ -11,11 +11,16 @@ its type name and traceback text takes its place.
 from __future__ import annotations
 
 import itertools
+import linecache
 import os
 import pickle
+import re
 import secrets
 import traceback
 from collections.abc import Callable
+
+# The stdlib's own remote-traceback class (a plain Exception subclass with ``.tb``).
+from concurrent.futures.process import _RemoteTraceback
 from typing import Any
 
 import cloudpickle
@@ -97,7 +102,7 @@ class Task:
 class FunctionTask(Task):
     """A plain callable with its arguments, so ``app.submit(pow, 2, 10)`` needs no subclass."""
 
-    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
         super().__init__(name=getattr(fn, "__qualname__", None) or repr(fn))
         self.fn, self.args, self.kwargs = fn, args, kwargs
 
@@ -108,20 +113,41 @@ class FunctionTask(Task):
 # -- outcomes: what a worker sends back ----------------------------------------------------------
 
 
-class RemoteTraceback(Exception):
-    """The worker's formatted traceback, attached as ``__cause__`` of a re-raised task error."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
+#: The worker's formatted traceback, attached as ``__cause__`` of a re-raised task error: the
+#: very class ``concurrent.futures.ProcessPoolExecutor`` attaches, so code (and tests) written
+#: against the standard library see the same thing (``.tb`` is the text).
+RemoteTraceback = _RemoteTraceback
 
 
 def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = RemoteTraceback(tb)
+    exc.__cause__ = RemoteTraceback(with_source_lines(tb))
     return exc
+
+
+_FRAME_LINE = re.compile(r'^(\s*)File "([^"]+)", line (\d+), in ')
+
+
+def with_source_lines(tb: str) -> str:
+    """Fill in, from this process's own files, the source lines a worker could not show.
+
+    Code sent by value runs on machines that lack its file (a script, a notebook cell), so
+    the worker's traceback names file and line only. Where the traceback is read -- the node
+    that sent the code, in the usual case -- the file is there: its lines go in beneath.
+    """
+    lines = tb.split("\n")
+    out: list[str] = []
+    for index, line in enumerate(lines):
+        out.append(line)
+        frame = _FRAME_LINE.match(line)
+        if frame is None:
+            continue
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if following.startswith(frame.group(1) + "  ") and not _FRAME_LINE.match(following):
+            continue  # the worker had the line
+        source = linecache.getline(frame.group(2), int(frame.group(3))).strip()
+        if source:
+            out.append(f"{frame.group(1)}  {source}")
+    return "\n".join(out)
 
 
 class ExceptionWithTraceback:
@@ -148,7 +174,7 @@ def dump_error(exc: BaseException, context: str = "") -> bytes:
         # args): find out here, where the type name and traceback can still be kept.
         cloudpickle.loads(data)
         return data
-    except Exception:
+    except BaseException:  # noqa: BLE001 - even a SystemExit from a __reduce__ is the task's
         prefix = f"{context}: " if context else ""
         fallback = TaskError(
             f"{prefix}{type(exc).__qualname__}: {exc} (the exception could not be pickled)",
@@ -235,13 +261,12 @@ def run_task_reporting(payload: bytes) -> tuple[str, bytes, str | None]:
         return (Status.RETRY if retry else Status.ERROR), dump_error(exc), error_text(exc)
     try:
         return Status.OK, dump_result(result), None
-    except Exception as exc:
-        error = TaskError(
-            f"the result of task {getattr(task, 'name', '?')!r} could not be pickled: "
-            f"{type(exc).__name__}: {exc}",
-            type(exc).__qualname__,
-        )
-        return Status.ERROR, dump_error(error), error_text(error)
+    except BaseException as exc:  # noqa: BLE001 - a SystemExit from __reduce__ too: delivered
+        # The pickling error itself, as concurrent.futures delivers it (its type kept), with a
+        # note saying whose result it was.
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"(raised pickling the result of task {getattr(task, 'name', '?')!r})")
+        return Status.ERROR, dump_error(exc), error_text(exc)
 
 
 #: Most characters of a traceback sent along for people to read (its end: where it failed).
@@ -275,8 +300,9 @@ def _unpickling_error(exc: BaseException) -> TaskError:
     if isinstance(exc, ImportError) and exc.name:
         text = (
             f"the task could not be unpickled {where}: module {exc.name!r} is not installed "
-            "there; install it on every slave, or define the task in the application's own "
-            "files (those travel with the task)"
+            "there; install it on every slave (modules of the application's own, beside its "
+            "script, travel with its tasks unless they hold something that cannot be pickled, "
+            "such as a lock or an open file at module level)"
         )
     else:
         text = f"the task could not be unpickled {where}: {type(exc).__name__}: {exc}"

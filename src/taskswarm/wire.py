@@ -39,7 +39,7 @@ import secrets
 import struct
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,7 @@ except ImportError:  # pragma: no cover - Python built without OpenSSL's HMAC
 from .errors import (
     BadSignature,
     MalformedMessage,
+    MessageTooLarge,
     Misdirected,
     Replayed,
     StaleMessage,
@@ -118,7 +119,9 @@ class Kind:
     STATUS = "status"  # {rid}
     RESIZE = "resize"  # {slave_id, workers} to master; {workers} master -> slave
     BYE = "bye"  # a node leaves on purpose
-    CANCEL = "cancel"  # {tasks} or {system_id} to master; {tasks} master -> slave
+    # {tasks, soft?} or {system_id} to master; {tasks, soft?} master -> slave. ``soft``: drop the
+    # tasks not started yet, let a running one finish (Future.cancel() raced with dispatch).
+    CANCEL = "cancel"
     RESULTS_ACK = "results-ack"  # {tasks}: the application has these results (journal may drop)
     DRAIN = "drain"  # a slave takes no new tasks (it is stopping)
     RELEASED = "released"  # {tasks}: unstarted tasks a slave gives back after a STEAL
@@ -128,7 +131,8 @@ class Kind:
     TASKS = "tasks"  # {tasks: [[task_id, timeout], ...]} + one payload per task
     ACK = "ack"  # {rid, n}: the master accepted a submission (push_task_response)
     REJECT = "reject"  # {rid, reason}: the master refused it (push_task_failed)
-    SYSTEM_PROGRESS = "system-progress"  # {system_id, done, total}
+    RUNNING = "running"  # {tasks}: an application's tasks handed to a slave (Future.running())
+    SYSTEM_PROGRESS = "system-progress"  # {system_id, done, total, failed, first_failure?}
     SYSTEM_DONE = "system-done"  # {system_id, error?} + pickled (result, error)
     STATUS_REPLY = "status-reply"  # {rid, status}
     SHUTDOWN = "shutdown"
@@ -325,3 +329,34 @@ def _unpack_payloads(layout: Any, frames: Sequence[Any]) -> list[Any]:
             raise MalformedMessage("a packed payload frame is not a list of bytes")
         payloads.extend(packed)
     return payloads
+
+
+#: Bytes a message's signature and header may take beside its payloads: what a payload must
+#: leave free under the message limit.
+ENVELOPE = 64 * 1024
+
+
+def too_large(what: str, size: int, limit: int) -> MessageTooLarge:
+    """The error for a payload that cannot travel: its size, the limit and how to change it."""
+    return MessageTooLarge(
+        f"{what} pickles to {_mib(size)}, more than fits in one message (the cluster's limit is "
+        f"{_mib(limit)}): send less (split the work, or pass big data as a file every slave can "
+        "read), or start the master and every slave with a larger --max-message-mib"
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB"
+
+
+def within(sizes: Sequence[int], limit: int) -> Iterator[slice]:
+    """Slices of consecutive items whose sizes add up to at most ``limit`` each (one item at
+    least), so a batch of big payloads goes as several messages the receiver accepts."""
+    start, total = 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and total + size > limit:
+            yield slice(start, index)
+            start, total = index, 0
+        total += size
+    if start < len(sizes):
+        yield slice(start, len(sizes))

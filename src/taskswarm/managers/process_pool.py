@@ -36,7 +36,7 @@ import msgpack
 from ..errors import TaskTimeout
 from ..task import Status, dump_error, error_text
 from .queued import QueuedManager, WorkItem
-from .worker import READ_SIZE, STOP, worker_main, write_all, writev_all
+from .worker import READ_SIZE, STOP, skip_message, worker_main, write_all, writev_all
 
 __all__ = ["ProcessPoolManager", "WorkItem", "usable_cores"]
 
@@ -119,6 +119,7 @@ class ProcessPoolManager(QueuedManager):
         self._started = False
         self._pace = 0.0  # running average of task durations, seconds
         self.generation = 0  # bumped whenever the set of sockets changes (the slave re-polls)
+        self._began: list[str] = []  # tasks a worker began since the slave last asked
         self.identity = self.address = ""
 
     # -- ITaskManager ------------------------------------------------------------------------------
@@ -182,6 +183,12 @@ class ProcessPoolManager(QueuedManager):
 
     # -- what the slave's loop calls ---------------------------------------------------------
 
+    def take_started(self) -> list[str]:
+        """Tasks a worker began since the last call (the slave tells the master, which tells
+        their owners: ``Future.running()``)."""
+        began, self._began = self._began, []
+        return began
+
     def fds(self) -> list[int]:
         return list(self._workers)
 
@@ -244,6 +251,14 @@ class ProcessPoolManager(QueuedManager):
 
     def cancel(self, task_ids: set[str]) -> None:
         """Forget queued tasks and stop running ones (their workers are replaced)."""
+        self._cancel(task_ids, stop_running=True)
+
+    def cancel_unstarted(self, task_ids: set[str]) -> None:
+        """Forget these tasks unless one is running: that one finishes, its outcome dropped
+        (a ``Future.cancel()`` that crossed the task on its way here; no worker is replaced)."""
+        self._cancel(task_ids, stop_running=False)
+
+    def _cancel(self, task_ids: set[str], stop_running: bool) -> None:
         kept: deque[WorkItem] = deque()
         for item in self._queue:
             if item.task_id in task_ids:
@@ -252,9 +267,14 @@ class ProcessPoolManager(QueuedManager):
                 kept.append(item)
         self._queue = kept
         for fd, worker in list(self._workers.items()):
-            for item in worker.pipeline:
-                if item.task_id in task_ids:
+            waiting = []  # in the worker's pipeline, not started: it answers them unrun
+            for position, item in enumerate(worker.pipeline):
+                if item.task_id in task_ids and (stop_running or position > 0):
                     item.cancelled = True
+                    if position > 0:
+                        waiting.append(item.task_id)
+            if waiting:
+                _send_quietly(worker, skip_message(waiting))
             running = worker.task
             if running is not None and running.cancelled:
                 worker.pipeline.popleft()
@@ -277,8 +297,9 @@ class ProcessPoolManager(QueuedManager):
         else:
             worker.unpacker.feed(data)
             finished = list(worker.unpacker)
-            if finished:
-                self._keep_pace(worker, len(finished))
+            ran = sum(1 for outcome in finished if outcome[1] != Status.CANCELLED)
+            if ran:  # tasks skipped unrun say nothing of the pace
+                self._keep_pace(worker, ran)
             for task_id, status, outcome, *text in finished:
                 self._finished_in(worker, task_id, status, outcome, text[0] if text else None)
             if worker.retiring and not worker.pipeline:
@@ -296,6 +317,8 @@ class ProcessPoolManager(QueuedManager):
             return
         item = worker.pipeline.popleft()
         worker.pipeline_bytes -= len(item.payload)
+        if worker.pipeline:
+            self._began.append(worker.pipeline[0].task_id)  # the next one runs now
         self.task_finished(item, outcome, None if status == Status.OK else status, text)
 
     def _keep_pace(self, worker: _Worker, finished: int) -> None:
@@ -380,6 +403,7 @@ class ProcessPoolManager(QueuedManager):
                 item = self._queue.popleft()
                 if not worker.pipeline:
                     worker.started = time.monotonic()
+                    self._began.append(item.task_id)
                 worker.pipeline.append(item)
                 worker.pipeline_bytes += len(item.payload)
                 batch.extend(_frame_task(item))

@@ -4,7 +4,8 @@ Tasks arrive on a socket as a stream of msgpack ``[task_id, payload]`` arrays; o
 every task waiting, so a slave that sends a worker several small tasks at once costs one system
 call, not one per task. Each outcome is written the moment its task ends, in the order the tasks
 came: the slave always knows which task is running (the first without an outcome), which is how
-it enforces timeouts and names the task that killed a worker.
+it enforces timeouts and names the task that killed a worker. A task the slave takes back while
+it waits here (a SKIP message) is answered ``cancelled`` in its place, unrun.
 
 Kept tiny and import-light because the forkserver preloads it: every worker forks from a process
 that already has it (and cloudpickle) imported.
@@ -13,15 +14,23 @@ that already has it (and cloudpickle) imported.
 from __future__ import annotations
 
 import os
+import select
 import signal
+from collections import deque
 from multiprocessing.connection import Connection
 
 import msgpack
 
-from ..task import run_task_reporting
+from ..task import Status, run_task_reporting
 
 #: Sent instead of a task: finish and exit.
 STOP = msgpack.packb(None)
+
+
+def skip_message(task_ids: list[str]) -> bytes:
+    """Sent after tasks a worker holds but has not started: it answers each with CANCELLED
+    instead of running it (``Future.cancel()`` of a task already on its way to a worker)."""
+    return msgpack.packb({"skip": task_ids})
 #: Most bytes taken from the socket per read.
 READ_SIZE = 1 << 20
 
@@ -49,23 +58,48 @@ def worker_main(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = conn.fileno()
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
+    tasks: deque[list] = deque()  # read, not run yet
+    skip: set[str] = set()  # tasks the slave took back while they waited here
     while True:
-        try:
-            data = os.read(fd, READ_SIZE)
-        except OSError:
-            return  # the slave is gone: never outlive it
-        if not data:
+        # Block for work when there is none; otherwise look (one poll) for a SKIP of the task
+        # about to run, which the slave may have sent after it.
+        if (not tasks or _readable(fd)) and not _read(fd, unpacker, tasks, skip):
             return
-        unpacker.feed(data)
-        for message in unpacker:
-            if message is None:
-                return
-            task_id, payload = message
+        if not tasks:
+            continue
+        message = tasks.popleft()
+        if message is None:
+            return
+        task_id, payload = message
+        if task_id in skip:
+            skip.discard(task_id)
+            reply = [task_id, Status.CANCELLED, b""]
+        else:
             status, outcome, text = run_task_reporting(payload)
-            message = (
-                [task_id, status, outcome] if text is None else [task_id, status, outcome, text]
-            )
-            try:
-                write_all(fd, msgpack.packb(message))
-            except OSError:
-                return
+            reply = [task_id, status, outcome] if text is None else [task_id, status, outcome, text]
+        try:
+            write_all(fd, msgpack.packb(reply))
+        except OSError:
+            return
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _read(fd: int, unpacker: msgpack.Unpacker, tasks: deque, skip: set[str]) -> bool:
+    """Take what the slave has written: tasks join the queue, SKIPs mark queued ones. False
+    when the slave is gone (never outlive it)."""
+    try:
+        data = os.read(fd, READ_SIZE)
+    except OSError:
+        return False
+    if not data:
+        return False
+    unpacker.feed(data)
+    for message in unpacker:
+        if type(message) is dict:
+            skip.update(message.get("skip", ()))
+        else:
+            tasks.append(message)
+    return True

@@ -13,6 +13,7 @@ that cannot be pickled fails at ``submit`` with the reason, not later on another
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import logging
@@ -21,9 +22,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, InvalidStateError
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from typing import Any, Protocol
 
 import cloudpickle
 import zmq
@@ -42,9 +43,16 @@ from ..errors import (
 from ..handles import ProgressCallback, SystemHandle, TaskFuture, TaskswarmExecutor
 from ..keys import ClusterKeys, as_keys, load_keys
 from ..task import FunctionTask, Task, load_outcome, task_meta
-from ..wire import Codec, Kind, Message, Notice
+from ..wire import ENVELOPE, Codec, Kind, Message, Notice, too_large
 from .mailbox import Mailbox
-from .transport import check_address, connect_dealer, receive_batch, try_send
+from .transport import (
+    MAX_MESSAGE_BYTES,
+    check_address,
+    connect_dealer,
+    receive_batch,
+    try_send,
+    unreachable_message,
+)
 
 __all__ = ["Application", "connect"]
 
@@ -90,11 +98,12 @@ class Application:
         )
         self._mailbox = Mailbox()
         self._lock = threading.Lock()
-        self._tasks: dict[str, tuple[Task, Future[Any]]] = {}
+        self._tasks: dict[str, tuple[Task, TaskFuture]] = {}
         self._requests: dict[int, Future[Any]] = {}
         #: What each pending request sent, to send again after a reconnect.
         self._request_messages: dict[int, tuple[str, dict, list[bytes]]] = {}
         self._systems: dict[str, SystemHandle] = {}
+        self._sent_systems: set[str] = set()  # those this connection sent (not only awaits)
         self._rids = itertools.count(1)
         self._unconfirmed_batches: dict[int, list[tuple[list, bytes]]] = {}  # I/O thread only
         self._acks_due: list[str] = []  # results received, their receipt not yet confirmed
@@ -105,6 +114,8 @@ class Application:
         self._master_session: str | None = None
         self._closed = False
         self._last_from_master = 0.0
+        #: The master's message limit (its WELCOME says): no payload bigger than fits is sent.
+        self._max_bytes = MAX_MESSAGE_BYTES
         #: Called as ``(task, result, error)`` after each plain task's Future is resolved.
         self.on_task_finished: Callable[[Task, Any, BaseException | None], None] | None = None
         self._thread = threading.Thread(target=self._io_loop, name="taskswarm-app-io", daemon=True)
@@ -119,10 +130,9 @@ class Application:
                 break
         if not self._welcomed.is_set():
             self.close()
-            raise MasterUnreachable(
-                f"no master answered at {address} within {connect_timeout:g}s: check that "
-                "`taskswarm master` is running there and that this node uses the same key file"
-            )
+            raise MasterUnreachable(unreachable_message(address, connect_timeout))
+        for watcher in list(_watchers):
+            watcher.opened(self)
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -170,6 +180,8 @@ class Application:
         try:
             for task in tasks:
                 payload = pickling.dumps_task(task)
+                if len(payload) > self._max_payload:
+                    raise too_large(f"task {task.name!r}", len(payload), self._max_bytes)
                 meta = task_meta(task)
                 task.client_id = self.client_id
                 future = TaskFuture(task.task_id, self._cancel_queued)
@@ -195,37 +207,87 @@ class Application:
                 self._tasks[task.task_id] = (task, future)
         self._mailbox.post(("tasks", [(meta, payload) for _, _, meta, payload in chunk]))
 
-    def _withdraw(self, futures: list[Future[Any]]) -> None:
+    def _withdraw(self, futures: list[TaskFuture]) -> None:
         """Cancel tasks already handed over, in one message."""
         if not futures:
             return
-        task_ids = [f.task_id for f in futures]  # type: ignore[attr-defined]
+        task_ids = [f.task_id for f in futures]
         with self._lock:
             for task_id in task_ids:
                 self._tasks.pop(task_id, None)
         for future in futures:
-            Future.cancel(future)
+            future.stop()
         self._post(Kind.CANCEL, {"tasks": task_ids})
 
-    def cancel(self, task_id: str) -> bool:
-        """Cancel a task, queued or running (its worker is stopped); False if already done."""
+    def cancel(self, future_or_task_id: Future[Any] | str) -> bool:
+        """Stop a task, queued or running (its worker is replaced); False if already done.
+
+        Unlike ``Future.cancel()``, which as in ``concurrent.futures`` leaves a running task
+        alone, this stops running work on purpose: its Future ends cancelled.
+        """
+        task_id = getattr(future_or_task_id, "task_id", future_or_task_id)
         with self._lock:
-            entry = self._tasks.get(task_id)
-        if entry is None or not Future.cancel(entry[1]):
+            entry = self._tasks.pop(str(task_id), None)
+        if entry is None or not entry[1].stop():
             return False
-        self._cancel_queued(task_id)
+        if not self._closed:
+            self._post(Kind.CANCEL, {"tasks": [task_id]})
         return True
+
+    def cancel_queued(self, futures: Iterable[Future[Any]], timeout: float = 10.0) -> int:
+        """Cancel those of ``futures`` the master has not handed to a slave yet; the rest run
+        to the end (``Executor.shutdown(cancel_futures=True)``). Returns how many it cancelled.
+
+        The master decides, not this process's view of the futures: tasks just sent are still
+        pending here while some of them already run there.
+        """
+        waiting = {f.task_id: f for f in futures if isinstance(f, TaskFuture) and not f.done()}
+        if not waiting:
+            return 0
+        try:
+            reply = self._request(Kind.CANCEL, {"tasks": list(waiting), "soft": True}, timeout)
+        except (TimeoutError, ClientClosed):
+            # No answer: cancel what looks pending from here, as Future.cancel() does.
+            return sum(1 for future in waiting.values() if future.cancel())
+        cancelled = 0
+        for task_id in reply.get("tasks", ()):
+            future = waiting.get(str(task_id))
+            with self._lock:
+                self._tasks.pop(str(task_id), None)
+            if future is not None and future.stop():
+                cancelled += 1
+        return cancelled
 
     def cancel_system(self, system_id: str) -> None:
         """Stop a task system: its tasks are cancelled and its result is a TaskSystemError."""
         self._check_open()
         self._post(Kind.CANCEL, {"system_id": str(system_id)})
 
+    def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
+        """``Future.cancel()`` on each of many, told to the master in one message (a map whose
+        caller stopped reading: thousands of futures at once)."""
+        task_ids = []
+        for future in futures:
+            if isinstance(future, TaskFuture):
+                if future._cancel(running_too=False):
+                    task_ids.append(future.task_id)
+            else:
+                future.cancel()
+        if not task_ids:
+            return
+        with self._lock:
+            for task_id in task_ids:
+                self._tasks.pop(task_id, None)
+        if not self._closed:
+            self._post(Kind.CANCEL, {"tasks": task_ids, "soft": True})
+
     def _cancel_queued(self, task_id: str) -> None:
+        """``Future.cancel()`` of a task not yet running: the master drops it if it still has it
+        queued, and leaves it alone if it has meanwhile handed it to a slave (``soft``)."""
         with self._lock:
             self._tasks.pop(task_id, None)
         if not self._closed:
-            self._post(Kind.CANCEL, {"tasks": [task_id]})
+            self._post(Kind.CANCEL, {"tasks": [task_id], "soft": True})
 
     def executor(self) -> TaskswarmExecutor:
         """A ``concurrent.futures.Executor`` over this connection."""
@@ -243,8 +305,11 @@ class Application:
                 f"task system {type(system).__name__} could not be pickled: {exc}; every "
                 "attribute it holds when sent must be picklable"
             ) from exc
+        if len(payload) > self._max_payload:
+            raise too_large(f"task system {type(system).__name__}", len(payload), self._max_bytes)
         label = f"{type(system).__name__} {system.system_id[:8]}"
         handle = self._track_system(system.system_id, progress, label)
+        self._sent_systems.add(system.system_id)
         # Wait for the master's ACK: once this returns, the system lives on without us.
         self._request(Kind.SYSTEM, {"system_id": system.system_id}, 30.0, [payload])
         return handle
@@ -321,7 +386,28 @@ class Application:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if isinstance(exc_info[1], KeyboardInterrupt):
+            for watcher in list(_watchers):
+                watcher.interrupted(self)
         self.close()
+
+    def cancel_all(self) -> tuple[list[SystemHandle], int]:
+        """Stop every task system this connection sent and every task it still waits for
+        (what Ctrl-C does under `taskswarm run`); returns those systems' handles, which say how
+        far each got, and how many tasks were stopped."""
+        with self._lock:
+            systems = [
+                handle
+                for system_id, handle in self._systems.items()
+                if system_id in self._sent_systems and not handle.done()
+            ]
+            futures = [future for _, future in self._tasks.values()]
+        if self._closed:
+            return [], 0
+        for handle in systems:
+            self._post(Kind.CANCEL, {"system_id": handle.system_id})
+        self._withdraw(futures)
+        return systems, len(futures)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -339,6 +425,7 @@ class Application:
         handlers = {
             Kind.WELCOME: self._on_welcome,
             Kind.RESULTS: self._on_results,
+            Kind.RUNNING: self._on_running,
             Kind.ACK: self._on_reply,
             Kind.REJECT: self._on_reply,
             Kind.STATUS_REPLY: self._on_reply,
@@ -452,7 +539,14 @@ class Application:
 
     # -- handlers (I/O thread) -------------------------------------------------------------------
 
+    @property
+    def _max_payload(self) -> int:
+        return self._max_bytes - ENVELOPE
+
     def _on_welcome(self, msg: Message) -> None:
+        limit = msg.get("max_bytes")
+        if isinstance(limit, int) and limit > ENVELOPE:
+            self._max_bytes = limit
         if self._welcomed.is_set():
             log.info("reconnected to the master at %s", self.address)
             self._resync()
@@ -465,6 +559,13 @@ class Application:
         log.warning("the master at %s is going away", self.address)
         self._last_from_master = 0.0
 
+    def _on_running(self, msg: Message) -> None:
+        with self._lock:
+            entries = [self._tasks.get(task_id) for task_id in msg["tasks"]]
+        for entry in entries:
+            if entry is not None:
+                entry[1].mark_running()
+
     def _on_results(self, msg: Message) -> None:
         results = msg["results"]
         with self._lock:
@@ -474,21 +575,30 @@ class Application:
             self._ack_at = time.monotonic() + ACK_DELAY
         self._acks_due.extend(task_id for task_id, _ in results)
         for (_, ok), data, entry in zip(results, msg.payloads, entries, strict=False):
-            if entry is None:
-                continue  # delivered already
-            task, future = entry
-            result, error = load_outcome(ok, data, task.name)
-            if type(task).finished is not Task.finished:  # most tasks keep the no-op
-                try:
-                    task.finished(result, error)
-                except Exception:
-                    log.error("%r.finished() raised", task, exc_info=True)
-            _resolve(future, result, error)
+            if entry is not None:
+                self._deliver(entry[0], entry[1], ok, data)
+        # Nothing here may hold a result once its Future has it: the caller alone decides when
+        # it is let go (concurrent.futures' test_free_reference).
+        entries = entry = None  # noqa: F841
+
+    def _deliver(self, task: Task, future: TaskFuture, ok: bool, data: bytes) -> None:
+        if not ok and not len(data):  # taken back unrun (cancel_queued): no outcome
+            future.stop()
             if self.on_task_finished is not None:
-                try:
-                    self.on_task_finished(task, result, error)
-                except Exception:
-                    log.error("on_task_finished callback raised", exc_info=True)
+                self.on_task_finished(task, None, CancelledError())
+            return
+        outcome = load_outcome(ok, data, task.name)
+        if type(task).finished is not Task.finished:  # most tasks keep the no-op
+            try:
+                task.finished(*outcome)
+            except Exception:
+                log.error("%r.finished() raised", task, exc_info=True)
+        if self.on_task_finished is not None:
+            try:
+                self.on_task_finished(task, *outcome)
+            except Exception:
+                log.error("on_task_finished callback raised", exc_info=True)
+        _resolve(future, *outcome)
 
     def _on_reply(self, msg: Message) -> None:
         batch = self._unconfirmed_batches.pop(msg.get("rid"), None)
@@ -517,7 +627,12 @@ class Application:
         handle = self._systems.get(str(msg["system_id"]))
         if handle is not None:
             try:
-                handle.set_progress(int(msg["done"]), int(msg["total"]))
+                handle.set_progress(
+                    int(msg["done"]),
+                    int(msg["total"]),
+                    int(msg.get("failed", 0)),
+                    msg.get("first_failure"),
+                )
             except Exception:
                 log.error("progress callback raised", exc_info=True)
 
@@ -527,12 +642,15 @@ class Application:
         if handle is None:
             return
         if msg.get("unknown"):
+            why = f": {msg['reason']}" if msg.get("reason") else ""
             handle.set_outcome(
                 error=UnknownTaskSystem(
-                    f"the master at {self.address} holds no task system with id {system_id}"
+                    f"the master at {self.address} holds no task system with id {system_id}{why}"
                 )
             )
             return
+        # Received: the master may let the result go (older masters ignore ``systems``).
+        self._send(Kind.RESULTS_ACK, {"tasks": [], "systems": [system_id]})
         try:
             result, error = cloudpickle.loads(msg.payloads[0])
         except Exception as exc:
@@ -586,6 +704,29 @@ def _resolve(
             future.set_result(result)
     except InvalidStateError:
         pass  # cancelled by its owner in the meantime
+
+
+class ApplicationWatcher(Protocol):
+    """Told of the connections this process opens (`taskswarm run` watches its program's)."""
+
+    def opened(self, app: Application) -> None:
+        """``app`` has connected to its master."""
+
+    def interrupted(self, app: Application) -> None:
+        """A KeyboardInterrupt is leaving ``app``'s ``with`` block; it closes next."""
+
+
+_watchers: list[ApplicationWatcher] = []
+
+
+@contextlib.contextmanager
+def watching(watcher: ApplicationWatcher) -> Iterator[ApplicationWatcher]:
+    """Tell ``watcher`` of every connection opened, and every one Ctrl-C leaves, meanwhile."""
+    _watchers.append(watcher)
+    try:
+        yield watcher
+    finally:
+        _watchers.remove(watcher)
 
 
 def connect(

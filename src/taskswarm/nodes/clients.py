@@ -8,6 +8,19 @@ still unconfirmed after ``JOURNAL_AFTER`` seconds is written; until then the tas
 row stands for it, so a master killed in between runs the task again rather than lose it. An
 outcome of a task that ran for ``JOURNAL_AFTER`` or longer is written at once: running it again
 would cost more than the write. Lives on the master's loop thread, like everything it owns.
+
+The table is bounded by live work, not by history:
+
+- an application that says BYE is gone for good (its connection object is closed): its plain
+  tasks still queued or running are cancelled and its unconfirmed outcomes dropped, since no one
+  can receive them any more; its task systems live on;
+- an application silent for the master's ``client_timeout`` is *lost*, as a slave would be: its
+  plain tasks are cancelled too, but their outcome (a TaskError saying why) is kept with its
+  other unconfirmed ones, so if it comes back (HELLO with the same client_id) its Futures end;
+- outcomes kept for a gone application expire ``result_ttl`` seconds after they were made, and
+  the oldest go first past the master's ``result_cap`` (``Master._enforce_result_cap``);
+- a gone application's record, once nothing waits for it, is forgotten ``forget_after`` seconds
+  after it left (at most ``GONE_KEPT`` of them are kept meanwhile).
 """
 
 from __future__ import annotations
@@ -18,8 +31,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..scheduling.records import TaskRecord
-from ..wire import Kind, Message
+import cloudpickle
+
+from ..errors import TaskError
+from ..scheduling.records import TaskRecord, TaskState
+from ..task import ExceptionWithTraceback
+from ..wire import ENVELOPE, Kind, Message, within
 
 if TYPE_CHECKING:
     from .master import Master
@@ -30,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds an outcome may wait for its application's confirmation before it is journaled.
 JOURNAL_AFTER = 0.25
+#: Most records of gone applications with nothing left for them kept (oldest forgotten first).
+GONE_KEPT = 1000
 
 
 @dataclass(eq=False)
@@ -40,7 +59,11 @@ class ClientRecord:
     identity: bytes | None
     last_seen: float = field(default_factory=time.monotonic)
     outbox: list[tuple[str, bool, bytes]] = field(default_factory=list)
-    unconfirmed: dict[str, tuple[bool, bytes]] = field(default_factory=dict)
+    #: task_id -> (ok, data, made at (wall clock, for --result-ttl)), oldest first
+    unconfirmed: dict[str, tuple[bool, bytes, float]] = field(default_factory=dict)
+    held: int = 0  # bytes in ``unconfirmed``
+    gone_at: float | None = None  # monotonic time it said BYE or was lost; None while connected
+    said_bye: bool = False  # closed for good: nothing is kept for it any more
     host: str = ""
     pid: int | None = None
     connected: bool = False  # said HELLO and not BYE
@@ -70,14 +93,21 @@ class ClientTable:
     def __init__(self, master: Master) -> None:
         self.master = master
         self.records: dict[str, ClientRecord] = {}
+        #: Applications with something in their outbox (``flush`` looks at these only).
+        self._waiting: dict[str, ClientRecord] = {}
         #: Outcomes not journaled yet, oldest first: (when, client, task_id).
         self._unjournaled: deque[tuple[float, ClientRecord, str]] = deque()
 
-    def restore(self, undelivered: dict[str, list[tuple[str, bool, bytes]]]) -> None:
-        """Results journaled but never confirmed: they wait for their application's HELLO."""
+    def restore(self, undelivered: dict[str, list[tuple[str, bool, bytes, float]]]) -> None:
+        """Results journaled but never confirmed: they wait for their application's HELLO
+        (until they expire, counted from when they were made)."""
+        now = time.monotonic()
         for client_id, outcomes in undelivered.items():
             client = self._record(client_id)
-            client.unconfirmed = {t: (ok, data) for t, ok, data in outcomes}
+            client.gone_at = now
+            outcomes = sorted(outcomes, key=lambda row: row[3])  # oldest first, for expiry
+            client.unconfirmed = {t: (ok, data, when) for t, ok, data, when in outcomes}
+            client.held = sum(len(data) for _, _, data, _ in outcomes)
 
     def _record(self, client_id: str) -> ClientRecord:
         client = self.records.get(client_id)
@@ -105,11 +135,17 @@ class ClientTable:
             self.master.peers.pop(client.identity, None)
         client.identity = identity
         client.connected = True
+        client.gone_at = None
+        client.said_bye = False
+        client.last_seen = time.monotonic()
         client.host, client.pid = str(msg.get("host", "")), msg.get("pid")
         self.master.peers[identity] = client
         # Whatever it has not confirmed may have been lost on the way: send it again.
-        client.outbox = [(t, ok, data) for t, (ok, data) in client.unconfirmed.items()]
-        self.master.send(identity, Kind.WELCOME, {"node_id": client_id})
+        client.outbox = [(t, ok, data) for t, (ok, data, _) in client.unconfirmed.items()]
+        if client.outbox:
+            self._waiting[client_id] = client
+        welcome = {"node_id": client_id, "max_bytes": self.master.codec.max_bytes}
+        self.master.send(identity, Kind.WELCOME, welcome)
 
     def on_submit(self, identity: bytes, msg: Message) -> None:
         client = self.known(identity)
@@ -134,8 +170,15 @@ class ClientTable:
             return
         task_ids = [str(t) for t in msg["tasks"]]
         for task_id in task_ids:
-            client.unconfirmed.pop(task_id, None)
-        self.master.journal.forget_tasks(task_ids)
+            outcome = client.unconfirmed.pop(task_id, None)
+            if outcome is not None:
+                client.held -= len(outcome[1])
+        if task_ids:
+            self.master.journal.forget_tasks(task_ids)
+        # Task systems' results it received (``systems``, newer applications): forgotten now.
+        systems = msg.get("systems")
+        if systems:
+            self.master.systems.collected([str(s) for s in systems], client.client_id)
 
     def on_cancel(self, identity: bytes, msg: Message) -> None:
         client = self.known(identity)
@@ -145,10 +188,41 @@ class ClientTable:
             self.master.systems.cancel(str(msg["system_id"]))
             return
         task_ids = [str(t) for t in msg["tasks"]]
+        rid = msg.get("rid")
+        if rid is not None:
+            # An executor's shutdown(cancel_futures=True): only what no slave has yet, and say
+            # which, so the rest finish as the stdlib's executors let running calls finish.
+            # Tasks that came in this same turn go to idle workers first, as they would have
+            # had the turn ended before this message (they came first); sent now, so that
+            # they reach their slaves before the cancellation does.
+            self.master._dispatch()
+            self.master._send_task_batches()
+            task_ids = self._take_back_unstarted(task_ids)
         cancelled = [t for t in map(self.master.scheduler.cancel, task_ids) if t is not None]
         client.cancelled += len(cancelled)
         self.master.journal.forget_tasks(task_ids)
-        self.master.cancel_on_slaves(cancelled)
+        self.master.cancel_on_slaves(cancelled, soft=bool(msg.get("soft")))
+        if rid is not None:
+            header = {"rid": rid, "n": len(cancelled), "tasks": [t.task_id for t in cancelled]}
+            self.master.send(identity, Kind.ACK, header)
+
+    def _take_back_unstarted(self, task_ids: list[str]) -> list[str]:
+        """Of these tasks, those still queued here (returned, to cancel now); those on a slave
+        that no worker began are asked back from it, their outcome to come (``cancelled``, or
+        a result if a worker began one meanwhile). Started ones run on."""
+        tasks = self.master.scheduler.tasks
+        queued, asked = [], []
+        for task_id in task_ids:
+            task = tasks.get(task_id)
+            if task is None or task.started:
+                continue
+            if task.state == TaskState.QUEUED:
+                queued.append(task_id)
+            elif task.state == TaskState.ASSIGNED:
+                task.cancelling = True
+                asked.append(task)
+        self.master.cancel_on_slaves(asked, soft=True)
+        return queued
 
     def on_system(self, identity: bytes, msg: Message) -> None:
         client = self.known(identity)
@@ -170,18 +244,29 @@ class ClientTable:
         now = time.monotonic()
         durable = self.master.journal.durable
         long_ran = []
+        made = time.time()
         for task, ok, data in outcomes:
-            client = self._record(task.client_id)
+            client = self.records.get(task.client_id)
+            if client is None:  # restored from the journal: it may come back for it
+                client = self._record(task.client_id)
+                client.gone_at = time.monotonic()
+            elif client.said_bye:
+                continue  # no one can receive this any more
             if ok:
                 client.done += 1
-            else:
+            elif data:
                 client.failed += 1
-            client.outbox.append((task.task_id, ok, data))
-            client.unconfirmed[task.task_id] = (ok, data)
+            else:
+                client.cancelled += 1  # taken back from its slave unrun (no outcome)
+            if client.identity is not None:
+                client.outbox.append((task.task_id, ok, data))
+                self._waiting[task.client_id] = client
+            client.unconfirmed[task.task_id] = (ok, data, made)
+            client.held += len(data)
             if not durable:
                 continue
             if now - task.assigned_at >= JOURNAL_AFTER:
-                long_ran.append((task.task_id, ok, data))
+                long_ran.append((task.task_id, ok, data, made))
             else:
                 self._unjournaled.append((now, client, task.task_id))
         if long_ran:
@@ -201,13 +286,142 @@ class ClientTable:
 
     def flush(self) -> None:
         """One RESULTS message per application with everything queued for it."""
-        for client in self.records.values():
+        if not self._waiting:
+            return
+        waiting, self._waiting = self._waiting, {}
+        for client in waiting.values():
             if not client.outbox or client.identity is None:
                 continue
-            header = {"results": [[t, ok] for t, ok, _ in client.outbox]}
-            payloads = [data for _, _, data in client.outbox]
-            if self.master.send(client.identity, Kind.RESULTS, header, payloads):
-                client.outbox = []
+            outbox, limit = client.outbox, self.master.codec.max_bytes - ENVELOPE
+            sent = 0  # big results may add up past what one message may hold: split them
+            for part in within([len(data) for _, _, data in outbox], limit):
+                header = {"results": [[t, ok] for t, ok, _ in outbox[part]]}
+                payloads = [data for _, _, data in outbox[part]]
+                if not self.master.send(client.identity, Kind.RESULTS, header, payloads):
+                    break
+                sent = part.stop
+            client.outbox = outbox[sent:]
+            if client.outbox:
+                self._waiting[client.client_id] = client  # again next turn
+
+    # -- applications that leave ---------------------------------------------------------------
+
+    def on_bye(self, client: ClientRecord) -> None:
+        """It closed its connection: nothing can reach it any more (its task systems live on)."""
+        self.master.peers.pop(client.identity, None)
+        client.connected = False
+        client.said_bye = True
+        client.gone_at = time.monotonic()
+        client.identity = None
+        client.outbox = []
+        self.drop_unconfirmed(client, list(client.unconfirmed))
+        self._cancel_tasks_of(client, None)
+
+    def _lose(self, client: ClientRecord, silent: float) -> None:
+        """Silent past ``client_timeout`` (killed, or its machine or link gone): like a lost
+        slave. Its plain tasks are cancelled, with an outcome saying so kept for it in case it
+        comes back; its task systems live on, detached, their results kept for it."""
+        log.warning(
+            "application %s silent for %.1fs (more than --client-timeout %gs): lost; its plain "
+            "tasks are cancelled, its task systems go on",
+            client.client_id,
+            silent,
+            self.master.client_timeout,
+        )
+        self.master.peers.pop(client.identity, None)
+        client.connected = False
+        client.gone_at = time.monotonic()
+        client.identity = None
+        client.outbox = []
+        error = TaskError(
+            f"task cancelled: its application {client.client_id} was silent for {silent:.1f}s "
+            f"(the master's --client-timeout is {self.master.client_timeout:g}s)",
+            "TaskError",
+        )
+        self._cancel_tasks_of(client, cloudpickle.dumps(ExceptionWithTraceback(error, "")))
+
+    def _cancel_tasks_of(self, client: ClientRecord, outcome: bytes | None) -> None:
+        """Cancel its plain tasks queued or running (on the slaves too); ``outcome``, if given,
+        is kept as each one's (one shared bytes object, not journaled)."""
+        if client.submitted <= client.done + client.failed + client.cancelled:
+            return  # nothing of its own in flight: no need to look through the live tasks
+        scheduler = self.master.scheduler
+        mine = [
+            t.task_id
+            for t in scheduler.tasks.values()
+            if t.client_id == client.client_id and t.system_id is None
+        ]
+        cancelled = [t for t in map(scheduler.cancel, mine) if t is not None]
+        client.cancelled += len(cancelled)
+        self.master.journal.forget_tasks(mine)
+        self.master.cancel_on_slaves(cancelled)
+        if outcome is not None:
+            made = time.time()
+            for task in cancelled:
+                client.unconfirmed[task.task_id] = (False, outcome, made)
+                client.held += len(outcome)
+        if cancelled:
+            log.info("cancelled %d plain tasks of application %s", len(cancelled), client.client_id)
+
+    def drop_unconfirmed(self, client: ClientRecord, task_ids: list[str]) -> None:
+        """Forget outcomes no one will collect (journal rows with them)."""
+        for task_id in task_ids:
+            outcome = client.unconfirmed.pop(task_id, None)
+            if outcome is not None:
+                client.held -= len(outcome[1])
+        if task_ids:
+            self.master.journal.forget_tasks(task_ids)
+
+    def sweep(self, expire_before: float) -> None:
+        """Once a heartbeat: lose silent applications, expire outcomes made before
+        ``expire_before`` (wall clock), forget gone applications nothing waits for."""
+        master = self.master
+        now = time.monotonic()
+        forget_before = now - master.forget_after
+        idle: list[ClientRecord] = []
+        for client in list(self.records.values()):
+            if client.connected:
+                silent = now - client.last_seen
+                if silent > master.client_timeout:
+                    self._lose(client, silent)
+                else:
+                    continue
+            expired = []
+            for task_id, (_, _, made) in client.unconfirmed.items():
+                if made >= expire_before:
+                    break  # oldest first: the rest are younger
+                expired.append(task_id)
+            if expired:
+                log.info(
+                    "%d results of application %s expired uncollected (--result-ttl %gs)",
+                    len(expired),
+                    client.client_id,
+                    master.result_ttl,
+                )
+                self.drop_unconfirmed(client, expired)
+            if not client.unconfirmed:
+                gone_at = client.gone_at if client.gone_at is not None else now
+                if gone_at <= forget_before:
+                    del self.records[client.client_id]
+                else:
+                    idle.append(client)
+        if len(idle) > GONE_KEPT:
+            idle.sort(key=lambda c: c.gone_at or 0.0)
+            for client in idle[: len(idle) - GONE_KEPT]:
+                del self.records[client.client_id]
+
+    def retained(self) -> list[tuple[float, ClientRecord, str, int]]:
+        """Outcomes kept for gone applications: (made, client, task_id, bytes), any order."""
+        return [
+            (made, client, task_id, len(data))
+            for client in self.records.values()
+            if not client.connected
+            for task_id, (_, data, made) in client.unconfirmed.items()
+        ]
+
+    def retained_bytes(self) -> int:
+        """Bytes of outcomes kept for gone applications (what ``--result-cap`` bounds)."""
+        return sum(c.held for c in self.records.values() if not c.connected)
 
     def summaries(self) -> list[dict[str, Any]]:
         """Connected applications, and gone ones whose results still wait for them."""

@@ -5,6 +5,10 @@ unpickled), a peer that keeps sending what fails is ignored for a while, and a p
 protocol version is wrong gets a short unsigned notice (``wire.Notice``) so it can say why instead
 of hanging. Refusals are counted by reason and logged as one summary line per interval, so a
 flood of garbage cannot flood the log.
+
+What the gate remembers per peer (its session, strikes, bans, notices) is let go once the peer
+is gone: ``prune`` (each heartbeat) drops the sessions of identities that are no live peer and
+have sent nothing for a while, and ``report`` the strikes, notices and bans that ran out.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from ..errors import BadSignature, Misdirected, VersionMismatch, WireError
@@ -42,6 +46,7 @@ class Gate:
         self._send_raw = send_raw
         self._on_misdirected = on_misdirected
         self.sessions: dict[bytes, str] = {}  # peer identity -> its session (to address replies)
+        self._seen: dict[bytes, float] = {}  # peer identity -> when it last got in (monotonic)
         self._strikes: dict[bytes, tuple[float, int]] = {}
         self._banned: dict[bytes, float] = {}
         self._noticed: dict[bytes, float] = {}
@@ -67,6 +72,7 @@ class Gate:
             self._refuse(identity, exc, now)
             return None
         self.sessions[identity] = message.sender
+        self._seen[identity] = now
         return message
 
     def _refuse(self, identity: bytes, exc: WireError, now: float) -> None:
@@ -102,6 +108,14 @@ class Gate:
 
     def forget(self, identity: bytes) -> None:
         self.sessions.pop(identity, None)
+        self._seen.pop(identity, None)
+
+    def prune(self, live: Container[bytes], grace: float) -> None:
+        """Forget the sessions of identities not in ``live`` that sent nothing for ``grace``
+        seconds: closed connections, whose replies have nowhere to go."""
+        before = time.monotonic() - grace
+        for identity in [i for i, t in self._seen.items() if t < before and i not in live]:
+            self.forget(identity)
 
     def report(self) -> None:
         """Log what was refused since the last report, in one line (called each heartbeat)."""
@@ -113,6 +127,8 @@ class Gate:
         for table in (self._strikes, self._noticed):
             for identity in [i for i, v in table.items() if now - _start(v) > STRIKE_WINDOW]:
                 del table[identity]
+        for identity in [i for i, until in self._banned.items() if until <= now]:
+            del self._banned[identity]
 
 
 def _start(value: tuple[float, int] | float) -> float:

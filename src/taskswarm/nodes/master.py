@@ -12,11 +12,18 @@ One thread owns the socket and every record (the loop below). Plain tasks and th
 opaque bytes here; only task systems, in their runner threads, are ever unpickled on the master.
 Everything accepted is journaled (``taskswarm.journal``) before it is acknowledged, so a master
 restarted on the same state directory carries on where it stopped.
+
+Bounded by live work, not by history: once a heartbeat, ``_sweep`` forgets what nobody needs
+any more (departed slaves, gone applications, collected task systems, closed sessions, after
+``forget_after`` seconds), loses applications silent past ``client_timeout``, expires results
+kept uncollected past ``result_ttl`` and keeps those kept under ``result_cap`` bytes; every few
+seconds the journal gives its free space back.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import logging
 import os
 import socket
@@ -43,7 +50,7 @@ from ..scheduling.records import (
 )
 from ..stats import Stats
 from ..task import ExceptionWithTraceback, Status
-from ..wire import Codec, Kind, Message
+from ..wire import ENVELOPE, Codec, Kind, Message, within
 from .addresses import advertised_address, check_advertise, public_url
 from .clients import ClientRecord, ClientTable
 from .gate import Gate
@@ -58,6 +65,23 @@ log = logging.getLogger(__name__)
 
 #: The newest task failures ``status`` (and so the live page) carries.
 ERRORS_IN_STATUS = 10
+#: How long results no application collected are kept (``--result-ttl``): a day, as Celery's
+#: ``result_expires``.
+RESULT_TTL = 24 * 3600.0
+#: Most bytes of results kept for applications that went away (``--result-cap``).
+RESULT_CAP = 1024 * 1024 * 1024
+#: Seconds an application may be silent before it is lost (``--client-timeout``): applications
+#: beat every half second, so this is twenty missed beats.
+CLIENT_TIMEOUT = 10.0
+#: Seconds departed slaves, gone applications and collected systems stay in ``status``
+#: (``--forget-after``); at most ``DEPARTED_KEPT`` departed slaves are kept meanwhile.
+FORGET_AFTER = 300.0
+DEPARTED_KEPT = 1000
+#: Seconds a closed connection's reply address is kept (at most ``forget_after``): a peer that
+#: sends again is given a new one as its message gets in, so this need not be long.
+SESSION_GRACE = 5.0
+#: Seconds between the journal's space reclaims.
+JOURNAL_MAINTENANCE = 5.0
 
 
 class Master:
@@ -81,12 +105,22 @@ class Master:
         dashboard: str | None = None,
         advertise: str | None = None,
         engine: str | None = None,
+        result_ttl: float = RESULT_TTL,
+        result_cap: int = RESULT_CAP,
+        client_timeout: float = CLIENT_TIMEOUT,
+        forget_after: float = FORGET_AFTER,
     ) -> None:
         keys = self._keys = as_keys(key)
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
         self.heartbeat_interval = heartbeat_interval
         self.slave_timeout = slave_timeout
         self.max_crashes = max_crashes
+        #: Retention (see the module docstring): seconds, bytes (0: no cap), seconds, seconds.
+        self.result_ttl = result_ttl
+        self.result_cap = result_cap
+        self.client_timeout = client_timeout
+        self.forget_after = forget_after
+        self._next_maintenance = time.monotonic() + JOURNAL_MAINTENANCE
         strategy_obj = load_plugin("taskswarm.strategies", strategy)()
         self.scheduler = load_plugin("taskswarm.schedulers", scheduler)(strategy_obj, prefetch)
         #: The Dask or Ray cluster an engine scheduler (``--scheduler dask|ray``) hands tasks to.
@@ -124,9 +158,12 @@ class Master:
         self.peers: dict[bytes, SlaveRecord | ClientRecord] = {}
         self.clients = ClientTable(self)
         self.systems = SystemTable(self)
-        self.departed: dict[str, dict] = {}  # lost or gone slaves, for status
+        self.departed: dict[str, dict] = {}  # lost or gone slaves, for status; oldest first
+        self._departed_at: dict[str, float] = {}  # ... and when (monotonic)
         self.errors: deque[dict[str, Any]] = deque(maxlen=ERRORS_KEPT)  # newest last
         self._replies: list[tuple[bytes, str, dict]] = []
+        #: Plain tasks a worker began this turn, by application (``Future.running()``).
+        self._started_for: defaultdict[str, list[str]] = defaultdict(list)
         self._stopping = False
         #: Stop when this process is no longer our parent (set for LocalCluster's nodes).
         self.parent_pid: int | None = None
@@ -228,20 +265,18 @@ class Master:
                 if self.router in events:
                     self._receive_from_nodes()
                 if self.mailbox.fileno() in events:
-                    for item in self.mailbox.drain():
-                        if item[0] == "ask":
-                            self._answer(*item[1:])
-                        else:
-                            self.systems.on_runner_message(item)
+                    self._read_mailbox()
                 if time.monotonic() >= next_beat:
                     self._send_heartbeats()
                     self.gate.report()
                     self._check_slaves()
                     self._check_parent()
+                    self._sweep()
                     next_beat = time.monotonic() + self.heartbeat_interval
                 self._dispatch()
                 self._fail_unsatisfiable()
                 self._send_task_batches()
+                self._send_running()
                 self._send_steal_requests()
                 self.clients.flush()
                 self.clients.journal_unconfirmed()
@@ -249,6 +284,15 @@ class Master:
         finally:
             self._say_goodbye()
             self.close()
+
+    def _read_mailbox(self) -> None:
+        """Questions and runners' messages; a function of its own, so that nothing it read (a
+        system's outcome can be megabytes) stays referenced by the loop until the next one."""
+        for item in self.mailbox.drain():
+            if item[0] == "ask":
+                self._answer(*item[1:])
+            else:
+                self.systems.on_runner_message(item)
 
     def _dispatch(self) -> None:
         """The scheduler's turn, timed per decision."""
@@ -349,12 +393,17 @@ class Master:
         except ValueError as exc:
             log.warning("slave %s declared bad resources (%s); it offers none", slave.slave_id, exc)
         self.departed.pop(slave.slave_id, None)
+        self._departed_at.pop(slave.slave_id, None)
         self.peers[identity] = slave
         self.scheduler.add_slave(slave)
         self.scheduler.assign_held(slave, [str(t) for t in msg.get("held", [])])
         # The slave learns how often to expect word from the master, so a long heartbeat
         # (a big cluster's) is not taken for a lost master.
-        welcome = {"node_id": slave.slave_id, "heartbeat": self.heartbeat_interval}
+        welcome = {
+            "node_id": slave.slave_id,
+            "heartbeat": self.heartbeat_interval,
+            "max_bytes": self.codec.max_bytes,
+        }
         self.send(identity, Kind.WELCOME, welcome)
         log.info(
             "slave %s registered from %s with %d workers%s",
@@ -414,6 +463,8 @@ class Master:
         else:
             self.send(identity, Kind.REREGISTER)
         slave_id = slave.slave_id if slave else None
+        if msg.get("started"):
+            self._note_started(slave_id, msg["started"])
         per_system: dict[str, list] = defaultdict(list)
         plain: list[tuple[TaskRecord, bool, bytes]] = []
         now, took = time.monotonic(), []
@@ -426,7 +477,7 @@ class Master:
             if outcome is None:
                 continue  # it runs again
             ok, data = outcome
-            if not ok:
+            if not ok and status != Status.CANCELLED:
                 self._note_error(task, status, detail, slave_id)
             if task.system_id is not None:
                 per_system[task.system_id].append((task.task_id, ok, data))
@@ -445,7 +496,12 @@ class Master:
     ) -> tuple[bool, bytes] | None:
         """Decide what a reported run means: an outcome to deliver, or None to run it again."""
         if status == Status.CANCELLED:
-            return None
+            if not task.cancelling:
+                return None  # stopped after the master forgot it: nothing to deliver
+            # An executor's shutdown took it back before any worker began it: its owner's
+            # Future ends cancelled (an empty failed outcome says so).
+            self.scheduler.task_finished(task, None, Status.CANCELLED)
+            return False, b""
         if status == Status.RETRY and task.retries < task.max_retries:
             task.retries += 1
             self.journal.count_attempts(task.task_id, task.retries, task.crashes)
@@ -519,18 +575,41 @@ class Master:
         self.peers.pop(slave.identity, None)
         slave.state = state
         slave.in_flight = set()
+        self.departed.pop(slave.slave_id, None)  # re-inserted: newest last
         self.departed[slave.slave_id] = slave.summary()
+        self._departed_at[slave.slave_id] = time.monotonic()
         log.log(
             level, "slave %s %s (%s); %d tasks requeued", slave.slave_id, state, why, len(requeued)
         )
 
     def _send_task_batches(self) -> None:
-        for slave, tasks in self.scheduler.take_outboxes():
+        limit = self.codec.max_bytes - ENVELOPE
+        for slave, batch in self.scheduler.take_outboxes():
             start = time.perf_counter()
-            header = {"tasks": [[t.task_id, t.timeout] for t in tasks]}
-            if not self.send(slave.identity, Kind.TASKS, header, [t.payload for t in tasks]):
-                self._lose_slave(slave, "unreachable")
+            # Big payloads may add up past what the slave accepts in one message.
+            for part in within([len(t.payload) for t in batch], limit):
+                tasks = batch[part]
+                header = {"tasks": [[t.task_id, t.timeout] for t in tasks]}
+                if not self.send(slave.identity, Kind.TASKS, header, [t.payload for t in tasks]):
+                    self._lose_slave(slave, "unreachable")
+                    break
             self.stats.add("send_seconds", time.perf_counter() - start)
+
+    def _note_started(self, slave_id: str | None, task_ids: list[str]) -> None:
+        """A slave's workers began these: their owners' Futures are running now."""
+        for task_id in task_ids:
+            task = self.scheduler.tasks.get(str(task_id))
+            if task is None or task.slave_id != slave_id or task.started:
+                continue
+            task.started = True
+            if task.system_id is None:
+                self._started_for[task.client_id].append(task.task_id)
+
+    def _send_running(self) -> None:
+        """One RUNNING message per application whose tasks began this turn."""
+        started, self._started_for = self._started_for, defaultdict(list)
+        for client_id, task_ids in started.items():
+            self.clients.send(client_id, Kind.RUNNING, {"tasks": task_ids})
 
     # -- actions from the HTTP API (run in the loop through ``ask``) ----------------------------
 
@@ -610,16 +689,18 @@ class Master:
         self.systems.deliver(per_system)
         self.clients.route(plain)
 
-    def cancel_on_slaves(self, tasks: list[TaskRecord]) -> None:
-        """Tell slaves to stop tasks that are no longer wanted (queued ones are just gone)."""
+    def cancel_on_slaves(self, tasks: list[TaskRecord], soft: bool = False) -> None:
+        """Tell slaves to stop tasks that are no longer wanted (queued ones are just gone);
+        ``soft``: only those not started yet, a running one finishes (its outcome is dropped)."""
         per_slave: dict[str, list[str]] = defaultdict(list)
         for task in tasks:
             if task.slave_id is not None:
                 per_slave[task.slave_id].append(task.task_id)
+        header: dict[str, Any] = {"soft": True} if soft else {}
         for slave_id, task_ids in per_slave.items():
             slave = self.scheduler.slaves.get(slave_id)
             if slave is not None:
-                self.send(slave.identity, Kind.CANCEL, {"tasks": task_ids})
+                self.send(slave.identity, Kind.CANCEL, {"tasks": task_ids, **header})
 
     # -- requests from applications --------------------------------------------------------
 
@@ -646,8 +727,56 @@ class Master:
         if isinstance(peer, SlaveRecord):
             self._lose_slave(peer, "said goodbye", NodeState.INACTIVE, logging.INFO)
         elif isinstance(peer, ClientRecord):
-            peer.connected = False
-            self.peers.pop(identity, None)
+            self.clients.on_bye(peer)
+
+    # -- forgetting what is no longer needed ----------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Once a heartbeat: the master holds what is live, not what happened (module doc)."""
+        expire_before = time.time() - self.result_ttl
+        self.clients.sweep(expire_before)
+        self.systems.sweep(expire_before)
+        self._enforce_result_cap()
+        forget_before = time.monotonic() - self.forget_after
+        for slave_id, at in list(self._departed_at.items()):
+            if at > forget_before and len(self._departed_at) <= DEPARTED_KEPT:
+                break  # oldest first: the rest are younger
+            del self._departed_at[slave_id]
+            self.departed.pop(slave_id, None)
+        self.gate.prune(self.peers, min(SESSION_GRACE, self.forget_after))
+        if time.monotonic() >= self._next_maintenance:
+            self.journal.maintain()
+            _trim_memory()
+            self._next_maintenance = time.monotonic() + JOURNAL_MAINTENANCE
+
+    def _enforce_result_cap(self) -> None:
+        """Keep the results held for collection under ``result_cap`` bytes: oldest go first."""
+        if not self.result_cap:
+            return
+        over = self.clients.retained_bytes() + self.systems.held - self.result_cap
+        if over <= 0:
+            return
+        plain = [(made, 0, (client, task_id), size) for made, client, task_id, size in
+                 self.clients.retained()]  # fmt: skip
+        systems = [(at, 1, record, size) for at, record, size in self.systems.retained()]
+        dropped: dict[Any, list[str]] = defaultdict(list)
+        count = 0
+        for _, kind, what, size in sorted(plain + systems, key=lambda row: row[0]):
+            if over <= 0:
+                break
+            over -= size
+            count += 1
+            if kind == 0:
+                dropped[what[0]].append(what[1])
+            else:
+                self.systems.drop(what, "capped")
+        for client, task_ids in dropped.items():
+            self.clients.drop_unconfirmed(client, task_ids)
+        log.warning(
+            "dropped the %d oldest uncollected results to stay under --result-cap %d bytes",
+            count,
+            self.result_cap,
+        )
 
     # -- heartbeats and status -----------------------------------------------------------------
 
@@ -658,6 +787,17 @@ class Master:
     def _say_goodbye(self) -> None:
         for identity in list(self.peers):
             self.send(identity, Kind.BYE)
+
+    def kept(self) -> dict[str, int]:
+        """How much the master holds of each kind of record: what should follow live work."""
+        return {
+            "applications": len(self.clients.records),
+            "sessions": len(self.gate.sessions),
+            "departed_slaves": len(self.departed),
+            "systems": len(self.systems.records),
+            "forgotten_systems": len(self.systems.forgotten),
+            "uncollected_bytes": self.clients.retained_bytes() + self.systems.held,
+        }
 
     def cluster_info(self) -> dict[str, int]:
         slaves = [s for s in self.scheduler.slaves.values() if s.state == NodeState.ACTIVE]
@@ -679,6 +819,7 @@ class Master:
                 "dashboard": self.dashboard_url,
                 "encrypted": self.encrypted,
                 "rejected": dict(self.codec.rejected),
+                "kept": self.kept(),
             },
             "slaves": live + list(self.departed.values()),
             "applications": self.clients.summaries(),
@@ -693,6 +834,27 @@ class Master:
                 for reason, n in sorted(self.codec.rejected.items())
             ],
         }
+
+
+def _load_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _trim_memory() -> None:
+    """Hand memory freed since the last call back to the system (glibc's ``malloc_trim``).
+
+    The results passing through (megabytes each, pickled and framed in several threads) are
+    freed once delivered, but glibc keeps freed blocks in its arenas, so the master's RSS would
+    stay at its highest point for ever; trimming lets it follow live work. A no-op elsewhere.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _crash_error(task: TaskRecord, how: str, attempts: int) -> bytes:

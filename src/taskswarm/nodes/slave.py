@@ -29,8 +29,8 @@ from ..managers.process_pool import WorkItem
 from ..scheduling import load_plugin
 from ..scheduling.records import format_resources, parse_resources
 from ..stats import Stats
-from ..task import Status
-from ..wire import Codec, Kind, Message, Notice
+from ..task import Status, dump_error, error_text
+from ..wire import ENVELOPE, Codec, Kind, Message, Notice, too_large, within
 from .mailbox import Mailbox
 from .transport import MAX_MESSAGE_BYTES, connect_dealer, receive_batch, try_send, unresolvable
 
@@ -66,6 +66,8 @@ class Slave:
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.master_address = master
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
+        #: The master's message limit (its WELCOME says); outcomes must fit in it.
+        self._master_max_bytes = max_message_bytes
         self.heartbeat_interval = heartbeat_interval
         self.master_timeout = self._master_timeout = master_timeout
         self.grace = grace
@@ -227,6 +229,9 @@ class Slave:
             )
         self.registered = True
         self._waiting_since, self._next_wait_note = None, 0.0
+        limit = msg.get("max_bytes")
+        if isinstance(limit, int) and limit > ENVELOPE:
+            self._master_max_bytes = limit
         beat = msg.get("heartbeat")
         if isinstance(beat, (int, float)) and beat > 0:
             # Silent for five of the master's heartbeats (and never under the given timeout).
@@ -247,7 +252,12 @@ class Slave:
                 self.manager.push_task(item)
 
     def on_cancel(self, msg: Message) -> None:
-        self.manager.cancel({str(t) for t in msg["tasks"]})
+        task_ids = {str(t) for t in msg["tasks"]}
+        unstarted_only = getattr(self.manager, "cancel_unstarted", None)
+        if msg.get("soft") and unstarted_only is not None:
+            unstarted_only(task_ids)
+        else:
+            self.manager.cancel(task_ids)
 
     def on_steal(self, msg: Message) -> None:
         """Give back up to ``count`` tasks no worker has started, for idle slaves elsewhere."""
@@ -404,29 +414,57 @@ class Slave:
 
     def _send_results(self) -> None:
         results = self.manager.get_results_queue()
+        limit = self._max_payload()
         batch = []
         while not results.empty():
-            batch.append(results.get_nowait())
+            batch.append(self._fitted(results.get_nowait(), limit))
+        take_started = getattr(self.manager, "take_started", None)
+        started = take_started() if take_started is not None else []
         if not batch:
+            if started:  # an idle worker began one: its owner's Future.running() says so
+                self._send(Kind.RESULTS, {"results": [], "started": started})
             return
-        # A crash has no outcome to send, only how the worker died: that goes in the header, as
-        # does a failure's text (what people read on the master; a manager may give none).
-        header = {
-            "results": [
-                [t, status, _detail(status, data, rest)] for t, status, data, *rest in batch
-            ],
-            **self._window(finished=len(batch)),
-        }
-        payloads = [b"" if status == Status.CRASH else data for _, status, data, *_ in batch]
-        started = time.monotonic()
-        self._send(Kind.RESULTS, header, payloads)
+        window = self._window(finished=len(batch))
+        sizes = [0 if status == Status.CRASH else len(data) for _, status, data, *_ in batch]
+        sent_at = time.monotonic()
+        # Big outcomes go in as many messages as it takes for each to fit the master's limit.
+        for part in within(sizes, limit):
+            items = batch[part]
+            # A crash has no outcome to send, only how the worker died: that goes in the
+            # header, as does a failure's text (what people read on the master; a manager
+            # may give none).
+            header = {
+                "results": [
+                    [t, status, _detail(status, data, rest)] for t, status, data, *rest in items
+                ],
+                **window,
+            }
+            if started:
+                header["started"], started = started, []
+            window = {}  # credit and want once, with the first part
+            payloads = [b"" if status == Status.CRASH else data for _, status, data, *_ in items]
+            self._send(Kind.RESULTS, header, payloads)
         now = time.monotonic()
-        self.stats.add("slave_send_seconds", now - started)
+        self.stats.add("slave_send_seconds", now - sent_at)
         arrived = self._arrived
         held = [now - arrived.pop(item[0], now) for item in batch]
         self.stats.add(
             "slave_task_seconds", sum(held) / len(held), len(held), low=min(held), high=max(held)
         )
+
+    def _max_payload(self) -> int:
+        """The largest outcome that fits in one message the master accepts."""
+        own = self.codec.max_bytes or self._master_max_bytes
+        return min(own, self._master_max_bytes) - ENVELOPE
+
+    def _fitted(self, item: tuple, limit: int) -> tuple:
+        """An outcome too big to travel becomes the error saying so, for its owner."""
+        task_id, status, data, *rest = item
+        if status == Status.CRASH or len(data) <= limit:
+            return item
+        error = too_large(f"the result of task {task_id}", len(data), limit + ENVELOPE)
+        log.error("%s", error)
+        return task_id, Status.ERROR, dump_error(error), error_text(error)
 
 
 def _detail(status: str, data: Any, rest: list) -> str | None:

@@ -4,12 +4,21 @@ Each live system has a ``SystemRunner`` thread (``taskswarm.system``); this tabl
 master's loop thread and is the only place that creates, journals and retires them. Runners talk
 back through the master's mailbox: ``push`` (tasks, with a snapshot when durable), ``progress``
 and ``done``.
+
+A completed system's outcome is kept (in memory and in the journal) until it is *collected*: an
+application that received it in SYSTEM_DONE confirms with ``RESULTS_ACK {"systems": [id]}``,
+and the outcome and its journal row are dropped at once. The small record stays ``forget_after``
+seconds for ``status``, then goes too. An outcome never collected (its application went away)
+expires ``result_ttl`` seconds after the system completed, or earlier when the retained results
+pass ``result_cap`` (oldest first). The ids of systems let go are remembered (the newest
+``FORGOTTEN_KEPT``), so ``system_result(id)`` can say what became of the result.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +38,11 @@ __all__ = ["SystemRecord", "SystemTable"]
 
 log = logging.getLogger(__name__)
 
+#: Ids of systems whose result was let go remembered, with why (newest kept).
+FORGOTTEN_KEPT = 10_000
+#: Most records of collected systems kept for ``status`` (oldest forgotten first).
+COLLECTED_KEPT = 1000
+
 
 @dataclass(eq=False)
 class SystemRecord:
@@ -43,12 +57,21 @@ class SystemRecord:
     waiters: set[bytes] = field(default_factory=set)
     ended: float | None = None  # monotonic time it completed or failed
     tasks_failed: int = 0  # its tasks whose outcome was an error
+    cancelled: bool = False  # stopped by app.cancel_system (or Ctrl-C under taskswarm run)
+    finished_at: float | None = None  # wall-clock time it completed (for --result-ttl)
+    collected_at: float | None = None  # monotonic time its outcome was received and dropped
+
+    @property
+    def finished(self) -> bool:
+        return self.ended is not None
 
     def summary(self) -> dict[str, Any]:
-        state = "running" if self.outcome is None else ("failed" if self.failed else "complete")
+        state = "running" if not self.finished else ("failed" if self.failed else "complete")
+        if self.cancelled:
+            state = "cancelled"
         elapsed = (self.ended or time.monotonic()) - self.started
         eta = None  # seconds left at the rate so far, while running and once it is known
-        if self.outcome is None and self.done and self.total >= self.done and elapsed > 0:
+        if not self.finished and self.done and self.total >= self.done and elapsed > 0:
             eta = round((self.total - self.done) / (self.done / elapsed), 3)
         return {
             "id": self.system_id,
@@ -66,6 +89,9 @@ class SystemTable:
     def __init__(self, master: Master) -> None:
         self.master = master
         self.records: dict[str, SystemRecord] = {}
+        #: system_id -> (why, wall-clock time): "collected", "expired" or "capped"; newest last
+        self.forgotten: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.held = 0  # bytes of outcomes kept for collection
 
     # -- starting --------------------------------------------------------------------------------
 
@@ -85,6 +111,8 @@ class SystemTable:
         record = SystemRecord(saved.system_id, saved.client_id, None)
         if saved.outcome is not None:
             record.outcome, record.failed = saved.outcome, saved.failed
+            record.ended, record.finished_at = time.monotonic(), saved.ended_at or time.time()
+            self.held += len(saved.outcome)
             self.records[saved.system_id] = record
             return
         replay = [(seq, task_id, ok, data) for seq, task_id, ok, data in saved.replay]
@@ -130,17 +158,17 @@ class SystemTable:
     def on_runner_message(self, item: tuple) -> None:
         kind, system_id, *rest = item
         record = self.records.get(system_id)
-        if record is None or record.outcome is not None:
+        if record is None or record.finished:
             return
         if kind == "push":
             self._push(record, *rest)
         elif kind == "progress":
-            record.done, record.total = rest
-            self.master.clients.send(
-                record.client_id,
-                Kind.SYSTEM_PROGRESS,
-                {"system_id": system_id, "done": rest[0], "total": rest[1]},
-            )
+            record.done, record.total, failed, first_failure = rest
+            header = {"system_id": system_id, "done": record.done, "total": record.total}
+            header["failed"] = failed
+            if first_failure is not None:
+                header["first_failure"] = first_failure  # once: the application keeps it
+            self.master.clients.send(record.client_id, Kind.SYSTEM_PROGRESS, header)
         elif kind == "done":
             self.complete(record, *rest)
 
@@ -164,15 +192,16 @@ class SystemTable:
         if record.runner is not None:
             record.runner.stop()
         record.outcome, record.failed, record.runner = outcome, failed, None
-        record.ended = time.monotonic()
-        self.master.journal.system_done(record.system_id, outcome, failed)
+        record.ended, record.finished_at = time.monotonic(), time.time()
+        self.held += len(outcome)
+        self.master.journal.system_done(record.system_id, outcome, failed, record.finished_at)
         leftovers = self.master.scheduler.drop_system(record.system_id)
         self.master.cancel_on_slaves(leftovers)
         elapsed = time.monotonic() - record.started
         log.info(
             "task system %s %s in %.2fs (%d tasks, %d leftovers cancelled)",
             record.system_id,
-            "failed" if failed else "completed",
+            "cancelled" if record.cancelled else "failed" if failed else "completed",
             elapsed,
             record.total,
             len(leftovers),
@@ -183,21 +212,109 @@ class SystemTable:
 
     def cancel(self, system_id: str) -> bool:
         record = self.records.get(system_id)
-        if record is None or record.outcome is not None:
+        if record is None or record.finished:
             return False
         error = TaskSystemError(f"task system {system_id} was cancelled")
+        record.cancelled = True
         self.complete(record, cloudpickle.dumps((None, ExceptionWithTraceback(error, ""))), True)
         return True
 
     def query(self, identity: bytes, system_id: str) -> None:
         """Send the outcome now if there is one, else when it comes."""
         record = self.records.get(system_id)
-        if record is None:
-            self.master.send(identity, Kind.SYSTEM_DONE, {"system_id": system_id, "unknown": True})
+        if record is None or record.collected_at is not None:
+            header = {"system_id": system_id, "unknown": True}
+            reason = self.why_unknown(system_id)
+            if reason:
+                header["reason"] = reason
+            self.master.send(identity, Kind.SYSTEM_DONE, header)
         elif record.outcome is not None:
             self.send_outcome(identity, record)
         else:
             record.waiters.add(identity)
+
+    def why_unknown(self, system_id: str) -> str:
+        """What became of a system the master no longer holds, if it still remembers it."""
+        why, when = self.forgotten.get(system_id, ("", 0.0))
+        at = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(when))
+        if why == "collected":
+            return (
+                f"its result was collected at {at} and is not kept after that (a result is "
+                "held only until an application confirms it received it)"
+            )
+        if why == "expired":
+            return (
+                f"its result expired uncollected at {at}, {self.master.result_ttl:g}s after the "
+                "system completed (the master's --result-ttl)"
+            )
+        if why == "capped":
+            return (
+                f"its result was dropped uncollected at {at} to keep the results the master "
+                "holds under its --result-cap (oldest go first)"
+            )
+        return ""
+
+    # -- letting go --------------------------------------------------------------------------
+
+    def collected(self, system_ids: list[str], client_id: str) -> None:
+        """An application received these systems' outcomes: drop them (journal rows too)."""
+        gone = []
+        for system_id in system_ids:
+            record = self.records.get(system_id)
+            if record is None or record.outcome is None:
+                continue
+            self._let_go(record, "collected")
+            record.collected_at = time.monotonic()
+            gone.append(system_id)
+            log.debug("task system %s collected by application %s", system_id, client_id)
+        self.master.journal.forget_systems(gone)
+
+    def _let_go(self, record: SystemRecord, why: str) -> None:
+        if record.outcome is not None:
+            self.held -= len(record.outcome)
+        record.outcome = None
+        record.waiters.clear()
+        self.forgotten[record.system_id] = (why, time.time())
+        self.forgotten.move_to_end(record.system_id)
+        while len(self.forgotten) > FORGOTTEN_KEPT:
+            self.forgotten.popitem(last=False)
+
+    def drop(self, record: SystemRecord, why: str) -> None:
+        """Let an uncollected outcome go (expired, or over the cap): the record goes too."""
+        self._let_go(record, why)
+        del self.records[record.system_id]
+        self.master.journal.forget_systems([record.system_id])
+
+    def sweep(self, expire_before: float) -> None:
+        """Once a heartbeat: expire outcomes of systems completed before ``expire_before``
+        (wall clock), forget collected systems' records after ``forget_after``."""
+        forget_before = time.monotonic() - self.master.forget_after
+        kept: list[SystemRecord] = []
+        for record in list(self.records.values()):
+            if record.collected_at is not None:
+                if record.collected_at <= forget_before:
+                    del self.records[record.system_id]
+                else:
+                    kept.append(record)
+            elif record.outcome is not None and (record.finished_at or 0.0) < expire_before:
+                log.info(
+                    "task system %s: its result expired uncollected (--result-ttl %gs)",
+                    record.system_id,
+                    self.master.result_ttl,
+                )
+                self.drop(record, "expired")
+        if len(kept) > COLLECTED_KEPT:
+            kept.sort(key=lambda r: r.collected_at or 0.0)
+            for record in kept[: len(kept) - COLLECTED_KEPT]:
+                del self.records[record.system_id]
+
+    def retained(self) -> list[tuple[float, SystemRecord, int]]:
+        """Outcomes waiting for collection: (completed at, record, bytes), any order."""
+        return [
+            (r.finished_at or 0.0, r, len(r.outcome))
+            for r in self.records.values()
+            if r.outcome is not None
+        ]
 
     def send_outcome(self, identity: bytes, record: SystemRecord) -> None:
         self.master.send(

@@ -45,6 +45,8 @@ class TaskRecord:
     priority: int = 0  # higher runs first
     resources: dict[str, float] | None = None  # what it needs of a slave's declared resources
     queued_at: float = 0.0  # monotonic time it last joined the queue
+    started: bool = False  # a worker began it (its slave said so)
+    cancelling: bool = False  # its owner asked for it back before a worker began it
 
     @classmethod
     def from_meta(
