@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds an outcome may wait for its application's confirmation before it is journaled.
 JOURNAL_AFTER = 0.25
-#: Most records of gone applications with nothing left for them kept (oldest forgotten first).
-GONE_KEPT = 1000
+#: Most records of gone applications with nothing left for them kept (oldest forgotten first):
+#: ``status`` does not show them, they only spare a quick reconnect a new record.
+GONE_KEPT = 256
 
 
 @dataclass(eq=False)
