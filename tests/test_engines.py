@@ -233,7 +233,7 @@ def test_a_task_that_raises_reaches_its_future_with_the_remote_traceback(app):
 
 def test_a_task_system_gets_the_exception_in_task_finished(app):
     errors = app.run_system(ErrorsSeen(3), timeout=60)
-    assert errors == [("ValueError", f"boom in boom-{i}", "RemoteTraceback") for i in range(3)]
+    assert errors == [("ValueError", f"boom in boom-{i}", "_RemoteTraceback") for i in range(3)]
 
 
 def test_a_task_past_its_timeout_fails_with_task_timeout(app, tmp_path):
@@ -248,7 +248,7 @@ def test_a_cancelled_running_task_frees_its_place_for_the_next(app, tmp_path):
     marker = tmp_path / "started"
     future = app.submit(sleep_then, 3.0, str(marker), "never")
     wait_for(marker.exists, timeout=30)
-    assert future.cancel()
+    assert app.cancel(future)  # Future.cancel() leaves running work alone, as the stdlib's
     assert future.cancelled()
     assert app.submit(Square(6)).result(timeout=30) == 36
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
+from conftest import descendants, wait_for
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scheduling.py"
 TINY = ["--tasks", "40", "--repeats", "1", "--slaves", "10,100", "--sim-decisions", "2000"]
@@ -22,20 +22,32 @@ TINY += ["--sim-repeats", "1", "--stealing", "on,off"]
 
 
 def session_processes(session: int) -> list[int]:
-    """Every live process in ``session``. The script runs in a session of its own and nothing
-    below it leaves it (nodes, their forkservers and workers, the hog), while only the script and
-    its hog have the script in their command line."""
-    pids = []
+    """Every live process the script started: those in its session (the script runs in a
+    session of its own, and so does the CPU hog it starts), and those below it (a
+    LocalCluster's nodes run in sessions of their own, so Ctrl-C at a terminal reaches only
+    the program, which stops them), remembered once seen (with their start time, so a reused
+    pid is not taken for one): a node whose parent died is no longer below it, and must be
+    gone all the same."""
+    seen = _SEEN.setdefault(session, set())
+    below = set(descendants(session))
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[3]) == session:
-            pids.append(int(entry.name))
-    return pids
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields and (int(fields[3]) == session or int(entry.name) in below):
+                seen.add((int(entry.name), fields[19]))
+    return sorted(pid for pid, started in seen if (_stat(pid) or [None] * 20)[19] == started)
+
+
+_SEEN: dict[int, set[tuple[int, str]]] = {}
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name; None when gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields if fields[0] != "Z" else None
 
 
 def gone(session: int) -> None:

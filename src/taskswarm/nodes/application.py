@@ -52,6 +52,7 @@ from .transport import (
     receive_batch,
     try_send,
     unreachable_message,
+    unresolvable,
 )
 
 __all__ = ["Application", "connect"]
@@ -83,6 +84,9 @@ class Application:
         master_timeout: float = 5.0,
     ) -> None:
         self.address = check_address(address)
+        if unresolvable(address) is not None:
+            # ZeroMQ would retry the name for ever in silence: say so now, not after a timeout.
+            raise MasterUnreachable(unreachable_message(address, 0.0))
         self.client_id = uuid.uuid4().hex
         self._hello = {
             "client_id": self.client_id,
