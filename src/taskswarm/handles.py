@@ -56,6 +56,8 @@ class TaskFuture(Future):
 
     def mark_running(self) -> None:
         """The master handed the task to a slave: from now on ``cancel()`` returns False."""
+        if self._state != PENDING:
+            return  # done or cancelled meanwhile (the usual case for tiny tasks): no lock
         with self._condition:
             if self._state == PENDING:
                 self.set_running_or_notify_cancel()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 from collections import deque
 from multiprocessing.connection import Connection
 
@@ -31,6 +32,8 @@ def skip_message(task_ids: list[str]) -> bytes:
     """Sent after tasks a worker holds but has not started: it answers each with CANCELLED
     instead of running it (``Future.cancel()`` of a task already on its way to a worker)."""
     return msgpack.packb({"skip": task_ids})
+#: Seconds between two looks for a SKIP while tasks wait in a worker.
+LOOK_EVERY = 0.001
 #: Most bytes taken from the socket per read.
 READ_SIZE = 1 << 20
 
@@ -60,11 +63,19 @@ def worker_main(conn: Connection) -> None:
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
     tasks: deque[list] = deque()  # read, not run yet
     skip: set[str] = set()  # tasks the slave took back while they waited here
+    looked = 0.0
     while True:
         # Block for work when there is none; otherwise look (one poll) for a SKIP of the task
-        # about to run, which the slave may have sent after it.
-        if (not tasks or _readable(fd)) and not _read(fd, unpacker, tasks, skip):
-            return
+        # about to run, which the slave may have sent after it -- at most once a millisecond:
+        # a skip takes longer than that to come, and a pipeline of microsecond tasks would pay
+        # a system call each for nothing.
+        if not tasks:
+            if not _read(fd, unpacker, tasks, skip):
+                return
+        elif (now := time.monotonic()) - looked > LOOK_EVERY:
+            looked = now
+            if _readable(fd) and not _read(fd, unpacker, tasks, skip):
+                return
         if not tasks:
             continue
         message = tasks.popleft()
