@@ -12,7 +12,9 @@ Run it as ``python benchmarks/soak.py`` (``--help`` lists the options). It start
 
 It prints one table row per sample (every tenth of a phase): the master's RSS (VmRSS from
 /proc/PID/status) and its growth since the start, the state directory's size (journal and its
-WAL), and what the master says it keeps (``status()["master"]["kept"]``). The last row is taken
+WAL), and what the master says it keeps (``status()["master"]["kept"]``: application records,
+reply sessions, the sessions its codec remembers against replays, task system records, bytes of
+results waiting for collection). The last row is taken
 once the master has had time for its periodic sweep and journal maintenance. The exit status is
 1 when the final figures pass ``--max-rss-growth-mib`` or ``--max-state-mib`` (the acceptance:
 20 and 64), or the detached result did not behave.
@@ -156,7 +158,7 @@ class Soak:
 
     HEADER = (
         "| phase | done | elapsed s | per s | master RSS MiB | growth MiB | state MiB "
-        "| apps | sessions | systems | uncollected KiB |"
+        "| apps | sessions | replay sessions | systems | uncollected KiB |"
     )
 
     def row(self, phase: str, done: int, phase_started: float) -> dict[str, Any]:
@@ -175,7 +177,8 @@ class Soak:
             f"| {phase} | {done:,} | {elapsed:.1f} | {done / elapsed if elapsed else 0:,.0f} "
             f"| {figures['rss_mib']:.1f} | {figures['growth_mib']:+.1f} "
             f"| {figures['state_mib']:.1f} | {kept['applications']} | {kept['sessions']} "
-            f"| {kept['systems']} | {kept['uncollected_bytes'] / 1024:,.0f} |",
+            f"| {kept.get('replay_sessions', '?')} | {kept['systems']} "
+            f"| {kept['uncollected_bytes'] / 1024:,.0f} |",
             flush=True,
         )
         return figures
@@ -329,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settle",
         type=float,
-        default=12.0,
-        help="seconds given to the master's sweep (each heartbeat) and journal maintenance "
-        "(every 5s) before the final row",
+        default=40.0,
+        help="seconds given to the master's sweep (each heartbeat), journal maintenance "
+        "(every 5s) and collection of finished systems' garbage (every 30s) before the final row",
     )
     parser.add_argument("--max-rss-growth-mib", type=float, default=20.0)
     parser.add_argument("--max-state-mib", type=float, default=64.0)

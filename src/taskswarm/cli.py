@@ -379,8 +379,8 @@ def keygen(path: str, force: bool, curve: bool) -> None:
     type=click.FloatRange(0),
     metavar="SECONDS",
     help="How long departed slaves, gone applications and collected task systems stay in "
-    "status before the master forgets them (at most 1000 slaves and 1000 systems are kept "
-    "meanwhile).",
+    "status before the master forgets them (at most the newest 1000 slaves and 100 collected "
+    "systems are kept meanwhile).",
 )
 @click.option(
     "--curve",

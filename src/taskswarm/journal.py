@@ -25,6 +25,7 @@ commit.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Journal", "NullJournal", "RestoredState", "RestoredSystem"]
+
+log = logging.getLogger(__name__)
 
 _INSERT_TASKS = (
     "INSERT OR IGNORE INTO tasks (task_id, client_id, system_id, payload, timeout, max_retries,"
@@ -129,6 +132,7 @@ class Journal:
         self._db.executescript(_SCHEMA)
         if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
             # A journal from an earlier taskswarm: once, so its free space can be given back.
+            log.info("rewriting the journal %s once, so it can give back free space", self.path)
             self._db.execute("VACUUM")
         for table, column, kind in (
             ("tasks", "name", "TEXT NOT NULL DEFAULT ''"),

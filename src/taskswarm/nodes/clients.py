@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 JOURNAL_AFTER = 0.25
 #: Most records of gone applications with nothing left for them kept (oldest forgotten first):
 #: ``status`` does not show them, they only spare a quick reconnect a new record.
-GONE_KEPT = 256
+GONE_KEPT = 100
 
 
 @dataclass(eq=False)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import gc
 import logging
 import os
 import socket
@@ -79,9 +80,11 @@ FORGET_AFTER = 300.0
 DEPARTED_KEPT = 1000
 #: Seconds a closed connection's reply address is kept (at most ``forget_after``): a peer that
 #: sends again is given a new one as its message gets in, so this need not be long.
-SESSION_GRACE = 5.0
+SESSION_GRACE = 2.0
 #: Seconds between the journal's space reclaims.
 JOURNAL_MAINTENANCE = 5.0
+#: Least seconds between the full garbage collections run after task systems completed.
+GC_INTERVAL = 30.0
 
 
 class Master:
@@ -122,6 +125,7 @@ class Master:
         self.client_timeout = client_timeout
         self.forget_after = forget_after
         self._next_maintenance = time.monotonic() + JOURNAL_MAINTENANCE
+        self._next_gc = time.monotonic() + GC_INTERVAL
         strategy_obj = load_plugin("taskswarm.strategies", strategy)()
         self.scheduler = load_plugin("taskswarm.schedulers", scheduler)(strategy_obj, prefetch)
         #: The Dask or Ray cluster an engine scheduler (``--scheduler dask|ray``) hands tasks to.
@@ -747,8 +751,24 @@ class Master:
         self.gate.prune(self.peers, min(SESSION_GRACE, self.forget_after))
         if time.monotonic() >= self._next_maintenance:
             self.journal.maintain()
+            self._collect_finished_systems()
             _trim_memory()
             self._next_maintenance = time.monotonic() + JOURNAL_MAINTENANCE
+
+    def _collect_finished_systems(self) -> None:
+        """A full garbage collection once task systems completed (at most every GC_INTERVAL).
+
+        A finished system leaves reference cycles behind (its runner thread and handles, the
+        class its application sent by value), holding the system and all it kept. A node
+        collects its oldest generation rarely (``cli._tune_gc``), so without this they would
+        pile up for a long while: 1,000 systems made the master's RSS creep by ~7 MiB. A full
+        collection costs about 0.3 s with a million tasks queued, hence the interval.
+        """
+        if not self.systems.finished_since_gc or time.monotonic() < self._next_gc:
+            return
+        self.systems.finished_since_gc = 0
+        gc.collect()
+        self._next_gc = time.monotonic() + GC_INTERVAL
 
     def _enforce_result_cap(self) -> None:
         """Keep the results held for collection under ``result_cap`` bytes: oldest go first."""
