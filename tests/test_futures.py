@@ -339,3 +339,16 @@ def test_a_result_over_the_message_limit_fails_its_future_and_big_ones_split(sma
     # Three results that fit one by one but not together all arrive.
     futures = [small_limit_app.submit(make_bytes, 600 * 1024) for _ in range(3)]
     assert [len(f.result(timeout=20)) for f in futures] == [600 * 1024] * 3
+
+
+def test_a_big_argument_does_not_starve_the_slaves_heartbeats(capfd):
+    # A worker reads 300 MiB in about a second; meanwhile the slave's loop goes on beating
+    # (the master marks a slave inactive after 2.5 silent beats).
+    with ts.LocalCluster(slaves=1, workers=1) as cluster, cluster.connect() as connection:
+        slave_id = connection.status()["slaves"][0]["id"]
+        big = b"x" * 300 * 2**20
+        for _ in range(2):
+            assert connection.submit(len, big).result(timeout=60) == len(big)
+        slaves = connection.status()["slaves"]
+    assert [(s["id"], s["state"]) for s in slaves] == [(slave_id, "active")]
+    assert "missed its heartbeats" not in capfd.readouterr().err

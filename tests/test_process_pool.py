@@ -1,9 +1,10 @@
 """The process pool task manager, driven directly the way a slave's loop drives it.
 
-The manager has no threads of its own: its owner pushes ``WorkItem``s and then collects, either
-with ``wait_for_all`` or by calling ``collect`` for each readable worker pipe (what the slave's
-poller does). Outcomes come out of ``get_results_queue`` as ``(task_id, ok, pickled outcome)``.
-Every test here starts real worker processes and stops them in a fixture.
+The manager has no threads of its own (but for one that writes a big task to its worker): its
+owner pushes ``WorkItem``s and then collects, either with ``wait_for_all`` or by calling
+``collect`` for each readable worker pipe (what the slave's poller does). Outcomes come out of
+``get_results_queue`` as ``(task_id, ok, pickled outcome)``. Every test here starts real worker
+processes and stops them in a fixture.
 """
 
 from __future__ import annotations
@@ -394,3 +395,18 @@ def test_the_default_pool_size_counts_only_the_cores_this_process_may_use():
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
+
+
+def test_a_big_task_is_written_to_its_worker_off_the_callers_thread(make_pool):
+    # A worker reads a few hundred MiB a second: pushing 300 MiB must hand the write to a
+    # thread and return, so the slave's loop (its heartbeats) goes on meanwhile.
+    pool = make_pool(1)
+    pool.start()
+    task = FunctionTask(len, b"x" * 300 * 2**20)
+
+    push(pool, task)
+
+    (worker,) = pool._workers.values()
+    assert worker.writer is not None and worker.writer.is_alive()  # still writing
+    assert pool.wait_for_all(timeout=DEADLINE)
+    assert outcomes(results(pool)) == {task.task_id: (300 * 2**20, None)}

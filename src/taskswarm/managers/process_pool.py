@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ PIPELINE_SECONDS = 0.005
 MAX_PIPELINE = 64
 #: Most payload bytes sent ahead to a busy worker (well under a socket's buffer).
 PIPELINE_BYTES = 32 * 1024
+#: Bytes written to a worker at once past which a thread of their own writes them: a worker
+#: reads a few hundred MiB a second, and the slave's loop (its heartbeats) must not wait on it.
+LONG_WRITE = 8 * 1024 * 1024
 #: Weight of the newest task in the running average of task durations.
 PACE_WEIGHT = 0.2
 #: Tasks at least this long go to a worker one at a time: waiting for the slave between two
@@ -82,6 +86,7 @@ class _Worker:
     pipeline_bytes: int = 0
     started: float = 0.0  # when the first task of the pipeline started (as the slave saw it)
     retiring: bool = False
+    writer: threading.Thread | None = None  # writing a big task to it, off the slave's loop
 
     @property
     def task(self) -> WorkItem | None:
@@ -147,6 +152,7 @@ class ProcessPoolManager(QueuedManager):
             if worker.process.is_alive():
                 worker.process.kill()  # it is running a task: the master requeues it
                 worker.process.join()
+            _join_writer(worker)
             worker.conn.close()
 
     def update_pool(self, _num_workers: int) -> None:
@@ -362,6 +368,7 @@ class ProcessPoolManager(QueuedManager):
         self._requeue_pipeline(worker)
         worker.process.kill()
         worker.process.join(timeout=5.0)
+        _join_writer(worker)
         worker.conn.close()
 
     def _retire(self, fd: int, worker: _Worker) -> None:
@@ -369,6 +376,7 @@ class ProcessPoolManager(QueuedManager):
         self.generation += 1
         _send_quietly(worker, STOP)
         worker.process.join(timeout=1.0)
+        _join_writer(worker)
         worker.conn.close()
 
     def _adjust_pool(self) -> None:
@@ -424,6 +432,7 @@ class ProcessPoolManager(QueuedManager):
         self.generation += 1
         worker.process.join(timeout=1.0)
         code = worker.process.exitcode
+        _join_writer(worker)
         worker.conn.close()
         if not worker.pipeline:
             log.warning("an idle worker process exited (code %s); replacing it", code)
@@ -451,13 +460,35 @@ def _frame_task(item: WorkItem) -> list[Any]:
 
 
 def _send_quietly(worker: _Worker, data: bytes | list[Any]) -> None:
+    """Write to a worker, in order. A big write goes on in a thread while the slave's loop
+    carries on (its heartbeats, other workers' results); a later write to the same worker
+    (a STOP, a SKIP) waits for it first."""
+    _join_writer(worker)
+    if isinstance(data, list) and sum(map(len, data)) >= LONG_WRITE:
+        worker.writer = threading.Thread(
+            target=_write_quietly, args=(worker, data), name="taskswarm-big-write", daemon=True
+        )
+        worker.writer.start()
+        return
+    _write_quietly(worker, data)
+
+
+def _join_writer(worker: _Worker) -> None:
+    """Before its socket is closed: a write still going on must end (the worker is stopped
+    or dead by then, so it fails at once), or it could write to whatever next gets the fd."""
+    if worker.writer is not None:
+        worker.writer.join()
+        worker.writer = None
+
+
+def _write_quietly(worker: _Worker, data: bytes | list[Any]) -> None:
     try:
         if isinstance(data, list):
             writev_all(worker.conn.fileno(), data)
         else:
             write_all(worker.conn.fileno(), data)
-    except OSError:
-        pass  # it died; collect() sees its socket close and reports its tasks
+    except (OSError, ValueError):
+        pass  # it died (or its socket was closed): collect() sees it and reports its tasks
 
 
 def _now() -> float:
