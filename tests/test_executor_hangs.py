@@ -7,13 +7,13 @@ loops make that race happen often enough to catch it, each loop under a pytest t
 
 The full acceptance loops (50 x ``map`` of 20,000 calls, 50 x 1,000 ``submit`` + ``result``) take
 about 85 s on the project's 2-core machine, too long for the default run: they are marked
-``slow`` and run with ``-m slow`` or ``TASKSWARM_SLOW=1``. The default run keeps 5 repetitions
-of each (about 9 s).
+``slow``, which the default run deselects (pyproject's ``addopts``); ``pytest -m slow`` runs
+them. The default run keeps 5 repetitions of each (about 9 s), which caught the old deadlock
+every time.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -49,14 +49,6 @@ def executor(app: ts.Application) -> Iterator[ts.TaskswarmExecutor]:
         ex.shutdown(wait=False, cancel_futures=True)
 
 
-@pytest.fixture
-def full_run(request: pytest.FixtureRequest) -> None:
-    markexpr = request.config.getoption("markexpr") or ""
-    asked = "slow" in markexpr and "not slow" not in markexpr
-    if not asked and os.environ.get("TASKSWARM_SLOW") != "1":
-        pytest.skip("the full acceptance loop runs with -m slow or TASKSWARM_SLOW=1")
-
-
 def map_repeatedly(ex: ts.TaskswarmExecutor, reps: int) -> None:
     expected = list(range(MAP_CALLS))
     for rep in range(reps):
@@ -82,11 +74,11 @@ def test_1000_submits_with_results_do_not_hang(executor: ts.TaskswarmExecutor) -
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_map_of_20000_calls_50_times(full_run: None, executor: ts.TaskswarmExecutor) -> None:
+def test_map_of_20000_calls_50_times(executor: ts.TaskswarmExecutor) -> None:
     map_repeatedly(executor, FULL_REPS)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_1000_submits_with_results_50_times(full_run: None, executor: ts.TaskswarmExecutor) -> None:
+def test_1000_submits_with_results_50_times(executor: ts.TaskswarmExecutor) -> None:
     submit_repeatedly(executor, FULL_REPS)
