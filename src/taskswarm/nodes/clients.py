@@ -169,13 +169,7 @@ class ClientTable:
         client = self.known(identity)
         if client is None:
             return
-        task_ids = [str(t) for t in msg["tasks"]]
-        for task_id in task_ids:
-            outcome = client.unconfirmed.pop(task_id, None)
-            if outcome is not None:
-                client.held -= len(outcome[1])
-        if task_ids:
-            self.master.journal.forget_tasks(task_ids)
+        self.drop_unconfirmed(client, [str(t) for t in msg["tasks"]])  # delivered: let go
         # Task systems' results it received (``systems``, newer applications): forgotten now.
         systems = msg.get("systems")
         if systems:
@@ -365,7 +359,7 @@ class ClientTable:
             log.info("cancelled %d plain tasks of application %s", len(cancelled), client.client_id)
 
     def drop_unconfirmed(self, client: ClientRecord, task_ids: list[str]) -> None:
-        """Forget outcomes no one will collect (journal rows with them)."""
+        """Forget outcomes delivered, or that no one will collect (journal rows with them)."""
         for task_id in task_ids:
             outcome = client.unconfirmed.pop(task_id, None)
             if outcome is not None:
