@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import linecache
+import math
 import os
 import pickle
 import re
@@ -197,10 +198,18 @@ def task_meta(task: Task) -> list[Any]:
     return meta
 
 
+#: Whole numbers in task metadata fit in 64 bits: the wire (msgpack) and the journal (SQLite)
+#: carry no more, so a bigger one is refused at submit, where the mistake is made.
+INT64 = range(-(2**63), 2**63)
+
+
 def _checked_priority(task: Task) -> int:
     priority = task.priority
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ValueError(f"task {task.name!r}: priority must be a whole number, not {priority!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority not in INT64:
+        raise ValueError(
+            f"task {task.name!r}: priority must be a whole number that fits in 64 bits "
+            f"(-2**63 to 2**63-1), not {priority!r}"
+        )
     return priority
 
 
@@ -213,11 +222,21 @@ def _checked_resources(task: Task) -> dict[str, float] | None:
 
 def _checked_meta(task: Task) -> list[Any]:
     timeout = task.timeout
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ValueError(f"task {task.name!r}: timeout must be a positive number of seconds")
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout < math.inf
+    ):
+        raise ValueError(
+            f"task {task.name!r}: timeout must be a positive, finite number of seconds, "
+            f"not {timeout!r}"
+        )
     retries = task.max_retries
-    if not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"task {task.name!r}: max_retries must be a whole number >= 0")
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < 2**63:
+        raise ValueError(
+            f"task {task.name!r}: max_retries must be a whole number from 0 to 2**63-1, "
+            f"not {retries!r}"
+        )
     return [task.task_id, None if timeout is None else float(timeout), retries, str(task.name)]
 
 
@@ -326,7 +345,8 @@ def load_outcome(ok: bool, data: bytes, task_name: str = "?") -> tuple[Any, Base
     """Turn a pickled outcome back into ``(result, error)`` on the owner's node."""
     try:
         value = cloudpickle.loads(data)
-    except Exception as exc:
+    except BaseException as exc:  # noqa: BLE001 - a SystemExit from a __setstate__ too: this
+        # task's outcome is broken, not the connection that carries every other one.
         what = "result" if ok else "error"
         return None, TaskError(
             f"the {what} of task {task_name!r} could not be unpickled here: "

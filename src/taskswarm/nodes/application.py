@@ -117,6 +117,7 @@ class Application:
         self._refusal = ""
         self._master_session: str | None = None
         self._closed = False
+        self._failure: BaseException | None = None  # why the I/O thread gave up, if it did
         self._last_from_master = 0.0
         #: The master's message limit (its WELCOME says): no payload bigger than fits is sent.
         self._max_bytes = MAX_MESSAGE_BYTES
@@ -376,7 +377,16 @@ class Application:
         self._closed = True
         self._mailbox.wake()
         self._thread.join(timeout=5.0)
-        error = ClientClosed("the application connection was closed before the result came")
+        self._fail_everything(
+            ClientClosed("the application connection was closed before the result came")
+        )
+
+    def _fail_everything(self, error: BaseException) -> None:
+        """Every Future and system handle still waiting ends with ``error``: nothing waits on
+        a connection that will never deliver (closed, or its I/O thread failed)."""
+        if not self._closed:
+            self._failure = error  # later calls say why the connection is unusable
+            self._closed = True
         with self._lock:
             waiting = [f for _, f in self._tasks.values()] + list(self._requests.values())
             systems = list(self._systems.values())
@@ -414,6 +424,8 @@ class Application:
         return systems, len(futures)
 
     def _check_open(self) -> None:
+        if self._failure is not None:
+            raise ClusterError(str(self._failure))
         if self._closed:
             raise ClientClosed("this application connection is closed; connect again")
 
@@ -441,26 +453,38 @@ class Application:
         self._send(Kind.HELLO, self._hello)
         next_hello = time.monotonic() + TICK
         try:
-            while not self._closed:
-                wait = TICK if not self._acks_due else max(0.0, self._ack_at - time.monotonic())
-                events = dict(poller.poll(wait * 1000))
-                if self._socket in events:
-                    self._receive(handlers)
-                if self._acks_due and time.monotonic() >= self._ack_at:
-                    self._send_acks()
-                if self._mailbox.fileno() in events:
-                    self._send_posted(self._mailbox.drain())
-                if time.monotonic() >= next_hello:
-                    self._keep_alive()
-                    next_hello = time.monotonic() + TICK
-            self._send_posted(self._mailbox.drain())  # what was posted before close()
-            self._send_acks()
-            self._send(Kind.BYE)
+            self._serve(poller, handlers, next_hello)
+        except BaseException as exc:  # noqa: BLE001 - nothing may leave a Future waiting
+            log.exception("the connection to the master at %s failed", self.address)
+            self._fail_everything(
+                ClusterError(
+                    f"the connection to the master at {self.address} failed ({exc!r}); "
+                    "connect again"
+                )
+            )
         finally:
             # Give what is queued a moment to leave; a master that is gone costs at most this.
             self._socket.close(linger=2000)
             self._context.term()
             self._mailbox.close()
+
+    def _serve(self, poller: zmq.Poller, handlers: dict, next_hello: float) -> None:
+        """The I/O thread's loop, until ``close()``."""
+        while not self._closed:
+            wait = TICK if not self._acks_due else max(0.0, self._ack_at - time.monotonic())
+            events = dict(poller.poll(wait * 1000))
+            if self._socket in events:
+                self._receive(handlers)
+            if self._acks_due and time.monotonic() >= self._ack_at:
+                self._send_acks()
+            if self._mailbox.fileno() in events:
+                self._send_posted(self._mailbox.drain())
+            if time.monotonic() >= next_hello:
+                self._keep_alive()
+                next_hello = time.monotonic() + TICK
+        self._send_posted(self._mailbox.drain())  # what was posted before close()
+        self._send_acks()
+        self._send(Kind.BYE)
 
     def _receive(self, handlers: dict[str, Callable[[Message], None]]) -> None:
         for frames in receive_batch(self._socket):
@@ -477,8 +501,13 @@ class Application:
             self._last_from_master = time.monotonic()
             self._master_session = message.sender
             handler = handlers.get(message.kind)
-            if handler is not None:
+            if handler is None:
+                continue
+            try:
                 handler(message)
+            except Exception:
+                # One message that cannot be handled must not take every other Future with it.
+                log.exception("a %s message from the master could not be handled", message.kind)
 
     def _send(self, kind: str, header: dict | None = None, payloads=()) -> bool:
         to = None if kind in Kind.UNADDRESSED else self._master_session

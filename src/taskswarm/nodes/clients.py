@@ -152,10 +152,17 @@ class ClientTable:
         client = self.known(identity)
         if client is None:
             return
-        tasks = [
-            TaskRecord.from_meta(meta, payload, client.client_id)
-            for meta, payload in zip(msg["tasks"], msg.payloads, strict=True)
-        ]
+        try:
+            tasks = [
+                TaskRecord.from_meta(meta, payload, client.client_id)
+                for meta, payload in zip(msg["tasks"], msg.payloads, strict=True)
+            ]
+        except (TypeError, ValueError, OverflowError) as exc:
+            # Refused whole, with the reason: its Futures fail with it instead of waiting.
+            self.master.codec.rejected["bad-fields"] += 1
+            reason = f"a task in the batch is ill-formed: {exc}"
+            self.master.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": reason})
+            return
         # A batch sent again after a reconnect: keep only what the master does not know yet.
         known = self.master.scheduler.tasks
         fresh = [t for t in tasks if t.task_id not in known and t.task_id not in client.unconfirmed]
@@ -195,8 +202,13 @@ class ClientTable:
             task_ids = self._take_back_unstarted(task_ids)
         cancelled = [t for t in map(self.master.scheduler.cancel, task_ids) if t is not None]
         client.cancelled += len(cancelled)
-        self.master.journal.forget_tasks(task_ids)
+        self.master.journal.forget_tasks([t.task_id for t in cancelled])
         self.master.cancel_on_slaves(cancelled, soft=bool(msg.get("soft")))
+        # Any application may cancel any task (each holds the cluster key: docs/security.md);
+        # the owner of one it did not send is told, so its Future or system does not wait.
+        others = [t for t in cancelled if t.client_id != client.client_id or t.system_id]
+        if others:
+            self.master.tell_cancelled(others, f"by application {client.client_id}")
         if rid is not None:
             header = {"rid": rid, "n": len(cancelled), "tasks": [t.task_id for t in cancelled]}
             self.master.send(identity, Kind.ACK, header)

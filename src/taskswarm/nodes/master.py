@@ -349,10 +349,15 @@ class Master:
                 continue
             try:
                 handler(identity, message)
-            except (KeyError, TypeError, ValueError, IndexError) as exc:
+            except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
                 # Signed but ill-formed: a bug or a version skew in a peer, never a crash here.
                 self.codec.rejected["bad-fields"] += 1
                 log.warning("dropped a %s message with bad fields: %r", message.kind, exc)
+            except Exception:
+                # Anything else one message sets off is that message's failure, not the
+                # cluster's: the master goes on serving every other peer.
+                self.codec.rejected["handler-failed"] += 1
+                log.exception("handling a %s message failed; it was dropped", message.kind)
 
     def reply_later(self, identity: bytes, kind: str, header: dict) -> None:
         """Send at the end of this turn of the loop, after the tasks it dispatches."""
@@ -633,17 +638,24 @@ class Master:
         if task is None:
             return False
         self.cancel_on_slaves([task])
-        error = TaskError(
-            f"task {task.name or task.task_id!r} ({task.task_id}) was cancelled through the "
-            "master's API",
-            "TaskError",
-        )
-        data = cloudpickle.dumps(ExceptionWithTraceback(error, ""))
-        if task.system_id is not None:
-            self.systems.deliver({task.system_id: [(task.task_id, False, data)]})
-        else:
-            self.clients.route([(task, False, data)])
+        self.tell_cancelled([task], "through the master's API")
         return True
+
+    def tell_cancelled(self, tasks: list[TaskRecord], how: str) -> None:
+        """Owners of tasks cancelled by someone else learn of it, and by whom: a TaskError
+        saying so fails the Future, or reaches the task system's ``task_finished``."""
+        plain: list[tuple[TaskRecord, bool, bytes]] = []
+        for task in tasks:
+            error = TaskError(
+                f"task {task.name or task.task_id!r} ({task.task_id}) was cancelled {how}",
+                "TaskError",
+            )
+            data = cloudpickle.dumps(ExceptionWithTraceback(error, ""))
+            if task.system_id is None:
+                plain.append((task, False, data))
+            else:
+                self.systems.deliver({task.system_id: [(task.task_id, False, data)]})
+        self.clients.route(plain)
 
     def _send_steal_requests(self) -> None:
         for slave, count in self.scheduler.plan_steals():

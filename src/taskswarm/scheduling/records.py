@@ -55,17 +55,25 @@ class TaskRecord:
         """Build from the ``[task_id, timeout, max_retries, name, priority?, resources?]`` a
         message header carries (the last two only when not the defaults)."""
         task_id, timeout, max_retries, name = meta[:4]
+        # Ranges checked here, where a peer's numbers come in: the journal (SQLite) holds 64
+        # bits, and a deadline must be a real time (ValueError: the batch is refused).
+        if timeout is not None and not 0 < (timeout := float(timeout)) < math.inf:
+            raise ValueError(f"task {task_id}: timeout {timeout!r} is not a positive number")
+        if not 0 <= (max_retries := int(max_retries)) < 2**63:
+            raise ValueError(f"task {task_id}: max_retries {max_retries} is out of range")
         record = cls(
             str(task_id),
             payload,
             client_id,
             system_id,
-            None if timeout is None else float(timeout),
-            int(max_retries),
+            timeout,
+            max_retries,
             sys.intern(str(name)),  # a million tasks of one kind keep one name between them
         )
         if len(meta) > 4:
-            record.priority = int(meta[4])
+            if not -(2**63) <= (priority := int(meta[4])) < 2**63:
+                raise ValueError(f"task {task_id}: priority {priority} does not fit in 64 bits")
+            record.priority = priority
             record.resources = parse_resources(meta[5]) if len(meta) > 5 else None
         return record
 
