@@ -205,7 +205,9 @@ INT64 = range(-(2**63), 2**63)
 
 def _checked_priority(task: Task) -> int:
     priority = task.priority
-    if isinstance(priority, bool) or not isinstance(priority, int) or priority not in INT64:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"task {task.name!r}: priority must be a whole number, not {priority!r}")
+    if priority not in INT64:
         raise ValueError(
             f"task {task.name!r}: priority must be a whole number that fits in 64 bits "
             f"(-2**63 to 2**63-1), not {priority!r}"
