@@ -29,18 +29,28 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, interval: f
         time.sleep(interval)
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, pgrp, session,
+    ...); None when the process is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields if fields[0] != "Z" else None
+
+
+def alive(pid: int) -> bool:
+    return proc_stat(pid) is not None
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (read from /proc, so no extra dependency)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
+        fields = proc_stat(int(entry.name))
+        if fields is None:
             continue
         children.setdefault(int(fields[1]), []).append(int(entry.name))
     found, stack = [], [pid]

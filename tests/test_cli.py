@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import descendants, free_port, wait_for
+from conftest import alive, descendants, free_port, wait_for
 from taskswarm.keys import load_key
 
 
@@ -105,15 +105,9 @@ def test_sigint_stops_a_node_within_5s_with_no_child_left(nodes, key_file, node)
     started = time.monotonic()
     target.wait(timeout=10)
     assert time.monotonic() - started < 5
-    wait_for(lambda: not [p for p in children if _alive(p)], timeout=5)
+    wait_for(lambda: not [p for p in children if alive(p)], timeout=5)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_slave_started_before_its_master_waits_and_registers(nodes, key_file):

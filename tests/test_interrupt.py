@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 import taskswarm as ts
-from conftest import descendants, free_port, wait_for
+from conftest import alive, descendants, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -82,16 +82,10 @@ def press_ctrl_c(run: subprocess.Popen) -> tuple[str, str]:
         if run.poll() is None:
             run.kill()
             run.communicate()
-    wait_for(lambda: not [pid for pid in family if _alive(pid)], timeout=20)
+    wait_for(lambda: not [pid for pid in family if alive(pid)], timeout=20)
     return out, err
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def cancelled_system_id(err: str) -> str:

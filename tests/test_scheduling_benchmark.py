@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import descendants, wait_for
+from conftest import descendants, proc_stat, wait_for
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scheduling.py"
 TINY = ["--tasks", "40", "--repeats", "1", "--slaves", "10,100", "--sim-decisions", "2000"]
@@ -32,22 +32,13 @@ def session_processes(session: int) -> list[int]:
     below = set(descendants(session))
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            fields = _stat(int(entry.name))
+            fields = proc_stat(int(entry.name))
             if fields and (int(fields[3]) == session or int(entry.name) in below):
                 seen.add((int(entry.name), fields[19]))
-    return sorted(pid for pid, started in seen if (_stat(pid) or [None] * 20)[19] == started)
+    return sorted(pid for pid, started in seen if (proc_stat(pid) or [None] * 20)[19] == started)
 
 
 _SEEN: dict[int, set[tuple[int, str]]] = {}
-
-
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name; None when gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields if fields[0] != "Z" else None
 
 
 def gone(session: int) -> None:
