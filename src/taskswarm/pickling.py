@@ -156,20 +156,6 @@ def _global_names(code: types.CodeType) -> set[str]:
     return names
 
 
-def _code_modules(obj: Any) -> set[str]:
-    """Modules whose code ``obj`` needs: its class and base classes, a wrapped function's, and
-    those of the classes of its attributes (one level down: a task holding a helper object)."""
-    modules = {cls.__module__ for cls in type(obj).__mro__}
-    fn = getattr(obj, "fn", None)
-    if fn is not None:
-        modules.add(getattr(fn, "__module__", None) or "builtins")
-    for value in getattr(obj, "__dict__", {}).values():
-        modules.update(cls.__module__ for cls in type(value).__mro__)
-        if isinstance(value, type):
-            modules.update(cls.__module__ for cls in value.__mro__)
-    return modules
-
-
 def _code_keeping_its_file(code: types.CodeType) -> Any:
     """cloudpickle's reduction of a code object, but with the file name kept: cloudpickle
     writes ``<dynamic-code>`` instead (for byte-identical pickles), which leaves a remote
@@ -198,8 +184,6 @@ def cloud_dumps(obj: Any) -> bytes:
 
 def dumps(obj: Any) -> bytes:
     """cloudpickle ``obj``, first marking the modules of app code it carries to go by value."""
-    for name in _code_modules(obj):
-        _ship_by_value(name)
     seen: _Walked = set()
     for code in _code_objects(obj):
         _needed_code(code, seen, set())
@@ -207,9 +191,11 @@ def dumps(obj: Any) -> bytes:
 
 
 def _code_objects(obj: Any) -> list[Any]:
-    """The classes and functions an object is made of (one level down, as ``_code_modules``)."""
+    """The classes and functions an object is made of: its class, a wrapped function's, and
+    those of its attributes (one level down: a task holding a helper object)."""
     found: list[Any] = [type(obj)]
     for value in [getattr(obj, "fn", None), *getattr(obj, "__dict__", {}).values()]:
+        value = getattr(value, "__func__", value)  # a bound method: its function's code
         if isinstance(value, _CODE_OR_MODULE):
             found.append(value)
         elif value is not None:
