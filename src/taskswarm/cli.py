@@ -429,6 +429,7 @@ def master(
     if system_log_level is not None:
         _show_system_logging(system_log_level)
     from .dashboard import parse_address
+    from .journal import JournalUnusable
     from .keys import load_keys
     from .nodes.master import Master
 
@@ -443,27 +444,33 @@ def master(
     elif state_dir is None:
         state_dir = str(_default_state_dir(bind))
     parse_address(dashboard)  # a malformed address is a usage error before anything starts
-    node = Master(
-        bind,
-        key,
-        scheduler=scheduler,
-        strategy=strategy,
-        prefetch=prefetch,
-        heartbeat_interval=heartbeat,
-        slave_timeout=slave_timeout,
-        state_dir=state_dir,
-        max_crashes=max_crashes,
-        max_message_bytes=max_message_mib * 1024 * 1024,
-        stealing=stealing,
-        resource_wait=resource_wait,
-        dashboard=None if no_dashboard else dashboard,
-        advertise=advertise,
-        engine=engine,
-        result_ttl=result_ttl,
-        result_cap=result_cap_mib * 1024 * 1024,
-        client_timeout=client_timeout,
-        forget_after=forget_after,
-    )
+    try:
+        node = Master(
+            bind,
+            key,
+            scheduler=scheduler,
+            strategy=strategy,
+            prefetch=prefetch,
+            heartbeat_interval=heartbeat,
+            slave_timeout=slave_timeout,
+            state_dir=state_dir,
+            max_crashes=max_crashes,
+            max_message_bytes=max_message_mib * 1024 * 1024,
+            stealing=stealing,
+            resource_wait=resource_wait,
+            dashboard=None if no_dashboard else dashboard,
+            advertise=advertise,
+            engine=engine,
+            result_ttl=result_ttl,
+            result_cap=result_cap_mib * 1024 * 1024,
+            client_timeout=client_timeout,
+            forget_after=forget_after,
+        )
+    except JournalUnusable as exc:
+        # A restart cannot fix a full, read-only or damaged state directory: exit 2, which the
+        # shipped systemd unit does not retry (RestartPreventExitStatus=2).
+        click.echo(f"taskswarm master: {exc}", err=True)
+        sys.exit(2)
     _stop_on_signals(node)
     _tune_gc()
     node.serve(ready_file)

@@ -21,18 +21,47 @@ A master killed at any point restarts from this file: queued and in-flight tasks
 again, task systems resume from snapshot + replay, undelivered results are sent again. WAL with
 ``synchronous=NORMAL`` survives the process being killed (not a power loss) without an fsync per
 commit.
+
+Storage faults (as Redis refuses writes while it cannot save, and PostgreSQL names a damaged
+file rather than serve from it):
+
+- at start the directory must take a write and the file must read back whole, else
+  ``JournalUnusable`` names the path and the remedy (the master exits 2: a restart cannot help);
+- a write that fails while serving (disk full, read-only remount, I/O error) sets ``fault``: a
+  write that *accepts* work (``strict``) raises ``JournalFault`` so the sender is refused with
+  the reason; any other is dropped, its change kept in memory only (the work already accepted
+  carries on; a restart may run some of it again, never lose it). ``check()``, every heartbeat,
+  clears the fault once a probe write succeeds;
+- a journal deleted or replaced under the running master (SQLite would go on writing to the
+  unlinked file) is found by ``check()`` comparing the file's identity: a fault that stays, since
+  nothing written from then on would survive a restart.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["Journal", "NullJournal", "RestoredState", "RestoredSystem"]
+from .errors import TaskswarmError
+
+__all__ = [
+    "Journal",
+    "JournalFault",
+    "JournalUnusable",
+    "NullJournal",
+    "RestoredState",
+    "RestoredSystem",
+]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +70,18 @@ _INSERT_TASKS = (
     " name, priority, resources) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+
+class JournalUnusable(TaskswarmError):
+    """The state directory or its journal cannot be used at start: the message names the path
+    and what to do. Not retried by a restart (the master exits 2)."""
+
+
+class JournalFault(TaskswarmError):
+    """A write that would accept work failed: the sender is refused with this message."""
+
+
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS probe (n INTEGER PRIMARY KEY, data BLOB);
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
     client_id TEXT NOT NULL,
@@ -114,14 +154,82 @@ MIN_FREE = 256
 VACUUM_STEP = 8192
 
 
+#: Bytes written to prove the state directory and the journal take a write (at start, and
+#: while a fault lasts): enough that a disk with only crumbs left is not taken for a healthy one.
+PROBE_BYTES = 64 * 1024
+
+
+def _remedy(exc: BaseException) -> str:
+    """What an operator should do about a storage error, in words."""
+    text = str(exc).lower()
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or "disk is full" in text:
+        return "its disk is full: free space there, or give --state-dir a directory on another disk"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in text:
+        return "it is read-only: make it writable by the master's user, or give --state-dir one"
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return (
+            "the file is damaged: move it aside (the master then starts with no saved state) or "
+            "put back a backup; `sqlite3 FILE .recover` saves what it still holds"
+        )
+    return "check the disk and the directory's permissions, or give --state-dir another one"
+
+
+def _guarded(method: Callable[..., _T]) -> Callable[..., _T | None]:
+    """A write that fails sets the journal's ``fault`` instead of taking the master down; one
+    called with ``strict=True`` (it accepts work) raises ``JournalFault`` so the sender is
+    refused."""
+
+    @functools.wraps(method)
+    def guarded(self: Journal, *args: Any, strict: bool = False, **kwargs: Any) -> _T | None:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.Error, OSError) as exc:
+            message = self._failed(method.__name__, exc)
+            if strict:
+                raise JournalFault(message) from None
+            return None
+
+    return guarded
+
+
 class Journal:
     """One SQLite file; used only from the master's loop thread."""
 
     durable = True
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path).absolute()  # named in messages: no guessing the directory
+        #: Why work is refused now (a failed write, a vanished file), or None: in ``status``.
+        self.fault: str | None = None
+        self.failed_writes = 0
+        self._lost = False  # the file went away: a fault that no probe clears
+        directory = self.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".taskswarm-probe-{os.getpid()}"
+            try:
+                with open(probe, "wb") as f:
+                    f.write(bytes(PROBE_BYTES))
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            raise JournalUnusable(
+                f"state directory {directory} cannot be written ({exc.strerror or exc}); "
+                f"{_remedy(exc)}"
+            ) from None
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalUnusable(
+                f"journal {self.path} cannot be used ({exc}); {_remedy(exc)}"
+            ) from None
+        stat = os.stat(self.path)
+        self._identity = (stat.st_dev, stat.st_ino)
+
+    def _open(self) -> None:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # Before any table exists (a new file); an older file is converted just below.
         self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
@@ -129,6 +237,11 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         # The -wal file is cut back to this after each checkpoint that empties it.
         self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        # Every page read once: a damaged file is named now, not half-way through a restore.
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            self._db.close()
+            raise sqlite3.DatabaseError("database disk image is malformed: " + "; ".join(problems))
         self._db.executescript(_SCHEMA)
         if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
             # A journal from an earlier taskswarm: once, so its free space can be given back.
@@ -146,12 +259,72 @@ class Journal:
             columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in columns:  # a journal from an earlier taskswarm
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        self._probe()
+        row = self._db.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'system_results'"
+        ).fetchone()
+        #: Results' sequence numbers are given here, not by SQLite, so that one whose write
+        #: failed still has its number and the runners' bookkeeping stays in order.
+        self._seq = row[0] if row else 0
+
+    def _probe(self) -> None:
+        """A small write and its removal: raises if the journal cannot take one now."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT OR REPLACE INTO probe VALUES (1, zeroblob(?))", (PROBE_BYTES,))
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM probe")
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def _failed(self, what: str, exc: BaseException) -> str:
+        self.failed_writes += 1
+        message = (
+            f"the master cannot save work: writing its journal {self.path} failed ({exc}); "
+            f"{_remedy(exc)}. It accepts work again once it can write"
+        )
+        if self.fault is None:
+            self.fault = message
+            log.error("%s (in %s); new work is refused meanwhile", message, what)
+        else:
+            log.debug("journal write %s failed: %s", what, exc)
+        return self.fault
+
+    def check(self) -> str | None:
+        """Every heartbeat: is the file still the one open, and does a faulted journal take a
+        write again? Returns the fault that stands, if any."""
+        try:
+            stat = os.stat(self.path)
+            same = (stat.st_dev, stat.st_ino) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            if not self._lost:
+                self._lost = True
+                self.fault = (
+                    f"the journal {self.path} was deleted or replaced while the master ran: "
+                    "nothing saved from now on would survive a restart, so new work is refused. "
+                    "Let the running work finish, put the state directory back, then restart "
+                    "the master"
+                )
+                log.error("%s", self.fault)
+            return self.fault
+        if self.fault is not None and not self._lost:
+            try:
+                self._probe()
+            except (sqlite3.Error, OSError):
+                return self.fault
+            log.warning("the journal %s takes writes again: accepting work", self.path)
+            self.fault = None
+        return self.fault
 
     def close(self) -> None:
         self._db.close()
 
     # -- tasks ---------------------------------------------------------------------------------
 
+    @_guarded
     def add_tasks(self, rows: Iterable[tuple]) -> None:
         """``TaskRecord.journal_row()`` tuples; a task already journaled is left as it is."""
         with self._db:
@@ -161,6 +334,7 @@ class Journal:
                 rows,
             )
 
+    @_guarded
     def count_attempts(self, task_id: str, retries: int, crashes: int) -> None:
         """A task runs again: keep its counts, so a restart does not give it more chances."""
         with self._db:
@@ -170,6 +344,7 @@ class Journal:
                 (retries, crashes, task_id),
             )
 
+    @_guarded
     def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes, float]]) -> None:
         """Keep plain tasks' outcomes ``(task_id, ok, data, done_at)`` until their applications
         confirm them, or they expire (``done_at`` is wall-clock time, for ``--result-ttl``)."""
@@ -181,6 +356,7 @@ class Journal:
                 ((int(ok), data, when, task_id) for task_id, ok, data, when in outcomes),
             )
 
+    @_guarded
     def forget_tasks(self, task_ids: Iterable[str]) -> None:
         """Delivered and confirmed, or cancelled: nothing left to keep."""
         with self._db:
@@ -189,6 +365,7 @@ class Journal:
 
     # -- task systems --------------------------------------------------------------------------
 
+    @_guarded
     def add_system(self, system_id: str, client_id: str, payload: bytes) -> None:
         with self._db:
             self._db.execute("BEGIN")
@@ -199,20 +376,30 @@ class Journal:
 
     def system_results(self, system_id: str, results: list[tuple[str, bool, bytes]]) -> int:
         """Record results handed to a system; returns the sequence number of the last one."""
+        first = self._seq + 1
+        self._seq += len(results)
+        self._add_system_results(system_id, first, results)
+        return self._seq
+
+    @_guarded
+    def _add_system_results(
+        self, system_id: str, first: int, results: list[tuple[str, bool, bytes]]
+    ) -> None:
         with self._db:
             self._db.execute("BEGIN")
-            last = 0
-            for task_id, ok, data in results:
-                cursor = self._db.execute(
-                    "INSERT INTO system_results (system_id, task_id, ok, data) VALUES (?, ?, ?, ?)",
-                    (system_id, task_id, int(ok), data),
-                )
-                last = cursor.lastrowid
+            self._db.executemany(
+                "INSERT INTO system_results (seq, system_id, task_id, ok, data)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    (first + i, system_id, task_id, int(ok), data)
+                    for i, (task_id, ok, data) in enumerate(results)
+                ),
+            )
             self._db.executemany(
                 "DELETE FROM tasks WHERE task_id = ?", ((t,) for t, _, _ in results)
             )
-        return last
 
+    @_guarded
     def snapshot(
         self,
         system_id: str,
@@ -238,6 +425,7 @@ class Journal:
                 new_tasks,
             )
 
+    @_guarded
     def system_done(
         self, system_id: str, outcome: bytes, failed: bool, ended_at: float | None = None
     ) -> None:
@@ -252,6 +440,7 @@ class Journal:
             self._db.execute("DELETE FROM tasks WHERE system_id = ?", (system_id,))
             self._db.execute("DELETE FROM system_results WHERE system_id = ?", (system_id,))
 
+    @_guarded
     def forget_systems(self, system_ids: Iterable[str]) -> None:
         """Collected or expired: nothing of these systems is kept any more."""
         ids = [(s,) for s in system_ids]
@@ -265,6 +454,7 @@ class Journal:
 
     # -- space ---------------------------------------------------------------------------------
 
+    @_guarded
     def maintain(self) -> None:
         """Give free space back to the file system (called every few seconds by the master).
 
@@ -289,6 +479,15 @@ class Journal:
     # -- restart -------------------------------------------------------------------------------
 
     def load(self) -> RestoredState:
+        """What a restarted master resumes from; a row that cannot be read names the file."""
+        try:
+            return self._load()
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalUnusable(
+                f"journal {self.path} cannot be read ({exc}); {_remedy(exc)}"
+            ) from None
+
+    def _load(self) -> RestoredState:
         state = RestoredState()
         for row in self._db.execute(
             "SELECT task_id, client_id, system_id, payload, timeout, max_retries, name, priority,"
@@ -340,6 +539,8 @@ class NullJournal:
     """A master without a state directory: the same calls, nothing kept."""
 
     durable = False
+    fault: str | None = None
+    failed_writes = 0
 
     def __init__(self) -> None:
         self._seq = 0  # results still need sequence numbers: the runners track what they applied
@@ -347,7 +548,10 @@ class NullJournal:
     def close(self) -> None:
         pass
 
-    def add_tasks(self, rows: Iterable[tuple]) -> None:
+    def check(self) -> str | None:
+        return None
+
+    def add_tasks(self, rows: Iterable[tuple], *, strict: bool = False) -> None:
         pass
 
     def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes, float]]) -> None:
@@ -359,7 +563,9 @@ class NullJournal:
     def forget_tasks(self, task_ids: Iterable[str]) -> None:
         pass
 
-    def add_system(self, system_id: str, client_id: str, payload: bytes) -> None:
+    def add_system(
+        self, system_id: str, client_id: str, payload: bytes, *, strict: bool = False
+    ) -> None:
         pass
 
     def system_results(self, system_id: str, results: list[tuple[str, bool, bytes]]) -> int:

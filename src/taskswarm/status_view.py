@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .progress import format_seconds
@@ -36,6 +37,8 @@ def status_renderables(info: dict[str, Any]) -> list[Any]:
         f"{', stealing' if master.get('stealing') else ''}, up {master['uptime']:.0f}s); "
         f"tasks queued {tasks['queued']}, assigned {tasks['assigned']}"
     )
+    if master.get("degraded"):
+        out.append(f"[bold red]refusing new work:[/] {escape(master['degraded'])}")
     out.append(_slaves_table(info["slaves"]))
     if info.get("applications"):
         out.append(_applications_table(info["applications"]))

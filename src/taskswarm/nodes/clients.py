@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from ..errors import TaskError
+from ..journal import JournalFault
 from ..scheduling.records import TaskRecord, TaskState
 from ..task import ExceptionWithTraceback
 from ..wire import ENVELOPE, Kind, Message, within
@@ -166,11 +167,31 @@ class ClientTable:
         # A batch sent again after a reconnect: keep only what the master does not know yet.
         known = self.master.scheduler.tasks
         fresh = [t for t in tasks if t.task_id not in known and t.task_id not in client.unconfirmed]
+        if fresh and not self.accepting(identity, msg.get("rid")):
+            return
+        try:
+            self.master.journal.add_tasks([t.journal_row() for t in fresh], strict=True)
+        except JournalFault as exc:
+            self.refuse(identity, msg.get("rid"), str(exc))
+            return
         client.submitted += len(fresh)
-        self.master.journal.add_tasks(t.journal_row() for t in fresh)
         self.master.scheduler.push_tasks(fresh)
         # Answered once this turn's tasks are on their way: the ACK is not on their path.
         self.master.reply_later(identity, Kind.ACK, {"rid": msg.get("rid"), "n": len(tasks)})
+
+    def accepting(self, identity: bytes, rid: Any) -> bool:
+        """Whether the master can take new work now; if not, the sender is told why. Work is
+        acknowledged only once it is saved, so while the journal cannot be written (a full or
+        read-only disk, a vanished state directory) it is refused with the reason instead."""
+        fault = self.master.journal.fault
+        if fault is None:
+            return True
+        self.refuse(identity, rid, fault)
+        return False
+
+    def refuse(self, identity: bytes, rid: Any, reason: str) -> None:
+        self.master.codec.rejected["not-saved"] += 1
+        self.master.send(identity, Kind.REJECT, {"rid": rid, "reason": reason})
 
     def on_results_ack(self, identity: bytes, msg: Message) -> None:
         client = self.known(identity)
@@ -236,7 +257,18 @@ class ClientTable:
         if client is None:
             return
         system_id = str(msg["system_id"])
-        if self.master.systems.start(system_id, client.client_id, msg.payloads[0], identity):
+        if system_id not in self.master.systems.records and not self.accepting(
+            identity, msg.get("rid")
+        ):
+            return
+        try:
+            started = self.master.systems.start(
+                system_id, client.client_id, msg.payloads[0], identity
+            )
+        except JournalFault as exc:
+            self.refuse(identity, msg.get("rid"), str(exc))
+            return
+        if started:
             self.master.send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": 1})
         else:
             reason = f"task system {system_id} already exists"

@@ -276,6 +276,7 @@ class Master:
                     self.gate.report()
                     self._check_slaves()
                     self._check_parent()
+                    self.journal.check()
                     self._sweep()
                     next_beat = time.monotonic() + self.heartbeat_interval
                 self._dispatch()
@@ -856,6 +857,9 @@ class Master:
                 "encrypted": self.encrypted,
                 "rejected": dict(self.codec.rejected),
                 "kept": self.kept(),
+                # Why new work is refused (the journal cannot be written), or null.
+                "degraded": self.journal.fault,
+                "journal_failed_writes": self.journal.failed_writes,
             },
             "slaves": live + list(self.departed.values()),
             "applications": self.clients.summaries(),

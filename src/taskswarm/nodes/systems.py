@@ -103,7 +103,7 @@ class SystemTable:
         if system_id in self.records:
             # Sent again by its own application after a reconnect: it is here already.
             return self.records[system_id].client_id == client_id
-        self.master.journal.add_system(system_id, client_id, payload)
+        self.master.journal.add_system(system_id, client_id, payload, strict=True)
         self._run(SystemRecord(system_id, client_id, None), payload, None, [])
         self.records[system_id].waiters.add(waiter)
         log.info("task system %s started for application %s", system_id, client_id)
