@@ -30,6 +30,21 @@ Scenarios:
   reports how long after completion every slave shows ``in_flight == 0`` in ``app.status()``
   (must be under 1 s), and what became of the leftover ranges (markers the tasks write).
 
+Storage faults (the state directory on a small tmpfs the harness mounts: run as root), each
+while a counting system runs; the system's result must still equal the serial one:
+
+* ``disk-full``: the disk is filled at 20-60 % done; plain tasks submitted meanwhile must each be
+  refused with the reason (none left waiting), status must say degraded; the disk is freed, and
+  the master must take work again by itself.
+* ``read-only``: the master is SIGKILLed, the disk remounted read-only: the restarted master must
+  exit 2 with one line naming the directory; remounted writable, it resumes the system.
+* ``deleted``: the state directory is deleted under the running master: new work is refused
+  saying so, the running system still completes.
+* ``corrupt``: the master is SIGKILLed, its journal cut to half and its -wal overwritten: a
+  restart exits 2 naming the file; the backup put back, it resumes the system.
+* ``oversize`` (``--max-message-mib 4``): an argument over the limit fails at ``submit``, a result
+  over it fails its Future with MessageTooLarge after one attempt, not re-run; the next task runs.
+
 Processes are reaped and temporary directories removed in ``finally`` blocks, also on Ctrl-C or
 SIGTERM; every node also runs with ``--exit-with-parent`` so a harness killed with SIGKILL leaves
 none behind. Workers of a SIGKILLed slave are watched too: they must exit by themselves.
@@ -62,7 +77,17 @@ from typing import Any
 import taskswarm as ts
 from procs import descendants, proc_stat
 
-SCENARIOS = ("slave-kill", "master-kill", "poison", "cancel")
+SCENARIOS = (
+    "slave-kill",
+    "master-kill",
+    "poison",
+    "cancel",
+    "disk-full",
+    "read-only",
+    "deleted",
+    "corrupt",
+    "oversize",
+)
 
 #: The Mersenne prime 2**61 - 1: f(i) is computed modulo it.
 PRIME = (1 << 61) - 1
@@ -328,11 +353,14 @@ class Cluster:
         heartbeat: float = 0.2,
         slave_timeout: float = 1.0,
         log_level: str = "info",
+        state_dir: Path | None = None,
+        master_args: tuple[str, ...] = (),
     ) -> None:
         self.workers, self.heartbeat, self.slave_timeout = workers, heartbeat, slave_timeout
         self.log_level = log_level
+        self.master_args = master_args
         self.dir = Path(tempfile.mkdtemp(prefix="taskswarm-chaos-"))
-        self.state_dir = self.dir / "state"
+        self.state_dir = state_dir or self.dir / "state"
         self.key_file = str(self.dir / "cluster.key")
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.master: subprocess.Popen | None = None
@@ -376,12 +404,8 @@ class Cluster:
         command += ["--exit-with-parent", str(os.getpid()), *args]
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
-    def start_master(self) -> subprocess.Popen:
-        """Start the master (again) on the same address and state directory; wait till it
-        listens."""
-        ready = self.dir / "master.ready"
-        ready.unlink(missing_ok=True)
-        self.master = self._spawn(
+    def _spawn_master(self, ready: Path) -> subprocess.Popen:
+        return self._spawn(
             "master",
             "master",
             "--bind",
@@ -396,7 +420,34 @@ class Cluster:
             str(self.slave_timeout),
             "--ready-file",
             str(ready),
+            *self.master_args,
         )
+
+    def refused_start(self) -> tuple[int | None, list[str]]:
+        """Start the master expecting it to refuse: (its exit code, or None if it stayed up,
+        and the lines it wrote). One that stays up is stopped again."""
+        log = self.dir / "master.log"
+        offset = log.stat().st_size if log.exists() else 0
+        ready = self.dir / "master.ready"
+        ready.unlink(missing_ok=True)
+        process = self._spawn_master(ready)
+        try:
+            code = process.wait(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            code = None
+            process.kill()
+            process.wait(timeout=10)
+        with open(log, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        return code, lines
+
+    def start_master(self) -> subprocess.Popen:
+        """Start the master (again) on the same address and state directory; wait till it
+        listens."""
+        ready = self.dir / "master.ready"
+        ready.unlink(missing_ok=True)
+        self.master = self._spawn_master(ready)
         deadline = time.monotonic() + START_TIMEOUT
         while not (ready.exists() and ready.read_text()):
             if self.master.poll() is not None:
@@ -620,14 +671,15 @@ class _ClusterRun:
     active and a connection, for one scenario run. An error inside becomes a failure of the run;
     the processes are reaped and the logs of a failed run kept (in ``outcome.log``) either way."""
 
-    def __init__(self, outcome: Outcome, slaves: int, opts: Options) -> None:
+    def __init__(self, outcome: Outcome, slaves: int, opts: Options, **cluster: Any) -> None:
         self.outcome, self.slaves, self.opts = outcome, slaves, opts
+        self.options = cluster  # for Cluster: state_dir, master_args
         self.cluster: Cluster | None = None
         self.app: ts.Application | None = None
 
     def __enter__(self) -> tuple[Cluster, ts.Application]:
         try:
-            self.cluster = Cluster(self.slaves)
+            self.cluster = Cluster(self.slaves, **self.options)
             self.app = self.cluster.connect()
             self.cluster.wait_active(self.app, self.slaves)
         except BaseException:
@@ -851,11 +903,325 @@ def _check_cancel(
         outcome.fail(f"ranges {late} ran to their end after completion")
 
 
+# -- storage faults and oversized messages --------------------------------------------------------
+
+
+def echo_size(data: bytes) -> int:
+    """A plain task: how many bytes it was given."""
+    return len(data)
+
+
+class BigResult(ts.Task):
+    """Returns ``size`` bytes; notes each attempt in ``marker``."""
+
+    def __init__(self, marker: str, size: int) -> None:
+        super().__init__(name="big-result")
+        self.marker, self.size = marker, size
+
+    def __call__(self) -> bytes:
+        with open(self.marker, "a") as out:
+            out.write(f"{os.getpid()}\n")
+        return bytes(self.size)
+
+
+@contextlib.contextmanager
+def small_disk(size: str) -> Any:
+    """A tmpfs of ``size`` mounted for the run (a real disk that fills and goes read-only)."""
+    if os.geteuid() != 0:
+        raise RuntimeError("this scenario mounts a small tmpfs: run the harness as root")
+    where = Path(tempfile.mkdtemp(prefix="taskswarm-chaos-disk-"))
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield where
+        finally:
+            subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
+    finally:
+        with contextlib.suppress(OSError):
+            where.rmdir()
+
+
+def fill_disk(directory: Path) -> Path:
+    """Write a file until the disk under ``directory`` has not a byte left."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        chunk = 1 << 20
+        while chunk:
+            try:
+                out.write(bytes(chunk))
+            except OSError:
+                chunk //= 2
+    return filler
+
+
+def _remount(where: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(where)], check=True, capture_output=True)
+
+
+def _submissions(app: ts.Application, count: int, size: int) -> tuple[int, int, int, list[str]]:
+    """Submit ``count`` plain tasks: (ran, refused, unresolved, the refusals' texts)."""
+    futures = [app.submit(echo_size, bytes(size)) for _ in range(count)]
+    ran = refused = unresolved = 0
+    reasons: list[str] = []
+    for future in futures:
+        try:
+            ran += future.result(timeout=30) == size
+        except FutureTimeout:
+            unresolved += 1
+        except ts.TaskswarmError as exc:
+            refused += 1
+            reasons.append(str(exc))
+    return ran, refused, unresolved, reasons
+
+
+def _wait_degraded(app: ts.Application, degraded: bool, timeout: float = 30.0) -> float | None:
+    """Seconds until status says (or stops saying) degraded; None if it did not in time."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if (app.status(timeout=5.0)["master"].get("degraded") is not None) == degraded:
+            return time.monotonic() - began
+        time.sleep(0.05)
+    return None
+
+
+def _run_until(
+    app: ts.Application, outcome: Outcome, n: int, rounds: int, window: int, at: float, pause=0.0
+) -> tuple[ts.SystemHandle, threading.Event, list[int]] | None:
+    """Submit a counting system and wait until ``at`` of it is done (None: it never got there)."""
+    reached = threading.Event()
+    seen = [0]
+
+    def progress(done: int, total: int) -> None:
+        seen[0] = done
+        if done >= at * n:
+            reached.set()
+
+    handle = app.submit_system(CountingSystem(n, rounds, window, pause=pause), progress=progress)
+    handle.add_done_callback(lambda _: reached.set())
+    if not reached.wait(STALL_TIMEOUT):
+        outcome.fail(f"no progress to {at:.0%} within {STALL_TIMEOUT:g}s ({seen[0]}/{n})")
+        return None
+    if handle.done():
+        outcome.fail("the system completed before the fault: raise --tasks")
+        return None
+    return handle, reached, seen
+
+
+def disk_full(opts: Options, outcome: Outcome) -> None:
+    """The state disk fills while a system runs; freed, the master takes work again."""
+    rng = random.Random(opts.seed if opts.seed is not None else None)
+    n, window, pause = opts.tasks or (300 if opts.quick else 600), 60, 0.01
+    outcome.tasks = n
+    reference = serial_reference(n, opts.rounds, window)
+    with (
+        small_disk("16m") as disk,
+        _ClusterRun(outcome, 2, opts, state_dir=disk / "state") as (cluster, app),
+    ):
+        started = time.monotonic()
+        running = _run_until(app, outcome, n, opts.rounds, window, rng.uniform(0.2, 0.6), pause)
+        if running is None:
+            return
+        handle = running[0]
+        filler = fill_disk(disk)
+        outcome.kills = 1
+        _, refused, unresolved, reasons = _submissions(app, 10, 256 * 1024)
+        full = sum("disk is full" in r for r in reasons)
+        degraded = app.status(timeout=5.0)["master"].get("degraded")
+        filler.unlink()
+        recovered = _wait_degraded(app, False)
+        ran_after, refused_after, unresolved_after, _ = _submissions(app, 10, 256 * 1024)
+        result = _wait_result(app, handle, outcome, opts.result_timeout)
+        outcome.seconds = time.monotonic() - started
+        outcome.note = (
+            f"full: {refused}/10 refused ({full} saying 'disk is full'), {unresolved} unresolved; "
+            f"freed: accepting again after {_cell(recovered)} s, {ran_after}/10 ran"
+        )
+        if unresolved or unresolved_after:
+            outcome.fail(f"{unresolved + unresolved_after} Futures never resolved")
+        if not refused or full != refused:
+            outcome.fail("work was not refused with 'disk is full' while the disk was full")
+        if degraded is None:
+            outcome.fail("status did not say degraded while the disk was full")
+        if recovered is None or ran_after != 10 or refused_after:
+            outcome.fail("the master did not take work again once the disk was freed")
+        if result is not None:
+            _finish_counting(outcome, result, reference, n)
+
+
+def _restart_refused(cluster: Cluster, outcome: Outcome, words: tuple[str, ...]) -> str | None:
+    """Start the master expecting exit 2 and one line with ``words``; returns that line."""
+    code, lines = cluster.refused_start()
+    said = [line for line in lines if line.startswith("taskswarm master: ")]
+    outcome.details["refused_start"] = lines[-5:]
+    if code != 2:
+        outcome.fail(f"the master started on a bad state directory (exit code {code}), not 2")
+        return None
+    if any("Traceback" in line for line in lines):
+        outcome.fail("the refused start printed a traceback")
+    if len(said) != 1 or not all(word in said[0] for word in words):
+        outcome.fail(f"the refused start did not say {words} in one line: {lines[-3:]}")
+        return None
+    return said[0]
+
+
+def _killed_and_refused(opts: Options, outcome: Outcome, fault: str) -> None:
+    """Kill the master mid-system, damage its state (``fault``), expect a refused start, undo
+    the damage, restart: the system completes as if nothing happened."""
+    rng = random.Random(opts.seed if opts.seed is not None else None)
+    n, window = opts.tasks or (300 if opts.quick else 600), 60
+    outcome.tasks = n
+    reference = serial_reference(n, opts.rounds, window)
+    with contextlib.ExitStack() as stack:
+        options: dict[str, Any] = {}
+        if fault == "read-only":
+            disk = stack.enter_context(small_disk("32m"))
+            options["state_dir"] = disk / "state"
+        cluster, app = stack.enter_context(_ClusterRun(outcome, 3, opts, **options))
+        started = time.monotonic()
+        running = _run_until(app, outcome, n, opts.rounds, window, rng.uniform(0.2, 0.6))
+        if running is None:
+            return
+        handle = running[0]
+        cluster.kill_master()
+        outcome.kills = 1
+        journal = cluster.state_dir / "journal.sqlite3"
+        if fault == "read-only":
+            _remount(disk, "ro")
+            words = (str(cluster.state_dir), "read-only")
+        else:
+            backup = cluster.dir / "journal-backup"
+            backup.mkdir()
+            for path in cluster.state_dir.glob("journal.sqlite3*"):
+                shutil.copy2(path, backup / path.name)
+            # Half the file gone, and the log of recent commits (-wal) overwritten: what a
+            # failing disk or a careless copy leaves.
+            with open(journal, "r+b") as damaged:
+                damaged.truncate(journal.stat().st_size // 2)
+            wal = journal.with_name(journal.name + "-wal")
+            if wal.exists():
+                wal.write_bytes(b"not a journal any more\0" * (wal.stat().st_size // 23 + 1))
+            words = (str(journal), "damaged")
+        line = _restart_refused(cluster, outcome, words)
+        if fault == "read-only":
+            _remount(disk, "rw")
+        else:
+            for path in backup.iterdir():
+                shutil.copy2(path, cluster.state_dir / path.name)
+        cluster.start_master()
+        result = _wait_result(app, handle, outcome, opts.result_timeout)
+        outcome.seconds = time.monotonic() - started
+        reason = line.split("; ", 1)[-1].split(":")[0] if line else "-"
+        outcome.note = f"exit 2 ({reason}), put right, resumed:"
+        restore = cluster.restore_lines()
+        if restore:
+            outcome.note += " " + restore_summary(restore)
+        if result is not None:
+            _finish_counting(outcome, result, reference, n)
+
+
+def read_only(opts: Options, outcome: Outcome) -> None:
+    """Master killed, its disk remounted read-only: exit 2, then it resumes once writable."""
+    _killed_and_refused(opts, outcome, "read-only")
+
+
+def corrupt(opts: Options, outcome: Outcome) -> None:
+    """Master killed, its journal cut and its -wal overwritten: exit 2 naming it; backup back."""
+    _killed_and_refused(opts, outcome, "corrupt")
+
+
+def deleted(opts: Options, outcome: Outcome) -> None:
+    """The state directory deleted under a running master: new work refused, the system ends."""
+    rng = random.Random(opts.seed if opts.seed is not None else None)
+    n, window, pause = opts.tasks or (300 if opts.quick else 600), 60, 0.01
+    outcome.tasks = n
+    reference = serial_reference(n, opts.rounds, window)
+    with _ClusterRun(outcome, 2, opts) as (cluster, app):
+        started = time.monotonic()
+        running = _run_until(app, outcome, n, opts.rounds, window, rng.uniform(0.2, 0.6), pause)
+        if running is None:
+            return
+        handle = running[0]
+        shutil.rmtree(cluster.state_dir)
+        outcome.kills = 1
+        noticed = _wait_degraded(app, True)
+        _, refused, unresolved, reasons = _submissions(app, 10, 1024)
+        said = sum("deleted or replaced" in r for r in reasons)
+        result = _wait_result(app, handle, outcome, opts.result_timeout)
+        outcome.seconds = time.monotonic() - started
+        outcome.note = (
+            f"noticed after {_cell(noticed)} s; {refused}/10 refused "
+            f"({said} saying why), {unresolved} unresolved"
+        )
+        if noticed is None:
+            outcome.fail("status never said degraded")
+        if unresolved:
+            outcome.fail(f"{unresolved} Futures never resolved")
+        if refused != 10 or said != 10:
+            outcome.fail("new work was not refused with the reason")
+        if result is not None:
+            _finish_counting(outcome, result, reference, n)
+
+
+def oversize(opts: Options, outcome: Outcome) -> None:
+    """--max-message-mib 4: a 5 MiB argument and a 5 MiB result each fail once, clearly."""
+    limit, size = 4, 5 * 1024 * 1024
+    outcome.tasks = 3
+    with _ClusterRun(outcome, 1, opts, master_args=("--max-message-mib", str(limit))) as (
+        cluster,
+        app,
+    ):
+        started = time.monotonic()
+        argument = result = "-"
+        try:
+            future = app.submit(echo_size, bytes(size))
+        except ts.MessageTooLarge as exc:
+            argument = "MessageTooLarge at submit"
+            if "--max-message-mib" not in str(exc):
+                outcome.fail(f"the argument's error does not name the option: {exc}")
+        else:
+            try:
+                future.result(timeout=30)
+                outcome.fail("a 5 MiB argument ran under a 4 MiB limit")
+            except FutureTimeout:
+                outcome.fail("the oversized argument's Future never resolved")
+            except ts.MessageTooLarge:
+                argument = "MessageTooLarge from its Future"
+        marker = str(cluster.dir / "big.attempts")
+        try:
+            app.submit(BigResult(marker, size)).result(timeout=60)
+            outcome.fail("a 5 MiB result was delivered under a 4 MiB limit")
+        except FutureTimeout:
+            outcome.fail("the oversized result's Future never resolved")
+        except ts.MessageTooLarge as exc:
+            result = "MessageTooLarge"
+            if "--max-message-mib" not in str(exc):
+                outcome.fail(f"the result's error does not name the option: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any other error is this run's failure
+            outcome.fail(f"the oversized result failed as {type(exc).__name__}: {exc}")
+        attempts = _attempts(marker)
+        if attempts != 1:
+            outcome.fail(f"the oversized result ran {attempts} times, not once")
+        after = app.submit(echo_size, bytes(1024)).result(timeout=30)
+        outcome.correct = not outcome.failures and after == 1024
+        outcome.lost = outcome.duplicates = 0
+        outcome.seconds = time.monotonic() - started
+        outcome.note = f"argument: {argument}; result: {result} after {attempts} attempt(s)"
+
+
 RUNNERS: dict[str, Callable[[Options, Outcome], None]] = {
     "slave-kill": slave_kill,
     "master-kill": master_kill,
     "poison": poison,
     "cancel": cancel,
+    "disk-full": disk_full,
+    "read-only": read_only,
+    "deleted": deleted,
+    "corrupt": corrupt,
+    "oversize": oversize,
 }
 
 

@@ -3,7 +3,9 @@
 Nodes are real processes killed with SIGKILL: slaves every second, the master once mid-system.
 The task system's result must equal a serial run's, with no task lost and none delivered twice;
 a task that kills its worker fails with WorkerCrashed after 3 attempts, one that oversleeps its
-timeout with TaskTimeout; a system that completes early leaves no slave holding a task.
+timeout with TaskTimeout; a system that completes early leaves no slave holding a task; a full,
+read-only, deleted or damaged state directory is a clear refusal that loses no acknowledged work;
+an oversized argument or result fails once, saying so.
 """
 
 from __future__ import annotations
@@ -95,6 +97,21 @@ def test_cancel_leaves_no_slave_holding_a_leftover_task(no_leftovers):
     assert outcome.correct
     assert outcome.details["idle"] < 1.0
     assert not outcome.details["late"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scenario", ["disk-full", "read-only", "deleted", "corrupt"])
+def test_storage_faults_refuse_clearly_and_lose_no_acknowledged_work(scenario, no_leftovers):
+    outcome = run_quick(scenario)
+    assert outcome.kills == 1
+    assert outcome.correct and outcome.lost == 0 and outcome.duplicates == 0
+
+
+@pytest.mark.timeout(120)
+def test_an_oversized_argument_or_result_fails_once_with_its_size(no_leftovers):
+    outcome = run_quick("oversize")
+    assert "after 1 attempt(s)" in outcome.note
+    assert outcome.correct
 
 
 def test_a_cluster_that_does_not_start_is_a_failed_row_not_a_crash(monkeypatch, no_leftovers):
