@@ -174,8 +174,10 @@ def test_a_deleted_state_directory_stops_acceptance(tmp_path):
             app.submit(identity, 2).result(timeout=30)
         from test_task_systems import CollatzWalks
 
+        refused = CollatzWalks([5, 7])
         with pytest.raises(ts.TaskswarmError, match="deleted or replaced"):
-            app.submit_system(CollatzWalks([5, 7]))
+            app.submit_system(refused)
+        assert refused.system_id not in app._systems  # nothing left waiting for it
         # Put back, the directory is still not the journal the master has open: it stays so.
         state.mkdir()
         with pytest.raises(ts.TaskswarmError, match="deleted or replaced"):

@@ -316,7 +316,16 @@ class Application:
         handle = self._track_system(system.system_id, progress, label)
         self._sent_systems.add(system.system_id)
         # Wait for the master's ACK: once this returns, the system lives on without us.
-        self._request(Kind.SYSTEM, {"system_id": system.system_id}, 30.0, [payload])
+        try:
+            self._request(Kind.SYSTEM, {"system_id": system.system_id}, 30.0, [payload])
+        except TaskswarmError as exc:
+            # Refused (a full disk on the master, an id taken): nothing lives on to wait for.
+            with self._lock:
+                if self._systems.get(system.system_id) is handle:
+                    del self._systems[system.system_id]
+            self._sent_systems.discard(system.system_id)
+            handle.set_outcome(error=exc)
+            raise
         return handle
 
     def run_system(
