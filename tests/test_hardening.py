@@ -155,3 +155,21 @@ def test_a_task_cancelled_by_another_application_ends_its_owners_future(shared, 
         with pytest.raises(ts.TaskError, match=f"was cancelled by application {other.client_id}"):
             held.result(timeout=30)
         assert owner.submit(pow, 2, 8).result(timeout=30) == 256
+
+
+def test_departed_slaves_are_kept_only_as_a_bounded_recent_list(app, peer):
+    from taskswarm.nodes.master import DEPARTED_KEPT
+
+    # Each REGISTER under a new name from the same socket replaces the slave before it, which
+    # departs: a cluster whose slaves come and go (spot instances, autoscaling) for months.
+    count = DEPARTED_KEPT + 150
+    for n in range(count):
+        peer.send(
+            Kind.REGISTER,
+            {"node_id": f"passing-{n}", "host": "h", "pid": 1, "workers": 1, "heartbeat": 1.0},
+        )
+    wait_for(lambda: any(s["id"] == f"passing-{count - 1}" for s in app.status()["slaves"]))
+    wait_for(lambda: app.status()["master"]["kept"]["departed_slaves"] <= DEPARTED_KEPT)
+    names = {s["id"] for s in app.status()["slaves"]}
+    assert len(names) <= DEPARTED_KEPT + 2  # the kept departed, the last one and the real slave
+    assert "passing-0" not in names and f"passing-{count - 2}" in names  # the oldest go first
