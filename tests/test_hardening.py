@@ -173,3 +173,32 @@ def test_departed_slaves_are_kept_only_as_a_bounded_recent_list(app, peer):
     names = {s["id"] for s in app.status()["slaves"]}
     assert len(names) <= DEPARTED_KEPT + 2  # the kept departed, the last one and the real slave
     assert "passing-0" not in names and f"passing-{count - 2}" in names  # the oldest go first
+
+
+def _start_master(nodes, key_file: str, address: str, ready) -> None:
+    ready.unlink(missing_ok=True)
+    nodes.start(
+        "master", "--bind", address, "--key-file", key_file, "--no-state-dir",
+        "--no-dashboard", "--heartbeat", "0.2", "--ready-file", str(ready),
+    )  # fmt: skip
+    wait_for(lambda: ready.exists() and ready.read_text())
+
+
+def test_a_master_restarted_without_its_state_fails_the_futures_it_forgot(
+    nodes, key_file, tmp_path
+):
+    from conftest import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    ready = tmp_path / "ready"
+    _start_master(nodes, key_file, address, ready)
+    with ts.connect(address, key_file=key_file) as app:
+        queued = app.submit(pow, 2, 10)  # no slave: it stays queued on the master
+        wait_for(lambda: app.status()["tasks"]["queued"] == 1)
+        nodes.processes[-1].kill()
+        nodes.processes[-1].wait(timeout=10)
+        _start_master(nodes, key_file, address, ready)  # same address, nothing saved
+        with pytest.raises(ts.TaskError, match="no longer holds this task.*--state-dir"):
+            queued.result(timeout=30)
+        # The connection goes on with the new master.
+        assert app.status()["tasks"]["queued"] == 0

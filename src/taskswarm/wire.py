@@ -116,6 +116,9 @@ class Kind:
     SUBMIT = "submit"  # {tasks: [[task_id, timeout, max_retries, name], ...], rid} + payloads
     SYSTEM = "system"  # {system_id, rid} + the pickled task system
     SYSTEM_QUERY = "system-query"  # {system_id}
+    # {tasks}: after a reconnect, the plain tasks it still waits for; those the master no longer
+    # holds (it restarted with no state directory, their results expired) come back failed
+    TASKS_QUERY = "tasks-query"
     STATUS = "status"  # {rid}
     RESIZE = "resize"  # {slave_id, workers} to master; {workers} master -> slave
     BYE = "bye"  # a node leaves on purpose

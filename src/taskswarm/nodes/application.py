@@ -70,6 +70,8 @@ SUBMIT_BATCH = 5000
 SUBMIT_BYTES = 4 * 1024 * 1024
 #: Seconds a result's receipt waits to be confirmed with others (off the way of the next task).
 ACK_DELAY = 0.005
+#: Task ids per TASKS_QUERY after a reconnect (about 40 bytes each: well within any limit).
+QUERY_IDS = 20_000
 
 
 class Application:
@@ -569,6 +571,11 @@ class Application:
             self._send(kind, header, payloads)
         for batch in batches:
             self._send_tasks([(meta, payload) for meta, payload in batch if meta[0] in waiting])
+        # After the batches sent again (the master reads them first): any other task it no
+        # longer holds (it restarted with no state directory) comes back failed.
+        ids = sorted(waiting)
+        for start in range(0, len(ids), QUERY_IDS):
+            self._send(Kind.TASKS_QUERY, {"tasks": ids[start : start + QUERY_IDS]})
         for system_id in systems:
             self._send(Kind.SYSTEM_QUERY, {"system_id": system_id})
 

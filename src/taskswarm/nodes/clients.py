@@ -203,6 +203,37 @@ class ClientTable:
         if systems:
             self.master.systems.collected([str(s) for s in systems], client.client_id)
 
+    def on_tasks_query(self, identity: bytes, msg: Message) -> None:
+        """An application back after a reconnect names the plain tasks it still waits for:
+        those the master does not hold (not queued, running, or with an outcome kept for it)
+        are answered failed, so that no Future waits for ever on one nothing will finish."""
+        client = self.known(identity)
+        if client is None:
+            return
+        known = self.master.scheduler.tasks
+        lost = [
+            task_id
+            for task_id in map(str, msg["tasks"])
+            if task_id not in known and task_id not in client.unconfirmed
+        ]
+        if not lost:
+            return
+        log.warning(
+            "application %s waits for %d tasks this master does not hold; failing them",
+            client.client_id,
+            len(lost),
+        )
+        error = TaskError(
+            "the master no longer holds this task: it restarted without its state directory "
+            "(--state-dir), or the task's result expired uncollected while this application "
+            f"was away (--result-ttl {self.master.result_ttl:g}s, --result-cap-mib); "
+            "submit it again",
+            "TaskError",
+        )
+        outcome = cloudpickle.dumps(ExceptionWithTraceback(error, ""))  # one, shared
+        client.outbox.extend((task_id, False, outcome) for task_id in lost)
+        self._waiting[client.client_id] = client
+
     def on_cancel(self, identity: bytes, msg: Message) -> None:
         client = self.known(identity)
         if client is None:

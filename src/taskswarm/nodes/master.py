@@ -183,6 +183,7 @@ class Master:
             Kind.HELLO: self.clients.on_hello,
             Kind.SUBMIT: self.clients.on_submit,
             Kind.RESULTS_ACK: self.clients.on_results_ack,
+            Kind.TASKS_QUERY: self.clients.on_tasks_query,
             Kind.CANCEL: self.clients.on_cancel,
             Kind.SYSTEM: self.clients.on_system,
             Kind.SYSTEM_QUERY: self.on_system_query,
