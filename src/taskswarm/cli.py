@@ -611,7 +611,8 @@ def _default_state_dir(bind: str) -> Path:
     help="Memory each worker process may hold: 2GiB, 512MiB, a fraction of the machine's "
     "memory such as 0.5, or 0 for no limit (default: the machine's memory over the number "
     "of workers). A worker past 95% of it is replaced, and its task counts as one that "
-    "crashed its worker: after --max-crashes such runs it fails with WorkerMemoryExceeded.",
+    "crashed its worker: after the master's --max-crashes such runs it fails with "
+    "WorkerMemoryExceeded.",
 )
 @_max_message_option()
 @_env_option()
