@@ -268,7 +268,9 @@ class ProcessPoolManager(QueuedManager):
         return self._pace
 
     def next_deadline(self) -> float | None:
-        """When the earliest running task's timeout expires (monotonic), if any has one."""
+        """When ``check_timeouts`` has something to do (monotonic): the earliest running task's
+        timeout, or, while tasks run under a memory limit, the next look at the workers'
+        memory; None when neither."""
         deadlines = [w.deadline for w in self._workers.values() if w.deadline is not None]
         if self._memory_limit is not None and self.busy:
             deadlines.append(self._next_memory_check)  # the next look at the workers' memory
