@@ -29,6 +29,7 @@ __all__ = [
     "AUTO",
     "MEMORY_CHECK_INTERVAL",
     "MEMORY_FRACTION",
+    "can_measure",
     "fair_share",
     "format_bytes",
     "kill_group",
