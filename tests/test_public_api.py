@@ -43,6 +43,7 @@ EXPORTS = [
     "TaskswarmExecutor",
     "UnknownTaskSystem",
     "WorkerCrashed",
+    "WorkerMemoryExceeded",
     "connect",
     "connect_or_start",
 ]

@@ -23,6 +23,7 @@ from .errors import (
     TaskTimeout,
     UnknownTaskSystem,
     WorkerCrashed,
+    WorkerMemoryExceeded,
 )
 from .handles import SystemHandle, TaskswarmExecutor
 from .local import LocalCluster, connect_or_start
@@ -56,6 +57,7 @@ __all__ = [
     "TaskswarmExecutor",
     "UnknownTaskSystem",
     "WorkerCrashed",
+    "WorkerMemoryExceeded",
     "connect",
     "connect_or_start",
 ]

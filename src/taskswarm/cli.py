@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .errors import TaskswarmError
+from .errors import ConfigurationError, TaskswarmError
 
 try:
     import tomllib
@@ -519,6 +519,18 @@ def _parse_resources_option(value: str | None) -> dict[str, float] | None:
     return resources
 
 
+def _check_memory_limit(value: str | None) -> str | None:
+    """Refuse a memory limit that does not parse as a usage error, before anything starts."""
+    from .managers.containment import parse_memory_limit
+
+    if value is not None:
+        try:
+            parse_memory_limit(value)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _watch_status(app: Any, seconds: float) -> None:
     """Redraw the status tables in place until Ctrl-C (the caller ends quietly on it)."""
     import time
@@ -598,6 +610,17 @@ def _default_state_dir(bind: str) -> Path:
     help="What this slave offers tasks that declare needs (Task.resources), e.g. gpu=2,mem=16: "
     "a task needing gpu=1 runs only where one is free.",
 )
+@click.option(
+    "--worker-memory-limit",
+    metavar="SIZE",
+    default=None,
+    callback=lambda ctx, param, value: _check_memory_limit(value),
+    help="Memory each worker process may hold: 2GiB, 512MiB, a fraction of the machine's "
+    "memory such as 0.5, or 0 for no limit (default: the machine's memory over the number "
+    "of workers). A worker past 95% of it is replaced, and its task counts as one that "
+    "crashed its worker: after the master's --max-crashes such runs it fails with "
+    "WorkerMemoryExceeded.",
+)
 @_max_message_option()
 @_env_option()
 def slave(
@@ -610,6 +633,7 @@ def slave(
     resources: dict[str, float] | None,
     max_message_mib: int,
     engine: str | None = None,
+    worker_memory_limit: str | None = None,
 ) -> None:
     """Run a slave node for the master at MASTER (tcp://HOST:PORT)."""
     from .keys import load_keys
@@ -621,7 +645,7 @@ def slave(
         master_address,
         key,
         workers=workers,
-        manager=manager_for(manager, workers, engine),
+        manager=manager_for(manager, workers, engine, worker_memory_limit),
         heartbeat_interval=heartbeat,
         grace=grace,
         max_message_bytes=max_message_mib * 1024 * 1024,

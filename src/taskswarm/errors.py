@@ -111,6 +111,12 @@ class WorkerCrashed(TaskError):
     """Raised when a task killed its worker process (signal or exit code in the message)."""
 
 
+class WorkerMemoryExceeded(WorkerCrashed):
+    """Raised when a task's worker process kept passing its memory limit (the slave's
+    ``--worker-memory-limit``) and was replaced each time; the message says how much it used
+    and what the limit was. A kind of ``WorkerCrashed``: it cost the same attempts."""
+
+
 class TaskSystemError(TaskswarmError):
     """Raised when a task system failed: a callback raised, or it gathered a non-exception error."""
 

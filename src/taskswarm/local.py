@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import ClusterError, ConfigurationError
 from .keys import generate_key_file, load_keys
+from .managers.containment import fair_share, parse_memory_limit
 from .managers.process_pool import usable_cores
 from .nodes.application import Application, connect
 from .scheduling import load_plugin
@@ -47,6 +48,9 @@ class LocalCluster:
     ``resources`` is what each of the first slaves offers (``taskswarm slave --resources``), and
     ``add_slave(workers, resources=...)`` adds slaves of other shapes. ``dashboard="HOST:PORT"``
     serves the master's HTTP API there (none by default: many local clusters may run at once).
+    ``worker_memory_limit`` is each slave's ``--worker-memory-limit`` (``"2GiB"``, a fraction,
+    0 for none); by default the slaves share the machine, so each worker's limit is the
+    machine's memory over every worker of the cluster.
 
     The nodes log warnings only (``log_level``), but what task systems log themselves shows
     from ``system_log_level`` up, on this process's stderr, which the nodes share. The nodes
@@ -73,8 +77,14 @@ class LocalCluster:
         resource_wait: float = 10.0,
         resources: dict[str, float] | None = None,
         dashboard: str | None = None,
+        worker_memory_limit: str | int | float | None = None,
     ) -> None:
         self.slaves, self.workers = default_layout(slaves, workers)
+        if worker_memory_limit is None:
+            share = fair_share(self.slaves * self.workers)
+            worker_memory_limit = "auto" if share is None else share
+        parse_memory_limit(worker_memory_limit)  # refused here, not as slaves that died
+        self.worker_memory_limit = str(worker_memory_limit)
         # A misspelt name is refused here, with the choices, rather than as a master that died.
         load_plugin("taskswarm.schedulers", scheduler)
         load_plugin("taskswarm.strategies", strategy)
@@ -176,6 +186,8 @@ class LocalCluster:
             str(self.workers if workers is None else workers),
             "--heartbeat",
             str(self.heartbeat),
+            "--worker-memory-limit",
+            self.worker_memory_limit,
             *(["--resources", offer] if offer else []),
         )
         self.slave_processes.append(process)

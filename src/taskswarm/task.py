@@ -253,6 +253,12 @@ class Status:
     CANCELLED = "cancelled"  # stopped on request; there is no outcome
 
 
+#: How the detail of a ``Status.CRASH`` begins when the slave replaced the worker for passing its
+#: memory limit: a crash like any other (it costs an attempt), except that the master fails the
+#: task with ``WorkerMemoryExceeded`` when the last attempt ended so.
+MEMORY_EXCEEDED = "WorkerMemoryExceeded: "
+
+
 def run_task(payload: bytes) -> tuple[str, bytes]:
     """Unpickle a task, run it, and return ``(status, pickled outcome)``; never raises.
 

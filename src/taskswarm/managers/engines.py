@@ -377,11 +377,23 @@ class RayManager(EngineManager):
     engine_class = RayEngine
 
 
-def manager_for(name: str, workers: int | None, engine: str | None) -> str | ITaskManager:
+def manager_for(
+    name: str, workers: int | None, engine: str | None, memory_limit: str | None = None
+) -> str | ITaskManager:
     """What a slave is given for ``--manager NAME [--engine ADDRESS]``: an engine's task manager,
-    built and connected (so an unreachable engine is reported before the node starts), or the
-    name of any other manager. ``--engine`` with a manager that takes none is refused."""
+    built and connected (so an unreachable engine is reported before the node starts), a
+    process pool built with ``--worker-memory-limit``, or the name of any other manager.
+    ``--engine`` or ``--worker-memory-limit`` with a manager that takes none is refused."""
     cls = load_plugin("taskswarm.managers", name)
+    if memory_limit is not None:
+        from .process_pool import ProcessPoolManager
+
+        if not (isinstance(cls, type) and issubclass(cls, ProcessPoolManager)):
+            raise ConfigurationError(
+                f"--worker-memory-limit limits the process pool's workers (--manager "
+                f"process-pool); {name!r} runs tasks elsewhere"
+            )
+        return cls(workers, memory_limit=memory_limit)
     if isinstance(cls, type) and issubclass(cls, EngineManager):
         manager = cls(workers, engine=engine)
         manager.connect()

@@ -16,6 +16,10 @@ tasks are slow. A big task goes only to an idle worker. Results come back in ord
 task of a pipeline is the one running: its timeout counts from the moment the one before it
 ended, and when a worker dies it is the one that killed it; the tasks behind it go back to the
 front of the queue (they never started).
+
+A worker is ended with its whole process group, so nothing its tasks started outlives it, and
+is replaced when its memory passes its limit (see ``containment``): its task then counts as
+one that crashed its worker, and fails with ``WorkerMemoryExceeded`` after the usual attempts.
 """
 
 from __future__ import annotations
@@ -35,7 +39,18 @@ from typing import Any
 import msgpack
 
 from ..errors import TaskTimeout
-from ..task import Status, dump_error, error_text
+from ..task import MEMORY_EXCEEDED, Status, dump_error, error_text
+from .containment import (
+    AUTO,
+    MEMORY_CHECK_INTERVAL,
+    MEMORY_FRACTION,
+    can_measure,
+    fair_share,
+    format_bytes,
+    kill_group,
+    parse_memory_limit,
+    resident_bytes,
+)
 from .queued import QueuedManager, WorkItem
 from .worker import READ_SIZE, STOP, skip_message, worker_main, write_all, writev_all
 
@@ -112,13 +127,28 @@ def _default_context() -> multiprocessing.context.BaseContext:
 
 
 class ProcessPoolManager(QueuedManager):
-    """ITaskManager over worker processes; see the module docstring for the flow."""
+    """ITaskManager over worker processes; see the module docstring for the flow.
 
-    def __init__(self, num_workers: int | None = None, context: Any = None) -> None:
+    ``memory_limit`` is what each worker may hold (``taskswarm slave --worker-memory-limit``):
+    bytes, a size such as ``"2GiB"``, a fraction of the machine's memory, 0 or ``"none"`` for
+    no limit, or ``"auto"`` (the default): the machine's memory over the number of workers.
+    """
+
+    def __init__(
+        self,
+        num_workers: int | None = None,
+        context: Any = None,
+        memory_limit: str | int | float | None = AUTO,
+    ) -> None:
         super().__init__()
         self._target = num_workers if num_workers is not None else usable_cores()
         if self._target < 0:
             raise ValueError("the number of workers cannot be negative")
+        self._memory_limit = parse_memory_limit(memory_limit)
+        if self._memory_limit is not None and not can_measure():
+            log.warning("no way to read a process's memory here: worker memory is not limited")
+            self._memory_limit = None
+        self._next_memory_check = 0.0
         self._context = context or _default_context()
         self._workers: dict[int, _Worker] = {}  # by socket fd
         self._started = False
@@ -135,6 +165,14 @@ class ProcessPoolManager(QueuedManager):
     def get_num_workers(self) -> int:
         return self._target
 
+    @property
+    def memory_limit(self) -> int | None:
+        """Bytes each worker may hold before it is replaced (at ``MEMORY_FRACTION`` of them);
+        None for no limit. The fair share follows the pool's size."""
+        if self._memory_limit == AUTO:
+            return fair_share(self._target)
+        return self._memory_limit  # type: ignore[return-value]
+
     def start(self) -> None:
         self._started = True
         self._adjust_pool()
@@ -149,9 +187,9 @@ class ProcessPoolManager(QueuedManager):
             _send_quietly(worker, STOP)
         for worker in workers:
             worker.process.join(timeout=1.0)
-            if worker.process.is_alive():
-                worker.process.kill()  # it is running a task: the master requeues it
-                worker.process.join()
+            # One still running a task is killed (the master requeues the task); with it, or
+            # after it, whatever its tasks started.
+            kill_group(worker.process)
             _join_writer(worker)
             worker.conn.close()
 
@@ -230,13 +268,21 @@ class ProcessPoolManager(QueuedManager):
         return self._pace
 
     def next_deadline(self) -> float | None:
-        """When the earliest running task's timeout expires (monotonic), if any has one."""
+        """When ``check_timeouts`` has something to do (monotonic): the earliest running task's
+        timeout, or, while tasks run under a memory limit, the next look at the workers'
+        memory; None when neither."""
         deadlines = [w.deadline for w in self._workers.values() if w.deadline is not None]
+        if self._memory_limit is not None and self.busy:
+            deadlines.append(self._next_memory_check)  # the next look at the workers' memory
         return min(deadlines, default=None)
 
     def check_timeouts(self) -> None:
-        """Replace the worker of every task past its timeout; the task fails with TaskTimeout."""
+        """Replace the worker of every task past its timeout (the task fails with TaskTimeout)
+        and, when it is time to look, of every worker past its memory limit."""
         now = time.monotonic()
+        if now >= self._next_memory_check:
+            self._next_memory_check = now + MEMORY_CHECK_INTERVAL
+            self._check_memory()
         for fd, worker in list(self._workers.items()):
             deadline = worker.deadline
             if deadline is None or deadline > now:
@@ -362,12 +408,12 @@ class ProcessPoolManager(QueuedManager):
         self._queue.extendleft(reversed(waiting))
 
     def _kill(self, fd: int, worker: _Worker) -> None:
-        """Stop a worker now (its running task already taken off its pipeline)."""
+        """Stop a worker now, with its process group (its running task already taken off its
+        pipeline)."""
         self._workers.pop(fd, None)
         self.generation += 1
         self._requeue_pipeline(worker)
-        worker.process.kill()
-        worker.process.join(timeout=5.0)
+        kill_group(worker.process)
         _join_writer(worker)
         worker.conn.close()
 
@@ -376,8 +422,42 @@ class ProcessPoolManager(QueuedManager):
         self.generation += 1
         _send_quietly(worker, STOP)
         worker.process.join(timeout=1.0)
+        kill_group(worker.process)  # what its tasks left running goes with it
         _join_writer(worker)
         worker.conn.close()
+
+    def _check_memory(self) -> None:
+        """Replace every worker whose resident memory passed ``MEMORY_FRACTION`` of the limit;
+        the task it ran counts as one that crashed its worker (the master runs it again, up to
+        ``--max-crashes`` times, then fails it with WorkerMemoryExceeded)."""
+        limit = self.memory_limit
+        if limit is None:
+            return
+        for fd, worker in list(self._workers.items()):
+            used = resident_bytes(worker.process.pid)
+            if used is None or used <= MEMORY_FRACTION * limit:
+                continue
+            item = worker.task
+            if item is not None:
+                worker.pipeline.popleft()
+                worker.pipeline_bytes -= len(item.payload)
+            log.warning(
+                "worker process %s reached %s, past %d%% of its memory limit of %s%s; "
+                "replacing it (taskswarm slave --worker-memory-limit)",
+                worker.process.pid,
+                format_bytes(used),
+                round(MEMORY_FRACTION * 100),
+                format_bytes(limit),
+                f" while running task {item.task_id}" if item is not None else "",
+            )
+            self._kill(fd, worker)
+            if item is not None:
+                how = (
+                    f"{MEMORY_EXCEEDED}its worker process reached {format_bytes(used)}, past "
+                    f"{round(MEMORY_FRACTION * 100)}% of the {format_bytes(limit)} each worker "
+                    "may hold (taskswarm slave --worker-memory-limit)"
+                )
+                self.task_finished(item, how, Status.CRASH)
 
     def _adjust_pool(self) -> None:
         """Grow to the target, or retire workers down to it: idle ones now, busy ones after."""
@@ -432,6 +512,7 @@ class ProcessPoolManager(QueuedManager):
         self.generation += 1
         worker.process.join(timeout=1.0)
         code = worker.process.exitcode
+        kill_group(worker.process)  # the children of the task that killed it go too
         _join_writer(worker)
         worker.conn.close()
         if not worker.pipeline:

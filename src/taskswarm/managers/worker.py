@@ -57,7 +57,12 @@ def writev_all(fd: int, pieces: list) -> None:
 
 
 def worker_main(conn: Connection) -> None:
-    # Ctrl-C goes to the whole process group; the slave decides what happens to running tasks.
+    # A process group of its own, led by this worker: whatever its tasks start is in it, and the
+    # slave ends the worker by killing the whole group (containment.kill_group), so no child of
+    # a task outlives its timeout, its cancellation or its worker. Out of the terminal's
+    # foreground group, the worker no longer gets the terminal's Ctrl-C either: the slave
+    # gets it and decides what happens to running tasks.
+    os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = conn.fileno()
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)

@@ -38,7 +38,13 @@ import zmq
 
 from ..dashboard import DashboardServer, parse_address
 from ..dashboard.api import ERRORS_KEPT
-from ..errors import ConfigurationError, ResourceUnavailable, TaskError, WorkerCrashed
+from ..errors import (
+    ConfigurationError,
+    ResourceUnavailable,
+    TaskError,
+    WorkerCrashed,
+    WorkerMemoryExceeded,
+)
 from ..journal import Journal, NullJournal
 from ..keys import ClusterKeys, as_keys
 from ..scheduling import load_plugin
@@ -50,7 +56,7 @@ from ..scheduling.records import (
     parse_resources,
 )
 from ..stats import Stats
-from ..task import ExceptionWithTraceback, Status
+from ..task import MEMORY_EXCEEDED, ExceptionWithTraceback, Status
 from ..wire import ENVELOPE, Codec, Kind, Message, within
 from .addresses import advertised_address, check_advertise, public_url
 from .clients import ClientRecord, ClientTable
@@ -545,7 +551,12 @@ class Master:
             system.tasks_failed += 1
         text = str(detail) if detail else f"the task failed ({status}); its slave gave no detail"
         if status == Status.CRASH:
-            text = f"WorkerCrashed: killed its worker process {task.crashes} times; last: {text}"
+            times = task.crashes
+            if text.startswith(MEMORY_EXCEEDED):
+                how = text[len(MEMORY_EXCEEDED) :]
+                text = f"WorkerMemoryExceeded: lost its worker process {times} times; last: {how}"
+            else:
+                text = f"WorkerCrashed: killed its worker process {times} times; last: {text}"
         error, _, traceback = text.partition("\n")
         self.errors.append(
             {
@@ -916,12 +927,22 @@ def _trim_memory() -> None:
 
 
 def _crash_error(task: TaskRecord, how: str, attempts: int) -> bytes:
-    """The outcome of a task that keeps killing its worker: built here, never unpickled here."""
-    error = WorkerCrashed(
-        f"task {task.name or task.task_id!r} ({task.task_id}) killed its worker process "
-        f"{attempts} times; the last time: {how}",
-        "WorkerCrashed",
-    )
+    """The outcome of a task that keeps killing its worker: built here, never unpickled here.
+    When the last attempt ended with the slave replacing the worker for its memory, the error
+    is the WorkerMemoryExceeded kind, and says how to allow more."""
+    named = f"task {task.name or task.task_id!r} ({task.task_id})"
+    if how.startswith(MEMORY_EXCEEDED):
+        error: WorkerCrashed = WorkerMemoryExceeded(
+            f"{named} lost its worker process {attempts} times; the last time the slave "
+            f"replaced the worker for its memory: {how[len(MEMORY_EXCEEDED) :]}. Give the "
+            "slaves a larger --worker-memory-limit (0 for none), or have the task use less",
+            "WorkerMemoryExceeded",
+        )
+    else:
+        error = WorkerCrashed(
+            f"{named} killed its worker process {attempts} times; the last time: {how}",
+            "WorkerCrashed",
+        )
     return cloudpickle.dumps(ExceptionWithTraceback(error, ""))
 
 
