@@ -287,7 +287,6 @@ def keygen(path: str, force: bool, curve: bool) -> None:
 @click.option("--no-dashboard", is_flag=True, help="Serve no HTTP at all.")
 @click.option(
     "--dashboard-host",
-    "dashboard_hosts",
     metavar="NAME",
     multiple=True,
     help="A further name the dashboard answers to in requests' Host header (repeatable), "
@@ -434,7 +433,7 @@ def master(
     result_cap_mib: int = 1024,
     forget_after: float = 300.0,
     system_log_level: str | None = None,
-    dashboard_hosts: tuple[str, ...] = (),
+    dashboard_host: tuple[str, ...] = (),
 ) -> None:
     """Run a master node: it keeps the task queue and runs task systems."""
     if system_log_level is not None:
@@ -470,7 +469,7 @@ def master(
         stealing=stealing,
         resource_wait=resource_wait,
         dashboard=None if no_dashboard else dashboard,
-        dashboard_hosts=dashboard_hosts,
+        dashboard_hosts=dashboard_host,
         advertise=advertise,
         engine=engine,
         result_ttl=result_ttl,
