@@ -286,6 +286,15 @@ def keygen(path: str, force: bool, curve: bool) -> None:
 )
 @click.option("--no-dashboard", is_flag=True, help="Serve no HTTP at all.")
 @click.option(
+    "--dashboard-host",
+    metavar="NAME",
+    multiple=True,
+    help="A further name the dashboard answers to in requests' Host header (repeatable), "
+    "e.g. a DNS name or a proxy's; loopback names, IP addresses, the bind and advertised "
+    "addresses and, beyond loopback, this host's name are always accepted. Others get 421, "
+    "so a web page cannot read the dashboard through DNS rebinding.",
+)
+@click.option(
     "--scheduler",
     default="push",
     show_default=True,
@@ -424,15 +433,18 @@ def master(
     result_cap_mib: int = 1024,
     forget_after: float = 300.0,
     system_log_level: str | None = None,
+    dashboard_host: tuple[str, ...] = (),
 ) -> None:
     """Run a master node: it keeps the task queue and runs task systems."""
     if system_log_level is not None:
         _show_system_logging(system_log_level)
     from .dashboard import parse_address
+    from .dashboard.limits import raise_fd_limit
     from .journal import JournalUnusable
     from .keys import load_keys
     from .nodes.master import Master
 
+    raise_fd_limit()  # a descriptor per peer: a shell's default 1024 must not cap the cluster
     key = load_keys(key_file)
     if curve and not key.curve:
         raise click.ClickException(
@@ -459,6 +471,7 @@ def master(
             stealing=stealing,
             resource_wait=resource_wait,
             dashboard=None if no_dashboard else dashboard,
+            dashboard_hosts=dashboard_host,
             advertise=advertise,
             engine=engine,
             result_ttl=result_ttl,

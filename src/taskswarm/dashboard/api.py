@@ -137,7 +137,9 @@ async def metrics(request: web.Request) -> web.Response:
 def _authorise(request: web.Request) -> None:
     given = request.headers.get("Authorization", "")
     scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token, request.app["token"]):
+    # compare_digest raises on a str that is not ASCII: such a token is simply a wrong one.
+    right = token.isascii() and hmac.compare_digest(token, request.app["token"])
+    if scheme.lower() != "bearer" or not right:
         raise web.HTTPUnauthorized(
             text="this action needs the dashboard token: send 'Authorization: Bearer TOKEN'; "
             "`taskswarm status` prints the dashboard URL with it (it comes from the key file)",

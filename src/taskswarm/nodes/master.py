@@ -30,8 +30,10 @@ import os
 import socket
 import time
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import cloudpickle
 import zmq
@@ -112,6 +114,7 @@ class Master:
         stealing: bool = True,
         resource_wait: float = 10.0,
         dashboard: str | None = None,
+        dashboard_hosts: Sequence[str] = (),
         advertise: str | None = None,
         engine: str | None = None,
         result_ttl: float = RESULT_TTL,
@@ -201,7 +204,7 @@ class Master:
         self.dashboard: DashboardServer | None = None
         self.dashboard_url: str | None = None
         if dashboard:
-            self._start_dashboard(dashboard)
+            self._start_dashboard(dashboard, dashboard_hosts)
         log.info(
             "master listening on %s, advertised as %s (scheduler %s, strategy %s, stealing %s, "
             "state %s)",
@@ -232,9 +235,11 @@ class Master:
                 len(saved.systems),
             )
 
-    def _start_dashboard(self, address: str) -> None:
+    def _start_dashboard(self, address: str, hosts: Sequence[str]) -> None:
         host, port = parse_address(address)
-        server = DashboardServer(self.ask, host, port, self._keys.dashboard_token())
+        advertised = urlsplit(self.advertised).hostname or ""  # the name status's URL shows
+        token = self._keys.dashboard_token()
+        server = DashboardServer(self.ask, host, port, token, [advertised, *hosts])
         try:
             self.dashboard_url = public_url(server.start(), self.advertised)
         except OSError as exc:
