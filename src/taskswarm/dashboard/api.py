@@ -13,6 +13,11 @@ from aiohttp import web
 
 from ..stats import prometheus_text
 
+#: What the server puts in the application for the handlers: a coroutine function that runs a
+#: question in the master's loop, and the token actions need.
+ASK: web.AppKey[Any] = web.AppKey("ask", object)
+TOKEN: web.AppKey[str] = web.AppKey("token", str)
+
 __all__ = ["OPENAPI", "routes"]
 
 routes = web.RouteTableDef()
@@ -25,7 +30,7 @@ ERRORS_KEPT = 50
 
 
 async def _ask(request: web.Request, question: Any) -> Any:
-    return await request.app["ask"](question)
+    return await request.app[ASK](question)
 
 
 @routes.get("/api/status")
@@ -138,7 +143,7 @@ def _authorise(request: web.Request) -> None:
     given = request.headers.get("Authorization", "")
     scheme, _, token = given.partition(" ")
     # compare_digest raises on a str that is not ASCII: such a token is simply a wrong one.
-    right = token.isascii() and hmac.compare_digest(token, request.app["token"])
+    right = token.isascii() and hmac.compare_digest(token, request.app[TOKEN])
     if scheme.lower() != "bearer" or not right:
         raise web.HTTPUnauthorized(
             text="this action needs the dashboard token: send 'Authorization: Bearer TOKEN'; "

@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .api import ASK
+
 __all__ = ["STATIC", "close_streams", "routes"]
 
 routes = web.RouteTableDef()
@@ -94,7 +96,7 @@ def _shared_ask(app: web.Application) -> asyncio.Future:
         failed = ask.done() and (ask.cancelled() or ask.exception() is not None)
         if now - asked < EVENT_INTERVAL / 2 and not failed:
             return ask
-    ask = asyncio.ensure_future(app["ask"](lambda master: master.status()))
+    ask = asyncio.ensure_future(app[ASK](lambda master: master.status()))
     ask.add_done_callback(lambda f: f.cancelled() or f.exception())  # read here, not lost
     _latest[id(app)] = (now, ask)
     return ask

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import ConfigurationError
-from .api import routes
+from .api import ASK, TOKEN, routes
 from .hosts import allowed_hosts, host_check, is_loopback
 from .limits import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ConnectionGuard, connection_cap
 from .page import close_streams
@@ -91,8 +91,8 @@ class DashboardServer:
         loop = self._loop = asyncio.new_event_loop()
         try:
             app = web.Application(middlewares=[host_check(self.allowed)])
-            app["ask"] = self._answer
-            app["token"] = self.token
+            app[ASK] = self._answer
+            app[TOKEN] = self.token
             app.add_routes(routes)
             app.add_routes(page_routes)
             app.on_shutdown.append(close_streams)  # open event streams must not hold up stop()
