@@ -27,6 +27,10 @@ __all__ = ["ApplicationNode"]
 class ApplicationNode:
     """Override ``get_task_system`` and/or ``start_processing`` and the result hooks."""
 
+    #: Set on the class once one of its instances ran: `taskswarm run` then does not run it
+    #: again after the file's own code did.
+    _taskswarm_ran: bool = False
+
     def __init__(
         self,
         master: str | None = None,

@@ -78,7 +78,7 @@ class TaskFuture(Future):
             # which a local executor makes when it would have run the call; here nothing
             # local ever would.
             self.set_running_or_notify_cancel()
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # the stdlib's own, unstubbed
         return True
 
 

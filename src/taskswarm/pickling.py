@@ -38,7 +38,7 @@ __all__ = ["dumps", "dumps_task", "loads"]
 loads = cloudpickle.loads
 #: Blobs kept per process (either side); past this many the cache starts afresh.
 BLOB_CACHE = 512
-_blobs: dict[int, tuple[Any, bytes]] = {}  # id(obj) -> (obj, blob), on the pickling side
+_blobs: dict[int, tuple[Any, bytes | None]] = {}  # id(obj) -> (obj, blob), on the pickling side
 _loaded: dict[bytes, Any] = {}  # blob -> obj, on the unpickling side
 
 
@@ -285,6 +285,9 @@ class _Picklers(threading.local):
     """One pickler per thread, reused: making one costs as much as pickling a small task."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.buffer = io.BytesIO()
         self.pickler = _TaskPickler(self.buffer, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -299,7 +302,7 @@ def _fast_dumps(obj: Any) -> bytes:
         pickler.dump(obj)
     except BaseException:
         # A failed dump may leave the pickler half-way: start the next one afresh.
-        local.__init__()
+        local.reset()
         raise
     data = buffer.getvalue()
     # The memo refers to everything just pickled: cleared now, not before the next dump, so

@@ -148,7 +148,7 @@ class SystemRunner:
     def _run(self) -> None:
         try:
             self._begin()
-            batch = self._replay
+            batch: list[Any] | None = self._replay
             while batch is not None:
                 if self._apply(batch):
                     return

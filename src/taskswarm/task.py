@@ -121,7 +121,8 @@ RemoteTraceback = _RemoteTraceback
 
 
 def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = RemoteTraceback(with_source_lines(tb))
+    # The stdlib's class takes the traceback's text (its stub says otherwise).
+    exc.__cause__ = RemoteTraceback(with_source_lines(tb))  # type: ignore[arg-type]
     return exc
 
 

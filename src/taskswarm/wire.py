@@ -48,9 +48,7 @@ import msgpack
 try:  # OpenSSL's HMAC object itself: copying it costs half of what hmac.new does
     from _hashlib import hmac_new as _hmac_new
 except ImportError:  # pragma: no cover - Python built without OpenSSL's HMAC
-
-    def _hmac_new(key: bytes, digestmod: str) -> Any:
-        return hmac.new(key, digestmod=digestmod)
+    _hmac_new = hmac.new  # type: ignore[assignment]
 
 
 from .errors import (

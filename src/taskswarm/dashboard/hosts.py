@@ -23,6 +23,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 __all__ = ["allowed_hosts", "host_check", "host_name", "is_loopback"]
 
@@ -79,7 +80,7 @@ def _allowed(name: str, allowed: frozenset[str]) -> bool:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def host_check(allowed: frozenset[str]) -> Callable[[web.Request, Handler], Awaitable]:
+def host_check(allowed: frozenset[str]) -> Middleware:
     """An aiohttp middleware that answers ``421`` to a request naming another host."""
 
     @web.middleware

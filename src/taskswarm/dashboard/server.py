@@ -101,6 +101,7 @@ class DashboardServer:
             )
             loop.run_until_complete(runner.setup())
             cap = self.max_connections or connection_cap()
+            assert runner.server is not None  # set up just above
             guard = self.guard = ConnectionGuard(runner.server, cap, self.header_timeout)
             port = loop.run_until_complete(guard.listen(self.host, self.port))
             self._say_where(port, cap)

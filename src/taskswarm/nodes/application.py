@@ -22,9 +22,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import cloudpickle
 import zmq
@@ -180,7 +180,7 @@ class Application:
         which task and why: all or none.
         """
         self._check_open()
-        futures: list[Future[Any]] = []
+        futures: list[TaskFuture] = []
         chunk: list[tuple[Task, TaskFuture, list, bytes]] = []
         size = 0
         paused = _pause_gc()
@@ -204,7 +204,7 @@ class Application:
         finally:
             _resume_gc(paused)
         self._post_tasks(chunk)
-        return futures
+        return cast("list[Future[Any]]", futures)  # TaskFutures, typed as the public API says
 
     def _post_tasks(self, chunk: list[tuple[Task, TaskFuture, list, bytes]]) -> None:
         if not chunk:
@@ -214,7 +214,7 @@ class Application:
                 self._tasks[task.task_id] = (task, future)
         self._mailbox.post(("tasks", [(meta, payload) for _, _, meta, payload in chunk]))
 
-    def _withdraw(self, futures: list[TaskFuture]) -> None:
+    def _withdraw(self, futures: Sequence[TaskFuture]) -> None:
         """Cancel tasks already handed over, in one message."""
         if not futures:
             return
@@ -364,7 +364,9 @@ class Application:
         """Ask a slave to grow or shrink its pool of workers (``update_pool``)."""
         self._request(Kind.RESIZE, {"slave_id": slave_id, "workers": int(workers)}, timeout)
 
-    def _request(self, kind: str, header: dict, timeout: float, payloads: list[bytes] = ()) -> dict:
+    def _request(
+        self, kind: str, header: dict, timeout: float, payloads: Sequence[bytes] = ()
+    ) -> dict:
         self._check_open()
         rid = next(self._rids)
         future: Future[Any] = Future()
@@ -440,7 +442,7 @@ class Application:
         if self._closed:
             raise ClientClosed("this application connection is closed; connect again")
 
-    def _post(self, kind: str, header: dict, payloads: list[bytes] = ()) -> None:
+    def _post(self, kind: str, header: dict, payloads: Sequence[bytes] = ()) -> None:
         self._mailbox.post(("msg", kind, header, payloads))
 
     # -- the I/O thread ------------------------------------------------------------------------
@@ -483,7 +485,7 @@ class Application:
         """The I/O thread's loop, until ``close()``."""
         while not self._closed:
             wait = TICK if not self._acks_due else max(0.0, self._ack_at - time.monotonic())
-            events = dict(poller.poll(wait * 1000))
+            events = dict(poller.poll(int(wait * 1000)))
             if self._socket in events:
                 self._receive(handlers)
             if self._acks_due and time.monotonic() >= self._ack_at:
@@ -526,7 +528,7 @@ class Application:
 
     def _send_posted(self, items: list[tuple]) -> None:
         """Send what user threads posted, merging runs of task batches into one SUBMIT."""
-        batch: list[tuple[str, bytes]] = []
+        batch: list[tuple[list, bytes]] = []
         for item in items:
             if item[0] == "tasks":
                 batch.extend(item[1])
@@ -628,7 +630,7 @@ class Application:
                 self._deliver(entry[0], entry[1], ok, data)
         # Nothing here may hold a result once its Future has it: the caller alone decides when
         # it is let go (concurrent.futures' test_free_reference).
-        entries = entry = None  # noqa: F841
+        entries = entry = None  # type: ignore[assignment]  # noqa: F841
 
     def _deliver(self, task: Task, future: TaskFuture, ok: bool, data: bytes) -> None:
         if not ok and not len(data):  # taken back unrun (cancel_queued): no outcome

@@ -176,7 +176,7 @@ def receive_batch(sock: zmq.Socket, limit: int = RECEIVE_BATCH) -> Iterator[list
     read of an empty socket raises, once per turn of every loop.
     """
     for _ in range(limit):
-        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             return
         try:
             yield sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
