@@ -7,6 +7,8 @@ as its only positional argument.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TaskswarmError(Exception):
     """Root of every error taskswarm raises itself."""
@@ -68,7 +70,7 @@ class Misdirected(WireError):
         super().__init__(message)
         self.sender = sender
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.args[0], self.sender))
 
 
@@ -94,7 +96,7 @@ class TaskError(TaskswarmError):
         self.type_name = type_name
         self.remote_traceback = remote_traceback
 
-    def __reduce__(self):  # keep the extra fields across pickling
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the extra fields across pickling
         return (type(self), (self.args[0], self.type_name, self.remote_traceback))
 
 

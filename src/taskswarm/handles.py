@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["SystemHandle", "TaskFuture", "TaskswarmExecutor"]
 
 
-class TaskFuture(Future):
+class TaskFuture(Future[Any]):
     """A ``concurrent.futures.Future`` for one task, with the stdlib's states and rules.
 
     It is *running* once a worker has begun its task (its slave tells the master, which tells

@@ -135,7 +135,7 @@ class RestoredSystem:
 @dataclass
 class RestoredState:
     #: (task_id, client_id, system_id, payload, timeout, max_retries, name, retries, crashes)
-    queued: list[tuple] = field(default_factory=list)
+    queued: list[tuple[Any, ...]] = field(default_factory=list)
     #: client_id -> [(task_id, ok, outcome, done_at)]: outcomes not confirmed by their application
     undelivered: dict[str, list[tuple[str, bool, bytes, float]]] = field(default_factory=dict)
     systems: list[RestoredSystem] = field(default_factory=list)
@@ -325,7 +325,7 @@ class Journal:
     # -- tasks ---------------------------------------------------------------------------------
 
     @_guarded
-    def add_tasks(self, rows: Iterable[tuple]) -> None:
+    def add_tasks(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """``TaskRecord.journal_row()`` tuples; a task already journaled is left as it is."""
         with self._db:
             self._db.execute("BEGIN")
@@ -405,7 +405,7 @@ class Journal:
         system_id: str,
         snapshot: bytes,
         applied_seq: int,
-        new_tasks: list[tuple],
+        new_tasks: list[tuple[Any, ...]],
     ) -> None:
         """The system as it is after applying results up to ``applied_seq``, with the tasks its
         callbacks pushed meanwhile: one transaction, so a restart sees both or neither."""
@@ -551,7 +551,7 @@ class NullJournal:
     def check(self) -> str | None:
         return None
 
-    def add_tasks(self, rows: Iterable[tuple], *, strict: bool = False) -> None:
+    def add_tasks(self, rows: Iterable[tuple[Any, ...]], *, strict: bool = False) -> None:
         pass
 
     def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes, float]]) -> None:
@@ -572,7 +572,9 @@ class NullJournal:
         self._seq += len(results)
         return self._seq
 
-    def snapshot(self, system_id: str, snapshot: bytes, applied_seq: int, new_tasks: list) -> None:
+    def snapshot(
+        self, system_id: str, snapshot: bytes, applied_seq: int, new_tasks: list[Any]
+    ) -> None:
         pass
 
     def system_done(

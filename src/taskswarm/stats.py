@@ -37,7 +37,9 @@ class Measure:
     low: float = math.inf
     high: float = -math.inf
 
-    def add(self, value: float, n: int = 1, low: float | None = None, high: float | None = None):
+    def add(
+        self, value: float, n: int = 1, low: float | None = None, high: float | None = None
+    ) -> None:
         self.count += n
         self.total += value * n
         self.low = min(self.low, value if low is None else low)

@@ -88,7 +88,7 @@ class SystemRunner:
         system_id: str,
         client_id: str,
         payload: bytes,
-        post: Callable[[tuple], None],
+        post: Callable[[tuple[Any, ...]], None],
         cluster_info: Callable[[], dict[str, int]],
         *,
         durable: bool = False,
@@ -167,7 +167,7 @@ class SystemRunner:
             )
             self._finish(None, exc, format_remote_traceback(exc))
 
-    def _next_batch(self) -> list | None:
+    def _next_batch(self) -> list[Any] | None:
         """Wait for results; take everything already queued too (one flush for all of it)."""
         batch = self.inbox.get()
         while batch is not None:
@@ -283,7 +283,7 @@ class SystemRunner:
             self._last_progress = now
             self._post(self._progress())
 
-    def _progress(self) -> tuple:
+    def _progress(self) -> tuple[Any, ...]:
         """A ``progress`` message: done, total, failed, and the first failure's text the first
         time there is one to tell (the application keeps it; it is not sent again)."""
         first = None

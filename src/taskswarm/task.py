@@ -158,7 +158,7 @@ class ExceptionWithTraceback:
     def __init__(self, exc: BaseException, tb: str) -> None:
         self.exc, self.tb = exc, tb
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild_exception, (self.exc, self.tb)
 
 

@@ -56,7 +56,7 @@ _HEADERS = {
 #: Stop events of the open streams, by id() of their application.
 _streams: dict[int, set[asyncio.Event]] = {}
 #: The latest status question per application: (loop time asked, its future).
-_latest: dict[int, tuple[float, asyncio.Future]] = {}
+_latest: dict[int, tuple[float, asyncio.Future[Any]]] = {}
 
 
 @routes.get("/")
@@ -85,7 +85,7 @@ def _event(name: str, data: Any) -> bytes:
     return f"event: {name}\ndata: {text}\n\n".encode()
 
 
-def _shared_ask(app: web.Application) -> asyncio.Future:
+def _shared_ask(app: web.Application) -> asyncio.Future[Any]:
     """The master's status, asked at most once per half ``EVENT_INTERVAL`` for all the open
     streams of ``app``: ten open pages cost the master one status a second, not ten (a big
     cluster's status is megabytes)."""

@@ -53,7 +53,7 @@ class DashboardServer:
 
     def __init__(
         self,
-        ask: Callable[[Callable[[], Any]], concurrent.futures.Future],
+        ask: Callable[[Callable[[], Any]], concurrent.futures.Future[Any]],
         host: str,
         port: int,
         token: str,

@@ -40,8 +40,9 @@ from ..errors import (
     UnknownTaskSystem,
     WireError,
 )
-from ..handles import ProgressCallback, SystemHandle, TaskFuture, TaskswarmExecutor
+from ..handles import SystemHandle, TaskFuture, TaskswarmExecutor
 from ..keys import ClusterKeys, as_keys, load_keys
+from ..progress import ProgressCallback
 from ..task import FunctionTask, Task, load_outcome, task_meta
 from ..wire import ENVELOPE, Codec, Kind, Message, Notice, too_large
 from .mailbox import Mailbox
@@ -107,11 +108,11 @@ class Application:
         self._tasks: dict[str, tuple[Task, TaskFuture]] = {}
         self._requests: dict[int, Future[Any]] = {}
         #: What each pending request sent, to send again after a reconnect.
-        self._request_messages: dict[int, tuple[str, dict, list[bytes]]] = {}
+        self._request_messages: dict[int, tuple[str, dict[str, Any], list[bytes]]] = {}
         self._systems: dict[str, SystemHandle] = {}
         self._sent_systems: set[str] = set()  # those this connection sent (not only awaits)
         self._rids = itertools.count(1)
-        self._unconfirmed_batches: dict[int, list[tuple[list, bytes]]] = {}  # I/O thread only
+        self._unconfirmed_batches: dict[int, list[tuple[list[Any], bytes]]] = {}  # I/O thread only
         self._acks_due: list[str] = []  # results received, their receipt not yet confirmed
         self._ack_at = 0.0
         self._welcomed = threading.Event()
@@ -181,7 +182,7 @@ class Application:
         """
         self._check_open()
         futures: list[TaskFuture] = []
-        chunk: list[tuple[Task, TaskFuture, list, bytes]] = []
+        chunk: list[tuple[Task, TaskFuture, list[Any], bytes]] = []
         size = 0
         paused = _pause_gc()
         try:
@@ -206,7 +207,7 @@ class Application:
         self._post_tasks(chunk)
         return cast("list[Future[Any]]", futures)  # TaskFutures, typed as the public API says
 
-    def _post_tasks(self, chunk: list[tuple[Task, TaskFuture, list, bytes]]) -> None:
+    def _post_tasks(self, chunk: list[tuple[Task, TaskFuture, list[Any], bytes]]) -> None:
         if not chunk:
             return
         with self._lock:
@@ -365,8 +366,8 @@ class Application:
         self._request(Kind.RESIZE, {"slave_id": slave_id, "workers": int(workers)}, timeout)
 
     def _request(
-        self, kind: str, header: dict, timeout: float, payloads: Sequence[bytes] = ()
-    ) -> dict:
+        self, kind: str, header: dict[str, Any], timeout: float, payloads: Sequence[bytes] = ()
+    ) -> dict[str, Any]:
         self._check_open()
         rid = next(self._rids)
         future: Future[Any] = Future()
@@ -442,7 +443,7 @@ class Application:
         if self._closed:
             raise ClientClosed("this application connection is closed; connect again")
 
-    def _post(self, kind: str, header: dict, payloads: Sequence[bytes] = ()) -> None:
+    def _post(self, kind: str, header: dict[str, Any], payloads: Sequence[bytes] = ()) -> None:
         self._mailbox.post(("msg", kind, header, payloads))
 
     # -- the I/O thread ------------------------------------------------------------------------
@@ -451,7 +452,7 @@ class Application:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._mailbox.fileno(), zmq.POLLIN)
-        handlers = {
+        handlers: dict[str, Callable[[Message], None]] = {
             Kind.WELCOME: self._on_welcome,
             Kind.RESULTS: self._on_results,
             Kind.RUNNING: self._on_running,
@@ -481,7 +482,9 @@ class Application:
             self._context.term()
             self._mailbox.close()
 
-    def _serve(self, poller: zmq.Poller, handlers: dict, next_hello: float) -> None:
+    def _serve(
+        self, poller: zmq.Poller, handlers: dict[str, Callable[[Message], None]], next_hello: float
+    ) -> None:
         """The I/O thread's loop, until ``close()``."""
         while not self._closed:
             wait = TICK if not self._acks_due else max(0.0, self._ack_at - time.monotonic())
@@ -522,13 +525,15 @@ class Application:
                 # One message that cannot be handled must not take every other Future with it.
                 log.exception("a %s message from the master could not be handled", message.kind)
 
-    def _send(self, kind: str, header: dict | None = None, payloads=()) -> bool:
+    def _send(
+        self, kind: str, header: dict[str, Any] | None = None, payloads: Sequence[Any] = ()
+    ) -> bool:
         to = None if kind in Kind.UNADDRESSED else self._master_session
         return try_send(self._socket, self.codec.encode(kind, header, payloads, to=to))
 
-    def _send_posted(self, items: list[tuple]) -> None:
+    def _send_posted(self, items: list[tuple[Any, ...]]) -> None:
         """Send what user threads posted, merging runs of task batches into one SUBMIT."""
-        batch: list[tuple[list, bytes]] = []
+        batch: list[tuple[list[Any], bytes]] = []
         for item in items:
             if item[0] == "tasks":
                 batch.extend(item[1])
@@ -539,8 +544,8 @@ class Application:
             self._send(kind, header, payloads)
         self._send_tasks(batch)
 
-    def _send_tasks(self, batch: list[tuple[list, bytes]]) -> None:
-        part: list[tuple[list, bytes]] = []
+    def _send_tasks(self, batch: list[tuple[list[Any], bytes]]) -> None:
+        part: list[tuple[list[Any], bytes]] = []
         size = 0
         for item in batch:
             part.append(item)
@@ -551,7 +556,7 @@ class Application:
         if part:
             self._send_submit(part)
 
-    def _send_submit(self, part: list[tuple[list, bytes]]) -> None:
+    def _send_submit(self, part: list[tuple[list[Any], bytes]]) -> None:
         rid = next(self._rids)
         self._unconfirmed_batches[rid] = part  # until the master ACKs: it may go again
         header = {"tasks": [meta for meta, _ in part], "rid": rid}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import zmq
 
@@ -82,11 +83,11 @@ def unreachable_message(address: str, waited: float) -> str:
 
 
 def bind_router(
-    context: zmq.Context,
+    context: zmq.Context[Any],
     address: str,
     curve_secret: bytes | None = None,
     max_bytes: int = MAX_MESSAGE_BYTES,
-) -> tuple[zmq.Socket, str]:
+) -> tuple[zmq.Socket[Any], str]:
     """Bind the master's socket; port 0 picks a free port. Returns the socket and its address.
 
     With ``curve_secret`` the socket is a CurveZMQ server: every connection is encrypted, and
@@ -128,11 +129,11 @@ def bind_router(
 
 
 def connect_dealer(
-    context: zmq.Context,
+    context: zmq.Context[Any],
     address: str,
     identity: bytes,
     curve_server_key: bytes | None = None,
-) -> zmq.Socket:
+) -> zmq.Socket[Any]:
     """Connect a node to the master; with ``curve_server_key`` the link is encrypted.
 
     No ZeroMQ size limit here, unlike the master's socket: a connecting socket that receives an
@@ -158,7 +159,7 @@ def connect_dealer(
     return sock
 
 
-def try_send(sock: zmq.Socket, frames: list) -> bool:
+def try_send(sock: zmq.Socket[Any], frames: list[Any]) -> bool:
     """Send without blocking; False when the peer is unknown, gone or not keeping up."""
     try:
         sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
@@ -169,7 +170,7 @@ def try_send(sock: zmq.Socket, frames: list) -> bool:
         raise
 
 
-def receive_batch(sock: zmq.Socket, limit: int = RECEIVE_BATCH) -> Iterator[list[zmq.Frame]]:
+def receive_batch(sock: zmq.Socket[Any], limit: int = RECEIVE_BATCH) -> Iterator[list[zmq.Frame]]:
     """Yield the messages waiting on ``sock`` (at most ``limit``), never blocking.
 
     Asks the socket whether a message waits before each read: cheaper than the exception a
