@@ -202,3 +202,28 @@ def test_a_master_restarted_without_its_state_fails_the_futures_it_forgot(
             queued.result(timeout=30)
         # The connection goes on with the new master.
         assert app.status()["tasks"]["queued"] == 0
+
+
+def test_a_welcome_while_tasks_wait_to_be_sent_fails_none_of_them(app):
+    """A second WELCOME (a HELLO answered twice, on a loaded machine) makes the application
+    resync; a task submitted but not yet sent must reach the master before the question of
+    which tasks it holds, or the master answers that it does not hold it."""
+    import threading
+
+    welcomed_again, go = threading.Event(), threading.Event()
+
+    def on_io_thread(_future) -> None:
+        # Runs on the application's I/O thread: say HELLO again and hold the thread until the
+        # master's WELCOME is waiting on the socket and the next task waits in the mailbox.
+        app._send(Kind.HELLO, app._hello)
+        app._socket.poll(10_000)
+        welcomed_again.set()
+        go.wait(10)
+
+    first = app.submit(pow, 2, 3)
+    first.add_done_callback(on_io_thread)
+    assert welcomed_again.wait(30)
+    second = app.submit(pow, 3, 3)  # posted while the I/O thread is held
+    go.set()
+    assert first.result(timeout=30) == 8
+    assert second.result(timeout=30) == 27

@@ -578,6 +578,9 @@ class Application:
             self._send(kind, header, payloads)
         for batch in batches:
             self._send_tasks([(meta, payload) for meta, payload in batch if meta[0] in waiting])
+        # Tasks submitted but still waiting here to be sent go first too: the master must have
+        # every batch before the question, or it would answer that it does not hold them.
+        self._send_posted(self._mailbox.drain())
         # After the batches sent again (the master reads them first): any other task it no
         # longer holds (it restarted with no state directory) comes back failed.
         ids = sorted(waiting)
