@@ -186,6 +186,12 @@ def dump_error(exc: BaseException, context: str = "") -> bytes:
         return cloudpickle.dumps(ExceptionWithTraceback(fallback, tb))
 
 
+def failure(error: BaseException) -> bytes:
+    """An outcome the master makes itself (cancelled, lost, no slave offers what it needs):
+    the error pickled as a task's would be, with no worker traceback to carry."""
+    return cloudpickle.dumps(ExceptionWithTraceback(error, ""))
+
+
 def task_meta(task: Task) -> list[Any]:
     """What the master and slaves need to know of a task without unpickling it:
     ``[task_id, timeout, max_retries, name]``, then ``priority, resources`` when either is not

@@ -31,12 +31,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
 from ..errors import TaskError
 from ..journal import JournalFault
 from ..scheduling.records import TaskRecord, TaskState
-from ..task import ExceptionWithTraceback
+from ..task import failure
 from ..wire import ENVELOPE, Kind, Message, within
 
 if TYPE_CHECKING:
@@ -230,7 +228,7 @@ class ClientTable:
             "submit it again",
             "TaskError",
         )
-        outcome = cloudpickle.dumps(ExceptionWithTraceback(error, ""))  # one, shared
+        outcome = failure(error)  # one, shared
         client.outbox.extend((task_id, False, outcome) for task_id in lost)
         self._waiting[client.client_id] = client
 
@@ -408,7 +406,7 @@ class ClientTable:
             f"(the master's --client-timeout is {self.master.client_timeout:g}s)",
             "TaskError",
         )
-        self._cancel_tasks_of(client, cloudpickle.dumps(ExceptionWithTraceback(error, "")))
+        self._cancel_tasks_of(client, failure(error))
 
     def _cancel_tasks_of(self, client: ClientRecord, outcome: bytes | None) -> None:
         """Cancel its plain tasks queued or running (on the slaves too); ``outcome``, if given,

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import cloudpickle
 import zmq
 
 from ..dashboard import DashboardServer, parse_address
@@ -58,7 +57,7 @@ from ..scheduling.records import (
     parse_resources,
 )
 from ..stats import Stats
-from ..task import MEMORY_EXCEEDED, ExceptionWithTraceback, Status
+from ..task import MEMORY_EXCEEDED, Status, failure
 from ..wire import ENVELOPE, Codec, Kind, Message, within
 from .addresses import advertised_address, check_advertise, public_url
 from .clients import ClientRecord, ClientTable
@@ -488,8 +487,7 @@ class Master:
         slave_id = slave.slave_id if slave else None
         if msg.get("started"):
             self._note_started(slave_id, msg["started"])
-        per_system: dict[str, list] = defaultdict(list)
-        plain: list[tuple[TaskRecord, bool, bytes]] = []
+        outcomes: list[tuple[TaskRecord, bool, bytes]] = []
         now, took = time.monotonic(), []
         for (task_id, status, detail), data in zip(msg["results"], msg.payloads, strict=True):
             task = self.scheduler.result_arrived(slave_id, str(task_id))
@@ -502,15 +500,25 @@ class Master:
             ok, data = outcome
             if not ok and status != Status.CANCELLED:
                 self._note_error(task, status, detail, slave_id)
-            if task.system_id is not None:
-                per_system[task.system_id].append((task.task_id, ok, data))
-            else:
-                plain.append((task, ok, data))
+            outcomes.append((task, ok, data))
         if took and slave_id is not None:
             self.stats.add(
                 "task_seconds", sum(took) / len(took), len(took), low=min(took), high=max(took),
                 slave=slave_id,
             )  # fmt: skip
+        self.deliver(outcomes)
+
+    def deliver(self, outcomes: list[tuple[TaskRecord, bool, bytes]]) -> None:
+        """The one way an outcome leaves the master's hands, whatever made it (a worker, a
+        cancellation, a lost application, a need no slave meets): a task system's go to its
+        runner (journaled first), a plain task's to its application."""
+        per_system: dict[str, list[tuple[str, bool, bytes]]] = defaultdict(list)
+        plain: list[tuple[TaskRecord, bool, bytes]] = []
+        for task, ok, data in outcomes:
+            if task.system_id is not None:
+                per_system[task.system_id].append((task.task_id, ok, data))
+            else:
+                plain.append((task, ok, data))
         self.systems.deliver(per_system)
         self.clients.route(plain)
 
@@ -662,18 +670,22 @@ class Master:
     def tell_cancelled(self, tasks: list[TaskRecord], how: str) -> None:
         """Owners of tasks cancelled by someone else learn of it, and by whom: a TaskError
         saying so fails the Future, or reaches the task system's ``task_finished``."""
-        plain: list[tuple[TaskRecord, bool, bytes]] = []
-        for task in tasks:
-            error = TaskError(
-                f"task {task.name or task.task_id!r} ({task.task_id}) was cancelled {how}",
-                "TaskError",
-            )
-            data = cloudpickle.dumps(ExceptionWithTraceback(error, ""))
-            if task.system_id is None:
-                plain.append((task, False, data))
-            else:
-                self.systems.deliver({task.system_id: [(task.task_id, False, data)]})
-        self.clients.route(plain)
+        self.deliver(
+            [
+                (
+                    task,
+                    False,
+                    failure(
+                        TaskError(
+                            f"task {task.name or task.task_id!r} ({task.task_id}) was "
+                            f"cancelled {how}",
+                            "TaskError",
+                        )
+                    ),
+                )
+                for task in tasks
+            ]
+        )
 
     def _send_steal_requests(self) -> None:
         for slave, count in self.scheduler.plan_steals():
@@ -698,8 +710,7 @@ class Master:
         if not tasks:
             return
         offers = sorted({format_resources(s.resources) for s in self.scheduler.slaves.values()})
-        per_system: dict[str, list] = defaultdict(list)
-        plain: list[tuple[TaskRecord, bool, bytes]] = []
+        outcomes: list[tuple[TaskRecord, bool, bytes]] = []
         for task in tasks:
             needs = format_resources(task.resources)
             log.warning(
@@ -716,13 +727,8 @@ class Master:
                 "master a longer --resource-wait.",
                 "ResourceUnavailable",
             )
-            data = cloudpickle.dumps(ExceptionWithTraceback(error, ""))
-            if task.system_id is not None:
-                per_system[task.system_id].append((task.task_id, False, data))
-            else:
-                plain.append((task, False, data))
-        self.systems.deliver(per_system)
-        self.clients.route(plain)
+            outcomes.append((task, False, failure(error)))
+        self.deliver(outcomes)
 
     def cancel_on_slaves(self, tasks: list[TaskRecord], soft: bool = False) -> None:
         """Tell slaves to stop tasks that are no longer wanted (queued ones are just gone);
@@ -746,10 +752,7 @@ class Master:
         self.send(identity, Kind.STATUS_REPLY, {"rid": msg.get("rid"), "status": self.status()})
 
     def on_resize(self, identity: bytes, msg: Message) -> None:
-        slave = self.scheduler.slaves.get(str(msg["slave_id"]))
-        ok = slave is not None and self.send(
-            slave.identity, Kind.RESIZE, {"workers": int(msg["workers"])}
-        )
+        ok = self.resize_slave(str(msg["slave_id"]), int(msg["workers"]))
         reply = Kind.ACK if ok else Kind.REJECT
         self.send(
             identity,
@@ -948,7 +951,7 @@ def _crash_error(task: TaskRecord, how: str, attempts: int) -> bytes:
             f"{named} killed its worker process {attempts} times; the last time: {how}",
             "WorkerCrashed",
         )
-    return cloudpickle.dumps(ExceptionWithTraceback(error, ""))
+    return failure(error)
 
 
 def _positive(value: Any) -> float:
