@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import dnacurve
+import expensive
+import mandelbrot
+import montecarlo
+import reversemd5
 import taskswarm as ts
-from taskswarm.samples import dnacurve, expensive, mandelbrot, montecarlo, reversemd5
 
 
 def on(cluster: ts.LocalCluster) -> list[str]:
@@ -147,7 +151,7 @@ def test_reverse_hash_system_completes_as_soon_as_a_chunk_finds_it():
 
 def test_expensive_under_taskswarm_run_reports_speedup_and_efficiency(cluster, nodes):
     out = nodes.run(
-        "run", "-m", "taskswarm.samples.expensive", *on(cluster),
+        "run", expensive.__file__, *on(cluster),
         "--count", "6", "--duration", "0.05", "--how", "sleep",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
