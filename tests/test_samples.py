@@ -81,6 +81,21 @@ def test_every_palette_is_cyclic_and_zoom_narrows_the_window():
         mandelbrot.ImageSpec(palette="sepia")
 
 
+def test_mandelbrot_runs_by_path_from_another_directory(cluster, nodes, tmp_path):
+    """Neither the file nor its sibling _common is importable where the program runs, nor on
+    the master and the slaves: both must travel with the tasks."""
+    out = nodes.run(
+        "run", mandelbrot.__file__, *on(cluster),
+        "--output", "m.png", "--width", "48", "--height", "32", "--quiet",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert field(out.stdout, "matches serial reference") == "yes"
+    with Image.open(tmp_path / "m.png") as png:
+        pixels = np.asarray(png.convert("RGB"))
+    assert np.array_equal(pixels, mandelbrot.render_serial(mandelbrot.ImageSpec.fit(48, 32)))
+
+
 # -- reversemd5 ---------------------------------------------------------------------------------
 
 
