@@ -7,14 +7,15 @@ RUN_STAMP := $(VENV)/.installed-run
 BENCH_STAMP := $(VENV)/.installed-bench
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: run test lint bench docs clean
+.PHONY: run test test-fast lint bench docs clean
 
-# Running needs the package alone (numpy and Pillow are among its dependencies); the dev extra
-# (test tools, the docs site, Dask, Ray, Playwright) is for `make test`, and far bigger.
+# Running needs the package and the examples' extra (numpy and Pillow, for the Mandelbrot
+# example); the dev extra (test tools, the docs site, Dask, Ray, Playwright) is for `make test`,
+# and far bigger.
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[examples]'
 	touch $(RUN_STAMP)
 
 $(STAMP): pyproject.toml
@@ -24,14 +25,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP) $(RUN_STAMP)
 
 run: $(RUN_STAMP)
-	$(BIN)/taskswarm run -m taskswarm.samples.mandelbrot --output mandelbrot.png
+	$(BIN)/taskswarm run examples/mandelbrot.py --output mandelbrot.png
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest
 
+# The quick tier for the edit-run loop: unit and in-process tests (the modules tests/conftest.py
+# lists in FAST_MODULES), under a minute; `make test` stays the whole suite.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'fast and not slow'
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 # The peers (loky, dask, ray, ipyparallel) are installed only for this target.
 $(BENCH_STAMP): $(STAMP)

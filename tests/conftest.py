@@ -16,6 +16,39 @@ import pytest
 import taskswarm as ts
 from taskswarm.managers.process_pool import ProcessPoolManager
 
+#: The examples are programs run by path, outside the package: the tests import them by name
+#: (``import mandelbrot``), as a file run from that folder imports its sibling ``_common``.
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+#: The quick tier (``make test-fast``, ``pytest -m fast``): unit and in-process tests, and the
+#: public contract on one small cluster. Together well under a minute on two cores; a module
+#: joins only once measured (``pytest --durations=0 tests/test_X.py``) to keep it so.
+FAST_MODULES = frozenset(
+    {
+        "test_addresses",
+        "test_contract",
+        "test_deploy_files",
+        "test_makefile",
+        "test_mandelbrot_render",
+        "test_progress",
+        "test_public_api",
+        "test_scheduling",
+        "test_scheduling_strategies",
+        "test_stats",
+        "test_task",
+        "test_task_systems",
+        "test_wire",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests of the modules in FAST_MODULES ``fast``."""
+    for item in items:
+        if item.path.stem in FAST_MODULES:
+            item.add_marker(pytest.mark.fast)
+
 
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.02):
     """Poll ``condition`` until it is truthy; fail the test with a clear message at the deadline."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import alive, descendants, free_port, wait_for
+from conftest import EXAMPLES, alive, descendants, free_port, wait_for
 from taskswarm.keys import load_key
 
 
@@ -59,8 +59,7 @@ def test_three_shells_master_two_slaves_and_a_run(nodes, key_file, tmp_path):
     image = tmp_path / "m.png"
     out = nodes.run(
         "run",
-        "-m",
-        "taskswarm.samples.mandelbrot",
+        str(EXAMPLES / "mandelbrot.py"),
         "--master",
         address,
         "--key-file",
@@ -76,7 +75,7 @@ def test_three_shells_master_two_slaves_and_a_run(nodes, key_file, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "matches serial reference: yes" in out.stdout
-    from taskswarm.samples.mandelbrot import ImageSpec, render_serial
+    from mandelbrot import ImageSpec, render_serial
 
     spec = ImageSpec.fit(96, 64, 256)
     assert np.array_equal(np.asarray(Image.open(image)), render_serial(spec))
@@ -232,5 +231,5 @@ def test_help_after_the_app_is_the_apps_own_and_starts_no_cluster(nodes, tmp_pat
     assert out.returncode == 0, out.stderr
     assert "the app itself" in out.stdout and "embedded cluster" not in out.stderr
     assert "Run an application" in nodes.run("run", "--help").stdout  # run's own, before the app
-    module = nodes.run("run", "--slaves", "1", "-m", "taskswarm.samples.expensive", "-h")
+    module = nodes.run("run", "--slaves", "1", str(EXAMPLES / "expensive.py"), "-h")
     assert module.returncode == 0 and "--duration" in module.stdout

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taskswarm.samples.mandelbrot import (
+from mandelbrot import (
     BandTask,
     ImageSpec,
     MandelbrotSystem,

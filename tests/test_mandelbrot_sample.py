@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taskswarm.samples import mandelbrot
+import mandelbrot
 
 
 @pytest.mark.parametrize("render", [mandelbrot.render_system, mandelbrot.render_plain])

@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import dnacurve
+import expensive
+import mandelbrot
+import montecarlo
+import reversemd5
 import taskswarm as ts
-from taskswarm.samples import dnacurve, expensive, mandelbrot, montecarlo, reversemd5
 
 
 def on(cluster: ts.LocalCluster) -> list[str]:
@@ -75,6 +79,21 @@ def test_every_palette_is_cyclic_and_zoom_narrows_the_window():
     assert mandelbrot.ImageSpec.fit(300, 200, zoom=4.0).zoom == pytest.approx(4.0)
     with pytest.raises(ValueError, match="palette"):
         mandelbrot.ImageSpec(palette="sepia")
+
+
+def test_mandelbrot_runs_by_path_from_another_directory(cluster, nodes, tmp_path):
+    """Neither the file nor its sibling _common is importable where the program runs, nor on
+    the master and the slaves: both must travel with the tasks."""
+    out = nodes.run(
+        "run", mandelbrot.__file__, *on(cluster),
+        "--output", "m.png", "--width", "48", "--height", "32", "--quiet",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert field(out.stdout, "matches serial reference") == "yes"
+    with Image.open(tmp_path / "m.png") as png:
+        pixels = np.asarray(png.convert("RGB"))
+    assert np.array_equal(pixels, mandelbrot.render_serial(mandelbrot.ImageSpec.fit(48, 32)))
 
 
 # -- reversemd5 ---------------------------------------------------------------------------------
@@ -147,7 +166,7 @@ def test_reverse_hash_system_completes_as_soon_as_a_chunk_finds_it():
 
 def test_expensive_under_taskswarm_run_reports_speedup_and_efficiency(cluster, nodes):
     out = nodes.run(
-        "run", "-m", "taskswarm.samples.expensive", *on(cluster),
+        "run", expensive.__file__, *on(cluster),
         "--count", "6", "--duration", "0.05", "--how", "sleep",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

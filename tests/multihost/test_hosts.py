@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import wait_for
-from taskswarm.samples.mandelbrot import ImageSpec, render_serial
+from conftest import EXAMPLES, wait_for
+from mandelbrot import ImageSpec, render_serial
 
 from .conftest import MASTER_PORT, Gate, Host, HostNodes, Network
 from .netapp import RESULT_TIMEOUT
@@ -74,7 +74,7 @@ def test_the_mandelbrot_sample_renders_the_serial_image_across_hosts(
 
     output = tmp_path / "mandelbrot.png"
     out = app_host.run(
-        sys.executable, "-m", "taskswarm.samples.mandelbrot",
+        sys.executable, str(EXAMPLES / "mandelbrot.py"),
         "--master", address, "--key-file", host_nodes.key_file,
         "--output", str(output), "--width", "96", "--height", "64", "--max-iter", "64",
         "--band-rows", "4", "--quiet",

@@ -2,9 +2,9 @@
 
 ::
 
-    taskswarm run -m taskswarm.samples.montecarlo
-    taskswarm run -m taskswarm.samples.montecarlo --grid 2048 --points 1e8 --seed 7
-    python -m taskswarm.samples.montecarlo --plain --grid 256
+    taskswarm run examples/montecarlo.py
+    taskswarm run examples/montecarlo.py --grid 2048 --points 1e8 --seed 7
+    python examples/montecarlo.py --plain --grid 256
 
 Darts thrown at the unit square land inside the quarter disc ``x*x + y*y <= 1`` with
 probability pi/4. Plain Monte Carlo counts the hits; this sample cuts the square into
@@ -40,8 +40,7 @@ from typing import Any
 import numpy as np
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback
-from taskswarm.samples._common import (
+from _common import (
     add_run_options,
     add_seed_option,
     aligned,
@@ -49,7 +48,6 @@ from taskswarm.samples._common import (
     on_cluster,
     positive_int,
     rescaled,
-    run_as_main,
     run_plain_tasks,
     run_serially,
     run_system,
@@ -57,6 +55,7 @@ from taskswarm.samples._common import (
     timed,
     timing_rows,
 )
+from taskswarm.progress import ProgressCallback
 
 __all__ = [
     "Estimate",
@@ -383,9 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the cluster. Exit status: 0 when it matches the serial reference (or\n"
         "--no-reference), 1 when it does not.",
         [
-            "taskswarm run -m taskswarm.samples.montecarlo",
-            "taskswarm run -m taskswarm.samples.montecarlo --grid 2048 --points 1e8 --seed 7",
-            "python -m taskswarm.samples.montecarlo --plain --grid 256",
+            "taskswarm run examples/montecarlo.py",
+            "taskswarm run examples/montecarlo.py --grid 2048 --points 1e8 --seed 7",
+            "python examples/montecarlo.py --plain --grid 256",
         ],
     )
     work = parser.add_argument_group("the estimate")
@@ -437,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     run = run_plain if args.plain else run_tasks_system
 
     with on_cluster(args) as cluster:
-        cluster.warm_up("taskswarm.samples.montecarlo")
+        cluster.warm_up("numpy")
         estimate, seconds = cluster.timed(
             "monte carlo", lambda progress: run(cluster.app, plan, progress)
         )
@@ -457,5 +456,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Classes travel by reference when this file is the installed module (see run_as_main).
-    sys.exit(run_as_main("taskswarm.samples.montecarlo", __file__, main))
+    # Run as a file, the classes above live in __main__ and travel to the master and the
+    # workers by value, and so does what they use of _common, this file's sibling module.
+    sys.exit(main())

@@ -1,6 +1,10 @@
 """What the samples share: their common options, the cluster and the timing of a run on it,
-warm-up, the summary table, and running a sample file as ``__main__`` with its classes still
-travelling by reference.
+warm-up and the summary table.
+
+The samples are files run by path (``taskswarm run examples/NAME.py``), and this module is
+their sibling, imported as ``_common``: ``taskswarm run`` (like ``python FILE``) puts the file's
+directory on ``sys.path``. Neither is installed where the master and the slaves run, so the
+classes and functions of both travel there by value (see ``taskswarm.pickling``).
 
 Each sample stays a readable program of its own -- its tasks, its task system, its report --
 and only the parts that would otherwise be copied word for word into every one of them live
@@ -8,7 +12,7 @@ here. The skeleton of a sample's ``main``::
 
     args = build_parser().parse_args(argv)      # sample_parser(...), add_run_options(...)
     with on_cluster(args) as cluster:           # connect, or start an embedded cluster
-        cluster.warm_up("taskswarm.samples.NAME")
+        cluster.warm_up("numpy")                # the libraries its tasks use
         result, seconds = cluster.timed("title", lambda progress: run(cluster.app, progress))
     if not args.no_reference:
         reference, seconds_serial = timed(lambda: run_serial(...))
@@ -26,7 +30,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import taskswarm as ts
@@ -46,7 +49,6 @@ __all__ = [
     "positive_float",
     "positive_int",
     "rescaled",
-    "run_as_main",
     "run_plain_tasks",
     "run_serially",
     "run_system",
@@ -116,10 +118,10 @@ def check_positive_ints(plan: object, *names: str) -> None:
 def sample_parser(
     name: str, description: str, notes: str, examples: Sequence[str]
 ) -> argparse.ArgumentParser:
-    """The parser of ``taskswarm.samples.NAME``: its description, then ``notes`` and the
+    """The parser of ``NAME.py``: its description, then ``notes`` and the
     example command lines under the options, with the line breaks as written."""
     return argparse.ArgumentParser(
-        prog=f"taskswarm.samples.{name}",
+        prog=f"{name}.py",
         description=description,
         epilog=notes + "\n\nExamples:\n" + "\n".join(f"  {line}" for line in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -226,15 +228,18 @@ def cluster_size(app: ts.Application) -> tuple[int, int]:
     return len(slaves), sum(int(s.get("workers", 0) or 0) for s in slaves)
 
 
-def _import(module: str) -> int:
-    importlib.import_module(module)
+def _import(*modules: str) -> int:
+    for module in modules:
+        importlib.import_module(module)
     return os.getpid()
 
 
-def warm_up(app: ts.Application, module: str, workers: int) -> None:
-    """Have the workers import the sample (and NumPy with it) before the clock starts, so the
-    timing measures the work and not interpreter start-up; two tasks a worker reach them all."""
-    futures = app.push_tasks(ts.FunctionTask(_import, module) for _ in range(2 * max(1, workers)))
+def warm_up(app: ts.Application, workers: int, *modules: str) -> None:
+    """Have the workers import ``modules`` (NumPy, say) and load this module's code before the
+    clock starts, so the timing measures the work and not start-up; two tasks a worker reach
+    them all. (The sample itself is no module the workers could import: its code travels with
+    its first tasks.)"""
+    futures = app.push_tasks(ts.FunctionTask(_import, *modules) for _ in range(2 * max(1, workers)))
     for future in futures:
         future.result()
 
@@ -257,9 +262,9 @@ class SampleCluster:
     mode: str
     quiet: bool = False
 
-    def warm_up(self, module: str) -> None:
+    def warm_up(self, *modules: str) -> None:
         """:func:`warm_up` for this cluster's workers."""
-        warm_up(self.app, module, self.workers)
+        warm_up(self.app, self.workers, *modules)
 
     def timed(self, title: str, work: Callable[[ProgressCallback | None], T]) -> tuple[T, float]:
         """``work(progress)``, shown as ``title (mode)`` unless ``--quiet``: its result and the
@@ -359,22 +364,3 @@ def run_serially(tasks: list[ts.Task], on_result: Callable[[Any], list[ts.Task]]
     while tasks:
         tasks = [more for task in tasks for more in on_result(task())]
 
-
-# -- running a sample file ----------------------------------------------------------------------
-
-
-def run_as_main(module: str, file: str, main: Callable[[], int]) -> int:
-    """Run ``main`` from the importable module when the file being run *is* that module.
-
-    Run as a script (``python -m`` or a file path), a sample's classes live in ``__main__`` and
-    cloudpickle would ship them by value in every task. Importing the module under its real
-    name makes them travel by reference instead -- smaller, and the same code the workers
-    import. If the name resolves to a different file (another checkout), the file's own
-    ``main`` runs, so what runs is always what was asked for.
-    """
-    try:
-        imported = importlib.import_module(module)
-        same_file = Path(imported.__file__ or "").resolve() == Path(file).resolve()
-    except (ImportError, OSError):
-        return main()
-    return imported.main() if same_file else main()

@@ -2,10 +2,10 @@
 
 This is the project's main sample (``make run``)::
 
-    taskswarm run -m taskswarm.samples.mandelbrot --output mandelbrot.png
-    python -m taskswarm.samples.mandelbrot --width 3072 --height 2048 --max-iter 512
-    python src/taskswarm/samples/mandelbrot.py --plain --slaves 3 --workers 2
-    taskswarm run -m taskswarm.samples.mandelbrot --center=-0.7436,0.1318 --zoom 200 --palette ultra
+    taskswarm run examples/mandelbrot.py --output mandelbrot.png
+    python examples/mandelbrot.py --width 3072 --height 2048 --max-iter 512
+    taskswarm run examples/mandelbrot.py --plain --slaves 3 --workers 2
+    taskswarm run examples/mandelbrot.py --center=-0.7436,0.1318 --zoom 200 --palette ultra
 
 The image is cut into horizontal *bands* of rows; each band is one task (:class:`BandTask`) that
 a worker process on some slave renders with NumPy. Two ways of running those tasks are shown:
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import functools
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,19 +44,18 @@ from typing import Any
 import numpy as np
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback
-from taskswarm.samples._common import (
+from _common import (
     add_run_options,
     aligned,
     check_positive_ints,
     on_cluster,
     positive_float,
     positive_int,
-    run_as_main,
     sample_parser,
     timed,
     timing_rows,
 )
+from taskswarm.progress import ProgressCallback
 
 __all__ = [
     "DEFAULT_BAND_ROWS",
@@ -224,12 +222,19 @@ PALETTES: dict[str, Callable[[], np.ndarray]] = {
 }
 
 
-@functools.cache
+#: The palettes' tables this process has built. A dict, not ``functools.cache``: this file's
+#: code travels to the workers by value, and a cache wrapper pickles by name, which a worker
+#: (that cannot import this file) could not look up.
+_palette_tables: dict[str, np.ndarray] = {}
+
+
 def palette_table(name: str) -> np.ndarray:
     """The (_PALETTE_SIZE, 3) uint8 lookup table of a palette, built once per process; always
     over the same array, so its values never depend on which pixels a band happens to hold."""
-    table = PALETTES[name]()
-    table.flags.writeable = False  # shared by every band this process renders
+    table = _palette_tables.get(name)
+    if table is None:
+        table = _palette_tables[name] = PALETTES[name]()
+        table.flags.writeable = False  # shared by every band this process renders
     return table
 
 
@@ -534,13 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
         "an embedded local cluster is started for the run. Exit status: 0 when the\n"
         "image matches the serial reference (or --no-reference), 1 when it does not.",
         [
-            "taskswarm run -m taskswarm.samples.mandelbrot --output mandelbrot.png",
-            "python -m taskswarm.samples.mandelbrot --plain --slaves 3 --workers 2",
-            "python -m taskswarm.samples.mandelbrot --master tcp://10.0.0.5:5555 "
+            "taskswarm run examples/mandelbrot.py --output mandelbrot.png",
+            "python examples/mandelbrot.py --plain --slaves 3 --workers 2",
+            "python examples/mandelbrot.py --master tcp://10.0.0.5:5555 "
             "--key-file cluster.key",
-            "python -m taskswarm.samples.mandelbrot --center -0.7436,0.1318 --zoom 200 "
+            "python examples/mandelbrot.py --center -0.7436,0.1318 --zoom 200 "
             "--palette ultra",
-            "python -m taskswarm.samples.mandelbrot --center -1.25,0 --zoom 8 --max-iter 1024",
+            "python examples/mandelbrot.py --center -1.25,0 --zoom 8 --max-iter 1024",
         ],
     )
     image = parser.add_argument_group("image")
@@ -659,5 +664,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Classes travel by reference when this file is the installed module (see run_as_main).
-    sys.exit(run_as_main("taskswarm.samples.mandelbrot", __file__, main))
+    # Run as a file, the classes above live in __main__ and travel to the master and the
+    # workers by value, and so does what they use of _common, this file's sibling module.
+    sys.exit(main())

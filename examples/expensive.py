@@ -2,9 +2,9 @@
 
 ::
 
-    taskswarm run -m taskswarm.samples.expensive
-    taskswarm run -m taskswarm.samples.expensive --count 64 --duration 0.5
-    python -m taskswarm.samples.expensive --how sleep --count 100 --duration 0.2 --workers 10
+    taskswarm run examples/expensive.py
+    taskswarm run examples/expensive.py --count 64 --duration 0.5
+    python examples/expensive.py --how sleep --count 100 --duration 0.2 --workers 10
 
 Every task (:class:`ExpensiveTask`) costs the same, ``--duration`` seconds, spent one of two
 ways: ``busy`` burns that much CPU time of its worker (so workers beyond the cores gain
@@ -34,19 +34,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback
-from taskswarm.samples._common import (
+from _common import (
     add_run_options,
     aligned,
     on_cluster,
     positive_float,
     positive_int,
-    run_as_main,
     run_plain_tasks,
     run_system,
     sample_parser,
     timing_rows,
 )
+from taskswarm.progress import ProgressCallback
 
 __all__ = [
     "HOW",
@@ -274,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sleep tasks wait DURATION seconds: more workers than cores still help.\n"
         "Exit status: 0 when every task ran exactly once.",
         [
-            "taskswarm run -m taskswarm.samples.expensive",
-            "taskswarm run -m taskswarm.samples.expensive --count 64 --duration 0.5 --plain",
-            "python -m taskswarm.samples.expensive --how sleep --count 100 --duration 0.2 "
+            "taskswarm run examples/expensive.py",
+            "taskswarm run examples/expensive.py --count 64 --duration 0.5 --plain",
+            "python examples/expensive.py --how sleep --count 100 --duration 0.2 "
             "--workers 10",
         ],
     )
@@ -317,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     run = run_plain if args.plain else run_tasks_system
 
     with on_cluster(args) as cluster:
-        cluster.warm_up("taskswarm.samples.expensive")
+        cluster.warm_up()
         runs, seconds = cluster.timed(
             "expensive tasks",
             lambda progress: run(cluster.app, args.count, args.duration, args.how, progress),
@@ -330,5 +329,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Classes travel by reference when this file is the installed module (see run_as_main).
-    sys.exit(run_as_main("taskswarm.samples.expensive", __file__, main))
+    # Run as a file, the classes above live in __main__ and travel to the master and the
+    # workers by value, and so does what they use of _common, this file's sibling module.
+    sys.exit(main())

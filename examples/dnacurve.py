@@ -3,9 +3,9 @@ cluster, in rounds of ever larger payloads -- and watch the master's memory whil
 
 ::
 
-    taskswarm run -m taskswarm.samples.dnacurve
-    taskswarm run -m taskswarm.samples.dnacurve --rounds 7 --tasks 64
-    python -m taskswarm.samples.dnacurve --plain --first-kib 64
+    taskswarm run examples/dnacurve.py
+    taskswarm run examples/dnacurve.py --rounds 7 --tasks 64
+    python examples/dnacurve.py --plain --first-kib 64
 
 In a bacterial chromosome the strand copied continuously (the *leading* strand) carries more
 G than C, from the origin of replication to its terminus; the other half carries more C. The
@@ -45,8 +45,7 @@ from typing import Any
 import numpy as np
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback
-from taskswarm.samples._common import (
+from _common import (
     add_run_options,
     add_seed_option,
     aligned,
@@ -54,12 +53,12 @@ from taskswarm.samples._common import (
     on_cluster,
     positive_int,
     rescaled,
-    run_as_main,
     run_plain_tasks,
     run_serially,
     run_system,
     sample_parser,
 )
+from taskswarm.progress import ProgressCallback
 
 __all__ = [
     "GenomePlan",
@@ -413,9 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: 0 when every round's counts match the serial reference (or\n"
         "--no-reference), 1 when one does not.",
         [
-            "taskswarm run -m taskswarm.samples.dnacurve",
-            "taskswarm run -m taskswarm.samples.dnacurve --rounds 7 --tasks 64",
-            "python -m taskswarm.samples.dnacurve --plain --first-kib 64",
+            "taskswarm run examples/dnacurve.py",
+            "taskswarm run examples/dnacurve.py --rounds 7 --tasks 64",
+            "python examples/dnacurve.py --plain --first-kib 64",
         ],
     )
     work = parser.add_argument_group("the genomes")
@@ -470,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     run = run_plain if args.plain else run_tasks_system
 
     with on_cluster(args) as cluster:
-        cluster.warm_up("taskswarm.samples.dnacurve")
+        cluster.warm_up("numpy")
         before = master_memory(cluster.app)
         results, seconds = cluster.timed(
             "dna curve", lambda progress: run(cluster.app, plan, progress)
@@ -491,5 +490,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Classes travel by reference when this file is the installed module (see run_as_main).
-    sys.exit(run_as_main("taskswarm.samples.dnacurve", __file__, main))
+    # Run as a file, the classes above live in __main__ and travel to the master and the
+    # workers by value, and so does what they use of _common, this file's sibling module.
+    sys.exit(main())

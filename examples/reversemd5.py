@@ -2,10 +2,10 @@
 
 ::
 
-    taskswarm run -m taskswarm.samples.reversemd5
-    taskswarm run -m taskswarm.samples.reversemd5 --target 6b3d43184271885b9fb260c59821d5e8 \\
+    taskswarm run examples/reversemd5.py
+    taskswarm run examples/reversemd5.py --target 6b3d43184271885b9fb260c59821d5e8 \\
         --alphabet lower --length 1-5
-    python -m taskswarm.samples.reversemd5 --secret swarm --alphabet lower --length 1-5 --plain
+    python examples/reversemd5.py --secret swarm --alphabet lower --length 1-5 --plain
 
 The candidates form a *search space*: the decimal numbers of a range (:class:`NumberSpace`) or
 every word of an alphabet with a length in a range, shortest first (:class:`WordSpace`). Each
@@ -41,18 +41,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback
-from taskswarm.samples._common import (
+from _common import (
     add_run_options,
     aligned,
     cancel_all,
     on_cluster,
     positive_int,
     rescaled,
-    run_as_main,
     run_system,
     sample_parser,
 )
+from taskswarm.progress import ProgressCallback
 
 __all__ = [
     "ALGORITHMS",
@@ -236,10 +235,19 @@ def _suffix_length(base: int, length: int) -> int:
     return max(1, min(length, int(math.log(_MAX_SUFFIXES, base) + 1e-9)))
 
 
-@functools.cache
+#: The suffix tables this process has built. A dict, not ``functools.cache``: this file's code
+#: travels to the workers by value, and a cache wrapper pickles by name, which a worker (that
+#: cannot import this file) could not look up.
+_suffix_tables: dict[tuple[bytes, int], tuple[bytes, ...]] = {}
+
+
 def _suffixes(alphabet: bytes, length: int) -> tuple[bytes, ...]:
     """Every word of ``length`` over ``alphabet`` in order; built once per worker process."""
-    return tuple(bytes(word) for word in itertools.product(alphabet, repeat=length))
+    words = _suffix_tables.get((alphabet, length))
+    if words is None:
+        words = tuple(bytes(word) for word in itertools.product(alphabet, repeat=length))
+        _suffix_tables[(alphabet, length)] = words
+    return words
 
 
 Space = NumberSpace | WordSpace
@@ -539,11 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_SECRET!r}),\nfound in a few seconds by two workers. Exit status: 0 when "
         "the preimage is found\n(and its digest checked here), 1 when the space holds none.",
         [
-            "taskswarm run -m taskswarm.samples.reversemd5",
-            "taskswarm run -m taskswarm.samples.reversemd5 --secret 31415926 --hash sha256",
-            "taskswarm run -m taskswarm.samples.reversemd5 --alphabet lower --length 1-5 \\",
+            "taskswarm run examples/reversemd5.py",
+            "taskswarm run examples/reversemd5.py --secret 31415926 --hash sha256",
+            "taskswarm run examples/reversemd5.py --alphabet lower --length 1-5 \\",
             "    --target 6b3d43184271885b9fb260c59821d5e8",
-            "python -m taskswarm.samples.reversemd5 --secret Zz9 --alphabet alnum "
+            "python examples/reversemd5.py --secret Zz9 --alphabet alnum "
             "--length 3 --plain",
         ],
     )
@@ -639,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_from(args, parser)
 
     with on_cluster(args) as cluster:
-        cluster.warm_up("taskswarm.samples.reversemd5")
+        cluster.warm_up()
         window = WINDOW_PER_WORKER * max(2, cluster.workers)  # the plain mode's own window
         search = functools.partial(search_plain, window=window) if args.plain else search_system
         outcome, seconds = cluster.timed(
@@ -652,5 +660,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Classes travel by reference when this file is the installed module (see run_as_main).
-    sys.exit(run_as_main("taskswarm.samples.reversemd5", __file__, main))
+    # Run as a file, the classes above live in __main__ and travel to the master and the
+    # workers by value, and so does what they use of _common, this file's sibling module.
+    sys.exit(main())

@@ -1,1 +1,0 @@
-"""Real programs built on taskswarm; each runs with `taskswarm run -m taskswarm.samples.NAME`."""
