@@ -3,7 +3,9 @@
 The original framework (``concurrent.core.async.api``) defined these with zope-like ``Interface``
 classes. Here they are abstract base classes, so an implementation that forgets a method fails at
 construction instead of at the first call on a remote node. Every scheduler, strategy, task manager
-and task system in taskswarm implements one of them; there is no parallel API beside them.
+and task system in taskswarm implements one of them. What the nodes call on a scheduler or a task
+manager goes beyond these two, and is stated as Protocols in ``taskswarm.scheduling.contracts``
+and ``taskswarm.managers.contracts``, of which these interfaces are the seed's part.
 """
 
 from __future__ import annotations

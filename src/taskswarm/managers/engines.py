@@ -38,11 +38,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import ITaskManager
 from ..errors import ConfigurationError, TaskError, TaskTimeout
 from ..nodes.mailbox import Mailbox
 from ..scheduling import load_plugin
 from ..task import Status, dump_error, error_text, format_remote_traceback
+from .contracts import TaskManagerContract
 from .engine_clients import DaskEngine, EngineClient, Outcome, RayEngine
 from .process_pool import PACE_WEIGHT, SLOW_TASK
 from .queued import QueuedManager, WorkItem
@@ -379,7 +379,7 @@ class RayManager(EngineManager):
 
 def manager_for(
     name: str, workers: int | None, engine: str | None, memory_limit: str | None = None
-) -> str | ITaskManager:
+) -> str | TaskManagerContract:
     """What a slave is given for ``--manager NAME [--engine ADDRESS]``: an engine's task manager,
     built and connected (so an unreachable engine is reported before the node starts), a
     process pool built with ``--worker-memory-limit``, or the name of any other manager.

@@ -10,27 +10,21 @@ from __future__ import annotations
 
 import queue
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from ..api import ITaskManager
 from ..task import new_task_id
+from .contracts import TaskManagerBase, WorkItem
 
 __all__ = ["QueuedManager", "WorkItem"]
 
 
-@dataclass(slots=True)
-class WorkItem:
-    """A task as a slave holds it: its id and its still-pickled payload."""
+class QueuedManager(TaskManagerBase, ITaskManager):
+    """The queue half of a task manager; subclasses say how queued tasks are run (``_feed``).
 
-    task_id: str
-    payload: Any  # bytes, or a memoryview of the frame it arrived in
-    timeout: float | None = None
-    cancelled: bool = False  # cancelled while in a worker's pipeline: its outcome is dropped
-
-
-class QueuedManager(ITaskManager):
-    """The queue half of a task manager; subclasses say how queued tasks are run (``_feed``)."""
+    Implements ``contracts.TaskManagerContract`` (what the slave calls) with the seed's
+    ``ITaskManager``; what a subclass does not override keeps ``TaskManagerBase``'s default.
+    """
 
     def __init__(self) -> None:
         self._queue: deque[WorkItem] = deque()

@@ -49,6 +49,7 @@ from ..errors import (
 from ..journal import Journal, NullJournal
 from ..keys import ClusterKeys, as_keys
 from ..scheduling import load_plugin
+from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import (
     NodeState,
     SlaveRecord,
@@ -135,10 +136,12 @@ class Master:
         self._next_maintenance = time.monotonic() + JOURNAL_MAINTENANCE
         self._next_gc = time.monotonic() + GC_INTERVAL
         strategy_obj = load_plugin("taskswarm.strategies", strategy)()
-        self.scheduler = load_plugin("taskswarm.schedulers", scheduler)(strategy_obj, prefetch)
+        self.scheduler: SchedulerContract = load_plugin("taskswarm.schedulers", scheduler)(
+            strategy_obj, prefetch
+        )
         #: The Dask or Ray cluster an engine scheduler (``--scheduler dask|ray``) hands tasks to.
         self.engine = engine
-        if engine is not None and not getattr(self.scheduler, "uses_engine", False):
+        if engine is not None and not self.scheduler.uses_engine:
             raise ConfigurationError(
                 f"--engine {engine} needs a scheduler that runs tasks on an engine "
                 f"(--scheduler dask or --scheduler ray), not {scheduler!r}"
@@ -336,9 +339,7 @@ class Master:
         self._closed = True
         if self.dashboard is not None:
             self.dashboard.stop()
-        close_scheduler = getattr(self.scheduler, "close", None)
-        if close_scheduler is not None:
-            close_scheduler()  # an engine scheduler's bridge and its engine connection
+        self.scheduler.close()  # an engine scheduler's bridge and its engine connection
         self.clients.journal_unconfirmed(everything=True)
         self.systems.stop_all()
         self.router.close(linger=0)

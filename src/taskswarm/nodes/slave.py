@@ -22,10 +22,9 @@ from typing import Any
 
 import zmq
 
-from ..api import ITaskManager
 from ..errors import WireError
 from ..keys import ClusterKeys, as_keys
-from ..managers.process_pool import WorkItem
+from ..managers.contracts import TaskManagerContract, WorkItem
 from ..scheduling import load_plugin
 from ..scheduling.records import format_resources, parse_resources
 from ..stats import Stats
@@ -53,7 +52,7 @@ class Slave:
         key: bytes | ClusterKeys,
         *,
         workers: int | None = None,
-        manager: str | ITaskManager = "process-pool",
+        manager: str | TaskManagerContract = "process-pool",
         heartbeat_interval: float = 1.0,
         master_timeout: float = 5.0,
         grace: float = 2.0,
@@ -75,11 +74,11 @@ class Slave:
         self.stats = Stats()
         self._arrived: dict[str, float] = {}  # task id -> when it reached this slave
         # A name, or a task manager built by the caller (one that needs more than ``workers``,
-        # such as an engine's address).
-        self.manager = (
-            manager
-            if isinstance(manager, ITaskManager)
-            else load_plugin("taskswarm.managers", manager)(workers)
+        # such as an engine's address). Either way, only its contract is used from here on.
+        self.manager: TaskManagerContract = (
+            load_plugin("taskswarm.managers", manager)(workers)
+            if isinstance(manager, str)
+            else manager
         )
         self.manager.init(self.node_id, master)
         self._context = zmq.Context()
@@ -244,25 +243,18 @@ class Slave:
             for (task_id, timeout), payload in zip(msg["tasks"], msg.payloads, strict=True)
         ]
         self._arrived.update(dict.fromkeys([item.task_id for item in items], time.monotonic()))
-        push_many = getattr(self.manager, "push_tasks", None)
-        if push_many is not None:
-            push_many(items)
-        else:
-            for item in items:
-                self.manager.push_task(item)
+        self.manager.push_tasks(items)
 
     def on_cancel(self, msg: Message) -> None:
         task_ids = {str(t) for t in msg["tasks"]}
-        unstarted_only = getattr(self.manager, "cancel_unstarted", None)
-        if msg.get("soft") and unstarted_only is not None:
-            unstarted_only(task_ids)
+        if msg.get("soft"):
+            self.manager.cancel_unstarted(task_ids)
         else:
             self.manager.cancel(task_ids)
 
     def on_steal(self, msg: Message) -> None:
         """Give back up to ``count`` tasks no worker has started, for idle slaves elsewhere."""
-        release = getattr(self.manager, "release", None)
-        items = release(int(msg.get("count", 0))) if release is not None else []
+        items = self.manager.release(int(msg.get("count", 0)))
         for item in items:
             self._arrived.pop(item.task_id, None)
         self._send(
@@ -302,9 +294,7 @@ class Slave:
     def _wanted(self) -> int:
         """Tasks to hold to keep every worker busy (the task manager knows best, if it can say:
         for short tasks that is many more than ``PREFETCH`` per worker)."""
-        wanted = getattr(self.manager, "wanted", None)
-        floor = self.manager.get_num_workers() * PREFETCH
-        return max(floor, wanted()) if wanted is not None else floor
+        return max(self.manager.get_num_workers() * PREFETCH, self.manager.wanted())
 
     def _window(self, finished: int = 0) -> dict:
         """Header fields telling the master how much more to send: ``want`` (push scheduler),
@@ -313,7 +303,7 @@ class Slave:
         self._credit_owed += finished + want - self._want
         self._want = want
         fields: dict = {"want": want}
-        pace = getattr(self.manager, "pace", None)
+        pace = self.manager.pace
         if pace:
             fields["pace"] = pace
         if self._credit_owed > 0:  # a shrinking want is paid back out of later results
@@ -418,8 +408,7 @@ class Slave:
         batch = []
         while not results.empty():
             batch.append(self._fitted(results.get_nowait(), limit))
-        take_started = getattr(self.manager, "take_started", None)
-        started = take_started() if take_started is not None else []
+        started = self.manager.take_started()
         if not batch:
             if started:  # an idle worker began one: its owner's Future.running() says so
                 self._send(Kind.RESULTS, {"results": [], "started": started})

@@ -22,8 +22,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..api import ITaskScheduler, ITaskScheduleStrategy
+from ..api import ITaskScheduler
 from ..stats import Measure
+from .contracts import SchedulerBase, StrategyContract, WatchesSlaves
 from .queue import TaskQueue
 from .records import NodeState, SlaveRecord, TaskRecord, TaskState
 
@@ -77,12 +78,16 @@ class ReadySet:
         return iter(list(self._slaves))
 
 
-class BaseScheduler(ITaskScheduler):
-    """Subclasses say how much a slave can take (``capacity``); the rest is common."""
+class BaseScheduler(SchedulerBase, ITaskScheduler):
+    """Subclasses say how much a slave can take (``capacity``); the rest is common.
+
+    Implements ``contracts.SchedulerContract`` (what the master calls) and the seed's
+    ``ITaskScheduler``; its strategy is any ``contracts.StrategyContract``.
+    """
 
     name = "base"
 
-    def __init__(self, strategy: ITaskScheduleStrategy, prefetch: int = 2) -> None:
+    def __init__(self, strategy: StrategyContract, prefetch: int = 2) -> None:
         self.strategy = strategy
         self.prefetch = max(1, prefetch)
         self.queue = TaskQueue()
@@ -102,7 +107,8 @@ class BaseScheduler(ITaskScheduler):
         self.decisions = 0
         #: How long tasks waited in the queue before their assignment.
         self.queue_wait = Measure()
-        self._changed = getattr(strategy, "slave_changed", None)
+        # The optional hook of a strategy that keeps an index of the ready slaves.
+        self._changed = strategy.slave_changed if isinstance(strategy, WatchesSlaves) else None
         self._next_steal_look = 0.0
         self._next_resource_look = 0.0
 
