@@ -18,6 +18,8 @@ from taskswarm import LocalCluster
 from taskswarm.cli import cli
 from taskswarm.config import MasterConfig, RunConfig, SlaveConfig, envvar, spec, to_argv
 from taskswarm.local import MASTER_KEYWORDS, NOT_KEYWORDS, OWN_KEYWORDS, SLAVE_KEYWORDS
+from taskswarm.nodes.master import Master
+from taskswarm.nodes.slave import Slave
 from taskswarm.settings import parameter_names, settings_template
 
 try:
@@ -96,6 +98,33 @@ def test_local_cluster_keeps_its_public_keywords():
         "start_timeout", "log_level", "system_log_level", "state_dir", "ipc", "stealing",
         "resource_wait", "resources", "dashboard", "worker_memory_limit",
     } <= public  # fmt: skip
+
+
+#: Node keywords named or scaled otherwise than the setting they come from.
+RENAMED = {
+    "heartbeat": ("heartbeat_interval", 1),
+    "max_message_mib": ("max_message_bytes", 1024 * 1024),
+    "result_cap_mib": ("result_cap", 1024 * 1024),
+}
+#: Where a node made in Python differs from the command on purpose: a Master() serves no
+#: dashboard and keeps no journal unless told; the command does both by default.
+PYTHON_DEFAULTS = {"dashboard", "state_dir"}
+
+
+@pytest.mark.parametrize(("record", "node"), [(MasterConfig, Master), (SlaveConfig, Slave)])
+def test_a_node_made_in_python_has_the_commands_defaults(record, node):
+    parameters = inspect.signature(node).parameters
+    compared = 0
+    for field in dataclasses.fields(record):
+        name, scale = RENAMED.get(field.name, (field.name, 1))
+        parameter = parameters.get(name)
+        if parameter is None or parameter.default is parameter.empty:
+            continue  # not a keyword of the node's, or one it must be given (bind, master)
+        if field.name not in PYTHON_DEFAULTS:
+            default = field.default * scale if scale != 1 else field.default
+            assert parameter.default == default, field.name
+            compared += 1
+    assert compared >= 6
 
 
 # -- argv made from a record reads back, through click, as the same record -----------------------
