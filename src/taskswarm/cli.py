@@ -148,6 +148,23 @@ def _key_option():
     return option(next(f for f in fields(MasterConfig) if f.name == "key_file"))
 
 
+def _master_option(help: str):
+    """``--master`` and ``--key-file`` of commands that talk to a running master."""
+
+    def decorate(function: Any) -> Any:
+        function = _key_option()(function)
+        return click.option(
+            "--master",
+            "master_address",
+            envvar="TASKSWARM_MASTER",
+            default=DEFAULT_BIND,
+            show_default=True,
+            help=help,
+        )(function)
+
+    return decorate
+
+
 def _stop_on_signals(node: Any) -> None:
     """SIGINT/SIGTERM stop the node cleanly; so does the death of a LocalCluster's owner."""
 
@@ -418,15 +435,7 @@ def _run_app(
 
 
 @cli.command()
-@click.option(
-    "--master",
-    "master_address",
-    envvar="TASKSWARM_MASTER",
-    default=DEFAULT_BIND,
-    show_default=True,
-    help="The master to ask.",
-)
-@_key_option()
+@_master_option("The master to ask.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 @click.option(
     "--watch",
@@ -463,15 +472,7 @@ def status(master_address: str, key_file: str, as_json: bool, watch: float | Non
 
 @cli.command()
 @click.argument("system_id")
-@click.option(
-    "--master",
-    "master_address",
-    envvar="TASKSWARM_MASTER",
-    default=DEFAULT_BIND,
-    show_default=True,
-    help="The master the task system was sent to.",
-)
-@_key_option()
+@_master_option("The master the task system was sent to.")
 @click.option(
     "--timeout",
     type=click.FloatRange(0),
