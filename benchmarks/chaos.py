@@ -77,6 +77,7 @@ from typing import Any
 
 import taskswarm as ts
 from procs import descendants, proc_stat
+from taskswarm.config import MasterConfig, SlaveConfig, to_argv
 
 SCENARIOS = (
     "slave-kill",
@@ -406,23 +407,15 @@ class Cluster:
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
     def _spawn_master(self, ready: Path) -> subprocess.Popen:
-        return self._spawn(
-            "master",
-            "master",
-            "--bind",
-            self.address,
-            "--key-file",
-            self.key_file,
-            "--state-dir",
-            str(self.state_dir),
-            "--heartbeat",
-            str(self.heartbeat),
-            "--slave-timeout",
-            str(self.slave_timeout),
-            "--ready-file",
-            str(ready),
-            *self.master_args,
+        config = MasterConfig(
+            bind=self.address,
+            key_file=self.key_file,
+            state_dir=str(self.state_dir),
+            heartbeat=self.heartbeat,
+            slave_timeout=self.slave_timeout,
+            ready_file=str(ready),
         )
+        return self._spawn("master", *to_argv(config), *self.master_args)
 
     def refused_start(self) -> tuple[int | None, list[str]]:
         """Start the master expecting it to refuse: (its exit code, or None if it stayed up,
@@ -460,17 +453,13 @@ class Cluster:
 
     def start_slave(self) -> subprocess.Popen:
         self._count += 1
-        process = self._spawn(
-            f"slave-{self._count}",
-            "slave",
-            self.address,
-            "--key-file",
-            self.key_file,
-            "--workers",
-            str(self.workers),
-            "--heartbeat",
-            str(self.heartbeat),
+        config = SlaveConfig(
+            master_address=self.address,
+            key_file=self.key_file,
+            workers=self.workers,
+            heartbeat=self.heartbeat,
         )
+        process = self._spawn(f"slave-{self._count}", *to_argv(config))
         self.slaves.append(process)
         return process
 

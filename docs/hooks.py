@@ -7,7 +7,7 @@ without anyone writing it down:
   under a heading per command (subcommands included);
 - ``<!-- taskswarm:settings -->`` becomes one table per command of every setting: the option, its
   key in ``taskswarm.toml``, its environment variables, its default and its help, resolved the way
-  ``cli._load_config`` and click resolve them.
+  ``settings.load_settings_file`` and click resolve them.
 """
 
 from __future__ import annotations

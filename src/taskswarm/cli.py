@@ -14,72 +14,17 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .errors import ConfigurationError, TaskswarmError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from .config import DEFAULT_BIND, MasterConfig, RunConfig, SlaveConfig, option, options
+from .errors import TaskswarmError
+from .settings import CONFIG_FILE, load_settings_file
 
 log = logging.getLogger("taskswarm")
-
-DEFAULT_BIND = "tcp://127.0.0.1:5555"
-CONFIG_FILE = "taskswarm.toml"
-
-
-#: Settings that name files: relative ones are relative to the settings file naming them.
-PATH_SETTINGS = ("key_file", "state_dir")
-
-
-def _load_config(path: str | None) -> dict[str, Any]:
-    file = Path(path) if path else Path(CONFIG_FILE)
-    if not file.exists():
-        if path:
-            raise click.BadParameter(f"config file {path} does not exist", param_hint="--config")
-        return {}
-    try:
-        data = tomllib.loads(file.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise click.BadParameter(
-            f"{file} is not valid TOML: {exc}", param_hint="--config"
-        ) from None
-    tables = {
-        command: _parameters(file, command, table)
-        for command, table in data.items()
-        if isinstance(table, dict)
-    }
-    for table in tables.values():
-        for name in PATH_SETTINGS:
-            if isinstance(table.get(name), str):
-                table[name] = str(file.parent / Path(table[name]).expanduser())
-    return tables
-
-
-def _parameters(file: Path, command: str, table: dict[str, Any]) -> dict[str, Any]:
-    """A settings table's keys as the command's parameter names; an unknown one is an error
-    that says where it is and how to see the known ones."""
-    from .settings import COMMANDS, parameter_names
-
-    if command not in COMMANDS:
-        raise click.BadParameter(
-            f"{file}: [{command}] is not a command with settings; use one of "
-            f"{', '.join(f'[{c}]' for c in COMMANDS)}",
-            param_hint="--config",
-        )
-    names = parameter_names(cli.commands[command])
-    unknown = sorted(key for key in table if key not in names)
-    if unknown:
-        raise click.BadParameter(
-            f"{file}: [{command}] has no setting {', '.join(map(repr, unknown))}; "
-            "`taskswarm config show` lists every setting",
-            param_hint="--config",
-        )
-    return {names[key]: value for key, value in table.items()}
 
 
 class _Group(click.Group):
@@ -169,7 +114,7 @@ def cli(
     if env_dir and ctx.invoked_subcommand != "init":
         env = _open_environment(env_dir, ctx.invoked_subcommand or "taskswarm")
         config_file = config_file or str(env.config)
-    ctx.default_map = _load_config(config_file)
+    ctx.default_map = load_settings_file(config_file, cli)
     ctx.obj = {"parent": exit_with_parent, "config": config_file}
 
 
@@ -198,24 +143,26 @@ def _env_option():
     )
 
 
-def _key_option(required: bool = True):
-    return click.option(
-        "--key-file",
-        envvar="TASKSWARM_KEY_FILE",
-        required=required,
-        type=click.Path(dir_okay=False),
-        help="Cluster key made by `taskswarm keygen` (env TASKSWARM_KEY_FILE).",
-    )
+def _key_option():
+    """``--key-file`` of commands that are not settings records (status, result)."""
+    return option(next(f for f in fields(MasterConfig) if f.name == "key_file"))
 
 
-def _max_message_option():
-    return click.option(
-        "--max-message-mib",
-        default=512,
-        show_default=True,
-        type=click.IntRange(1),
-        help="Largest message accepted, in MiB (the socket drops a peer that sends more).",
-    )
+def _master_option(help: str):
+    """``--master`` and ``--key-file`` of commands that talk to a running master."""
+
+    def decorate(function: Any) -> Any:
+        function = _key_option()(function)
+        return click.option(
+            "--master",
+            "master_address",
+            envvar="TASKSWARM_MASTER",
+            default=DEFAULT_BIND,
+            show_default=True,
+            help=help,
+        )(function)
+
+    return decorate
 
 
 def _stop_on_signals(node: Any) -> None:
@@ -246,198 +193,13 @@ def keygen(path: str, force: bool, curve: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "--bind",
-    default=DEFAULT_BIND,
-    show_default=True,
-    help="Address to listen on; use tcp://0.0.0.0:PORT to accept other machines.",
-)
-@click.option(
-    "--advertise",
-    metavar="tcp://HOST:PORT",
-    default=None,
-    help="The address others are told to reach this master at (status, the dashboard URL), "
-    "for NAT or a DNS name. Default: the bind address; for a wildcard bind, this host's "
-    "primary address (else its name) with the bound port.",
-)
-@_key_option()
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Directory for the master's journal, which a restarted master resumes from "
-    "(default: a directory per bind address under ~/.local/share/taskswarm).",
-)
-@click.option("--no-state-dir", is_flag=True, help="Keep no durable state (a restart forgets).")
-@click.option(
-    "--max-crashes",
-    default=3,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Times a task may kill its worker process before it fails with WorkerCrashed.",
-)
-@click.option(
-    "--dashboard",
-    metavar="HOST:PORT",
-    default="127.0.0.1:8787",
-    show_default=True,
-    help="Serve the HTTP API (/api/...), its OpenAPI document and Prometheus /metrics on "
-    "HOST:PORT (port 0: any free one). Busy: the master logs why and runs without it.",
-)
-@click.option("--no-dashboard", is_flag=True, help="Serve no HTTP at all.")
-@click.option(
-    "--dashboard-host",
-    metavar="NAME",
-    multiple=True,
-    help="A further name the dashboard answers to in requests' Host header (repeatable), "
-    "e.g. a DNS name or a proxy's; loopback names, IP addresses, the bind and advertised "
-    "addresses and, beyond loopback, this host's name are always accepted. Others get 421, "
-    "so a web page cannot read the dashboard through DNS rebinding.",
-)
-@click.option(
-    "--scheduler",
-    default="push",
-    show_default=True,
-    help="Scheduler by name: push (master sends work), pull (slaves ask for work), or dask / "
-    "ray (every task runs on that engine's cluster, see --engine).",
-)
-@click.option(
-    "--engine",
-    metavar="ADDRESS",
-    default=None,
-    help="With --scheduler dask: the Dask scheduler, tcp://HOST:PORT. With --scheduler ray: "
-    "ray://HOST:PORT, HOST:PORT or auto. Default: a local one started by the master.",
-)
-@click.option(
-    "--strategy",
-    default="load",
-    show_default=True,
-    help="Schedule strategy by name: load (fewest tasks in flight per worker), throughput "
-    "(shortest expected wait, from each slave's measured task durations), two-choices (the "
-    "better of two random slaves), random, round-robin, or one a plugin registers.",
-)
-@click.option(
-    "--stealing/--no-stealing",
-    default=True,
-    show_default=True,
-    help="Move tasks a busy slave holds but has not started to slaves that sit idle.",
-)
-@click.option(
-    "--resource-wait",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    metavar="SECONDS",
-    help="How long a task may wait for resources (Task.resources) that no slave offers before "
-    "it fails with ResourceUnavailable; 'inf' waits for ever.",
-)
-@click.option(
-    "--prefetch",
-    default=2,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Tasks a slave may hold per worker.",
-)
-@click.option(
-    "--heartbeat",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(0.05),
-    help="Seconds between heartbeats.",
-)
-@click.option(
-    "--slave-timeout",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(0.1),
-    help="Seconds of silence after which a slave is lost and its tasks requeued.",
-)
-@click.option(
-    "--client-timeout",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(0.1),
-    metavar="SECONDS",
-    help="Seconds of silence after which an application (it beats every 0.5s) is lost: its "
-    "plain tasks are cancelled, its task systems go on and their results are kept for it.",
-)
-@click.option(
-    "--result-ttl",
-    default=86400.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    metavar="SECONDS",
-    help="How long results no application collected are kept (a detached task system's, "
-    "or those of an application that went away), counted from when they were made; "
-    "then they expire, and system_result(id) says so. A result is let go as soon as an "
-    "application confirms it received it.",
-)
-@click.option(
-    "--result-cap-mib",
-    default=1024,
-    show_default=True,
-    type=click.IntRange(0),
-    metavar="MIB",
-    help="Most MiB of such uncollected results kept (in memory and in the journal); past it "
-    "the oldest are dropped first. 0: no cap, only --result-ttl.",
-)
-@click.option(
-    "--forget-after",
-    default=300.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    metavar="SECONDS",
-    help="How long departed slaves, gone applications and collected task systems stay in "
-    "status before the master forgets them (at most the newest 1000 slaves and 100 collected "
-    "systems are kept meanwhile).",
-)
-@click.option(
-    "--curve",
-    is_flag=True,
-    help="Require CurveZMQ encryption (the key file must come from `taskswarm keygen --curve`; "
-    "any node given such a file encrypts anyway).",
-)
-@_max_message_option()
-@click.option("--ready-file", type=click.Path(dir_okay=False), hidden=True)
-@click.option(
-    "--system-log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default=None,
-    hidden=True,
-    help="How much of task systems' own logging to show (default: as --log-level); "
-    "LocalCluster shows it at info while the nodes log warnings only.",
-)
+@options(MasterConfig)
 @_env_option()
-def master(
-    bind: str,
-    key_file: str,
-    state_dir: str | None,
-    no_state_dir: bool,
-    dashboard: str,
-    no_dashboard: bool,
-    scheduler: str,
-    strategy: str,
-    stealing: bool,
-    resource_wait: float,
-    prefetch: int,
-    heartbeat: float,
-    slave_timeout: float,
-    max_crashes: int,
-    curve: bool,
-    max_message_mib: int,
-    ready_file: str | None,
-    advertise: str | None = None,
-    engine: str | None = None,
-    client_timeout: float = 10.0,
-    result_ttl: float = 86400.0,
-    result_cap_mib: int = 1024,
-    forget_after: float = 300.0,
-    system_log_level: str | None = None,
-    dashboard_host: tuple[str, ...] = (),
-) -> None:
+def master(**settings: Any) -> None:
     """Run a master node: it keeps the task queue and runs task systems."""
-    if system_log_level is not None:
-        _show_system_logging(system_log_level)
+    config = MasterConfig(**settings)
+    if config.system_log_level is not None:
+        _show_system_logging(config.system_log_level)
     from .dashboard import parse_address
     from .dashboard.limits import raise_fd_limit
     from .journal import JournalUnusable
@@ -445,40 +207,15 @@ def master(
     from .nodes.master import Master
 
     raise_fd_limit()  # a descriptor per peer: a shell's default 1024 must not cap the cluster
-    key = load_keys(key_file)
-    if curve and not key.curve:
+    key = load_keys(config.key_file)
+    if config.curve and not key.curve:
         raise click.ClickException(
             f"--curve needs a key file with a CurveZMQ keypair; make one with "
-            f"`taskswarm keygen --curve {key_file}`"
+            f"`taskswarm keygen --curve {config.key_file}`"
         )
-    if no_state_dir:
-        state_dir = None
-    elif state_dir is None:
-        state_dir = str(_default_state_dir(bind))
-    parse_address(dashboard)  # a malformed address is a usage error before anything starts
+    parse_address(config.dashboard)  # a malformed address is a usage error before anything starts
     try:
-        node = Master(
-            bind,
-            key,
-            scheduler=scheduler,
-            strategy=strategy,
-            prefetch=prefetch,
-            heartbeat_interval=heartbeat,
-            slave_timeout=slave_timeout,
-            state_dir=state_dir,
-            max_crashes=max_crashes,
-            max_message_bytes=max_message_mib * 1024 * 1024,
-            stealing=stealing,
-            resource_wait=resource_wait,
-            dashboard=None if no_dashboard else dashboard,
-            dashboard_hosts=dashboard_host,
-            advertise=advertise,
-            engine=engine,
-            result_ttl=result_ttl,
-            result_cap=result_cap_mib * 1024 * 1024,
-            client_timeout=client_timeout,
-            forget_after=forget_after,
-        )
+        node = Master.from_config(config, key)
     except JournalUnusable as exc:
         # A restart cannot fix a full, read-only or damaged state directory: exit 2, which the
         # shipped systemd unit does not retry (RestartPreventExitStatus=2).
@@ -486,7 +223,7 @@ def master(
         sys.exit(2)
     _stop_on_signals(node)
     _tune_gc()
-    node.serve(ready_file)
+    node.serve(config.ready_file)
 
 
 def _show_system_logging(level: str) -> None:
@@ -510,38 +247,6 @@ def _show_system_logging(level: str) -> None:
 
     for handler in root.handlers:
         handler.addFilter(keep)
-
-
-def _parse_resources_option(value: str | None) -> dict[str, float] | None:
-    """``gpu=2,mem=16`` -> ``{"gpu": 2.0, "mem": 16.0}``, or a usage error saying what is wrong."""
-    if not value:
-        return None
-    resources: dict[str, float] = {}
-    for item in value.split(","):
-        name, sep, amount = item.strip().partition("=")
-        try:
-            if not sep or not name.strip():
-                raise ValueError
-            resources[name.strip()] = float(amount)
-        except ValueError:
-            raise click.BadParameter(
-                f"{item.strip()!r} is not NAME=AMOUNT; write e.g. --resources gpu=2,mem=16"
-            ) from None
-        if not resources[name.strip()] >= 0:
-            raise click.BadParameter(f"{item.strip()!r}: the amount must be a number >= 0")
-    return resources
-
-
-def _check_memory_limit(value: str | None) -> str | None:
-    """Refuse a memory limit that does not parse as a usage error, before anything starts."""
-    from .managers.containment import parse_memory_limit
-
-    if value is not None:
-        try:
-            parse_memory_limit(value)
-        except ConfigurationError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
 
 
 def _watch_status(app: Any, seconds: float) -> None:
@@ -571,104 +276,21 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _default_state_dir(bind: str) -> Path:
-    """One journal per bind address, under the user's data directory (XDG)."""
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    name = bind.replace("tcp://", "").replace("*", "any").replace(":", "-").strip("[]")
-    return base / "taskswarm" / f"master-{name}"
-
-
 @cli.command()
-@click.argument("master_address", metavar="MASTER", envvar="TASKSWARM_MASTER")
-@_key_option()
-@click.option(
-    "--workers",
-    type=click.IntRange(0),
-    default=None,
-    help="Worker processes (default: one per core).",
-)
-@click.option(
-    "--manager",
-    default="process-pool",
-    show_default=True,
-    help="Task manager by name: process-pool, or dask / ray (tasks run on that engine's "
-    "cluster, see --engine; --workers then caps how many run at once).",
-)
-@click.option(
-    "--engine",
-    metavar="ADDRESS",
-    default=None,
-    help="With --manager dask: the Dask scheduler, tcp://HOST:PORT. With --manager ray: "
-    "ray://HOST:PORT, HOST:PORT or auto. Default: a local one started by the slave.",
-)
-@click.option(
-    "--heartbeat",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(0.05),
-    help="Seconds between heartbeats.",
-)
-@click.option(
-    "--grace",
-    default=2.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="On SIGINT/SIGTERM, seconds to let running tasks finish before handing them back.",
-)
-@click.option(
-    "--resources",
-    metavar="NAME=AMOUNT[,...]",
-    default=None,
-    callback=lambda ctx, param, value: _parse_resources_option(value),
-    help="What this slave offers tasks that declare needs (Task.resources), e.g. gpu=2,mem=16: "
-    "a task needing gpu=1 runs only where one is free.",
-)
-@click.option(
-    "--worker-memory-limit",
-    metavar="SIZE",
-    default=None,
-    callback=lambda ctx, param, value: _check_memory_limit(value),
-    help="Memory each worker process may hold: 2GiB, 512MiB, a fraction of the machine's "
-    "memory such as 0.5, or 0 for no limit (default: the machine's memory over the number "
-    "of workers). A worker past 95% of it is replaced, and its task counts as one that "
-    "crashed its worker: after the master's --max-crashes such runs it fails with "
-    "WorkerMemoryExceeded.",
-)
-@_max_message_option()
+@options(SlaveConfig)
 @_env_option()
-def slave(
-    master_address: str,
-    key_file: str,
-    workers: int | None,
-    manager: str,
-    heartbeat: float,
-    grace: float,
-    resources: dict[str, float] | None,
-    max_message_mib: int,
-    engine: str | None = None,
-    worker_memory_limit: str | None = None,
-) -> None:
+def slave(**settings: Any) -> None:
     """Run a slave node for the master at MASTER (tcp://HOST:PORT)."""
     from .keys import load_keys
-    from .managers.engines import manager_for
     from .nodes.slave import Slave
 
-    key = load_keys(key_file)
-    node = Slave(
-        master_address,
-        key,
-        workers=workers,
-        manager=manager_for(manager, workers, engine, worker_memory_limit),
-        heartbeat_interval=heartbeat,
-        grace=grace,
-        max_message_bytes=max_message_mib * 1024 * 1024,
-        resources=resources,
-    )
+    config = SlaveConfig(**settings)
+    node = Slave.from_config(config, load_keys(config.key_file))
     _stop_on_signals(node)
     _tune_gc()
     node.serve()
     if node.failure:
-        raise click.ClickException(f"{node.failure} (key file {key_file})")
+        raise click.ClickException(f"{node.failure} (key file {config.key_file})")
 
 
 class _RunCommand(click.Command):
@@ -715,44 +337,10 @@ def _target_index(args: list[str], valued: set[str]) -> int | None:
 
 
 @cli.command(cls=_RunCommand, context_settings={"ignore_unknown_options": True})
-@click.option("-m", "module", metavar="MODULE", help="Run a module, as `python -m` does.")
-@click.option(
-    "--master",
-    "master_address",
-    envvar="TASKSWARM_MASTER",
-    default=None,
-    help="Use the master at tcp://HOST:PORT instead of an embedded local cluster.",
-)
-@_key_option(required=False)
-@click.option(
-    "--slaves",
-    type=click.IntRange(1),
-    default=None,
-    help="Slaves of the embedded cluster (default 2).",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(0),
-    default=None,
-    help="Workers per slave of the embedded cluster (default: cores / slaves).",
-)
-@click.option(
-    "--no-progress",
-    is_flag=True,
-    help="Show no progress of task systems (by default: a bar each on a terminal, a log line "
-    "every tenth of the way otherwise, on stderr).",
-)
+@options(RunConfig)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @_env_option()
-def run(
-    module: str | None,
-    master_address: str | None,
-    key_file: str | None,
-    slaves: int | None,
-    workers: int | None,
-    no_progress: bool,
-    args: tuple[str, ...],
-) -> None:
+def run(args: tuple[str, ...], **settings: Any) -> None:
     """Run an application (APP.py, APP.py:NODE or -m MODULE, then its ARGS) against a cluster.
 
     Options of `run` itself may stand anywhere; every other argument goes to the application.
@@ -768,8 +356,9 @@ def run(
     """
     from . import running
 
-    is_module = module is not None
-    if module is None:
+    config = RunConfig(**settings)
+    is_module = config.module is not None
+    if config.module is None:
         if not args:
             raise click.UsageError("give an app file (APP.py) or a module (-m MODULE) to run")
         target, node = running.split_node(args[0], is_module=False)
@@ -777,7 +366,7 @@ def run(
         if not Path(target).is_file():
             raise click.UsageError(f"{target}: no such file (for a module, use -m {target})")
     else:
-        target, node = running.split_node(module, is_module=True)
+        target, node = running.split_node(config.module, is_module=True)
     if _APP_HELP in args:
         # The app's help: nothing to run it against, so no cluster is started for it.
         args = tuple("--help" if arg == _APP_HELP else arg for arg in args)
@@ -787,14 +376,15 @@ def run(
     signal.signal(signal.SIGINT, running.interrupt_once)
     signal.signal(signal.SIGTERM, running.interrupt_once)
     try:
-        if master_address:
-            if not key_file:
+        if config.master_address:
+            if not config.key_file:
                 raise click.UsageError("--master needs --key-file (or TASKSWARM_KEY_FILE)")
-            _check_master(master_address, key_file)
-            sys.exit(_run_app(target, is_module, node, args, master_address, key_file, no_progress))
+            _check_master(config.master_address, config.key_file)
+            address, key_file = config.master_address, config.key_file
+            sys.exit(_run_app(target, is_module, node, args, address, key_file, config.no_progress))
         from .local import LocalCluster
 
-        with LocalCluster(slaves=slaves, workers=workers) as cluster:
+        with LocalCluster(slaves=config.slaves, workers=config.workers) as cluster:
             log.info(
                 "embedded cluster: %d slaves x %d workers at %s",
                 cluster.slaves,
@@ -802,7 +392,7 @@ def run(
                 cluster.address,
             )
             code = _run_app(
-                target, is_module, node, args, cluster.address, cluster.key_file, no_progress
+                target, is_module, node, args, cluster.address, cluster.key_file, config.no_progress
             )
     except KeyboardInterrupt:  # before the program started, or while the cluster stopped
         click.echo("interrupted", err=True)
@@ -845,15 +435,7 @@ def _run_app(
 
 
 @cli.command()
-@click.option(
-    "--master",
-    "master_address",
-    envvar="TASKSWARM_MASTER",
-    default=DEFAULT_BIND,
-    show_default=True,
-    help="The master to ask.",
-)
-@_key_option()
+@_master_option("The master to ask.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 @click.option(
     "--watch",
@@ -890,15 +472,7 @@ def status(master_address: str, key_file: str, as_json: bool, watch: float | Non
 
 @cli.command()
 @click.argument("system_id")
-@click.option(
-    "--master",
-    "master_address",
-    envvar="TASKSWARM_MASTER",
-    default=DEFAULT_BIND,
-    show_default=True,
-    help="The master the task system was sent to.",
-)
-@_key_option()
+@_master_option("The master the task system was sent to.")
 @click.option(
     "--timeout",
     type=click.FloatRange(0),

@@ -17,8 +17,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
+from .config import MasterConfig, SlaveConfig, to_argv
 from .errors import ClusterError, ConfigurationError
 from .keys import generate_key_file, load_keys
 from .managers.containment import fair_share, parse_memory_limit
@@ -39,18 +42,46 @@ def default_layout(slaves: int | None, workers: int | None) -> tuple[int, int]:
     return slaves, workers
 
 
+#: Settings of ``taskswarm master`` / ``slave`` that are not LocalCluster keywords, and why.
+NOT_KEYWORDS = {
+    "bind": "the cluster picks its own address (a Unix socket, or a free loopback port: ipc)",
+    "advertise": "the nodes share this machine; .address is where to reach the master",
+    "key_file": "each cluster makes a fresh key (.key_file)",
+    "no_state_dir": "state_dir=None (the default) keeps no journal",
+    "no_dashboard": "dashboard=None (the default) serves no HTTP",
+    "ready_file": "how the cluster learns its master's address",
+    "master_address": "the slaves' master is the cluster's own",
+    "workers": "the second argument (add_slave(workers) for other shapes)",
+    "engine": "the master's --engine (a scheduler's) and a slave's (a manager's) differ",
+}
+#: Keywords whose LocalCluster meaning or default differs from the command's (see the class).
+OWN_KEYWORDS = ("curve", "state_dir", "dashboard", "system_log_level", "worker_memory_limit")
+
+
+def _keywords(record: type) -> set[str]:
+    return {f.name for f in fields(record)} - set(NOT_KEYWORDS) - set(OWN_KEYWORDS)
+
+
+#: The settings LocalCluster passes on as they are: a name both nodes have goes to both.
+MASTER_KEYWORDS, SLAVE_KEYWORDS = _keywords(MasterConfig), _keywords(SlaveConfig)
+
+
 class LocalCluster:
     """``with LocalCluster(slaves=2, workers=1) as cluster: app = cluster.connect()``.
 
-    ``state_dir`` gives the master a journal there (see ``taskswarm master --state-dir``);
-    ``ipc=False`` has the nodes talk over loopback TCP instead of a Unix socket. ``stealing``
-    and ``resource_wait`` are the master's ``--stealing`` and ``--resource-wait``;
-    ``resources`` is what each of the first slaves offers (``taskswarm slave --resources``), and
-    ``add_slave(workers, resources=...)`` adds slaves of other shapes. ``dashboard="HOST:PORT"``
-    serves the master's HTTP API there (none by default: many local clusters may run at once).
-    ``worker_memory_limit`` is each slave's ``--worker-memory-limit`` (``"2GiB"``, a fraction,
-    0 for none); by default the slaves share the machine, so each worker's limit is the
-    machine's memory over every worker of the cluster.
+    Every other keyword is a setting of ``taskswarm master`` or ``taskswarm slave`` under its
+    parameter name, with the command's default: ``scheduler``, ``strategy``, ``stealing``,
+    ``resource_wait``, ``slave_timeout``, ``result_ttl``, ``max_crashes``, ... for the master;
+    ``resources`` (what each of the first slaves offers), ``grace``, ``manager`` for the
+    slaves; ``heartbeat`` and ``max_message_mib`` for both (``NOT_KEYWORDS`` lists those it
+    sets itself). ``add_slave(workers, resources=...)`` adds slaves of other shapes.
+
+    These differ from the commands: ``state_dir`` gives the master a journal there (none by
+    default); ``dashboard="HOST:PORT"`` serves the master's HTTP API there (none by default:
+    many local clusters may run at once); ``curve=True`` makes a key with a CurveZMQ keypair;
+    ``worker_memory_limit`` is each slave's ``--worker-memory-limit`` (``"2GiB"``, a
+    fraction, 0 for none), by default the machine's memory over every worker of the cluster;
+    ``ipc=False`` has the nodes talk over loopback TCP instead of a Unix socket.
 
     The nodes log warnings only (``log_level``), but what task systems log themselves shows
     from ``system_log_level`` up, on this process's stderr, which the nodes share. The nodes
@@ -63,22 +94,19 @@ class LocalCluster:
         slaves: int | None = None,
         workers: int | None = None,
         *,
-        scheduler: str = "push",
-        strategy: str = "load",
-        heartbeat: float = 1.0,
-        slave_timeout: float = 5.0,
         curve: bool = False,
         start_timeout: float = 30.0,
         log_level: str = "warning",
         system_log_level: str = "info",
         state_dir: str | os.PathLike[str] | None = None,
         ipc: bool = True,
-        stealing: bool = True,
-        resource_wait: float = 10.0,
-        resources: dict[str, float] | None = None,
         dashboard: str | None = None,
         worker_memory_limit: str | int | float | None = None,
+        **settings: Any,
     ) -> None:
+        unknown = sorted(set(settings) - MASTER_KEYWORDS - SLAVE_KEYWORDS)
+        if unknown:
+            raise TypeError(f"LocalCluster() got unexpected keyword arguments: {unknown}")
         self.slaves, self.workers = default_layout(slaves, workers)
         if worker_memory_limit is None:
             share = fair_share(self.slaves * self.workers)
@@ -86,25 +114,40 @@ class LocalCluster:
         parse_memory_limit(worker_memory_limit)  # refused here, not as slaves that died
         self.worker_memory_limit = str(worker_memory_limit)
         # A misspelt name is refused here, with the choices, rather than as a master that died.
-        load_plugin("taskswarm.schedulers", scheduler)
-        load_plugin("taskswarm.strategies", strategy)
-        self.scheduler, self.strategy = scheduler, strategy
-        self.stealing, self.resource_wait = stealing, resource_wait
-        self.resources = resources
+        load_plugin("taskswarm.schedulers", settings.get("scheduler", "push"))
+        load_plugin("taskswarm.strategies", settings.get("strategy", "load"))
+        self.resources = settings.get("resources")
         self.dashboard = dashboard
-        self.heartbeat, self.slave_timeout = heartbeat, slave_timeout
         self.start_timeout = start_timeout
         self.log_level = log_level
-        self.system_log_level = system_log_level
         # No journal unless asked: nothing restarts an embedded master from it (the cluster
         # lives and dies with this program), and journaling costs a third of its speed.
         self.state_dir = state_dir
-        # Nodes on one machine talk over a Unix socket: a quarter less latency than loopback TCP.
-        self.ipc = ipc
         self.address = ""
         self._dir = Path(tempfile.mkdtemp(prefix="taskswarm-"))
         self.key_file = str(generate_key_file(self._dir / "cluster.key", curve=curve))
         self.key = load_keys(self.key_file)
+        # Nodes on one machine talk over a Unix socket: a quarter less latency than loopback TCP.
+        bind = f"ipc://{self._dir / 'master.sock'}" if ipc else "tcp://127.0.0.1:0"
+        self.master_config = MasterConfig(
+            bind=bind,
+            key_file=self.key_file,
+            curve=curve,
+            state_dir=None if state_dir is None else str(state_dir),
+            no_state_dir=state_dir is None,
+            dashboard=dashboard or MasterConfig.dashboard,
+            no_dashboard=dashboard is None,
+            ready_file=str(self._dir / "master.address"),
+            system_log_level=system_log_level,
+            **{name: value for name, value in settings.items() if name in MASTER_KEYWORDS},
+        )
+        #: The first slaves' settings; add_slave() fills in the master and its own shape.
+        self.slave_config = SlaveConfig(
+            key_file=self.key_file,
+            workers=self.workers,
+            worker_memory_limit=self.worker_memory_limit,
+            **{name: value for name, value in settings.items() if name in SLAVE_KEYWORDS},
+        )
         self.master_process: subprocess.Popen | None = None
         self.slave_processes: list[subprocess.Popen] = []
         self._apps: list[Application] = []
@@ -117,7 +160,7 @@ class LocalCluster:
 
     # -- starting --------------------------------------------------------------------------------
 
-    def _node(self, *args: str) -> subprocess.Popen:
+    def _node(self, config: MasterConfig | SlaveConfig) -> subprocess.Popen:
         command = [
             sys.executable,
             "-m",
@@ -126,38 +169,15 @@ class LocalCluster:
             self.log_level,
             "--exit-with-parent",
             str(os.getpid()),
-            *args,
+            *to_argv(config),
         ]
         # A session of its own: the terminal's Ctrl-C goes to this program only (the nodes
         # still stop with it: --exit-with-parent).
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _start(self) -> None:
-        ready = self._dir / "master.address"
-        self.master_process = self._node(
-            "master",
-            "--bind",
-            f"ipc://{self._dir / 'master.sock'}" if self.ipc else "tcp://127.0.0.1:0",
-            "--key-file",
-            self.key_file,
-            "--scheduler",
-            self.scheduler,
-            "--strategy",
-            self.strategy,
-            "--ready-file",
-            str(ready),
-            "--system-log-level",
-            self.system_log_level,
-            *(["--state-dir", str(self.state_dir)] if self.state_dir else ["--no-state-dir"]),
-            "--heartbeat",
-            str(self.heartbeat),
-            "--slave-timeout",
-            str(self.slave_timeout),
-            "--stealing" if self.stealing else "--no-stealing",
-            "--resource-wait",
-            str(self.resource_wait),
-            *(["--dashboard", self.dashboard] if self.dashboard else ["--no-dashboard"]),
-        )
+        ready = Path(self.master_config.ready_file or "")
+        self.master_process = self._node(self.master_config)
         deadline = time.monotonic() + self.start_timeout
         while not ready.exists() or not ready.read_text():
             self._check_alive(self.master_process, "master")
@@ -176,20 +196,13 @@ class LocalCluster:
         resources: dict[str, float] | None = None,
     ) -> subprocess.Popen:
         """Start one more slave process (it registers by itself), offering ``resources``."""
-        offer = ",".join(f"{name}={amount:g}" for name, amount in (resources or {}).items())
-        process = self._node(
-            "slave",
-            self.address,
-            "--key-file",
-            self.key_file,
-            "--workers",
-            str(self.workers if workers is None else workers),
-            "--heartbeat",
-            str(self.heartbeat),
-            "--worker-memory-limit",
-            self.worker_memory_limit,
-            *(["--resources", offer] if offer else []),
+        config = replace(
+            self.slave_config,
+            master_address=self.address,
+            workers=self.workers if workers is None else workers,
+            resources=resources or None,
         )
+        process = self._node(config)
         self.slave_processes.append(process)
         if wait:
             self.wait_for_slaves(len(self.live_slaves()), self.start_timeout)

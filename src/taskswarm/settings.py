@@ -6,7 +6,8 @@ defaults and help, and ``taskswarm config show`` tells the value each one has ri
 where it came from -- so neither can drift from what the commands accept.
 
 Precedence is click's: the command line, then the environment variable, then the settings
-file, then the default.
+file (:func:`load_settings_file`, which the ``taskswarm`` group hands click as its
+``default_map``), then the default.
 """
 
 from __future__ import annotations
@@ -17,11 +18,27 @@ import os
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
 
-__all__ = ["COMMANDS", "Setting", "effective_settings", "settings_template"]
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = [
+    "COMMANDS",
+    "CONFIG_FILE",
+    "Setting",
+    "effective_settings",
+    "load_settings_file",
+    "settings_template",
+]
+
+#: The settings file read when none is named (``--config``, ``--env``).
+CONFIG_FILE = "taskswarm.toml"
 
 #: The commands whose options a settings file may give (one table each).
 COMMANDS = ("master", "slave", "run", "status")
@@ -138,3 +155,56 @@ def effective_settings(
                 value, source = _default(option), "default"
             rows.append(Setting(name, _key(option), value, source))
     return rows
+
+
+#: Settings that name files: relative ones are relative to the settings file naming them.
+PATH_SETTINGS = ("key_file", "state_dir")
+
+
+def load_settings_file(path: str | None, group: click.Group) -> dict[str, Any]:
+    """The settings file at ``path`` (else ./taskswarm.toml, if there is one) as click's
+    ``default_map``: a table per command, keyed by parameter name, relative paths made
+    relative to the file. A missing named file, bad TOML or an unknown key is a usage error."""
+    file = Path(path) if path else Path(CONFIG_FILE)
+    if not file.exists():
+        if path:
+            raise click.BadParameter(f"config file {path} does not exist", param_hint="--config")
+        return {}
+    try:
+        data = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise click.BadParameter(
+            f"{file} is not valid TOML: {exc}", param_hint="--config"
+        ) from None
+    tables = {
+        command: _parameters(file, group, command, table)
+        for command, table in data.items()
+        if isinstance(table, dict)
+    }
+    for table in tables.values():
+        for name in PATH_SETTINGS:
+            if isinstance(table.get(name), str):
+                table[name] = str(file.parent / Path(table[name]).expanduser())
+    return tables
+
+
+def _parameters(
+    file: Path, group: click.Group, command: str, table: dict[str, Any]
+) -> dict[str, Any]:
+    """A settings table's keys as the command's parameter names; an unknown one is an error
+    that says where it is and how to see the known ones."""
+    if command not in COMMANDS:
+        raise click.BadParameter(
+            f"{file}: [{command}] is not a command with settings; use one of "
+            f"{', '.join(f'[{c}]' for c in COMMANDS)}",
+            param_hint="--config",
+        )
+    names = parameter_names(group.commands[command])
+    unknown = sorted(key for key in table if key not in names)
+    if unknown:
+        raise click.BadParameter(
+            f"{file}: [{command}] has no setting {', '.join(map(repr, unknown))}; "
+            "`taskswarm config show` lists every setting",
+            param_hint="--config",
+        )
+    return {names[key]: value for key, value in table.items()}

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from ..config import MasterConfig
 from ..dashboard import DashboardServer, parse_address
 from ..dashboard.api import ERRORS_KEPT
 from ..errors import (
@@ -93,10 +94,31 @@ SESSION_GRACE = 2.0
 JOURNAL_MAINTENANCE = 5.0
 #: Least seconds between the full garbage collections run after task systems completed.
 GC_INTERVAL = 30.0
+MIB = 1024 * 1024
 
 
 class Master:
     """Serve one cluster on ``bind`` until ``stop()``; see the module docstring for the flow."""
+
+    @classmethod
+    def from_config(cls, config: MasterConfig, key: bytes | ClusterKeys) -> Master:
+        """The master ``taskswarm master`` runs, from its settings (:mod:`taskswarm.config`)."""
+        # Settings the master takes under their own names; the rest are renamed or converted.
+        same = (
+            "scheduler", "strategy", "prefetch", "slave_timeout", "max_crashes", "stealing",
+            "resource_wait", "advertise", "engine", "result_ttl", "client_timeout", "forget_after",
+        )  # fmt: skip
+        return cls(
+            config.bind,
+            key,
+            heartbeat_interval=config.heartbeat,
+            state_dir=config.journal_dir,
+            max_message_bytes=config.max_message_mib * MIB,
+            dashboard=config.dashboard_address,
+            dashboard_hosts=config.dashboard_host,
+            result_cap=config.result_cap_mib * MIB,
+            **{name: getattr(config, name) for name in same},
+        )
 
     def __init__(
         self,

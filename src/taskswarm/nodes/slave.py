@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from ..config import SlaveConfig
 from ..errors import WireError
 from ..keys import ClusterKeys, as_keys
 from ..managers.contracts import TaskManagerContract, WorkItem
@@ -46,6 +47,25 @@ WAIT_LOG_INTERVAL = 30.0
 
 
 class Slave:
+    @classmethod
+    def from_config(cls, config: SlaveConfig, key: bytes | ClusterKeys) -> Slave:
+        """The slave ``taskswarm slave`` runs, from its settings (:mod:`taskswarm.config`)."""
+        from ..managers.engines import manager_for
+
+        manager = manager_for(
+            config.manager, config.workers, config.engine, config.worker_memory_limit
+        )
+        return cls(
+            config.master_address,
+            key,
+            workers=config.workers,
+            manager=manager,
+            heartbeat_interval=config.heartbeat,
+            grace=config.grace,
+            max_message_bytes=config.max_message_mib * 1024 * 1024,
+            resources=dict(config.resources) if config.resources else None,
+        )
+
     def __init__(
         self,
         master: str,

@@ -129,10 +129,16 @@ def parse_resources(value: object) -> dict[str, float] | None:
 
 
 def format_resources(resources: dict[str, float] | None) -> str:
-    """``gpu=2,mem=16``, the way ``--resources`` takes them."""
+    """``gpu=2,mem=16``, the way ``--resources`` takes them (each amount exactly)."""
     if not resources:
         return "none"
-    return ",".join(f"{name}={amount:g}" for name, amount in sorted(resources.items()))
+    return ",".join(f"{name}={_number(amount)}" for name, amount in sorted(resources.items()))
+
+
+def _number(amount: float) -> str:
+    """The shortest text that reads back as ``amount``: ``2``, ``0.5``, ``1234567``."""
+    text = repr(float(amount))
+    return text.removesuffix(".0")
 
 
 @dataclass(slots=True, eq=False)
