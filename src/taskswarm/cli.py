@@ -97,7 +97,7 @@ def cli(
 
     \b
     Quick start on one machine:
-      taskswarm run -m taskswarm.samples.mandelbrot     # embedded local cluster
+      taskswarm run examples/mandelbrot.py              # embedded local cluster
     A cluster by hand:
       taskswarm keygen cluster.key
       taskswarm master --key-file cluster.key
