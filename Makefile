@@ -29,6 +29,7 @@ run: $(RUN_STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 
 # The quick tier for the edit-run loop: unit and in-process tests (the modules tests/conftest.py
@@ -38,6 +39,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/python -m mypy
 
 # The peers (loky, dask, ray, ipyparallel) are installed only for this target.
 $(BENCH_STAMP): $(STAMP)

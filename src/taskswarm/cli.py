@@ -207,7 +207,7 @@ def master(**settings: Any) -> None:
     from .nodes.master import Master
 
     raise_fd_limit()  # a descriptor per peer: a shell's default 1024 must not cap the cluster
-    key = load_keys(config.key_file)
+    key = load_keys(_required_key_file(config.key_file))
     if config.curve and not key.curve:
         raise click.ClickException(
             f"--curve needs a key file with a CurveZMQ keypair; make one with "
@@ -285,7 +285,7 @@ def slave(**settings: Any) -> None:
     from .nodes.slave import Slave
 
     config = SlaveConfig(**settings)
-    node = Slave.from_config(config, load_keys(config.key_file))
+    node = Slave.from_config(config, load_keys(_required_key_file(config.key_file)))
     _stop_on_signals(node)
     _tune_gc()
     node.serve()
@@ -548,3 +548,11 @@ def config_show(as_json: bool) -> None:
 
 def main() -> None:
     cli(prog_name="taskswarm")
+
+
+def _required_key_file(path: str | None) -> str:
+    """The key file a node cannot run without (click requires it; a settings record built in
+    code may still lack it)."""
+    if path is None:
+        raise click.UsageError("--key-file is required (or TASKSWARM_KEY_FILE)")
+    return path

@@ -247,15 +247,23 @@ class EngineManager(QueuedManager):
         mailbox = self._mailbox
         if mailbox is None or fd != mailbox.fileno():
             return
-        ended = [run for run in mailbox.drain() if self._running.get(run.item.task_id) is run]
-        for run in ended:  # the others timed out or were cancelled meanwhile: reported then
-            del self._running[run.item.task_id]
+        ended: list[_Run] = []
+        for posted in mailbox.drain():
+            task_id = posted.item.task_id
+            current = self._running.get(task_id)
+            # The others timed out or were cancelled meanwhile: reported then.
+            if current is not None and current is posted:
+                del self._running[task_id]
+                ended.append(current)
         outcomes = self._outcomes(ended)
         for run, outcome in zip(ended, outcomes, strict=True):
-            if not isinstance(outcome, BaseException):
-                seconds, outcome = outcome
+            settled: Any
+            if isinstance(outcome, BaseException):
+                settled = outcome
+            else:
+                seconds, settled = outcome
                 self._pace += PACE_WEIGHT * (seconds - self._pace)
-            status, data, text = self._settle(run.item, outcome)
+            status, data, text = self._settle(run.item, settled)
             self.task_finished(run.item, data, None if status == Status.OK else status, text)
         self._feed()
 

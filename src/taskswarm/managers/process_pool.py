@@ -33,8 +33,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
-from typing import Any
+from multiprocessing.connection import Connection, wait
+from typing import Any, cast
 
 import msgpack
 
@@ -116,7 +116,7 @@ class _Worker:
         return self.started + task.timeout
 
 
-def _default_context() -> multiprocessing.context.BaseContext:
+def _default_context() -> Any:  # a forkserver or spawn context: both have Process
     # forkserver: workers fork from a small clean process, not from the slave (whose ZeroMQ
     # threads make a plain fork unsafe), and start far faster than with spawn.
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -211,7 +211,7 @@ class ProcessPoolManager(QueuedManager):
             if left is not None and left <= 0:
                 return False
             for conn in wait([w.conn for w in self._workers.values()], left):
-                self.collect(conn.fileno())
+                self.collect(cast(Connection, conn).fileno())  # one of the conns given
         return True
 
     def task_finished(

@@ -17,6 +17,7 @@ import contextlib
 import gc
 import itertools
 import logging
+import math
 import os
 import socket
 import threading
@@ -488,7 +489,7 @@ class Application:
         """The I/O thread's loop, until ``close()``."""
         while not self._closed:
             wait = TICK if not self._acks_due else max(0.0, self._ack_at - time.monotonic())
-            events = dict(poller.poll(int(wait * 1000)))
+            events = dict(poller.poll(math.ceil(wait * 1000)))
             if self._socket in events:
                 self._receive(handlers)
             if self._acks_due and time.monotonic() >= self._ack_at:

@@ -360,7 +360,7 @@ class ClientTable:
         for client in waiting.values():
             if not client.outbox or client.identity is None:
                 continue
-            outbox, limit = client.outbox, self.master.codec.max_bytes - ENVELOPE
+            outbox, limit = client.outbox, self.master.max_message_bytes - ENVELOPE
             sent = 0  # big results may add up past what one message may hold: split them
             for part in within([len(data) for _, _, data in outbox], limit):
                 header = {"results": [[t, ok] for t, ok, _ in outbox[part]]}
@@ -376,7 +376,8 @@ class ClientTable:
 
     def on_bye(self, client: ClientRecord) -> None:
         """It closed its connection: nothing can reach it any more (its task systems live on)."""
-        self.master.peers.pop(client.identity, None)
+        if client.identity is not None:
+            self.master.peers.pop(client.identity, None)
         client.connected = False
         client.said_bye = True
         client.gone_at = time.monotonic()
@@ -396,7 +397,8 @@ class ClientTable:
             silent,
             self.master.client_timeout,
         )
-        self.master.peers.pop(client.identity, None)
+        if client.identity is not None:
+            self.master.peers.pop(client.identity, None)
         client.connected = False
         client.gone_at = time.monotonic()
         client.identity = None

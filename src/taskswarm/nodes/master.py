@@ -26,6 +26,7 @@ import concurrent.futures
 import ctypes
 import gc
 import logging
+import math
 import os
 import socket
 import time
@@ -147,6 +148,7 @@ class Master:
         keys = self._keys = as_keys(key)
         _tune_malloc()
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
+        self.max_message_bytes = max_message_bytes
         self.heartbeat_interval = heartbeat_interval
         self.slave_timeout = slave_timeout
         self.max_crashes = max_crashes
@@ -302,7 +304,7 @@ class Master:
         try:
             while not self._stopping:
                 wait = max(0.0, next_beat - time.monotonic())
-                events = dict(self._poller.poll(wait * 1000))
+                events = dict(self._poller.poll(math.ceil(wait * 1000)))
                 if self.router in events:
                     self._receive_from_nodes()
                 if self.mailbox.fileno() in events:
@@ -642,7 +644,7 @@ class Master:
         )
 
     def _send_task_batches(self) -> None:
-        limit = self.codec.max_bytes - ENVELOPE
+        limit = self.max_message_bytes - ENVELOPE
         for slave, batch in self.scheduler.take_outboxes():
             start = time.perf_counter()
             # Big payloads may add up past what the slave accepts in one message.
@@ -833,9 +835,13 @@ class Master:
         over = self.clients.retained_bytes() + self.systems.held - self.result_cap
         if over <= 0:
             return
-        plain = [(made, 0, (client, task_id), size) for made, client, task_id, size in
-                 self.clients.retained()]  # fmt: skip
-        systems = [(at, 1, record, size) for at, record, size in self.systems.retained()]
+        plain: list[tuple[float, int, Any, int]] = [
+            (made, 0, (client, task_id), size)
+            for made, client, task_id, size in self.clients.retained()
+        ]
+        systems: list[tuple[float, int, Any, int]] = [
+            (at, 1, record, size) for at, record, size in self.systems.retained()
+        ]
         dropped: dict[Any, list[str]] = defaultdict(list)
         count = 0
         for _, kind, what, size in sorted(plain + systems, key=lambda row: row[0]):
@@ -997,8 +1003,9 @@ def _measures(rows: Any, slave_id: str) -> list[dict[str, Any]]:
         values = [row.get(field) for field in _MEASURE_FIELDS]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             continue
-        labels = row.get("labels") if isinstance(row.get("labels"), dict) else {}
-        labels = {str(k): str(v) for k, v in labels.items()} | {"slave": slave_id}
+        given = row.get("labels")
+        labels = {str(k): str(v) for k, v in (given if isinstance(given, dict) else {}).items()}
+        labels["slave"] = slave_id
         summary = dict(zip(_MEASURE_FIELDS, values, strict=True))
         kept.append({"name": row["name"], "labels": labels, **summary})
     return kept

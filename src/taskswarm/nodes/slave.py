@@ -14,6 +14,7 @@ does not resolve), again every ``WAIT_LOG_INTERVAL`` s, and when it gets through
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -145,13 +146,13 @@ class Slave:
             self.master_address,
         )
         next_beat = time.monotonic()
-        poller, generation = None, -1
+        poller, generation = self._make_poller(), self.manager.generation
         try:
             while not self._stopping:
                 if generation != self.manager.generation:
                     poller, generation = self._make_poller(), self.manager.generation
                 wake_at = min(next_beat, self.manager.next_deadline() or next_beat)
-                events = dict(poller.poll(max(0.0, wake_at - time.monotonic()) * 1000))
+                events = dict(poller.poll(_milliseconds(wake_at - time.monotonic())))
                 if self.master_socket in events:
                     self._receive_from_master()
                 self._collect_results(events)
@@ -194,7 +195,7 @@ class Slave:
         deadline = time.monotonic() + self.grace
         while self.manager.busy and time.monotonic() < deadline:
             poller = self._make_poller()
-            events = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+            events = dict(poller.poll(_milliseconds(deadline - time.monotonic())))
             self._collect_results(events)
         self._send_results()
         self._send(Kind.BYE, {"handed_back": len(handed_back)})
@@ -481,3 +482,9 @@ def _detail(status: str, data: Any, rest: list) -> str | None:
     if status == Status.CRASH:
         return str(data)
     return rest[0] if rest and status != Status.OK else None
+
+
+def _milliseconds(seconds: float) -> int:
+    """A poll timeout: never negative, rounded up (rounded down, a wait shorter than a
+    millisecond would poll without waiting until its moment came)."""
+    return max(0, math.ceil(seconds * 1000))
