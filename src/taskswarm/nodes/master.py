@@ -63,7 +63,7 @@ from ..stats import Stats
 from ..task import MEMORY_EXCEEDED, Status, failure
 from ..wire import ENVELOPE, Codec, Kind, Message, within
 from .addresses import advertised_address, check_advertise, public_url
-from .clients import ClientRecord, ClientTable
+from .applications import ApplicationRecord, ApplicationTable
 from .gate import Gate
 from .mailbox import Mailbox
 from .systems import SystemTable
@@ -195,8 +195,8 @@ class Master:
         self._poller = zmq.Poller()
         self._poller.register(self.router, zmq.POLLIN)
         self._poller.register(self.mailbox.fileno(), zmq.POLLIN)
-        self.peers: dict[bytes, SlaveRecord | ClientRecord] = {}
-        self.clients = ClientTable(self)
+        self.peers: dict[bytes, SlaveRecord | ApplicationRecord] = {}
+        self.applications = ApplicationTable(self)
         self.systems = SystemTable(self)
         self.departed: dict[str, dict] = {}  # lost or gone slaves, for status; oldest first
         self._departed_at: dict[str, float] = {}  # ... and when (monotonic)
@@ -215,12 +215,12 @@ class Master:
             Kind.RELEASED: self.on_slave_released,
             Kind.DRAIN: self.on_slave_drain,
             Kind.HEARTBEAT: self.on_heartbeat,
-            Kind.HELLO: self.clients.on_hello,
-            Kind.SUBMIT: self.clients.on_submit,
-            Kind.RESULTS_ACK: self.clients.on_results_ack,
-            Kind.TASKS_QUERY: self.clients.on_tasks_query,
-            Kind.CANCEL: self.clients.on_cancel,
-            Kind.SYSTEM: self.clients.on_system,
+            Kind.HELLO: self.applications.on_hello,
+            Kind.SUBMIT: self.applications.on_submit,
+            Kind.RESULTS_ACK: self.applications.on_results_ack,
+            Kind.TASKS_QUERY: self.applications.on_tasks_query,
+            Kind.CANCEL: self.applications.on_cancel,
+            Kind.SYSTEM: self.applications.on_system,
             Kind.SYSTEM_QUERY: self.on_system_query,
             Kind.STATUS: self.on_status,
             Kind.RESIZE: self.on_resize,
@@ -250,7 +250,7 @@ class Master:
             for row in saved.queued
             if row[2] is None or row[2] in running  # a completed system's leftovers stay gone
         )
-        self.clients.restore(saved.undelivered)
+        self.applications.restore(saved.undelivered)
         for system in saved.systems:
             self.systems.restore(system)
         if saved.queued or saved.undelivered or saved.systems:
@@ -322,8 +322,8 @@ class Master:
                 self._send_task_batches()
                 self._send_running()
                 self._send_steal_requests()
-                self.clients.flush()
-                self.clients.journal_unconfirmed()
+                self.applications.flush()
+                self.applications.journal_unconfirmed()
                 self._send_replies()
         finally:
             self._say_goodbye()
@@ -364,7 +364,7 @@ class Master:
         if self.dashboard is not None:
             self.dashboard.stop()
         self.scheduler.close()  # an engine scheduler's bridge and its engine connection
-        self.clients.journal_unconfirmed(everything=True)
+        self.applications.journal_unconfirmed(everything=True)
         self.systems.stop_all()
         self.router.close(linger=0)
         self._context.term()
@@ -545,7 +545,7 @@ class Master:
             else:
                 plain.append((task, ok, data))
         self.systems.deliver(per_system)
-        self.clients.route(plain)
+        self.applications.route(plain)
 
     def _settle(
         self, task: TaskRecord, status: str, detail: Any, data: bytes
@@ -670,7 +670,7 @@ class Master:
         """One RUNNING message per application whose tasks began this turn."""
         started, self._started_for = self._started_for, defaultdict(list)
         for client_id, task_ids in started.items():
-            self.clients.send(client_id, Kind.RUNNING, {"tasks": task_ids})
+            self.applications.send(client_id, Kind.RUNNING, {"tasks": task_ids})
 
     # -- actions from the HTTP API (run in the loop through ``ask``) ----------------------------
 
@@ -789,15 +789,15 @@ class Master:
         peer = self.peers.get(identity)
         if isinstance(peer, SlaveRecord):
             self._lose_slave(peer, "said goodbye", NodeState.INACTIVE, logging.INFO)
-        elif isinstance(peer, ClientRecord):
-            self.clients.on_bye(peer)
+        elif isinstance(peer, ApplicationRecord):
+            self.applications.on_bye(peer)
 
     # -- forgetting what is no longer needed ----------------------------------------------------
 
     def _sweep(self) -> None:
         """Once a heartbeat: the master holds what is live, not what happened (module doc)."""
         expire_before = time.time() - self.result_ttl
-        self.clients.sweep(expire_before)
+        self.applications.sweep(expire_before)
         self.systems.sweep(expire_before)
         self._enforce_result_cap()
         forget_before = time.monotonic() - self.forget_after
@@ -832,12 +832,12 @@ class Master:
         """Keep the results held for collection under ``result_cap`` bytes: oldest go first."""
         if not self.result_cap:
             return
-        over = self.clients.retained_bytes() + self.systems.held - self.result_cap
+        over = self.applications.retained_bytes() + self.systems.held - self.result_cap
         if over <= 0:
             return
         plain: list[tuple[float, int, Any, int]] = [
             (made, 0, (client, task_id), size)
-            for made, client, task_id, size in self.clients.retained()
+            for made, client, task_id, size in self.applications.retained()
         ]
         systems: list[tuple[float, int, Any, int]] = [
             (at, 1, record, size) for at, record, size in self.systems.retained()
@@ -854,7 +854,7 @@ class Master:
             else:
                 self.systems.drop(what, "capped")
         for client, task_ids in dropped.items():
-            self.clients.drop_unconfirmed(client, task_ids)
+            self.applications.drop_unconfirmed(client, task_ids)
         log.warning(
             "dropped the %d oldest uncollected results to stay under --result-cap %d bytes",
             count,
@@ -874,12 +874,12 @@ class Master:
     def kept(self) -> dict[str, int]:
         """How much the master holds of each kind of record: what should follow live work."""
         return {
-            "applications": len(self.clients.records),
+            "applications": len(self.applications.records),
             "sessions": len(self.gate.sessions),
             "departed_slaves": len(self.departed),
             "systems": len(self.systems.records),
             "forgotten_systems": len(self.systems.forgotten),
-            "uncollected_bytes": self.clients.retained_bytes() + self.systems.held,
+            "uncollected_bytes": self.applications.retained_bytes() + self.systems.held,
             # Sessions whose message numbers the codec remembers against replays (it keeps at
             # most wire.MAX_SESSIONS, oldest forgotten first).
             "replay_sessions": len(getattr(self.codec, "_last_seen", ())),
@@ -911,7 +911,7 @@ class Master:
                 "journal_failed_writes": self.journal.failed_writes,
             },
             "slaves": live + list(self.departed.values()),
-            "applications": self.clients.summaries(),
+            "applications": self.applications.summaries(),
             "systems": self.systems.summaries(),
             "tasks": self.scheduler.counts(),
             "errors": self.latest_errors(ERRORS_IN_STATUS),

@@ -171,7 +171,7 @@ class SystemTable:
             header["failed"] = failed
             if first_failure is not None:
                 header["first_failure"] = first_failure  # once: the application keeps it
-            self.master.clients.send(record.client_id, Kind.SYSTEM_PROGRESS, header)
+            self.master.applications.send(record.client_id, Kind.SYSTEM_PROGRESS, header)
         elif kind == "done":
             self.complete(record, *rest)
 

@@ -40,7 +40,7 @@ from ..wire import ENVELOPE, Kind, Message, within
 if TYPE_CHECKING:
     from .master import Master
 
-__all__ = ["ClientRecord", "ClientTable"]
+__all__ = ["ApplicationRecord", "ApplicationTable"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ GONE_KEPT = 100
 
 
 @dataclass(eq=False)
-class ClientRecord:
+class ApplicationRecord:
     """An application node: where its results go, and which it has not confirmed yet."""
 
     client_id: str
@@ -89,14 +89,14 @@ class ClientRecord:
         }
 
 
-class ClientTable:
+class ApplicationTable:
     def __init__(self, master: Master) -> None:
         self.master = master
-        self.records: dict[str, ClientRecord] = {}
+        self.records: dict[str, ApplicationRecord] = {}
         #: Applications with something in their outbox (``flush`` looks at these only).
-        self._waiting: dict[str, ClientRecord] = {}
+        self._waiting: dict[str, ApplicationRecord] = {}
         #: Outcomes not journaled yet, oldest first: (when, client, task_id).
-        self._unjournaled: deque[tuple[float, ClientRecord, str]] = deque()
+        self._unjournaled: deque[tuple[float, ApplicationRecord, str]] = deque()
 
     def restore(self, undelivered: dict[str, list[tuple[str, bool, bytes, float]]]) -> None:
         """Results journaled but never confirmed: they wait for their application's HELLO
@@ -109,16 +109,16 @@ class ClientTable:
             client.unconfirmed = {t: (ok, data, when) for t, ok, data, when in outcomes}
             client.held = sum(len(data) for _, _, data, _ in outcomes)
 
-    def _record(self, client_id: str) -> ClientRecord:
+    def _record(self, client_id: str) -> ApplicationRecord:
         client = self.records.get(client_id)
         if client is None:
-            client = self.records[client_id] = ClientRecord(client_id, None)
+            client = self.records[client_id] = ApplicationRecord(client_id, None)
         return client
 
-    def known(self, identity: bytes) -> ClientRecord | None:
+    def known(self, identity: bytes) -> ApplicationRecord | None:
         """The application behind ``identity``; unknown ones are asked to say HELLO again."""
         peer = self.master.peers.get(identity)
-        if isinstance(peer, ClientRecord):
+        if isinstance(peer, ApplicationRecord):
             peer.last_seen = time.monotonic()
             return peer
         self.master.send(identity, Kind.REREGISTER)
@@ -374,7 +374,7 @@ class ClientTable:
 
     # -- applications that leave ---------------------------------------------------------------
 
-    def on_bye(self, client: ClientRecord) -> None:
+    def on_bye(self, client: ApplicationRecord) -> None:
         """It closed its connection: nothing can reach it any more (its task systems live on)."""
         if client.identity is not None:
             self.master.peers.pop(client.identity, None)
@@ -386,7 +386,7 @@ class ClientTable:
         self.drop_unconfirmed(client, list(client.unconfirmed))
         self._cancel_tasks_of(client, None)
 
-    def _lose(self, client: ClientRecord, silent: float) -> None:
+    def _lose(self, client: ApplicationRecord, silent: float) -> None:
         """Silent past ``client_timeout`` (killed, or its machine or link gone): like a lost
         slave. Its plain tasks are cancelled, with an outcome saying so kept for it in case it
         comes back; its task systems live on, detached, their results kept for it."""
@@ -410,7 +410,7 @@ class ClientTable:
         )
         self._cancel_tasks_of(client, failure(error))
 
-    def _cancel_tasks_of(self, client: ClientRecord, outcome: bytes | None) -> None:
+    def _cancel_tasks_of(self, client: ApplicationRecord, outcome: bytes | None) -> None:
         """Cancel its plain tasks queued or running (on the slaves too); ``outcome``, if given,
         is kept as each one's (one shared bytes object, not journaled)."""
         if client.submitted <= client.done + client.failed + client.cancelled:
@@ -433,7 +433,7 @@ class ClientTable:
         if cancelled:
             log.info("cancelled %d plain tasks of application %s", len(cancelled), client.client_id)
 
-    def drop_unconfirmed(self, client: ClientRecord, task_ids: list[str]) -> None:
+    def drop_unconfirmed(self, client: ApplicationRecord, task_ids: list[str]) -> None:
         """Forget outcomes delivered, or that no one will collect (journal rows with them)."""
         for task_id in task_ids:
             outcome = client.unconfirmed.pop(task_id, None)
@@ -448,7 +448,7 @@ class ClientTable:
         master = self.master
         now = time.monotonic()
         forget_before = now - master.forget_after
-        idle: list[ClientRecord] = []
+        idle: list[ApplicationRecord] = []
         for client in list(self.records.values()):
             if client.connected:
                 silent = now - client.last_seen
@@ -480,7 +480,7 @@ class ClientTable:
             for client in idle[: len(idle) - GONE_KEPT]:
                 del self.records[client.client_id]
 
-    def retained(self) -> list[tuple[float, ClientRecord, str, int]]:
+    def retained(self) -> list[tuple[float, ApplicationRecord, str, int]]:
         """Outcomes kept for gone applications: (made, client, task_id, bytes), any order."""
         return [
             (made, client, task_id, len(data))
