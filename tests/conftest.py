@@ -27,8 +27,10 @@ sys.path.insert(0, str(EXAMPLES))
 FAST_MODULES = frozenset(
     {
         "test_addresses",
+        "test_config",
         "test_contract",
         "test_deploy_files",
+        "test_layout",
         "test_makefile",
         "test_mandelbrot_render",
         "test_progress",
