@@ -145,7 +145,9 @@ class Master:
         client_timeout: float = CLIENT_TIMEOUT,
         forget_after: float = FORGET_AFTER,
     ) -> None:
-        keys = self._keys = as_keys(key)
+        #: The cluster's keys. A scheduler plugin that runs its own node in the master's process
+        #: (the engine schedulers' bridge) signs with them; nothing else reads them.
+        keys = self.keys = as_keys(key)
         _tune_malloc()
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
         self.max_message_bytes = max_message_bytes
@@ -264,7 +266,7 @@ class Master:
     def _start_dashboard(self, address: str, hosts: Sequence[str]) -> None:
         host, port = parse_address(address)
         advertised = urlsplit(self.advertised).hostname or ""  # the name status's URL shows
-        token = self._keys.dashboard_token()
+        token = self.keys.dashboard_token()
         server = DashboardServer(self.ask, host, port, token, [advertised, *hosts])
         try:
             self.dashboard_url = public_url(server.start(), self.advertised)

@@ -86,7 +86,7 @@ class EngineScheduler(PushScheduler):
         master = self.master
         self.bridge = Slave(
             _reachable(master.address),
-            master._keys,  # the bridge is the master's own: it signs with the master's key
+            master.keys,  # the bridge is the master's own: it signs with the master's key
             manager=self.manager,
             heartbeat_interval=master.heartbeat_interval,
             # What the engine runs when the master stops is run again when it restarts.
