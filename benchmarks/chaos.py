@@ -656,6 +656,31 @@ def _progress_text(app: ts.Application, handle: ts.SystemHandle) -> str:
     return "the master does not know the system"
 
 
+def _run_until(
+    app: ts.Application, outcome: Outcome, n: int, rounds: int, window: int, at: float, pause=0.0
+) -> tuple[ts.SystemHandle, list[int]] | None:
+    """Submit a counting system and wait until ``at`` of it is done: its handle, and how many
+    are done as progress last said (None, the run's failure noted: it never got there, or it
+    completed before the fault could come)."""
+    reached = threading.Event()
+    seen = [0]
+
+    def progress(done: int, total: int) -> None:
+        seen[0] = done
+        if done >= at * n:
+            reached.set()
+
+    handle = app.submit_system(CountingSystem(n, rounds, window, pause=pause), progress=progress)
+    handle.add_done_callback(lambda _: reached.set())
+    if not reached.wait(STALL_TIMEOUT):
+        outcome.fail(f"no progress to {at:.0%} within {STALL_TIMEOUT:g}s ({seen[0]}/{n})")
+        return None
+    if handle.done():
+        outcome.fail("the system completed before the fault could come: raise --tasks")
+        return None
+    return handle, seen
+
+
 class _ClusterRun:
     """``with _ClusterRun(outcome, slaves, opts) as (cluster, app)``: a cluster with its slaves
     active and a connection, for one scenario run. An error inside becomes a failure of the run;
@@ -753,29 +778,17 @@ def master_kill(opts: Options, outcome: Outcome) -> None:
     outcome.tasks = n
     reference = serial_reference(n, opts.rounds, window)
     with _ClusterRun(outcome, 3, opts) as (cluster, app):
-        reached = threading.Event()
-        seen = [0]
-
-        def progress(done: int, total: int) -> None:
-            seen[0] = done
-            if done >= at * n:
-                reached.set()
-
         started = time.monotonic()
-        handle = app.submit_system(CountingSystem(n, opts.rounds, window), progress=progress)
-        handle.add_done_callback(lambda _: reached.set())
-        if not reached.wait(STALL_TIMEOUT):
-            outcome.fail(f"no progress to {at:.0%} within {STALL_TIMEOUT:g}s ({seen[0]}/{n})")
-            return
-        if cluster.exited():
-            return  # the check on closing says which node
-        if not handle.done():
-            killed_at = seen[0]
-            cluster.kill_master()
-            outcome.kills = 1
-            time.sleep(pause)
-            cluster.start_master()
-            outcome.note = f"killed at {killed_at}/{n} done, down {pause:.2f} s"
+        running = _run_until(app, outcome, n, opts.rounds, window, at)
+        if running is None or cluster.exited():
+            return  # why is noted already, or the check on closing says which node
+        handle, seen = running
+        killed_at = seen[0]
+        cluster.kill_master()
+        outcome.kills = 1
+        time.sleep(pause)
+        cluster.start_master()
+        outcome.note = f"killed at {killed_at}/{n} done, down {pause:.2f} s"
         result = _wait_result(app, handle, outcome, opts.result_timeout)
         outcome.seconds = time.monotonic() - started
         outcome.details["restore"] = cluster.restore_lines()
@@ -783,8 +796,6 @@ def master_kill(opts: Options, outcome: Outcome) -> None:
             outcome.note += "; " + restore_summary(outcome.details["restore"])
         if result is not None:
             _finish_counting(outcome, result, reference, n)
-        if outcome.kills == 0:
-            outcome.fail("the system completed before the master could be killed")
 
 
 def poison(opts: Options, outcome: Outcome) -> None:
@@ -978,29 +989,6 @@ def _wait_degraded(app: ts.Application, degraded: bool, timeout: float = 30.0) -
     return None
 
 
-def _run_until(
-    app: ts.Application, outcome: Outcome, n: int, rounds: int, window: int, at: float, pause=0.0
-) -> tuple[ts.SystemHandle, threading.Event, list[int]] | None:
-    """Submit a counting system and wait until ``at`` of it is done (None: it never got there)."""
-    reached = threading.Event()
-    seen = [0]
-
-    def progress(done: int, total: int) -> None:
-        seen[0] = done
-        if done >= at * n:
-            reached.set()
-
-    handle = app.submit_system(CountingSystem(n, rounds, window, pause=pause), progress=progress)
-    handle.add_done_callback(lambda _: reached.set())
-    if not reached.wait(STALL_TIMEOUT):
-        outcome.fail(f"no progress to {at:.0%} within {STALL_TIMEOUT:g}s ({seen[0]}/{n})")
-        return None
-    if handle.done():
-        outcome.fail("the system completed before the fault: raise --tasks")
-        return None
-    return handle, reached, seen
-
-
 def disk_full(opts: Options, outcome: Outcome) -> None:
     """The state disk fills while a system runs; freed, the master takes work again."""
     rng = random.Random(opts.seed if opts.seed is not None else None)
@@ -1015,7 +1003,7 @@ def disk_full(opts: Options, outcome: Outcome) -> None:
         running = _run_until(app, outcome, n, opts.rounds, window, rng.uniform(0.2, 0.6), pause)
         if running is None:
             return
-        handle = running[0]
+        handle, _ = running
         filler = fill_disk(disk)
         outcome.kills = 1
         # Some may still fit in the space the journal's files already hold (SQLite reuses
@@ -1078,7 +1066,7 @@ def _killed_and_refused(opts: Options, outcome: Outcome, fault: str) -> None:
         running = _run_until(app, outcome, n, opts.rounds, window, rng.uniform(0.2, 0.6))
         if running is None:
             return
-        handle = running[0]
+        handle, _ = running
         cluster.kill_master()
         outcome.kills = 1
         journal = cluster.state_dir / "journal.sqlite3"
@@ -1137,7 +1125,7 @@ def deleted(opts: Options, outcome: Outcome) -> None:
         running = _run_until(app, outcome, n, opts.rounds, window, rng.uniform(0.2, 0.6), pause)
         if running is None:
             return
-        handle = running[0]
+        handle, _ = running
         shutil.rmtree(cluster.state_dir)
         outcome.kills = 1
         noticed = _wait_degraded(app, True)

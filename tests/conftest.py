@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cloudpickle
 import pytest
 
 import taskswarm as ts
@@ -208,3 +209,29 @@ def make_pool() -> Iterator[Callable[[int], ProcessPoolManager]]:
     finally:
         for pool in pools:
             pool.stop()
+
+
+@pytest.fixture(scope="module")
+def tasks_travel_by_value(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The test module's own functions and classes are pickled by value, as an application's
+    would be, so a worker that cannot import the test module still runs them. Modules opt in
+    with ``pytestmark = pytest.mark.usefixtures("tasks_travel_by_value")``."""
+    module = request.module
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def importable(folder: Path, package: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Make a third-party package in ``folder`` importable here and in every node a test starts
+    (PYTHONPATH), as an installed plugin is; undone afterwards. For a fixture to yield from."""
+    path = str(folder)
+    existing = [p for p in [os.environ.get("PYTHONPATH")] if p]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([path, *existing]))
+    monkeypatch.syspath_prepend(path)  # also invalidates the import caches
+    try:
+        yield folder
+    finally:
+        sys.modules.pop(package, None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from taskswarm.managers.process_pool import ProcessPoolManager, WorkItem
 from taskswarm.task import FunctionTask, Status
 from test_process_pool import DEADLINE, outcomes, push, results
 
+pytestmark = pytest.mark.usefixtures("tasks_travel_by_value")
+
 # -- what the tasks run (shipped by value: the workers cannot import this test module) ----------
 
 
@@ -33,16 +34,6 @@ def sleep_and_pid(seconds: float) -> int:
 
 def noop(x: object) -> object:
     return x
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _tasks_travel_by_value() -> Iterator[None]:
-    module = sys.modules[__name__]
-    cloudpickle.register_pickle_by_value(module)
-    try:
-        yield
-    finally:
-        cloudpickle.unregister_pickle_by_value(module)
 
 
 def learn_short_tasks(pool: ProcessPoolManager) -> None:

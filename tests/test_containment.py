@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import wait
@@ -31,7 +30,7 @@ from taskswarm.managers.containment import (
 from taskswarm.managers.process_pool import ProcessPoolManager, WorkItem
 from taskswarm.task import Status
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("tasks_travel_by_value")]
 
 #: The child a task starts: recognisable, so a test cleans up only what it started.
 CHILD = ["sleep", "300"]
@@ -63,16 +62,6 @@ class Hog(ts.Task):
         data = b"\x01" * (self.mib << 20)
         time.sleep(self.seconds)
         return len(data)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _tasks_travel_by_value() -> Iterator[None]:
-    module = sys.modules[__name__]
-    cloudpickle.register_pickle_by_value(module)
-    try:
-        yield
-    finally:
-        cloudpickle.unregister_pickle_by_value(module)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import pytest
 from taskswarm.errors import TaskTimeout
 from taskswarm.managers.process_pool import ProcessPoolManager, WorkItem
 from taskswarm.task import FunctionTask, Status, Task, load_outcome
+
+pytestmark = pytest.mark.usefixtures("tasks_travel_by_value")
 
 DEADLINE = 30.0
 
@@ -45,16 +46,6 @@ def kill_myself() -> None:
 
 def block_forever() -> None:
     signal.pause()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _tasks_travel_by_value() -> Iterator[None]:
-    module = sys.modules[__name__]
-    cloudpickle.register_pickle_by_value(module)
-    try:
-        yield
-    finally:
-        cloudpickle.unregister_pickle_by_value(module)
 
 
 # -- fixtures and helpers ------------------------------------------------------------------------
@@ -387,7 +378,6 @@ def test_stop_is_safe_twice_and_before_start(make_pool):
 def test_the_default_pool_size_counts_only_the_cores_this_process_may_use():
     """A slave pinned to one core (taskset, a cpuset, a systemd CPUAffinity=) starts one worker."""
     import subprocess
-    import sys
 
     out = subprocess.run(
         [sys.executable, "-c", "from taskswarm.managers.process_pool import usable_cores as u; "

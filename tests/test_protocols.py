@@ -17,8 +17,6 @@ and statically by the annotated assignments below when a type checker reads this
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import taskswarm as ts
-from conftest import Nodes, wait_for
+from conftest import Nodes, importable, wait_for
 from taskswarm.api import ITaskManager, ITaskScheduler
 from taskswarm.managers.contracts import TaskManagerContract
 from taskswarm.managers.engines import DaskManager, RayManager
@@ -43,6 +41,7 @@ from taskswarm.scheduling.engines import DaskScheduler, RayScheduler
 from taskswarm.scheduling.pull import PullScheduler
 from taskswarm.scheduling.push import PushScheduler
 from taskswarm.scheduling.strategies import LoadStrategy, RoundRobinStrategy, TwoChoicesStrategy
+from test_contract import SumOfSquares  # DESIGN.md's task system, as written there
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -281,36 +280,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def on_path(installed: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The package importable here and in every node started; undone afterwards."""
-    path = str(installed)
-    existing = [p for p in [os.environ.get("PYTHONPATH")] if p]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([path, *existing]))
-    monkeypatch.syspath_prepend(path)  # also invalidates the import caches
-    try:
-        yield installed
-    finally:
-        sys.modules.pop(PACKAGE, None)
-
-
-class SumOfSquares(ts.TaskSystem):
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n, self.total, self.seen = n, 0, 0
-
-    def init_system(self, master):
-        pass
-
-    def generate_tasks(self, master):
-        return [ts.FunctionTask(pow, i, 2) for i in range(self.n)]
-
-    def task_finished(self, master, task, result, error):
-        self.total += result
-        self.seen += 1
-
-    def is_complete(self, master):
-        return self.seen == self.n
-
-    def gather_result(self, master):
-        return self.total, None
+    yield from importable(installed, PACKAGE, monkeypatch)
 
 
 def runner_thread() -> str:

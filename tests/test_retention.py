@@ -72,28 +72,6 @@ class Sleep(ts.Task):
         return self.seconds
 
 
-class Squares(ts.TaskSystem):
-    def __init__(self, n: int):
-        super().__init__()
-        self.n, self.total, self.seen = n, 0, 0
-
-    def init_system(self, master):
-        pass
-
-    def generate_tasks(self, master):
-        return [ts.FunctionTask(pow, i, 2) for i in range(self.n)]
-
-    def task_finished(self, master, task, result, error):
-        self.total += result
-        self.seen += 1
-
-    def is_complete(self, master):
-        return self.seen == self.n
-
-    def gather_result(self, master):
-        return self.total, None
-
-
 class Cluster:
     """A master (CLI process, its own options) with slaves, for one test."""
 
@@ -273,7 +251,8 @@ def test_a_dead_applications_running_task_is_cancelled_and_its_system_lives_on(
         app.submit(Sleep(60, {str(marker)!r}))
         while not Path({str(marker)!r}).exists():
             time.sleep(0.01)
-        handle = app.submit_system(Squares(5))  # its tasks queue behind the 60s one
+        from test_contract import SumOfSquares  # DESIGN.md's task system
+        handle = app.submit_system(SumOfSquares(5))  # its tasks queue behind the 60s one
         print(app.client_id, handle.system_id, flush=True)
         time.sleep(600)
         """,

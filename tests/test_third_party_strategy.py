@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import taskswarm as ts
+from conftest import importable
 from taskswarm.api import ITaskScheduleStrategy
 from taskswarm.scheduling import available, load_plugin
 
@@ -111,16 +113,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def on_path(installed: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def on_path(installed: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The package importable here and in every node LocalCluster starts; undone afterwards."""
-    path = str(installed)
-    existing = [p for p in [os.environ.get("PYTHONPATH")] if p]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([path, *existing]))
-    monkeypatch.syspath_prepend(path)  # also invalidates the import caches
-    try:
-        yield installed
-    finally:
-        sys.modules.pop(PACKAGE, None)
+    yield from importable(installed, PACKAGE, monkeypatch)
 
 
 def worker_ancestry() -> list[int]:
