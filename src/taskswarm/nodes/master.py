@@ -76,17 +76,15 @@ log = logging.getLogger(__name__)
 
 #: The newest task failures ``status`` (and so the live page) carries.
 ERRORS_IN_STATUS = 10
-#: How long results no application collected are kept (``--result-ttl``): a day, as Celery's
-#: ``result_expires``.
-RESULT_TTL = 24 * 3600.0
-#: Most bytes of results kept for applications that went away (``--result-cap``).
-RESULT_CAP = 1024 * 1024 * 1024
-#: Seconds an application may be silent before it is lost (``--client-timeout``): applications
-#: beat every half second, so this is twenty missed beats.
-CLIENT_TIMEOUT = 10.0
-#: Seconds departed slaves, gone applications and collected systems stay in ``status``
-#: (``--forget-after``); at most ``DEPARTED_KEPT`` departed slaves are kept meanwhile.
-FORGET_AFTER = 300.0
+#: The retention settings' defaults, from their one declaration (taskswarm.config): results no
+#: application collected are kept a day (``--result-ttl``, as Celery's ``result_expires``), at
+#: most 1 GiB of them (``--result-cap-mib``); an application silent 10 s (twenty missed beats) is
+#: lost (``--client-timeout``); departed slaves, gone applications and collected systems stay in
+#: ``status`` 300 s (``--forget-after``), at most ``DEPARTED_KEPT`` departed slaves meanwhile.
+RESULT_TTL: float = MasterConfig.result_ttl
+RESULT_CAP: int = MasterConfig.result_cap_mib * 1024 * 1024
+CLIENT_TIMEOUT: float = MasterConfig.client_timeout
+FORGET_AFTER: float = MasterConfig.forget_after
 DEPARTED_KEPT = 1000
 #: Seconds a closed connection's reply address is kept (at most ``forget_after``): a peer that
 #: sends again is given a new one as its message gets in, so this need not be long.
