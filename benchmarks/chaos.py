@@ -77,7 +77,7 @@ from typing import Any
 
 import taskswarm as ts
 from procs import descendants, proc_stat
-from taskswarm.config import MasterConfig, SlaveConfig, to_argv
+from taskswarm.ops.config import MasterConfig, SlaveConfig, to_argv
 
 SCENARIOS = (
     "slave-kill",

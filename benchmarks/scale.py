@@ -71,7 +71,7 @@ import msgpack
 
 import taskswarm as ts
 from procs import descendants
-from taskswarm.keys import generate_key_file, load_keys
+from taskswarm.protocol.keys import generate_key_file, load_keys
 
 SCRIPT = Path(__file__).resolve()
 #: Heartbeat intervals left to start-up work (imports, first GCs) before the idle cluster is
@@ -159,7 +159,7 @@ def host(argv: list[str]) -> int:
     """``scale.py host ADDRESS KEY_FILE COUNT WORKERS HEARTBEAT``: serve COUNT slaves, each in a
     thread of this process, until SIGTERM, SIGINT, or the end of stdin (the script that started
     this process closed its end of the pipe, or died)."""
-    from taskswarm.nodes.slave import Slave
+    from taskswarm.slave.node import Slave
 
     address, key_file, count, workers, heartbeat = argv
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s host %(name)s: %(message)s")
@@ -447,10 +447,10 @@ def bookkeeping(count: int) -> dict[str, float]:
     the bytes ``on_slave_register`` keeps per slave (the record, its scheduler entries, the peer
     table, the session the gate remembers), one heartbeat's Python work each way, and the scans
     over every slave that the master's loop makes whatever the heartbeat interval."""
+    from taskswarm.protocol.codec import Codec, Kind
     from taskswarm.scheduling.push import PushScheduler
     from taskswarm.scheduling.records import NodeState, SlaveRecord
     from taskswarm.scheduling.strategies import LoadStrategy
-    from taskswarm.wire import Codec, Kind
 
     scheduler = PushScheduler(LoadStrategy(), prefetch=2)
     scheduler.setup(None)

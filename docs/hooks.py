@@ -1,6 +1,6 @@
 """MkDocs hooks: the pages that are generated from the code, so they cannot drift from it.
 
-Both read the click app itself (``taskswarm.cli.cli``), so a new option or command appears here
+Both read the click app itself (``taskswarm.ops.cli.cli``), so a new option or command appears here
 without anyone writing it down:
 
 - ``<!-- taskswarm:cli -->`` becomes every command's ``--help``, exactly as the terminal shows it,
@@ -34,7 +34,7 @@ def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
 
 
 def cli_markdown() -> str:
-    from taskswarm.cli import cli
+    from taskswarm.ops.cli import cli
 
     root = click.Context(
         cli, info_name="taskswarm", terminal_width=HELP_WIDTH, max_content_width=HELP_WIDTH
@@ -63,7 +63,7 @@ def _help_sections(command: click.Command, ctx: click.Context, level: int) -> li
 
 
 def settings_markdown() -> str:
-    from taskswarm.cli import cli
+    from taskswarm.ops.cli import cli
 
     ctx = click.Context(cli, info_name="taskswarm")
     parts = [

@@ -4,7 +4,7 @@ warm-up and the summary table.
 The samples are files run by path (``taskswarm run examples/NAME.py``), and this module is
 their sibling, imported as ``_common``: ``taskswarm run`` (like ``python FILE``) puts the file's
 directory on ``sys.path``. Neither is installed where the master and the slaves run, so the
-classes and functions of both travel there by value (see ``taskswarm.pickling``).
+classes and functions of both travel there by value (see ``taskswarm.protocol.pickling``).
 
 Each sample stays a readable program of its own -- its tasks, its task system, its report --
 and only the parts that would otherwise be copied word for word into every one of them live
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import taskswarm as ts
-from taskswarm.progress import ProgressCallback, progress_display
+from taskswarm.ops.progress import ProgressCallback, progress_display
 
 __all__ = [
     "SampleCluster",
@@ -363,4 +363,3 @@ def run_serially(tasks: list[ts.Task], on_result: Callable[[Any], list[ts.Task]]
     """The same in this process, one task after another: how a serial reference is made."""
     while tasks:
         tasks = [more for task in tasks for more in on_result(task())]
-

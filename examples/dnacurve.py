@@ -58,7 +58,7 @@ from _common import (
     run_system,
     sample_parser,
 )
-from taskswarm.progress import ProgressCallback
+from taskswarm.ops.progress import ProgressCallback
 
 __all__ = [
     "GenomePlan",

@@ -45,7 +45,7 @@ from _common import (
     sample_parser,
     timing_rows,
 )
-from taskswarm.progress import ProgressCallback
+from taskswarm.ops.progress import ProgressCallback
 
 __all__ = [
     "HOW",
@@ -275,8 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         [
             "taskswarm run examples/expensive.py",
             "taskswarm run examples/expensive.py --count 64 --duration 0.5 --plain",
-            "python examples/expensive.py --how sleep --count 100 --duration 0.2 "
-            "--workers 10",
+            "python examples/expensive.py --how sleep --count 100 --duration 0.2 --workers 10",
         ],
     )
     work = parser.add_argument_group("the work")

@@ -55,7 +55,7 @@ from _common import (
     timed,
     timing_rows,
 )
-from taskswarm.progress import ProgressCallback
+from taskswarm.ops.progress import ProgressCallback
 
 __all__ = [
     "DEFAULT_BAND_ROWS",
@@ -541,10 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
         [
             "taskswarm run examples/mandelbrot.py --output mandelbrot.png",
             "python examples/mandelbrot.py --plain --slaves 3 --workers 2",
-            "python examples/mandelbrot.py --master tcp://10.0.0.5:5555 "
-            "--key-file cluster.key",
-            "python examples/mandelbrot.py --center -0.7436,0.1318 --zoom 200 "
-            "--palette ultra",
+            "python examples/mandelbrot.py --master tcp://10.0.0.5:5555 --key-file cluster.key",
+            "python examples/mandelbrot.py --center -0.7436,0.1318 --zoom 200 --palette ultra",
             "python examples/mandelbrot.py --center -1.25,0 --zoom 8 --max-iter 1024",
         ],
     )

@@ -55,7 +55,7 @@ from _common import (
     timed,
     timing_rows,
 )
-from taskswarm.progress import ProgressCallback
+from taskswarm.ops.progress import ProgressCallback
 
 __all__ = [
     "Estimate",

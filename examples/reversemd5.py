@@ -51,7 +51,7 @@ from _common import (
     run_system,
     sample_parser,
 )
-from taskswarm.progress import ProgressCallback
+from taskswarm.ops.progress import ProgressCallback
 
 __all__ = [
     "ALGORITHMS",
@@ -551,8 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
             "taskswarm run examples/reversemd5.py --secret 31415926 --hash sha256",
             "taskswarm run examples/reversemd5.py --alphabet lower --length 1-5 \\",
             "    --target 6b3d43184271885b9fb260c59821d5e8",
-            "python examples/reversemd5.py --secret Zz9 --alphabet alnum "
-            "--length 3 --plain",
+            "python examples/reversemd5.py --secret Zz9 --alphabet alnum --length 3 --plain",
         ],
     )
     target = parser.add_argument_group("what to find")

@@ -15,7 +15,7 @@ import cloudpickle
 import pytest
 
 import taskswarm as ts
-from taskswarm.managers.process_pool import ProcessPoolManager
+from taskswarm.slave.process_pool import ProcessPoolManager
 
 #: The examples are programs run by path, outside the package: the tests import them by name
 #: (``import mandelbrot``), as a file run from that folder imports its sibling ``_common``.
@@ -164,7 +164,7 @@ def app(cluster: ts.LocalCluster) -> Iterator[ts.Application]:
 
 @pytest.fixture
 def key_file(tmp_path: Path) -> str:
-    from taskswarm.keys import generate_key_file
+    from taskswarm.protocol.keys import generate_key_file
 
     return str(generate_key_file(tmp_path / "cluster.key"))
 

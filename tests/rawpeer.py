@@ -6,7 +6,7 @@ import time
 
 import zmq
 
-from taskswarm.wire import Codec, Kind, Message
+from taskswarm.protocol.codec import Codec, Kind, Message
 
 
 class RawPeer:

@@ -17,7 +17,7 @@ import pytest
 
 import taskswarm as ts
 from conftest import Nodes, wait_for
-from taskswarm.nodes.addresses import advertised_address, primary_host, public_url
+from taskswarm.protocol.addresses import advertised_address, primary_host, public_url
 
 
 def _has_ipv6_loopback() -> bool:

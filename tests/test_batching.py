@@ -18,7 +18,7 @@ import pytest
 
 import taskswarm as ts
 from conftest import free_port, wait_for
-from taskswarm.managers.process_pool import ProcessPoolManager, WorkItem
+from taskswarm.slave.process_pool import ProcessPoolManager, WorkItem
 from taskswarm.task import FunctionTask, Status
 from test_process_pool import DEADLINE, outcomes, push, results
 

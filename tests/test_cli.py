@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import EXAMPLES, alive, descendants, free_port, wait_for
-from taskswarm.keys import load_key
+from taskswarm.protocol.keys import load_key
 
 
 def start_cluster(nodes, key_file, slaves=2, workers=1, *master_args):
@@ -105,8 +105,6 @@ def test_sigint_stops_a_node_within_5s_with_no_child_left(nodes, key_file, node)
     target.wait(timeout=10)
     assert time.monotonic() - started < 5
     wait_for(lambda: not [p for p in children if alive(p)], timeout=5)
-
-
 
 
 def test_a_slave_started_before_its_master_waits_and_registers(nodes, key_file):

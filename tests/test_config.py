@@ -1,4 +1,4 @@
-"""One source per setting: the records of taskswarm.config make the commands' options, the
+"""One source per setting: the records of taskswarm.ops.config make the commands' options, the
 settings file's keys, LocalCluster's keywords and the nodes' argv, and these agree."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskswarm import LocalCluster
-from taskswarm.cli import cli
-from taskswarm.config import MasterConfig, RunConfig, SlaveConfig, envvar, spec, to_argv
 from taskswarm.local import MASTER_KEYWORDS, NOT_KEYWORDS, OWN_KEYWORDS, SLAVE_KEYWORDS
-from taskswarm.nodes.master import Master
-from taskswarm.nodes.slave import Slave
-from taskswarm.settings import parameter_names, settings_template
+from taskswarm.master.node import Master
+from taskswarm.ops.cli import cli
+from taskswarm.ops.config import MasterConfig, RunConfig, SlaveConfig, envvar, spec, to_argv
+from taskswarm.ops.settings import parameter_names, settings_template
+from taskswarm.slave.node import Slave
 
 try:
     import tomllib

@@ -22,12 +22,12 @@ import pytest
 import taskswarm as ts
 from conftest import alive, free_port, proc_stat, wait_for
 from taskswarm.errors import ConfigurationError
-from taskswarm.managers.containment import (
+from taskswarm.slave.containment import (
     fair_share,
     machine_memory,
     parse_memory_limit,
 )
-from taskswarm.managers.process_pool import ProcessPoolManager, WorkItem
+from taskswarm.slave.process_pool import ProcessPoolManager, WorkItem
 from taskswarm.task import Status
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("tasks_travel_by_value")]

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import taskswarm as ts
 from conftest import Nodes, free_port, wait_for
-from taskswarm.keys import load_keys
+from taskswarm.protocol.keys import load_keys
 
 
 def get(url: str) -> tuple[int, str, str]:

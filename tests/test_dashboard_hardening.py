@@ -30,7 +30,7 @@ import taskswarm as ts
 from conftest import Nodes, free_port, wait_for
 from taskswarm.dashboard import DashboardServer
 from taskswarm.dashboard.limits import connection_cap
-from taskswarm.nodes.addresses import primary_host
+from taskswarm.protocol.addresses import primary_host
 
 pytestmark = pytest.mark.timeout(60)
 

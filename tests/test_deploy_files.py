@@ -26,9 +26,9 @@ import click
 import pytest
 
 from conftest import free_port, wait_for
-from taskswarm.cli import cli
 from taskswarm.dashboard import parse_address
 from taskswarm.errors import TaskswarmError
+from taskswarm.ops.cli import cli
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNITS = sorted(DEPLOY.glob("*.service"))

@@ -284,8 +284,8 @@ def test_code_block_runs(block: Block, chain: list[Block], tmp_path: Path) -> No
 
 
 def test_concepts_names_every_message_kind() -> None:
-    """The message table of concepts.md must follow ``taskswarm.wire.Kind``."""
-    from taskswarm.wire import Kind
+    """The message table of concepts.md must follow ``taskswarm.protocol.codec.Kind``."""
+    from taskswarm.protocol.codec import Kind
 
     text = (DOCS / "concepts.md").read_text()
     kinds = [

@@ -21,12 +21,12 @@ import pytest
 
 import taskswarm as ts
 from conftest import Nodes, free_port, wait_for
+from taskswarm.engines.clients import require
+from taskswarm.engines.managers import DaskManager, manager_for
 from taskswarm.errors import ConfigurationError
-from taskswarm.keys import generate_key_file
-from taskswarm.managers.engine_clients import require
-from taskswarm.managers.engines import DaskManager, manager_for
-from taskswarm.managers.process_pool import WorkItem
-from taskswarm.pickling import dumps_task
+from taskswarm.protocol.keys import generate_key_file
+from taskswarm.protocol.pickling import dumps_task
+from taskswarm.slave.process_pool import WorkItem
 from taskswarm.task import RemoteTraceback, Status, load_outcome
 from test_contract import Square, SumOfSquares  # DESIGN.md's task system, as written there
 

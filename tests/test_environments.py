@@ -17,9 +17,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 import taskswarm as ts
 from conftest import free_port, wait_for
-from taskswarm.cli import cli
-from taskswarm.keys import load_keys
-from taskswarm.settings import COMMANDS
+from taskswarm.ops.cli import cli
+from taskswarm.ops.settings import COMMANDS
+from taskswarm.protocol.keys import load_keys
 
 PLUGIN = textwrap.dedent(
     """

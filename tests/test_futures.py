@@ -22,7 +22,7 @@ import pytest
 
 import taskswarm as ts
 from conftest import Nodes, free_port, wait_for
-from taskswarm import pickling
+from taskswarm.protocol import pickling
 from taskswarm.task import FunctionTask, run_task_payload
 
 pytestmark = pytest.mark.timeout(90)

@@ -27,8 +27,8 @@ import zmq
 import taskswarm as ts
 from conftest import free_port, wait_for
 from rawpeer import RawPeer
-from taskswarm.keys import load_key
-from taskswarm.wire import Codec, Kind
+from taskswarm.protocol.codec import Codec, Kind
+from taskswarm.protocol.keys import load_key
 from test_reliability import SlowSquares
 
 TOTAL = 100_000

@@ -13,9 +13,9 @@ import zmq
 import taskswarm as ts
 from conftest import wait_for
 from rawpeer import RawPeer
-from taskswarm import pickling
+from taskswarm.protocol import pickling
+from taskswarm.protocol.codec import Kind
 from taskswarm.task import FunctionTask, task_meta
-from taskswarm.wire import Kind
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -81,9 +81,7 @@ def test_a_task_number_out_of_range_is_refused_at_submit_and_the_connection_live
     assert app.submit(pow, 2, 4).result(timeout=30) == 16
 
 
-def test_a_batch_with_a_number_out_of_range_is_refused_by_the_master_which_stays_up(
-    app, peer
-):
+def test_a_batch_with_a_number_out_of_range_is_refused_by_the_master_which_stays_up(app, peer):
     peer.hello()
     task = FunctionTask(pow, 2, 5)
     meta = task_meta(task)[:4] + [2**63, None]  # past what the journal holds: sent raw
@@ -158,7 +156,7 @@ def test_a_task_cancelled_by_another_application_ends_its_owners_future(shared, 
 
 
 def test_departed_slaves_are_kept_only_as_a_bounded_recent_list(app, peer):
-    from taskswarm.nodes.master import DEPARTED_KEPT
+    from taskswarm.master.node import DEPARTED_KEPT
 
     # Each REGISTER under a new name from the same socket replaces the slave before it, which
     # departs: a cluster whose slaves come and go (spot instances, autoscaling) for months.

@@ -86,8 +86,6 @@ def press_ctrl_c(run: subprocess.Popen) -> tuple[str, str]:
     return out, err
 
 
-
-
 def cancelled_system_id(err: str) -> str:
     match = re.search(
         r"cancelled task system SlowSystem \w+ at (\d+)/400 tasks done \(id ([\w-]+)\)", err

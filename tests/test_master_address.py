@@ -9,7 +9,7 @@ import pytest
 
 import taskswarm as ts
 from conftest import free_port
-from taskswarm.nodes.transport import unreachable_message, unresolvable
+from taskswarm.protocol.transport import unreachable_message, unresolvable
 
 NOWHERE = "tcp://no-such-host.invalid:5555"
 

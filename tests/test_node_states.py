@@ -13,7 +13,7 @@ import pytest
 
 import taskswarm as ts
 from conftest import descendants, free_port, wait_for
-from taskswarm.keys import load_keys
+from taskswarm.protocol.keys import load_keys
 from test_contract import SumOfSquares
 
 
@@ -132,8 +132,8 @@ class Nap(ts.Task):
 SLOW_BEATING_SLAVE = textwrap.dedent(
     """
     import sys
-    from taskswarm.keys import load_keys
-    from taskswarm.nodes.slave import Slave
+    from taskswarm.protocol.keys import load_keys
+    from taskswarm.slave.node import Slave
 
     # Beats every 1.5 s (the master every 0.5 s) and would take the master for lost after
     # 0.3 s of silence: each side must go by the other's pace, not its own.

@@ -11,7 +11,7 @@ import pytest
 
 import taskswarm as ts
 from conftest import free_port, wait_for
-from taskswarm.progress import Meter, ProgressBoard
+from taskswarm.ops.progress import Meter, ProgressBoard
 
 #: Concurrent's expensive sample kept two ApplicationNode subclasses in one file.
 TWO_NODES = textwrap.dedent(

@@ -23,7 +23,7 @@ import cloudpickle
 import pytest
 
 from taskswarm.errors import TaskTimeout
-from taskswarm.managers.process_pool import ProcessPoolManager, WorkItem
+from taskswarm.slave.process_pool import ProcessPoolManager, WorkItem
 from taskswarm.task import FunctionTask, Status, Task, load_outcome
 
 pytestmark = pytest.mark.usefixtures("tasks_travel_by_value")
@@ -380,7 +380,7 @@ def test_the_default_pool_size_counts_only_the_cores_this_process_may_use():
     import subprocess
 
     out = subprocess.run(
-        [sys.executable, "-c", "from taskswarm.managers.process_pool import usable_cores as u; "
+        [sys.executable, "-c", "from taskswarm.slave.process_pool import usable_cores as u; "
          "print(u())"],
         capture_output=True, text=True, timeout=60,
         preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),

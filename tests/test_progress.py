@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from taskswarm.progress import Meter, ProgressBoard, installed, progress_display
+from taskswarm.ops.progress import Meter, ProgressBoard, installed, progress_display
 
 APP = textwrap.dedent(
     """

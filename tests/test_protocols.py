@@ -1,7 +1,7 @@
 """The plugin contracts are the real ones: parts written against them alone run a cluster.
 
 ``taskswarm.scheduling.contracts.SchedulerContract`` is what the master calls on a scheduler,
-``taskswarm.managers.contracts.TaskManagerContract`` what a slave calls on a task manager. This
+``taskswarm.slave.contracts.TaskManagerContract`` what a slave calls on a task manager. This
 test writes a package of its own holding a FIFO scheduler and a task manager that runs tasks
 one at a time in a thread, each using only the contracts and their documented base classes
 (``SchedulerBase``, ``TaskManagerBase``) -- nothing of the in-tree implementations -- and
@@ -26,9 +26,8 @@ import pytest
 import taskswarm as ts
 from conftest import Nodes, importable, wait_for
 from taskswarm.api import ITaskManager, ITaskScheduler
-from taskswarm.managers.contracts import TaskManagerContract
-from taskswarm.managers.engines import DaskManager, RayManager
-from taskswarm.managers.process_pool import ProcessPoolManager
+from taskswarm.engines.managers import DaskManager, RayManager
+from taskswarm.engines.schedulers import DaskScheduler, RayScheduler
 from taskswarm.plugins import available, load_plugin
 from taskswarm.scheduling.contracts import (
     SchedulerContract,
@@ -37,10 +36,11 @@ from taskswarm.scheduling.contracts import (
     StrategyHost,
     WatchesSlaves,
 )
-from taskswarm.scheduling.engines import DaskScheduler, RayScheduler
 from taskswarm.scheduling.pull import PullScheduler
 from taskswarm.scheduling.push import PushScheduler
 from taskswarm.scheduling.strategies import LoadStrategy, RoundRobinStrategy, TwoChoicesStrategy
+from taskswarm.slave.contracts import TaskManagerContract
+from taskswarm.slave.process_pool import ProcessPoolManager
 from test_contract import SumOfSquares  # DESIGN.md's task system, as written there
 
 pytestmark = pytest.mark.timeout(60)
@@ -59,7 +59,7 @@ import queue
 import threading
 import time
 
-from taskswarm.managers.contracts import TaskManagerBase
+from taskswarm.slave.contracts import TaskManagerBase
 from taskswarm.scheduling.contracts import SchedulerBase
 from taskswarm.scheduling.records import NodeState, TaskState
 from taskswarm.task import Status, run_task_reporting

@@ -14,10 +14,10 @@ import pytest
 
 import taskswarm as ts
 from taskswarm import api
-from taskswarm.managers.process_pool import ProcessPoolManager
 from taskswarm.scheduling.pull import PullScheduler
 from taskswarm.scheduling.push import PushScheduler
 from taskswarm.scheduling.strategies import LoadStrategy, RoundRobinStrategy
+from taskswarm.slave.process_pool import ProcessPoolManager
 
 EXPORTS = [
     "api",

@@ -316,7 +316,7 @@ def test_the_journal_gives_back_the_space_of_collected_results(nodes, key_file, 
 
 
 def test_journal_maintenance_gives_free_pages_and_the_wal_back(tmp_path):
-    from taskswarm.journal import Journal
+    from taskswarm.master.journal import Journal
 
     journal = Journal(tmp_path / "journal.sqlite3")
     try:
@@ -333,7 +333,7 @@ def test_journal_maintenance_gives_free_pages_and_the_wal_back(tmp_path):
 
 
 def test_a_journal_from_before_incremental_vacuum_is_converted(tmp_path):
-    from taskswarm.journal import Journal
+    from taskswarm.master.journal import Journal
 
     path = tmp_path / "journal.sqlite3"
     with sqlite3.connect(path) as db:  # the layout of an older taskswarm: no auto_vacuum

@@ -9,7 +9,7 @@ import cloudpickle
 import zmq
 
 from conftest import wait_for
-from taskswarm.wire import Codec, Kind
+from taskswarm.protocol.codec import Codec, Kind
 from test_task_systems import RecursiveSum
 
 

@@ -34,7 +34,6 @@ from schedbook import (
 )
 from taskswarm.api import ITaskScheduler, ITaskScheduleStrategy
 from taskswarm.errors import ConfigurationError
-from taskswarm.managers.process_pool import ProcessPoolManager
 from taskswarm.scheduling import available, load_plugin
 from taskswarm.scheduling.pull import PullScheduler
 from taskswarm.scheduling.push import PushScheduler
@@ -43,6 +42,7 @@ from taskswarm.scheduling.strategies import (
     LoadStrategy,
     RoundRobinStrategy,
 )
+from taskswarm.slave.process_pool import ProcessPoolManager
 
 CHECKS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -12,10 +12,10 @@ import zmq
 import taskswarm as ts
 from conftest import free_port, wait_for
 from rawpeer import RawPeer
-from taskswarm import pickling
 from taskswarm.errors import StaleMessage
+from taskswarm.protocol import pickling
+from taskswarm.protocol.codec import Codec, Kind
 from taskswarm.task import task_meta
-from taskswarm.wire import Codec, Kind
 
 
 class AppendLine(ts.Task):
@@ -229,7 +229,7 @@ def test_a_slave_with_the_wrong_key_exits_saying_why(cluster, nodes, key_file):
 
 
 def test_a_protocol_version_mismatch_names_both_versions(cluster, monkeypatch):
-    import taskswarm.wire as wire
+    import taskswarm.protocol.codec as wire
 
     monkeypatch.setattr(wire, "PROTOCOL_VERSION", 99)
     with pytest.raises(
@@ -244,7 +244,7 @@ def test_a_task_whose_module_is_missing_on_the_slave_names_the_module(app, tmp_p
     monkeypatch.syspath_prepend(str(tmp_path))
     import only_on_the_app_side
 
-    import taskswarm.pickling as pickling
+    import taskswarm.protocol.pickling as pickling
 
     # As if the module were installed here and not on the slaves: it travels by reference.
     monkeypatch.setattr(pickling, "_ship_by_value", lambda name: False)

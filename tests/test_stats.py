@@ -102,7 +102,7 @@ def test_a_master_times_its_decisions_queue_waits_sends_and_each_slaves_tasks(ap
 
 
 def test_a_slaves_reported_measures_keep_only_well_formed_rows_labelled_with_it():
-    from taskswarm.nodes.master import _measures
+    from taskswarm.master.node import _measures
 
     good = {"name": "slave_send_seconds", "labels": {}, "count": 2, "sum": 0.5, "avg": 0.25,
             "min": 0.1, "max": 0.4}  # fmt: skip

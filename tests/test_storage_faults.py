@@ -21,7 +21,7 @@ import pytest
 
 import taskswarm as ts
 from conftest import Nodes, free_port, wait_for
-from taskswarm.journal import Journal
+from taskswarm.master.journal import Journal
 
 pytestmark = [
     pytest.mark.timeout(90),

@@ -28,7 +28,7 @@ from taskswarm.errors import (
     VersionMismatch,
     WireError,
 )
-from taskswarm.wire import BIG_PAYLOAD, PROTOCOL_VERSION, Codec, Kind, Message
+from taskswarm.protocol.codec import BIG_PAYLOAD, PROTOCOL_VERSION, Codec, Kind, Message
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32

@@ -8,7 +8,9 @@ one, decide when they are complete and gather the result. See DESIGN.md for the 
 from __future__ import annotations
 
 from . import api
-from .appnode import ApplicationNode
+from .client.application import Application, connect
+from .client.appnode import ApplicationNode
+from .client.handles import SystemHandle, TaskswarmExecutor
 from .errors import (
     AuthenticationFailed,
     ClientClosed,
@@ -25,9 +27,7 @@ from .errors import (
     WorkerCrashed,
     WorkerMemoryExceeded,
 )
-from .handles import SystemHandle, TaskswarmExecutor
 from .local import LocalCluster, connect_or_start
-from .nodes.application import Application, connect
 from .system import TaskSystem
 from .task import FunctionTask, RemoteTraceback, Task
 

@@ -1,6 +1,6 @@
 """`python -m taskswarm` is the same command as `taskswarm`."""
 
-from .cli import main
+from .ops.cli import main
 
 if __name__ == "__main__":
     main()

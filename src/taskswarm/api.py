@@ -5,7 +5,7 @@ classes. Here they are abstract base classes, so an implementation that forgets 
 construction instead of at the first call on a remote node. Every scheduler, strategy, task manager
 and task system in taskswarm implements one of them. What the nodes call on a scheduler or a task
 manager goes beyond these two, and is stated as Protocols in ``taskswarm.scheduling.contracts``
-and ``taskswarm.managers.contracts``, of which these interfaces are the seed's part.
+and ``taskswarm.slave.contracts``, of which these interfaces are the seed's part.
 """
 
 from __future__ import annotations

@@ -21,13 +21,13 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from .config import MasterConfig, SlaveConfig, to_argv
+from .client.application import Application, connect
 from .errors import ClusterError, ConfigurationError
-from .keys import generate_key_file, load_keys
-from .managers.containment import fair_share, parse_memory_limit
-from .managers.process_pool import usable_cores
-from .nodes.application import Application, connect
+from .ops.config import MasterConfig, SlaveConfig, to_argv
+from .protocol.keys import generate_key_file, load_keys
 from .scheduling import load_plugin
+from .slave.containment import fair_share, parse_memory_limit
+from .slave.process_pool import usable_cores
 
 __all__ = ["LocalCluster", "connect_or_start", "default_layout"]
 

@@ -103,7 +103,7 @@ class SchedulerContract(Protocol):
 
     def setup(self, master: Any) -> None:
         """Bind the scheduler to its master, once, before any other call (the in-tree ones pass
-        the master on to their strategy's ``setup``). ``master`` is ``taskswarm.nodes.master.
+        the master on to their strategy's ``setup``). ``master`` is ``taskswarm.master.node.
         Master``; a scheduler that runs tasks elsewhere may read its ``address`` (where its
         nodes connect) and ``keys`` (the cluster's keys, to sign as one of them)."""
         ...

@@ -30,7 +30,6 @@ from typing import Any, Protocol, cast
 import cloudpickle
 import zmq
 
-from .. import pickling
 from ..errors import (
     AuthenticationFailed,
     ClientClosed,
@@ -41,13 +40,12 @@ from ..errors import (
     UnknownTaskSystem,
     WireError,
 )
-from ..handles import SystemHandle, TaskFuture, TaskswarmExecutor
-from ..keys import ClusterKeys, as_keys, load_keys
-from ..progress import ProgressCallback
-from ..task import FunctionTask, Task, load_outcome, task_meta
-from ..wire import ENVELOPE, Codec, Kind, Message, Notice, too_large
-from .mailbox import Mailbox
-from .transport import (
+from ..ops.progress import ProgressCallback
+from ..protocol import pickling
+from ..protocol.codec import ENVELOPE, Codec, Kind, Message, Notice, too_large
+from ..protocol.keys import ClusterKeys, as_keys, load_keys
+from ..protocol.mailbox import Mailbox
+from ..protocol.transport import (
     MAX_MESSAGE_BYTES,
     check_address,
     connect_dealer,
@@ -56,6 +54,8 @@ from .transport import (
     unreachable_message,
     unresolvable,
 )
+from ..task import FunctionTask, Task, load_outcome, task_meta
+from .handles import SystemHandle, TaskFuture, TaskswarmExecutor
 
 __all__ = ["Application", "connect"]
 

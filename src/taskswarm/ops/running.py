@@ -26,7 +26,7 @@ from typing import Any
 
 import click
 
-from .nodes.application import Application, watching
+from ..client.application import Application, watching
 from .progress import ProgressBoard, active, installed
 
 __all__ = ["RunWatch", "interrupt_once", "run_app", "run_target", "split_node"]
@@ -184,7 +184,7 @@ def run_target(
 def _choose_node(target: str, namespace: dict[str, Any], node: str | None) -> type | None:
     """The ApplicationNode class to run: the one named, else the only one the file defines
     (one it imported is not its own); several and none named is an error that lists them."""
-    from .appnode import ApplicationNode
+    from ..client.appnode import ApplicationNode
 
     def is_node(value: Any) -> bool:
         return (

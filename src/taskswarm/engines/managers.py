@@ -39,13 +39,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError, TaskError, TaskTimeout
-from ..nodes.mailbox import Mailbox
+from ..protocol.mailbox import Mailbox
 from ..scheduling import load_plugin
+from ..slave.contracts import TaskManagerContract
+from ..slave.process_pool import PACE_WEIGHT, SLOW_TASK
+from ..slave.queued import QueuedManager, WorkItem
 from ..task import Status, dump_error, error_text, format_remote_traceback
-from .contracts import TaskManagerContract
-from .engine_clients import DaskEngine, EngineClient, Outcome, RayEngine
-from .process_pool import PACE_WEIGHT, SLOW_TASK
-from .queued import QueuedManager, WorkItem
+from .clients import DaskEngine, EngineClient, Outcome, RayEngine
 
 __all__ = ["EngineManager", "DaskManager", "RayManager", "manager_for"]
 
@@ -394,7 +394,7 @@ def manager_for(
     ``--engine`` or ``--worker-memory-limit`` with a manager that takes none is refused."""
     cls = load_plugin("taskswarm.managers", name)
     if memory_limit is not None:
-        from .process_pool import ProcessPoolManager
+        from ..slave.process_pool import ProcessPoolManager
 
         if not (isinstance(cls, type) and issubclass(cls, ProcessPoolManager)):
             raise ConfigurationError(

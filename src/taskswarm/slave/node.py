@@ -23,17 +23,23 @@ from typing import Any
 
 import zmq
 
-from ..config import SlaveConfig
 from ..errors import WireError
-from ..keys import ClusterKeys, as_keys
-from ..managers.contracts import TaskManagerContract, WorkItem
+from ..ops.config import SlaveConfig
+from ..protocol.codec import ENVELOPE, Codec, Kind, Message, Notice, too_large, within
+from ..protocol.keys import ClusterKeys, as_keys
+from ..protocol.mailbox import Mailbox
+from ..protocol.transport import (
+    MAX_MESSAGE_BYTES,
+    connect_dealer,
+    receive_batch,
+    try_send,
+    unresolvable,
+)
 from ..scheduling import load_plugin
 from ..scheduling.records import format_resources, parse_resources
 from ..stats import Stats
 from ..task import Status, dump_error, error_text
-from ..wire import ENVELOPE, Codec, Kind, Message, Notice, too_large, within
-from .mailbox import Mailbox
-from .transport import MAX_MESSAGE_BYTES, connect_dealer, receive_batch, try_send, unresolvable
+from .contracts import TaskManagerContract, WorkItem
 
 __all__ = ["Slave"]
 
@@ -50,8 +56,8 @@ WAIT_LOG_INTERVAL = 30.0
 class Slave:
     @classmethod
     def from_config(cls, config: SlaveConfig, key: bytes | ClusterKeys) -> Slave:
-        """The slave ``taskswarm slave`` runs, from its settings (:mod:`taskswarm.config`)."""
-        from ..managers.engines import manager_for
+        """The slave ``taskswarm slave`` runs, from its settings (:mod:`taskswarm.ops.config`)."""
+        from ..engines.managers import manager_for
 
         manager = manager_for(
             config.manager, config.workers, config.engine, config.worker_memory_limit

@@ -17,13 +17,13 @@ from concurrent.futures._base import (
 )
 from typing import TYPE_CHECKING, Any
 
-from . import progress as progress_board
-from .pickling import UnpicklableTask
-from .progress import Meter, ProgressCallback
-from .task import FunctionTask
+from ..ops import progress as progress_board
+from ..ops.progress import Meter, ProgressCallback
+from ..protocol.pickling import UnpicklableTask
+from ..task import FunctionTask
 
 if TYPE_CHECKING:
-    from .nodes.application import Application
+    from .application import Application
 
 __all__ = ["SystemHandle", "TaskFuture", "TaskswarmExecutor"]
 
@@ -127,9 +127,7 @@ class SystemHandle:
         self.done_tasks, self.total_tasks = done, total
         self.meter.update(done, total, failed=failed, first_failure=first_failure)
         if self._board is not None:
-            self._board.update(
-                self.system_id, done, total, self.meter.label, failed, first_failure
-            )
+            self._board.update(self.system_id, done, total, self.meter.label, failed, first_failure)
         if self.progress is not None:
             self.progress(done, total)
 

@@ -32,6 +32,8 @@ def skip_message(task_ids: list[str]) -> bytes:
     """Sent after tasks a worker holds but has not started: it answers each with CANCELLED
     instead of running it (``Future.cancel()`` of a task already on its way to a worker)."""
     return msgpack.packb({"skip": task_ids})
+
+
 #: Seconds between two looks for a SKIP while tasks wait in a worker.
 LOOK_EVERY = 0.001
 #: Most bytes taken from the socket per read.

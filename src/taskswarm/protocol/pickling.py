@@ -31,7 +31,7 @@ from typing import Any
 
 import cloudpickle
 
-from .task import FunctionTask
+from ..task import FunctionTask
 
 __all__ = ["dumps", "dumps_task", "loads"]
 

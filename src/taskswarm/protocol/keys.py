@@ -23,7 +23,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["ClusterKeys", "as_keys", "generate_key_file", "load_key", "load_keys"]
 

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from ..errors import TaskSystemError
-from ..journal import RestoredSystem
+from ..protocol.codec import Kind
 from ..scheduling.records import TaskRecord
 from ..system import SystemRunner
 from ..task import ExceptionWithTraceback
-from ..wire import Kind
+from .journal import RestoredSystem
 
 if TYPE_CHECKING:
-    from .master import Master
+    from .node import Master
 
 __all__ = ["SystemRecord", "SystemTable"]
 

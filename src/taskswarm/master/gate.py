@@ -20,7 +20,7 @@ from collections.abc import Callable, Container
 from typing import Any
 
 from ..errors import BadSignature, Misdirected, VersionMismatch, WireError
-from ..wire import PROTOCOL_VERSION, Codec, Message, Notice
+from ..protocol.codec import PROTOCOL_VERSION, Codec, Message, Notice
 
 __all__ = ["Gate"]
 

@@ -10,8 +10,8 @@ Data flow::
 
 One thread owns the socket and every record (the loop below). Plain tasks and their results stay
 opaque bytes here; only task systems, in their runner threads, are ever unpickled on the master.
-Everything accepted is journaled (``taskswarm.journal``) before it is acknowledged, so a master
-restarted on the same state directory carries on where it stopped.
+Everything accepted is journaled (``taskswarm.master.journal``) before it is acknowledged, so a
+master restarted on the same state directory carries on where it stopped.
 
 Bounded by live work, not by history: once a heartbeat, ``_sweep`` forgets what nobody needs
 any more (departed slaves, gone applications, collected task systems, closed sessions, after
@@ -38,7 +38,6 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from ..config import MasterConfig
 from ..dashboard import DashboardServer, parse_address
 from ..dashboard.api import ERRORS_KEPT
 from ..errors import (
@@ -48,8 +47,12 @@ from ..errors import (
     WorkerCrashed,
     WorkerMemoryExceeded,
 )
-from ..journal import Journal, NullJournal
-from ..keys import ClusterKeys, as_keys
+from ..ops.config import MasterConfig
+from ..protocol.addresses import advertised_address, check_advertise, public_url
+from ..protocol.codec import ENVELOPE, Codec, Kind, Message, within
+from ..protocol.keys import ClusterKeys, as_keys
+from ..protocol.mailbox import Mailbox
+from ..protocol.transport import MAX_MESSAGE_BYTES, bind_router, receive_batch, try_send
 from ..scheduling import load_plugin
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import (
@@ -61,13 +64,10 @@ from ..scheduling.records import (
 )
 from ..stats import Stats
 from ..task import MEMORY_EXCEEDED, Status, failure
-from ..wire import ENVELOPE, Codec, Kind, Message, within
-from .addresses import advertised_address, check_advertise, public_url
 from .applications import ApplicationRecord, ApplicationTable
 from .gate import Gate
-from .mailbox import Mailbox
+from .journal import Journal, NullJournal
 from .systems import SystemTable
-from .transport import MAX_MESSAGE_BYTES, bind_router, receive_batch, try_send
 
 __all__ = ["Master"]
 
@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 
 #: The newest task failures ``status`` (and so the live page) carries.
 ERRORS_IN_STATUS = 10
-#: The retention settings' defaults, from their one declaration (taskswarm.config): results no
+#: The retention settings' defaults, from their one declaration (taskswarm.ops.config): results no
 #: application collected are kept a day (``--result-ttl``, as Celery's ``result_expires``), at
 #: most 1 GiB of them (``--result-cap-mib``); an application silent 10 s (twenty missed beats) is
 #: lost (``--client-timeout``); departed slaves, gone applications and collected systems stay in
@@ -101,7 +101,7 @@ class Master:
 
     @classmethod
     def from_config(cls, config: MasterConfig, key: bytes | ClusterKeys) -> Master:
-        """The master ``taskswarm master`` runs, from its settings (:mod:`taskswarm.config`)."""
+        """The master ``taskswarm master`` runs, from its settings (:mod:`taskswarm.ops.config`)."""
         # Settings the master takes under their own names; the rest are renamed or converted.
         same = (
             "scheduler", "strategy", "prefetch", "slave_timeout", "max_crashes", "stealing",

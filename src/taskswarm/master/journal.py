@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import TaskswarmError
+from ..errors import TaskswarmError
 
 __all__ = [
     "Journal",

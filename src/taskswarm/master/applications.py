@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskError
-from ..journal import JournalFault
+from ..protocol.codec import ENVELOPE, Kind, Message, within
 from ..scheduling.records import TaskRecord, TaskState
 from ..task import failure
-from ..wire import ENVELOPE, Kind, Message, within
+from .journal import JournalFault
 
 if TYPE_CHECKING:
-    from .master import Master
+    from .node import Master
 
 __all__ = ["ApplicationRecord", "ApplicationTable"]
 

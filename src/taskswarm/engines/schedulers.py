@@ -5,7 +5,7 @@
 task systems (which still run here, on the master), the applications and their Futures. What
 changes is where tasks run. Beside the master's loop this scheduler runs a *bridge*: a slave,
 in a thread of the master's process, whose task manager is the engine's
-(``taskswarm.managers.engines``). It connects to the master's own socket like any slave, is
+(``taskswarm.engines.managers``). It connects to the master's own socket like any slave, is
 sized to the engine's worker count, and stops with the master::
 
     master loop --TASKS--> bridge slave (thread) --submit--> engine scheduler --> engine workers
@@ -24,7 +24,7 @@ import re
 import threading
 from typing import Any
 
-from .push import PushScheduler
+from ..scheduling.push import PushScheduler
 
 __all__ = ["EngineScheduler", "DaskScheduler", "RayScheduler"]
 
@@ -51,7 +51,7 @@ class EngineScheduler(PushScheduler):
         self._bridged = self._closed = False
 
     def setup(self, master: Any) -> None:
-        from ..managers.engines import manager_for
+        from .managers import manager_for
 
         super().setup(master)
         self.manager = manager_for(self.manager_name, None, getattr(master, "engine", None))
@@ -81,7 +81,7 @@ class EngineScheduler(PushScheduler):
             self.manager.stop()
 
     def _start_bridge(self) -> None:
-        from ..nodes.slave import Slave
+        from ..slave.node import Slave
 
         master = self.master
         self.bridge = Slave(

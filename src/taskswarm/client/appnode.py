@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
-from .task import Task
+from ..task import Task
 
 __all__ = ["ApplicationNode"]
 
@@ -100,7 +100,7 @@ class ApplicationNode:
 
     def run(self, timeout: float | None = None) -> Any:
         """Connect (or start a local cluster), send the work, wait until all of it is done."""
-        from .local import connect_or_start
+        from ..local import connect_or_start
 
         # `taskswarm run app.py` runs the file's ApplicationNode only if the file did not.
         type(self)._taskswarm_ran = True

@@ -121,7 +121,7 @@ def _default_context() -> Any:  # a forkserver or spawn context: both have Proce
     # threads make a plain fork unsafe), and start far faster than with spawn.
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["taskswarm.managers.worker"])
+        ctx.set_forkserver_preload(["taskswarm.slave.worker"])
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -26,8 +26,8 @@ from typing import Any, ClassVar, TypeVar
 
 import click
 
-from .errors import ConfigurationError
-from .scheduling.records import format_resources
+from ..errors import ConfigurationError
+from ..scheduling.records import format_resources
 
 __all__ = [
     "DEFAULT_BIND",
@@ -103,7 +103,7 @@ def parse_resources(value: str | None) -> dict[str, float] | None:
 
 def check_memory_limit(value: str | None) -> str | None:
     """A memory limit that does not parse is refused before anything starts."""
-    from .managers.containment import parse_memory_limit
+    from ..slave.containment import parse_memory_limit
 
     if value is not None:
         parse_memory_limit(value)

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["Environment", "CONFIG_NAME"]
 
@@ -65,7 +65,7 @@ class Environment:
     @classmethod
     def create(cls, directory: str | Path, template: str, force: bool = False) -> Environment:
         """Make the directory, its settings file from ``template``, its folders and its key."""
-        from .keys import generate_key_file
+        from ..protocol.keys import generate_key_file
 
         env = cls(Path(directory).expanduser().resolve())
         if env.config.exists() and not force:
@@ -87,7 +87,7 @@ class Environment:
         """What a command does first in this environment: log to logs/COMMAND.log (a node's
         command; not a one-off like ``config show``) and load the plugins. Returns the plugin
         files loaded."""
-        from .plugins import load_plugin_files
+        from ..plugins import load_plugin_files
 
         if log:
             self._log_to_file(command)

@@ -20,8 +20,8 @@ from typing import Any
 
 import click
 
+from ..errors import TaskswarmError
 from .config import DEFAULT_BIND, MasterConfig, RunConfig, SlaveConfig, option, options
-from .errors import TaskswarmError
 from .settings import CONFIG_FILE, load_settings_file
 
 log = logging.getLogger("taskswarm")
@@ -185,7 +185,7 @@ def _stop_on_signals(node: Any) -> None:
 @click.option("--curve", is_flag=True, help="Add a CurveZMQ keypair: every node encrypts traffic.")
 def keygen(path: str, force: bool, curve: bool) -> None:
     """Write a new 256-bit cluster key to PATH (mode 0600). Give every node the same file."""
-    from .keys import generate_key_file
+    from ..protocol.keys import generate_key_file
 
     generate_key_file(path, overwrite=force, curve=curve)
     what = "cluster key with a CurveZMQ keypair" if curve else "cluster key"
@@ -200,11 +200,11 @@ def master(**settings: Any) -> None:
     config = MasterConfig(**settings)
     if config.system_log_level is not None:
         _show_system_logging(config.system_log_level)
-    from .dashboard import parse_address
-    from .dashboard.limits import raise_fd_limit
-    from .journal import JournalUnusable
-    from .keys import load_keys
-    from .nodes.master import Master
+    from ..dashboard import parse_address
+    from ..dashboard.limits import raise_fd_limit
+    from ..master.journal import JournalUnusable
+    from ..master.node import Master
+    from ..protocol.keys import load_keys
 
     raise_fd_limit()  # a descriptor per peer: a shell's default 1024 must not cap the cluster
     key = load_keys(_required_key_file(config.key_file))
@@ -234,7 +234,7 @@ def _show_system_logging(level: str) -> None:
     master logs warnings only, and this is how its systems' info lines still reach the run's
     console (the master's stderr is the run's).
     """
-    from .system import RUNNER_THREAD_PREFIX
+    from ..system import RUNNER_THREAD_PREFIX
 
     wanted = logging.getLevelName(level.upper())
     root = logging.getLogger()
@@ -281,8 +281,8 @@ def _tune_gc() -> None:
 @_env_option()
 def slave(**settings: Any) -> None:
     """Run a slave node for the master at MASTER (tcp://HOST:PORT)."""
-    from .keys import load_keys
-    from .nodes.slave import Slave
+    from ..protocol.keys import load_keys
+    from ..slave.node import Slave
 
     config = SlaveConfig(**settings)
     node = Slave.from_config(config, load_keys(_required_key_file(config.key_file)))
@@ -382,7 +382,7 @@ def run(args: tuple[str, ...], **settings: Any) -> None:
             _check_master(config.master_address, config.key_file)
             address, key_file = config.master_address, config.key_file
             sys.exit(_run_app(target, is_module, node, args, address, key_file, config.no_progress))
-        from .local import LocalCluster
+        from ..local import LocalCluster
 
         with LocalCluster(slaves=config.slaves, workers=config.workers) as cluster:
             log.info(
@@ -409,8 +409,8 @@ def _check_master(address: str, key_file: str) -> None:
 def _connect(address: str, key_file: str, timeout: float) -> Any:
     """A connection to the master at ``address``; a host name that does not resolve fails at
     once, naming it, instead of after ``timeout`` seconds of silence."""
-    from .nodes.application import connect
-    from .nodes.transport import unreachable_message, unresolvable
+    from ..client.application import connect
+    from ..protocol.transport import unreachable_message, unresolvable
 
     if unresolvable(address) is not None:
         raise click.ClickException(unreachable_message(address, 0.0))
@@ -426,7 +426,7 @@ def _run_app(
     key_file: str,
     no_progress: bool = False,
 ) -> int:
-    """Run the app against the master at ``address`` (see :mod:`taskswarm.running`)."""
+    """Run the app against the master at ``address`` (see :mod:`taskswarm.ops.running`)."""
     from .running import run_app
 
     os.environ["TASKSWARM_MASTER"], os.environ["TASKSWARM_KEY_FILE"] = address, key_file
@@ -464,7 +464,7 @@ def status(master_address: str, key_file: str, as_json: bool, watch: float | Non
     render_status(info)
     url = info["master"].get("dashboard")
     if url:
-        from .keys import load_keys
+        from ..protocol.keys import load_keys
 
         token = load_keys(key_file).dashboard_token()
         click.echo(f"dashboard: {url}/?token={token} (the token allows actions: keep it private)")

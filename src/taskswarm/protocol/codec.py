@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover - Python built without OpenSSL's HMAC
     _hmac_new = hmac.new  # type: ignore[assignment]
 
 
-from .errors import (
+from ..errors import (
     BadSignature,
     MalformedMessage,
     MessageTooLarge,

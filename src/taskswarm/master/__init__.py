@@ -1,0 +1,1 @@
+"""The master node: its socket-free core, its tables, the journal, and the node around them."""

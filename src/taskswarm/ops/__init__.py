@@ -1,0 +1,1 @@
+"""Operations: the command line, settings records, environments, progress and the status view."""

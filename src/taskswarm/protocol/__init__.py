@@ -1,0 +1,1 @@
+"""The wire: typed messages, their codec (framing, MAC, payload digests) and transport helpers."""

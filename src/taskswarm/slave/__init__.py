@@ -1,0 +1,1 @@
+"""The slave node and its task managers (the process pool and its workers)."""
