@@ -4,7 +4,7 @@ Data flow on the master (one ``SystemRunner`` thread per live system)::
 
     master loop --(results)--> runner.inbox --> unpickle --> task.finished, system.task_finished
          ^                                                                   |
-         +--------- master mailbox <-- ("push", tasks) / ("progress") / ("done", result)
+         +--------- master mailbox <-- Push(tasks) / Progress / Done(result)
 
 The runner thread is the only thread that touches the system object, so its callbacks run
 serially and need no locks; a slow callback stalls only its own system, never the master's
@@ -24,6 +24,7 @@ import cloudpickle
 
 from .api import ITaskSystem
 from .errors import TaskSystemError
+from .master.messages import Done, Progress, Push, RunnerMail
 from .task import ExceptionWithTraceback, Task, format_remote_traceback, load_outcome, task_meta
 
 __all__ = ["TaskSystem", "MasterHandle", "SystemRunner"]
@@ -88,7 +89,7 @@ class SystemRunner:
         system_id: str,
         client_id: str,
         payload: bytes,
-        post: Callable[[tuple[Any, ...]], None],
+        post: Callable[[RunnerMail], None],
         cluster_info: Callable[[], dict[str, int]],
         *,
         durable: bool = False,
@@ -256,7 +257,7 @@ class SystemRunner:
         ):
             snapshot = self._snapshot()
         if records or snapshot is not None:
-            self._post(("push", self.system_id, records, snapshot, self._applied_seq))
+            self._post(Push(self.system_id, records, snapshot, self._applied_seq))
 
     def _snapshot(self) -> bytes | None:
         try:
@@ -283,13 +284,13 @@ class SystemRunner:
             self._last_progress = now
             self._post(self._progress())
 
-    def _progress(self) -> tuple[Any, ...]:
+    def _progress(self) -> Progress:
         """A ``progress`` message: done, total, failed, and the first failure's text the first
         time there is one to tell (the application keeps it; it is not sent again)."""
         first = None
         if self.first_failure is not None and not self._failure_sent:
             first, self._failure_sent = self.first_failure, True
-        return ("progress", self.system_id, self.finished, self.generated, self.failed, first)
+        return Progress(self.system_id, self.finished, self.generated, self.failed, first)
 
     def _finish(self, result: Any, error: Any, tb: str = "") -> None:
         self._post(self._progress())
@@ -303,7 +304,7 @@ class SystemRunner:
             payload = cloudpickle.dumps(
                 (None, TaskSystemError(f"the task system's result could not be pickled: {exc}"))
             )
-        self._post(("done", self.system_id, payload, failed))
+        self._post(Done(self.system_id, payload, failed))
 
 
 def _short(value: Any, limit: int = 80) -> str:

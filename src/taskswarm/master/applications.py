@@ -1,13 +1,10 @@
-"""The master's table of application nodes: what they submit, and their results' way back.
+"""The master's table of application nodes: what they submit, and what becomes of them.
 
-A plain task's outcome is kept here until its application confirms receipt (RESULTS_ACK), and
-sent again after a reconnect, so a result survives a lost message. It is journaled too, so it
-survives a master restart, but not at once: most are confirmed within milliseconds, and writing
-each one down only to delete it moments later was a third of a durable master's work. An outcome
-still unconfirmed after ``JOURNAL_AFTER`` seconds is written; until then the task's own journal
-row stands for it, so a master killed in between runs the task again rather than lose it. An
-outcome of a task that ran for ``JOURNAL_AFTER`` or longer is written at once: running it again
-would cost more than the write. Lives on the master's loop thread, like everything it owns.
+Handlers for what an application says (HELLO, SUBMIT, SYSTEM, CANCEL, TASKS_QUERY, RESULTS_ACK,
+BYE); its plain tasks' outcomes go back through ``ResultRoute`` (``taskswarm.master.results``)
+and are kept until it confirms them. Lives on the master's loop thread, and knows the rest of
+the master only by what it is given: the peers' table, the scheduler, the journal, the task
+systems' table, how to send, cancel on slaves and deliver.
 
 The table is bounded by live work, not by history:
 
@@ -18,7 +15,7 @@ The table is bounded by live work, not by history:
   plain tasks are cancelled too, but their outcome (a TaskError saying why) is kept with its
   other unconfirmed ones, so if it comes back (HELLO with the same client_id) its Futures end;
 - outcomes kept for a gone application expire ``result_ttl`` seconds after they were made, and
-  the oldest go first past the master's ``result_cap`` (``Master._enforce_result_cap``);
+  the oldest go first past the master's ``result_cap`` (``retention.enforce_result_cap``);
 - a gone application's record, once nothing waits for it, is forgotten ``forget_after`` seconds
   after it left (at most ``GONE_KEPT`` of them are kept meanwhile).
 """
@@ -27,25 +24,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskError
-from ..protocol.codec import ENVELOPE, Kind, Message, within
+from ..protocol.codec import Kind, Message
+from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord, TaskState
 from ..task import failure
-from .journal import JournalFault
+from .journal import Journal, JournalFault, NullJournal
+from .messages import Send
+from .outcomes import Outcome, cancelled_by
+from .results import ResultRoute
+from .retention import Retention
 
 if TYPE_CHECKING:
-    from .node import Master
+    from .systems import SystemTable
 
 __all__ = ["ApplicationRecord", "ApplicationTable"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds an outcome may wait for its application's confirmation before it is journaled.
-JOURNAL_AFTER = 0.25
 #: Most records of gone applications with nothing left for them kept (oldest forgotten first):
 #: ``status`` does not show them, they only spare a quick reconnect a new record.
 GONE_KEPT = 100
@@ -90,18 +91,57 @@ class ApplicationRecord:
 
 
 class ApplicationTable:
-    def __init__(self, master: Master) -> None:
-        self.master = master
+    def __init__(
+        self,
+        peers: dict[bytes, Any],
+        scheduler: SchedulerContract,
+        journal: Journal | NullJournal,
+        systems: SystemTable,
+        send: Send,
+        *,
+        reply_later: Callable[[bytes, str, dict], None],
+        cancel_on_slaves: Callable[[list[TaskRecord], bool], None],
+        deliver: Callable[[list[Outcome]], None],
+        dispatch_now: Callable[[], None],
+        rejected: Counter[str],
+        max_message_bytes: int,
+        retention: Retention,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.peers = peers  # shared with the slaves' table: identity -> its record
+        self.scheduler = scheduler
+        self.journal = journal
+        self.systems = systems
+        self.send = send
+        #: Send at the end of this turn of the loop, after the tasks it dispatches.
+        self.reply_later = reply_later
+        #: Tell slaves to stop tasks (``soft``: only those no worker began).
+        self.cancel_on_slaves = cancel_on_slaves
+        #: The master's one way out for outcomes.
+        self.deliver = deliver
+        #: Dispatch now and send what it gave each slave (before a cancellation does).
+        self.dispatch_now = dispatch_now
+        self.rejected = rejected  # refusals counted by reason (the codec's, in status)
+        self.max_message_bytes = max_message_bytes
+        self.retention = retention
+        self.clock = clock
         self.records: dict[str, ApplicationRecord] = {}
-        #: Applications with something in their outbox (``flush`` looks at these only).
-        self._waiting: dict[str, ApplicationRecord] = {}
-        #: Outcomes not journaled yet, oldest first: (when, client, task_id).
-        self._unjournaled: deque[tuple[float, ApplicationRecord, str]] = deque()
+        self.results = ResultRoute(self._record_for, journal, send, max_message_bytes, clock)
+
+    def _record_for(self, client_id: str) -> ApplicationRecord | None:
+        """Where a plain task's outcome goes: None once its application said BYE."""
+        client = self.records.get(client_id)
+        if client is None:  # restored from the journal: it may come back for it
+            client = self._record(client_id)
+            client.gone_at = self.clock()
+        elif client.said_bye:
+            return None  # no one can receive this any more
+        return client
 
     def restore(self, undelivered: dict[str, list[tuple[str, bool, bytes, float]]]) -> None:
         """Results journaled but never confirmed: they wait for their application's HELLO
         (until they expire, counted from when they were made)."""
-        now = time.monotonic()
+        now = self.clock()
         for client_id, outcomes in undelivered.items():
             client = self._record(client_id)
             client.gone_at = now
@@ -117,11 +157,11 @@ class ApplicationTable:
 
     def known(self, identity: bytes) -> ApplicationRecord | None:
         """The application behind ``identity``; unknown ones are asked to say HELLO again."""
-        peer = self.master.peers.get(identity)
+        peer = self.peers.get(identity)
         if isinstance(peer, ApplicationRecord):
-            peer.last_seen = time.monotonic()
+            peer.last_seen = self.clock()
             return peer
-        self.master.send(identity, Kind.REREGISTER)
+        self.send(identity, Kind.REREGISTER)
         return None
 
     # -- handlers ----------------------------------------------------------------------------------
@@ -132,20 +172,20 @@ class ApplicationTable:
             log.info("application %s connected", client_id)
         client = self._record(client_id)
         if client.identity not in (identity, None):
-            self.master.peers.pop(client.identity, None)
+            self.peers.pop(client.identity, None)
         client.identity = identity
         client.connected = True
         client.gone_at = None
         client.said_bye = False
-        client.last_seen = time.monotonic()
+        client.last_seen = self.clock()
         client.host, client.pid = str(msg.get("host", "")), msg.get("pid")
-        self.master.peers[identity] = client
+        self.peers[identity] = client
         # Whatever it has not confirmed may have been lost on the way: send it again.
         client.outbox = [(t, ok, data) for t, (ok, data, _) in client.unconfirmed.items()]
         if client.outbox:
-            self._waiting[client_id] = client
-        welcome = {"node_id": client_id, "max_bytes": self.master.codec.max_bytes}
-        self.master.send(identity, Kind.WELCOME, welcome)
+            self.results.waiting(client)
+        welcome = {"node_id": client_id, "max_bytes": self.max_message_bytes}
+        self.send(identity, Kind.WELCOME, welcome)
 
     def on_submit(self, identity: bytes, msg: Message) -> None:
         client = self.known(identity)
@@ -158,38 +198,38 @@ class ApplicationTable:
             ]
         except (TypeError, ValueError, OverflowError) as exc:
             # Refused whole, with the reason: its Futures fail with it instead of waiting.
-            self.master.codec.rejected["bad-fields"] += 1
+            self.rejected["bad-fields"] += 1
             reason = f"a task in the batch is ill-formed: {exc}"
-            self.master.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": reason})
+            self.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": reason})
             return
         # A batch sent again after a reconnect: keep only what the master does not know yet.
-        known = self.master.scheduler.tasks
+        known = self.scheduler.tasks
         fresh = [t for t in tasks if t.task_id not in known and t.task_id not in client.unconfirmed]
         if fresh and not self.accepting(identity, msg.get("rid")):
             return
         try:
-            self.master.journal.add_tasks([t.journal_row() for t in fresh], strict=True)
+            self.journal.add_tasks([t.journal_row() for t in fresh], strict=True)
         except JournalFault as exc:
             self.refuse(identity, msg.get("rid"), str(exc))
             return
         client.submitted += len(fresh)
-        self.master.scheduler.push_tasks(fresh)
+        self.scheduler.push_tasks(fresh)
         # Answered once this turn's tasks are on their way: the ACK is not on their path.
-        self.master.reply_later(identity, Kind.ACK, {"rid": msg.get("rid"), "n": len(tasks)})
+        self.reply_later(identity, Kind.ACK, {"rid": msg.get("rid"), "n": len(tasks)})
 
     def accepting(self, identity: bytes, rid: Any) -> bool:
         """Whether the master can take new work now; if not, the sender is told why. Work is
         acknowledged only once it is saved, so while the journal cannot be written (a full or
         read-only disk, a vanished state directory) it is refused with the reason instead."""
-        fault = self.master.journal.fault
+        fault = self.journal.fault
         if fault is None:
             return True
         self.refuse(identity, rid, fault)
         return False
 
     def refuse(self, identity: bytes, rid: Any, reason: str) -> None:
-        self.master.codec.rejected["not-saved"] += 1
-        self.master.send(identity, Kind.REJECT, {"rid": rid, "reason": reason})
+        self.rejected["not-saved"] += 1
+        self.send(identity, Kind.REJECT, {"rid": rid, "reason": reason})
 
     def on_results_ack(self, identity: bytes, msg: Message) -> None:
         client = self.known(identity)
@@ -199,7 +239,7 @@ class ApplicationTable:
         # Task systems' results it received (``systems``, newer applications): forgotten now.
         systems = msg.get("systems")
         if systems:
-            self.master.systems.collected([str(s) for s in systems], client.client_id)
+            self.systems.collected([str(s) for s in systems], client.client_id)
 
     def on_tasks_query(self, identity: bytes, msg: Message) -> None:
         """An application back after a reconnect names the plain tasks it still waits for:
@@ -208,7 +248,7 @@ class ApplicationTable:
         client = self.known(identity)
         if client is None:
             return
-        known = self.master.scheduler.tasks
+        known = self.scheduler.tasks
         lost = [
             task_id
             for task_id in map(str, msg["tasks"])
@@ -224,20 +264,20 @@ class ApplicationTable:
         error = TaskError(
             "the master no longer holds this task: it restarted without its state directory "
             "(--state-dir), or the task's result expired uncollected while this application "
-            f"was away (--result-ttl {self.master.result_ttl:g}s, --result-cap-mib); "
+            f"was away (--result-ttl {self.retention.result_ttl:g}s, --result-cap-mib); "
             "submit it again",
             "TaskError",
         )
         outcome = failure(error)  # one, shared
         client.outbox.extend((task_id, False, outcome) for task_id in lost)
-        self._waiting[client.client_id] = client
+        self.results.waiting(client)
 
     def on_cancel(self, identity: bytes, msg: Message) -> None:
         client = self.known(identity)
         if client is None:
             return
         if msg.get("system_id") is not None:
-            self.master.systems.cancel(str(msg["system_id"]))
+            self.systems.cancel(str(msg["system_id"]))
             return
         task_ids = [str(t) for t in msg["tasks"]]
         rid = msg.get("rid")
@@ -247,27 +287,26 @@ class ApplicationTable:
             # Tasks that came in this same turn go to idle workers first, as they would have
             # had the turn ended before this message (they came first); sent now, so that
             # they reach their slaves before the cancellation does.
-            self.master._dispatch()
-            self.master._send_task_batches()
+            self.dispatch_now()
             task_ids = self._take_back_unstarted(task_ids)
-        cancelled = [t for t in map(self.master.scheduler.cancel, task_ids) if t is not None]
+        cancelled = [t for t in map(self.scheduler.cancel, task_ids) if t is not None]
         client.cancelled += len(cancelled)
-        self.master.journal.forget_tasks([t.task_id for t in cancelled])
-        self.master.cancel_on_slaves(cancelled, soft=bool(msg.get("soft")))
+        self.journal.forget_tasks([t.task_id for t in cancelled])
+        self.cancel_on_slaves(cancelled, bool(msg.get("soft")))
         # Any application may cancel any task (each holds the cluster key: docs/security.md);
         # the owner of one it did not send is told, so its Future or system does not wait.
         others = [t for t in cancelled if t.client_id != client.client_id or t.system_id]
         if others:
-            self.master.tell_cancelled(others, f"by application {client.client_id}")
+            self.deliver(cancelled_by(others, f"by application {client.client_id}"))
         if rid is not None:
             header = {"rid": rid, "n": len(cancelled), "tasks": [t.task_id for t in cancelled]}
-            self.master.send(identity, Kind.ACK, header)
+            self.send(identity, Kind.ACK, header)
 
     def _take_back_unstarted(self, task_ids: list[str]) -> list[str]:
         """Of these tasks, those still queued here (returned, to cancel now); those on a slave
         that no worker began are asked back from it, their outcome to come (``cancelled``, or
         a result if a worker began one meanwhile). Started ones run on."""
-        tasks = self.master.scheduler.tasks
+        tasks = self.scheduler.tasks
         queued, asked = [], []
         for task_id in task_ids:
             task = tasks.get(task_id)
@@ -278,7 +317,7 @@ class ApplicationTable:
             elif task.state == TaskState.ASSIGNED:
                 task.cancelling = True
                 asked.append(task)
-        self.master.cancel_on_slaves(asked, soft=True)
+        self.cancel_on_slaves(asked, True)
         return queued
 
     def on_system(self, identity: bytes, msg: Message) -> None:
@@ -286,101 +325,28 @@ class ApplicationTable:
         if client is None:
             return
         system_id = str(msg["system_id"])
-        if system_id not in self.master.systems.records and not self.accepting(
-            identity, msg.get("rid")
-        ):
+        if system_id not in self.systems.records and not self.accepting(identity, msg.get("rid")):
             return
         try:
-            started = self.master.systems.start(
-                system_id, client.client_id, msg.payloads[0], identity
-            )
+            started = self.systems.start(system_id, client.client_id, msg.payloads[0], identity)
         except JournalFault as exc:
             self.refuse(identity, msg.get("rid"), str(exc))
             return
         if started:
-            self.master.send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": 1})
+            self.send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": 1})
         else:
             reason = f"task system {system_id} already exists"
-            self.master.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": reason})
-
-    # -- results on their way back ---------------------------------------------------------------
-
-    def route(self, outcomes: list[tuple[TaskRecord, bool, bytes]]) -> None:
-        """Queue plain tasks' outcomes for their applications (journaled later, if need be)."""
-        if not outcomes:
-            return
-        now = time.monotonic()
-        durable = self.master.journal.durable
-        long_ran = []
-        made = time.time()
-        for task, ok, data in outcomes:
-            client = self.records.get(task.client_id)
-            if client is None:  # restored from the journal: it may come back for it
-                client = self._record(task.client_id)
-                client.gone_at = time.monotonic()
-            elif client.said_bye:
-                continue  # no one can receive this any more
-            if ok:
-                client.done += 1
-            elif data:
-                client.failed += 1
-            else:
-                client.cancelled += 1  # taken back from its slave unrun (no outcome)
-            if client.identity is not None:
-                client.outbox.append((task.task_id, ok, data))
-                self._waiting[task.client_id] = client
-            client.unconfirmed[task.task_id] = (ok, data, made)
-            client.held += len(data)
-            if not durable:
-                continue
-            if now - task.assigned_at >= JOURNAL_AFTER:
-                long_ran.append((task.task_id, ok, data, made))
-            else:
-                self._unjournaled.append((now, client, task.task_id))
-        if long_ran:
-            self.master.journal.plain_outcomes(long_ran)
-
-    def journal_unconfirmed(self, everything: bool = False) -> None:
-        """Write down the outcomes still unconfirmed after ``JOURNAL_AFTER`` (or all of them)."""
-        due = time.monotonic() - JOURNAL_AFTER
-        rows = []
-        while self._unjournaled and (everything or self._unjournaled[0][0] <= due):
-            _, client, task_id = self._unjournaled.popleft()
-            outcome = client.unconfirmed.get(task_id)
-            if outcome is not None:
-                rows.append((task_id, *outcome))
-        if rows:
-            self.master.journal.plain_outcomes(rows)
-
-    def flush(self) -> None:
-        """One RESULTS message per application with everything queued for it."""
-        if not self._waiting:
-            return
-        waiting, self._waiting = self._waiting, {}
-        for client in waiting.values():
-            if not client.outbox or client.identity is None:
-                continue
-            outbox, limit = client.outbox, self.master.max_message_bytes - ENVELOPE
-            sent = 0  # big results may add up past what one message may hold: split them
-            for part in within([len(data) for _, _, data in outbox], limit):
-                header = {"results": [[t, ok] for t, ok, _ in outbox[part]]}
-                payloads = [data for _, _, data in outbox[part]]
-                if not self.master.send(client.identity, Kind.RESULTS, header, payloads):
-                    break
-                sent = part.stop
-            client.outbox = outbox[sent:]
-            if client.outbox:
-                self._waiting[client.client_id] = client  # again next turn
+            self.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": reason})
 
     # -- applications that leave ---------------------------------------------------------------
 
     def on_bye(self, client: ApplicationRecord) -> None:
         """It closed its connection: nothing can reach it any more (its task systems live on)."""
         if client.identity is not None:
-            self.master.peers.pop(client.identity, None)
+            self.peers.pop(client.identity, None)
         client.connected = False
         client.said_bye = True
-        client.gone_at = time.monotonic()
+        client.gone_at = self.clock()
         client.identity = None
         client.outbox = []
         self.drop_unconfirmed(client, list(client.unconfirmed))
@@ -395,17 +361,17 @@ class ApplicationTable:
             "tasks are cancelled, its task systems go on",
             client.client_id,
             silent,
-            self.master.client_timeout,
+            self.retention.client_timeout,
         )
         if client.identity is not None:
-            self.master.peers.pop(client.identity, None)
+            self.peers.pop(client.identity, None)
         client.connected = False
-        client.gone_at = time.monotonic()
+        client.gone_at = self.clock()
         client.identity = None
         client.outbox = []
         error = TaskError(
             f"task cancelled: its application {client.client_id} was silent for {silent:.1f}s "
-            f"(the master's --client-timeout is {self.master.client_timeout:g}s)",
+            f"(the master's --client-timeout is {self.retention.client_timeout:g}s)",
             "TaskError",
         )
         self._cancel_tasks_of(client, failure(error))
@@ -415,7 +381,7 @@ class ApplicationTable:
         is kept as each one's (one shared bytes object, not journaled)."""
         if client.submitted <= client.done + client.failed + client.cancelled:
             return  # nothing of its own in flight: no need to look through the live tasks
-        scheduler = self.master.scheduler
+        scheduler = self.scheduler
         mine = [
             t.task_id
             for t in scheduler.tasks.values()
@@ -423,8 +389,8 @@ class ApplicationTable:
         ]
         cancelled = [t for t in map(scheduler.cancel, mine) if t is not None]
         client.cancelled += len(cancelled)
-        self.master.journal.forget_tasks(mine)
-        self.master.cancel_on_slaves(cancelled)
+        self.journal.forget_tasks(mine)
+        self.cancel_on_slaves(cancelled, False)
         if outcome is not None:
             made = time.time()
             for task in cancelled:
@@ -440,19 +406,18 @@ class ApplicationTable:
             if outcome is not None:
                 client.held -= len(outcome[1])
         if task_ids:
-            self.master.journal.forget_tasks(task_ids)
+            self.journal.forget_tasks(task_ids)
 
     def sweep(self, expire_before: float) -> None:
         """Once a heartbeat: lose silent applications, expire outcomes made before
         ``expire_before`` (wall clock), forget gone applications nothing waits for."""
-        master = self.master
-        now = time.monotonic()
-        forget_before = now - master.forget_after
+        now = self.clock()
+        forget_before = now - self.retention.forget_after
         idle: list[ApplicationRecord] = []
         for client in list(self.records.values()):
             if client.connected:
                 silent = now - client.last_seen
-                if silent > master.client_timeout:
+                if silent > self.retention.client_timeout:
                     self._lose(client, silent)
                 else:
                     continue
@@ -466,7 +431,7 @@ class ApplicationTable:
                     "%d results of application %s expired uncollected (--result-ttl %gs)",
                     len(expired),
                     client.client_id,
-                    master.result_ttl,
+                    self.retention.result_ttl,
                 )
                 self.drop_unconfirmed(client, expired)
             if not client.unconfirmed:
@@ -496,8 +461,3 @@ class ApplicationTable:
     def summaries(self) -> list[dict[str, Any]]:
         """Connected applications, and gone ones whose results still wait for them."""
         return [c.summary() for c in self.records.values() if c.connected or c.unconfirmed]
-
-    def send(self, client_id: str, kind: str, header: dict) -> None:
-        client = self.records.get(client_id)
-        if client is not None and client.identity is not None:
-            self.master.send(client.identity, kind, header)

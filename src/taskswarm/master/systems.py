@@ -2,8 +2,9 @@
 
 Each live system has a ``SystemRunner`` thread (``taskswarm.system``); this table lives on the
 master's loop thread and is the only place that creates, journals and retires them. Runners talk
-back through the master's mailbox: ``push`` (tasks, with a snapshot when durable), ``progress``
-and ``done``.
+back through the master's mailbox: ``Push`` (tasks, with a snapshot when durable), ``Progress``
+and ``Done`` (``taskswarm.master.messages``). The table knows the rest of the master only by what
+it is given: the scheduler, the journal, how to post to the loop, send and cancel on slaves.
 
 A completed system's outcome is kept (in memory and in the journal) until it is *collected*: an
 application that received it in SYSTEM_DONE confirms with ``RESULTS_ACK {"systems": [id]}``,
@@ -19,20 +20,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cloudpickle
 
 from ..errors import TaskSystemError
 from ..protocol.codec import Kind
+from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord
 from ..system import SystemRunner
 from ..task import ExceptionWithTraceback
-from .journal import RestoredSystem
-
-if TYPE_CHECKING:
-    from .node import Master
+from .journal import Journal, NullJournal, RestoredSystem
+from .messages import Done, Progress, Push, RunnerMail, Send
+from .retention import Retention
 
 __all__ = ["SystemRecord", "SystemTable"]
 
@@ -87,9 +89,33 @@ class SystemRecord:
         }
 
 
+def _no_runners(item: RunnerMail) -> None:
+    raise RuntimeError("this master core runs no task systems: it was given nowhere to post")
+
+
 class SystemTable:
-    def __init__(self, master: Master) -> None:
-        self.master = master
+    def __init__(
+        self,
+        scheduler: SchedulerContract,
+        journal: Journal | NullJournal,
+        send: Send,
+        *,
+        tell_application: Callable[[str, str, dict], None],
+        cancel_on_slaves: Callable[[list[TaskRecord], bool], None],
+        cluster_info: Callable[[], dict[str, int]],
+        post: Callable[[RunnerMail], None] = _no_runners,
+        retention: Retention,
+    ) -> None:
+        self.scheduler = scheduler
+        self.journal = journal
+        self.send = send
+        #: Send to an application by its id (if it is connected).
+        self.tell_application = tell_application
+        self.cancel_on_slaves = cancel_on_slaves
+        self.cluster_info = cluster_info
+        #: How a runner thread reaches the loop (the node's mailbox).
+        self.post = post
+        self.retention = retention
         self.records: dict[str, SystemRecord] = {}
         #: system_id -> (why, wall-clock time): "collected", "expired" or "capped"; newest last
         self.forgotten: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -103,7 +129,7 @@ class SystemTable:
         if system_id in self.records:
             # Sent again by its own application after a reconnect: it is here already.
             return self.records[system_id].client_id == client_id
-        self.master.journal.add_system(system_id, client_id, payload, strict=True)
+        self.journal.add_system(system_id, client_id, payload, strict=True)
         self._run(SystemRecord(system_id, client_id, None), payload, None, [])
         self.records[system_id].waiters.add(waiter)
         log.info("task system %s started for application %s", system_id, client_id)
@@ -134,14 +160,14 @@ class SystemTable:
             record.system_id,
             record.client_id,
             payload,
-            self.master.mailbox.post,
-            self.master.cluster_info,
-            durable=self.master.journal.durable,
+            self.post,
+            self.cluster_info,
+            durable=self.journal.durable,
             restored=bool(is_snapshot),
             replay=replay,
         )
         self.records[record.system_id] = record
-        self.master.scheduler.start_system(record.system_id)
+        self.scheduler.start_system(record.system_id)
         record.runner.start()
 
     # -- feeding ---------------------------------------------------------------------------------
@@ -152,42 +178,39 @@ class SystemTable:
             record = self.records.get(system_id)
             if record is None or record.runner is None:
                 continue
-            last = self.master.journal.system_results(system_id, results)
+            last = self.journal.system_results(system_id, results)
             first = last - len(results) + 1
             record.runner.inbox.put(
                 [(first + i, task_id, ok, data) for i, (task_id, ok, data) in enumerate(results)]
             )
 
-    def on_runner_message(self, item: tuple) -> None:
-        kind, system_id, *rest = item
-        record = self.records.get(system_id)
+    def on_runner_message(self, item: RunnerMail) -> None:
+        record = self.records.get(item.system_id)
         if record is None or record.finished:
             return
-        if kind == "push":
-            self._push(record, *rest)
-        elif kind == "progress":
-            record.done, record.total, failed, first_failure = rest
-            header = {"system_id": system_id, "done": record.done, "total": record.total}
-            header["failed"] = failed
-            if first_failure is not None:
-                header["first_failure"] = first_failure  # once: the application keeps it
-            self.master.applications.send(record.client_id, Kind.SYSTEM_PROGRESS, header)
-        elif kind == "done":
-            self.complete(record, *rest)
+        if isinstance(item, Push):
+            self._push(record, item)
+        elif isinstance(item, Progress):
+            record.done, record.total = item.done, item.total
+            header = {"system_id": item.system_id, "done": item.done, "total": item.total}
+            header["failed"] = item.failed
+            if item.first_failure is not None:
+                header["first_failure"] = item.first_failure  # once: the application keeps it
+            self.tell_application(record.client_id, Kind.SYSTEM_PROGRESS, header)
+        elif isinstance(item, Done):
+            self.complete(record, item.outcome, item.failed)
 
-    def _push(
-        self, record: SystemRecord, tasks: list, snapshot: bytes | None, applied_seq: int
-    ) -> None:
+    def _push(self, record: SystemRecord, push: Push) -> None:
         records = [
             TaskRecord.from_meta(meta, payload, record.client_id, record.system_id)
-            for meta, payload in tasks
+            for meta, payload in push.tasks
         ]
         rows = [task.journal_row() for task in records]
-        if snapshot is not None:
-            self.master.journal.snapshot(record.system_id, snapshot, applied_seq, rows)
+        if push.snapshot is not None:
+            self.journal.snapshot(record.system_id, push.snapshot, push.applied_seq, rows)
         elif rows:
-            self.master.journal.add_tasks(rows)
-        self.master.scheduler.push_tasks(records)
+            self.journal.add_tasks(rows)
+        self.scheduler.push_tasks(records)
 
     # -- ending ----------------------------------------------------------------------------------
 
@@ -198,9 +221,9 @@ class SystemTable:
         record.ended, record.finished_at = time.monotonic(), time.time()
         self.held += len(outcome)
         self.finished_since_gc += 1
-        self.master.journal.system_done(record.system_id, outcome, failed, record.finished_at)
-        leftovers = self.master.scheduler.drop_system(record.system_id)
-        self.master.cancel_on_slaves(leftovers)
+        self.journal.system_done(record.system_id, outcome, failed, record.finished_at)
+        leftovers = self.scheduler.drop_system(record.system_id)
+        self.cancel_on_slaves(leftovers, False)
         elapsed = time.monotonic() - record.started
         log.info(
             "task system %s %s in %.2fs (%d tasks, %d leftovers cancelled)",
@@ -231,7 +254,7 @@ class SystemTable:
             reason = self.why_unknown(system_id)
             if reason:
                 header["reason"] = reason
-            self.master.send(identity, Kind.SYSTEM_DONE, header)
+            self.send(identity, Kind.SYSTEM_DONE, header)
         elif record.outcome is not None:
             self.send_outcome(identity, record)
         else:
@@ -248,7 +271,7 @@ class SystemTable:
             )
         if why == "expired":
             return (
-                f"its result expired uncollected at {at}, {self.master.result_ttl:g}s after the "
+                f"its result expired uncollected at {at}, {self.retention.result_ttl:g}s after the "
                 "system completed (the master's --result-ttl)"
             )
         if why == "capped":
@@ -271,7 +294,7 @@ class SystemTable:
             record.collected_at = time.monotonic()
             gone.append(system_id)
             log.debug("task system %s collected by application %s", system_id, client_id)
-        self.master.journal.forget_systems(gone)
+        self.journal.forget_systems(gone)
 
     def _let_go(self, record: SystemRecord, why: str) -> None:
         if record.outcome is not None:
@@ -287,12 +310,12 @@ class SystemTable:
         """Let an uncollected outcome go (expired, or over the cap): the record goes too."""
         self._let_go(record, why)
         del self.records[record.system_id]
-        self.master.journal.forget_systems([record.system_id])
+        self.journal.forget_systems([record.system_id])
 
     def sweep(self, expire_before: float) -> None:
         """Once a heartbeat: expire outcomes of systems completed before ``expire_before``
         (wall clock), forget collected systems' records after ``forget_after``."""
-        forget_before = time.monotonic() - self.master.forget_after
+        forget_before = time.monotonic() - self.retention.forget_after
         kept: list[SystemRecord] = []
         for record in list(self.records.values()):
             if record.collected_at is not None:
@@ -304,7 +327,7 @@ class SystemTable:
                 log.info(
                     "task system %s: its result expired uncollected (--result-ttl %gs)",
                     record.system_id,
-                    self.master.result_ttl,
+                    self.retention.result_ttl,
                 )
                 self.drop(record, "expired")
         if len(kept) > COLLECTED_KEPT:
@@ -321,7 +344,7 @@ class SystemTable:
         ]
 
     def send_outcome(self, identity: bytes, record: SystemRecord) -> None:
-        self.master.send(
+        self.send(
             identity,
             Kind.SYSTEM_DONE,
             {"system_id": record.system_id, "failed": record.failed},

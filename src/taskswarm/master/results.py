@@ -1,0 +1,123 @@
+"""Plain tasks' outcomes on their way back to their applications.
+
+A plain task's outcome is kept until its application confirms receipt (RESULTS_ACK), and sent
+again after a reconnect, so a result survives a lost message. It is journaled too, so it
+survives a master restart, but not at once: most are confirmed within milliseconds, and writing
+each one down only to delete it moments later was a third of a durable master's work. An outcome
+still unconfirmed after ``JOURNAL_AFTER`` seconds is written; until then the task's own journal
+row stands for it, so a master killed in between runs the task again rather than lose it. An
+outcome of a task that ran for ``JOURNAL_AFTER`` or longer is written at once: running it again
+would cost more than the write. Each turn, every application with outcomes waiting gets them in
+one RESULTS message (split to fit the size limit).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..protocol.codec import ENVELOPE, Kind, within
+from .journal import Journal, NullJournal
+from .messages import Send
+from .outcomes import Outcome
+
+if TYPE_CHECKING:
+    from .applications import ApplicationRecord
+
+__all__ = ["JOURNAL_AFTER", "ResultRoute"]
+
+#: Seconds an outcome may wait for its application's confirmation before it is journaled.
+JOURNAL_AFTER = 0.25
+
+
+class ResultRoute:
+    """Outcomes queued per application, sent each turn, journaled if they wait."""
+
+    def __init__(
+        self,
+        record_for: Callable[[str], ApplicationRecord | None],
+        journal: Journal | NullJournal,
+        send: Send,
+        max_message_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        #: The record of an application by id, made (as gone) if need be; None if it said BYE.
+        self._record_for = record_for
+        self.journal = journal
+        self.send = send
+        self.max_message_bytes = max_message_bytes
+        self.clock = clock
+        #: Applications with something in their outbox (``flush`` looks at these only).
+        self._waiting: dict[str, ApplicationRecord] = {}
+        #: Outcomes not journaled yet, oldest first: (when, client, task_id).
+        self._unjournaled: deque[tuple[float, ApplicationRecord, str]] = deque()
+
+    def waiting(self, client: ApplicationRecord) -> None:
+        """Its outbox has something: send it this turn."""
+        self._waiting[client.client_id] = client
+
+    def route(self, outcomes: list[Outcome]) -> None:
+        """Queue plain tasks' outcomes for their applications (journaled later, if need be)."""
+        if not outcomes:
+            return
+        now = time.monotonic()
+        durable = self.journal.durable
+        long_ran = []
+        made = time.time()
+        for task, ok, data in outcomes:
+            client = self._record_for(task.client_id)
+            if client is None:
+                continue  # it said BYE: no one can receive this any more
+            if ok:
+                client.done += 1
+            elif data:
+                client.failed += 1
+            else:
+                client.cancelled += 1  # taken back from its slave unrun (no outcome)
+            if client.identity is not None:
+                client.outbox.append((task.task_id, ok, data))
+                self._waiting[task.client_id] = client
+            client.unconfirmed[task.task_id] = (ok, data, made)
+            client.held += len(data)
+            if not durable:
+                continue
+            if now - task.assigned_at >= JOURNAL_AFTER:
+                long_ran.append((task.task_id, ok, data, made))
+            else:
+                self._unjournaled.append((now, client, task.task_id))
+        if long_ran:
+            self.journal.plain_outcomes(long_ran)
+
+    def journal_unconfirmed(self, everything: bool = False) -> None:
+        """Write down the outcomes still unconfirmed after ``JOURNAL_AFTER`` (or all of them)."""
+        due = time.monotonic() - JOURNAL_AFTER
+        rows = []
+        while self._unjournaled and (everything or self._unjournaled[0][0] <= due):
+            _, client, task_id = self._unjournaled.popleft()
+            outcome = client.unconfirmed.get(task_id)
+            if outcome is not None:
+                rows.append((task_id, *outcome))
+        if rows:
+            self.journal.plain_outcomes(rows)
+
+    def flush(self) -> None:
+        """One RESULTS message per application with everything queued for it."""
+        if not self._waiting:
+            return
+        waiting, self._waiting = self._waiting, {}
+        for client in waiting.values():
+            if not client.outbox or client.identity is None:
+                continue
+            outbox, limit = client.outbox, self.max_message_bytes - ENVELOPE
+            sent = 0  # big results may add up past what one message may hold: split them
+            for part in within([len(data) for _, _, data in outbox], limit):
+                header = {"results": [[t, ok] for t, ok, _ in outbox[part]]}
+                payloads = [data for _, _, data in outbox[part]]
+                if not self.send(client.identity, Kind.RESULTS, header, payloads):
+                    break
+                sent = part.stop
+            client.outbox = outbox[sent:]
+            if client.outbox:
+                self._waiting[client.client_id] = client  # again next turn

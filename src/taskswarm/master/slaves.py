@@ -1,0 +1,263 @@
+"""The master's table of slaves: who is there, what each can take, and who has gone.
+
+A slave REGISTERs (again each heartbeat until welcomed), beats, gives back tasks it was asked
+to (RELEASED), drains before it stops, and says BYE. One silent past ``slave_timeout`` (scaled by
+its own heartbeat when it beats slower than the master) is lost: the scheduler puts what it was
+assigned back in the queue, so nothing is lost with it. Departed slaves stay in ``status`` for
+``forget_after`` seconds, at most ``DEPARTED_KEPT`` of them. Lives on the master's loop thread,
+and knows the rest of the master only by what it is given: the peers' table, the scheduler, how
+to send, the measures and the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol.codec import ENVELOPE, Kind, Message, within
+from ..scheduling.contracts import SchedulerContract
+from ..scheduling.records import NodeState, SlaveRecord, format_resources, parse_resources
+from ..stats import Stats
+from .messages import Send
+
+__all__ = ["DEPARTED_KEPT", "SlaveTable"]
+
+log = logging.getLogger(__name__)
+
+#: Most departed slaves ``status`` shows (oldest forgotten first).
+DEPARTED_KEPT = 1000
+
+
+class SlaveTable:
+    def __init__(
+        self,
+        peers: dict[bytes, Any],
+        scheduler: SchedulerContract,
+        send: Send,
+        stats: Stats,
+        *,
+        heartbeat_interval: float,
+        slave_timeout: float,
+        max_message_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.peers = peers  # shared with the application table: identity -> its record
+        self.scheduler = scheduler
+        self.send = send
+        self.stats = stats
+        self.heartbeat_interval = heartbeat_interval
+        self.slave_timeout = slave_timeout
+        self.max_message_bytes = max_message_bytes
+        self.clock = clock
+        self.departed: dict[str, dict] = {}  # lost or gone slaves, for status; oldest first
+        self._departed_at: dict[str, float] = {}  # ... and when (the clock's time)
+
+    def known(self, identity: bytes) -> SlaveRecord | None:
+        peer = self.peers.get(identity)
+        return peer if isinstance(peer, SlaveRecord) else None
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    def on_register(self, identity: bytes, msg: Message) -> None:
+        old = self.known(identity)
+        if old is not None:
+            # Usual at start (a slave repeats REGISTER each heartbeat until welcomed), and what
+            # it still holds is assigned back to it just below: worth no warning.
+            self.lose(old, "re-registered", level=logging.INFO)
+        slave = SlaveRecord(
+            slave_id=str(msg["node_id"]),
+            identity=identity,
+            host=str(msg.get("host", "?")),
+            pid=int(msg.get("pid", 0)),
+            workers=int(msg.get("workers", 0)),
+            credit=int(msg.get("credit", 0)),
+            want=int(msg.get("want", 0)),
+            pace=float(msg.get("pace", 0.0)),
+            heartbeat=_positive(msg.get("heartbeat")),
+        )
+        slave.last_seen = self.clock()
+        try:
+            slave.resources = parse_resources(msg.get("resources"))
+        except ValueError as exc:
+            log.warning("slave %s declared bad resources (%s); it offers none", slave.slave_id, exc)
+        self.departed.pop(slave.slave_id, None)
+        self._departed_at.pop(slave.slave_id, None)
+        self.peers[identity] = slave
+        self.scheduler.add_slave(slave)
+        self.scheduler.assign_held(slave, [str(t) for t in msg.get("held", [])])
+        # The slave learns how often to expect word from the master, so a long heartbeat
+        # (a big cluster's) is not taken for a lost master.
+        welcome = {
+            "node_id": slave.slave_id,
+            "heartbeat": self.heartbeat_interval,
+            "max_bytes": self.max_message_bytes,
+        }
+        self.send(identity, Kind.WELCOME, welcome)
+        log.info(
+            "slave %s registered from %s with %d workers%s",
+            slave.slave_id,
+            slave.host,
+            slave.workers,
+            f" and resources {format_resources(slave.resources)}" if slave.resources else "",
+        )
+
+    def refresh(self, slave: SlaveRecord, msg: Message) -> None:
+        """What a slave's heartbeat says of it."""
+        if slave.state in (NodeState.PENDING, NodeState.INACTIVE):
+            if slave.state == NodeState.INACTIVE:
+                log.info("slave %s is back", slave.slave_id)
+            slave.state = NodeState.ACTIVE
+        workers = msg.get("workers")
+        if workers is not None and int(workers) != slave.workers:
+            slave.workers = int(workers)
+            log.info("slave %s now has %d workers", slave.slave_id, slave.workers)
+        slave.credit += int(msg.get("credit", 0))
+        slave.want = int(msg.get("want", slave.want))
+        slave.pace = float(msg.get("pace", slave.pace))
+        slave.rejected = int(msg.get("rejected", slave.rejected))
+        if msg.get("stats") is not None:
+            slave.stats = _measures(msg["stats"], slave.slave_id)
+        if msg.get("held") is not None:
+            # Tasks sent two heartbeats ago have arrived unless their message was lost.
+            sent_before = time.monotonic() - 2 * self.heartbeat_interval
+            held = {str(t) for t in msg["held"]}
+            for task in self.scheduler.reclaim_missing(slave, held, sent_before):
+                log.warning("slave %s never got task %s; requeued", slave.slave_id, task.task_id)
+        self.scheduler.refresh(slave)
+
+    def on_drain(self, identity: bytes, msg: Message) -> None:
+        slave = self.known(identity)
+        if slave is not None:
+            slave.state = NodeState.DRAINING
+            self.scheduler.refresh(slave)
+            log.info("slave %s is draining", slave.slave_id)
+
+    def on_released(self, identity: bytes, msg: Message) -> None:
+        """A slave gave back tasks it had not started (for idle slaves): queue them again."""
+        slave = self.known(identity)
+        if slave is None:
+            return  # it was lost meanwhile: its tasks went back to the queue then
+        slave.last_seen = self.clock()
+        slave.credit += int(msg.get("credit", 0))
+        slave.want = int(msg.get("want", slave.want))
+        back = self.scheduler.released(slave, [str(t) for t in msg.get("tasks", [])])
+        if back:
+            log.debug("slave %s gave back %d tasks for idle slaves", slave.slave_id, len(back))
+
+    # -- each heartbeat ------------------------------------------------------------------------
+
+    def check(self, now: float) -> None:
+        """Lose slaves silent too long; take no new tasks to those that missed beats."""
+        for slave in list(self.scheduler.slaves.values()):
+            silent = now - slave.last_seen
+            # A slave that beats slower than the master is given as many of its own beats.
+            beat = max(self.heartbeat_interval, slave.heartbeat)
+            if silent > max(
+                self.slave_timeout, self.slave_timeout * beat / self.heartbeat_interval
+            ):
+                self.lose(slave, f"silent for {silent:.1f}s")
+            elif silent > 2.5 * beat and slave.state == NodeState.ACTIVE:
+                slave.state = NodeState.INACTIVE
+                self.scheduler.refresh(slave)
+                log.warning("slave %s missed its heartbeats; no new tasks for it", slave.slave_id)
+
+    def lose(
+        self,
+        slave: SlaveRecord,
+        why: str,
+        state: str = NodeState.LOST,
+        level: int = logging.WARNING,
+    ) -> None:
+        """It is gone: its assigned tasks go back to the queue, its summary to ``departed``."""
+        requeued = self.scheduler.remove_slave(slave.slave_id)
+        self.peers.pop(slave.identity, None)
+        slave.state = state
+        slave.in_flight = set()
+        self.departed.pop(slave.slave_id, None)  # re-inserted: newest last
+        self.departed[slave.slave_id] = slave.summary()
+        self._departed_at[slave.slave_id] = self.clock()
+        log.log(
+            level, "slave %s %s (%s); %d tasks requeued", slave.slave_id, state, why, len(requeued)
+        )
+
+    def forget_departed(self, now: float, forget_after: float) -> None:
+        forget_before = now - forget_after
+        for slave_id, at in list(self._departed_at.items()):
+            if at > forget_before and len(self._departed_at) <= DEPARTED_KEPT:
+                break  # oldest first: the rest are younger
+            del self._departed_at[slave_id]
+            self.departed.pop(slave_id, None)
+
+    # -- each turn -----------------------------------------------------------------------------
+
+    def send_task_batches(self) -> None:
+        """One TASKS message per slave with what the scheduler gave it (split to fit)."""
+        limit = self.max_message_bytes - ENVELOPE
+        for slave, batch in self.scheduler.take_outboxes():
+            start = time.perf_counter()
+            # Big payloads may add up past what the slave accepts in one message.
+            for part in within([len(t.payload) for t in batch], limit):
+                tasks = batch[part]
+                header = {"tasks": [[t.task_id, t.timeout] for t in tasks]}
+                if not self.send(slave.identity, Kind.TASKS, header, [t.payload for t in tasks]):
+                    self.lose(slave, "unreachable")
+                    break
+            self.stats.add("send_seconds", time.perf_counter() - start)
+
+    def send_steal_requests(self) -> None:
+        for slave, count in self.scheduler.plan_steals():
+            log.debug("asking slave %s for %d unstarted tasks back", slave.slave_id, count)
+            self.send(slave.identity, Kind.STEAL, {"count": count})
+
+    def cancel(self, per_slave: dict[str, list[str]], soft: bool) -> None:
+        """Tell slaves to stop these tasks (``soft``: only those no worker began)."""
+        header: dict[str, Any] = {"soft": True} if soft else {}
+        for slave_id, task_ids in per_slave.items():
+            slave = self.scheduler.slaves.get(slave_id)
+            if slave is not None:
+                self.send(slave.identity, Kind.CANCEL, {"tasks": task_ids, **header})
+
+    # -- actions from the HTTP API ---------------------------------------------------------------
+
+    def resize(self, slave_id: str, workers: int) -> bool:
+        slave = self.scheduler.slaves.get(slave_id)
+        return slave is not None and self.send(slave.identity, Kind.RESIZE, {"workers": workers})
+
+    def drain(self, slave_id: str) -> bool:
+        """The slave finishes what it runs, hands back what it holds, and leaves."""
+        slave = self.scheduler.slaves.get(slave_id)
+        return slave is not None and self.send(slave.identity, Kind.SHUTDOWN)
+
+    def cluster_info(self) -> dict[str, int]:
+        slaves = [s for s in self.scheduler.slaves.values() if s.state == NodeState.ACTIVE]
+        return {"slaves": len(slaves), "workers": sum(s.workers for s in slaves)}
+
+
+def _positive(value: Any) -> float:
+    """A number a peer declared, or 0.0 when it said nothing usable."""
+    return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0
+
+
+#: What a measure a node reports must hold (anything else is dropped, not trusted).
+_MEASURE_FIELDS = ("count", "sum", "avg", "min", "max")
+
+
+def _measures(rows: Any, slave_id: str) -> list[dict[str, Any]]:
+    """A slave's reported measures, labelled with the slave; malformed rows are left out."""
+    if not isinstance(rows, list):
+        return []
+    kept = []
+    for row in rows[:64]:
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            continue
+        values = [row.get(field) for field in _MEASURE_FIELDS]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        given = row.get("labels")
+        labels = {str(k): str(v) for k, v in (given if isinstance(given, dict) else {}).items()}
+        labels["slave"] = slave_id
+        summary = dict(zip(_MEASURE_FIELDS, values, strict=True))
+        kept.append({"name": row["name"], "labels": labels, **summary})
+    return kept
