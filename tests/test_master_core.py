@@ -1,0 +1,427 @@
+"""The master's core, driven in memory: no socket, no thread, a fake clock.
+
+``MasterCore`` takes decoded messages and sends through a callable; here that callable is a
+``Wire`` that keeps every message as an ``Outgoing`` record, and the peers are played by the
+test. A hypothesis state machine has applications submit plain tasks (opaque bytes: the master
+never unpickles them), slaves register, beat, receive tasks and return results (sometimes twice,
+sometimes late, for tasks already cancelled, or after they were lost), slaves vanish (their
+silence outlasts the timeout on the fake clock), and applications cancel tasks. After every step
+it checks DESIGN.md's invariants: a task is in one state at a time, and no result reaches its
+application twice; at the end, every task not cancelled by its owner has reached it exactly once,
+whatever slaves were lost on the way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter, defaultdict
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+import zmq
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from taskswarm.master.core import MasterCore, load_scheduler
+from taskswarm.master.journal import Journal
+from taskswarm.master.messages import Outgoing
+from taskswarm.master.retention import Retention
+from taskswarm.protocol.codec import Kind, Message
+from taskswarm.scheduling.records import TaskState
+from taskswarm.task import Status
+
+SLAVE_TIMEOUT = 5.0
+HEARTBEAT = 1.0
+
+
+class Clock:
+    """The core's clock, moved by the test only."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Wire:
+    """The in-memory transport: what the core sent, per peer, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+
+    def send(self, identity: bytes, kind: str, header: dict | None = None, payloads=()) -> bool:
+        self.sent.append(Outgoing(identity, kind, header or {}, list(payloads)))
+        return True
+
+    def take(self) -> list[Outgoing]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def make_core(wire: Wire, clock: Clock, **options: Any) -> MasterCore:
+    scheduler = load_scheduler("push", "load", 2)
+    scheduler.setup(None)
+    return MasterCore(
+        scheduler,
+        wire.send,
+        heartbeat_interval=HEARTBEAT,
+        slave_timeout=SLAVE_TIMEOUT,
+        # Applications beat on the real clock in real life; here they stay connected.
+        keep=Retention(client_timeout=1e9),
+        clock=clock,
+        **options,
+    )
+
+
+def message(kind: str, header: dict | None = None, payloads: list | None = None) -> Message:
+    return Message(kind, header or {}, payloads or [], sender="peer-session")
+
+
+def task_meta(task_id: str) -> list:
+    return [task_id, None, 0, "opaque"]
+
+
+def payload(task_id: str) -> bytes:
+    # Not a pickle at all: the master must route it untouched.
+    return b"\x00not a pickle\xff" + task_id.encode()
+
+
+def result_of(task_id: str) -> bytes:
+    return b"\x00result\xff" + task_id.encode()
+
+
+@pytest.fixture(autouse=True)
+def no_sockets(monkeypatch):
+    """The core must not make a ZeroMQ context (so no socket), nor start a thread."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the master core made a ZeroMQ context")
+
+    monkeypatch.setattr(zmq.Context, "__init__", refuse)
+    threads = threading.active_count()
+    yield
+    assert threading.active_count() == threads
+
+
+class CoreMachine(RuleBasedStateMachine):
+    applications = Bundle("applications")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads = threading.active_count()
+        self.clock = Clock()
+        self.wire = Wire()
+        self.core = make_core(self.wire, self.clock)
+        self.ids = itertools.count()
+        self.owner: dict[str, bytes] = {}  # task id -> its application's identity
+        self.withdrawn: set[str] = set()  # cancelled by their owner: no outcome expected
+        self.delivered: Counter[str] = Counter()  # task id -> RESULTS that carried it
+        self.unacked: dict[bytes, list[str]] = defaultdict(list)
+        self.alive: dict[bytes, str] = {}  # slave identity -> slave id, while it answers
+        self.holds: dict[bytes, set[str]] = defaultdict(set)  # what each slave was sent
+        self.returned: list[tuple[bytes, str]] = []  # results sent, to send again
+        self.lost_holds: list[tuple[bytes, str]] = []  # what vanished slaves still held
+        self.acks: list[Outgoing] = []
+
+    # -- the peers' side ----------------------------------------------------------------------
+
+    def handle(self, identity: bytes, kind: str, header: dict | None = None, payloads=None):
+        self.core.handle(identity, message(kind, header, payloads))
+
+    def read_wire(self) -> None:
+        """Take what the core sent: tasks to slaves, results to applications."""
+        for out in self.wire.take():
+            if out.kind == Kind.TASKS:
+                sent = zip(out.header["tasks"], out.payloads, strict=True)
+                for (task_id, _timeout), data in sent:
+                    assert data == payload(task_id)  # routed as the bytes that came in
+                    self.holds[out.identity].add(task_id)
+            elif out.kind == Kind.RESULTS:
+                for (task_id, ok), data in zip(out.header["results"], out.payloads, strict=True):
+                    assert self.owner[task_id] == out.identity, "a result went to another app"
+                    self.delivered[task_id] += 1
+                    assert self.delivered[task_id] == 1, f"{task_id} delivered twice"
+                    if ok:
+                        assert data == result_of(task_id)
+                    self.unacked[out.identity].append(task_id)
+            elif out.kind == Kind.ACK:
+                self.acks.append(out)
+
+    def turn(self) -> None:
+        self.core.turn()
+        self.read_wire()
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    @initialize(target=applications)
+    def first_application(self):
+        return self.hello()
+
+    @initialize()
+    def first_slave(self):
+        self.register(2)
+
+    @precondition(lambda self: len(self.owner) < 60)
+    @rule(target=applications)
+    def hello(self):
+        identity = f"app-{next(self.ids)}".encode()
+        self.handle(identity, Kind.HELLO, {"client_id": identity.decode(), "pid": 1})
+        assert self.wire.take()[-1].kind == Kind.WELCOME
+        return identity
+
+    @precondition(lambda self: len(self.owner) < 60)
+    @rule(app=applications, count=st.integers(1, 4))
+    def submit(self, app, count):
+        task_ids = [f"task-{next(self.ids)}" for _ in range(count)]
+        for task_id in task_ids:
+            self.owner[task_id] = app
+        header = {"tasks": [task_meta(t) for t in task_ids], "rid": 7}
+        self.handle(app, Kind.SUBMIT, header, [payload(t) for t in task_ids])
+        self.turn()
+        assert [(o.identity, o.header) for o in self.acks] == [(app, {"rid": 7, "n": count})]
+        self.acks.clear()
+
+    @precondition(lambda self: len(self.alive) < 4)
+    @rule(workers=st.integers(1, 3))
+    def register(self, workers):
+        identity = f"slave-{next(self.ids)}".encode()
+        header = {"node_id": identity.decode(), "host": "h", "pid": 2, "workers": workers}
+        self.handle(identity, Kind.REGISTER, header | {"heartbeat": HEARTBEAT, "want": 0})
+        assert self.wire.take()[-1].kind == Kind.WELCOME
+        self.alive[identity] = identity.decode()
+        self.handle(identity, Kind.HEARTBEAT, {"workers": workers})
+        self.turn()
+
+    def holding(self) -> list[bytes]:
+        return sorted(slave for slave in self.alive if self.holds[slave])
+
+    @precondition(lambda self: self.holding())
+    @rule(data=st.data())
+    def return_result(self, data):
+        """A batch of results, as a slave sends them."""
+        slave = data.draw(st.sampled_from(self.holding()))
+        held = sorted(self.holds[slave])
+        task_ids = data.draw(st.lists(st.sampled_from(held), min_size=1, unique=True))
+        self.holds[slave].difference_update(task_ids)
+        self._send_results(slave, task_ids)
+        self.returned.extend((slave, task_id) for task_id in task_ids)
+
+    @precondition(lambda self: self.returned)
+    @rule(data=st.data())
+    def return_result_again(self, data):
+        slave, task_id = data.draw(st.sampled_from(self.returned))
+        self._send_results(slave, [task_id])
+
+    @precondition(lambda self: self.lost_holds)
+    @rule(data=st.data())
+    def late_result_from_a_lost_slave(self, data):
+        slave, task_id = data.draw(st.sampled_from(self.lost_holds))
+        self._send_results(slave, [task_id])
+
+    def _send_results(self, slave: bytes, task_ids: list[str]) -> None:
+        header = {
+            "results": [[task_id, Status.OK, None] for task_id in task_ids],
+            "credit": len(task_ids),
+            "started": task_ids,
+        }
+        self.handle(slave, Kind.RESULTS, header, [result_of(t) for t in task_ids])
+        self.turn()
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data())
+    def vanish(self, data):
+        """A slave goes silent; the others beat while the clock passes its timeout."""
+        slave = data.draw(st.sampled_from(sorted(self.alive)))
+        del self.alive[slave]
+        self.lost_holds.extend((slave, t) for t in sorted(self.holds.pop(slave, ())))
+        self.clock.now += SLAVE_TIMEOUT + HEARTBEAT
+        for other in self.alive:
+            self.handle(other, Kind.HEARTBEAT, {})
+        self.core.tick()
+        assert self.core.slaves.known(slave) is None
+        assert self.alive.keys() <= set(self.core.slaves.peers)
+        self.turn()
+
+    @rule(app=applications, data=st.data())
+    def cancel(self, app, data):
+        mine = sorted(t for t, owner in self.owner.items() if owner == app)
+        if not mine:
+            return
+        task_id = data.draw(st.sampled_from(mine))
+        if task_id not in self.core.scheduler.tasks:
+            return  # finished already: its result is on its way or arrived
+        self.withdrawn.add(task_id)
+        self.handle(app, Kind.CANCEL, {"tasks": [task_id]})
+        for slave in list(self.holds):
+            self.holds[slave].discard(task_id)  # told to stop it (its result may still come)
+        self.turn()
+
+    @rule(app=applications)
+    def acknowledge(self, app):
+        task_ids, self.unacked[app] = self.unacked[app], []
+        self.handle(app, Kind.RESULTS_ACK, {"tasks": task_ids})
+        self.turn()
+        assert not set(task_ids) & set(self.core.applications.records[app.decode()].unconfirmed)
+
+    @rule()
+    def tick(self):
+        for slave in self.alive:
+            self.handle(slave, Kind.HEARTBEAT, {})
+        self.core.tick()
+        self.turn()
+
+    # -- invariants -------------------------------------------------------------------------------
+
+    @invariant()
+    def each_task_is_in_one_state(self):
+        scheduler = self.core.scheduler
+        holders: dict[str, list[str]] = defaultdict(list)
+        for slave in scheduler.slaves.values():
+            for task_id in slave.in_flight:
+                holders[task_id].append(slave.slave_id)
+        for task_id, task in scheduler.tasks.items():
+            assert task.state in (TaskState.QUEUED, TaskState.ASSIGNED), task
+            if task.state == TaskState.ASSIGNED:
+                assert holders[task_id] == [task.slave_id], (task, holders[task_id])
+            else:
+                assert task.slave_id is None or not holders[task_id], (task, holders[task_id])
+            assert not self.delivered[task_id], f"{task_id} is live and delivered"
+        assert all(len(h) <= 1 for h in holders.values()), holders
+
+    @invariant()
+    def no_result_is_delivered_twice(self):
+        assert all(n == 1 for n in self.delivered.values())
+
+    def teardown(self) -> None:
+        """Nothing is lost: a fresh slave runs all that is left, and every task not withdrawn
+        by its owner reaches it exactly once."""
+        identity = b"last-slave"
+        header = {"node_id": "last-slave", "workers": 4, "heartbeat": HEARTBEAT}
+        self.handle(identity, Kind.REGISTER, header)
+        self.alive[identity] = "last-slave"
+        for _ in range(1000):
+            self.clock.now += SLAVE_TIMEOUT + HEARTBEAT  # everyone else is lost now
+            self.handle(identity, Kind.HEARTBEAT, {})
+            self.core.tick()
+            self.turn()
+            held, self.holds[identity] = sorted(self.holds[identity]), set()
+            if held:
+                self._send_results(identity, held)
+            if not self.core.scheduler.tasks:
+                break
+        self.turn()
+        expected = {t for t in self.owner if t not in self.withdrawn}
+        missing = {t for t in expected if self.delivered[t] != 1}
+        assert not missing, f"never delivered: {sorted(missing)}"
+        assert all(self.delivered[t] <= 1 for t in self.withdrawn)
+        assert threading.active_count() == self.threads
+
+
+CoreMachine.TestCase.settings = settings(
+    max_examples=80,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+TestCoreMachine = CoreMachine.TestCase
+
+
+# -- examples --------------------------------------------------------------------------------
+
+
+def test_a_task_goes_from_application_to_slave_and_its_result_back():
+    clock, wire = Clock(), Wire()
+    core = make_core(wire, clock)
+    core.handle(b"app", message(Kind.HELLO, {"client_id": "app"}))
+    core.handle(b"slave", message(Kind.REGISTER, {"node_id": "s1", "workers": 1}))
+    core.handle(b"slave", message(Kind.HEARTBEAT, {}))
+    wire.take()
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": [task_meta("t1")]}, [b"opaque"]))
+    core.turn()
+    tasks, ack = wire.take()
+    assert tasks == Outgoing(b"slave", Kind.TASKS, {"tasks": [["t1", None]]}, [b"opaque"])
+    assert ack.kind == Kind.ACK and ack.identity == b"app"
+
+    core.handle(b"slave", message(Kind.RESULTS, {"results": [["t1", "ok", None]]}, [b"42"]))
+    core.turn()
+    (results,) = wire.take()
+    assert results == Outgoing(b"app", Kind.RESULTS, {"results": [["t1", True]]}, [b"42"])
+    assert core.status()["tasks"] == {"queued": 0, "assigned": 0}
+    assert core.applications.records["app"].done == 1
+
+
+def test_a_lost_slaves_task_runs_again_and_is_delivered_once():
+    clock, wire = Clock(), Wire()
+    core = make_core(wire, clock)
+    core.handle(b"app", message(Kind.HELLO, {"client_id": "app"}))
+    core.handle(b"s1", message(Kind.REGISTER, {"node_id": "s1", "workers": 1}))
+    core.handle(b"s1", message(Kind.HEARTBEAT, {}))
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": [task_meta("t1")]}, [b"x"]))
+    core.turn()
+    assert [o.identity for o in wire.take() if o.kind == Kind.TASKS] == [b"s1"]
+
+    clock.now += SLAVE_TIMEOUT + 1
+    core.tick()
+    assert core.status()["slaves"][0]["state"] == "lost"
+    core.handle(b"s2", message(Kind.REGISTER, {"node_id": "s2", "workers": 1}))
+    core.handle(b"s2", message(Kind.HEARTBEAT, {}))
+    core.turn()
+    assert [o.identity for o in wire.take() if o.kind == Kind.TASKS] == [b"s2"]
+
+    for slave in (b"s2", b"s1", b"s2"):  # the lost one's late result, and a duplicate
+        core.handle(slave, message(Kind.RESULTS, {"results": [["t1", "ok", None]]}, [b"r"]))
+    core.turn()
+    results = [o for o in wire.take() if o.kind == Kind.RESULTS]
+    assert results == [Outgoing(b"app", Kind.RESULTS, {"results": [["t1", True]]}, [b"r"])]
+
+
+def test_an_ill_formed_message_is_counted_and_dropped():
+    core = make_core(Wire(), Clock())
+    core.handle(b"s1", message(Kind.REGISTER, {"workers": 1}))  # no node_id
+    assert core.rejected["bad-fields"] == 1
+    assert core.status()["slaves"] == []
+
+
+def test_a_task_cancelled_by_another_application_fails_for_its_owner():
+    clock, wire = Clock(), Wire()
+    core = make_core(wire, clock)
+    for app in (b"owner", b"other"):
+        core.handle(app, message(Kind.HELLO, {"client_id": app.decode()}))
+    core.handle(b"owner", message(Kind.SUBMIT, {"tasks": [task_meta("t1")]}, [b"x"]))
+    core.handle(b"other", message(Kind.CANCEL, {"tasks": ["t1"]}))
+    core.turn()
+    (results,) = [o for o in wire.take() if o.kind == Kind.RESULTS]
+    assert results.identity == b"owner" and results.header == {"results": [["t1", False]]}
+    assert b"cancelled by application other" in results.payloads[0]
+
+
+def test_with_a_journal_an_accepted_task_outlives_the_core(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    core = make_core(Wire(), Clock(), journal=Journal(path))
+    core.handle(b"app", message(Kind.HELLO, {"client_id": "app"}))
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": [task_meta("t1")]}, [b"x"]))
+    core.turn()
+    core.close()
+    core.journal.close()
+
+    wire = Wire()
+    again = make_core(wire, Clock(), journal=Journal(path))
+    again.restore()
+    assert set(again.scheduler.tasks) == {"t1"}
+    again.handle(b"s1", message(Kind.REGISTER, {"node_id": "s1", "workers": 1}))
+    again.handle(b"s1", message(Kind.HEARTBEAT, {}))
+    again.turn()
+    (tasks,) = [o for o in wire.take() if o.kind == Kind.TASKS]
+    assert tasks.payloads == [b"x"]
+    again.journal.close()
