@@ -26,7 +26,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskError
@@ -37,7 +36,7 @@ from ..task import failure
 from .journal import Journal, JournalFault, NullJournal
 from .messages import Send
 from .outcomes import Outcome, cancelled_by
-from .results import ResultRoute
+from .results import ApplicationRecord, ResultRoute
 from .retention import Retention
 
 if TYPE_CHECKING:
@@ -50,44 +49,6 @@ log = logging.getLogger(__name__)
 #: Most records of gone applications with nothing left for them kept (oldest forgotten first):
 #: ``status`` does not show them, they only spare a quick reconnect a new record.
 GONE_KEPT = 100
-
-
-@dataclass(eq=False)
-class ApplicationRecord:
-    """An application node: where its results go, and which it has not confirmed yet."""
-
-    client_id: str
-    identity: bytes | None
-    last_seen: float = field(default_factory=time.monotonic)
-    outbox: list[tuple[str, bool, bytes]] = field(default_factory=list)
-    #: task_id -> (ok, data, made at (wall clock, for --result-ttl)), oldest first
-    unconfirmed: dict[str, tuple[bool, bytes, float]] = field(default_factory=dict)
-    held: int = 0  # bytes in ``unconfirmed``
-    gone_at: float | None = None  # monotonic time it said BYE or was lost; None while connected
-    said_bye: bool = False  # closed for good: nothing is kept for it any more
-    host: str = ""
-    pid: int | None = None
-    connected: bool = False  # said HELLO and not BYE
-    submitted: int = 0  # plain tasks accepted from it
-    done: int = 0  # ... whose outcome was a result
-    failed: int = 0  # ... whose outcome was an error
-    cancelled: int = 0  # ... cancelled before an outcome
-
-    def summary(self) -> dict[str, Any]:
-        """What `status` and the dashboard show of this application node."""
-        settled = self.done + self.failed + self.cancelled
-        return {
-            "id": self.client_id,
-            "kind": "application",
-            "host": self.host,
-            "pid": self.pid,
-            "state": "connected" if self.connected else "gone",
-            "in_flight": max(0, self.submitted - settled),
-            "done": self.done,
-            "failed": self.failed,
-            "unconfirmed": len(self.unconfirmed),
-            "last_heartbeat": round(time.monotonic() - self.last_seen, 3),  # seconds ago
-        }
 
 
 class ApplicationTable:

@@ -46,14 +46,12 @@ from .messages import RunnerMail, Send
 from .outcomes import ErrorLog, Outcome
 from .retention import Retention
 from .slaves import SlaveTable
+from .status import describe, kept
 from .systems import SystemTable
 
 __all__ = ["MasterCore", "load_scheduler"]
 
 log = logging.getLogger(__name__)
-
-#: The newest task failures ``status`` (and so the live page) carries.
-ERRORS_IN_STATUS = 10
 
 
 def load_scheduler(scheduler: str, strategy: str, prefetch: int) -> SchedulerContract:
@@ -428,41 +426,8 @@ class MasterCore:
 
     def kept(self) -> dict[str, int]:
         """How much the master holds of each kind of record: what should follow live work."""
-        by_node = self.kept_by_node()
-        return {
-            "applications": len(self.applications.records),
-            "sessions": by_node.get("sessions", 0),
-            "departed_slaves": len(self.slaves.departed),
-            "systems": len(self.systems.records),
-            "forgotten_systems": len(self.systems.forgotten),
-            "uncollected_bytes": self.applications.retained_bytes() + self.systems.held,
-            **by_node,
-        }
+        return kept(self)
 
     def status(self) -> dict[str, Any]:
         """Plain data describing the cluster now; `taskswarm status` prints this."""
-        live = [s.summary() for s in self.scheduler.slaves.values()]
-        return {
-            "master": {
-                **self.node_facts(),
-                "uptime": round(time.time() - self.started, 3),
-                "stealing": self.scheduler.stealing,
-                "rejected": dict(self.rejected),
-                "kept": self.kept(),
-                # Why new work is refused (the journal cannot be written), or null.
-                "degraded": self.journal.fault,
-                "journal_failed_writes": self.journal.failed_writes,
-            },
-            "slaves": live + list(self.slaves.departed.values()),
-            "applications": self.applications.summaries(),
-            "systems": self.systems.summaries(),
-            "tasks": self.scheduler.counts(),
-            "errors": self.latest_errors(ERRORS_IN_STATUS),
-            "stats": self.stats.snapshot()
-            + [row for slave in self.scheduler.slaves.values() for row in slave.stats]
-            + [
-                {"name": "messages_rejected", "labels": {"reason": reason}, "count": n, "sum": n}
-                | {"avg": 1.0, "min": 1.0, "max": 1.0}
-                for reason, n in sorted(self.rejected.items())
-            ],
-        }
+        return describe(self)

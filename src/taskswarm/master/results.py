@@ -7,8 +7,10 @@ each one down only to delete it moments later was a third of a durable master's 
 still unconfirmed after ``JOURNAL_AFTER`` seconds is written; until then the task's own journal
 row stands for it, so a master killed in between runs the task again rather than lose it. An
 outcome of a task that ran for ``JOURNAL_AFTER`` or longer is written at once: running it again
-would cost more than the write. Each turn, every application with outcomes waiting gets them in
-one RESULTS message (split to fit the size limit).
+would cost more than the write. Each turn, every application with outcomes waiting gets them
+in one RESULTS message (split to fit the size limit). An ``ApplicationRecord`` holds its
+application's outcomes; the application table (``taskswarm.master.applications``) keeps the
+records.
 """
 
 from __future__ import annotations
@@ -16,20 +18,56 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..protocol.codec import ENVELOPE, Kind, within
 from .journal import Journal, NullJournal
 from .messages import Send
 from .outcomes import Outcome
 
-if TYPE_CHECKING:
-    from .applications import ApplicationRecord
-
-__all__ = ["JOURNAL_AFTER", "ResultRoute"]
+__all__ = ["JOURNAL_AFTER", "ApplicationRecord", "ResultRoute"]
 
 #: Seconds an outcome may wait for its application's confirmation before it is journaled.
 JOURNAL_AFTER = 0.25
+
+
+@dataclass(eq=False)
+class ApplicationRecord:
+    """An application node: where its results go, and which it has not confirmed yet."""
+
+    client_id: str
+    identity: bytes | None
+    last_seen: float = field(default_factory=time.monotonic)
+    outbox: list[tuple[str, bool, bytes]] = field(default_factory=list)
+    #: task_id -> (ok, data, made at (wall clock, for --result-ttl)), oldest first
+    unconfirmed: dict[str, tuple[bool, bytes, float]] = field(default_factory=dict)
+    held: int = 0  # bytes in ``unconfirmed``
+    gone_at: float | None = None  # monotonic time it said BYE or was lost; None while connected
+    said_bye: bool = False  # closed for good: nothing is kept for it any more
+    host: str = ""
+    pid: int | None = None
+    connected: bool = False  # said HELLO and not BYE
+    submitted: int = 0  # plain tasks accepted from it
+    done: int = 0  # ... whose outcome was a result
+    failed: int = 0  # ... whose outcome was an error
+    cancelled: int = 0  # ... cancelled before an outcome
+
+    def summary(self) -> dict[str, Any]:
+        """What `status` and the dashboard show of this application node."""
+        settled = self.done + self.failed + self.cancelled
+        return {
+            "id": self.client_id,
+            "kind": "application",
+            "host": self.host,
+            "pid": self.pid,
+            "state": "connected" if self.connected else "gone",
+            "in_flight": max(0, self.submitted - settled),
+            "done": self.done,
+            "failed": self.failed,
+            "unconfirmed": len(self.unconfirmed),
+            "last_heartbeat": round(time.monotonic() - self.last_seen, 3),  # seconds ago
+        }
 
 
 class ResultRoute:
