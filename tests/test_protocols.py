@@ -318,7 +318,7 @@ def test_the_in_tree_schedulers_meet_the_schedulers_contract(scheduler):
     assert isinstance(scheduler, SchedulerFactory)
     assert isinstance(built, SchedulerContract)
     assert isinstance(built, StrategyHost)
-    assert built.uses_engine == (scheduler in (DaskScheduler, RayScheduler))
+    assert ("engine" in built.options) == (scheduler in (DaskScheduler, RayScheduler))
 
 
 @pytest.mark.parametrize("manager", [ProcessPoolManager, DaskManager, RayManager])

@@ -40,8 +40,9 @@ class EngineScheduler(PushScheduler):
     name = "engine"
     #: The task manager the bridge runs (by its ``taskswarm.managers`` name).
     manager_name = ""
-    #: Tells the master that ``--engine`` means something to this scheduler.
-    uses_engine = True
+    #: Its one option: the engine's address (``--engine ADDRESS`` is
+    #: ``--scheduler-option engine=ADDRESS``); none starts a local engine.
+    options = frozenset({"engine"})
 
     def __init__(self, strategy: Any, prefetch: int = 2) -> None:
         super().__init__(strategy, prefetch)
@@ -54,7 +55,8 @@ class EngineScheduler(PushScheduler):
         from .managers import manager_for
 
         super().setup(master)
-        self.manager = manager_for(self.manager_name, None, getattr(master, "engine", None))
+        engine = master.scheduler_options.get("engine") if master is not None else None
+        self.manager = manager_for(self.manager_name, None, engine)
 
     def dispatch(self) -> None:
         if not self._bridged and not self._closed:

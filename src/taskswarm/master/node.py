@@ -22,7 +22,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 import zmq
 
 from ..dashboard import DashboardServer, parse_address
-from ..errors import ConfigurationError
 from ..ops.config import MasterConfig
 from ..protocol.addresses import advertised_address, check_advertise, public_url
 from ..protocol.codec import Codec, Kind
@@ -62,7 +61,8 @@ class Master:
         # Settings the master takes under their own names; the rest are renamed or converted.
         same = (
             "scheduler", "strategy", "prefetch", "slave_timeout", "max_crashes", "stealing",
-            "resource_wait", "advertise", "engine", "result_ttl", "client_timeout", "forget_after",
+            "resource_wait", "advertise", "result_ttl", "client_timeout", "forget_after",
+            "scheduler_options",
         )  # fmt: skip
         return cls(
             config.bind,
@@ -94,7 +94,7 @@ class Master:
         dashboard: str | None = None,
         dashboard_hosts: Sequence[str] = (),
         advertise: str | None = None,
-        engine: str | None = None,
+        scheduler_options: Mapping[str, str] | None = None,
         result_ttl: float = RESULT_TTL,
         result_cap: int = RESULT_CAP,
         client_timeout: float = CLIENT_TIMEOUT,
@@ -106,14 +106,10 @@ class Master:
         retention.tune_malloc()
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
         self.heartbeat_interval = heartbeat_interval
-        scheduler_obj = load_scheduler(scheduler, strategy, prefetch)
-        #: The Dask or Ray cluster an engine scheduler (``--scheduler dask|ray``) hands tasks to.
-        self.engine = engine
-        if engine is not None and not scheduler_obj.uses_engine:
-            raise ConfigurationError(
-                f"--engine {engine} needs a scheduler that runs tasks on an engine "
-                f"(--scheduler dask or --scheduler ray), not {scheduler!r}"
-            )
+        #: The scheduler's own settings (``--scheduler-option``): it reads them in ``setup``;
+        #: the master only checks that the scheduler names each one.
+        self.scheduler_options: Mapping[str, str] = dict(scheduler_options or {})
+        scheduler_obj = load_scheduler(scheduler, strategy, prefetch, self.scheduler_options)
         scheduler_obj.setup(self)
         self.scheduler_name, self.strategy_name = scheduler, strategy
         journal = Journal(Path(state_dir) / "journal.sqlite3") if state_dir else NullJournal()

@@ -203,6 +203,13 @@ class MasterConfig:
         "ray (every task runs on that engine's cluster, see --engine).",
     )
     engine: str | None = _engine("scheduler", "master")
+    scheduler_option: tuple[str, ...] = setting(
+        (),
+        "A setting of the scheduler's own, KEY=VALUE (repeatable): the scheduler reads it, the "
+        "master does not. --engine ADDRESS is --scheduler-option engine=ADDRESS.",
+        metavar="KEY=VALUE",
+        multiple=True,
+    )
     strategy: str = setting(
         "load",
         "Schedule strategy by name: load (fewest tasks in flight per worker), throughput "
@@ -282,6 +289,19 @@ class MasterConfig:
     @property
     def dashboard_address(self) -> str | None:
         return None if self.no_dashboard else self.dashboard
+
+    @property
+    def scheduler_options(self) -> dict[str, str]:
+        """``--scheduler-option`` as a mapping, with ``--engine`` as the ``engine`` one."""
+        options: dict[str, str] = {}
+        for item in self.scheduler_option:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigurationError(f"--scheduler-option {item!r} is not KEY=VALUE")
+            options[key.strip()] = value
+        if self.engine is not None:
+            options["engine"] = self.engine
+        return options
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ engine, resources that never fit) documented defaults; the in-tree schedulers
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..stats import Measure
@@ -96,16 +96,19 @@ class SchedulerContract(Protocol):
     queue_wait: Measure
 
     @property
-    def uses_engine(self) -> bool:
-        """Whether ``--engine ADDRESS`` means something to this scheduler: the master refuses
-        the option otherwise. Read once, as the master starts."""
+    def options(self) -> Collection[str]:
+        """The scheduler options (``--scheduler-option KEY=VALUE``) this scheduler reads, in
+        ``setup``, from ``master.scheduler_options`` (a mapping of str to str). The master does
+        not interpret them; it refuses a key the scheduler does not name here, so a misspelt
+        option is an error rather than ignored. Read once, as the master starts."""
         ...
 
     def setup(self, master: Any) -> None:
         """Bind the scheduler to its master, once, before any other call (the in-tree ones pass
         the master on to their strategy's ``setup``). ``master`` is ``taskswarm.master.node.
-        Master``; a scheduler that runs tasks elsewhere may read its ``address`` (where its
-        nodes connect) and ``keys`` (the cluster's keys, to sign as one of them)."""
+        Master``; a scheduler reads its options in ``scheduler_options``, and one that runs
+        tasks elsewhere may read its ``address`` (where its nodes connect) and ``keys`` (the
+        cluster's keys, to sign as one of them)."""
         ...
 
     def close(self) -> None:
@@ -295,7 +298,7 @@ class SchedulerBase:
     """Documented defaults for the members of ``SchedulerContract`` a simple scheduler
     has no use for; a scheduler from another package may inherit them and write the rest.
 
-    The defaults: no engine (``uses_engine`` False), nothing to ``close``, ``setup`` keeps the
+    The defaults: no options (``options`` empty), nothing to ``close``, ``setup`` keeps the
     master as ``self.master``, ``start_system`` does nothing, no work stealing (``plan_steals``
     plans nothing; ``released`` queues the given-back tasks again through ``requeue``), and no
     task is ever given up for want of resources (``take_unsatisfiable`` is always empty). The
@@ -303,7 +306,7 @@ class SchedulerBase:
     ``decisions`` start as class-level defaults.
     """
 
-    uses_engine: bool = False
+    options: frozenset[str] = frozenset()
     decisions: int = 0
     stealing: bool = False
     resource_wait: float = math.inf
