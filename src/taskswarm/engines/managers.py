@@ -35,6 +35,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,7 @@ from ..slave.contracts import TaskManagerContract
 from ..slave.process_pool import PACE_WEIGHT, SLOW_TASK
 from ..slave.queued import QueuedManager, WorkItem
 from ..task import Status, dump_error, error_text, format_remote_traceback
-from .clients import DaskEngine, EngineClient, Outcome, RayEngine
+from .clients import DaskEngine, EngineClient, Outcome, RayEngine, Reported
 
 __all__ = ["EngineManager", "DaskManager", "RayManager", "manager_for"]
 
@@ -257,7 +258,7 @@ class EngineManager(QueuedManager):
                 ended.append(current)
         outcomes = self._outcomes(ended)
         for run, outcome in zip(ended, outcomes, strict=True):
-            settled: Any
+            settled: Reported | BaseException
             if isinstance(outcome, BaseException):
                 settled = outcome
             else:
@@ -315,7 +316,7 @@ class EngineManager(QueuedManager):
                 self.task_finished(item, f"the engine refused it: {exc}", Status.CRASH)
             room -= 1
 
-    def _poster(self, run: _Run):
+    def _poster(self, run: _Run) -> Callable[[], None]:
         """The callback an engine thread calls when a run has ended: into the mailbox, which
         wakes the slave's loop (unless the manager stopped meanwhile)."""
 
@@ -336,7 +337,9 @@ class EngineManager(QueuedManager):
             lost = _Lost(f"its outcome could not be fetched: {type(exc).__name__}: {exc}")
             return [lost] * len(runs)
 
-    def _settle(self, item: WorkItem, outcome: Any) -> tuple[str, Any, str | None]:
+    def _settle(
+        self, item: WorkItem, outcome: Reported | BaseException
+    ) -> tuple[str, bytes | str, str | None]:
         """``(status, outcome, text)`` as a pool worker reports it, from what the engine
         returned."""
         if not isinstance(outcome, BaseException):
