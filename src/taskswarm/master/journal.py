@@ -55,8 +55,8 @@ from .journal_rows import (
     ReplayedResult,
     RestoredState,
     RestoredSystem,
-    SavedTask,
     SystemResult,
+    TaskRow,
 )
 
 __all__ = [
@@ -280,7 +280,7 @@ class Journal:
     def _load(self) -> RestoredState:
         state = RestoredState()
         for *task, done, ok, outcome, done_at in self._db.execute(store.SELECT_TASKS):
-            saved = SavedTask._make(task)
+            saved = TaskRow._make(task)
             if done:
                 when = time.time() if done_at is None else done_at  # older journals: from now
                 state.undelivered.setdefault(saved.client_id, []).append(

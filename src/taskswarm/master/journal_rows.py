@@ -12,18 +12,19 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = [
+    "ACCEPTED_FIELDS",
     "PlainOutcome",
     "ReplayedResult",
     "RestoredState",
     "RestoredSystem",
-    "SavedTask",
     "SystemResult",
     "TaskRow",
 ]
 
 
 class TaskRow(NamedTuple):
-    """A task as it is journaled when accepted (``TaskRecord.journal_row()``)."""
+    """A task as journaled: written when accepted (``TaskRecord.journal_row()``, without the
+    attempt counts, which start at 0) and read back whole at restart (``from_journal``)."""
 
     task_id: str
     client_id: str
@@ -34,22 +35,12 @@ class TaskRow(NamedTuple):
     name: str
     priority: int
     resources: str | None  # JSON of the resources it needs, or None
+    retries: int = 0
+    crashes: int = 0
 
 
-class SavedTask(NamedTuple):
-    """A task read back at restart (``TaskRecord.from_journal``): the row and its attempts."""
-
-    task_id: str
-    client_id: str
-    system_id: str | None
-    payload: bytes | None
-    timeout: float | None
-    max_retries: int
-    name: str
-    priority: int
-    resources: str | None
-    retries: int
-    crashes: int
+#: The fields of a ``TaskRow`` a task has when accepted (its attempts are counted later).
+ACCEPTED_FIELDS = TaskRow._fields[:-2]
 
 
 class PlainOutcome(NamedTuple):
@@ -96,7 +87,7 @@ class RestoredSystem:
 class RestoredState:
     """Everything a restarted master resumes from."""
 
-    queued: list[SavedTask] = field(default_factory=list)
+    queued: list[TaskRow] = field(default_factory=list)
     #: client_id -> outcomes not confirmed by their application (``PlainOutcome`` records;
     #: annotated by their shape, which the application table's ``restore`` takes).
     undelivered: dict[str, list[tuple[str, bool, bytes, float]]] = field(default_factory=dict)

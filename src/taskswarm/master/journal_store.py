@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from .journal_faults import PROBE_BYTES
-from .journal_rows import SavedTask, TaskRow
+from .journal_rows import ACCEPTED_FIELDS, TaskRow
 
 __all__ = ["INSERT_TASKS", "SELECT_TASKS", "maintain", "open_journal", "probe"]
 
@@ -70,14 +70,14 @@ _ADDED_COLUMNS = (
     ("systems", "ended_at", "REAL"),
 )
 
-#: A task accepted (a ``TaskRow``); one already journaled is left as it is.
+#: A task accepted (a ``TaskRow`` without its attempts); one already journaled is left as it is.
 INSERT_TASKS = (
-    f"INSERT OR IGNORE INTO tasks ({', '.join(TaskRow._fields)})"
-    f" VALUES ({', '.join('?' * len(TaskRow._fields))})"
+    f"INSERT OR IGNORE INTO tasks ({', '.join(ACCEPTED_FIELDS)})"
+    f" VALUES ({', '.join('?' * len(ACCEPTED_FIELDS))})"
 )
-#: Every task, in the order accepted: a ``SavedTask`` and then whether (and how) it ended.
+#: Every task, in the order accepted: a ``TaskRow`` and then whether (and how) it ended.
 SELECT_TASKS = (
-    f"SELECT {', '.join(SavedTask._fields)}, done, ok, outcome, done_at FROM tasks ORDER BY rowid"
+    f"SELECT {', '.join(TaskRow._fields)}, done, ok, outcome, done_at FROM tasks ORDER BY rowid"
 )
 
 #: ``PRAGMA auto_vacuum`` value for INCREMENTAL.
