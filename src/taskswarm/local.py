@@ -26,8 +26,7 @@ from .errors import ClusterError, ConfigurationError
 from .ops.config import MasterConfig, SlaveConfig, to_argv
 from .protocol.keys import generate_key_file, load_keys
 from .scheduling import load_plugin
-from .slave.containment import fair_share, parse_memory_limit
-from .slave.process_pool import usable_cores
+from .slave.containment import fair_share, parse_memory_limit, usable_cores
 
 __all__ = ["LocalCluster", "connect_or_start", "default_layout"]
 
