@@ -28,6 +28,7 @@ import click
 
 from ..errors import ConfigurationError
 from ..scheduling.records import format_resources
+from .logs import LEVELS
 
 __all__ = [
     "DEFAULT_BIND",
@@ -43,7 +44,6 @@ __all__ = [
 ]
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
-_LEVELS = ("debug", "info", "warning", "error")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -263,7 +263,7 @@ class MasterConfig:
         None,
         "How much of task systems' own logging to show (default: as --log-level); "
         "LocalCluster shows it at info while the nodes log warnings only.",
-        type=click.Choice(_LEVELS, case_sensitive=False),
+        type=click.Choice(LEVELS, case_sensitive=False),
         hidden=True,
     )
 
