@@ -32,11 +32,12 @@ writing to the unlinked file) by comparing the file's identity: a fault that sta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,20 +132,25 @@ class Journal:
     def close(self) -> None:
         self._db.close()
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write: committed whole at the end of the block, or not at all."""
+        with self._db:
+            self._db.execute("BEGIN")
+            yield
+
     # -- tasks ---------------------------------------------------------------------------------
 
     @guarded
     def add_tasks(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """``TaskRow`` records (``TaskRecord.journal_row()``); one already journaled stays as is."""
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.executemany(store.INSERT_TASKS, rows)
 
     @guarded
     def count_attempts(self, task_id: str, retries: int, crashes: int) -> None:
         """A task runs again: keep its counts, so a restart does not give it more chances."""
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.execute(
                 "UPDATE tasks SET retries = ?, crashes = ? WHERE task_id = ?",
                 (retries, crashes, task_id),
@@ -154,8 +160,7 @@ class Journal:
     def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes, float]]) -> None:
         """Keep plain tasks' outcomes (``PlainOutcome`` records or tuples of that shape) until their
         applications confirm them, or they expire (``done_at`` is wall-clock time)."""
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.executemany(
                 "UPDATE tasks SET done = 1, ok = ?, outcome = ?, done_at = ?, payload = NULL"
                 " WHERE task_id = ?",
@@ -168,16 +173,14 @@ class Journal:
     @guarded
     def forget_tasks(self, task_ids: Iterable[str]) -> None:
         """Delivered and confirmed, or cancelled: nothing left to keep."""
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.executemany("DELETE FROM tasks WHERE task_id = ?", ((t,) for t in task_ids))
 
     # -- task systems --------------------------------------------------------------------------
 
     @guarded
     def add_system(self, system_id: str, client_id: str, payload: bytes) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.execute(
                 "INSERT OR IGNORE INTO systems (system_id, client_id, snapshot) VALUES (?, ?, ?)",
                 (system_id, client_id, payload),
@@ -195,8 +198,7 @@ class Journal:
     def _add_system_results(
         self, system_id: str, first: int, results: list[tuple[str, bool, bytes]]
     ) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.executemany(
                 "INSERT INTO system_results (seq, system_id, task_id, ok, data)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -219,8 +221,7 @@ class Journal:
     ) -> None:
         """The system as it is after applying results up to ``applied_seq``, with the tasks its
         callbacks pushed meanwhile: one transaction, so a restart sees both or neither."""
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.execute(
                 "UPDATE systems SET snapshot = ?, restored = 1, applied_seq = ?"
                 " WHERE system_id = ?",
@@ -237,8 +238,7 @@ class Journal:
         self, system_id: str, outcome: bytes, failed: bool, ended_at: float | None = None
     ) -> None:
         """A system completed: keep only its outcome, until it is collected or expires."""
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.execute(
                 "UPDATE systems SET outcome = ?, failed = ?, snapshot = x'', ended_at = ?"
                 " WHERE system_id = ?",
@@ -253,8 +253,7 @@ class Journal:
         ids = [(s,) for s in system_ids]
         if not ids:
             return
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.executemany("DELETE FROM systems WHERE system_id = ?", ids)
             self._db.executemany("DELETE FROM tasks WHERE system_id = ?", ids)
             self._db.executemany("DELETE FROM system_results WHERE system_id = ?", ids)

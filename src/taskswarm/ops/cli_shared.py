@@ -25,6 +25,7 @@ __all__ = [
     "json_option",
     "master_option",
     "required_key_file",
+    "seconds_option",
     "stop_on_signals",
     "tune_gc",
 ]
@@ -50,6 +51,13 @@ def env_option() -> _Decorator:
 def json_option(help: str) -> _Decorator:
     """``--json``: print what the command shows as JSON (``as_json``)."""
     return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def seconds_option(flag: str, least: float, help: str, metavar: str | None = None) -> _Decorator:
+    """An optional number of seconds, at least ``least`` (None when not given)."""
+    return click.option(
+        flag, type=click.FloatRange(least), default=None, metavar=metavar, help=help
+    )
 
 
 def master_option(help: str) -> _Decorator:

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import click
 
-from .cli_shared import connect, env_option, json_option, master_option
+from .cli_shared import connect, env_option, json_option, master_option, seconds_option
 from .settings import CONFIG_FILE
 
 __all__ = ["config", "init", "keygen", "result", "status"]
@@ -40,13 +40,7 @@ def keygen(path: str, force: bool, curve: bool) -> None:
 @click.command()
 @master_option("The master to ask.")
 @json_option("Print the raw status as JSON.")
-@click.option(
-    "--watch",
-    type=click.FloatRange(0.1),
-    default=None,
-    metavar="SECONDS",
-    help="Refresh the tables every SECONDS until Ctrl-C.",
-)
+@seconds_option("--watch", 0.1, "Refresh the tables every SECONDS until Ctrl-C.", "SECONDS")
 @env_option()
 def status(master_address: str, key_file: str, as_json: bool, watch: float | None) -> None:
     """Show the cluster's slaves and task systems."""
@@ -95,12 +89,7 @@ def _watch_status(app: Any, seconds: float) -> None:
 @click.command()
 @click.argument("system_id")
 @master_option("The master the task system was sent to.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(0),
-    default=None,
-    help="Seconds to wait for a system still running (default: wait).",
-)
+@seconds_option("--timeout", 0, "Seconds to wait for a system still running (default: wait).")
 def result(master_address: str, key_file: str, system_id: str, timeout: float | None) -> None:
     """Print the result of the task system SYSTEM_ID (from `app.submit_system`)."""
     from concurrent.futures import TimeoutError as FutureTimeout
