@@ -25,6 +25,9 @@ run the engine lost (its worker or node died) is a crash, which the master runs 
 ``--max-crashes`` times; any other engine error fails the task with a TaskError saying why.
 A timed-out or cancelled task's run is cancelled on the engine: Ray kills its worker process,
 Dask cannot stop a running thread, so there the run goes on and its outcome is dropped.
+
+One module on purpose: the Dask and Ray managers are the one ``EngineManager`` given a
+different client (``clients``), and what is left here is that manager's flow, read as a whole.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ A field's metadata (:class:`Spec`) says how the command line spells it: flag, he
 metavar, and an environment variable where it is not click's automatic
 ``TASKSWARM_<COMMAND>_<NAME>``. Values are what the command hands its function: MiB as MiB,
 ``--no-dashboard`` as its own flag; the nodes' ``from_config`` turn them into their keywords.
+
+One module on purpose: the records and the few functions that turn a field into an option or
+an argument are one declaration read from both ends; apart, a new setting would mean editing
+two files that must agree.
 """
 
 from __future__ import annotations
