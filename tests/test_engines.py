@@ -324,7 +324,7 @@ def test_a_missing_engine_package_names_the_extra_that_installs_it():
 
 
 def test_an_unreachable_dask_scheduler_is_reported_with_what_to_do(monkeypatch):
-    from taskswarm.managers import engine_clients
+    from taskswarm.engines import clients as engine_clients
 
     pytest.importorskip("distributed", reason="the dask extra is not installed")
     monkeypatch.setattr(engine_clients, "CONNECT_TIMEOUT", 1.0)

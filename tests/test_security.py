@@ -15,6 +15,7 @@ from rawpeer import RawPeer
 from taskswarm.errors import StaleMessage
 from taskswarm.protocol import pickling
 from taskswarm.protocol.codec import Codec, Kind
+from taskswarm.protocol.keys import load_key
 from taskswarm.task import task_meta
 
 
@@ -91,7 +92,7 @@ def test_a_message_replayed_to_another_master_or_a_restarted_one_is_refused(
     runs = tmp_path / "runs"
     with ts.connect(addresses[0], key_file) as first, ts.connect(addresses[1], key_file) as second:
         wait_for(lambda: all(len(a.status()["slaves"]) == 1 for a in (first, second)))
-        peer = RawPeer(context, addresses[0], ts.keys.load_key(key_file))
+        peer = RawPeer(context, addresses[0], load_key(key_file))
         try:
             peer.hello()
             captured, task_id = submit_once(peer, runs)
@@ -104,7 +105,7 @@ def test_a_message_replayed_to_another_master_or_a_restarted_one_is_refused(
         finally:
             peer.close()
         for target in (addresses[1], addresses[0]):
-            thief = RawPeer(context, target, ts.keys.load_key(key_file))
+            thief = RawPeer(context, target, load_key(key_file))
             if target == addresses[0]:  # the first master restarts before this replay
                 masters[0].kill()
                 masters[0].wait()
@@ -254,7 +255,7 @@ def test_a_task_whose_module_is_missing_on_the_slave_names_the_module(app, tmp_p
 
 def test_the_key_never_appears_in_logs_or_status(nodes, key_file):
     address = f"tcp://127.0.0.1:{free_port()}"
-    secret = ts.keys.load_key(key_file).hex()
+    secret = load_key(key_file).hex()
     master = nodes.start(
         "--log-level",
         "debug",

@@ -26,8 +26,7 @@ from .errors import ClusterError, ConfigurationError
 from .ops.config import MasterConfig, SlaveConfig, to_argv
 from .protocol.keys import generate_key_file, load_keys
 from .scheduling import load_plugin
-from .slave.containment import fair_share, parse_memory_limit
-from .slave.process_pool import usable_cores
+from .slave.containment import fair_share, parse_memory_limit, usable_cores
 
 __all__ = ["LocalCluster", "connect_or_start", "default_layout"]
 
@@ -148,8 +147,8 @@ class LocalCluster:
             worker_memory_limit=self.worker_memory_limit,
             **{name: value for name, value in settings.items() if name in SLAVE_KEYWORDS},
         )
-        self.master_process: subprocess.Popen | None = None
-        self.slave_processes: list[subprocess.Popen] = []
+        self.master_process: subprocess.Popen[bytes] | None = None
+        self.slave_processes: list[subprocess.Popen[bytes]] = []
         self._apps: list[Application] = []
         self._closed = False
         try:
@@ -160,7 +159,7 @@ class LocalCluster:
 
     # -- starting --------------------------------------------------------------------------------
 
-    def _node(self, config: MasterConfig | SlaveConfig) -> subprocess.Popen:
+    def _node(self, config: MasterConfig | SlaveConfig) -> subprocess.Popen[bytes]:
         command = [
             sys.executable,
             "-m",
@@ -194,7 +193,7 @@ class LocalCluster:
         workers: int | None = None,
         wait: bool = True,
         resources: dict[str, float] | None = None,
-    ) -> subprocess.Popen:
+    ) -> subprocess.Popen[bytes]:
         """Start one more slave process (it registers by itself), offering ``resources``."""
         config = replace(
             self.slave_config,
@@ -208,10 +207,10 @@ class LocalCluster:
             self.wait_for_slaves(len(self.live_slaves()), self.start_timeout)
         return process
 
-    def live_slaves(self) -> list[subprocess.Popen]:
+    def live_slaves(self) -> list[subprocess.Popen[bytes]]:
         return [p for p in self.slave_processes if p.poll() is None]
 
-    def wait_for_slaves(self, count: int, timeout: float = 30.0) -> list[dict]:
+    def wait_for_slaves(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Wait until the master reports ``count`` active slaves; returns their summaries."""
         deadline = time.monotonic() + timeout
         with Application(self.address, self.key, connect_timeout=timeout) as app:
@@ -227,7 +226,7 @@ class LocalCluster:
                 time.sleep(0.05)
 
     @staticmethod
-    def _check_alive(process: subprocess.Popen | None, name: str) -> None:
+    def _check_alive(process: subprocess.Popen[bytes] | None, name: str) -> None:
         if process is not None and process.poll() is not None:
             raise ClusterError(f"the {name} process exited with code {process.returncode}")
 
@@ -258,7 +257,7 @@ class LocalCluster:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _terminate(processes: list[subprocess.Popen], grace: float) -> None:
+def _terminate(processes: list[subprocess.Popen[bytes]], grace: float) -> None:
     """SIGTERM each process, then SIGKILL whichever is still running after ``grace`` s."""
     for process in processes:
         if process.poll() is None:

@@ -37,6 +37,8 @@ RUNNER_THREAD_PREFIX = "system-"
 PROGRESS_INTERVAL = 0.2
 #: Most seconds between snapshots of a durable system that is applying results.
 SNAPSHOT_INTERVAL = 1.0
+#: Results for a system's runner, in journal order: ``(seq, task_id, ok, pickled outcome)``.
+ResultBatch = list[tuple[int, str, bool, bytes]]
 
 
 class _Finished(Exception):
@@ -94,7 +96,7 @@ class SystemRunner:
         *,
         durable: bool = False,
         restored: bool = False,
-        replay: list[tuple[int, str, bool, bytes]] | None = None,
+        replay: ResultBatch | None = None,
     ) -> None:
         self.system_id = system_id
         self.client_id = client_id
@@ -104,7 +106,7 @@ class SystemRunner:
         self._durable = durable
         self._restored = restored
         self._replay = replay or []
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[ResultBatch | None] = queue.SimpleQueue()
         self._pending: dict[str, Task] = {}  # task id -> the task object, until its result is in
         self._outgoing: list[Task] = []
         self.generated = 0
@@ -149,7 +151,7 @@ class SystemRunner:
     def _run(self) -> None:
         try:
             self._begin()
-            batch: list[Any] | None = self._replay
+            batch: ResultBatch | None = self._replay
             while batch is not None:
                 if self._apply(batch):
                     return
@@ -168,7 +170,7 @@ class SystemRunner:
             )
             self._finish(None, exc, format_remote_traceback(exc))
 
-    def _next_batch(self) -> list[Any] | None:
+    def _next_batch(self) -> ResultBatch | None:
         """Wait for results; take everything already queued too (one flush for all of it)."""
         batch = self.inbox.get()
         while batch is not None:
@@ -194,7 +196,7 @@ class SystemRunner:
         self._flush(force_snapshot=True)
         self._check_waiting()
 
-    def _apply(self, batch: list[tuple[int, str, bool, bytes]]) -> bool:
+    def _apply(self, batch: ResultBatch) -> bool:
         """Apply a batch of results, asking after each whether the system is complete."""
         for seq, task_id, ok, data in batch:
             self._applied_seq = max(self._applied_seq, seq)
@@ -261,7 +263,9 @@ class SystemRunner:
 
     def _snapshot(self) -> bytes | None:
         try:
-            data = cloudpickle.dumps((self.system, self._pending, self.generated, self.finished))
+            data: bytes = cloudpickle.dumps(
+                (self.system, self._pending, self.generated, self.finished)
+            )
         except Exception as exc:
             log.warning(
                 "task system %s cannot be snapshotted (%s); it will not survive a master restart",

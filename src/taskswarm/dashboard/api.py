@@ -7,15 +7,19 @@ live server against it.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from ..stats import prometheus_text
 
+#: A question for the master: called with the master (``taskswarm.master.node.Master``) in its
+#: loop; its answer is what the handler gets.
+Question = Callable[[Any], Any]
 #: What the server puts in the application for the handlers: a coroutine function that runs a
 #: question in the master's loop, and the token actions need.
-ASK: web.AppKey[Any] = web.AppKey("ask", object)
+ASK: web.AppKey[Callable[[Question], Awaitable[Any]]] = web.AppKey("ask")
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 
 __all__ = ["OPENAPI", "routes"]
@@ -29,7 +33,7 @@ TASK_STATES = ("queued", "assigned")
 ERRORS_KEPT = 50
 
 
-async def _ask(request: web.Request, question: Any) -> Any:
+async def _ask(request: web.Request, question: Question) -> Any:
     return await request.app[ASK](question)
 
 

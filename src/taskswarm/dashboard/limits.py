@@ -158,7 +158,8 @@ class ConnectionGuard:
             raise
         for listener in self._listeners:
             loop.add_reader(listener.fileno(), self._accept, listener)
-        return self._listeners[0].getsockname()[1]
+        bound: int = self._listeners[0].getsockname()[1]
+        return bound
 
     def close(self) -> None:
         """Stop accepting (the open connections are aiohttp's to close); safe to call twice."""

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import ConfigurationError
-from .api import ASK, TOKEN, routes
+from .api import ASK, TOKEN, Question, routes
 from .hosts import allowed_hosts, host_check, is_loopback
 from .limits import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ConnectionGuard, connection_cap
 from .page import close_streams
@@ -53,7 +53,7 @@ class DashboardServer:
 
     def __init__(
         self,
-        ask: Callable[[Callable[[], Any]], concurrent.futures.Future[Any]],
+        ask: Callable[[Question], concurrent.futures.Future[Any]],
         host: str,
         port: int,
         token: str,
@@ -129,7 +129,7 @@ class DashboardServer:
                 port,
             )
 
-    async def _answer(self, question: Callable[[], Any]) -> Any:
+    async def _answer(self, question: Question) -> Any:
         future = self.ask(question)
         return await asyncio.wait_for(asyncio.wrap_future(future), ANSWER_TIMEOUT)
 

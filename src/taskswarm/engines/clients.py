@@ -26,15 +26,25 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..task import run_task_reporting
 
-__all__ = ["DaskEngine", "RayEngine", "EngineClient", "Outcome", "require", "run_timed"]
+__all__ = [
+    "DaskEngine",
+    "RayEngine",
+    "EngineClient",
+    "Outcome",
+    "Reported",
+    "require",
+    "run_timed",
+]
 
+#: What a task's run reports, as a pool worker does: ``(status, pickled outcome, failure text)``.
+Reported = tuple[str, bytes, str | None]
 #: What ``run_timed`` returned on the engine's worker, or the engine's own exception.
-Outcome = tuple[float, tuple[str, bytes, str | None]] | BaseException
+Outcome = tuple[float, Reported] | BaseException
 #: Seconds to wait for a Dask scheduler to answer before telling the user it is unreachable.
 CONNECT_TIMEOUT = 10.0
 
 
-def run_timed(payload: bytes) -> tuple[float, tuple[str, bytes, str | None]]:
+def run_timed(payload: bytes) -> tuple[float, Reported]:
     """What an engine's worker runs: the task, and how long it took there. The manager paces
     itself by that time, which (unlike the time until the outcome is back) does not grow with
     the tasks waiting in the engine."""
@@ -113,9 +123,10 @@ class EngineClient:
 def _settled(future: Any) -> Outcome:
     """A finished future's value, or the exception it holds."""
     try:
-        return future.result()
+        outcome: Outcome = future.result()
     except BaseException as exc:  # noqa: BLE001 - it is handed on as the outcome
         return exc
+    return outcome
 
 
 class DaskEngine(EngineClient):
@@ -160,7 +171,10 @@ class DaskEngine(EngineClient):
     def _new_client(self) -> Any:
         import distributed
 
-        return distributed.Client(self._scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        # distributed leaves Client.__init__ unannotated.
+        return distributed.Client(  # type: ignore[no-untyped-call]
+            self._scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False
+        )
 
     def slots(self) -> int:
         # While the client reconnects by itself a request would wait for it: keep the count.

@@ -25,27 +25,29 @@ run the engine lost (its worker or node died) is a crash, which the master runs 
 ``--max-crashes`` times; any other engine error fails the task with a TaskError saying why.
 A timed-out or cancelled task's run is cancelled on the engine: Ray kills its worker process,
 Dask cannot stop a running thread, so there the run goes on and its outcome is dropped.
+
+One module on purpose: the Dask and Ray managers are the one ``EngineManager`` given a
+different client (``clients``), and what is left here is that manager's flow, read as a whole.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import select
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigurationError, TaskError, TaskTimeout
+from ..errors import ConfigurationError, TaskError
 from ..protocol.mailbox import Mailbox
 from ..scheduling import load_plugin
 from ..slave.contracts import TaskManagerContract
-from ..slave.process_pool import PACE_WEIGHT, SLOW_TASK
+from ..slave.pacing import depth, folded
 from ..slave.queued import QueuedManager, WorkItem
 from ..task import Status, dump_error, error_text, format_remote_traceback
-from .clients import DaskEngine, EngineClient, Outcome, RayEngine
+from .clients import DaskEngine, EngineClient, Outcome, RayEngine, Reported
 
 __all__ = ["EngineManager", "DaskManager", "RayManager", "manager_for"]
 
@@ -188,9 +190,7 @@ class EngineManager(QueuedManager):
     def depth(self) -> int:
         """Tasks handed to the engine per slot: one while tasks are slow (or not yet timed),
         more while they are short, so no slot waits for the next task's round trip."""
-        if self._pace <= 0.0 or self._pace >= SLOW_TASK:
-            return 1
-        return max(2, min(MAX_DEPTH, math.floor(LOOKAHEAD_SECONDS / self._pace)))
+        return depth(self._pace, LOOKAHEAD_SECONDS, MAX_DEPTH, unknown=1)
 
     def wanted(self) -> int:
         """Tasks this slave would like to hold: what the engine is handed, twice over."""
@@ -219,23 +219,12 @@ class EngineManager(QueuedManager):
         self._forget(expired)
         for run in expired:
             item = run.item
-            error = TaskTimeout(
-                f"task {item.task_id} ran past its timeout of {item.timeout:g}s on the "
-                f"{self.engine.describe()}; its run was cancelled",
-                "TaskTimeout",
-            )
-            self.task_finished(item, dump_error(error), Status.TIMEOUT, error_text(error))
+            self._timed_out(item, f" on the {self.engine.describe()}", "its run was cancelled")
         self._feed()
 
     def cancel(self, task_ids: set[str]) -> None:
         """Forget queued tasks and cancel their runs on the engine."""
-        kept: deque[WorkItem] = deque()
-        for item in self._queue:
-            if item.task_id in task_ids:
-                self.task_finished(item, b"", Status.CANCELLED)
-            else:
-                kept.append(item)
-        self._queue = kept
+        self._cancel_queued(task_ids)
         runs = [run for task_id, run in self._running.items() if task_id in task_ids]
         self._forget(runs)
         for run in runs:
@@ -257,12 +246,12 @@ class EngineManager(QueuedManager):
                 ended.append(current)
         outcomes = self._outcomes(ended)
         for run, outcome in zip(ended, outcomes, strict=True):
-            settled: Any
+            settled: Reported | BaseException
             if isinstance(outcome, BaseException):
                 settled = outcome
             else:
                 seconds, settled = outcome
-                self._pace += PACE_WEIGHT * (seconds - self._pace)
+                self._pace = folded(self._pace, seconds)
             status, data, text = self._settle(run.item, settled)
             self.task_finished(run.item, data, None if status == Status.OK else status, text)
         self._feed()
@@ -315,7 +304,7 @@ class EngineManager(QueuedManager):
                 self.task_finished(item, f"the engine refused it: {exc}", Status.CRASH)
             room -= 1
 
-    def _poster(self, run: _Run):
+    def _poster(self, run: _Run) -> Callable[[], None]:
         """The callback an engine thread calls when a run has ended: into the mailbox, which
         wakes the slave's loop (unless the manager stopped meanwhile)."""
 
@@ -336,7 +325,9 @@ class EngineManager(QueuedManager):
             lost = _Lost(f"its outcome could not be fetched: {type(exc).__name__}: {exc}")
             return [lost] * len(runs)
 
-    def _settle(self, item: WorkItem, outcome: Any) -> tuple[str, Any, str | None]:
+    def _settle(
+        self, item: WorkItem, outcome: Reported | BaseException
+    ) -> tuple[str, bytes | str, str | None]:
         """``(status, outcome, text)`` as a pool worker reports it, from what the engine
         returned."""
         if not isinstance(outcome, BaseException):

@@ -22,35 +22,43 @@ again, task systems resume from snapshot + replay, undelivered results are sent 
 ``synchronous=NORMAL`` survives the process being killed (not a power loss) without an fsync per
 commit.
 
-Storage faults (as Redis refuses writes while it cannot save, and PostgreSQL names a damaged
-file rather than serve from it):
-
-- at start the directory must take a write and the file must read back whole, else
-  ``JournalUnusable`` names the path and the remedy (the master exits 2: a restart cannot help);
-- a write that fails while serving (disk full, read-only remount, I/O error) sets ``fault``: a
-  write that *accepts* work (``strict``) raises ``JournalFault`` so the sender is refused with
-  the reason; any other is dropped, its change kept in memory only (the work already accepted
-  carries on; a restart may run some of it again, never lose it). ``check()``, every heartbeat,
-  clears the fault once a probe write succeeds;
-- a journal deleted or replaced under the running master (SQLite would go on writing to the
-  unlinked file) is found by ``check()`` comparing the file's identity: a fault that stays, since
-  nothing written from then on would survive a restart.
+Its parts: the rows it takes and gives back are named records (``journal_rows``), the SQLite
+file's schema, upgrades and upkeep are ``journal_store``, and what a storage fault does (refuse
+new work with the reason, keep serving what was accepted) is ``journal_faults``. A write that
+fails while serving sets ``fault``; ``check()``, every heartbeat, clears it once a probe write
+succeeds, and finds a journal deleted or replaced under the running master (SQLite would go on
+writing to the unlinked file) by comparing the file's identity: a fault that stays.
 """
 
 from __future__ import annotations
 
-import errno
-import functools
+import contextlib
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from ..errors import TaskswarmError
+from . import journal_store as store
+from .journal_faults import (
+    LOST,
+    JournalFault,
+    JournalUnusable,
+    guarded,
+    probe_directory,
+    remedy,
+    write_failed,
+)
+from .journal_rows import (
+    PlainOutcome,
+    ReplayedResult,
+    RestoredState,
+    RestoredSystem,
+    SystemResult,
+    TaskRow,
+)
 
 __all__ = [
     "Journal",
@@ -61,136 +69,7 @@ __all__ = [
     "RestoredSystem",
 ]
 
-_T = TypeVar("_T")
-
 log = logging.getLogger(__name__)
-
-_INSERT_TASKS = (
-    "INSERT OR IGNORE INTO tasks (task_id, client_id, system_id, payload, timeout, max_retries,"
-    " name, priority, resources) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-class JournalUnusable(TaskswarmError):
-    """The state directory or its journal cannot be used at start: the message names the path
-    and what to do. Not retried by a restart (the master exits 2)."""
-
-
-class JournalFault(TaskswarmError):
-    """A write that would accept work failed: the sender is refused with this message."""
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS probe (n INTEGER PRIMARY KEY, data BLOB);
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY,
-    client_id TEXT NOT NULL,
-    system_id TEXT,
-    payload BLOB,
-    timeout REAL,
-    max_retries INTEGER NOT NULL DEFAULT 0,
-    name TEXT NOT NULL DEFAULT '',
-    priority INTEGER NOT NULL DEFAULT 0,
-    resources TEXT,
-    retries INTEGER NOT NULL DEFAULT 0,
-    crashes INTEGER NOT NULL DEFAULT 0,
-    done INTEGER NOT NULL DEFAULT 0,
-    ok INTEGER,
-    outcome BLOB,
-    done_at REAL
-);
-CREATE INDEX IF NOT EXISTS tasks_by_system ON tasks(system_id);
-CREATE TABLE IF NOT EXISTS systems (
-    system_id TEXT PRIMARY KEY,
-    client_id TEXT NOT NULL,
-    snapshot BLOB NOT NULL,
-    restored INTEGER NOT NULL DEFAULT 0,
-    applied_seq INTEGER NOT NULL DEFAULT 0,
-    outcome BLOB,
-    failed INTEGER NOT NULL DEFAULT 0,
-    ended_at REAL
-);
-CREATE TABLE IF NOT EXISTS system_results (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    system_id TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    ok INTEGER NOT NULL,
-    data BLOB NOT NULL
-);
-"""
-
-
-@dataclass
-class RestoredSystem:
-    system_id: str
-    client_id: str
-    snapshot: bytes
-    is_snapshot: bool  # False: the system as first received (not yet initialised)
-    replay: list[tuple[int, str, bool, bytes]]  # (seq, task_id, ok, data) since the snapshot
-    outcome: bytes | None
-    failed: bool
-    ended_at: float | None = None  # wall-clock time it completed (for --result-ttl)
-
-
-@dataclass
-class RestoredState:
-    #: (task_id, client_id, system_id, payload, timeout, max_retries, name, retries, crashes)
-    queued: list[tuple[Any, ...]] = field(default_factory=list)
-    #: client_id -> [(task_id, ok, outcome, done_at)]: outcomes not confirmed by their application
-    undelivered: dict[str, list[tuple[str, bool, bytes, float]]] = field(default_factory=dict)
-    systems: list[RestoredSystem] = field(default_factory=list)
-
-
-#: ``PRAGMA auto_vacuum`` value for INCREMENTAL.
-_INCREMENTAL = 2
-#: Bytes the -wal file is cut back to after a checkpoint (it grows past this only while one
-#: transaction needs it); ``maintain()`` empties one grown past ``WAL_TRUNCATE``.
-WAL_LIMIT = 4 * 1024 * 1024
-WAL_TRUNCATE = 1024 * 1024
-#: Free pages are given back once they are this share of the file and at least ``MIN_FREE``.
-FREE_SHARE = 0.25
-MIN_FREE = 256
-#: Most pages one ``maintain()`` gives back: bounds the time it takes the master's loop.
-VACUUM_STEP = 8192
-
-
-#: Bytes written to prove the state directory and the journal take a write (at start, and
-#: while a fault lasts): enough that a disk with only crumbs left is not taken for a healthy one.
-PROBE_BYTES = 64 * 1024
-
-
-def _remedy(exc: BaseException) -> str:
-    """What an operator should do about a storage error, in words."""
-    text = str(exc).lower()
-    code = getattr(exc, "errno", None)
-    if code == errno.ENOSPC or "disk is full" in text:
-        return "its disk is full: free space there, or give --state-dir a directory on another disk"
-    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in text:
-        return "it is read-only: make it writable by the master's user, or give --state-dir one"
-    if "not a database" in text or "malformed" in text or "corrupt" in text:
-        return (
-            "the file is damaged: move it aside (the master then starts with no saved state) or "
-            "put back a backup; `sqlite3 FILE .recover` saves what it still holds"
-        )
-    return "check the disk and the directory's permissions, or give --state-dir another one"
-
-
-def _guarded(method: Callable[..., _T]) -> Callable[..., _T | None]:
-    """A write that fails sets the journal's ``fault`` instead of taking the master down; one
-    called with ``strict=True`` (it accepts work) raises ``JournalFault`` so the sender is
-    refused."""
-
-    @functools.wraps(method)
-    def guarded(self: Journal, *args: Any, strict: bool = False, **kwargs: Any) -> _T | None:
-        try:
-            return method(self, *args, **kwargs)
-        except (sqlite3.Error, OSError) as exc:
-            message = self._failed(method.__name__, exc)
-            if strict:
-                raise JournalFault(message) from None
-            return None
-
-    return guarded
 
 
 class Journal:
@@ -204,89 +83,25 @@ class Journal:
         self.fault: str | None = None
         self.failed_writes = 0
         self._lost = False  # the file went away: a fault that no probe clears
-        directory = self.path.parent
+        probe_directory(self.path.parent)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            probe = directory / f".taskswarm-probe-{os.getpid()}"
-            try:
-                with open(probe, "wb") as f:
-                    f.write(bytes(PROBE_BYTES))
-                    f.flush()
-                    os.fsync(f.fileno())
-            finally:
-                probe.unlink(missing_ok=True)
-        except OSError as exc:
-            raise JournalUnusable(
-                f"state directory {directory} cannot be written ({exc.strerror or exc}); "
-                f"{_remedy(exc)}"
-            ) from None
-        try:
-            self._open()
+            #: Results' sequence numbers are given here, not by SQLite, so that one whose write
+            #: failed still has its number and the runners' bookkeeping stays in order.
+            self._db, self._seq = store.open_journal(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise JournalUnusable(
-                f"journal {self.path} cannot be used ({exc}); {_remedy(exc)}"
+                f"journal {self.path} cannot be used ({exc}); {remedy(exc)}"
             ) from None
         stat = os.stat(self.path)
         self._identity = (stat.st_dev, stat.st_ino)
-
-    def _open(self) -> None:
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # Before any table exists (a new file); an older file is converted just below.
-        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        # The -wal file is cut back to this after each checkpoint that empties it.
-        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
-        # Every page read once: a damaged file is named now, not half-way through a restore.
-        problems = [row[0] for row in self._db.execute("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
-            self._db.close()
-            raise sqlite3.DatabaseError("database disk image is malformed: " + "; ".join(problems))
-        self._db.executescript(_SCHEMA)
-        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
-            # A journal from an earlier taskswarm: once, so its free space can be given back.
-            log.info("rewriting the journal %s once, so it can give back free space", self.path)
-            self._db.execute("VACUUM")
-        for table, column, kind in (
-            ("tasks", "name", "TEXT NOT NULL DEFAULT ''"),
-            ("tasks", "retries", "INTEGER NOT NULL DEFAULT 0"),
-            ("tasks", "crashes", "INTEGER NOT NULL DEFAULT 0"),
-            ("tasks", "priority", "INTEGER NOT NULL DEFAULT 0"),
-            ("tasks", "resources", "TEXT"),
-            ("tasks", "done_at", "REAL"),
-            ("systems", "ended_at", "REAL"),
-        ):
-            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in columns:  # a journal from an earlier taskswarm
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        self._probe()
-        row = self._db.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'system_results'"
-        ).fetchone()
-        #: Results' sequence numbers are given here, not by SQLite, so that one whose write
-        #: failed still has its number and the runners' bookkeeping stays in order.
-        self._seq = row[0] if row else 0
-
-    def _probe(self) -> None:
-        """A small write and its removal: raises if the journal cannot take one now."""
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("INSERT OR REPLACE INTO probe VALUES (1, zeroblob(?))", (PROBE_BYTES,))
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM probe")
 
     # -- faults --------------------------------------------------------------------------------
 
     def _failed(self, what: str, exc: BaseException) -> str:
         self.failed_writes += 1
-        message = (
-            f"the master cannot save work: writing its journal {self.path} failed ({exc}); "
-            f"{_remedy(exc)}. It accepts work again once it can write"
-        )
         if self.fault is None:
-            self.fault = message
-            log.error("%s (in %s); new work is refused meanwhile", message, what)
+            self.fault = write_failed(self.path, exc)
+            log.error("%s (in %s); new work is refused meanwhile", self.fault, what)
         else:
             log.debug("journal write %s failed: %s", what, exc)
         return self.fault
@@ -302,17 +117,12 @@ class Journal:
         if not same:
             if not self._lost:
                 self._lost = True
-                self.fault = (
-                    f"the journal {self.path} was deleted or replaced while the master ran: "
-                    "nothing saved from now on would survive a restart, so new work is refused. "
-                    "Let the running work finish, put the state directory back, then restart "
-                    "the master"
-                )
+                self.fault = LOST.format(path=self.path)
                 log.error("%s", self.fault)
             return self.fault
         if self.fault is not None and not self._lost:
             try:
-                self._probe()
+                store.probe(self._db)
             except (sqlite3.Error, OSError):
                 return self.fault
             log.warning("the journal %s takes writes again: accepting work", self.path)
@@ -322,84 +132,86 @@ class Journal:
     def close(self) -> None:
         self._db.close()
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write: committed whole at the end of the block, or not at all."""
+        with self._db:
+            self._db.execute("BEGIN")
+            yield
+
     # -- tasks ---------------------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def add_tasks(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """``TaskRecord.journal_row()`` tuples; a task already journaled is left as it is."""
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                _INSERT_TASKS,
-                rows,
-            )
+        """``TaskRow`` records (``TaskRecord.journal_row()``); one already journaled stays as is."""
+        with self._transaction():
+            self._db.executemany(store.INSERT_TASKS, rows)
 
-    @_guarded
+    @guarded
     def count_attempts(self, task_id: str, retries: int, crashes: int) -> None:
         """A task runs again: keep its counts, so a restart does not give it more chances."""
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.execute(
                 "UPDATE tasks SET retries = ?, crashes = ? WHERE task_id = ?",
                 (retries, crashes, task_id),
             )
 
-    @_guarded
+    @guarded
     def plain_outcomes(self, outcomes: Iterable[tuple[str, bool, bytes, float]]) -> None:
-        """Keep plain tasks' outcomes ``(task_id, ok, data, done_at)`` until their applications
-        confirm them, or they expire (``done_at`` is wall-clock time, for ``--result-ttl``)."""
-        with self._db:
-            self._db.execute("BEGIN")
+        """Keep plain tasks' outcomes (``PlainOutcome`` records or tuples of that shape) until their
+        applications confirm them, or they expire (``done_at`` is wall-clock time)."""
+        with self._transaction():
             self._db.executemany(
                 "UPDATE tasks SET done = 1, ok = ?, outcome = ?, done_at = ?, payload = NULL"
                 " WHERE task_id = ?",
-                ((int(ok), data, when, task_id) for task_id, ok, data, when in outcomes),
+                (
+                    (int(row.ok), row.data, row.done_at, row.task_id)
+                    for row in map(PlainOutcome._make, outcomes)
+                ),
             )
 
-    @_guarded
+    @guarded
     def forget_tasks(self, task_ids: Iterable[str]) -> None:
         """Delivered and confirmed, or cancelled: nothing left to keep."""
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.executemany("DELETE FROM tasks WHERE task_id = ?", ((t,) for t in task_ids))
 
     # -- task systems --------------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def add_system(self, system_id: str, client_id: str, payload: bytes) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.execute(
                 "INSERT OR IGNORE INTO systems (system_id, client_id, snapshot) VALUES (?, ?, ?)",
                 (system_id, client_id, payload),
             )
 
     def system_results(self, system_id: str, results: list[tuple[str, bool, bytes]]) -> int:
-        """Record results handed to a system; returns the sequence number of the last one."""
+        """Record results (``SystemResult`` records or tuples of that shape) handed to a system;
+        returns the sequence number of the last one."""
         first = self._seq + 1
         self._seq += len(results)
         self._add_system_results(system_id, first, results)
         return self._seq
 
-    @_guarded
+    @guarded
     def _add_system_results(
         self, system_id: str, first: int, results: list[tuple[str, bool, bytes]]
     ) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.executemany(
                 "INSERT INTO system_results (seq, system_id, task_id, ok, data)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (
-                    (first + i, system_id, task_id, int(ok), data)
-                    for i, (task_id, ok, data) in enumerate(results)
+                    (first + i, system_id, row.task_id, int(row.ok), row.data)
+                    for i, row in enumerate(map(SystemResult._make, results))
                 ),
             )
             self._db.executemany(
-                "DELETE FROM tasks WHERE task_id = ?", ((t,) for t, _, _ in results)
+                "DELETE FROM tasks WHERE task_id = ?", ((row[0],) for row in results)
             )
 
-    @_guarded
+    @guarded
     def snapshot(
         self,
         system_id: str,
@@ -409,8 +221,7 @@ class Journal:
     ) -> None:
         """The system as it is after applying results up to ``applied_seq``, with the tasks its
         callbacks pushed meanwhile: one transaction, so a restart sees both or neither."""
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.execute(
                 "UPDATE systems SET snapshot = ?, restored = 1, applied_seq = ?"
                 " WHERE system_id = ?",
@@ -420,18 +231,14 @@ class Journal:
                 "DELETE FROM system_results WHERE system_id = ? AND seq <= ?",
                 (system_id, applied_seq),
             )
-            self._db.executemany(
-                _INSERT_TASKS,
-                new_tasks,
-            )
+            self._db.executemany(store.INSERT_TASKS, new_tasks)
 
-    @_guarded
+    @guarded
     def system_done(
         self, system_id: str, outcome: bytes, failed: bool, ended_at: float | None = None
     ) -> None:
         """A system completed: keep only its outcome, until it is collected or expires."""
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.execute(
                 "UPDATE systems SET outcome = ?, failed = ?, snapshot = x'', ended_at = ?"
                 " WHERE system_id = ?",
@@ -440,41 +247,23 @@ class Journal:
             self._db.execute("DELETE FROM tasks WHERE system_id = ?", (system_id,))
             self._db.execute("DELETE FROM system_results WHERE system_id = ?", (system_id,))
 
-    @_guarded
+    @guarded
     def forget_systems(self, system_ids: Iterable[str]) -> None:
         """Collected or expired: nothing of these systems is kept any more."""
         ids = [(s,) for s in system_ids]
         if not ids:
             return
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._transaction():
             self._db.executemany("DELETE FROM systems WHERE system_id = ?", ids)
             self._db.executemany("DELETE FROM tasks WHERE system_id = ?", ids)
             self._db.executemany("DELETE FROM system_results WHERE system_id = ?", ids)
 
     # -- space ---------------------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def maintain(self) -> None:
-        """Give free space back to the file system (called every few seconds by the master).
-
-        Deleted rows leave free pages that SQLite reuses but never returns by itself: a master
-        that once held a lot would keep a file that size for ever. A step of
-        ``incremental_vacuum`` cuts them off the end once they are a large share of the file;
-        a TRUNCATE checkpoint empties a -wal file grown past ``WAL_TRUNCATE``.
-        """
-        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
-        if free >= MIN_FREE and free >= FREE_SHARE * pages:
-            # executescript steps it to the end (execute would free one page per call).
-            self._db.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP});")
-        wal = self.path.with_name(self.path.name + "-wal")
-        try:
-            grown = wal.stat().st_size > WAL_TRUNCATE
-        except OSError:
-            grown = False
-        if grown:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        """Give free space back to the file system (every few seconds): ``journal_store``."""
+        store.maintain(self._db, self.path)
 
     # -- restart -------------------------------------------------------------------------------
 
@@ -484,21 +273,20 @@ class Journal:
             return self._load()
         except (sqlite3.Error, OSError) as exc:
             raise JournalUnusable(
-                f"journal {self.path} cannot be read ({exc}); {_remedy(exc)}"
+                f"journal {self.path} cannot be read ({exc}); {remedy(exc)}"
             ) from None
 
     def _load(self) -> RestoredState:
         state = RestoredState()
-        for row in self._db.execute(
-            "SELECT task_id, client_id, system_id, payload, timeout, max_retries, name, priority,"
-            " resources, retries, crashes, done, ok, outcome, done_at FROM tasks ORDER BY rowid"
-        ):
-            *task, done, ok, outcome, done_at = row
+        for *task, done, ok, outcome, done_at in self._db.execute(store.SELECT_TASKS):
+            saved = TaskRow._make(task)
             if done:
                 when = time.time() if done_at is None else done_at  # older journals: from now
-                state.undelivered.setdefault(task[1], []).append((task[0], bool(ok), outcome, when))
+                state.undelivered.setdefault(saved.client_id, []).append(
+                    PlainOutcome(saved.task_id, bool(ok), outcome, when)
+                )
             else:
-                state.queued.append(tuple(task))
+                state.queued.append(saved)
         for (
             system_id,
             client_id,
@@ -513,7 +301,7 @@ class Journal:
             " ended_at FROM systems"
         ):
             replay = [
-                (seq, task_id, bool(ok), data)
+                ReplayedResult(seq, task_id, bool(ok), data)
                 for seq, task_id, ok, data in self._db.execute(
                     "SELECT seq, task_id, ok, data FROM system_results WHERE system_id = ?"
                     " AND seq > ? ORDER BY seq",

@@ -13,6 +13,10 @@ A field's metadata (:class:`Spec`) says how the command line spells it: flag, he
 metavar, and an environment variable where it is not click's automatic
 ``TASKSWARM_<COMMAND>_<NAME>``. Values are what the command hands its function: MiB as MiB,
 ``--no-dashboard`` as its own flag; the nodes' ``from_config`` turn them into their keywords.
+
+One module on purpose: the records and the few functions that turn a field into an option or
+an argument are one declaration read from both ends; apart, a new setting would mean editing
+two files that must agree.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import click
 
 from ..errors import ConfigurationError
 from ..scheduling.records import format_resources
+from .logs import LEVELS
 
 __all__ = [
     "DEFAULT_BIND",
@@ -43,7 +48,6 @@ __all__ = [
 ]
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
-_LEVELS = ("debug", "info", "warning", "error")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -270,7 +274,7 @@ class MasterConfig:
         None,
         "How much of task systems' own logging to show (default: as --log-level); "
         "LocalCluster shows it at info while the nodes log warnings only.",
-        type=click.Choice(_LEVELS, case_sensitive=False),
+        type=click.Choice(LEVELS, case_sensitive=False),
         hidden=True,
     )
 

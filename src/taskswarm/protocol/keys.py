@@ -1,9 +1,9 @@
 """Cluster keys: 256 random bits in a file only its owner can read.
 
-Every message is signed with the key (see ``wire``), so whoever can read the key file can run code
-on every node: the file is written with mode 0600 and refused when others can read it. A key made
-with ``taskswarm keygen --curve`` also holds a CurveZMQ keypair for the master; every node given
-that file encrypts its traffic with it.
+Every message is signed with the key (see ``protocol.codec``), so whoever can read the key file
+can run code on every node: the file is written with mode 0600 and refused when others can read
+it. A key made with ``taskswarm keygen --curve`` also holds a CurveZMQ keypair for the master;
+every node given that file encrypts its traffic with it.
 
 File format (text)::
 

@@ -7,7 +7,7 @@ slave knows best when it is idle.
 
 from __future__ import annotations
 
-from .records import SlaveRecord
+from .records import SlaveRecord, TaskRecord
 from .scheduler import BaseScheduler
 
 __all__ = ["PullScheduler"]
@@ -23,7 +23,9 @@ class PullScheduler(BaseScheduler):
         self.slaves[slave_id].credit -= 1
         super()._tasked_pushed(slave_id)
 
-    def reclaim_missing(self, slave: SlaveRecord, held: set[str], sent_before: float) -> list:
+    def reclaim_missing(
+        self, slave: SlaveRecord, held: set[str], sent_before: float
+    ) -> list[TaskRecord]:
         missing = super().reclaim_missing(slave, held, sent_before)
         slave.credit += len(missing)  # spent on tasks that never arrived
         self.refresh(slave)

@@ -41,6 +41,9 @@ STEAL_PATIENCE = 1.0
 #: long as the last took, so with thousands of slaves looking costs the loop at most ~1 %.
 STEAL_LOOK_SHARE = 100
 
+#: A task's resource needs as a hashable key, ``(name, amount)`` pairs in name order.
+NeedsKey = tuple[tuple[str, float], ...]
+
 
 class ReadySet:
     """The slaves that can take a task now: O(1) to add, remove and draw one at random."""
@@ -193,7 +196,7 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
         afterwards, so it holds up nothing behind it.
         """
         aside: list[TaskRecord] = []
-        fits_somewhere: dict[tuple, bool] = {}
+        fits_somewhere: dict[NeedsKey, bool] = {}
         while self.queue and len(self.ready):
             task = self.queue.popleft()
             if task.state != TaskState.QUEUED:
@@ -248,7 +251,7 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
                 best = slave
         return best
 
-    def _unsatisfiable(self, task: TaskRecord, fits_somewhere: dict[tuple, bool]) -> bool:
+    def _unsatisfiable(self, task: TaskRecord, fits_somewhere: dict[NeedsKey, bool]) -> bool:
         """True (and the task is set aside to fail) when it has waited ``resource_wait``
         seconds and no live slave could ever run it; with no slave at all, tasks wait for one.
         ``fits_somewhere`` caches the answer per set of needs for one dispatch."""
@@ -266,7 +269,7 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
         self.unsatisfiable.append(task)
         return True
 
-    def _fail_unsatisfiable(self, fits_somewhere: dict[tuple, bool]) -> None:
+    def _fail_unsatisfiable(self, fits_somewhere: dict[NeedsKey, bool]) -> None:
         """With no slave ready, ``dispatch`` never reaches the tasks waiting for resources:
         look at them here, once a second at most (it walks the queue)."""
         now = time.monotonic()

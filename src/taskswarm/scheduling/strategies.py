@@ -25,10 +25,13 @@ import itertools
 import math
 import random
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..api import ITaskScheduleStrategy
 from .records import SlaveRecord
+
+if TYPE_CHECKING:
+    from .scheduler import BaseScheduler
 
 __all__ = [
     "BaseStrategy",
@@ -51,7 +54,8 @@ class BaseStrategy(ITaskScheduleStrategy):
     """Rates by load and is told of every change to a slave; subclasses choose."""
 
     def setup(self, scheduler: Any, master: Any) -> None:
-        self.scheduler = scheduler
+        # The in-tree schedulers: their ready set is what the O(1) strategies draw from.
+        self.scheduler: BaseScheduler = scheduler
 
     def rate(self, slave: SlaveRecord) -> float:
         return load(slave)

@@ -11,7 +11,9 @@ The memory limit is a number of bytes per worker, checked against the worker's r
 second while tasks run. As with Dask's nanny, a worker past ``MEMORY_FRACTION`` of its limit is
 replaced, and its task counts as one that crashed its worker. By default each worker's limit is
 a fair share of the machine: its memory (or the cgroup's limit, if lower) over the number of
-workers. Only the worker process itself is measured, not the children of its task.
+workers. Only the worker process itself is measured, not the children of its task. The
+default number of workers is likewise what the slave may use, not the whole machine
+(``usable_cores``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "machine_memory",
     "parse_memory_limit",
     "resident_bytes",
+    "usable_cores",
 ]
 
 #: The default memory limit: a fair share of the machine for each worker.
@@ -184,3 +187,20 @@ def kill_group(process: Any, timeout: float = 5.0) -> None:
     if process.exitcode is None:
         process.kill()
     process.join(timeout=timeout)
+
+
+def usable_cores() -> int:
+    """Cores this process may actually use: its CPU affinity (taskset, cpusets) and its cgroup's
+    CPU quota (systemd's CPUQuota=, a container's --cpus), not every core of the machine --
+    the default number of workers, which should not oversubscribe a limited slave."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to read: the affinity stands
+    return max(1, cores)

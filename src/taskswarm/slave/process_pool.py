@@ -11,35 +11,33 @@ are picked up as they are written and a worker that dies is noticed by its socke
 A worker holds a *pipeline*: the task it runs and, while tasks are short, the next few, so it
 never waits for the slave between two tasks. How deep is measured, not configured: about
 ``PIPELINE_SECONDS`` of work at the pace tasks have been finishing, never more than
-``PIPELINE_BYTES`` of payloads (so a write to a busy worker never blocks) and a single task when
-tasks are slow. A big task goes only to an idle worker. Results come back in order, so the first
-task of a pipeline is the one running: its timeout counts from the moment the one before it
-ended, and when a worker dies it is the one that killed it; the tasks behind it go back to the
-front of the queue (they never started).
+``PIPELINE_BYTES`` of payloads (so a write to a busy worker never blocks) and a single task
+when tasks are slow. A big task goes only to an idle worker. Results come back in order, so the
+first task of a pipeline is the one running: its timeout counts from the moment the one before
+it ended, and when a worker dies it is the one that killed it; the tasks behind it go back to
+the front of the queue (they never started).
 
 A worker is ended with its whole process group, so nothing its tasks started outlives it, and
 is replaced when its memory passes its limit (see ``containment``): its task then counts as
 one that crashed its worker, and fails with ``WorkerMemoryExceeded`` after the usual attempts.
+
+This module is the pool's decisions (how many workers, which task goes where, what a timeout,
+a memory limit or a death does); the slave's end of one worker (starting it, framing and writing
+tasks to it, ending it) is ``pool_worker``, and the pace arithmetic it shares with the engine
+managers is ``pacing``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import multiprocessing
 import os
 import signal
-import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
-import msgpack
-
-from ..errors import TaskTimeout
-from ..task import MEMORY_EXCEEDED, Status, dump_error, error_text
+from ..task import MEMORY_EXCEEDED, Status
+from . import pool_worker
 from .containment import (
     AUTO,
     MEMORY_CHECK_INTERVAL,
@@ -47,12 +45,14 @@ from .containment import (
     can_measure,
     fair_share,
     format_bytes,
-    kill_group,
     parse_memory_limit,
     resident_bytes,
+    usable_cores,
 )
+from .pacing import depth, folded
+from .pool_worker import PoolWorker, send
 from .queued import QueuedManager, WorkItem
-from .worker import READ_SIZE, STOP, skip_message, worker_main, write_all, writev_all
+from .worker import READ_SIZE, STOP, skip_message
 
 __all__ = ["ProcessPoolManager", "WorkItem", "usable_cores"]
 
@@ -62,68 +62,6 @@ log = logging.getLogger(__name__)
 PIPELINE_SECONDS = 0.005
 #: Most tasks in one worker's pipeline.
 MAX_PIPELINE = 64
-#: Most payload bytes sent ahead to a busy worker (well under a socket's buffer).
-PIPELINE_BYTES = 32 * 1024
-#: Bytes written to a worker at once past which a thread of their own writes them: a worker
-#: reads a few hundred MiB a second, and the slave's loop (its heartbeats) must not wait on it.
-LONG_WRITE = 8 * 1024 * 1024
-#: Weight of the newest task in the running average of task durations.
-PACE_WEIGHT = 0.2
-#: Tasks at least this long go to a worker one at a time: waiting for the slave between two
-#: costs well under 1 % of them, and every task not yet in a pipeline can still be given back
-#: to the master for an idle slave.
-SLOW_TASK = 0.05
-
-
-def usable_cores() -> int:
-    """Cores this process may actually use: its CPU affinity (taskset, cpusets) and its cgroup's
-    CPU quota (systemd's CPUQuota=, a container's --cpus), not every core of the machine --
-    the default number of workers, which should not oversubscribe a limited slave."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 quota to read: the affinity stands
-    return max(1, cores)
-
-
-@dataclass(eq=False)
-class _Worker:
-    process: Any
-    conn: Any
-    unpacker: Any = field(default_factory=lambda: msgpack.Unpacker(raw=False, max_buffer_size=0))
-    pipeline: deque[WorkItem] = field(default_factory=deque)  # sent, no outcome yet
-    pipeline_bytes: int = 0
-    started: float = 0.0  # when the first task of the pipeline started (as the slave saw it)
-    retiring: bool = False
-    writer: threading.Thread | None = None  # writing a big task to it, off the slave's loop
-
-    @property
-    def task(self) -> WorkItem | None:
-        """The task running now."""
-        return self.pipeline[0] if self.pipeline else None
-
-    @property
-    def deadline(self) -> float | None:
-        task = self.task
-        if task is None or task.timeout is None:
-            return None
-        return self.started + task.timeout
-
-
-def _default_context() -> Any:  # a forkserver or spawn context: both have Process
-    # forkserver: workers fork from a small clean process, not from the slave (whose ZeroMQ
-    # threads make a plain fork unsafe), and start far faster than with spawn.
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["taskswarm.slave.worker"])
-        return ctx
-    return multiprocessing.get_context("spawn")
 
 
 class ProcessPoolManager(QueuedManager):
@@ -149,8 +87,8 @@ class ProcessPoolManager(QueuedManager):
             log.warning("no way to read a process's memory here: worker memory is not limited")
             self._memory_limit = None
         self._next_memory_check = 0.0
-        self._context = context or _default_context()
-        self._workers: dict[int, _Worker] = {}  # by socket fd
+        self._context = context or pool_worker.default_context()
+        self._workers: dict[int, PoolWorker] = {}  # by socket fd
         self._started = False
         self._pace = 0.0  # running average of task durations, seconds
         self.generation = 0  # bumped whenever the set of sockets changes (the slave re-polls)
@@ -184,14 +122,11 @@ class ProcessPoolManager(QueuedManager):
         self._workers.clear()
         self.generation += 1
         for worker in workers:
-            _send_quietly(worker, STOP)
+            send(worker, STOP)
         for worker in workers:
-            worker.process.join(timeout=1.0)
             # One still running a task is killed (the master requeues the task); with it, or
             # after it, whatever its tasks started.
-            kill_group(worker.process)
-            _join_writer(worker)
-            worker.conn.close()
+            pool_worker.end(worker, wait=True)
 
     def update_pool(self, _num_workers: int) -> None:
         if _num_workers < 0:
@@ -255,11 +190,7 @@ class ProcessPoolManager(QueuedManager):
     def depth(self) -> int:
         """Tasks a worker holds: the one it runs and the next, so it never waits for the slave
         between two, and more while tasks are short (from the pace they have been finishing)."""
-        if self._pace <= 0.0:
-            return 2
-        if self._pace >= SLOW_TASK:
-            return 1
-        return max(2, min(MAX_PIPELINE, math.floor(PIPELINE_SECONDS / self._pace)))
+        return depth(self._pace, PIPELINE_SECONDS, MAX_PIPELINE, unknown=2)
 
     @property
     def pace(self) -> float:
@@ -287,17 +218,12 @@ class ProcessPoolManager(QueuedManager):
             deadline = worker.deadline
             if deadline is None or deadline > now:
                 continue
-            item = worker.pipeline.popleft()
+            item = worker.take_running()
             log.warning(
                 "task %s ran past its %gs timeout; replacing its worker", item.task_id, item.timeout
             )
             self._kill(fd, worker)
-            error = TaskTimeout(
-                f"task {item.task_id} ran past its timeout of {item.timeout:g}s; its worker "
-                "process was replaced",
-                "TaskTimeout",
-            )
-            self.task_finished(item, dump_error(error), Status.TIMEOUT, error_text(error))
+            self._timed_out(item, "", "its worker process was replaced")
         self._adjust_pool()
         self._feed()
 
@@ -311,13 +237,7 @@ class ProcessPoolManager(QueuedManager):
         self._cancel(task_ids, stop_running=False)
 
     def _cancel(self, task_ids: set[str], stop_running: bool) -> None:
-        kept: deque[WorkItem] = deque()
-        for item in self._queue:
-            if item.task_id in task_ids:
-                self.task_finished(item, b"", Status.CANCELLED)
-            else:
-                kept.append(item)
-        self._queue = kept
+        self._cancel_queued(task_ids)
         for fd, worker in list(self._workers.items()):
             waiting = []  # in the worker's pipeline, not started: it answers them unrun
             for position, item in enumerate(worker.pipeline):
@@ -326,10 +246,10 @@ class ProcessPoolManager(QueuedManager):
                     if position > 0:
                         waiting.append(item.task_id)
             if waiting:
-                _send_quietly(worker, skip_message(waiting))
+                send(worker, skip_message(waiting))
             running = worker.task
             if running is not None and running.cancelled:
-                worker.pipeline.popleft()
+                worker.take_running()
                 self._kill(fd, worker)
                 self.task_finished(running, b"", Status.CANCELLED)
         self._adjust_pool()
@@ -362,18 +282,17 @@ class ProcessPoolManager(QueuedManager):
     # -- internals -------------------------------------------------------------------------------
 
     def _finished_in(
-        self, worker: _Worker, task_id: str, status: str, outcome: bytes, text: str | None
+        self, worker: PoolWorker, task_id: str, status: str, outcome: bytes, text: str | None
     ) -> None:
         if not worker.pipeline or worker.pipeline[0].task_id != task_id:
             log.error("worker sent an outcome for task %s it was not running; dropped", task_id)
             return
-        item = worker.pipeline.popleft()
-        worker.pipeline_bytes -= len(item.payload)
+        item = worker.take_running()
         if worker.pipeline:
             self._began.append(worker.pipeline[0].task_id)  # the next one runs now
         self.task_finished(item, outcome, None if status == Status.OK else status, text)
 
-    def _keep_pace(self, worker: _Worker, finished: int) -> None:
+    def _keep_pace(self, worker: PoolWorker, finished: int) -> None:
         """Fold ``finished`` tasks, read at once, into the running average of task durations.
 
         Outcomes are read in bursts, so the time since the last read is shared out among all
@@ -381,50 +300,39 @@ class ProcessPoolManager(QueuedManager):
         """
         now = time.monotonic()
         duration = (now - worker.started) / finished
-        self._pace += (1 - (1 - PACE_WEIGHT) ** finished) * (duration - self._pace)
+        self._pace = folded(self._pace, duration, finished)
         worker.started = now  # the next one starts now
 
     def _spawn(self) -> None:
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=worker_main,
-            args=(child_end,),
-            name=f"taskswarm-worker-{self.identity}",
-            daemon=True,
-        )
-        process.start()
-        child_end.close()
-        self._workers[parent_end.fileno()] = _Worker(process, parent_end)
+        worker = pool_worker.spawn(self._context, self.identity)
+        self._workers[worker.conn.fileno()] = worker
         self.generation += 1
 
-    def _requeue_pipeline(self, worker: _Worker) -> None:
+    def _requeue_pipeline(self, worker: PoolWorker) -> None:
         """Put tasks a worker was given but never started back at the front of the queue."""
-        waiting = [item for item in worker.pipeline if not item.cancelled]
-        for item in worker.pipeline:
+        waiting = []
+        for item in worker.take_pipeline():
             if item.cancelled:
                 self.task_finished(item, b"", Status.CANCELLED)
-        worker.pipeline.clear()
-        worker.pipeline_bytes = 0
+            else:
+                waiting.append(item)
         self._queue.extendleft(reversed(waiting))
 
-    def _kill(self, fd: int, worker: _Worker) -> None:
+    def _drop(self, fd: int) -> None:
+        """A worker leaves the pool (its socket is no longer polled)."""
+        self._workers.pop(fd, None)
+        self.generation += 1
+
+    def _kill(self, fd: int, worker: PoolWorker) -> None:
         """Stop a worker now, with its process group (its running task already taken off its
         pipeline)."""
-        self._workers.pop(fd, None)
-        self.generation += 1
+        self._drop(fd)
         self._requeue_pipeline(worker)
-        kill_group(worker.process)
-        _join_writer(worker)
-        worker.conn.close()
+        pool_worker.end(worker)
 
-    def _retire(self, fd: int, worker: _Worker) -> None:
-        self._workers.pop(fd, None)
-        self.generation += 1
-        _send_quietly(worker, STOP)
-        worker.process.join(timeout=1.0)
-        kill_group(worker.process)  # what its tasks left running goes with it
-        _join_writer(worker)
-        worker.conn.close()
+    def _retire(self, fd: int, worker: PoolWorker) -> None:
+        self._drop(fd)
+        pool_worker.end(worker, stop=True)  # what its tasks left running goes with it
 
     def _check_memory(self) -> None:
         """Replace every worker whose resident memory passed ``MEMORY_FRACTION`` of the limit;
@@ -439,8 +347,7 @@ class ProcessPoolManager(QueuedManager):
                 continue
             item = worker.task
             if item is not None:
-                worker.pipeline.popleft()
-                worker.pipeline_bytes -= len(item.payload)
+                worker.take_running()
             log.warning(
                 "worker process %s reached %s, past %d%% of its memory limit of %s%s; "
                 "replacing it (taskswarm slave --worker-memory-limit)",
@@ -487,89 +394,29 @@ class ProcessPoolManager(QueuedManager):
             if not self._queue:
                 return
             batch = []
-            while self._queue and self._fits(worker, self._queue[0], depth):
+            while self._queue and worker.fits(self._queue[0], depth):
                 item = self._queue.popleft()
                 if not worker.pipeline:
                     worker.started = time.monotonic()
                     self._began.append(item.task_id)
-                worker.pipeline.append(item)
-                worker.pipeline_bytes += len(item.payload)
-                batch.extend(_frame_task(item))
+                batch.extend(worker.hand(item))
             if batch:
-                _send_quietly(worker, batch)
+                send(worker, batch)
 
-    @staticmethod
-    def _fits(worker: _Worker, item: WorkItem, depth: int) -> bool:
-        if not worker.pipeline:
-            return True  # an idle worker takes anything: it is reading, so the write completes
-        return (
-            len(worker.pipeline) < depth
-            and worker.pipeline_bytes + len(item.payload) <= PIPELINE_BYTES
-        )
-
-    def _worker_died(self, fd: int, worker: _Worker) -> None:
-        self._workers.pop(fd, None)
-        self.generation += 1
+    def _worker_died(self, fd: int, worker: PoolWorker) -> None:
+        self._drop(fd)
         worker.process.join(timeout=1.0)
         code = worker.process.exitcode
-        kill_group(worker.process)  # the children of the task that killed it go too
-        _join_writer(worker)
-        worker.conn.close()
+        pool_worker.end(worker)  # the children of the task that killed it go too
         if not worker.pipeline:
             log.warning("an idle worker process exited (code %s); replacing it", code)
             return
-        item = worker.pipeline.popleft()
-        worker.pipeline_bytes -= len(item.payload)
+        item = worker.take_running()
         self._requeue_pipeline(worker)
         how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
         log.error("task %s killed its worker process (%s)", item.task_id, how)
         # The master decides whether to run it again (a crash does not count as a retry).
         self.task_finished(item, how, Status.CRASH)
-
-
-_pack = msgpack.Packer().pack
-#: Payloads at least this big are written from where they lie, not copied into a message.
-_BIG = 64 * 1024
-
-
-def _frame_task(item: WorkItem) -> list[Any]:
-    """A task as the worker reads it, msgpack ``[task_id, payload]``, in one or two pieces."""
-    if len(item.payload) < _BIG:
-        return [_pack([item.task_id, item.payload])]
-    head = b"\x92" + _pack(item.task_id) + b"\xc6" + len(item.payload).to_bytes(4, "big")
-    return [head, item.payload]  # array of 2, the id, then a bin 32 header and its bytes
-
-
-def _send_quietly(worker: _Worker, data: bytes | list[Any]) -> None:
-    """Write to a worker, in order. A big write goes on in a thread while the slave's loop
-    carries on (its heartbeats, other workers' results); a later write to the same worker
-    (a STOP, a SKIP) waits for it first."""
-    _join_writer(worker)
-    if isinstance(data, list) and sum(map(len, data)) >= LONG_WRITE:
-        worker.writer = threading.Thread(
-            target=_write_quietly, args=(worker, data), name="taskswarm-big-write", daemon=True
-        )
-        worker.writer.start()
-        return
-    _write_quietly(worker, data)
-
-
-def _join_writer(worker: _Worker) -> None:
-    """Before its socket is closed: a write still going on must end (the worker is stopped
-    or dead by then, so it fails at once), or it could write to whatever next gets the fd."""
-    if worker.writer is not None:
-        worker.writer.join()
-        worker.writer = None
-
-
-def _write_quietly(worker: _Worker, data: bytes | list[Any]) -> None:
-    try:
-        if isinstance(data, list):
-            writev_all(worker.conn.fileno(), data)
-        else:
-            write_all(worker.conn.fileno(), data)
-    except (OSError, ValueError):
-        pass  # it died (or its socket was closed): collect() sees it and reports its tasks
 
 
 def _now() -> float:

@@ -13,7 +13,8 @@ from collections import deque
 from typing import Any
 
 from ..api import ITaskManager
-from ..task import new_task_id
+from ..errors import TaskTimeout
+from ..task import Status, dump_error, error_text, new_task_id
 from .contracts import TaskManagerBase, WorkItem
 
 __all__ = ["QueuedManager", "WorkItem"]
@@ -33,6 +34,12 @@ class QueuedManager(TaskManagerBase, ITaskManager):
 
     def _feed(self) -> None:
         """Hand queued tasks on to what runs them, as far as there is room."""
+        raise NotImplementedError
+
+    def task_finished(
+        self, task: WorkItem, result: Any, error: Any, detail: str | None = None
+    ) -> None:
+        """Queue a task's outcome for the slave; ``detail``: the failure as text for people."""
         raise NotImplementedError
 
     def push_task(self, task: WorkItem) -> None:
@@ -65,3 +72,22 @@ class QueuedManager(TaskManagerBase, ITaskManager):
         self._queue.clear()
         self._pending -= len(items)
         return items
+
+    def _cancel_queued(self, task_ids: set[str]) -> None:
+        """Finish as cancelled the named tasks still queued here (never handed on)."""
+        kept: deque[WorkItem] = deque()
+        for item in self._queue:
+            if item.task_id in task_ids:
+                self.task_finished(item, b"", Status.CANCELLED)
+            else:
+                kept.append(item)
+        self._queue = kept
+
+    def _timed_out(self, item: WorkItem, where: str, then: str) -> None:
+        """Fail a task that ran past its timeout with TaskTimeout: it ran ``where`` (or "") and
+        ``then`` happened to its run."""
+        error = TaskTimeout(
+            f"task {item.task_id} ran past its timeout of {item.timeout:g}s{where}; {then}",
+            "TaskTimeout",
+        )
+        self.task_finished(item, dump_error(error), Status.TIMEOUT, error_text(error))

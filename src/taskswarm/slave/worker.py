@@ -18,20 +18,23 @@ import select
 import signal
 import time
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from typing import Any
 
 import msgpack
 
 from ..task import Status, run_task_reporting
 
 #: Sent instead of a task: finish and exit.
-STOP = msgpack.packb(None)
+STOP: bytes = msgpack.packb(None)
 
 
 def skip_message(task_ids: list[str]) -> bytes:
     """Sent after tasks a worker holds but has not started: it answers each with CANCELLED
     instead of running it (``Future.cancel()`` of a task already on its way to a worker)."""
-    return msgpack.packb({"skip": task_ids})
+    packed: bytes = msgpack.packb({"skip": task_ids})
+    return packed
 
 
 #: Seconds between two looks for a SKIP while tasks wait in a worker.
@@ -46,7 +49,7 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def writev_all(fd: int, pieces: list) -> None:
+def writev_all(fd: int, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
     """Write pieces in order with as few system calls as they take, copying none of them."""
     views = [memoryview(p) for p in pieces if len(p)]
     while views:
@@ -68,7 +71,7 @@ def worker_main(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = conn.fileno()
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
-    tasks: deque[list] = deque()  # read, not run yet
+    tasks: deque[list[Any] | None] = deque()  # read, not run yet (None: stop)
     skip: set[str] = set()  # tasks the slave took back while they waited here
     looked = 0.0
     while True:
@@ -105,7 +108,9 @@ def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
-def _read(fd: int, unpacker: msgpack.Unpacker, tasks: deque, skip: set[str]) -> bool:
+def _read(
+    fd: int, unpacker: msgpack.Unpacker, tasks: deque[list[Any] | None], skip: set[str]
+) -> bool:
     """Take what the slave has written: tasks join the queue, SKIPs mark queued ones. False
     when the slave is gone (never outlive it)."""
     try:

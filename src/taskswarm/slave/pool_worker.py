@@ -1,0 +1,171 @@
+"""The process pool's end of one worker process: its socket, its pipeline, writes, its end.
+
+Apart from the pool because it is the same for every worker whatever the pool decides: how a
+worker is started (from a forkserver), how a task is framed for it, how a write to it never
+holds up the slave's loop (a big one goes on in a thread of its own, later ones wait for it), and
+how it is ended (with its process group, its writer joined before its socket is closed).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from .containment import kill_group
+from .queued import WorkItem
+from .worker import STOP, worker_main, write_all, writev_all
+
+__all__ = [
+    "LONG_WRITE",
+    "PIPELINE_BYTES",
+    "PoolWorker",
+    "default_context",
+    "end",
+    "frame_task",
+    "send",
+    "spawn",
+]
+
+#: Most payload bytes sent ahead to a busy worker (well under a socket's buffer).
+PIPELINE_BYTES = 32 * 1024
+#: Bytes written to a worker at once past which a thread of their own writes them: a worker
+#: reads a few hundred MiB a second, and the slave's loop (its heartbeats) must not wait on it.
+LONG_WRITE = 8 * 1024 * 1024
+#: Payloads at least this big are written from where they lie, not copied into a message.
+_BIG = 64 * 1024
+
+_pack = msgpack.Packer().pack
+
+
+@dataclass(eq=False)
+class PoolWorker:
+    """One worker process, and the tasks sent to it whose outcomes have not come back."""
+
+    process: Any
+    conn: Any
+    unpacker: Any = field(default_factory=lambda: msgpack.Unpacker(raw=False, max_buffer_size=0))
+    pipeline: deque[WorkItem] = field(default_factory=deque)  # sent, no outcome yet
+    pipeline_bytes: int = 0
+    started: float = 0.0  # when the first task of the pipeline started (as the slave saw it)
+    retiring: bool = False
+    writer: threading.Thread | None = None  # writing a big task to it, off the slave's loop
+
+    @property
+    def task(self) -> WorkItem | None:
+        """The task running now."""
+        return self.pipeline[0] if self.pipeline else None
+
+    @property
+    def deadline(self) -> float | None:
+        task = self.task
+        if task is None or task.timeout is None:
+            return None
+        return self.started + task.timeout
+
+    def fits(self, item: WorkItem, depth: int) -> bool:
+        """Whether ``item`` joins the pipeline now (``depth`` tasks at most)."""
+        if not self.pipeline:
+            return True  # an idle worker takes anything: it is reading, so the write completes
+        return len(self.pipeline) < depth and self.pipeline_bytes + len(item.payload) <= (
+            PIPELINE_BYTES
+        )
+
+    def hand(self, item: WorkItem) -> list[Any]:
+        """Add ``item`` to the pipeline; returns it framed for ``send``."""
+        self.pipeline.append(item)
+        self.pipeline_bytes += len(item.payload)
+        return frame_task(item)
+
+    def take_running(self) -> WorkItem:
+        """Take the running task off the pipeline (it finished, or its worker is ended)."""
+        item = self.pipeline.popleft()
+        self.pipeline_bytes -= len(item.payload)
+        return item
+
+    def take_pipeline(self) -> list[WorkItem]:
+        """Empty the pipeline (its worker is ended): the tasks it held, none of them started."""
+        items = list(self.pipeline)
+        self.pipeline.clear()
+        self.pipeline_bytes = 0
+        return items
+
+
+def default_context() -> Any:  # a forkserver or spawn context: both have Process
+    # forkserver: workers fork from a small clean process, not from the slave (whose ZeroMQ
+    # threads make a plain fork unsafe), and start far faster than with spawn.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["taskswarm.slave.worker"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def spawn(context: Any, identity: str) -> PoolWorker:
+    """A new worker process, and the slave's end of its socket."""
+    parent_end, child_end = context.Pipe(duplex=True)
+    process = context.Process(
+        target=worker_main,
+        args=(child_end,),
+        name=f"taskswarm-worker-{identity}",
+        daemon=True,
+    )
+    process.start()
+    child_end.close()
+    return PoolWorker(process, parent_end)
+
+
+def end(worker: PoolWorker, *, stop: bool = False, wait: bool = False) -> None:
+    """End a worker with its process group (whatever its tasks started goes with it): asked to
+    stop first (``stop``), or given a moment to exit by itself (``wait``), or at once."""
+    if stop:
+        send(worker, STOP)
+    if stop or wait:
+        worker.process.join(timeout=1.0)
+    kill_group(worker.process)
+    _join_writer(worker)
+    worker.conn.close()
+
+
+def frame_task(item: WorkItem) -> list[Any]:
+    """A task as the worker reads it, msgpack ``[task_id, payload]``, in one or two pieces."""
+    if len(item.payload) < _BIG:
+        return [_pack([item.task_id, item.payload])]
+    head = b"\x92" + _pack(item.task_id) + b"\xc6" + len(item.payload).to_bytes(4, "big")
+    return [head, item.payload]  # array of 2, the id, then a bin 32 header and its bytes
+
+
+def send(worker: PoolWorker, data: bytes | list[Any]) -> None:
+    """Write to a worker, in order. A big write goes on in a thread while the slave's loop
+    carries on (its heartbeats, other workers' results); a later write to the same worker
+    (a STOP, a SKIP) waits for it first. A worker that died is noticed by the pool's read."""
+    _join_writer(worker)
+    if isinstance(data, list) and sum(map(len, data)) >= LONG_WRITE:
+        worker.writer = threading.Thread(
+            target=_write_quietly, args=(worker, data), name="taskswarm-big-write", daemon=True
+        )
+        worker.writer.start()
+        return
+    _write_quietly(worker, data)
+
+
+def _join_writer(worker: PoolWorker) -> None:
+    """Before its socket is closed: a write still going on must end (the worker is stopped
+    or dead by then, so it fails at once), or it could write to whatever next gets the fd."""
+    if worker.writer is not None:
+        worker.writer.join()
+        worker.writer = None
+
+
+def _write_quietly(worker: PoolWorker, data: bytes | list[Any]) -> None:
+    try:
+        if isinstance(data, list):
+            writev_all(worker.conn.fileno(), data)
+        else:
+            write_all(worker.conn.fileno(), data)
+    except (OSError, ValueError):
+        pass  # it died (or its socket was closed): collect() sees it and reports its tasks
