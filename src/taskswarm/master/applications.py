@@ -87,16 +87,14 @@ class ApplicationTable:
         self.retention = retention
         self.clock = clock
         self.records: dict[str, ApplicationRecord] = {}
-        self.results = ResultRoute(self._record_for, journal, send, max_message_bytes, clock)
+        self.results = ResultRoute(
+            self.records, self._gone_record, journal, send, max_message_bytes, clock
+        )
 
-    def _record_for(self, client_id: str) -> ApplicationRecord | None:
-        """Where a plain task's outcome goes: None once its application said BYE."""
-        client = self.records.get(client_id)
-        if client is None:  # restored from the journal: it may come back for it
-            client = self._record(client_id)
-            client.gone_at = self.clock()
-        elif client.said_bye:
-            return None  # no one can receive this any more
+    def _gone_record(self, client_id: str) -> ApplicationRecord:
+        """A record for an application not seen since a restart: it may come back."""
+        client = self._record(client_id)
+        client.gone_at = self.clock()
         return client
 
     def restore(self, undelivered: dict[str, list[tuple[str, bool, bytes, float]]]) -> None:

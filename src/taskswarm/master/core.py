@@ -318,12 +318,13 @@ class MasterCore:
         settled: list[Outcome] = []
         now, took = time.monotonic(), []
         scheduler, journal, max_crashes = self.scheduler, self.journal, self.max_crashes
+        settle = outcomes.settle
         for (task_id, status, detail), data in zip(msg["results"], msg.payloads, strict=True):
             task = scheduler.result_arrived(slave_id, str(task_id))
             if task is None:
                 continue  # stale, duplicate or cancelled
             took.append(now - task.assigned_at)
-            outcome = outcomes.settle(task, status, detail, data, scheduler, journal, max_crashes)
+            outcome = settle(task, status, detail, data, scheduler, journal, max_crashes)
             if outcome is None:
                 continue  # it runs again
             ok, data = outcome

@@ -75,14 +75,16 @@ class ResultRoute:
 
     def __init__(
         self,
-        record_for: Callable[[str], ApplicationRecord | None],
+        records: dict[str, ApplicationRecord],
+        gone_record: Callable[[str], ApplicationRecord],
         journal: Journal | NullJournal,
         send: Send,
         max_message_bytes: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        #: The record of an application by id, made (as gone) if need be; None if it said BYE.
-        self._record_for = record_for
+        self._records = records  # the application table's, by client id
+        #: A record made (as gone) for an application the master has not seen since a restart.
+        self._gone_record = gone_record
         self.journal = journal
         self.send = send
         self.max_message_bytes = max_message_bytes
@@ -104,10 +106,13 @@ class ResultRoute:
         durable = self.journal.durable
         long_ran = []
         made = time.time()
+        records = self._records
         for task, ok, data in outcomes:
-            client = self._record_for(task.client_id)
-            if client is None:
-                continue  # it said BYE: no one can receive this any more
+            client = records.get(task.client_id)
+            if client is None:  # restored from the journal: it may come back for it
+                client = self._gone_record(task.client_id)
+            elif client.said_bye:
+                continue  # no one can receive this any more
             if ok:
                 client.done += 1
             elif data:
