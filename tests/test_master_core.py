@@ -31,10 +31,12 @@ from hypothesis.stateful import (
     rule,
 )
 
+from taskswarm.errors import ConfigurationError
 from taskswarm.master.core import MasterCore, load_scheduler
 from taskswarm.master.journal import Journal
 from taskswarm.master.messages import Outgoing
 from taskswarm.master.retention import Retention
+from taskswarm.ops.config import MasterConfig
 from taskswarm.protocol.codec import Kind, Message
 from taskswarm.scheduling.records import TaskState
 from taskswarm.task import Status
@@ -425,3 +427,21 @@ def test_with_a_journal_an_accepted_task_outlives_the_core(tmp_path):
     (tasks,) = [o for o in wire.take() if o.kind == Kind.TASKS]
     assert tasks.payloads == [b"x"]
     again.journal.close()
+
+
+# -- scheduler options: the scheduler's own, passed on, never read by the core -----------------
+
+
+def test_a_scheduler_option_the_scheduler_does_not_name_is_refused_with_who_takes_it():
+    with pytest.raises(ConfigurationError, match="--scheduler dask or --scheduler ray"):
+        load_scheduler("push", "load", 2, {"engine": "tcp://127.0.0.1:8786"})
+    with pytest.raises(ConfigurationError, match="no installed scheduler takes it"):
+        load_scheduler("pull", "load", 2, {"no-such-option": "1"})
+    assert "engine" in load_scheduler("dask", "load", 2, {"engine": "tcp://x:1"}).options
+
+
+def test_engine_is_the_engine_schedulers_option_in_the_settings():
+    config = MasterConfig(scheduler="dask", engine="tcp://x:1", scheduler_option=("a=b=c",))
+    assert config.scheduler_options == {"a": "b=c", "engine": "tcp://x:1"}
+    with pytest.raises(ConfigurationError, match="is not KEY=VALUE"):
+        _ = MasterConfig(scheduler_option=("no-equals",)).scheduler_options
