@@ -32,10 +32,11 @@ from hypothesis.stateful import (
 )
 
 from taskswarm.errors import ConfigurationError
-from taskswarm.master.core import MasterCore, load_scheduler
+from taskswarm.master.core import MasterCore
 from taskswarm.master.journal import Journal
 from taskswarm.master.messages import Outgoing
 from taskswarm.master.retention import Retention
+from taskswarm.master.schedulers import load_scheduler
 from taskswarm.ops.config import MasterConfig
 from taskswarm.protocol.codec import Kind, Message
 from taskswarm.scheduling.records import TaskState

@@ -29,13 +29,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigurationError
 from ..protocol.codec import Kind, Message
 from ..protocol.transport import MAX_MESSAGE_BYTES
-from ..scheduling import available, load_plugin
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import NodeState, SlaveRecord, TaskRecord, format_resources
 from ..stats import Stats
@@ -50,37 +48,9 @@ from .slaves import SlaveTable
 from .status import describe, kept
 from .systems import SystemTable
 
-__all__ = ["MasterCore", "load_scheduler"]
+__all__ = ["MasterCore"]
 
 log = logging.getLogger(__name__)
-
-
-def load_scheduler(
-    scheduler: str, strategy: str, prefetch: int, options: Mapping[str, str] | None = None
-) -> SchedulerContract:
-    """A scheduler and its strategy, by their plugin names (``taskswarm.schedulers`` and
-    ``taskswarm.strategies``). ``options`` are the scheduler's own, read by it in ``setup``;
-    one it does not name in its ``options`` is a configuration error."""
-    strategy_obj = load_plugin("taskswarm.strategies", strategy)()
-    made: SchedulerContract = load_plugin("taskswarm.schedulers", scheduler)(strategy_obj, prefetch)
-    unknown = sorted(set(options or ()) - set(made.options))
-    if unknown:
-        takers = [
-            name
-            for name in available("taskswarm.schedulers")
-            if unknown[0] in getattr(load_plugin("taskswarm.schedulers", name), "options", ())
-        ]
-        raise ConfigurationError(
-            f"the {scheduler!r} scheduler takes no option {unknown[0]!r} "
-            f"(its options: {', '.join(sorted(made.options)) or 'none'}); "
-            + (
-                "use a scheduler that takes it: "
-                + " or ".join(f"--scheduler {name}" for name in takers)
-                if takers
-                else "no installed scheduler takes it"
-            )
-        )
-    return made
 
 
 class MasterCore:

@@ -38,11 +38,12 @@ from ..protocol.mailbox import Mailbox
 from ..protocol.transport import MAX_MESSAGE_BYTES, bind_router, receive_batch, try_send
 from ..scheduling.contracts import SchedulerContract
 from . import retention
-from .core import MasterCore, load_scheduler
+from .core import MasterCore
 from .gate import Gate
 from .journal import Journal, NullJournal
 from .messages import Ask
 from .retention import CLIENT_TIMEOUT, FORGET_AFTER, RESULT_CAP, RESULT_TTL, Retention
+from .schedulers import load_scheduler
 from .slaves import DEPARTED_KEPT, _measures  # noqa: F401 - where tests and tools find them
 
 __all__ = ["Master"]
