@@ -33,8 +33,8 @@ from hypothesis.stateful import (
 
 from taskswarm.errors import ConfigurationError
 from taskswarm.master.core import MasterCore
+from taskswarm.master.edges import Outgoing
 from taskswarm.master.journal import Journal
-from taskswarm.master.messages import Outgoing
 from taskswarm.master.retention import Retention
 from taskswarm.master.schedulers import load_scheduler
 from taskswarm.ops.config import MasterConfig

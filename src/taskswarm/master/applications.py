@@ -33,8 +33,8 @@ from ..protocol.codec import Kind, Message
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord, TaskState
 from ..task import failure
+from .edges import Send
 from .journal import Journal, JournalFault, NullJournal
-from .messages import Send
 from .outcomes import Outcome, cancelled_by
 from .results import ApplicationRecord, ResultRoute
 from .retention import Retention

@@ -16,7 +16,7 @@ Data flow::
 - ``tick(now)``: each heartbeat (heartbeats out, silent slaves lost, retention's sweep);
 - ``on_runner_message(item)``: what a task system's runner thread posted to the node's mailbox.
 
-What it says goes out through the ``send`` it was given (``taskswarm.master.messages.Send``):
+What it says goes out through the ``send`` it was given (``taskswarm.master.edges.Send``):
 the node's encodes and writes to its socket, a test's keeps the records in a list. It creates no
 socket and no thread of its own (a task system's runner thread is the system's). Plain tasks and
 their results stay opaque bytes here. Everything accepted is journaled before it is acknowledged,
@@ -40,8 +40,8 @@ from ..stats import Stats
 from ..task import Status
 from . import outcomes, retention
 from .applications import ApplicationRecord, ApplicationTable
+from .edges import RunnerMail, Send
 from .journal import Journal, NullJournal
-from .messages import RunnerMail, Send
 from .outcomes import ErrorLog, Outcome
 from .retention import Retention
 from .slaves import SlaveTable

@@ -39,9 +39,9 @@ from ..protocol.transport import MAX_MESSAGE_BYTES, bind_router, receive_batch, 
 from ..scheduling.contracts import SchedulerContract
 from . import retention
 from .core import MasterCore
+from .edges import Ask
 from .gate import Gate
 from .journal import Journal, NullJournal
-from .messages import Ask
 from .retention import CLIENT_TIMEOUT, FORGET_AFTER, RESULT_CAP, RESULT_TTL, Retention
 from .schedulers import load_scheduler
 from .slaves import DEPARTED_KEPT, _measures  # noqa: F401 - where tests and tools find them

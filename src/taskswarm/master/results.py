@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.codec import ENVELOPE, Kind, within
+from .edges import Send
 from .journal import Journal, NullJournal
-from .messages import Send
 from .outcomes import Outcome
 
 __all__ = ["JOURNAL_AFTER", "ApplicationRecord", "ResultRoute"]

@@ -20,7 +20,7 @@ from ..protocol.codec import ENVELOPE, Kind, Message, within
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import NodeState, SlaveRecord, format_resources, parse_resources
 from ..stats import Stats
-from .messages import Send
+from .edges import Send
 
 __all__ = ["DEPARTED_KEPT", "SlaveTable"]
 

@@ -1,9 +1,9 @@
 """The master's table of task systems: starting, feeding, completing, restoring them.
 
-Each live system has a ``SystemRunner`` thread (``taskswarm.system``); this table lives on the
+Each live system has a ``SystemRunner`` thread (``master.runner``); this table lives on the
 master's loop thread and is the only place that creates, journals and retires them. Runners talk
 back through the master's mailbox: ``Push`` (tasks, with a snapshot when durable), ``Progress``
-and ``Done`` (``taskswarm.master.messages``). The table knows the rest of the master only by what
+and ``Done`` (``taskswarm.master.edges``). The table knows the rest of the master only by what
 it is given: the scheduler, the journal, how to post to the loop, send and cancel on slaves.
 
 A completed system's outcome is kept (in memory and in the journal) until it is *collected*: an
@@ -30,11 +30,11 @@ from ..errors import TaskSystemError
 from ..protocol.codec import Kind
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord
-from ..system import SystemRunner
 from ..task import ExceptionWithTraceback
+from .edges import Done, Progress, Push, RunnerMail, Send
 from .journal import Journal, NullJournal, RestoredSystem
-from .messages import Done, Progress, Push, RunnerMail, Send
 from .retention import Retention
+from .runner import SystemRunner
 
 __all__ = ["SystemRecord", "SystemTable"]
 

@@ -33,7 +33,7 @@ def show_system_logging(level: str) -> None:
     master logs warnings only, and this is how its systems' info lines still reach the run's
     console (the master's stderr is the run's).
     """
-    from ..system import RUNNER_THREAD_PREFIX
+    from ..master.runner import RUNNER_THREAD_PREFIX
 
     wanted = logging.getLevelName(level.upper())
     root = logging.getLogger()
