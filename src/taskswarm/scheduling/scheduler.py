@@ -11,24 +11,28 @@ only to a slave with that much free; while none has, they wait without holding u
 behind them, and one that no live slave could ever run fails after ``resource_wait`` seconds.
 Every change to a slave goes through ``refresh``, which keeps the *ready* slaves (active, with
 room) indexed for the strategy, so choosing a slave never scans them all.
+
+One class, over 400 lines, on purpose: every change of a task's state happens in it, so the
+invariant above (one state at a time, one match of each result) can be checked by reading one
+place; the pieces that are not state changes live apart (``queue``, ``ready``, ``records``).
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from ..api import ITaskScheduler
 from ..stats import Measure
 from .contracts import SchedulerBase, StrategyContract, WatchesSlaves
 from .queue import TaskQueue
+from .ready import ReadySet
 from .records import NodeState, SlaveRecord, TaskRecord, TaskState
 
-__all__ = ["BaseScheduler", "ReadySet"]
+__all__ = ["BaseScheduler"]
 
 #: Most tasks needing resources that one dispatch sets aside while looking past them.
 MAX_SET_ASIDE = 256
@@ -43,42 +47,6 @@ STEAL_LOOK_SHARE = 100
 
 #: A task's resource needs as a hashable key, ``(name, amount)`` pairs in name order.
 NeedsKey = tuple[tuple[str, float], ...]
-
-
-class ReadySet:
-    """The slaves that can take a task now: O(1) to add, remove and draw one at random."""
-
-    def __init__(self) -> None:
-        self._slaves: list[SlaveRecord] = []
-        self._index: dict[str, int] = {}
-
-    def add(self, slave: SlaveRecord) -> None:
-        if slave.slave_id not in self._index:
-            self._index[slave.slave_id] = len(self._slaves)
-            self._slaves.append(slave)
-
-    def discard(self, slave_id: str) -> None:
-        index = self._index.pop(slave_id, None)
-        if index is None:
-            return
-        last = self._slaves.pop()
-        if index < len(self._slaves):
-            self._slaves[index] = last
-            self._index[last.slave_id] = index
-
-    def choice(self, rng: random.Random) -> SlaveRecord | None:
-        if not self._slaves:
-            return None
-        return self._slaves[int(rng.random() * len(self._slaves))]
-
-    def __contains__(self, slave_id: object) -> bool:
-        return slave_id in self._index
-
-    def __len__(self) -> int:
-        return len(self._slaves)
-
-    def __iter__(self) -> Iterator[SlaveRecord]:
-        return iter(list(self._slaves))
 
 
 class BaseScheduler(SchedulerBase, ITaskScheduler):
