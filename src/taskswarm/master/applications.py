@@ -60,7 +60,7 @@ class ApplicationTable:
         systems: SystemTable,
         send: Send,
         *,
-        reply_later: Callable[[bytes, str, dict], None],
+        reply_later: Callable[[bytes, str, dict[str, Any]], None],
         cancel_on_slaves: Callable[[list[TaskRecord], bool], None],
         deliver: Callable[[list[Outcome]], None],
         dispatch_now: Callable[[], None],

@@ -130,7 +130,7 @@ class MasterCore:
             clock=clock,
         )
         self.errors = ErrorLog()
-        self._replies: list[tuple[bytes, str, dict]] = []
+        self._replies: list[tuple[bytes, str, dict[str, Any]]] = []
         #: Plain tasks a worker began this turn, by application (``Future.running()``).
         self._started_for: defaultdict[str, list[str]] = defaultdict(list)
         self._next_maintenance = time.monotonic() + retention.JOURNAL_MAINTENANCE
@@ -249,7 +249,7 @@ class MasterCore:
         offers = sorted({format_resources(s.resources) for s in self.scheduler.slaves.values()})
         return outcomes.unsatisfiable(tasks, offers, self.scheduler.resource_wait)
 
-    def reply_later(self, identity: bytes, kind: str, header: dict) -> None:
+    def reply_later(self, identity: bytes, kind: str, header: dict[str, Any]) -> None:
         """Send at the end of this turn of the loop, after the tasks it dispatches."""
         self._replies.append((identity, kind, header))
 
@@ -264,7 +264,7 @@ class MasterCore:
         for client_id, task_ids in started.items():
             self.tell_application(client_id, Kind.RUNNING, {"tasks": task_ids})
 
-    def tell_application(self, client_id: str, kind: str, header: dict) -> None:
+    def tell_application(self, client_id: str, kind: str, header: dict[str, Any]) -> None:
         """Send to an application by its id, if it is connected."""
         client = self.applications.records.get(client_id)
         if client is not None and client.identity is not None:

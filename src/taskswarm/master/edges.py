@@ -21,7 +21,11 @@ class Send(Protocol):
     """How the core sends one message: False when it could not go (the peer is unreachable)."""
 
     def __call__(
-        self, identity: bytes, kind: str, header: dict | None = None, payloads: Sequence[Any] = ()
+        self,
+        identity: bytes,
+        kind: str,
+        header: dict[str, Any] | None = None,
+        payloads: Sequence[Any] = (),
     ) -> bool: ...
 
 
@@ -39,7 +43,7 @@ class Push(NamedTuple):
     journal's number of the last result the system applied."""
 
     system_id: str
-    tasks: list[tuple[list, bytes]]
+    tasks: list[tuple[list[Any], bytes]]
     snapshot: bytes | None
     applied_seq: int
 
@@ -71,4 +75,4 @@ class Ask(NamedTuple):
     """A question run in the loop (``Master.ask``): its answer or exception goes to ``future``."""
 
     question: Callable[[Any], Any]
-    future: concurrent.futures.Future
+    future: concurrent.futures.Future[Any]

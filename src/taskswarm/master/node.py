@@ -193,7 +193,7 @@ class Master:
         return self.core.peers
 
     @property
-    def departed(self) -> dict[str, dict]:
+    def departed(self) -> dict[str, dict[str, Any]]:
         return self.core.slaves.departed
 
     @property
@@ -267,10 +267,10 @@ class Master:
         self.dashboard = server
         log.info("dashboard and API on %s", self.dashboard_url)
 
-    def ask(self, question: Any) -> concurrent.futures.Future:
+    def ask(self, question: Any) -> concurrent.futures.Future[Any]:
         """Run ``question(master)`` in the master's loop (from any thread): how the dashboard
         reads the records the loop owns. The Future holds its answer or its exception."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.mailbox.post(Ask(question, future))
         return future
 
@@ -352,7 +352,13 @@ class Master:
             if message is not None:
                 handle(identity, message)
 
-    def send(self, identity: bytes, kind: str, header: dict | None = None, payloads=()) -> bool:
+    def send(
+        self,
+        identity: bytes,
+        kind: str,
+        header: dict[str, Any] | None = None,
+        payloads: Sequence[Any] = (),
+    ) -> bool:
         frames = self.codec.encode(kind, header, payloads, to=self.gate.sessions.get(identity))
         return try_send(self.router, [identity, *frames])
 

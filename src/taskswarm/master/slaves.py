@@ -51,7 +51,9 @@ class SlaveTable:
         self.slave_timeout = slave_timeout
         self.max_message_bytes = max_message_bytes
         self.clock = clock
-        self.departed: dict[str, dict] = {}  # lost or gone slaves, for status; oldest first
+        self.departed: dict[
+            str, dict[str, Any]
+        ] = {}  # lost or gone slaves, for status; oldest first
         self._departed_at: dict[str, float] = {}  # ... and when (the clock's time)
 
     def known(self, identity: bytes) -> SlaveRecord | None:

@@ -34,7 +34,7 @@ from ..task import ExceptionWithTraceback
 from .edges import Done, Progress, Push, RunnerMail, Send
 from .journal import Journal, NullJournal, RestoredSystem
 from .retention import Retention
-from .runner import SystemRunner
+from .runner import ResultBatch, SystemRunner
 
 __all__ = ["SystemRecord", "SystemTable"]
 
@@ -100,7 +100,7 @@ class SystemTable:
         journal: Journal | NullJournal,
         send: Send,
         *,
-        tell_application: Callable[[str, str, dict], None],
+        tell_application: Callable[[str, str, dict[str, Any]], None],
         cancel_on_slaves: Callable[[list[TaskRecord], bool], None],
         cluster_info: Callable[[], dict[str, int]],
         post: Callable[[RunnerMail], None] = _no_runners,
@@ -154,7 +154,7 @@ class SystemTable:
         )
 
     def _run(
-        self, record: SystemRecord, payload: bytes, is_snapshot: bool | None, replay: list
+        self, record: SystemRecord, payload: bytes, is_snapshot: bool | None, replay: ResultBatch
     ) -> None:
         record.runner = SystemRunner(
             record.system_id,

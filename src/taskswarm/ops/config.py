@@ -73,11 +73,12 @@ def setting(default: Any = None, help: str = "", **spelling: Any) -> Any:
     return field(default=default, metadata={"taskswarm": Spec(help=help, **spelling)})
 
 
-def spec(f: dataclasses.Field) -> Spec:
-    return f.metadata["taskswarm"]
+def spec(f: dataclasses.Field[Any]) -> Spec:
+    found: Spec = f.metadata["taskswarm"]
+    return found
 
 
-def envvar(command: str, f: dataclasses.Field) -> str:
+def envvar(command: str, f: dataclasses.Field[Any]) -> str:
     """The environment variable a setting is read from (click's ``auto_envvar_prefix`` rule)."""
     return spec(f).envvar or f"TASKSWARM_{command}_{f.name}".upper()
 
@@ -388,11 +389,11 @@ class RunConfig:
 # -- what is made from the records -------------------------------------------------------------
 
 
-def _flag(f: dataclasses.Field) -> str:
+def _flag(f: dataclasses.Field[Any]) -> str:
     return spec(f).flag or "--" + f.name.replace("_", "-")
 
 
-def option(f: dataclasses.Field) -> Callable[[_F], _F]:
+def option(f: dataclasses.Field[Any]) -> Callable[[_F], _F]:
     """The click option (or argument) of one field: its flag, default, help, type, variable."""
     s = spec(f)
     spelling: dict[str, Any] = {"metavar": s.metavar, "required": s.required}
