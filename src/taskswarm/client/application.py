@@ -29,8 +29,8 @@ from ..protocol.transport import check_address, unreachable_message, unresolvabl
 from ..task import FunctionTask, Task, task_meta
 from . import gc_pause
 from .handles import SystemHandle, TaskFuture, TaskswarmExecutor
-from .ledger import Ledger
-from .link import SUBMIT_BYTES, MasterLink, TaskFinished
+from .ledger import Ledger, TaskFinished
+from .link import SUBMIT_BYTES, MasterLink
 from .meter import ProgressCallback
 from .watching import ApplicationWatcher as ApplicationWatcher
 from .watching import watchers
@@ -73,11 +73,11 @@ class Application:
     def on_task_finished(self) -> TaskFinished | None:
         """Called as ``(task, result, error)`` after each plain task's Future is resolved, on
         the connection's I/O thread (the callback style, ``ApplicationNode``, uses it)."""
-        return self._link.on_task_finished
+        return self._ledger.on_task_finished
 
     @on_task_finished.setter
     def on_task_finished(self, callback: TaskFinished | None) -> None:
-        self._link.on_task_finished = callback
+        self._ledger.on_task_finished = callback
 
     # -- tasks -----------------------------------------------------------------------------------
 

@@ -9,19 +9,24 @@ here holds a result once its Future has it.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable
-from concurrent.futures import Future, InvalidStateError
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
-from ..task import Task
+from ..task import Task, load_outcome
 from .handles import SystemHandle, TaskFuture
 from .meter import ProgressCallback
 
-__all__ = ["Entry", "Ledger", "resolve"]
+__all__ = ["Entry", "Ledger", "TaskFinished", "resolve"]
+
+log = logging.getLogger(__name__)
 
 #: A task sent and not yet done: the task itself (its ``finished`` runs here) and its Future.
 Entry = tuple[Task, TaskFuture]
+#: Called as ``(task, result, error)`` after each plain task's Future is resolved.
+TaskFinished = Callable[[Task, Any, "BaseException | None"], None]
 
 
 class Ledger:
@@ -33,6 +38,8 @@ class Ledger:
         self.systems: dict[str, SystemHandle] = {}
         #: The systems this connection sent (not those it only waits for): Ctrl-C cancels these.
         self.sent_systems: set[str] = set()
+        #: Called as ``(task, result, error)`` after each plain task's Future is resolved.
+        self.on_task_finished: TaskFinished | None = None
 
     # -- tasks -------------------------------------------------------------------------------------
 
@@ -62,6 +69,51 @@ class Ledger:
         with self.lock:
             return [future for _, future in self.tasks.values()]
 
+    # -- outcomes (the I/O thread) ----------------------------------------------------------------
+
+    def mark_running(self, task_ids: Iterable[str]) -> None:
+        """A worker began these tasks: their Futures can no longer be cancelled."""
+        for entry in self.find(task_ids):
+            if entry is not None:
+                entry[1].mark_running()
+
+    def settle(self, results: Sequence[Sequence[Any]], payloads: Sequence[bytes]) -> None:
+        """Outcomes arrived, as ``(task_id, ok)`` pairs and a pickled outcome each: each task
+        leaves the ledger, its ``finished`` and ``on_task_finished`` run, its Future resolves."""
+        entries = self.take([task_id for task_id, _ in results])
+        for (_, ok), data, entry in zip(results, payloads, entries, strict=False):
+            if entry is not None:
+                self._deliver(entry[0], entry[1], ok, data)
+        # Nothing here may hold a result once its Future has it: the caller alone decides when
+        # it is let go (concurrent.futures' test_free_reference).
+        entries = entry = None  # type: ignore[assignment]  # noqa: F841
+
+    def _deliver(self, task: Task, future: TaskFuture, ok: bool, data: bytes) -> None:
+        on_task_finished = self.on_task_finished
+        if not ok and not len(data):  # taken back unrun (cancel_queued): no outcome
+            future.stop()
+            if on_task_finished is not None:
+                on_task_finished(task, None, CancelledError())
+            return
+        outcome = load_outcome(ok, data, task.name)
+        if type(task).finished is not Task.finished:  # most tasks keep the no-op
+            try:
+                task.finished(*outcome)
+            except Exception:
+                log.error("%r.finished() raised", task, exc_info=True)
+        if on_task_finished is not None:
+            try:
+                on_task_finished(task, *outcome)
+            except Exception:
+                log.error("on_task_finished callback raised", exc_info=True)
+        resolve(future, *outcome)
+
+    def fail(self, task_ids: Iterable[str], error: BaseException) -> None:
+        """These tasks end with ``error`` (the master refused them)."""
+        for entry in self.take(task_ids):
+            if entry is not None:
+                resolve(entry[1], exception=error)
+
     # -- task systems ------------------------------------------------------------------------------
 
     def track_system(
@@ -77,6 +129,23 @@ class Ledger:
             if progress is not None:
                 handle.progress = progress
             return handle, False
+
+    def progress(
+        self, system_id: str, done: int, total: int, failed: int, first_failure: str | None
+    ) -> None:
+        handle = self.systems.get(system_id)
+        if handle is not None:
+            try:
+                handle.set_progress(done, total, failed, first_failure)
+            except Exception:
+                log.error("progress callback raised", exc_info=True)
+
+    def system_ended(
+        self, system_id: str, result: Any = None, error: BaseException | None = None
+    ) -> None:
+        handle = self.systems.get(system_id)
+        if handle is not None:
+            handle.set_outcome(result, error)
 
     def forget_system(self, system_id: str, handle: SystemHandle) -> None:
         """Stop waiting for a system the master refused (when ``handle`` still stands for it)."""

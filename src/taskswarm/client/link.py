@@ -6,14 +6,17 @@ Data flow::
                                                                             v
     I/O thread: mailbox --(consecutive task batches merged into one SUBMIT)--> dealer --> master
                 dealer <-- RESULTS / RUNNING / ACK / SYSTEM_DONE / ... <-- master
-                        --> Future.set_result, task.finished, handle.set_outcome (the Ledger)
+                        --> the Ledger: Future.set_result, task.finished, handle.set_outcome
 
 What user threads hand the I/O thread (the mailbox's items) are two records, ``PostedTasks``
 and ``PostedMessage``. A request (``request``) is a message whose reply is matched to its
-sender by a request id (``rid``); a SUBMIT batch is kept under its ``rid`` until the master's
-ACK. The link says HELLO until the master WELCOMEs it and HEARTBEATs while the master answers;
-a master silent for ``master_timeout`` is greeted again. A second WELCOME means a reconnect
-(the master restarted, or lost this application): the link then resyncs -- it sends again the
+sender by a request id (``rid``, ``requests.py``); a SUBMIT batch is kept under its ``rid``
+until the master's ACK. The link reads each message's header; what an outcome settles is the
+ledger's business (``ledger.py``).
+
+The link says HELLO until the master WELCOMEs it and HEARTBEATs while the master answers; a
+master silent for ``master_timeout`` is greeted again. A second WELCOME means a reconnect (the
+master restarted, or lost this application): the link then resyncs -- it sends again the
 requests and batches not yet acknowledged and what still waits in the mailbox, then asks which
 tasks and systems the master still holds (TASKS_QUERY, SYSTEM_QUERY), so no Future waits for
 ever on work the master forgot.
@@ -29,7 +32,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, Future
 from typing import Any, NamedTuple
 
 import cloudpickle
@@ -55,11 +57,10 @@ from ..protocol.transport import (
     try_send,
     unreachable_message,
 )
-from ..task import Task, load_outcome
-from .handles import TaskFuture
-from .ledger import Ledger, resolve
+from .ledger import Ledger
+from .requests import Requests
 
-__all__ = ["MasterLink", "PostedMessage", "PostedTasks", "TaskFinished"]
+__all__ = ["MasterLink", "PostedMessage", "PostedTasks"]
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ QUERY_IDS = 20_000
 
 #: One task as it travels in a SUBMIT: its metadata (``task_meta``) and its pickled payload.
 Submission = tuple[list[Any], bytes]
-#: Called as ``(task, result, error)`` after each plain task's Future is resolved.
-TaskFinished = Callable[[Task, Any, "BaseException | None"], None]
 
 
 class PostedTasks(NamedTuple):
@@ -115,17 +114,12 @@ class MasterLink:
             self.context, address, f"app-{application_id}".encode(), keys.curve_public
         )
         self.mailbox = Mailbox()
-        #: Called as ``(task, result, error)`` after each plain task's Future is resolved.
-        self.on_task_finished: TaskFinished | None = None
         #: The master's message limit (its WELCOME says): no payload bigger than fits is sent.
         self.max_bytes = MAX_MESSAGE_BYTES
         self.closed = False
         self.failure: BaseException | None = None  # why the I/O thread gave up, if it did
         self._rids = itertools.count(1)
-        self._requests_lock = threading.Lock()
-        self._requests: dict[int, Future[Any]] = {}
-        #: What each pending request sent, to send again after a reconnect.
-        self._request_messages: dict[int, PostedMessage] = {}
+        self._requests = Requests()
         self._unconfirmed_batches: dict[int, list[Submission]] = {}  # I/O thread only
         self._acks_due: list[str] = []  # results received, their receipt not yet confirmed
         self._ack_at = 0.0
@@ -179,18 +173,13 @@ class MasterLink:
         TaskswarmError with the master's reason. Sent again after a reconnect."""
         self.check_open()
         rid = next(self._rids)
-        future: Future[Any] = Future()
         message = PostedMessage(kind, {**header, "rid": rid}, list(payloads))
-        with self._requests_lock:
-            self._requests[rid] = future
-            self._request_messages[rid] = message
+        future = self._requests.open(rid, message)
         self.mailbox.post(message)
         try:
             return future.result(timeout)
         finally:
-            with self._requests_lock:
-                self._requests.pop(rid, None)
-                self._request_messages.pop(rid, None)
+            self._requests.close(rid)
 
     def check_open(self) -> None:
         if self.failure is not None:
@@ -215,11 +204,8 @@ class MasterLink:
         if not self.closed:
             self.failure = error  # later calls say why the connection is unusable
             self.closed = True
-        with self._requests_lock:
-            requests = list(self._requests.values())
         self.ledger.fail_all(error)
-        for future in requests:
-            resolve(future, exception=error)
+        self._requests.fail_all(error)
 
     # -- the I/O thread ----------------------------------------------------------------------------
 
@@ -348,9 +334,7 @@ class MasterLink:
         batches, self._unconfirmed_batches = list(self._unconfirmed_batches.values()), {}
         waiting = self.ledger.waiting()
         systems = self.ledger.unfinished_systems()
-        with self._requests_lock:
-            requests = list(self._request_messages.values())
-        for message in requests:
+        for message in self._requests.messages():
             self.send(*message)
         for batch in batches:
             self._send_tasks([(meta, payload) for meta, payload in batch if meta[0] in waiting])
@@ -391,89 +375,48 @@ class MasterLink:
         self._last_from_master = 0.0
 
     def _on_running(self, msg: Message) -> None:
-        for entry in self.ledger.find(msg["tasks"]):
-            if entry is not None:
-                entry[1].mark_running()
+        self.ledger.mark_running(msg["tasks"])
 
     def _on_results(self, msg: Message) -> None:
         results = msg["results"]
-        entries = self.ledger.take([task_id for task_id, _ in results])
         # The master keeps each result (journaled) until told it arrived: say so soon, in bulk.
         if not self._acks_due:
             self._ack_at = time.monotonic() + ACK_DELAY
         self._acks_due.extend(task_id for task_id, _ in results)
-        for (_, ok), data, entry in zip(results, msg.payloads, entries, strict=False):
-            if entry is not None:
-                self._deliver(entry[0], entry[1], ok, data)
-        # Nothing here may hold a result once its Future has it: the caller alone decides when
-        # it is let go (concurrent.futures' test_free_reference).
-        entries = entry = None  # type: ignore[assignment]  # noqa: F841
-
-    def _deliver(self, task: Task, future: TaskFuture, ok: bool, data: bytes) -> None:
-        on_task_finished = self.on_task_finished
-        if not ok and not len(data):  # taken back unrun (cancel_queued): no outcome
-            future.stop()
-            if on_task_finished is not None:
-                on_task_finished(task, None, CancelledError())
-            return
-        outcome = load_outcome(ok, data, task.name)
-        if type(task).finished is not Task.finished:  # most tasks keep the no-op
-            try:
-                task.finished(*outcome)
-            except Exception:
-                log.error("%r.finished() raised", task, exc_info=True)
-        if on_task_finished is not None:
-            try:
-                on_task_finished(task, *outcome)
-            except Exception:
-                log.error("on_task_finished callback raised", exc_info=True)
-        resolve(future, *outcome)
+        self.ledger.settle(results, msg.payloads)
 
     def _on_reply(self, msg: Message) -> None:
         batch = self._unconfirmed_batches.pop(msg.get("rid"), None)
         if batch is not None:
             if msg.kind == Kind.REJECT:
-                self._fail_tasks([meta[0] for meta, _ in batch], str(msg.get("reason")))
-            return
-        with self._requests_lock:
-            future = self._requests.get(msg.get("rid"))
-        if future is None:
+                error = TaskswarmError(f"the master refused the tasks: {msg.get('reason')}")
+                self.ledger.fail([meta[0] for meta, _ in batch], error)
             return
         if msg.kind == Kind.REJECT:
-            resolve(future, exception=TaskswarmError(str(msg.get("reason"))))
+            self._requests.answer(msg.get("rid"), error=TaskswarmError(str(msg.get("reason"))))
         else:
-            resolve(future, msg.header)
-
-    def _fail_tasks(self, task_ids: list[str], reason: str) -> None:
-        error = TaskswarmError(f"the master refused the tasks: {reason}")
-        for entry in self.ledger.take(task_ids):
-            if entry is not None:
-                resolve(entry[1], exception=error)
+            self._requests.answer(msg.get("rid"), msg.header)
 
     def _on_progress(self, msg: Message) -> None:
-        handle = self.ledger.systems.get(str(msg["system_id"]))
-        if handle is not None:
-            try:
-                handle.set_progress(
-                    int(msg["done"]),
-                    int(msg["total"]),
-                    int(msg.get("failed", 0)),
-                    msg.get("first_failure"),
-                )
-            except Exception:
-                log.error("progress callback raised", exc_info=True)
+        self.ledger.progress(
+            str(msg["system_id"]),
+            int(msg["done"]),
+            int(msg["total"]),
+            int(msg.get("failed", 0)),
+            msg.get("first_failure"),
+        )
 
     def _on_system_done(self, msg: Message) -> None:
         system_id = str(msg["system_id"])
-        handle = self.ledger.systems.get(system_id)
-        if handle is None:
+        if system_id not in self.ledger.systems:
             return
         if msg.get("unknown"):
             why = f": {msg['reason']}" if msg.get("reason") else ""
-            handle.set_outcome(
+            self.ledger.system_ended(
+                system_id,
                 error=UnknownTaskSystem(
                     f"the master at {self.address} holds no task system with id {system_id}{why}"
-                )
+                ),
             )
             return
         # Received: the master may let the result go (older masters ignore ``systems``).
@@ -487,4 +430,4 @@ class MasterLink:
             )
         if error is not None and not isinstance(error, BaseException):
             error = TaskSystemError(str(error))
-        handle.set_outcome(result, error)
+        self.ledger.system_ended(system_id, result, error)
