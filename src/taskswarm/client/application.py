@@ -117,7 +117,8 @@ class Application:
         being made. If one cannot be sent, the ones before it are cancelled and the error says
         which task and why: all or none.
         """
-        self._link.check_open()
+        link = self._link
+        link.check_open()
         futures: list[TaskFuture] = []
         chunk: list[tuple[Task, TaskFuture, list[Any], bytes]] = []
         size = 0
@@ -125,8 +126,8 @@ class Application:
         try:
             for task in tasks:
                 payload = pickling.dumps_task(task)
-                if len(payload) > self._link.max_payload:
-                    raise too_large(f"task {task.name!r}", len(payload), self._link.max_bytes)
+                if len(payload) > link.max_payload:
+                    raise too_large(f"task {task.name!r}", len(payload), link.max_bytes)
                 meta = task_meta(task)
                 task.client_id = self.client_id
                 future = TaskFuture(task.task_id, self._cancel_queued)

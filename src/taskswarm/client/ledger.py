@@ -80,7 +80,9 @@ class Ledger:
     def settle(self, results: Sequence[Sequence[Any]], payloads: Sequence[bytes]) -> None:
         """Outcomes arrived, as ``(task_id, ok)`` pairs and a pickled outcome each: each task
         leaves the ledger, its ``finished`` and ``on_task_finished`` run, its Future resolves."""
-        entries = self.take([task_id for task_id, _ in results])
+        with self.lock:
+            pop = self.tasks.pop
+            entries = [pop(task_id, None) for task_id, _ in results]
         for (_, ok), data, entry in zip(results, payloads, entries, strict=False):
             if entry is not None:
                 self._deliver(entry[0], entry[1], ok, data)
