@@ -126,7 +126,7 @@ def test_if_the_io_thread_fails_every_waiting_future_fails_with_the_reason(share
         def broken_keep_alive() -> None:
             raise SystemExit("the I/O thread stops here")
 
-        app._keep_alive = broken_keep_alive  # runs in the I/O thread within half a second
+        app._link._keep_alive = broken_keep_alive  # runs in the I/O thread within half a second
         with pytest.raises(ts.ClusterError, match="the I/O thread stops here"):
             held.result(timeout=30)
         with pytest.raises(ts.ClusterError, match="connect again"):
@@ -148,7 +148,7 @@ def test_a_task_cancelled_by_another_application_ends_its_owners_future(shared, 
         held = owner.submit(_wait_for_file, str(tmp_path / "never"))
         wait_for(held.running)
 
-        other._post(Kind.CANCEL, {"tasks": [held.task_id]})  # as by an id from /api/tasks
+        other._link.post(Kind.CANCEL, {"tasks": [held.task_id]})  # as by an id from /api/tasks
 
         with pytest.raises(ts.TaskError, match=f"was cancelled by application {other.client_id}"):
             held.result(timeout=30)
@@ -213,8 +213,8 @@ def test_a_welcome_while_tasks_wait_to_be_sent_fails_none_of_them(app):
     def on_io_thread(_future) -> None:
         # Runs on the application's I/O thread: say HELLO again and hold the thread until the
         # master's WELCOME is waiting on the socket and the next task waits in the mailbox.
-        app._send(Kind.HELLO, app._hello)
-        app._socket.poll(10_000)
+        app._link.send(Kind.HELLO, app._link.hello)
+        app._link.socket.poll(10_000)
         welcomed_again.set()
         go.wait(10)
 

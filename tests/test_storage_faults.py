@@ -176,7 +176,7 @@ def test_a_deleted_state_directory_stops_acceptance(tmp_path):
         refused = CollatzWalks([5, 7])
         with pytest.raises(ts.TaskswarmError, match="deleted or replaced"):
             app.submit_system(refused)
-        assert refused.system_id not in app._systems  # nothing left waiting for it
+        assert refused.system_id not in app._ledger.systems  # nothing left waiting for it
         # Put back, the directory is still not the journal the master has open: it stays so.
         state.mkdir()
         with pytest.raises(ts.TaskswarmError, match="deleted or replaced"):

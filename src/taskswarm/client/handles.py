@@ -15,17 +15,16 @@ from concurrent.futures._base import (
     PENDING,
     RUNNING,
 )
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..ops import progress as progress_board
-from ..ops.progress import Meter, ProgressCallback
 from ..protocol.pickling import UnpicklableTask
 from ..task import FunctionTask
+from .meter import Meter, ProgressCallback
 
 if TYPE_CHECKING:
     from .application import Application
 
-__all__ = ["SystemHandle", "TaskFuture", "TaskswarmExecutor"]
+__all__ = ["SystemHandle", "SystemObserver", "TaskFuture", "TaskswarmExecutor"]
 
 
 class TaskFuture(Future[Any]):
@@ -82,6 +81,17 @@ class TaskFuture(Future[Any]):
         return True
 
 
+class SystemObserver(Protocol):
+    """Hears of one task system's progress and end (``SystemHandle.observe``): how a progress
+    board follows a system without the handle knowing of boards."""
+
+    def system_progress(self, handle: SystemHandle) -> None:
+        """New counts are in ``handle.meter``."""
+
+    def system_finished(self, handle: SystemHandle, error: BaseException | None) -> None:
+        """The system ended, with ``error`` when it failed."""
+
+
 class SystemHandle:
     """A task system living on the master. Keep ``system_id``: any process can fetch the result.
 
@@ -99,8 +109,7 @@ class SystemHandle:
         self.total_tasks = 0
         self.meter = Meter(label or f"task system {system_id[:8]}")
         self.meter.update(0, 0)  # the system starts now: its rate counts from here
-        board = progress_board.active()
-        self._board = None if getattr(progress, "draws_progress", False) else board
+        self._observers: list[SystemObserver] = []
         self._future: Future[Any] = Future()
 
     # -- the caller's side -----------------------------------------------------------------------
@@ -115,6 +124,10 @@ class SystemHandle:
     def add_done_callback(self, fn: Callable[[Future[Any]], None]) -> None:
         self._future.add_done_callback(fn)
 
+    def observe(self, observer: SystemObserver) -> None:
+        """Tell ``observer`` of each progress report and of the end (on the I/O thread)."""
+        self._observers.append(observer)
+
     def __repr__(self) -> str:
         state = "done" if self.done() else f"{self.done_tasks}/{self.total_tasks}"
         return f"<SystemHandle {self.system_id} {state}>"
@@ -126,8 +139,8 @@ class SystemHandle:
     ) -> None:
         self.done_tasks, self.total_tasks = done, total
         self.meter.update(done, total, failed=failed, first_failure=first_failure)
-        if self._board is not None:
-            self._board.update(self.system_id, done, total, self.meter.label, failed, first_failure)
+        for observer in self._observers:
+            observer.system_progress(self)
         if self.progress is not None:
             self.progress(done, total)
 
@@ -135,8 +148,8 @@ class SystemHandle:
         if self._future.done():
             return
         self.meter.finished, self.meter.failed = True, error is not None
-        if self._board is not None:
-            self._board.finish(self.system_id, error)
+        for observer in self._observers:
+            observer.system_finished(self, error)
         if error is not None:
             self._future.set_exception(error)
         else:

@@ -26,7 +26,8 @@ from typing import Any
 
 import click
 
-from ..client.application import Application, watching
+from ..client.application import Application
+from ..client.watching import ApplicationWatcher, watching
 from .progress import ProgressBoard, active, installed
 
 __all__ = ["RunWatch", "interrupt_once", "run_app", "run_target", "split_node"]
@@ -48,7 +49,7 @@ def split_node(target: str, is_module: bool) -> tuple[str, str | None]:
     return target, None
 
 
-class RunWatch:
+class RunWatch(ApplicationWatcher):
     """What the program did with the cluster: how many connections it opened, which are still
     open, and what Ctrl-C cancelled (a line each, printed once the run's display is down)."""
 

@@ -1,0 +1,195 @@
+"""What an application still waits for: its tasks' Futures and its task systems' handles.
+
+User threads add to it as they submit and take from it as they cancel; the I/O thread takes
+from it as outcomes arrive, and reads it to tell a master it reconnected to what is still due.
+One lock guards it, held only for the dictionary work (never while a Future is resolved, whose
+callbacks may submit again). A task leaves the ledger before its Future is resolved, so nothing
+here holds a result once its Future has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from typing import Any
+
+from ..task import Task, load_outcome
+from .handles import SystemHandle, TaskFuture
+from .meter import ProgressCallback
+
+__all__ = ["Entry", "Ledger", "TaskFinished", "resolve"]
+
+log = logging.getLogger(__name__)
+
+#: A task sent and not yet done: the task itself (its ``finished`` runs here) and its Future.
+Entry = tuple[Task, TaskFuture]
+#: Called as ``(task, result, error)`` after each plain task's Future is resolved.
+TaskFinished = Callable[[Task, Any, "BaseException | None"], None]
+
+
+class Ledger:
+    """Tasks by id and task systems by id, as one application waits for them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tasks: dict[str, Entry] = {}
+        self.systems: dict[str, SystemHandle] = {}
+        #: The systems this connection sent (not those it only waits for): Ctrl-C cancels these.
+        self.sent_systems: set[str] = set()
+        #: Called as ``(task, result, error)`` after each plain task's Future is resolved.
+        self.on_task_finished: TaskFinished | None = None
+
+    # -- tasks -------------------------------------------------------------------------------------
+
+    def add(self, entries: Iterable[Entry]) -> None:
+        with self.lock:
+            tasks = self.tasks
+            for task, future in entries:
+                tasks[task.task_id] = (task, future)
+
+    def take(self, task_ids: Iterable[str]) -> list[Entry | None]:
+        """Remove these tasks; each one's entry, or None where it was not waited for."""
+        with self.lock:
+            pop = self.tasks.pop
+            return [pop(task_id, None) for task_id in task_ids]
+
+    def find(self, task_ids: Iterable[str]) -> list[Entry | None]:
+        with self.lock:
+            get = self.tasks.get
+            return [get(task_id) for task_id in task_ids]
+
+    def waiting(self) -> set[str]:
+        """The ids of every task still waited for."""
+        with self.lock:
+            return set(self.tasks)
+
+    def futures(self) -> list[TaskFuture]:
+        with self.lock:
+            return [future for _, future in self.tasks.values()]
+
+    # -- outcomes (the I/O thread) ----------------------------------------------------------------
+
+    def mark_running(self, task_ids: Iterable[str]) -> None:
+        """A worker began these tasks: their Futures can no longer be cancelled."""
+        for entry in self.find(task_ids):
+            if entry is not None:
+                entry[1].mark_running()
+
+    def settle(self, results: Sequence[Sequence[Any]], payloads: Sequence[bytes]) -> None:
+        """Outcomes arrived, as ``(task_id, ok)`` pairs and a pickled outcome each: each task
+        leaves the ledger, its ``finished`` and ``on_task_finished`` run, its Future resolves."""
+        with self.lock:
+            pop = self.tasks.pop
+            entries = [pop(task_id, None) for task_id, _ in results]
+        for (_, ok), data, entry in zip(results, payloads, entries, strict=False):
+            if entry is not None:
+                self._deliver(entry[0], entry[1], ok, data)
+        # Nothing here may hold a result once its Future has it: the caller alone decides when
+        # it is let go (concurrent.futures' test_free_reference).
+        entries = entry = None  # type: ignore[assignment]  # noqa: F841
+
+    def _deliver(self, task: Task, future: TaskFuture, ok: bool, data: bytes) -> None:
+        on_task_finished = self.on_task_finished
+        if not ok and not len(data):  # taken back unrun (cancel_queued): no outcome
+            future.stop()
+            if on_task_finished is not None:
+                on_task_finished(task, None, CancelledError())
+            return
+        outcome = load_outcome(ok, data, task.name)
+        if type(task).finished is not Task.finished:  # most tasks keep the no-op
+            try:
+                task.finished(*outcome)
+            except Exception:
+                log.error("%r.finished() raised", task, exc_info=True)
+        if on_task_finished is not None:
+            try:
+                on_task_finished(task, *outcome)
+            except Exception:
+                log.error("on_task_finished callback raised", exc_info=True)
+        resolve(future, *outcome)
+
+    def fail(self, task_ids: Iterable[str], error: BaseException) -> None:
+        """These tasks end with ``error`` (the master refused them)."""
+        for entry in self.take(task_ids):
+            if entry is not None:
+                resolve(entry[1], exception=error)
+
+    # -- task systems ------------------------------------------------------------------------------
+
+    def track_system(
+        self, system_id: str, progress: ProgressCallback | None, label: str = ""
+    ) -> tuple[SystemHandle, bool]:
+        """The handle that waits for ``system_id`` (a new one if none waits yet), and whether
+        it is new."""
+        with self.lock:
+            handle = self.systems.get(system_id)
+            if handle is None or handle.done():
+                handle = self.systems[system_id] = SystemHandle(system_id, progress, label)
+                return handle, True
+            if progress is not None:
+                handle.progress = progress
+            return handle, False
+
+    def progress(
+        self, system_id: str, done: int, total: int, failed: int, first_failure: str | None
+    ) -> None:
+        handle = self.systems.get(system_id)
+        if handle is not None:
+            try:
+                handle.set_progress(done, total, failed, first_failure)
+            except Exception:
+                log.error("progress callback raised", exc_info=True)
+
+    def system_ended(
+        self, system_id: str, result: Any = None, error: BaseException | None = None
+    ) -> None:
+        handle = self.systems.get(system_id)
+        if handle is not None:
+            handle.set_outcome(result, error)
+
+    def forget_system(self, system_id: str, handle: SystemHandle) -> None:
+        """Stop waiting for a system the master refused (when ``handle`` still stands for it)."""
+        with self.lock:
+            if self.systems.get(system_id) is handle:
+                del self.systems[system_id]
+            self.sent_systems.discard(system_id)
+
+    def unfinished_systems(self) -> list[str]:
+        with self.lock:
+            return [h.system_id for h in self.systems.values() if not h.done()]
+
+    def sent_and_unfinished(self) -> list[SystemHandle]:
+        with self.lock:
+            return [
+                handle
+                for system_id, handle in self.systems.items()
+                if system_id in self.sent_systems and not handle.done()
+            ]
+
+    # -- the end -----------------------------------------------------------------------------------
+
+    def fail_all(self, error: BaseException) -> None:
+        """Every Future and handle still waiting ends with ``error``."""
+        with self.lock:
+            futures = [future for _, future in self.tasks.values()]
+            systems = list(self.systems.values())
+            self.tasks.clear()
+        for future in futures:
+            resolve(future, exception=error)
+        for handle in systems:
+            handle.set_outcome(error=error)
+
+
+def resolve(
+    future: Future[Any], result: Any = None, exception: BaseException | None = None
+) -> None:
+    """Settle ``future`` unless its owner cancelled it meanwhile."""
+    try:  # set_* refuse a future already done (cancelled meanwhile): one lock, not two
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass  # cancelled by its owner in the meantime
