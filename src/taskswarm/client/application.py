@@ -285,7 +285,8 @@ class Application:
 
     def status(self, timeout: float = 10.0) -> dict[str, Any]:
         """The master's view of the cluster: slaves, task systems, task counts."""
-        return self._link.request(Kind.STATUS, {}, timeout)["status"]
+        status: dict[str, Any] = self._link.request(Kind.STATUS, {}, timeout)["status"]
+        return status
 
     def resize(self, slave_id: str, workers: int, timeout: float = 10.0) -> None:
         """Ask a slave to grow or shrink its pool of workers (``update_pool``)."""

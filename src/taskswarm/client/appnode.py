@@ -90,7 +90,7 @@ class ApplicationNode:
             self.tasks_sent += len(tasks)
             self._all_done.clear()
         try:
-            futures = self.app.push_tasks(tasks)
+            futures: list[Future[Any]] = self.app.push_tasks(tasks)
         except Exception as exc:
             self._settle([t.task_id for t in tasks])
             self.push_task_failed([t.task_id for t in tasks], exc)

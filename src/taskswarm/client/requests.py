@@ -29,7 +29,7 @@ class Requests:
         self._futures: dict[int, Future[Any]] = {}
         self._messages: dict[int, PostedMessage] = {}
 
-    def open(self, rid: int, message: PostedMessage) -> Future[Any]:
+    def open(self, rid: int, message: PostedMessage) -> Future[dict[str, Any]]:
         """A Future for the reply to ``message`` (whose header carries ``rid``)."""
         future: Future[Any] = Future()
         with self._lock:
