@@ -34,6 +34,7 @@ FAST_MODULES = frozenset(
         "test_layout",
         "test_makefile",
         "test_mandelbrot_render",
+        "test_messages",
         "test_progress",
         "test_public_api",
         "test_scheduling",

@@ -138,7 +138,7 @@ class Message:
         if self._header is None:
             body = self.body
             assert body is not None
-            fields = {name: getattr(body, name) for name in body.__struct_fields__}
+            fields = {name: body.plain(name) for name in body.__struct_fields__}
             self._header = {
                 "k": self.kind,
                 **{name: value for name, value in fields.items() if value is not None},
@@ -150,7 +150,7 @@ class Message:
         if body is None:
             return self.header[key]
         if key in body.__struct_fields__:
-            value = getattr(body, key)
+            value = body.plain(key)
             if value is not None:
                 return value
         elif key == "k":

@@ -21,7 +21,8 @@ validates from Python objects, after a msgpack decode, at several times the cost
 Policies, the same for every kind:
 
 * **Unknown fields are ignored**, so a newer peer may add an optional field without breaking an
-  older one (a field whose absence would mislead needs a new protocol version instead).
+  older one (a field whose absence would mislead needs a new protocol version instead); so are
+  extra trailing items of an array-like record (a :class:`TaskMeta` of seven).
 * **Absent optional fields** take the default the record declares. ``None`` means "not said",
   where that differs from any value (a HEARTBEAT without ``want`` leaves the master's figure as
   it was).
@@ -244,6 +245,10 @@ class Header(msgspec.Struct, kw_only=True, tag_field="k", omit_defaults=True):
         """How many payloads this header says follow it; None: any number (not checked)."""
         return len(getattr(self, self.batch)) if self.batch else None
 
+    def plain(self, name: str) -> Any:
+        """Field ``name`` as the plain data it travels as (what ``msg[name]`` gives)."""
+        return getattr(self, name)
+
 
 # slave -> master
 
@@ -283,6 +288,15 @@ class Results(Header, tag=Kind.RESULTS):
     pace: NonNegative | None = None
 
     batch = "results"
+
+    def plain(self, name: str) -> Any:
+        if name != "results":
+            return getattr(self, name)
+        # Tuples, each as long as it travelled: unpacked in C by handlers written for them.
+        return [
+            (o.task_id, o.status) if o.status.__class__ is bool else (o.task_id, o.status, o.detail)
+            for o in self.results
+        ]
 
 
 class Heartbeat(Header, tag=Kind.HEARTBEAT):
