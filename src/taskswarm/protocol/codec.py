@@ -5,7 +5,8 @@ A message is a list of ZeroMQ frames::
     [signature, header, payload_0, payload_1, ...]
 
 - ``header`` is a msgpack map ``{"v": PROTOCOL_VERSION, "k": kind, ...fields}``: plain data that
-  can be read safely before anything else is touched.
+  can be read safely before anything else is touched. Its fields are those of the kind's typed
+  record (:mod:`taskswarm.protocol.messages`), which ``Codec.decode`` builds and checks.
 - ``payload_i`` are opaque bytes, in practice pickles: tasks, results, task systems. The
   master routes most of them without ever unpickling them. Small payloads travel *packed*: a
   run of them shares one frame (a msgpack array of bins), so a batch of 10,000 tasks is three
@@ -15,8 +16,10 @@ A message is a list of ZeroMQ frames::
 - ``signature`` is HMAC-SHA256, with the cluster key, over every other frame, each preceded by its
   length (so frames cannot be re-cut without changing the digest).
 
-``Codec.decode`` checks the signature before it parses the header, and nothing here unpickles: a
-message that fails any check raises a ``WireError`` whose ``reason`` the node counts and drops.
+``Codec.decode`` checks the signature before it parses the header, then turns the header into its
+kind's record (the one place headers are read), and nothing here unpickles: a message that fails
+any check raises a ``WireError`` whose ``reason`` the node counts and drops (``bad-fields`` for a
+header whose fields do not fit its kind).
 
 Replay protection (docs/security.md has the threat model). Every header also carries:
 
