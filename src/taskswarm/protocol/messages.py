@@ -15,8 +15,8 @@ lists and dicts (a batch of 10,000 tasks' metadata takes about a millisecond eit
 typed headers cost the master's hot path (SUBMIT and RESULTS batches) nothing; a tagged union
 picks the record for the header's ``k`` in that same pass; and the wire stays plain msgpack
 (a record is a map, a small per-item record like :class:`TaskMeta` an array), so nothing about
-the protocol changes. dataclasses plus hand checks would cost a Python loop per field; pydantic
-validates from Python objects, after a msgpack decode, at several times the cost.
+the protocol changes. dataclasses plus hand checks would cost Python code per field and item;
+pydantic validates Python objects after a separate msgpack decode, a second pass over each batch.
 
 Policies, the same for every kind:
 
@@ -33,8 +33,8 @@ Policies, the same for every kind:
   (REJECT, naming it) and its submitter's Futures fail instead of waiting.
 
 The records also read like the plain maps and arrays they travel as (``msg["credit"]`` on the
-message, ``meta[0]`` on a :class:`TaskMeta`, ``task_id, ok = outcome``), for handlers written
-before them; new code reads fields by name.
+message, ``msg["results"]`` as tuples, ``meta[0]`` on a :class:`TaskMeta`), for handlers written
+before them; new code reads fields by name (``msg.read(Results).results[0].status``).
 """
 
 from __future__ import annotations
