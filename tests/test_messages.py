@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskswarm.errors import BadFields, MalformedMessage, VersionMismatch
-from taskswarm.protocol.codec import Codec, Kind
+from taskswarm.protocol.codec import Codec, Kind, Message
 from taskswarm.protocol.messages import (
     RECORDS,
     Ack,
@@ -190,6 +190,18 @@ def test_a_plain_header_of_the_right_shape_decodes_to_its_record():
     assert message.get("want", 7) == 7  # absent: the caller's default
     with pytest.raises(TypeError, match="not a Submit"):
         message.read(Submit)
+
+
+def test_a_message_built_from_a_plain_map_reads_as_its_record_too():
+    """As tests of the master's core build them, without a codec."""
+    message = Message(Kind.HEARTBEAT, {"workers": 3, "held": ["t1"]}, [], sender="peer")
+
+    assert message["workers"] == 3 and message.get("want", 5) == 5
+    assert message.read(Heartbeat) == Heartbeat(workers=3, held=["t1"])
+    with pytest.raises(BadFields, match="workers"):
+        Message(Kind.HEARTBEAT, {"workers": "three"}).read(Heartbeat)
+    with pytest.raises(TypeError, match="not a Results"):
+        Message(Kind.HEARTBEAT, {}).read(Results)
 
 
 def test_items_of_a_batch_also_read_as_the_arrays_they_travel_as():

@@ -65,7 +65,7 @@ from ..errors import (
     VersionMismatch,
     WireError,
 )
-from .messages import HEADER, PROTOCOL_VERSION, Header, Kind
+from .messages import HEADER, PROTOCOL_VERSION, RECORDS, Header, Kind
 
 __all__ = ["PROTOCOL_VERSION", "Kind", "Message", "Codec", "Notice"]
 
@@ -115,8 +115,9 @@ class Message:
     ``body`` is the header as its typed record (:mod:`taskswarm.protocol.messages`); read
     fields from it by name. ``msg["field"]`` and ``msg.get("field", default)`` read the same
     fields the way a plain map would (a field at None counts as absent), and ``header`` is the
-    map itself, for handlers written before the records. A Codec made with ``typed=False``
-    leaves ``body`` None and ``header`` the map as it came.
+    map itself, for handlers written before the records. Built from a plain map instead of a
+    record (``Message(kind, {...})``, or by a Codec made with ``typed=False``), a message has
+    no ``body`` and reads that map as it is.
     """
 
     __slots__ = ("kind", "body", "payloads", "sender", "_header")
@@ -124,17 +125,18 @@ class Message:
     def __init__(
         self,
         kind: str,
-        body: Header | None,
+        header: Header | dict[str, Any] | None = None,
         payloads: list[Any] | None = None,
         sender: str = "",
-        header: dict[str, Any] | None = None,
     ) -> None:
         self.kind = kind
-        self.body = body
+        self.body: Header | None = None if isinstance(header, dict) else header
         #: bytes, or for big payloads a zero-copy memoryview of the frame they came in
         self.payloads: list[Any] = [] if payloads is None else payloads
         self.sender = sender  # the sending session (reply to it with ``to=``)
-        self._header = header
+        self._header: dict[str, Any] | None = header if isinstance(header, dict) else None
+        if header is None:
+            self._header = {}
 
     @property
     def header(self) -> dict[str, Any]:
@@ -167,10 +169,17 @@ class Message:
             return default
 
     def read(self, record: type[R]) -> R:
-        """The header as ``record``, the kind's record (TypeError for any other)."""
-        if type(self.body) is not record:
+        """The header as ``record``, the kind's record (TypeError for any other). A message
+        built from a plain map is checked as the codec checks a received one (``BadFields``)."""
+        body = self.body
+        if body is None and RECORDS.get(self.kind) is record:
+            try:
+                body = self.body = msgspec.convert({**self.header, "k": self.kind}, record)
+            except msgspec.ValidationError as exc:
+                raise BadFields(f"a {self.kind} message with bad fields: {exc}") from None
+        if type(body) is not record:
             raise TypeError(f"a {self.kind} message is not a {record.__name__}")
-        return self.body
+        return body
 
     def __repr__(self) -> str:
         return (
@@ -278,7 +287,7 @@ class Codec:
         if not self.typed:
             header = _plain_header(rest[0])
             payloads = _unpack_payloads(header.get("pf", ""), rest[1:])
-            return Message(header["k"], None, payloads, header["sid"], header)
+            return Message(header["k"], header, payloads, header["sid"])
         try:
             body = HEADER.decode(rest[0])
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
