@@ -351,6 +351,16 @@ def test_task_meta_is_the_record_the_master_reads():
     assert plain.timeout is None and plain.priority == 0 and plain.resources is None
 
 
+def test_the_master_also_takes_task_metadata_as_the_array_it_travels_as():
+    record = TaskRecord.from_meta(["t", 2, 1, "n", 3, {"gpu": 1}], b"p", "c")
+
+    assert (record.task_id, record.timeout, record.max_retries, record.priority) == ("t", 2.0, 1, 3)
+    with pytest.raises(ValueError, match="Expected `str`"):
+        TaskRecord.from_meta([7, None, 0, "n"], b"p", "c")
+    with pytest.raises(ValueError, match="does not fit in 64 bits"):
+        TaskRecord.from_meta(["t", None, 0, "n", 2**63, None], b"p", "c")
+
+
 @given(
     meta=st.builds(
         TaskMeta,

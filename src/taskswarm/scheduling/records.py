@@ -6,9 +6,14 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..protocol.messages import TaskMeta, parse_resources
+import msgspec
+
+from ..protocol.messages import TaskMeta
+from ..protocol.messages import parse_resources as parse_resources  # where it was, too
 
 
 class TaskState:
@@ -52,10 +57,19 @@ class TaskRecord:
 
     @classmethod
     def from_meta(
-        cls, meta: TaskMeta, payload: bytes, client_id: str, system_id: str | None = None
+        cls,
+        meta: TaskMeta | Sequence[Any],
+        payload: bytes,
+        client_id: str,
+        system_id: str | None = None,
     ) -> TaskRecord:
         """Build from a task's metadata (a SUBMIT's, or a task system's pushed task); ValueError
-        when a number is out of range (the batch is refused, saying which)."""
+        when a number is out of range (the batch is refused, saying which).
+
+        ``meta`` is a :class:`TaskMeta`, or the array it travels as (from a message built of
+        plain data), which is checked as the codec checks a received one."""
+        if not isinstance(meta, TaskMeta):
+            meta = msgspec.convert(list(meta), TaskMeta)  # ValidationError is a ValueError
         record = cls(
             meta.task_id,
             payload,

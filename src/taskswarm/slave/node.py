@@ -42,6 +42,7 @@ from ..protocol.messages import (
     Steal,
     Tasks,
     Welcome,
+    parse_resources,
 )
 from ..protocol.transport import (
     MAX_MESSAGE_BYTES,
@@ -51,7 +52,7 @@ from ..protocol.transport import (
     unresolvable,
 )
 from ..scheduling import load_plugin
-from ..scheduling.records import format_resources, parse_resources
+from ..scheduling.records import format_resources
 from ..stats import Stats
 from ..task import Status, dump_error, error_text
 from .contracts import TaskManagerContract, WorkItem
