@@ -35,6 +35,7 @@ FAST_MODULES = frozenset(
         "test_makefile",
         "test_mandelbrot_render",
         "test_master_core",
+        "test_messages",
         "test_progress",
         "test_public_api",
         "test_scheduling",

@@ -77,11 +77,14 @@ kinds = st.sampled_from(sorted(Kind.ALL))
 
 # -- what goes through -----------------------------------------------------------------------------
 
+# Tests of the framing alone (any header, any payloads) use ``Codec(..., typed=False)``: it reads
+# a header as a plain map. Headers as their kinds' typed records: tests/test_messages.py.
+
 
 @CHECKS
 @given(kind=kinds, header=headers, payloads=payload_lists)
 def test_every_kind_with_any_plain_header_and_payloads_round_trips(kind, header, payloads):
-    codec = Codec(KEY)
+    codec = Codec(KEY, typed=False)
 
     message = codec.decode(codec.encode(kind, header, payloads, to=codec.session))
 
@@ -102,7 +105,7 @@ def test_every_kind_with_any_plain_header_and_payloads_round_trips(kind, header,
     )
 )
 def test_small_payloads_share_a_frame_and_big_ones_travel_alone(sizes):
-    codec = Codec(KEY)
+    codec = Codec(KEY, typed=False)
     payloads = [bytes([i % 256]) * n for i, n in enumerate(sizes)]
 
     frames = codec.encode(Kind.TASKS, {}, payloads, to=codec.session)
@@ -114,7 +117,7 @@ def test_small_payloads_share_a_frame_and_big_ones_travel_alone(sizes):
 
 
 def test_ten_thousand_small_payloads_are_one_frame():
-    codec = Codec(KEY)
+    codec = Codec(KEY, typed=False)
     payloads = [i.to_bytes(4, "big") for i in range(10_000)]
 
     frames = codec.encode(Kind.TASKS, {}, payloads, to=codec.session)
@@ -177,7 +180,7 @@ def test_every_kind_is_a_distinct_string():
 @CHECKS
 @given(header=headers, payloads=payload_lists)
 def test_zmq_frames_decode_like_bytes(header, payloads):
-    codec = Codec(KEY)
+    codec = Codec(KEY, typed=False)
     frames = [zmq.Frame(f) for f in codec.encode(Kind.RESULTS, header, payloads, to=codec.session)]
 
     message = codec.decode(frames)
@@ -187,7 +190,7 @@ def test_zmq_frames_decode_like_bytes(header, payloads):
 
 
 def test_frames_received_from_a_real_socket_without_copying_decode():
-    codec = Codec(KEY)
+    codec = Codec(KEY, typed=False)
     context = zmq.Context()
     sender = context.socket(zmq.PAIR)
     receiver = context.socket(zmq.PAIR)
@@ -287,7 +290,7 @@ def test_fewer_than_two_frames_is_malformed(frames):
 
 
 def test_more_frames_than_the_limit_is_malformed_before_the_signature_is_computed():
-    codec = Codec(KEY, max_frames=3)
+    codec = Codec(KEY, max_frames=3, typed=False)
     big = b"x" * BIG_PAYLOAD  # big payloads travel one per frame
     codec.decode(codec.encode(Kind.TASKS, {}, [big, big], to=codec.session))  # at the limit
 
@@ -396,7 +399,7 @@ def test_the_booby_trapped_payload_used_below_does_create_its_file_when_unpickle
 def test_decoding_a_signed_message_leaves_a_pickled_payload_as_bytes(tmp_path):
     target = tmp_path / "pwned"
     payload = pickle.dumps(CreatesAFileWhenUnpickled(target))
-    codec = Codec(KEY)
+    codec = Codec(KEY, typed=False)
 
     message = codec.decode(codec.encode(Kind.TASKS, {"tasks": ["t"]}, [payload], to=codec.session))
 

@@ -48,6 +48,14 @@ class MalformedMessage(WireError):
     reason = "malformed"
 
 
+class BadFields(MalformedMessage):
+    """Raised when a correctly signed header lacks a field its kind requires, or holds one of
+    the wrong type or out of its range (counted as ``bad-fields``: a bug or a version skew in
+    the peer, see :mod:`taskswarm.protocol.messages`)."""
+
+    reason = "bad-fields"
+
+
 class VersionMismatch(WireError):
     """Raised when a peer speaks another protocol version; the message names both."""
 

@@ -27,7 +27,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import TaskError
-from .scheduling.records import parse_resources
+from .protocol.messages import TaskMeta, parse_resources
 
 __all__ = [
     "Task",
@@ -192,17 +192,19 @@ def failure(error: BaseException) -> bytes:
     return cloudpickle.dumps(ExceptionWithTraceback(error, ""))
 
 
-def task_meta(task: Task) -> list[Any]:
-    """What the master and slaves need to know of a task without unpickling it:
-    ``[task_id, timeout, max_retries, name]``, then ``priority, resources`` when either is not
-    the default, carried in message headers."""
-    timeout = task.timeout
-    if timeout is None and task.max_retries == 0 and task.priority == 0 and not task.resources:
-        return [task.task_id, None, 0, str(task.name)]  # the defaults: nothing to check
-    meta = _checked_meta(task)
-    if task.priority != 0 or task.resources:
-        meta += [_checked_priority(task), _checked_resources(task)]
-    return meta
+def task_meta(task: Task) -> Any:  # a TaskMeta (typed Any while callers say list[Any])
+    """What the master and slaves need to know of a task without unpickling it, checked here
+    where a mistake is made: a :class:`taskswarm.protocol.messages.TaskMeta`."""
+    if task.timeout is None and task.max_retries == 0 and task.priority == 0 and not task.resources:
+        return TaskMeta(task.task_id, None, 0, str(task.name))  # the defaults: nothing to check
+    return TaskMeta(
+        task.task_id,
+        _checked_timeout(task),
+        _checked_retries(task),
+        str(task.name),
+        _checked_priority(task),
+        _checked_resources(task),
+    )
 
 
 #: Whole numbers in task metadata fit in 64 bits: the wire (msgpack) and the journal (SQLite)
@@ -229,9 +231,11 @@ def _checked_resources(task: Task) -> dict[str, float] | None:
         raise ValueError(f"task {task.name!r}: {exc}") from None
 
 
-def _checked_meta(task: Task) -> list[Any]:
+def _checked_timeout(task: Task) -> float | None:
     timeout = task.timeout
-    if timeout is not None and (
+    if timeout is None:
+        return None
+    if (
         isinstance(timeout, bool)
         or not isinstance(timeout, (int, float))
         or not 0 < timeout < math.inf
@@ -240,13 +244,17 @@ def _checked_meta(task: Task) -> list[Any]:
             f"task {task.name!r}: timeout must be a positive, finite number of seconds, "
             f"not {timeout!r}"
         )
+    return float(timeout)
+
+
+def _checked_retries(task: Task) -> int:
     retries = task.max_retries
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < 2**63:
         raise ValueError(
             f"task {task.name!r}: max_retries must be a whole number from 0 to 2**63-1, "
             f"not {retries!r}"
         )
-    return [task.task_id, None if timeout is None else float(timeout), retries, str(task.name)]
+    return retries
 
 
 class Status:

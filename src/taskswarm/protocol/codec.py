@@ -5,7 +5,8 @@ A message is a list of ZeroMQ frames::
     [signature, header, payload_0, payload_1, ...]
 
 - ``header`` is a msgpack map ``{"v": PROTOCOL_VERSION, "k": kind, ...fields}``: plain data that
-  can be read safely before anything else is touched.
+  can be read safely before anything else is touched. Its fields are those of the kind's typed
+  record (:mod:`taskswarm.protocol.messages`), which ``Codec.decode`` builds and checks.
 - ``payload_i`` are opaque bytes, in practice pickles: tasks, results, task systems. The
   master routes most of them without ever unpickling them. Small payloads travel *packed*: a
   run of them shares one frame (a msgpack array of bins), so a batch of 10,000 tasks is three
@@ -15,8 +16,10 @@ A message is a list of ZeroMQ frames::
 - ``signature`` is HMAC-SHA256, with the cluster key, over every other frame, each preceded by its
   length (so frames cannot be re-cut without changing the digest).
 
-``Codec.decode`` checks the signature before it parses the header, and nothing here unpickles: a
-message that fails any check raises a ``WireError`` whose ``reason`` the node counts and drops.
+``Codec.decode`` checks the signature before it parses the header, then turns the header into its
+kind's record (the one place headers are read), and nothing here unpickles: a message that fails
+any check raises a ``WireError`` whose ``reason`` the node counts and drops (``bad-fields`` for a
+header whose fields do not fit its kind).
 
 Replay protection (docs/security.md has the threat model). Every header also carries:
 
@@ -40,10 +43,10 @@ import struct
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
+import msgspec
 
 try:  # OpenSSL's HMAC object itself: copying it costs half of what hmac.new does
     from _hashlib import hmac_new as _hmac_new
@@ -52,6 +55,7 @@ except ImportError:  # pragma: no cover - Python built without OpenSSL's HMAC
 
 
 from ..errors import (
+    BadFields,
     BadSignature,
     MalformedMessage,
     MessageTooLarge,
@@ -61,10 +65,12 @@ from ..errors import (
     VersionMismatch,
     WireError,
 )
+from .messages import HEADER, PROTOCOL_VERSION, RECORDS, Header, Kind
 
 __all__ = ["PROTOCOL_VERSION", "Kind", "Message", "Codec", "Notice"]
 
-PROTOCOL_VERSION = 1
+R = TypeVar("R", bound=Header)
+
 SIGNATURE_SIZE = 32
 #: Most frames one message may carry (header + payloads); a batch larger than this is split.
 MAX_FRAMES = 100_000
@@ -103,70 +109,92 @@ class Notice:
         return None
 
 
-class Kind:
-    """Message kinds. Each node dispatches through a table keyed on these."""
-
-    # slave -> master
-    REGISTER = "register"  # {node_id, host, pid, workers, resources, heartbeat, held, ...}
-    RESULTS = "results"  # {results: [[task_id, status, detail], ...]} + one payload per result
-    # application -> master
-    HELLO = "hello"  # {client_id, host, pid}
-    SUBMIT = "submit"  # {tasks: [[task_id, timeout, max_retries, name], ...], rid} + payloads
-    SYSTEM = "system"  # {system_id, rid} + the pickled task system
-    SYSTEM_QUERY = "system-query"  # {system_id}
-    # {tasks}: after a reconnect, the plain tasks it still waits for; those the master no longer
-    # holds (it restarted with no state directory, their results expired) come back failed
-    TASKS_QUERY = "tasks-query"
-    STATUS = "status"  # {rid}
-    RESIZE = "resize"  # {slave_id, workers} to master; {workers} master -> slave
-    BYE = "bye"  # a node leaves on purpose
-    # {tasks, soft?} or {system_id} to master; {tasks, soft?} master -> slave. ``soft``: drop the
-    # tasks not started yet, let a running one finish (Future.cancel() raced with dispatch).
-    CANCEL = "cancel"
-    RESULTS_ACK = "results-ack"  # {tasks}: the application has these results (journal may drop)
-    DRAIN = "drain"  # a slave takes no new tasks (it is stopping)
-    RELEASED = "released"  # {tasks}: unstarted tasks a slave gives back after a STEAL
-    # master -> nodes
-    WELCOME = "welcome"  # {node_id, heartbeat}
-    REREGISTER = "reregister"  # the master does not know the sender (it restarted, or lost it)
-    TASKS = "tasks"  # {tasks: [[task_id, timeout], ...]} + one payload per task
-    ACK = "ack"  # {rid, n}: the master accepted a submission (push_task_response)
-    REJECT = "reject"  # {rid, reason}: the master refused it (push_task_failed)
-    RUNNING = "running"  # {tasks}: an application's tasks handed to a slave (Future.running())
-    SYSTEM_PROGRESS = "system-progress"  # {system_id, done, total, failed, first_failure?}
-    SYSTEM_DONE = "system-done"  # {system_id, error?} + pickled (result, error)
-    STATUS_REPLY = "status-reply"  # {rid, status}
-    SHUTDOWN = "shutdown"
-    STEAL = "steal"  # {count}: give back up to this many tasks no worker has started
-    # both ways
-    HEARTBEAT = "heartbeat"
-
-    #: Kinds that open a conversation, sent before the peer's session is known.
-    UNADDRESSED = frozenset({"hello", "register"})
-
-    ALL = frozenset(v for k, v in vars().items() if k.isupper() and isinstance(v, str))
-
-
-@dataclass(slots=True)
 class Message:
-    kind: str
-    header: dict[str, Any]
-    #: bytes, or for big payloads a zero-copy memoryview of the frame they came in
-    payloads: list[Any] = field(default_factory=list)
-    sender: str = ""  # the sending session (reply to it with ``to=``)
+    """A message as received: its kind, its header, its payloads and who sent it.
+
+    ``body`` is the header as its typed record (:mod:`taskswarm.protocol.messages`); read
+    fields from it by name. ``msg["field"]`` and ``msg.get("field", default)`` read the same
+    fields the way a plain map would (a field at None counts as absent), and ``header`` is the
+    map itself, for handlers written before the records. Built from a plain map instead of a
+    record (``Message(kind, {...})``, or by a Codec made with ``typed=False``), a message has
+    no ``body`` and reads that map as it is.
+    """
+
+    __slots__ = ("kind", "body", "payloads", "sender", "_header")
+
+    def __init__(
+        self,
+        kind: str,
+        header: Header | dict[str, Any] | None = None,
+        payloads: list[Any] | None = None,
+        sender: str = "",
+    ) -> None:
+        self.kind = kind
+        self.body: Header | None = None if isinstance(header, dict) else header
+        #: bytes, or for big payloads a zero-copy memoryview of the frame they came in
+        self.payloads: list[Any] = [] if payloads is None else payloads
+        self.sender = sender  # the sending session (reply to it with ``to=``)
+        self._header: dict[str, Any] | None = header if isinstance(header, dict) else None
+        if header is None:
+            self._header = {}
+
+    @property
+    def header(self) -> dict[str, Any]:
+        if self._header is None:
+            body = self.body
+            assert body is not None
+            fields = {name: body.plain(name) for name in body.__struct_fields__}
+            self._header = {
+                "k": self.kind,
+                **{name: value for name, value in fields.items() if value is not None},
+            }
+        return self._header
 
     def __getitem__(self, key: str) -> Any:
-        return self.header[key]
+        body = self.body
+        if body is None:
+            return self.header[key]
+        if key in body.__struct_fields__:
+            value = body.plain(key)
+            if value is not None:
+                return value
+        elif key == "k":
+            return self.kind
+        raise KeyError(key)
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.header.get(key, default)
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def read(self, record: type[R]) -> R:
+        """The header as ``record``, the kind's record (TypeError for any other). A message
+        built from a plain map is checked as the codec checks a received one (``BadFields``)."""
+        body = self.body
+        if body is None and RECORDS.get(self.kind) is record:
+            try:
+                body = self.body = msgspec.convert({**self.header, "k": self.kind}, record)
+            except msgspec.ValidationError as exc:
+                raise BadFields(f"a {self.kind} message with bad fields: {exc}") from None
+        if type(body) is not record:
+            raise TypeError(f"a {self.kind} message is not a {record.__name__}")
+        return body
+
+    def __repr__(self) -> str:
+        return (
+            f"Message({self.kind!r}, {self.body or self._header!r}, {len(self.payloads)} payloads)"
+        )
 
 
 class Codec:
     """Encodes and verifies messages for one cluster key and one session; counts refusals.
 
     A Codec is used by one thread (its node's loop) and is the node's session: its ``session``
-    goes out with every message, and peers address their answers to it.
+    goes out with every message, and peers address their answers to it. It decodes each header
+    into its typed record (:mod:`taskswarm.protocol.messages`) right after the signature check;
+    ``typed=False`` makes a codec of the framing alone, whose headers are plain maps (tools and
+    tests that handle headers of their own making).
     """
 
     def __init__(
@@ -175,15 +203,18 @@ class Codec:
         max_frames: int = MAX_FRAMES,
         window: float = REPLAY_WINDOW,
         max_bytes: int | None = None,
+        *,
+        typed: bool = True,
     ) -> None:
         if not key:
             raise ValueError("the cluster key must not be empty")
         self._key = key
         self._mac = _hmac_new(key, digestmod="sha256")  # keyed once, copied per message
-        self._pack = msgpack.Packer(use_bin_type=True).pack  # msgpack.packb makes one per call
+        self._pack = msgspec.msgpack.Encoder().encode  # records, and maps of plain data
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.window = window
+        self.typed = typed
         self.session = secrets.token_hex(8)
         self._numbers = itertools.count(1)
         self._last_seen: OrderedDict[str, int] = OrderedDict()
@@ -200,18 +231,32 @@ class Codec:
     def encode(
         self,
         kind: str,
-        header: dict[str, Any] | None = None,
+        header: Header | dict[str, Any] | None = None,
         payloads: Sequence[bytes] = (),
         to: str | None = None,
     ) -> list[bytes]:
-        """Frames for one message; ``to`` is the receiving session (None only to open)."""
-        fields = dict(header or ())
-        fields.update(v=PROTOCOL_VERSION, k=kind, sid=self.session, seq=next(self._numbers), to=to)
-        if to is None:
-            fields["ts"] = time.time()
+        """Frames for one message; ``to`` is the receiving session (None only to open).
+
+        ``header`` is the kind's record (the codec fills in its envelope fields), or a map of
+        plain data, sent as it is (handlers not yet written with records; tests).
+        """
         layout, body = _pack_payloads(payloads, self._pack)
-        if body:
-            fields["pf"] = layout
+        seq, sent = next(self._numbers), None if to is not None else time.time()
+        if isinstance(header, Header):
+            if header.kind != kind:
+                raise TypeError(f"a {type(header).__name__} record is not a {kind} message")
+            header.v, header.sid, header.seq, header.to, header.ts = (
+                PROTOCOL_VERSION, self.session, seq, to, sent
+            )  # fmt: skip
+            header.pf = layout
+            fields: Any = header
+        else:
+            fields = dict(header or ())
+            fields.update(v=PROTOCOL_VERSION, k=kind, sid=self.session, seq=seq, to=to)
+            if sent is not None:
+                fields["ts"] = sent
+            if body:
+                fields["pf"] = layout
         frames = [self._pack(fields), *body]
         return [self._sign(frames), *frames]
 
@@ -238,33 +283,33 @@ class Codec:
             bytes(signature), self._sign(rest)
         ):
             raise BadSignature("signature does not match the cluster key")
+        # Only now is the header read: the one place where it becomes its kind's record.
+        if not self.typed:
+            header = _plain_header(rest[0])
+            payloads = _unpack_payloads(header.get("pf", ""), rest[1:])
+            return Message(header["k"], header, payloads, header["sid"])
         try:
-            header = msgpack.unpackb(rest[0], raw=False, strict_map_key=True)
-        except Exception as exc:
-            raise MalformedMessage(f"header is not msgpack: {exc}") from exc
-        if not isinstance(header, dict):
-            raise MalformedMessage("header is not a map")
-        version = header.get("v")
-        if type(version) is not int or version != PROTOCOL_VERSION:
-            raise VersionMismatch(
-                f"peer speaks protocol version {version!r}, this node speaks {PROTOCOL_VERSION}"
-            )
-        kind = header.get("k")
-        if kind not in Kind.ALL:
-            raise MalformedMessage(f"unknown message kind {kind!r}")
-        sender = header.get("sid")
-        if not isinstance(sender, str) or type(header.get("seq")) is not int:
+            body = HEADER.decode(rest[0])
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise _why_refused(rest, exc) from None
+        if body.v != PROTOCOL_VERSION:
+            raise _version_mismatch(body.v)
+        kind = body.kind
+        if body.sid is None or body.seq is None:
             raise MalformedMessage("header lacks its session and sequence number")
-        return Message(kind, header, _unpack_payloads(header.get("pf", ""), rest[1:]), sender)
+        payloads = _unpack_payloads(body.pf, rest[1:])
+        expected = body.expected_payloads()
+        if expected is not None and expected != len(payloads):
+            raise BadFields(f"a {kind} message says {expected} payloads, carries {len(payloads)}")
+        return Message(kind, body, payloads, body.sid)
 
     def _check_fresh(self, message: Message) -> None:
         """Refuse replays: wrong addressee, an old sequence number, or a stale opening."""
-        header = message.header
-        to = header.get("to")
+        to = message.get("to")
         if to is None:
             if message.kind not in Kind.UNADDRESSED:
                 raise Misdirected(f"an unaddressed {message.kind} message", message.sender)
-            sent = header.get("ts")
+            sent = message.get("ts")
             if not isinstance(sent, (int, float)) or abs(time.time() - sent) > self.window:
                 raise StaleMessage(
                     f"a {message.kind} sent at {sent!r} is outside the {self.window:g}s window "
@@ -272,7 +317,7 @@ class Codec:
                 )
         elif to != self.session:
             raise Misdirected(f"a {message.kind} message for another session", message.sender)
-        number = header["seq"]
+        number = message["seq"]
         last = self._last_seen.get(message.sender, 0)
         if number <= last:
             raise Replayed(f"{message.kind} number {number} from {message.sender} was seen")
@@ -282,7 +327,43 @@ class Codec:
             self._last_seen.popitem(last=False)
 
 
-def _pack_payloads(payloads: Sequence[Any], pack: Any = msgpack.packb) -> tuple[str, list[Any]]:
+def _plain_header(raw: Any) -> dict[str, Any]:
+    """A header read as a plain map, its envelope checked (not its kind's fields)."""
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise MalformedMessage(f"header is not msgpack: {exc}") from exc
+    if not isinstance(header, dict):
+        raise MalformedMessage("header is not a map")
+    version = header.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise _version_mismatch(version)
+    kind = header.get("k")
+    if kind not in Kind.ALL:
+        raise MalformedMessage(f"unknown message kind {kind!r}")
+    if not isinstance(header.get("sid"), str) or type(header.get("seq")) is not int:
+        raise MalformedMessage("header lacks its session and sequence number")
+    return header
+
+
+def _version_mismatch(version: Any) -> VersionMismatch:
+    return VersionMismatch(
+        f"peer speaks protocol version {version!r}, this node speaks {PROTOCOL_VERSION}"
+    )
+
+
+def _why_refused(rest: Sequence[Any], exc: Exception) -> WireError:
+    """The error for a signed header that is not its kind's record, most basic first: not a
+    map, another version, an unknown kind, no session, payload frames that do not match their
+    layout; and only then the fields of the kind itself."""
+    header = _plain_header(rest[0])
+    _unpack_payloads(header.get("pf", ""), rest[1:])
+    return BadFields(f"a {header['k']} message with bad fields: {exc}")
+
+
+def _pack_payloads(
+    payloads: Sequence[Any], pack: Any = msgspec.msgpack.encode
+) -> tuple[str, list[Any]]:
     """Frames for ``payloads``: runs of small ones packed together, big ones alone."""
     layout: list[str] = []
     frames: list[Any] = []
@@ -310,6 +391,9 @@ def _pack_payloads(payloads: Sequence[Any], pack: Any = msgpack.packb) -> tuple[
     return "".join(layout), frames
 
 
+_PACKED = msgspec.msgpack.Decoder(list[bytes])
+
+
 def _unpack_payloads(layout: Any, frames: Sequence[Any]) -> list[Any]:
     if not isinstance(layout, str) or len(layout) != len(frames):
         raise MalformedMessage(
@@ -323,12 +407,13 @@ def _unpack_payloads(layout: Any, frames: Sequence[Any]) -> list[Any]:
         if how != "p":
             raise MalformedMessage(f"unknown payload frame layout {how!r}")
         try:
-            packed = msgpack.unpackb(frame, raw=False)
-        except Exception as exc:
-            raise MalformedMessage(f"a packed payload frame is not msgpack: {exc}") from exc
-        if not isinstance(packed, list) or not all(type(p) is bytes for p in packed):
-            raise MalformedMessage("a packed payload frame is not a list of bytes")
-        payloads.extend(packed)
+            payloads.extend(_PACKED.decode(frame))
+        except msgspec.ValidationError as exc:
+            raise MalformedMessage(
+                f"a packed payload frame is not a list of bytes: {exc}"
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise MalformedMessage(f"a packed payload frame is not msgpack: {exc}") from None
     return payloads
 
 

@@ -6,7 +6,14 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from ..protocol.messages import TaskMeta
+from ..protocol.messages import parse_resources as parse_resources  # where it was, too
 
 
 class TaskState:
@@ -50,31 +57,34 @@ class TaskRecord:
 
     @classmethod
     def from_meta(
-        cls, meta: list, payload: bytes, client_id: str, system_id: str | None = None
+        cls,
+        meta: TaskMeta | Sequence[Any],
+        payload: bytes,
+        client_id: str,
+        system_id: str | None = None,
     ) -> TaskRecord:
-        """Build from the ``[task_id, timeout, max_retries, name, priority?, resources?]`` a
-        message header carries (the last two only when not the defaults)."""
-        task_id, timeout, max_retries, name = meta[:4]
-        # Ranges checked here, where a peer's numbers come in: the journal (SQLite) holds 64
-        # bits, and a deadline must be a real time (ValueError: the batch is refused).
-        if timeout is not None and not 0 < (timeout := float(timeout)) < math.inf:
-            raise ValueError(f"task {task_id}: timeout {timeout!r} is not a positive number")
-        if not 0 <= (max_retries := int(max_retries)) < 2**63:
-            raise ValueError(f"task {task_id}: max_retries {max_retries} is out of range")
+        """Build from a task's metadata (a SUBMIT's, or a task system's pushed task); ValueError
+        when a number is out of range (the batch is refused, saying which).
+
+        ``meta`` is a :class:`TaskMeta`, or the array it travels as (from a message built of
+        plain data), which is checked as the codec checks a received one."""
+        if not isinstance(meta, TaskMeta):
+            meta = msgspec.convert(list(meta), TaskMeta)  # ValidationError is a ValueError
         record = cls(
-            str(task_id),
+            meta.task_id,
             payload,
             client_id,
             system_id,
-            timeout,
-            max_retries,
-            sys.intern(str(name)),  # a million tasks of one kind keep one name between them
+            meta.timeout,
+            meta.max_retries,
+            sys.intern(meta.name),  # a million tasks of one kind keep one name between them
         )
-        if len(meta) > 4:
-            if not -(2**63) <= (priority := int(meta[4])) < 2**63:
-                raise ValueError(f"task {task_id}: priority {priority} does not fit in 64 bits")
-            record.priority = priority
-            record.resources = parse_resources(meta[5]) if len(meta) > 5 else None
+        if meta.timeout is None and not meta.max_retries and not meta.priority:
+            if meta.resources is None:
+                return record  # the defaults: nothing to check
+        meta.check()
+        record.priority = meta.priority
+        record.resources = parse_resources(meta.resources)
         return record
 
     def journal_row(self) -> tuple:
@@ -107,25 +117,6 @@ class TaskRecord:
             priority=priority or 0,
             resources=parse_resources(json.loads(resources)) if resources else None,
         )
-
-
-def parse_resources(value: object) -> dict[str, float] | None:
-    """``{"gpu": 1}`` as a task needs or a slave offers it: names to amounts >= 0.
-
-    Raises ValueError with what is wrong, so a bad declaration is refused where it is made.
-    """
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError(f"resources must be a dict of names to amounts, not {value!r}")
-    parsed = {}
-    for name, amount in value.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"resource names must be non-empty strings, not {name!r}")
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
-            raise ValueError(f"resource {name!r}: the amount must be a number >= 0, not {amount!r}")
-        parsed[name] = float(amount)
-    return parsed or None
 
 
 def format_resources(resources: dict[str, float] | None) -> str:

@@ -28,6 +28,22 @@ from ..ops.config import SlaveConfig
 from ..protocol.codec import ENVELOPE, Codec, Kind, Message, Notice, too_large, within
 from ..protocol.keys import ClusterKeys, as_keys
 from ..protocol.mailbox import Mailbox
+from ..protocol.messages import (
+    Bye,
+    Cancel,
+    Drain,
+    Header,
+    Heartbeat,
+    Outcome,
+    Register,
+    Released,
+    Resize,
+    Results,
+    Steal,
+    Tasks,
+    Welcome,
+    parse_resources,
+)
 from ..protocol.transport import (
     MAX_MESSAGE_BYTES,
     connect_dealer,
@@ -36,7 +52,7 @@ from ..protocol.transport import (
     unresolvable,
 )
 from ..scheduling import load_plugin
-from ..scheduling.records import format_resources, parse_resources
+from ..scheduling.records import format_resources
 from ..stats import Stats
 from ..task import Status, dump_error, error_text
 from .contracts import TaskManagerContract, WorkItem
@@ -196,7 +212,7 @@ class Slave:
 
     def _drain(self) -> None:
         """Finish what is running for a while, hand the rest back, say goodbye."""
-        self._send(Kind.DRAIN)  # no new tasks for us
+        self._send(Drain())  # no new tasks for us
         handed_back = self.manager.take_queued()
         deadline = time.monotonic() + self.grace
         while self.manager.busy and time.monotonic() < deadline:
@@ -204,7 +220,7 @@ class Slave:
             events = dict(poller.poll(_milliseconds(deadline - time.monotonic())))
             self._collect_results(events)
         self._send_results()
-        self._send(Kind.BYE, {"handed_back": len(handed_back)})
+        self._send(Bye(handed_back=len(handed_back)))
         # Let the BYE and the last results leave before the socket closes.
         self.master_socket.setsockopt(zmq.LINGER, 500)
 
@@ -255,39 +271,38 @@ class Slave:
             )
         self.registered = True
         self._waiting_since, self._next_wait_note = None, 0.0
-        limit = msg.get("max_bytes")
-        if isinstance(limit, int) and limit > ENVELOPE:
-            self._master_max_bytes = limit
-        beat = msg.get("heartbeat")
-        if isinstance(beat, (int, float)) and beat > 0:
+        welcome = msg.read(Welcome)
+        if welcome.max_bytes is not None and welcome.max_bytes > ENVELOPE:
+            self._master_max_bytes = welcome.max_bytes
+        if welcome.heartbeat is not None and welcome.heartbeat > 0:
             # Silent for five of the master's heartbeats (and never under the given timeout).
-            self.master_timeout = max(self._master_timeout, MASTER_BEATS * float(beat))
-        self._send(Kind.HEARTBEAT, {"workers": self.manager.get_num_workers()})
+            self.master_timeout = max(self._master_timeout, MASTER_BEATS * welcome.heartbeat)
+        self._send(Heartbeat(workers=self.manager.get_num_workers()))
 
     def on_tasks(self, msg: Message) -> None:
+        # As many payloads as tasks: the codec checked.
         items = [
-            WorkItem(str(task_id), payload, timeout)
-            for (task_id, timeout), payload in zip(msg["tasks"], msg.payloads, strict=True)
+            WorkItem(task.task_id, payload, task.timeout)
+            for task, payload in zip(msg.read(Tasks).tasks, msg.payloads, strict=True)
         ]
         self._arrived.update(dict.fromkeys([item.task_id for item in items], time.monotonic()))
         self.manager.push_tasks(items)
 
     def on_cancel(self, msg: Message) -> None:
-        task_ids = {str(t) for t in msg["tasks"]}
-        if msg.get("soft"):
+        cancel = msg.read(Cancel)
+        task_ids = set(cancel.tasks or ())
+        if cancel.soft:
             self.manager.cancel_unstarted(task_ids)
         else:
             self.manager.cancel(task_ids)
 
     def on_steal(self, msg: Message) -> None:
         """Give back up to ``count`` tasks no worker has started, for idle slaves elsewhere."""
-        items = self.manager.release(int(msg.get("count", 0)))
+        items = self.manager.release(msg.read(Steal).count)
         for item in items:
             self._arrived.pop(item.task_id, None)
-        self._send(
-            Kind.RELEASED,
-            {"tasks": [item.task_id for item in items], **self._window(finished=len(items))},
-        )
+        tasks = [item.task_id for item in items]
+        self._send(Released(tasks=tasks, **self._window(finished=len(items))))
 
     def on_heartbeat(self, msg: Message) -> None:
         pass  # _last_from_master is refreshed for every message
@@ -302,8 +317,8 @@ class Slave:
         self._register()
 
     def on_resize(self, msg: Message) -> None:
-        self.manager.update_pool(int(msg["workers"]))
-        self._send(Kind.HEARTBEAT, {"workers": self.manager.get_num_workers(), **self._window()})
+        self.manager.update_pool(msg.read(Resize).workers)
+        self._send(Heartbeat(workers=self.manager.get_num_workers(), **self._window()))
 
     def on_master_bye(self, msg: Message) -> None:
         log.warning("master %s is going away; waiting for it to come back", self.master_address)
@@ -314,22 +329,23 @@ class Slave:
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def _send(self, kind: str, header: dict | None = None, payloads=()) -> bool:
+    def _send(self, record: Header, payloads: list[Any] | tuple = ()) -> bool:
+        kind = record.kind
         to = None if kind in Kind.UNADDRESSED else self.master_session
-        return try_send(self.master_socket, self.codec.encode(kind, header, payloads, to=to))
+        return try_send(self.master_socket, self.codec.encode(kind, record, payloads, to=to))
 
     def _wanted(self) -> int:
         """Tasks to hold to keep every worker busy (the task manager knows best, if it can say:
         for short tasks that is many more than ``PREFETCH`` per worker)."""
         return max(self.manager.get_num_workers() * PREFETCH, self.manager.wanted())
 
-    def _window(self, finished: int = 0) -> dict:
+    def _window(self, finished: int = 0) -> dict[str, Any]:
         """Header fields telling the master how much more to send: ``want`` (push scheduler),
         and ``credit``, one per finished task plus any growth of the want (pull scheduler)."""
         want = self._wanted()
         self._credit_owed += finished + want - self._want
         self._want = want
-        fields: dict = {"want": want}
+        fields: dict[str, Any] = {"want": want}
         pace = self.manager.pace
         if pace:
             fields["pace"] = pace
@@ -342,18 +358,17 @@ class Slave:
         self._want = 0
         self._credit_owed = -len(held)
         self._send(
-            Kind.REGISTER,
-            {
-                "node_id": self.node_id,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "workers": self.manager.get_num_workers(),
-                "resources": self.resources,
-                "heartbeat": self.heartbeat_interval,
+            Register(
+                node_id=self.node_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                workers=self.manager.get_num_workers(),
+                resources=self.resources,
+                heartbeat=self.heartbeat_interval,
                 **self._window(),
                 # What it still holds from before (a master that restarted can keep it here).
-                "held": [item.task_id for item in held],
-            },
+                held=[item.task_id for item in held],
+            )
         )
 
     def _heartbeat_or_register(self) -> None:
@@ -365,14 +380,13 @@ class Slave:
             self._reconnect()
         if self.registered:
             self._send(
-                Kind.HEARTBEAT,
-                {
-                    "workers": self.manager.get_num_workers(),
+                Heartbeat(
+                    workers=self.manager.get_num_workers(),
                     **self._window(),
-                    "rejected": sum(self.codec.rejected.values()),
-                    "stats": self.stats.snapshot(),
-                    "held": [item.task_id for item in self.manager.held()],
-                },
+                    rejected=sum(self.codec.rejected.values()),
+                    stats=self.stats.snapshot(),
+                    held=[item.task_id for item in self.manager.held()],
+                )
             )
         else:
             self._note_waiting()
@@ -438,7 +452,7 @@ class Slave:
         started = self.manager.take_started()
         if not batch:
             if started:  # an idle worker began one: its owner's Future.running() says so
-                self._send(Kind.RESULTS, {"results": [], "started": started})
+                self._send(Results(results=[], started=started))
             return
         window = self._window(finished=len(batch))
         sizes = [0 if status == Status.CRASH else len(data) for _, status, data, *_ in batch]
@@ -449,17 +463,13 @@ class Slave:
             # A crash has no outcome to send, only how the worker died: that goes in the
             # header, as does a failure's text (what people read on the master; a manager
             # may give none).
-            header = {
-                "results": [
-                    [t, status, _detail(status, data, rest)] for t, status, data, *rest in items
-                ],
-                **window,
-            }
-            if started:
-                header["started"], started = started, []
-            window = {}  # credit and want once, with the first part
+            outcomes = [
+                Outcome(t, status, _detail(status, data, rest)) for t, status, data, *rest in items
+            ]
+            header = Results(results=outcomes, started=started or None, **window)
+            started, window = [], {}  # started, credit and want once, with the first part
             payloads = [b"" if status == Status.CRASH else data for _, status, data, *_ in items]
-            self._send(Kind.RESULTS, header, payloads)
+            self._send(header, payloads)
         now = time.monotonic()
         self.stats.add("slave_send_seconds", now - sent_at)
         arrived = self._arrived

@@ -1,0 +1,543 @@
+"""Every message kind as a typed record: its fields, their types, and what each one means.
+
+A message's header (the msgpack map after the signature, see :mod:`taskswarm.protocol.codec`)
+is one of the records below. The codec decodes it in one place, right after the signature
+check, with one decoder for all kinds: the header's ``k`` names the record, and a header whose
+fields do not fit that record (a required field missing, a field of the wrong type or out of
+its range) is refused as :class:`~taskswarm.errors.BadFields`, counted and dropped like any
+other :class:`~taskswarm.errors.WireError`. Nodes then read fields by name (``msg.body.credit``)
+and never check a peer's types again. Sending works the other way round: a node builds the
+record and the codec stamps the envelope on it and encodes it.
+
+Why msgspec (``msgspec.Struct``): its structs decode straight from msgpack into typed objects
+and validate while they decode, in C, in one pass, as fast as ``msgpack.unpackb`` makes plain
+lists and dicts (a batch of 10,000 tasks' metadata takes about a millisecond either way), so
+typed headers cost the master's hot path (SUBMIT and RESULTS batches) nothing; a tagged union
+picks the record for the header's ``k`` in that same pass; and the wire stays plain msgpack
+(a record is a map, a small per-item record like :class:`TaskMeta` an array), so nothing about
+the protocol changes. dataclasses plus hand checks would cost Python code per field and item;
+pydantic validates Python objects after a separate msgpack decode, a second pass over each batch.
+
+Policies, the same for every kind:
+
+* **Unknown fields are ignored**, so a newer peer may add an optional field without breaking an
+  older one (a field whose absence would mislead needs a new protocol version instead); so are
+  extra trailing items of an array-like record (a :class:`TaskMeta` of seven).
+* **Absent optional fields** take the default the record declares. ``None`` means "not said",
+  where that differs from any value (a HEARTBEAT without ``want`` leaves the master's figure as
+  it was).
+* **Payload counts**: a record that carries one payload per item (SUBMIT, TASKS, RESULTS) or one
+  payload (SYSTEM, SYSTEM-DONE with an outcome) is refused when the count differs.
+* **Task ranges**: a task's numbers (:meth:`TaskMeta.check`) are checked where the master takes
+  the batch, not while decoding, so that a batch with one out of range is refused *with a reply*
+  (REJECT, naming it) and its submitter's Futures fail instead of waiting.
+
+The records also read like the plain maps and arrays they travel as (``msg["credit"]`` on the
+message, ``msg["results"]`` as tuples, ``meta[0]`` on a :class:`TaskMeta`), for handlers written
+before them; new code reads fields by name (``msg.read(Results).results[0].status``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, ClassVar, Union
+
+import msgspec
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Kind",
+    "Header",
+    "TaskMeta",
+    "Assignment",
+    "Outcome",
+    "Register",
+    "Results",
+    "Hello",
+    "Submit",
+    "System",
+    "SystemQuery",
+    "TasksQuery",
+    "Status",
+    "Resize",
+    "Bye",
+    "Cancel",
+    "ResultsAck",
+    "Drain",
+    "Released",
+    "Welcome",
+    "Reregister",
+    "Tasks",
+    "Ack",
+    "Reject",
+    "Running",
+    "SystemProgress",
+    "SystemDone",
+    "StatusReply",
+    "Shutdown",
+    "Steal",
+    "Heartbeat",
+    "RECORDS",
+    "HEADER",
+    "parse_resources",
+]
+
+PROTOCOL_VERSION = 1
+
+#: A count: a whole number from 0.
+Count = Annotated[int, msgspec.Meta(ge=0)]
+#: Seconds or a rate: a number from 0 (NaN is refused).
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+TaskIds = list[str]
+
+
+class Kind:
+    """Message kinds: the ``k`` of a header, and the record (below) each one decodes to."""
+
+    # slave -> master
+    REGISTER = "register"
+    RESULTS = "results"  # also master -> application
+    # application -> master
+    HELLO = "hello"
+    SUBMIT = "submit"
+    SYSTEM = "system"
+    SYSTEM_QUERY = "system-query"
+    TASKS_QUERY = "tasks-query"
+    STATUS = "status"
+    RESIZE = "resize"  # also master -> slave
+    BYE = "bye"  # any node that leaves on purpose
+    CANCEL = "cancel"  # also master -> slave
+    RESULTS_ACK = "results-ack"
+    DRAIN = "drain"
+    RELEASED = "released"
+    # master -> nodes
+    WELCOME = "welcome"
+    REREGISTER = "reregister"
+    TASKS = "tasks"
+    ACK = "ack"
+    REJECT = "reject"
+    RUNNING = "running"
+    SYSTEM_PROGRESS = "system-progress"
+    SYSTEM_DONE = "system-done"
+    STATUS_REPLY = "status-reply"
+    SHUTDOWN = "shutdown"
+    STEAL = "steal"
+    # both ways
+    HEARTBEAT = "heartbeat"
+
+    #: Kinds that open a conversation, sent before the peer's session is known.
+    UNADDRESSED = frozenset({"hello", "register"})
+
+    ALL = frozenset(v for k, v in vars().items() if k.isupper() and isinstance(v, str))
+
+
+# -- what one item of a batch says -------------------------------------------------------------
+
+
+class _WireArray(msgspec.Struct, array_like=True, gc=False):
+    """A record that travels as a msgpack array and also reads as one (index, unpack)."""
+
+    def _wire(self) -> tuple[Any, ...]:
+        return msgspec.structs.astuple(self)
+
+    def __getitem__(self, index: Any) -> Any:
+        found = self._wire()[index]
+        return list(found) if isinstance(index, slice) else found
+
+    def __iter__(self) -> Any:
+        return iter(self._wire())
+
+    def __len__(self) -> int:
+        return len(self._wire())
+
+
+class TaskMeta(_WireArray):
+    """What the master and slaves know of a task without unpickling it (one per SUBMIT payload,
+    and what a task system's pushed tasks carry on the master). Built by
+    :func:`taskswarm.task.task_meta`; travels as ``[task_id, timeout, max_retries, name,
+    priority, resources]``, and a 4-item array reads with the last two at their defaults."""
+
+    task_id: str
+    #: Seconds the task may run (``Task.timeout``); None: no limit. Checked by :meth:`check`.
+    timeout: float | None = None
+    #: Times it may run again after raising (``Task.max_retries``), 0 to 2**63-1.
+    max_retries: int = 0
+    #: ``Task.name``, shown in status and errors.
+    name: str = ""
+    #: Higher runs first (``Task.priority``), a 64-bit signed number.
+    priority: int = 0
+    #: What it needs of a slave's declared resources (``Task.resources``), names to amounts.
+    resources: dict[str, float] | None = None
+
+    def check(self) -> None:
+        """Raise ValueError naming the first number out of range: the journal (SQLite) holds 64
+        bits, and a deadline must be a real time."""
+        task_id, timeout = self.task_id, self.timeout
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise ValueError(f"task {task_id}: timeout {timeout!r} is not a positive number")
+        if not 0 <= self.max_retries < 2**63:
+            raise ValueError(f"task {task_id}: max_retries {self.max_retries} is out of range")
+        if not -(2**63) <= self.priority < 2**63:
+            raise ValueError(f"task {task_id}: priority {self.priority} does not fit in 64 bits")
+        if self.resources is not None:
+            parse_resources(self.resources)
+
+
+class Assignment(_WireArray):
+    """One task of a TASKS message (master -> slave): ``[task_id, timeout]``."""
+
+    task_id: str
+    #: Seconds the task may run; None: no limit.
+    timeout: float | None = None
+
+
+class Outcome(_WireArray):
+    """One result of a RESULTS message.
+
+    From a slave: ``[task_id, status, detail]``, ``status`` a :class:`taskswarm.task.Status`
+    string and ``detail`` how the worker died (``crash``) or the failure's text (None when OK).
+    From the master to an application: ``[task_id, ok]``, ``status`` a bool (True: the payload
+    is the result; False: the pickled error, or nothing when the task was taken back unrun).
+    """
+
+    task_id: str
+    status: str | bool
+    detail: str | None = None
+
+    def _wire(self) -> tuple[Any, ...]:
+        if type(self.status) is bool:
+            return (self.task_id, self.status)
+        return (self.task_id, self.status, self.detail)
+
+
+# -- headers ---------------------------------------------------------------------------------
+
+
+class Header(msgspec.Struct, kw_only=True, tag_field="k", omit_defaults=True):
+    """The envelope every header carries, filled in by the codec when it encodes.
+
+    Decoded, ``v``, ``sid`` and ``seq`` are always set (the codec refuses a header without
+    them); ``to`` is None only for the opening kinds (``Kind.UNADDRESSED``), which carry ``ts``.
+    """
+
+    #: Protocol version of the sender (:data:`PROTOCOL_VERSION`).
+    v: int | None = None
+    #: The sender's session (random per node process and connection).
+    sid: str | None = None
+    #: Sequence number, strictly increasing over everything that session sends.
+    seq: int | None = None
+    #: The session this message is for; None only to open a conversation.
+    to: str | None = None
+    #: Send time (``time.time()``), on unaddressed messages: valid within the replay window.
+    ts: float | None = None
+    #: Payload frame layout: one letter per frame, ``p`` packed, ``r`` raw (see the codec).
+    pf: str = ""
+
+    #: The list field with one item per payload, when the kind carries such a batch.
+    batch: ClassVar[str | None] = None
+
+    @property
+    def kind(self) -> str:
+        """The message kind this record is (its ``k`` on the wire)."""
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+    def expected_payloads(self) -> int | None:
+        """How many payloads this header says follow it; None: any number (not checked)."""
+        return len(getattr(self, self.batch)) if self.batch else None
+
+    def plain(self, name: str) -> Any:
+        """Field ``name`` as the plain data it travels as (what ``msg[name]`` gives)."""
+        return getattr(self, name)
+
+
+# slave -> master
+
+
+class Register(Header, tag=Kind.REGISTER):
+    """A slave introduces itself; repeated each heartbeat until the master's WELCOME."""
+
+    #: The slave's id (host, pid and a random suffix), unique in the cluster.
+    node_id: str
+    host: str | None = None
+    pid: Count | None = None
+    #: Worker processes it runs.
+    workers: Count = 0
+    #: What it offers tasks that declare needs (``--resources``), names to amounts.
+    resources: dict[str, Any] | None = None
+    #: Seconds between its heartbeats, so the master can tell a slow slave from a lost one.
+    heartbeat: float | None = None
+    #: Tasks it may be sent now (pull scheduling), may be negative only through ``held``.
+    credit: int = 0
+    #: Tasks it wants to hold to keep its workers busy (push scheduling).
+    want: Count | None = None
+    #: Its running average of task durations, seconds.
+    pace: NonNegative | None = None
+    #: Tasks it still holds from before (a master that restarted keeps them there).
+    held: TaskIds | None = None
+
+
+class Results(Header, tag=Kind.RESULTS):
+    """Outcomes, one payload each: a slave's to the master, or the master's to an application
+    (see :class:`Outcome` for the two forms)."""
+
+    results: list[Outcome]
+    #: Tasks a worker began since the last message (slave -> master): Future.running().
+    started: TaskIds | None = None
+    credit: int = 0
+    want: Count | None = None
+    pace: NonNegative | None = None
+
+    batch = "results"
+
+    def plain(self, name: str) -> Any:
+        if name != "results":
+            return getattr(self, name)
+        # Tuples, each as long as it travelled: unpacked in C by handlers written for them.
+        return [
+            (o.task_id, o.status) if o.status.__class__ is bool else (o.task_id, o.status, o.detail)
+            for o in self.results
+        ]
+
+
+class Heartbeat(Header, tag=Kind.HEARTBEAT):
+    """Both ways: the master's and an application's carry nothing; a slave's says how it is,
+    each field only when it has something to say (absent: unchanged)."""
+
+    workers: Count | None = None
+    credit: int = 0
+    want: Count | None = None
+    pace: NonNegative | None = None
+    #: Messages this slave refused so far (bad signature, replays...), for the status page.
+    rejected: Count | None = None
+    #: Its own measures (:meth:`taskswarm.stats.Stats.snapshot`).
+    stats: list[dict[str, Any]] | None = None
+    #: Every task it holds now: the master requeues those it sent and the slave never got.
+    held: TaskIds | None = None
+
+
+class Released(Header, tag=Kind.RELEASED):
+    """Unstarted tasks a slave gives back after a STEAL, for idle slaves elsewhere."""
+
+    tasks: TaskIds = msgspec.field(default_factory=list)
+    credit: int = 0
+    want: Count | None = None
+    pace: NonNegative | None = None
+
+
+class Drain(Header, tag=Kind.DRAIN):
+    """A slave takes no new tasks (it is stopping)."""
+
+
+class Bye(Header, tag=Kind.BYE):
+    """A node leaves on purpose (a slave, an application, or the master stopping)."""
+
+    #: Tasks a leaving slave handed back unstarted.
+    handed_back: Count | None = None
+
+
+# application -> master
+
+
+class Hello(Header, tag=Kind.HELLO):
+    """An application connects (or reconnects: the master resends what it did not confirm)."""
+
+    client_id: str
+    host: str | None = None
+    pid: Count | None = None
+
+
+class Submit(Header, tag=Kind.SUBMIT):
+    """Plain tasks, one pickled task per payload; answered by ACK or REJECT with its ``rid``."""
+
+    tasks: list[TaskMeta]
+    #: Request id, echoed by the answer.
+    rid: int | None = None
+
+    batch = "tasks"
+
+
+class System(Header, tag=Kind.SYSTEM):
+    """A task system to run on the master, pickled in the one payload; ACK or REJECT."""
+
+    system_id: str
+    rid: int | None = None
+
+    def expected_payloads(self) -> int | None:
+        return 1
+
+
+class SystemQuery(Header, tag=Kind.SYSTEM_QUERY):
+    """Asks for a task system's outcome: SYSTEM-DONE now, or when it finishes."""
+
+    system_id: str
+
+
+class TasksQuery(Header, tag=Kind.TASKS_QUERY):
+    """After a reconnect, the plain tasks an application still waits for; those the master no
+    longer holds (it restarted with no state directory, their results expired) come back
+    failed."""
+
+    tasks: TaskIds
+
+
+class Status(Header, tag=Kind.STATUS):
+    """Asks for the cluster's status; answered by STATUS-REPLY."""
+
+    rid: int | None = None
+
+
+class Resize(Header, tag=Kind.RESIZE):
+    """Application -> master: resize slave ``slave_id`` (ACK, or REJECT when there is none);
+    master -> slave: resize yourself (no ``slave_id``)."""
+
+    workers: Count
+    slave_id: str | None = None
+    rid: int | None = None
+
+
+class Cancel(Header, tag=Kind.CANCEL):
+    """Application -> master: ``tasks`` (and ``soft``, ``rid``) or ``system_id``;
+    master -> slave: ``tasks`` and ``soft``."""
+
+    tasks: TaskIds | None = None
+    #: Drop the tasks not started yet, let a running one finish (Future.cancel() raced with
+    #: dispatch); with ``rid``, the master answers with the ACK of what it cancelled.
+    soft: bool = False
+    system_id: str | None = None
+    rid: int | None = None
+
+
+class ResultsAck(Header, tag=Kind.RESULTS_ACK):
+    """An application has these results (the master, and its journal, may let them go)."""
+
+    tasks: TaskIds
+    #: Task systems whose outcome it received.
+    systems: TaskIds | None = None
+
+
+# master -> nodes
+
+
+class Welcome(Header, tag=Kind.WELCOME):
+    """The master's answer to REGISTER or HELLO."""
+
+    #: The id the master knows the node by.
+    node_id: str | None = None
+    #: Seconds between the master's heartbeats (to slaves), so they can tell when it is lost.
+    heartbeat: float | None = None
+    #: The master's message size limit (``--max-message-mib``); None: unlimited.
+    max_bytes: int | None = None
+
+
+class Reregister(Header, tag=Kind.REREGISTER):
+    """The master does not know the sender (it restarted, or lost it): REGISTER or HELLO."""
+
+
+class Tasks(Header, tag=Kind.TASKS):
+    """Tasks for a slave, one pickled task per payload."""
+
+    tasks: list[Assignment]
+
+    batch = "tasks"
+
+
+class Ack(Header, tag=Kind.ACK):
+    """The master accepted a request (``push_task_response`` in the seed's words)."""
+
+    rid: int | None = None
+    #: How many it took.
+    n: Count | None = None
+    #: A CANCEL with ``rid``: the tasks cancelled.
+    tasks: TaskIds | None = None
+    reason: str | None = None
+
+
+class Reject(Header, tag=Kind.REJECT):
+    """The master refused a request, and why (``push_task_failed``)."""
+
+    rid: int | None = None
+    reason: str | None = None
+    n: Count | None = None
+
+
+class Running(Header, tag=Kind.RUNNING):
+    """An application's tasks that a worker began (their Futures are running)."""
+
+    tasks: TaskIds
+
+
+class SystemProgress(Header, tag=Kind.SYSTEM_PROGRESS):
+    """How far a task system has come."""
+
+    system_id: str
+    done: Count
+    total: Count
+    failed: Count = 0
+    #: What the first failed task said, traceback and all (sent once).
+    first_failure: str | None = None
+
+
+class SystemDone(Header, tag=Kind.SYSTEM_DONE):
+    """A task system's outcome, pickled ``(result, error)`` in the one payload; or, with
+    ``unknown``, no payload: the master holds no such system (``reason`` says why)."""
+
+    system_id: str
+    failed: bool = False
+    unknown: bool = False
+    reason: str | None = None
+
+    def expected_payloads(self) -> int | None:
+        return 0 if self.unknown else 1
+
+
+class StatusReply(Header, tag=Kind.STATUS_REPLY):
+    """The cluster's status: what ``taskswarm status`` and the dashboard show."""
+
+    rid: int | None = None
+    status: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Shutdown(Header, tag=Kind.SHUTDOWN):
+    """A slave is to stop (it finishes or hands back its tasks, then says BYE)."""
+
+
+class Steal(Header, tag=Kind.STEAL):
+    """Give back up to ``count`` tasks no worker has started (RELEASED), for idle slaves."""
+
+    count: Count = 0
+
+
+#: Every record, by its kind.
+RECORDS: dict[str, type[Header]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        Register, Results, Heartbeat, Released, Drain, Bye, Hello, Submit, System, SystemQuery,
+        TasksQuery, Status, Resize, Cancel, ResultsAck, Welcome, Reregister, Tasks, Ack, Reject,
+        Running, SystemProgress, SystemDone, StatusReply, Shutdown, Steal,
+    )
+}  # fmt: skip
+assert set(RECORDS) == Kind.ALL, "one record per kind"
+
+#: The one decoder of headers: picks the record by ``k`` and checks every field as it reads.
+HEADER: msgspec.msgpack.Decoder[Header] = msgspec.msgpack.Decoder(
+    Union[tuple(RECORDS.values())]  # noqa: UP007 (a union of classes known only here)
+)
+
+
+def parse_resources(value: object) -> dict[str, float] | None:
+    """``{"gpu": 1}`` as a task needs or a slave offers it: names to amounts >= 0.
+
+    Raises ValueError with what is wrong, so a bad declaration is refused where it is made.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"resources must be a dict of names to amounts, not {value!r}")
+    parsed = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"resource names must be non-empty strings, not {name!r}")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
+            raise ValueError(f"resource {name!r}: the amount must be a number >= 0, not {amount!r}")
+        parsed[name] = float(amount)
+    return parsed or None
