@@ -24,6 +24,7 @@ import re
 import threading
 from typing import Any
 
+from ..scheduling.contracts import MasterView
 from ..scheduling.push import PushScheduler
 
 __all__ = ["EngineScheduler", "DaskScheduler", "RayScheduler"]
@@ -51,7 +52,7 @@ class EngineScheduler(PushScheduler):
         self._thread: threading.Thread | None = None
         self._bridged = self._closed = False
 
-    def setup(self, master: Any) -> None:
+    def setup(self, master: MasterView) -> None:
         from .managers import manager_for
 
         super().setup(master)
@@ -86,6 +87,7 @@ class EngineScheduler(PushScheduler):
         from ..slave.node import Slave
 
         master = self.master
+        assert master is not None, "setup() comes before the first task"
         self.bridge = Slave(
             _reachable(master.address),
             master.keys,  # the bridge is the master's own: it signs with the master's key
@@ -93,7 +95,7 @@ class EngineScheduler(PushScheduler):
             heartbeat_interval=master.heartbeat_interval,
             # What the engine runs when the master stops is run again when it restarts.
             grace=0.0,
-            max_message_bytes=master.codec.max_bytes,
+            max_message_bytes=master.max_message_bytes,
         )
         self._thread = threading.Thread(
             target=self._serve_bridge, name=f"taskswarm-{self.manager_name}-bridge", daemon=True

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .records import SlaveRecord, TaskRecord
 
 __all__ = [
+    "MasterView",
     "SchedulerBase",
     "SchedulerContract",
     "SchedulerFactory",
@@ -43,6 +44,38 @@ __all__ = [
     "StrategyHost",
     "WatchesSlaves",
 ]
+
+
+class MasterView(Protocol):
+    """What a scheduler (and its strategy) may read of the master it is set up with: nothing
+    else, so the master can change behind it. The in-tree schedulers read none of it; one that
+    runs tasks elsewhere (the engine schedulers) connects a node of its own with these."""
+
+    @property
+    def scheduler_options(self) -> Mapping[str, str]:
+        """``--scheduler-option KEY=VALUE`` as given; the master does not interpret them."""
+        ...
+
+    @property
+    def address(self) -> str:
+        """Where the master's nodes connect (``tcp://HOST:PORT``)."""
+        ...
+
+    @property
+    def keys(self) -> Any:
+        """The cluster's keys (``protocol.keys.ClusterKeys``): a node of the scheduler's own
+        signs with them, as the master's own part."""
+        ...
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between the master's heartbeats; a node of the scheduler's beats as often."""
+        ...
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message the master accepts."""
+        ...
 
 
 @runtime_checkable
@@ -103,12 +136,11 @@ class SchedulerContract(Protocol):
         option is an error rather than ignored. Read once, as the master starts."""
         ...
 
-    def setup(self, master: Any) -> None:
+    def setup(self, master: MasterView) -> None:
         """Bind the scheduler to its master, once, before any other call (the in-tree ones pass
-        the master on to their strategy's ``setup``). ``master`` is ``taskswarm.master.node.
-        Master``; a scheduler reads its options in ``scheduler_options``, and one that runs
-        tasks elsewhere may read its ``address`` (where its nodes connect) and ``keys`` (the
-        cluster's keys, to sign as one of them)."""
+        the master on to their strategy's ``setup``). ``MasterView`` says what it may read:
+        its options in ``scheduler_options``, and, for one that runs tasks elsewhere, where
+        nodes connect and the keys they sign with."""
         ...
 
     def close(self) -> None:
@@ -249,9 +281,9 @@ class StrategyContract(Protocol):
     no arguments). A strategy that also has ``slave_changed`` (``WatchesSlaves``) is told
     of every change, so it can keep an index instead of scanning."""
 
-    def setup(self, scheduler: Any, master: Any) -> None:
+    def setup(self, scheduler: Any, master: MasterView) -> None:
         """Called once by the scheduler's ``setup``: the scheduler (see ``StrategyHost``
-        for what a strategy may use of it) and the master."""
+        for what a strategy may use of it) and the master (see ``MasterView``)."""
         ...
 
     def rate(self, slave: SlaveRecord) -> float:
@@ -316,7 +348,7 @@ class SchedulerBase:
     master: Any = None
     tasks: Mapping[str, TaskRecord]  # a subclass keeps its live tasks here
 
-    def setup(self, master: Any) -> None:
+    def setup(self, master: MasterView) -> None:
         """Keep the master (``self.master``)."""
         self.master = master
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..api import ITaskScheduler
 from ..stats import Measure
-from .contracts import SchedulerBase, StrategyContract, WatchesSlaves
+from .contracts import MasterView, SchedulerBase, StrategyContract, WatchesSlaves
 from .queue import TaskQueue
 from .ready import ReadySet
 from .records import NodeState, SlaveRecord, TaskRecord, TaskState
@@ -66,7 +66,7 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
         self.slaves: dict[str, SlaveRecord] = {}
         self.ready = ReadySet()
         self.systems: set[str] = set()
-        self.master: Any = None
+        self.master: MasterView | None = None
         #: Give idle slaves tasks that busy ones hold beyond what their workers are running.
         self.stealing = True
         #: Seconds a task may wait for resources no live slave has before it fails (inf: never).
@@ -85,7 +85,7 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
 
     # -- ITaskScheduler ---------------------------------------------------------------------
 
-    def setup(self, master: Any) -> None:
+    def setup(self, master: MasterView) -> None:
         self.master = master
         self.strategy.setup(self, master)
 

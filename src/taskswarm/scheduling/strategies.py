@@ -31,6 +31,7 @@ from ..api import ITaskScheduleStrategy
 from .records import SlaveRecord
 
 if TYPE_CHECKING:
+    from .contracts import MasterView
     from .scheduler import BaseScheduler
 
 __all__ = [
@@ -53,7 +54,7 @@ def load(slave: SlaveRecord) -> float:
 class BaseStrategy(ITaskScheduleStrategy):
     """Rates by load and is told of every change to a slave; subclasses choose."""
 
-    def setup(self, scheduler: Any, master: Any) -> None:
+    def setup(self, scheduler: Any, master: MasterView) -> None:
         # The in-tree schedulers: their ready set is what the O(1) strategies draw from.
         self.scheduler: BaseScheduler = scheduler
 
@@ -76,7 +77,7 @@ class LoadStrategy(BaseStrategy):
     recently comes first, which spreads ties round the cluster.
     """
 
-    def setup(self, scheduler: Any, master: Any) -> None:
+    def setup(self, scheduler: Any, master: MasterView) -> None:
         super().setup(scheduler, master)
         self._heap: list[tuple[float, int, str]] = []
         self._live: dict[str, int] = {}  # slave id -> turn of its one live entry
@@ -115,7 +116,7 @@ class ThroughputStrategy(LoadStrategy):
     pace it is rated with the average of the others'.
     """
 
-    def setup(self, scheduler: Any, master: Any) -> None:
+    def setup(self, scheduler: Any, master: MasterView) -> None:
         super().setup(scheduler, master)
         self._paces: dict[str, float] = {}  # the last pace each slave reported
         self._known_pace = 0.0  # running average of the paces reported
@@ -135,7 +136,7 @@ class ThroughputStrategy(LoadStrategy):
 class RoundRobinStrategy(BaseStrategy):
     """Each ready slave in turn, whatever its load: a ring of slave ids."""
 
-    def setup(self, scheduler: Any, master: Any) -> None:
+    def setup(self, scheduler: Any, master: MasterView) -> None:
         super().setup(scheduler, master)
         self._ring: deque[str] = deque()
         self._in_ring: set[str] = set()
@@ -159,7 +160,7 @@ class RoundRobinStrategy(BaseStrategy):
 class RandomStrategy(BaseStrategy):
     """Any ready slave, uniformly at random."""
 
-    def setup(self, scheduler: Any, master: Any) -> None:
+    def setup(self, scheduler: Any, master: MasterView) -> None:
         super().setup(scheduler, master)
         self.random = random.Random()
 
