@@ -19,6 +19,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -329,7 +330,7 @@ class Slave:
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def _send(self, record: Header, payloads: list[Any] | tuple = ()) -> bool:
+    def _send(self, record: Header, payloads: Sequence[Any] = ()) -> bool:
         kind = record.kind
         to = None if kind in Kind.UNADDRESSED else self.master_session
         return try_send(self.master_socket, self.codec.encode(kind, record, payloads, to=to))
@@ -438,7 +439,7 @@ class Slave:
         self.master_socket.disconnect(self.master_address)
         self.master_socket.connect(self.master_address)
 
-    def _collect_results(self, events: dict) -> None:
+    def _collect_results(self, events: dict[int, int]) -> None:
         for fd in self.manager.fds():
             if fd in events:
                 self.manager.collect(fd)
@@ -483,7 +484,7 @@ class Slave:
         own = self.codec.max_bytes or self._master_max_bytes
         return min(own, self._master_max_bytes) - ENVELOPE
 
-    def _fitted(self, item: tuple, limit: int) -> tuple:
+    def _fitted(self, item: tuple[Any, ...], limit: int) -> tuple[Any, ...]:
         """An outcome too big to travel becomes the error saying so, for its owner."""
         task_id, status, data, *rest = item
         if status == Status.CRASH or len(data) <= limit:
@@ -493,7 +494,7 @@ class Slave:
         return task_id, Status.ERROR, dump_error(error), error_text(error)
 
 
-def _detail(status: str, data: Any, rest: list) -> str | None:
+def _detail(status: str, data: Any, rest: list[Any]) -> str | None:
     """What a result's header says beside its status: how a worker died, or a failure's text."""
     if status == Status.CRASH:
         return str(data)
