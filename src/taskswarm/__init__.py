@@ -7,29 +7,87 @@ one, decide when they are complete and gather the result. See DESIGN.md for the 
 
 from __future__ import annotations
 
-from . import api
-from .client.application import Application, connect
-from .client.appnode import ApplicationNode
-from .client.handles import SystemHandle, TaskswarmExecutor
-from .errors import (
-    AuthenticationFailed,
-    ClientClosed,
-    ClusterError,
-    ConfigurationError,
-    MasterUnreachable,
-    MessageTooLarge,
-    ResourceUnavailable,
-    TaskError,
-    TaskswarmError,
-    TaskSystemError,
-    TaskTimeout,
-    UnknownTaskSystem,
-    WorkerCrashed,
-    WorkerMemoryExceeded,
-)
-from .local import LocalCluster, connect_or_start
-from .system import TaskSystem
-from .task import FunctionTask, RemoteTraceback, Task
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import api
+    from .client.application import Application, connect
+    from .client.appnode import ApplicationNode
+    from .client.handles import SystemHandle, TaskswarmExecutor
+    from .errors import (
+        AuthenticationFailed,
+        ClientClosed,
+        ClusterError,
+        ConfigurationError,
+        MasterUnreachable,
+        MessageTooLarge,
+        ResourceUnavailable,
+        TaskError,
+        TaskswarmError,
+        TaskSystemError,
+        TaskTimeout,
+        UnknownTaskSystem,
+        WorkerCrashed,
+        WorkerMemoryExceeded,
+    )
+    from .local import LocalCluster, connect_or_start
+    from .system import TaskSystem
+    from .task import FunctionTask, RemoteTraceback, Task
+
+#: Where each public name lives. They are imported on first use, not with the package: every
+#: node process (``python -m taskswarm master|slave``, a worker's forkserver) imports this
+#: package first, and the application side (the client, its futures, LocalCluster) is most of
+#: what importing it all would cost them at start.
+_HOMES = {
+    "api": ".api",
+    "Application": ".client.application",
+    "connect": ".client.application",
+    "ApplicationNode": ".client.appnode",
+    "SystemHandle": ".client.handles",
+    "TaskswarmExecutor": ".client.handles",
+    "LocalCluster": ".local",
+    "connect_or_start": ".local",
+    "TaskSystem": ".system",
+    "FunctionTask": ".task",
+    "RemoteTraceback": ".task",
+    "Task": ".task",
+    **dict.fromkeys(
+        [
+            "AuthenticationFailed",
+            "ClientClosed",
+            "ClusterError",
+            "ConfigurationError",
+            "MasterUnreachable",
+            "MessageTooLarge",
+            "ResourceUnavailable",
+            "TaskError",
+            "TaskswarmError",
+            "TaskSystemError",
+            "TaskTimeout",
+            "UnknownTaskSystem",
+            "WorkerCrashed",
+            "WorkerMemoryExceeded",
+        ],
+        ".errors",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(home, __name__)
+    value = module if name == "api" else getattr(module, name)
+    globals()[name] = value  # the next look-up is an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
+
 
 __version__ = "0.1.0"
 

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from ..stats import prometheus_text
+from . import ERRORS_KEPT
 
 #: A question for the master: called with the master (``taskswarm.master.node.Master``) in its
 #: loop; its answer is what the handler gets.
@@ -29,8 +30,6 @@ routes = web.RouteTableDef()
 #: Most tasks one page of ``/api/tasks`` returns.
 MAX_PAGE = 1000
 TASK_STATES = ("queued", "assigned")
-#: Latest task failures the master keeps for people to read (here and on the page).
-ERRORS_KEPT = 50
 
 
 async def _ask(request: web.Request, question: Question) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import ConfigurationError
+from . import parse_address
 from .api import ASK, TOKEN, Question, routes
 from .hosts import allowed_hosts, host_check, is_loopback
 from .limits import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, ConnectionGuard, connection_cap
@@ -30,16 +30,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds a request waits for the master's loop before it answers 503.
 ANSWER_TIMEOUT = 10.0
-
-
-def parse_address(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8787`` for IPv6) -> (host, port); a clear error otherwise."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ConfigurationError(
-            f"dashboard address {value!r} is not HOST:PORT; write e.g. 127.0.0.1:8787"
-        )
-    return host.strip("[]"), int(port)
 
 
 class DashboardServer:

@@ -24,12 +24,12 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import zmq
 
-from ..dashboard import DashboardServer, parse_address
+from ..dashboard import parse_address
 from ..ops.config import MasterConfig
 from ..protocol.addresses import advertised_address, check_advertise, public_url
 from ..protocol.codec import Codec, Kind
@@ -45,6 +45,9 @@ from .journal import Journal, NullJournal
 from .retention import CLIENT_TIMEOUT, FORGET_AFTER, RESULT_CAP, RESULT_TTL, Retention
 from .schedulers import load_scheduler
 from .slaves import DEPARTED_KEPT, _measures  # noqa: F401 - where tests and tools find them
+
+if TYPE_CHECKING:
+    from ..dashboard.server import DashboardServer
 
 __all__ = ["Master"]
 
@@ -253,6 +256,8 @@ class Master:
         host, port = parse_address(address)
         advertised = urlsplit(self.advertised).hostname or ""  # the name status's URL shows
         token = self.keys.dashboard_token()
+        from ..dashboard.server import DashboardServer  # aiohttp: only for a master serving one
+
         server = DashboardServer(self.ask, host, port, token, [advertised, *hosts])
         try:
             self.dashboard_url = public_url(server.start(), self.advertised)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from ..dashboard.api import ERRORS_KEPT
+from ..dashboard import ERRORS_KEPT  # not .api: that is aiohttp, which a master may not need
 from ..errors import ResourceUnavailable, TaskError, WorkerCrashed, WorkerMemoryExceeded
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord, format_resources
