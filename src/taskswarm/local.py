@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -103,6 +105,7 @@ class LocalCluster:
         worker_memory_limit: str | int | float | None = None,
         **settings: Any,
     ) -> None:
+        self._entered = time.monotonic()
         unknown = sorted(set(settings) - MASTER_KEYWORDS - SLAVE_KEYWORDS)
         if unknown:
             raise TypeError(f"LocalCluster() got unexpected keyword arguments: {unknown}")
@@ -147,6 +150,10 @@ class LocalCluster:
             worker_memory_limit=self.worker_memory_limit,
             **{name: value for name, value in settings.items() if name in SLAVE_KEYWORDS},
         )
+        #: Where start-up time went: seconds from LocalCluster() entered to "master listening",
+        #: "workers started" (every slave's) and "slaves registered" (every slave welcomed by
+        #: the master, its workers started).
+        self.startup: dict[str, float] = {}
         self.master_process: subprocess.Popen[bytes] | None = None
         self.slave_processes: list[subprocess.Popen[bytes]] = []
         self._apps: list[Application] = []
@@ -159,7 +166,14 @@ class LocalCluster:
 
     # -- starting --------------------------------------------------------------------------------
 
-    def _node(self, config: MasterConfig | SlaveConfig) -> subprocess.Popen[bytes]:
+    def _node(
+        self, config: MasterConfig | SlaveConfig, ready_fd: int, after_fd: int | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a node that closes the pipe ``ready_fd`` once ready (and, with ``after_fd``,
+        connects once that pipe closes)."""
+        handshake = ["--ready-fd", str(ready_fd)]
+        if after_fd is not None:
+            handshake += ["--after-fd", str(after_fd)]
         command = [
             sys.executable,
             "-m",
@@ -168,25 +182,125 @@ class LocalCluster:
             self.log_level,
             "--exit-with-parent",
             str(os.getpid()),
+            *handshake,
             *to_argv(config),
         ]
+        fds = (ready_fd,) if after_fd is None else (ready_fd, after_fd)
         # A session of its own: the terminal's Ctrl-C goes to this program only (the nodes
         # still stop with it: --exit-with-parent).
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=fds
+        )
 
     def _start(self) -> None:
-        ready = Path(self.master_config.ready_file or "")
-        self.master_process = self._node(self.master_config)
+        """Start the master and the slaves at once, and wait for the slaves to say they are
+        ready (registered, their workers started).
+
+        The master's address is chosen here, not by the master, so the slaves need not wait
+        for it to start: they start beside it (their imports, their workers' forkserver) and
+        connect the moment it listens (the ``--after-fd`` pipe closes), never before, which
+        would cost a ZeroMQ reconnect interval. Each node closes a pipe when ready, so this
+        waits on events with a deadline, not on polls.
+        """
+        entered = self._entered
         deadline = time.monotonic() + self.start_timeout
-        while not ready.exists() or not ready.read_text():
-            self._check_alive(self.master_process, "master")
-            if time.monotonic() > deadline:
-                raise ClusterError(f"the master did not start within {self.start_timeout:g}s")
-            time.sleep(0.02)
-        self.address = ready.read_text().strip()
-        for _ in range(self.slaves):
-            self.add_slave(self.workers, wait=False, resources=self.resources)
+        if self.master_config.bind.startswith("tcp://") and self.master_config.bind.endswith(":0"):
+            self.master_config = replace(self.master_config, bind=_free_loopback_address())
+        self.address = self.master_config.bind
+        master_read, master_write = os.pipe()
+        try:
+            self.master_process = self._node(self.master_config, master_write)
+        finally:
+            os.close(master_write)
+        waiting: dict[int, subprocess.Popen[bytes]] = {}
+        try:
+            for _ in range(self.slaves):
+                fd, process = self._start_slave(self.workers, self.resources, master_read)
+                waiting[fd] = process
+            self._await_ready(waiting, deadline, master_read, entered)
+        finally:
+            for fd in waiting:
+                os.close(fd)
+            os.close(master_read)
+        ready = Path(self.master_config.ready_file or "")
+        # Written before the master answered anyone: it serves by the time a slave is ready.
+        self.address = ready.read_text().strip() or self.address
         self.wait_for_slaves(self.slaves, max(1.0, deadline - time.monotonic()))
+
+    def _start_slave(
+        self, workers: int, resources: dict[str, float] | None, after_fd: int | None = None
+    ) -> tuple[int, subprocess.Popen[bytes]]:
+        """Start a slave; returns the pipe it closes once ready, and its process."""
+        config = replace(
+            self.slave_config,
+            master_address=self.address,
+            workers=workers,
+            resources=resources or None,
+        )
+        ready_read, ready_write = os.pipe()
+        try:
+            process = self._node(config, ready_write, after_fd)
+        except BaseException:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)
+        self.slave_processes.append(process)
+        return ready_read, process
+
+    def _await_ready(
+        self,
+        slaves: dict[int, subprocess.Popen[bytes]],
+        deadline: float,
+        master_fd: int | None = None,
+        entered: float | None = None,
+    ) -> None:
+        """Wait until every slave in ``slaves`` (by the pipe it closes when ready) is ready;
+        a ClusterError when one exits first, the master exits, or ``deadline`` passes."""
+        waiting, count = dict(slaves), len(slaves)
+        master_gone = _exit_event(self.master_process)
+        try:
+            while waiting:
+                watched = [*waiting, *([master_fd] if master_fd is not None else [])]
+                if master_gone is not None:
+                    watched.append(master_gone)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ClusterError(
+                        f"only {count - len(waiting)} of {count} slaves became active within "
+                        f"{self.start_timeout:g}s"
+                    )
+                # Without a pidfd to watch, the master's exit is looked for now and then.
+                timeout = left if master_gone is not None else min(left, 0.1)
+                for fd in select.select(watched, [], [], timeout)[0]:
+                    if fd == master_fd:
+                        self._note("master listening", time.monotonic(), entered)
+                        master_fd = None  # closed by the master: it listens (or it died)
+                    elif fd in waiting:
+                        process = waiting.pop(fd)
+                        said = os.read(fd, 256).split()
+                        if said[:1] == [b"ready"]:
+                            self._note("slaves registered", time.monotonic(), entered)
+                            with contextlib.suppress(IndexError, ValueError):
+                                self._note("workers started", float(said[1]), entered)
+                        else:  # closed unsaid: the slave exited
+                            with contextlib.suppress(subprocess.TimeoutExpired):
+                                process.wait(1.0)
+                            self._check_alive(self.master_process, "master")
+                            raise ClusterError(
+                                f"a slave process exited with code {process.poll()} "
+                                "before it was ready"
+                            )
+                self._check_alive(self.master_process, "master")
+        finally:
+            if master_gone is not None:
+                os.close(master_gone)
+
+    def _note(self, phase: str, at: float, entered: float | None) -> None:
+        """When the last node reached ``phase`` (``at``, monotonic) during start-up: seconds
+        from LocalCluster() ``entered``."""
+        if entered is not None:
+            self.startup[phase] = max(at - entered, self.startup.get(phase, 0.0))
 
     def add_slave(
         self,
@@ -195,14 +309,12 @@ class LocalCluster:
         resources: dict[str, float] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start one more slave process (it registers by itself), offering ``resources``."""
-        config = replace(
-            self.slave_config,
-            master_address=self.address,
-            workers=self.workers if workers is None else workers,
-            resources=resources or None,
-        )
-        process = self._node(config)
-        self.slave_processes.append(process)
+        fd, process = self._start_slave(self.workers if workers is None else workers, resources)
+        try:
+            if wait:
+                self._await_ready({fd: process}, time.monotonic() + self.start_timeout)
+        finally:
+            os.close(fd)
         if wait:
             self.wait_for_slaves(len(self.live_slaves()), self.start_timeout)
         return process
@@ -211,7 +323,11 @@ class LocalCluster:
         return [p for p in self.slave_processes if p.poll() is None]
 
     def wait_for_slaves(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
-        """Wait until the master reports ``count`` active slaves; returns their summaries."""
+        """Wait until the master reports ``count`` active slaves; returns their summaries.
+
+        The cluster asks once its slaves said they are ready (welcomed, their first heartbeat
+        sent), so the first answer almost always has them all; a heartbeat still on its way
+        costs a few more milliseconds."""
         deadline = time.monotonic() + timeout
         with Application(self.address, self.key, connect_timeout=timeout) as app:
             while True:
@@ -223,7 +339,7 @@ class LocalCluster:
                     raise ClusterError(
                         f"only {len(active)} of {count} slaves became active within {timeout:g}s"
                     )
-                time.sleep(0.05)
+                time.sleep(0.005)
 
     @staticmethod
     def _check_alive(process: subprocess.Popen[bytes] | None, name: str) -> None:
@@ -255,6 +371,25 @@ class LocalCluster:
         _terminate(self.slave_processes, grace)
         _terminate([self.master_process] if self.master_process else [], grace)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _free_loopback_address() -> str:
+    """A ``tcp://127.0.0.1:PORT`` no one listens on now, for a master whose slaves start
+    beside it: they must know its address before it binds."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def _exit_event(process: subprocess.Popen[bytes] | None) -> int | None:
+    """A file descriptor readable once ``process`` exits (a Linux pidfd); None where there is
+    none to be had."""
+    if process is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(process.pid)
+    except OSError:
+        return None
 
 
 def _terminate(processes: list[subprocess.Popen[bytes]], grace: float) -> None:

@@ -85,6 +85,21 @@ class _Group(click.Group):
     hidden=True,
     help="Stop when the process with this pid is gone (used by LocalCluster).",
 )
+@click.option(
+    "--ready-fd",
+    type=int,
+    default=None,
+    hidden=True,
+    help="A pipe the node closes once it is ready: a master once it listens, a slave once it "
+    "is registered with its workers started (used by LocalCluster).",
+)
+@click.option(
+    "--after-fd",
+    type=int,
+    default=None,
+    hidden=True,
+    help="A slave connects once this pipe closes: its master listens (used by LocalCluster).",
+)
 @click.version_option(package_name="taskswarm")
 @click.pass_context
 def cli(
@@ -93,6 +108,8 @@ def cli(
     env_dir: str | None,
     log_level: str,
     exit_with_parent: int | None,
+    ready_fd: int | None,
+    after_fd: int | None,
 ) -> None:
     """taskswarm: a master schedules tasks and task systems onto slaves' worker processes.
 
@@ -112,7 +129,12 @@ def cli(
         env = _open_environment(env_dir, ctx.invoked_subcommand or "taskswarm")
         config_file = config_file or str(env.config)
     ctx.default_map = load_settings_file(config_file, cli)
-    ctx.obj = {"parent": exit_with_parent, "config": config_file}
+    ctx.obj = {
+        "parent": exit_with_parent,
+        "config": config_file,
+        "ready_fd": ready_fd,
+        "after_fd": after_fd,
+    }
 
 
 def _open_environment(directory: str, command: str) -> Any:

@@ -12,7 +12,14 @@ from typing import Any
 
 import click
 
-from .cli_shared import env_option, required_key_file, stop_on_signals, tune_gc
+from .cli_shared import (
+    announce_ready,
+    env_option,
+    required_key_file,
+    stop_on_signals,
+    tune_gc,
+    wait_for_master,
+)
 from .config import MasterConfig, SlaveConfig, options
 from .logs import show_system_logging
 
@@ -48,6 +55,7 @@ def master(**settings: Any) -> None:
         # shipped systemd unit does not retry (RestartPreventExitStatus=2).
         click.echo(f"taskswarm master: {exc}", err=True)
         sys.exit(2)
+    announce_ready()  # it listens: its slaves may connect (it answers once it serves)
     stop_on_signals(node)
     tune_gc()
     node.serve(config.ready_file)
@@ -62,7 +70,10 @@ def slave(**settings: Any) -> None:
     from ..slave.node import Slave
 
     config = SlaveConfig(**settings)
-    node = Slave.from_config(config, load_keys(required_key_file(config.key_file)))
+    node = Slave.from_config(
+        config, load_keys(required_key_file(config.key_file)), before_connect=wait_for_master
+    )
+    node.on_ready = lambda: announce_ready(node.workers_started or 0.0)
     stop_on_signals(node)
     tune_gc()
     node.serve()

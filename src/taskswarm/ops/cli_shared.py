@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import select
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
@@ -20,6 +23,7 @@ import click
 from .config import DEFAULT_BIND, MasterConfig, option
 
 __all__ = [
+    "announce_ready",
     "connect",
     "env_option",
     "json_option",
@@ -28,6 +32,7 @@ __all__ = [
     "seconds_option",
     "stop_on_signals",
     "tune_gc",
+    "wait_for_master",
 ]
 
 log = logging.getLogger("taskswarm")
@@ -118,3 +123,44 @@ def tune_gc() -> None:
     was loaded at start-up again. Saves a fifth of the master's time per task."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+def _root_option(name: str) -> Any:
+    return click.get_current_context().find_root().obj[name]
+
+
+def announce_ready(*details: float) -> None:
+    """Tell whoever started this node that it is ready, by closing the pipe it gave
+    (``--ready-fd``; LocalCluster waits on it, as on an event, instead of polling), after a
+    line ``ready`` with ``details`` (a slave: when its workers were started, monotonic)."""
+    fd = _root_option("ready_fd")
+    if fd is not None:
+        with _quietly():
+            os.write(fd, " ".join(["ready", *map(repr, details)]).encode() + b"\n")
+        with _quietly():
+            os.close(fd)
+
+
+def wait_for_master(timeout: float = 30.0) -> None:
+    """Return once the pipe ``--after-fd`` closes (its master listens, or died), or after
+    ``timeout``: a slave that connected first would only try again ZeroMQ's reconnect
+    interval later (100 ms and more), a third of a LocalCluster's start-up."""
+    fd = _root_option("after_fd")
+    if fd is None:
+        return
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([fd], [], [], left)[0] and not os.read(fd, 4096):
+                return  # closed by every writer: the master listens (or is gone)
+    except OSError:
+        return
+    finally:
+        with _quietly():
+            os.close(fd)
+
+
+def _quietly() -> Any:
+    import contextlib
+
+    return contextlib.suppress(OSError)

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -72,7 +72,12 @@ WAIT_LOG_INTERVAL = 30.0
 
 class Slave:
     @classmethod
-    def from_config(cls, config: SlaveConfig, key: bytes | ClusterKeys) -> Slave:
+    def from_config(
+        cls,
+        config: SlaveConfig,
+        key: bytes | ClusterKeys,
+        before_connect: Callable[[], object] | None = None,
+    ) -> Slave:
         """The slave ``taskswarm slave`` runs, from its settings (:mod:`taskswarm.ops.config`)."""
         from ..engines.managers import manager_for
 
@@ -88,6 +93,7 @@ class Slave:
             grace=config.grace,
             max_message_bytes=config.max_message_mib * 1024 * 1024,
             resources=dict(config.resources) if config.resources else None,
+            before_connect=before_connect,
         )
 
     def __init__(
@@ -102,7 +108,11 @@ class Slave:
         grace: float = 2.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         resources: dict[str, float] | None = None,
+        before_connect: Callable[[], object] | None = None,
     ) -> None:
+        """``before_connect`` runs once the task manager knows its slave (its workers may begin
+        to start) and before the socket connects: a LocalCluster's slave waits there for its
+        master to listen."""
         keys = as_keys(key)
         #: What this slave offers tasks that declare needs (``Task.resources``), e.g. GPUs.
         self.resources = parse_resources(resources)
@@ -125,6 +135,8 @@ class Slave:
             else manager
         )
         self.manager.init(self.node_id, master)
+        if before_connect is not None:
+            before_connect()
         self._context = zmq.Context()
         self.master_socket = connect_dealer(
             self._context, master, self.node_id.encode(), keys.curve_public
@@ -137,6 +149,11 @@ class Slave:
         self._stopping = False
         #: Stop when this process is no longer our parent (set for LocalCluster's nodes).
         self.parent_pid: int | None = None
+        #: Called once, when the master first welcomed this slave and its workers are started
+        #: (LocalCluster's slaves tell the cluster so: it waits on that, not on polls).
+        self.on_ready: Callable[[], object] | None = None
+        #: When the task manager's start returned (monotonic): its workers exist from then.
+        self.workers_started: float | None = None
         self._closed = False
         self._last_from_master = time.monotonic()
         #: Since when no master has answered, and when to say so next (None: registered).
@@ -160,7 +177,11 @@ class Slave:
 
     def serve(self) -> None:
         """Run until ``stop()``, then finish in-flight tasks (up to ``grace`` s) and leave."""
+        # REGISTER first: the master welcomes this slave while its workers start.
+        self._heartbeat_or_register()
+        next_beat = time.monotonic() + self.heartbeat_interval
         self.manager.start()
+        self.workers_started = time.monotonic()
         log.info(
             "slave %s with %d workers%s, master %s",
             self.node_id,
@@ -168,7 +189,6 @@ class Slave:
             f" and resources {format_resources(self.resources)}" if self.resources else "",
             self.master_address,
         )
-        next_beat = time.monotonic()
         poller, generation = self._make_poller(), self.manager.generation
         try:
             while not self._stopping:
@@ -279,6 +299,9 @@ class Slave:
             # Silent for five of the master's heartbeats (and never under the given timeout).
             self.master_timeout = max(self._master_timeout, MASTER_BEATS * welcome.heartbeat)
         self._send(Heartbeat(workers=self.manager.get_num_workers()))
+        if self.on_ready is not None:
+            ready, self.on_ready = self.on_ready, None
+            ready()
 
     def on_tasks(self, msg: Message) -> None:
         # As many payloads as tasks: the codec checked.

@@ -29,6 +29,7 @@ __all__ = [
     "frame_task",
     "send",
     "spawn",
+    "warm_up",
 ]
 
 #: Most payload bytes sent ahead to a busy worker (well under a socket's buffer).
@@ -100,9 +101,22 @@ def default_context() -> Any:  # a forkserver or spawn context: both have Proces
     # threads make a plain fork unsafe), and start far faster than with spawn.
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["taskswarm.slave.worker"])
+        # What a worker needs to run a task, imported once here rather than by each worker
+        # at its first task: the worker's loop, and what rebuilds a task (pickling).
+        ctx.set_forkserver_preload(["taskswarm.slave.worker", "taskswarm.protocol.pickling"])
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def warm_up(context: Any) -> None:
+    """Have the forkserver start booting now, without waiting for it: a fresh interpreter that
+    imports the worker's modules once (``set_forkserver_preload``), from which every worker is
+    then forked in a millisecond. Its boot overlaps the slave's own start and registration
+    instead of holding up the slave's first worker."""
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 def spawn(context: Any, identity: str) -> PoolWorker:

@@ -99,6 +99,8 @@ class ProcessPoolManager(QueuedManager):
 
     def init(self, identity: str, address: str) -> None:
         self.identity, self.address = identity, address
+        if self._target:
+            pool_worker.warm_up(self._context)  # boots while the slave connects and registers
 
     def get_num_workers(self) -> int:
         return self._target
