@@ -17,6 +17,10 @@ Workloads (``--workloads``):
 
 * ``noop``: 20,000 tasks returning their argument, all submitted at once: tasks/s, from before
   the first task is created to the last result;
+* ``noop-submit``: the same 20,000 tasks submitted one call at a time, as a user's loop does:
+  taskswarm ``app.submit`` (``noop`` uses its bulk ``push_tasks``), ``mp.Pool.apply_async``,
+  ``Executor.submit`` (as in ``noop``: executors have no other way), Dask ``client.submit``,
+  Ray ``f.remote`` (as in ``noop``), ipyparallel ``view.apply_async``: tasks/s;
 * ``latency``: 1,000 sequential submit-and-wait round trips: p50 and p99 in ms;
 * ``cpu``: 200 tasks of ~20 ms of pure-Python work (the loop count is calibrated once, at
   start-up, in the orchestrating process): seconds, and the speedup over the same 200 calls run
@@ -25,6 +29,8 @@ Workloads (``--workloads``):
   ±10 % within a run;
 * ``bigarg``: 500 tasks each given its own 1 MiB ``bytes`` and returning its length: MiB/s of
   arguments moved;
+* ``bigresult``: 500 tasks each given its number and returning 1 MiB ``bytes`` of its own
+  (random bytes made once per worker process, its number in the last 8): MiB/s of results moved;
 * ``fanout``: 20,000 tasks in all, every finished task creating two more until the total is
   reached: tasks/s. On taskswarm this is a task system (its own model: the logic runs on the
   master); the peers drive it from their driver process, as completions come in;
@@ -73,6 +79,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -87,13 +94,15 @@ MIB = 1 << 20
 WORKERS = 2
 #: Seconds of pure-Python work in one ``cpu`` task.
 CPU_TASK_SECONDS = 0.020
-WORKLOADS = ("noop", "latency", "cpu", "bigarg", "fanout", "queue1m")
+WORKLOADS = ("noop", "noop-submit", "latency", "cpu", "bigarg", "bigresult", "fanout", "queue1m")
 #: Sizes at full scale; ``--quick`` divides them by QUICK_DIVISOR.
 DEFAULT_SIZES = {
     "noop": 20_000,
+    "noop-submit": 20_000,
     "latency": 1_000,
     "cpu": 200,
     "bigarg": 500,
+    "bigresult": 500,
     "fanout": 20_000,
     "queue1m": 1_000_000,
 }
@@ -127,6 +136,28 @@ def spin(count: int) -> int:
 def length(blob: bytes) -> int:
     """The ``bigarg`` task: the argument has to travel; the result is small."""
     return len(blob)
+
+
+#: Where ``big_result`` keeps its random bytes: a module of its own in ``sys.modules``, since a
+#: function shipped by value (cloudpickle) gets fresh globals with every task it comes with.
+BIG_RESULT_STORE = "_taskswarm_peers_big_result"
+
+
+def big_result(i: int) -> bytes:
+    """The ``bigresult`` task: a small argument, a 1 MiB result of its own. The random bytes are
+    made once per process (no framework can compress them; making one result costs a copy, not
+    1.7 ms of os.urandom); the last 8 bytes are ``i``, so each result tells which task it is."""
+    store = sys.modules.get(BIG_RESULT_STORE)
+    if store is None:
+        store = types.ModuleType(BIG_RESULT_STORE)
+        store.base = os.urandom(MIB - 8)  # type: ignore[attr-defined]
+        sys.modules[BIG_RESULT_STORE] = store
+    return store.base + i.to_bytes(8, "little")
+
+
+def big_result_number(blob: bytes) -> int:
+    """Which task returned ``blob`` (-1 if it is not 1 MiB long)."""
+    return int.from_bytes(blob[-8:], "little") if len(blob) == MIB else -1
 
 
 class Spawner:
@@ -206,6 +237,14 @@ def check_all_equal(results: Sequence[Any], n: int, expected: Any) -> None:
     if len(results) != n or any(r != expected for r in results):
         wrong = sum(r != expected for r in results)
         raise WrongResult(f"{len(results)} results for {n} tasks, {wrong} not {expected!r}")
+
+
+def check_big_results(results: Sequence[bytes], n: int) -> None:
+    """Every ``bigresult`` task 0..n-1 came back exactly once, 1 MiB long."""
+    wrong = sum(len(blob) != MIB for blob in results)
+    if wrong:
+        raise WrongResult(f"{wrong} of {len(results)} results not {MIB:,} bytes long")
+    check_exactly_once([big_result_number(blob) for blob in results], n)
 
 
 def wait_all(futures: Sequence[concurrent.futures.Future], deadline: float) -> list[Any]:
@@ -386,6 +425,12 @@ class Framework:
         """Submit ``fn(a)`` for every ``a`` at once; every result (in any order)."""
         raise NotImplementedError
 
+    def submit_each(
+        self, fn: Callable[[Any], Any], args: Iterable[Any], deadline: float
+    ) -> list[Any]:
+        """Submit ``fn(a)`` for every ``a``, one call each (a user's loop); every result."""
+        raise NotImplementedError
+
     def call(self, fn: Callable[[Any], Any], arg: Any, deadline: float) -> Any:
         """One round trip: submit ``fn(arg)`` and wait for its result."""
         raise NotImplementedError
@@ -422,6 +467,9 @@ class Taskswarm(Framework):
     def bulk(self, fn, args, deadline):
         futures = self.app.push_tasks([ts.FunctionTask(fn, a) for a in args])
         return wait_all(futures, deadline)
+
+    def submit_each(self, fn, args, deadline):
+        return wait_all([self.app.submit(fn, a) for a in args], deadline)
 
     def call(self, fn, arg, deadline):
         return self.app.submit(fn, arg).result(timeout=remaining(deadline))
@@ -489,6 +537,10 @@ class MpPool(Framework):
         iterator = self.pool.imap_unordered(fn, args, chunksize=1)
         return [iterator.next(timeout=remaining(deadline)) for _ in args]
 
+    def submit_each(self, fn, args, deadline):
+        results = [self.pool.apply_async(fn, (a,)) for a in args]
+        return [result.get(timeout=remaining(deadline)) for result in results]
+
     def call(self, fn, arg, deadline):
         return self.pool.apply_async(fn, (arg,)).get(timeout=remaining(deadline))
 
@@ -543,6 +595,10 @@ class ExecutorFramework(Framework):
     executor: Any = None
 
     def bulk(self, fn, args, deadline):
+        return wait_all([self.executor.submit(fn, a) for a in args], deadline)
+
+    def submit_each(self, fn, args, deadline):
+        # The same calls as bulk: an executor submits one call at a time either way.
         return wait_all([self.executor.submit(fn, a) for a in args], deadline)
 
     def call(self, fn, arg, deadline):
@@ -645,6 +701,10 @@ class IpyParallel(ExecutorFramework):
         result = self.view.map_async(fn, list(args), ordered=False)
         return list(result.get(timeout=remaining(deadline)))
 
+    def submit_each(self, fn, args, deadline):
+        # An AsyncResult is a concurrent.futures Future; one apply_async holds one call.
+        return wait_all([self.view.apply_async(fn, a) for a in args], deadline)
+
 
 class Dask(Framework):
     name = "dask"
@@ -684,9 +744,15 @@ class Dask(Framework):
             self.cluster = self.client = None
 
     def bulk(self, fn, args, deadline):
+        return self.gather(self.client.map(fn, list(args), pure=False), deadline)
+
+    def submit_each(self, fn, args, deadline):
+        return self.gather([self.client.submit(fn, a, pure=False) for a in args], deadline)
+
+    def gather(self, futures: list[Any], deadline: float) -> list[Any]:
+        """Every future's result once all are done; the futures cancelled past ``deadline``."""
         import distributed
 
-        futures = self.client.map(fn, list(args), pure=False)
         try:
             distributed.wait(futures, timeout=remaining(deadline))
         except TimeoutError:
@@ -746,6 +812,10 @@ class Ray(Framework):
         task = self.remote(fn)
         return self.ray.get([task.remote(a) for a in args], timeout=remaining(deadline))
 
+    def submit_each(self, fn, args, deadline):
+        # The same calls as bulk: Ray has no other way than one f.remote per task.
+        return self.bulk(fn, args, deadline)
+
     def call(self, fn, arg, deadline):
         return self.ray.get(self.remote(fn).remote(arg), timeout=remaining(deadline))
 
@@ -799,6 +869,8 @@ def warm_up(fw: Framework, n: int, deadline: float) -> None:
             raise WrongResult(f"warm-up round trip {i} came back wrong")
     check_all_equal(fw.bulk(spin, [1000] * 4, deadline), 4, spin(1000))
     check_all_equal(fw.bulk(length, [b"x" * 4096] * 4, deadline), 4, 4096)
+    check_exactly_once(fw.submit_each(noop, range(20), deadline), 20)
+    check_big_results(fw.bulk(big_result, range(4), deadline), 4)
     check_exactly_once(fw.fanout(min(n, 100), deadline), min(n, 100))
 
 
@@ -836,6 +908,15 @@ def measure_noop(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
     n = job.sizes["noop"]
     start = time.perf_counter()
     results = fw.bulk(noop, range(n), deadline)
+    elapsed = time.perf_counter() - start
+    check_exactly_once(results, n)
+    return {"seconds": elapsed, "tasks_per_s": n / elapsed}
+
+
+def measure_noop_submit(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
+    n = job.sizes["noop-submit"]
+    start = time.perf_counter()
+    results = fw.submit_each(noop, range(n), deadline)
     elapsed = time.perf_counter() - start
     check_exactly_once(results, n)
     return {"seconds": elapsed, "tasks_per_s": n / elapsed}
@@ -880,6 +961,15 @@ def measure_bigarg(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
     return {"seconds": elapsed, "mib_per_s": len(blobs) / elapsed}
 
 
+def measure_bigresult(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
+    n = job.sizes["bigresult"]
+    start = time.perf_counter()
+    results = fw.bulk(big_result, range(n), deadline)
+    elapsed = time.perf_counter() - start
+    check_big_results(results, n)
+    return {"seconds": elapsed, "mib_per_s": n / elapsed}
+
+
 def measure_fanout(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
     n = job.sizes["fanout"]
     start = time.perf_counter()
@@ -897,9 +987,11 @@ def measure_queue(fw: Framework, job: Job, deadline: float) -> dict[str, Any]:
 
 MEASURE: dict[str, Callable[[Framework, Job, float], dict[str, Any]]] = {
     "noop": measure_noop,
+    "noop-submit": measure_noop_submit,
     "latency": measure_latency,
     "cpu": measure_cpu,
     "bigarg": measure_bigarg,
+    "bigresult": measure_bigresult,
     "fanout": measure_fanout,
     "queue1m": measure_queue,
 }
@@ -1226,7 +1318,7 @@ def summary(workload: str, numbers: dict[str, Any]) -> str:
         return f"p50 {numbers['p50_ms']:.3f} ms, p99 {numbers['p99_ms']:.3f} ms"
     if workload == "cpu":
         return f"{numbers['seconds']:.2f} s, speedup {numbers['speedup']:.2f}"
-    if workload == "bigarg":
+    if workload in ("bigarg", "bigresult"):
         return f"{numbers['mib_per_s']:,.0f} MiB/s"
     return f"{numbers['tasks_per_s']:,.0f} tasks/s in {numbers['seconds']:.2f} s"
 
@@ -1349,6 +1441,16 @@ def versus(key: str, other: str) -> Callable[[Cell, Context], str]:
     return column
 
 
+def versus_workload(key: str, other: str) -> Callable[[Cell, Context], str]:
+    """This framework's median over its own median for workload ``other``."""
+
+    def column(cell: Cell, ctx: Context) -> str:
+        base = ctx.cells.get((other, cell.framework))
+        return fmt(ratio(cell.median(key), base.median(key) if base else None), ".2f")
+
+    return column
+
+
 TABLES: dict[str, tuple[str, list[Column]]] = {
     "noop": (
         "{n:,} no-op tasks submitted at once (higher is better)",
@@ -1357,6 +1459,16 @@ TABLES: dict[str, tuple[str, list[Column]]] = {
             ("min–max", spread("tasks_per_s", ",.0f")),
             ("× mp.Pool", versus("tasks_per_s", "mp.Pool")),
             ("× dask", versus("tasks_per_s", "dask")),
+        ],
+    ),
+    "noop-submit": (
+        "{n:,} no-op tasks submitted one call at a time (higher is better)",
+        [
+            ("tasks/s", metric("tasks_per_s", ",.0f")),
+            ("min–max", spread("tasks_per_s", ",.0f")),
+            ("× mp.Pool", versus("tasks_per_s", "mp.Pool")),
+            ("× dask", versus("tasks_per_s", "dask")),
+            ("× its noop", versus_workload("tasks_per_s", "noop")),
         ],
     ),
     "latency": (
@@ -1377,6 +1489,14 @@ TABLES: dict[str, tuple[str, list[Column]]] = {
     ),
     "bigarg": (
         "{n:,} tasks with a 1 MiB bytes argument each (higher is better)",
+        [
+            ("MiB/s", metric("mib_per_s", ",.0f")),
+            ("min–max", spread("mib_per_s", ",.0f")),
+            ("× mp.Pool", versus("mib_per_s", "mp.Pool")),
+        ],
+    ),
+    "bigresult": (
+        "{n:,} tasks returning 1 MiB of bytes each (higher is better)",
         [
             ("MiB/s", metric("mib_per_s", ",.0f")),
             ("min–max", spread("mib_per_s", ",.0f")),
@@ -1406,6 +1526,10 @@ TABLES: dict[str, tuple[str, list[Column]]] = {
 }
 
 NOTES = {
+    "noop-submit": "taskswarm: app.submit per task (noop: push_tasks); mp.Pool: apply_async "
+    "(noop: imap_unordered); dask: client.submit (noop: client.map); ipyparallel: apply_async "
+    "(noop: map_async). Executors and Ray make the same calls in both (submit, f.remote). "
+    "× its noop: over the framework's own noop median, where noop ran too.",
     "cpu": "Serial reference: the same calls run just before each measurement in the same driver "
     "process (the framework's client), median {serial} s; the calibration, before any framework "
     "started, predicts {predicted:.2f} s ({call_ms:.1f} ms a call). The idle frameworks still "

@@ -6,17 +6,19 @@ Only the standard library's peer is used, so the test needs nothing from the ``[
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "peers.py"
 FRAMEWORKS = ["taskswarm-push", "mp.Pool"]
-WORKLOADS = ["noop", "latency", "fanout"]
+WORKLOADS = ["noop", "noop-submit", "latency", "bigresult", "fanout"]
 
 
 def running(pid: int) -> bool:
@@ -66,6 +68,9 @@ def test_a_quick_run_measures_every_workload_on_taskswarm_and_mp_pool(tmp_path: 
     assert rows[("noop", "taskswarm-push")]["median"]["tasks_per_s"] > 0
     assert rows[("latency", "mp.Pool")]["median"]["p99_ms"] > 0
     assert rows[("fanout", "taskswarm-push")]["median"]["tasks_per_s"] > 0
+    for framework in FRAMEWORKS:
+        assert rows[("noop-submit", framework)]["median"]["tasks_per_s"] > 0
+        assert rows[("bigresult", framework)]["median"]["mib_per_s"] > 0
     assert set(report["frameworks"]) == set(FRAMEWORKS)
     # Each framework's client ran in a driver process of its own, not in the orchestrating one,
     # and no driver outlived the run.
@@ -79,3 +84,37 @@ def test_a_quick_run_measures_every_workload_on_taskswarm_and_mp_pool(tmp_path: 
     # The markdown tables name every workload and framework.
     for name in WORKLOADS + FRAMEWORKS:
         assert name in out
+
+
+def load_peers() -> ModuleType:
+    """benchmarks/peers.py as a module (it imports ``procs`` from its own folder)."""
+    name = "peers_under_test"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look themselves up there
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+def test_bigresult_results_are_checked_for_length_and_exactly_once() -> None:
+    peers = load_peers()
+    results = [peers.big_result(i) for i in range(3)]
+    assert all(len(blob) == peers.MIB for blob in results)
+    assert results[0][:-8] == results[2][:-8]  # the random bytes are made once per process
+    peers.check_big_results(results[::-1], 3)  # any order
+    with pytest.raises(peers.WrongResult):
+        peers.check_big_results([results[0], results[0], results[2]], 3)  # 1 twice, 0 missing
+    with pytest.raises(peers.WrongResult):
+        peers.check_big_results([results[0], results[1][:-1], results[2]], 3)  # one short
+    with pytest.raises(peers.WrongResult):
+        peers.check_big_results(results[:2], 3)  # one missing
