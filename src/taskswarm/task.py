@@ -192,7 +192,7 @@ def failure(error: BaseException) -> bytes:
     return cloudpickle.dumps(ExceptionWithTraceback(error, ""))
 
 
-def task_meta(task: Task) -> Any:  # a TaskMeta (typed Any while callers say list[Any])
+def task_meta(task: Task) -> TaskMeta:
     """What the master and slaves need to know of a task without unpickling it, checked here
     where a mistake is made: a :class:`taskswarm.protocol.messages.TaskMeta`."""
     if task.timeout is None and task.max_retries == 0 and task.priority == 0 and not task.resources:
