@@ -18,7 +18,7 @@ import pickle
 import re
 import secrets
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 # The stdlib's own remote-traceback class (a plain Exception subclass with ``.tb``).
 from concurrent.futures.process import _RemoteTraceback
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-_ids: Any = None
+_ids: Iterator[str] = iter(())
 
 
 def _reset_ids() -> None:
@@ -171,7 +171,7 @@ def dump_error(exc: BaseException, context: str = "") -> bytes:
     """Pickle an exception for the trip back; falls back to a TaskError that keeps its text."""
     tb = format_remote_traceback(exc)
     try:
-        data = cloudpickle.dumps(ExceptionWithTraceback(exc, tb))
+        data: bytes = cloudpickle.dumps(ExceptionWithTraceback(exc, tb))
         # Some exceptions pickle but cannot be rebuilt (an __init__ that does not take its own
         # args): find out here, where the type name and traceback can still be kept.
         cloudpickle.loads(data)
@@ -183,13 +183,15 @@ def dump_error(exc: BaseException, context: str = "") -> bytes:
             type(exc).__qualname__,
             tb,
         )
-        return cloudpickle.dumps(ExceptionWithTraceback(fallback, tb))
+        pickled: bytes = cloudpickle.dumps(ExceptionWithTraceback(fallback, tb))
+        return pickled
 
 
 def failure(error: BaseException) -> bytes:
     """An outcome the master makes itself (cancelled, lost, no slave offers what it needs):
     the error pickled as a task's would be, with no worker traceback to carry."""
-    return cloudpickle.dumps(ExceptionWithTraceback(error, ""))
+    pickled: bytes = cloudpickle.dumps(ExceptionWithTraceback(error, ""))
+    return pickled
 
 
 def task_meta(task: Task) -> TaskMeta:
@@ -331,7 +333,8 @@ def dump_result(result: Any) -> bytes:
     try:
         return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        return cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        pickled: bytes = cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickled
 
 
 def _unpickling_error(exc: BaseException) -> TaskError:

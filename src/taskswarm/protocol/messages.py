@@ -361,8 +361,9 @@ class Hello(Header, tag=Kind.HELLO):
 class Submit(Header, tag=Kind.SUBMIT):
     """Plain tasks, one pickled task per payload; answered by ACK or REJECT with its ``rid``."""
 
+    #: Each task's metadata, in the order of the payloads.
     tasks: list[TaskMeta]
-    #: Request id, echoed by the answer.
+    #: Request id, echoed by the answer (the application keeps the batch until then).
     rid: int | None = None
 
     batch = "tasks"
@@ -371,7 +372,9 @@ class Submit(Header, tag=Kind.SUBMIT):
 class System(Header, tag=Kind.SYSTEM):
     """A task system to run on the master, pickled in the one payload; ACK or REJECT."""
 
+    #: ``TaskSystem.system_id``: a system already known under it is refused.
     system_id: str
+    #: Request id, echoed by the answer.
     rid: int | None = None
 
     def expected_payloads(self) -> int | None:
@@ -395,6 +398,7 @@ class TasksQuery(Header, tag=Kind.TASKS_QUERY):
 class Status(Header, tag=Kind.STATUS):
     """Asks for the cluster's status; answered by STATUS-REPLY."""
 
+    #: Request id, echoed by the answer.
     rid: int | None = None
 
 
@@ -402,26 +406,34 @@ class Resize(Header, tag=Kind.RESIZE):
     """Application -> master: resize slave ``slave_id`` (ACK, or REJECT when there is none);
     master -> slave: resize yourself (no ``slave_id``)."""
 
+    #: Worker processes the slave is to run.
     workers: Count
+    #: The slave to resize: required from an application (the master drops one without it).
     slave_id: str | None = None
+    #: Request id, echoed by the answer.
     rid: int | None = None
 
 
 class Cancel(Header, tag=Kind.CANCEL):
     """Application -> master: ``tasks`` (and ``soft``, ``rid``) or ``system_id``;
-    master -> slave: ``tasks`` and ``soft``."""
+    master -> slave: ``tasks`` and ``soft``. One from an application naming neither tasks nor a
+    system is dropped."""
 
+    #: The tasks to stop.
     tasks: TaskIds | None = None
     #: Drop the tasks not started yet, let a running one finish (Future.cancel() raced with
     #: dispatch); with ``rid``, the master answers with the ACK of what it cancelled.
     soft: bool = False
+    #: The task system to stop instead (its tasks are cancelled, its result is an error).
     system_id: str | None = None
+    #: Request id: answered with an ACK naming the tasks cancelled.
     rid: int | None = None
 
 
 class ResultsAck(Header, tag=Kind.RESULTS_ACK):
     """An application has these results (the master, and its journal, may let them go)."""
 
+    #: Plain tasks whose outcome it received.
     tasks: TaskIds
     #: Task systems whose outcome it received.
     systems: TaskIds | None = None
@@ -456,18 +468,22 @@ class Tasks(Header, tag=Kind.TASKS):
 class Ack(Header, tag=Kind.ACK):
     """The master accepted a request (``push_task_response`` in the seed's words)."""
 
+    #: The request's id.
     rid: int | None = None
     #: How many it took.
     n: Count | None = None
     #: A CANCEL with ``rid``: the tasks cancelled.
     tasks: TaskIds | None = None
+    #: Text the master adds (a RESIZE's names the slave).
     reason: str | None = None
 
 
 class Reject(Header, tag=Kind.REJECT):
     """The master refused a request, and why (``push_task_failed``)."""
 
+    #: The request's id: a SUBMIT's batch fails with ``reason``.
     rid: int | None = None
+    #: Why, for people: the exception the application raises says it.
     reason: str | None = None
     n: Count | None = None
 
@@ -475,6 +491,7 @@ class Reject(Header, tag=Kind.REJECT):
 class Running(Header, tag=Kind.RUNNING):
     """An application's tasks that a worker began (their Futures are running)."""
 
+    #: The tasks begun since the last RUNNING.
     tasks: TaskIds
 
 
@@ -482,8 +499,11 @@ class SystemProgress(Header, tag=Kind.SYSTEM_PROGRESS):
     """How far a task system has come."""
 
     system_id: str
+    #: Its tasks finished so far.
     done: Count
+    #: Its tasks generated so far.
     total: Count
+    #: Of those finished, the ones that failed.
     failed: Count = 0
     #: What the first failed task said, traceback and all (sent once).
     first_failure: str | None = None
@@ -494,8 +514,11 @@ class SystemDone(Header, tag=Kind.SYSTEM_DONE):
     ``unknown``, no payload: the master holds no such system (``reason`` says why)."""
 
     system_id: str
+    #: Its outcome carries an error (it failed, or was cancelled).
     failed: bool = False
+    #: The master holds no such system: no payload.
     unknown: bool = False
+    #: With ``unknown``: what became of it, when the master still remembers.
     reason: str | None = None
 
     def expected_payloads(self) -> int | None:
@@ -505,6 +528,7 @@ class SystemDone(Header, tag=Kind.SYSTEM_DONE):
 class StatusReply(Header, tag=Kind.STATUS_REPLY):
     """The cluster's status: what ``taskswarm status`` and the dashboard show."""
 
+    #: The STATUS request's id.
     rid: int | None = None
     status: dict[str, Any] = msgspec.field(default_factory=dict)
 
