@@ -422,7 +422,8 @@ class MasterLink:
 
     def _on_reply(self, msg: Message) -> None:
         reply = msg.body
-        assert isinstance(reply, (Ack, Reject, StatusReply))  # the kinds this handles
+        if not isinstance(reply, (Ack, Reject, StatusReply)):
+            return  # not a kind this handler is given
         batch = self._unconfirmed_batches.pop(reply.rid, None) if reply.rid is not None else None
         if batch is not None:
             if isinstance(reply, Reject):

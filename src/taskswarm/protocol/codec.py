@@ -204,7 +204,7 @@ class Codec:
         """Frames for one message; ``to`` is the receiving session (None only to open).
 
         ``header`` is the kind's record (the codec fills in its envelope fields), or a map of
-        plain data, sent as it is (handlers not yet written with records; tests).
+        plain data, sent as it is (tools, and tests that send what no node would).
         """
         layout, body = _pack_payloads(payloads, self._pack)
         seq, sent = next(self._numbers), None if to is not None else time.time()
