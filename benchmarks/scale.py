@@ -448,6 +448,7 @@ def bookkeeping(count: int) -> dict[str, float]:
     table, the session the gate remembers), one heartbeat's Python work each way, and the scans
     over every slave that the master's loop makes whatever the heartbeat interval."""
     from taskswarm.protocol.codec import Codec, Kind
+    from taskswarm.protocol.messages import Heartbeat
     from taskswarm.scheduling.push import PushScheduler
     from taskswarm.scheduling.records import NodeState, SlaveRecord
     from taskswarm.scheduling.strategies import LoadStrategy
@@ -470,18 +471,22 @@ def bookkeeping(count: int) -> dict[str, float]:
     finally:
         tracemalloc.stop()
     master, slave = Codec(b"k" * 32), Codec(b"k" * 32)
-    beat = {"workers": 1, "want": 2, "rejected": 0, "held": []}
-    incoming = [slave.encode(Kind.HEARTBEAT, beat, to=master.session) for _ in range(count)]
+    incoming = [
+        slave.encode(
+            Kind.HEARTBEAT, Heartbeat(workers=1, want=2, rejected=0, held=[]), to=master.session
+        )
+        for _ in range(count)
+    ]
     records = list(peers.values())
     start = time.perf_counter()
     for frames, record in zip(incoming, records, strict=True):
         message = master.decode(frames)
-        scheduler.reclaim_missing(record, set(message["held"]), 0.0)
+        scheduler.reclaim_missing(record, set(message.read(Heartbeat).held or ()), 0.0)
         scheduler.refresh(record)
     received = time.perf_counter() - start
     start = time.perf_counter()
     for identity in peers:
-        master.encode(Kind.HEARTBEAT, to=sessions[identity])
+        master.encode(Kind.HEARTBEAT, Heartbeat(), to=sessions[identity])
     sent = time.perf_counter() - start
     looks = []
     for _ in range(5):

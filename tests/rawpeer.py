@@ -7,13 +7,14 @@ import time
 import zmq
 
 from taskswarm.protocol.codec import Codec, Kind, Message
+from taskswarm.protocol.messages import APPLICATION_HEADER
 
 
 class RawPeer:
     """A DEALER with a Codec: sends exactly the frames a test builds, reads what comes back."""
 
     def __init__(self, context: zmq.Context, address: str, key: bytes) -> None:
-        self.codec = Codec(key)
+        self.codec = Codec(key, headers=APPLICATION_HEADER)  # it reads RESULTS as applications do
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(address)

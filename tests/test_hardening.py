@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 import zmq
 
@@ -15,6 +16,7 @@ from conftest import wait_for
 from rawpeer import RawPeer
 from taskswarm.protocol import pickling
 from taskswarm.protocol.codec import Kind
+from taskswarm.protocol.messages import Reject
 from taskswarm.task import FunctionTask, task_meta
 
 pytestmark = pytest.mark.timeout(90)
@@ -84,11 +86,11 @@ def test_a_task_number_out_of_range_is_refused_at_submit_and_the_connection_live
 def test_a_batch_with_a_number_out_of_range_is_refused_by_the_master_which_stays_up(app, peer):
     peer.hello()
     task = FunctionTask(pow, 2, 5)
-    meta = task_meta(task)[:4] + [2**63, None]  # past what the journal holds: sent raw
+    meta = msgspec.to_builtins(task_meta(task))[:4] + [2**63, None]  # past what the journal holds
     peer.send(Kind.SUBMIT, {"tasks": [meta], "rid": 7}, [pickling.dumps_task(task)])
 
-    reject = peer.receive(Kind.REJECT, timeout=30)
-    assert reject["rid"] == 7 and "does not fit in 64 bits" in reject["reason"]
+    reject = peer.receive(Kind.REJECT, timeout=30).read(Reject)
+    assert reject.rid == 7 and "does not fit in 64 bits" in reject.reason
     assert app.submit(pow, 2, 5).result(timeout=30) == 32
 
 

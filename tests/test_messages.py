@@ -4,12 +4,14 @@ The codec turns a signed header into its kind's record (``taskswarm.protocol.mes
 after the signature check. What these tests pin down:
 
 - every record, with any values its types allow, goes through encode and decode unchanged, and
-  reads the same by name (``msg.body.field``) as by key (``msg["field"]``);
+  is read by name (``msg.read(Record).field``);
 - a header that lacks a required field, or holds a field of the wrong type or out of its range,
   is refused as ``BadFields`` (a ``MalformedMessage``, counted as ``bad-fields``), as is one whose
   payload count differs from what it says;
 - fields a record does not know are ignored (a newer peer may add optional ones);
-- task metadata is one record (``TaskMeta``), built by ``task_meta`` and read by the master.
+- task metadata is one record (``TaskMeta``), built by ``task_meta`` and read by the master;
+- RESULTS has a record for each direction: a slave's (``Results``, read by the master) and the
+  master's to an application (``Delivery``, read by applications' codecs).
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from hypothesis import strategies as st
 from taskswarm.errors import BadFields, MalformedMessage, VersionMismatch
 from taskswarm.protocol.codec import Codec, Kind, Message
 from taskswarm.protocol.messages import (
+    APPLICATION_HEADER,
+    APPLICATION_RECORDS,
     RECORDS,
     Ack,
+    Delivered,
+    Delivery,
     Heartbeat,
     Outcome,
     Register,
@@ -92,7 +98,16 @@ def record_of(cls: type) -> st.SearchStrategy[Any]:
     return st.fixed_dictionaries(own).map(lambda values: cls(**values))
 
 
-records = st.sampled_from(sorted(RECORDS)).flatmap(lambda kind: record_of(RECORDS[kind]))
+#: Every record: what the master and slaves receive, and the one only applications do.
+EVERY_RECORD = [*RECORDS.values(), APPLICATION_RECORDS[Kind.RESULTS]]
+records = st.sampled_from(EVERY_RECORD).flatmap(record_of)
+
+
+def receiver_for(record: Any) -> Codec:
+    """A codec of the node that receives ``record``."""
+    if type(record) is Delivery:
+        return Codec(KEY, headers=APPLICATION_HEADER)
+    return Codec(KEY)
 
 
 def payloads_for(record: Any) -> list[bytes]:
@@ -115,7 +130,7 @@ def signed_plain(
 @CHECKS
 @given(record=records)
 def test_every_kind_round_trips_as_its_record(record):
-    codec = Codec(KEY)
+    codec = receiver_for(record)
     payloads = payloads_for(record)
 
     message = codec.decode(codec.encode(record.kind, record, payloads, to=codec.session))
@@ -126,20 +141,14 @@ def test_every_kind_round_trips_as_its_record(record):
     assert message.payloads == payloads
     assert message.read(type(record)) is message.body
     for name in record.__struct_fields__:
-        value = getattr(record, name)
-        if value is None:
-            assert message.get(name, "absent") == "absent"
-            with pytest.raises(KeyError):
-                message[name]
-        else:
-            assert message[name] == record.plain(name) == message.header[name]
+        assert getattr(message.read(type(record)), name) == getattr(record, name)
     assert not codec.rejected
 
 
 @CHECKS
 @given(record=records, extra=st.dictionaries(st.text(min_size=1, max_size=10), plain, max_size=4))
 def test_fields_a_record_does_not_know_are_ignored(record, extra):
-    receiver = Codec(KEY)
+    receiver = receiver_for(record)
     header = msgspec.to_builtins(record)
     known = set(record.__struct_fields__) | {"k"}
     header.update({k: v for k, v in extra.items() if k not in known and k not in ENVELOPE})
@@ -166,6 +175,7 @@ def test_a_record_is_sent_as_the_map_a_plain_header_would_be():
 
     plain_view = framing.decode(codec.encode(Kind.HEARTBEAT, beat, to=framing.session)).header
 
+    assert plain_view is not None
     assert {k: plain_view[k] for k in ("k", "workers", "want", "held")} == {
         "k": "heartbeat",
         "workers": 2,
@@ -187,30 +197,36 @@ def test_a_plain_header_of_the_right_shape_decodes_to_its_record():
         Outcome("t2", "crash", "signal 9"),
     ]
     assert message.read(Results).credit == 2 and message.read(Results).want is None
-    assert message.get("want", 7) == 7  # absent: the caller's default
     with pytest.raises(TypeError, match="not a Submit"):
         message.read(Submit)
 
 
-def test_a_message_built_from_a_plain_map_reads_as_its_record_too():
-    """As tests of the master's core build them, without a codec."""
-    message = Message(Kind.HEARTBEAT, {"workers": 3, "held": ["t1"]}, [], sender="peer")
+def test_a_message_is_read_as_its_kinds_record_only():
+    message = Message(Kind.HEARTBEAT, Heartbeat(workers=3, held=["t1"]), [], sender="peer")
 
-    assert message["workers"] == 3 and message.get("want", 5) == 5
-    assert message.read(Heartbeat) == Heartbeat(workers=3, held=["t1"])
-    with pytest.raises(BadFields, match="workers"):
-        Message(Kind.HEARTBEAT, {"workers": "three"}).read(Heartbeat)
+    assert message.read(Heartbeat).workers == 3 and message.read(Heartbeat).want is None
     with pytest.raises(TypeError, match="not a Results"):
-        Message(Kind.HEARTBEAT, {}).read(Results)
+        message.read(Results)
+    with pytest.raises(TypeError, match="not a Heartbeat"):
+        Message(Kind.HEARTBEAT, None, header={"k": Kind.HEARTBEAT}).read(Heartbeat)
 
 
-def test_items_of_a_batch_also_read_as_the_arrays_they_travel_as():
-    task_id, status, detail = Outcome("t", "error", "ValueError: x")
-    assert (task_id, status, detail) == ("t", "error", "ValueError: x")
-    task_id, ok = Outcome("t", True)  # the master's form, to an application
-    assert (task_id, ok) == ("t", True)
+def test_results_are_read_in_the_form_their_receiver_expects():
+    """A slave's outcome has a status; the master's to an application says ok or not."""
+    slave_form = {"k": Kind.RESULTS, "results": [["t", "error", "ValueError: x"]]}
+    master_form = {"k": Kind.RESULTS, "results": [["t", True]]}
+    master, application = Codec(KEY), Codec(KEY, headers=APPLICATION_HEADER)
+
+    got = master.decode(signed_plain(master, slave_form, [b"e"])).read(Results)
+    assert got.results == [Outcome("t", "error", "ValueError: x")]
+    delivered = application.decode(signed_plain(application, master_form, [b"r"]))
+    assert delivered.read(Delivery).results == [Delivered("t", True)]
+    with pytest.raises(BadFields):  # each receiver knows only its own form
+        master.decode(signed_plain(master, master_form, [b"r"]))
+    with pytest.raises(BadFields):
+        application.decode(signed_plain(application, slave_form, [b"e"]))
     meta = TaskMeta("t", 1.5, 2, "square")
-    assert meta[0] == "t" and meta[:4] == ["t", 1.5, 2, "square"]
+    assert msgspec.to_builtins(meta) == ["t", 1.5, 2, "square", 0, None]  # the array it travels as
 
 
 def test_a_record_sent_as_another_kind_is_refused_at_once():
@@ -248,7 +264,7 @@ def test_a_field_of_the_wrong_type_is_refused_as_bad_fields(record, data):
     field = data.draw(st.sampled_from(fields), label="field")
     header = msgspec.to_builtins(record)
     header[field.name] = b"\x00 bytes are never a field's type"
-    receiver = Codec(KEY)
+    receiver = receiver_for(record)
 
     with pytest.raises(BadFields, match=field.name) as caught:
         receiver.decode(signed_plain(receiver, header, payloads_for(record)))
@@ -412,9 +428,10 @@ def test_a_slave_registration_lists_what_it_still_holds():
 
     message = codec.decode(codec.encode(Kind.REGISTER, record, to=codec.session))
 
-    assert message.read(Register).held == ["t1"]
-    assert message.get("host", "?") == "?" and message.get("pid", 0) == 0
-    assert message["resources"] == {"gpu": 1.0}
+    register = message.read(Register)
+    assert register.held == ["t1"]
+    assert register.host == "?" and register.pid == 0  # not said
+    assert register.resources == {"gpu": 1.0}
 
 
 def test_tasks_for_a_slave_carry_their_timeouts():

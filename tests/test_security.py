@@ -16,6 +16,7 @@ from taskswarm.errors import StaleMessage
 from taskswarm.protocol import pickling
 from taskswarm.protocol.codec import Codec, Kind
 from taskswarm.protocol.keys import load_key
+from taskswarm.protocol.messages import Delivery
 from taskswarm.task import task_meta
 
 
@@ -50,7 +51,7 @@ def submit_once(peer: RawPeer, path) -> tuple[list[bytes], str]:
     task = AppendLine(str(path))
     header = {"tasks": [task_meta(task)], "rid": 1}
     frames = peer.send(Kind.SUBMIT, header, [pickling.dumps(task)])
-    assert peer.receive(Kind.RESULTS, timeout=30)["results"][0][0] == task.task_id
+    assert peer.receive(Kind.RESULTS, timeout=30).read(Delivery).results[0].task_id == task.task_id
     return frames, task.task_id
 
 

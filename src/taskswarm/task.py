@@ -18,7 +18,7 @@ import pickle
 import re
 import secrets
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 # The stdlib's own remote-traceback class (a plain Exception subclass with ``.tb``).
 from concurrent.futures.process import _RemoteTraceback
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-_ids: Any = None
+_ids: Iterator[str] = iter(())
 
 
 def _reset_ids() -> None:
@@ -171,7 +171,7 @@ def dump_error(exc: BaseException, context: str = "") -> bytes:
     """Pickle an exception for the trip back; falls back to a TaskError that keeps its text."""
     tb = format_remote_traceback(exc)
     try:
-        data = cloudpickle.dumps(ExceptionWithTraceback(exc, tb))
+        data: bytes = cloudpickle.dumps(ExceptionWithTraceback(exc, tb))
         # Some exceptions pickle but cannot be rebuilt (an __init__ that does not take its own
         # args): find out here, where the type name and traceback can still be kept.
         cloudpickle.loads(data)
@@ -183,16 +183,18 @@ def dump_error(exc: BaseException, context: str = "") -> bytes:
             type(exc).__qualname__,
             tb,
         )
-        return cloudpickle.dumps(ExceptionWithTraceback(fallback, tb))
+        pickled: bytes = cloudpickle.dumps(ExceptionWithTraceback(fallback, tb))
+        return pickled
 
 
 def failure(error: BaseException) -> bytes:
     """An outcome the master makes itself (cancelled, lost, no slave offers what it needs):
     the error pickled as a task's would be, with no worker traceback to carry."""
-    return cloudpickle.dumps(ExceptionWithTraceback(error, ""))
+    pickled: bytes = cloudpickle.dumps(ExceptionWithTraceback(error, ""))
+    return pickled
 
 
-def task_meta(task: Task) -> Any:  # a TaskMeta (typed Any while callers say list[Any])
+def task_meta(task: Task) -> TaskMeta:
     """What the master and slaves need to know of a task without unpickling it, checked here
     where a mistake is made: a :class:`taskswarm.protocol.messages.TaskMeta`."""
     if task.timeout is None and task.max_retries == 0 and task.priority == 0 and not task.resources:
@@ -331,7 +333,8 @@ def dump_result(result: Any) -> bytes:
     try:
         return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        return cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        pickled: bytes = cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickled
 
 
 def _unpickling_error(exc: BaseException) -> TaskError:

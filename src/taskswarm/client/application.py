@@ -25,6 +25,16 @@ from ..errors import ClientClosed, MasterUnreachable, TaskswarmError
 from ..protocol import pickling
 from ..protocol.codec import Kind, too_large
 from ..protocol.keys import ClusterKeys, as_keys, load_keys
+from ..protocol.messages import (
+    Ack,
+    Cancel,
+    Resize,
+    Status,
+    StatusReply,
+    System,
+    SystemQuery,
+    TaskMeta,
+)
 from ..protocol.transport import check_address, unreachable_message, unresolvable
 from ..task import FunctionTask, Task, task_meta
 from . import gc_pause
@@ -120,7 +130,7 @@ class Application:
         link = self._link
         link.check_open()
         futures: list[TaskFuture] = []
-        chunk: list[tuple[Task, TaskFuture, list[Any], bytes]] = []
+        chunk: list[tuple[Task, TaskFuture, TaskMeta, bytes]] = []
         size = 0
         paused = gc_pause.pause()
         try:
@@ -145,7 +155,7 @@ class Application:
         self._post_tasks(chunk)
         return cast("list[Future[Any]]", futures)  # TaskFutures, typed as the public API says
 
-    def _post_tasks(self, chunk: list[tuple[Task, TaskFuture, list[Any], bytes]]) -> None:
+    def _post_tasks(self, chunk: list[tuple[Task, TaskFuture, TaskMeta, bytes]]) -> None:
         if not chunk:
             return
         self._ledger.add((task, future) for task, future, _, _ in chunk)
@@ -159,7 +169,7 @@ class Application:
         self._ledger.take(task_ids)
         for future in futures:
             future.stop()
-        self._link.post(Kind.CANCEL, {"tasks": task_ids})
+        self._link.post(Kind.CANCEL, Cancel(tasks=task_ids))
 
     def cancel(self, future_or_task_id: Future[Any] | str) -> bool:
         """Stop a task, queued or running (its worker is replaced); False if already done.
@@ -167,12 +177,12 @@ class Application:
         Unlike ``Future.cancel()``, which as in ``concurrent.futures`` leaves a running task
         alone, this stops running work on purpose: its Future ends cancelled.
         """
-        task_id = getattr(future_or_task_id, "task_id", future_or_task_id)
-        (entry,) = self._ledger.take([str(task_id)])
+        task_id = str(getattr(future_or_task_id, "task_id", future_or_task_id))
+        (entry,) = self._ledger.take([task_id])
         if entry is None or not entry[1].stop():
             return False
         if not self._link.closed:
-            self._link.post(Kind.CANCEL, {"tasks": [task_id]})
+            self._link.post(Kind.CANCEL, Cancel(tasks=[task_id]))
         return True
 
     def cancel_queued(self, futures: Iterable[Future[Any]], timeout: float = 10.0) -> int:
@@ -186,14 +196,15 @@ class Application:
         if not waiting:
             return 0
         try:
-            reply = self._link.request(Kind.CANCEL, {"tasks": list(waiting), "soft": True}, timeout)
+            cancel = Cancel(tasks=list(waiting), soft=True)
+            reply = self._link.request(Kind.CANCEL, cancel, timeout, answer=Ack)
         except (TimeoutError, ClientClosed):
             # No answer: cancel what looks pending from here, as Future.cancel() does.
             return sum(1 for future in waiting.values() if future.cancel())
         cancelled = 0
-        for task_id in reply.get("tasks", ()):
-            future = waiting.get(str(task_id))
-            self._ledger.take([str(task_id)])
+        for task_id in reply.tasks or ():
+            future = waiting.get(task_id)
+            self._ledger.take([task_id])
             if future is not None and future.stop():
                 cancelled += 1
         return cancelled
@@ -201,7 +212,7 @@ class Application:
     def cancel_system(self, system_id: str) -> None:
         """Stop a task system: its tasks are cancelled and its result is a TaskSystemError."""
         self._link.check_open()
-        self._link.post(Kind.CANCEL, {"system_id": str(system_id)})
+        self._link.post(Kind.CANCEL, Cancel(system_id=str(system_id)))
 
     def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
         """``Future.cancel()`` on each of many, told to the master in one message (a map whose
@@ -217,14 +228,14 @@ class Application:
             return
         self._ledger.take(task_ids)
         if not self._link.closed:
-            self._link.post(Kind.CANCEL, {"tasks": task_ids, "soft": True})
+            self._link.post(Kind.CANCEL, Cancel(tasks=task_ids, soft=True))
 
     def _cancel_queued(self, task_id: str) -> None:
         """``Future.cancel()`` of a task not yet running: the master drops it if it still has it
         queued, and leaves it alone if it has meanwhile handed it to a slave (``soft``)."""
         self._ledger.take([task_id])
         if not self._link.closed:
-            self._link.post(Kind.CANCEL, {"tasks": [task_id], "soft": True})
+            self._link.post(Kind.CANCEL, Cancel(tasks=[task_id], soft=True))
 
     def executor(self) -> TaskswarmExecutor:
         """A ``concurrent.futures.Executor`` over this connection."""
@@ -251,7 +262,8 @@ class Application:
         self._ledger.sent_systems.add(system.system_id)
         # Wait for the master's ACK: once this returns, the system lives on without us.
         try:
-            self._link.request(Kind.SYSTEM, {"system_id": system.system_id}, 30.0, [payload])
+            system_message = System(system_id=system.system_id)
+            self._link.request(Kind.SYSTEM, system_message, 30.0, [payload], answer=Ack)
         except TaskswarmError as exc:
             # Refused (a full disk on the master, an id taken): nothing lives on to wait for.
             self._ledger.forget_system(system.system_id, handle)
@@ -269,7 +281,7 @@ class Application:
         """The result of a system sent earlier, by any process, waiting for it if needed."""
         self._link.check_open()
         handle = self._track_system(str(system_id), None)
-        self._link.post(Kind.SYSTEM_QUERY, {"system_id": str(system_id)})
+        self._link.post(Kind.SYSTEM_QUERY, SystemQuery(system_id=str(system_id)))
         return handle.result(timeout)
 
     def _track_system(
@@ -285,12 +297,12 @@ class Application:
 
     def status(self, timeout: float = 10.0) -> dict[str, Any]:
         """The master's view of the cluster: slaves, task systems, task counts."""
-        status: dict[str, Any] = self._link.request(Kind.STATUS, {}, timeout)["status"]
-        return status
+        return self._link.request(Kind.STATUS, Status(), timeout, answer=StatusReply).status
 
     def resize(self, slave_id: str, workers: int, timeout: float = 10.0) -> None:
         """Ask a slave to grow or shrink its pool of workers (``update_pool``)."""
-        self._link.request(Kind.RESIZE, {"slave_id": slave_id, "workers": int(workers)}, timeout)
+        resize = Resize(slave_id=slave_id, workers=int(workers))
+        self._link.request(Kind.RESIZE, resize, timeout, answer=Ack)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -316,7 +328,7 @@ class Application:
         if self._link.closed:
             return [], 0
         for handle in systems:
-            self._link.post(Kind.CANCEL, {"system_id": handle.system_id})
+            self._link.post(Kind.CANCEL, Cancel(system_id=handle.system_id))
         self._withdraw(futures)
         return systems, len(futures)
 

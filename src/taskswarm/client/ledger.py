@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
+from ..protocol.messages import Delivered
 from ..task import Task, load_outcome
 from .handles import SystemHandle, TaskFuture
 from .meter import ProgressCallback
@@ -77,15 +78,15 @@ class Ledger:
             if entry is not None:
                 entry[1].mark_running()
 
-    def settle(self, results: Sequence[Sequence[Any]], payloads: Sequence[bytes]) -> None:
-        """Outcomes arrived, as ``(task_id, ok)`` pairs and a pickled outcome each: each task
-        leaves the ledger, its ``finished`` and ``on_task_finished`` run, its Future resolves."""
+    def settle(self, results: Sequence[Delivered], payloads: Sequence[bytes]) -> None:
+        """Outcomes arrived, each ``(task_id, ok)`` with a pickled outcome: each task leaves
+        the ledger, its ``finished`` and ``on_task_finished`` run, its Future resolves."""
         with self.lock:
             pop = self.tasks.pop
-            entries = [pop(task_id, None) for task_id, _ in results]
-        for (_, ok), data, entry in zip(results, payloads, entries, strict=False):
+            entries = [pop(result.task_id, None) for result in results]
+        for result, data, entry in zip(results, payloads, entries, strict=False):
             if entry is not None:
-                self._deliver(entry[0], entry[1], ok, data)
+                self._deliver(entry[0], entry[1], result.ok, data)
         # Nothing here may hold a result once its Future has it: the caller alone decides when
         # it is let go (concurrent.futures' test_free_reference).
         entries = entry = None  # type: ignore[assignment]  # noqa: F841

@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import cloudpickle
 import zmq
@@ -50,6 +50,30 @@ from ..errors import (
 from ..protocol.codec import ENVELOPE, Codec, Kind, Message, Notice
 from ..protocol.keys import ClusterKeys
 from ..protocol.mailbox import Mailbox
+from ..protocol.messages import (
+    APPLICATION_HEADER,
+    Ack,
+    Bye,
+    Cancel,
+    Delivery,
+    Header,
+    Heartbeat,
+    Hello,
+    Reject,
+    Resize,
+    ResultsAck,
+    Running,
+    Status,
+    StatusReply,
+    Submit,
+    System,
+    SystemDone,
+    SystemProgress,
+    SystemQuery,
+    TaskMeta,
+    TasksQuery,
+    Welcome,
+)
 from ..protocol.transport import (
     MAX_MESSAGE_BYTES,
     connect_dealer,
@@ -76,7 +100,11 @@ ACK_DELAY = 0.005
 QUERY_IDS = 20_000
 
 #: One task as it travels in a SUBMIT: its metadata (``task_meta``) and its pickled payload.
-Submission = tuple[list[Any], bytes]
+Submission = tuple[TaskMeta, bytes]
+#: A message the master answers, matched by its ``rid``.
+Request = Cancel | Resize | Status | System
+#: What the master answers a request with (a REJECT raises instead).
+A = TypeVar("A", Ack, StatusReply)
 
 
 class PostedTasks(NamedTuple):
@@ -89,7 +117,7 @@ class PostedMessage(NamedTuple):
     """One message to send as it is."""
 
     kind: str
-    header: dict[str, Any]
+    header: Header
     payloads: Sequence[bytes] = ()
 
 
@@ -106,9 +134,9 @@ class MasterLink:
     ) -> None:
         self.address = address
         self.ledger = ledger
-        self.codec = Codec(keys.hmac)
+        self.codec = Codec(keys.hmac, headers=APPLICATION_HEADER)
         self.master_timeout = master_timeout
-        self.hello = {"client_id": application_id, "host": socket.gethostname(), "pid": os.getpid()}
+        self.hello = Hello(client_id=application_id, host=socket.gethostname(), pid=os.getpid())
         self.context = zmq.Context()
         self.socket = connect_dealer(
             self.context, address, f"app-{application_id}".encode(), keys.curve_public
@@ -158,7 +186,7 @@ class MasterLink:
             self.close()
             raise MasterUnreachable(unreachable_message(self.address, connect_timeout))
 
-    def post(self, kind: str, header: dict[str, Any], payloads: Sequence[bytes] = ()) -> None:
+    def post(self, kind: str, header: Header, payloads: Sequence[bytes] = ()) -> None:
         """Send a message, from any thread."""
         self.mailbox.post(PostedMessage(kind, header, payloads))
 
@@ -167,19 +195,28 @@ class MasterLink:
         self.mailbox.post(PostedTasks(submissions))
 
     def request(
-        self, kind: str, header: dict[str, Any], timeout: float, payloads: Sequence[bytes] = ()
-    ) -> dict[str, Any]:
-        """Send a message and wait for the master's reply to it (its header); a REJECT raises
+        self,
+        kind: str,
+        header: Request,
+        timeout: float,
+        payloads: Sequence[bytes] = (),
+        *,
+        answer: type[A],
+    ) -> A:
+        """Send a message and wait for the master's reply to it, an ``answer``; a REJECT raises
         TaskswarmError with the master's reason. Sent again after a reconnect."""
         self.check_open()
-        rid = next(self._rids)
-        message = PostedMessage(kind, {**header, "rid": rid}, list(payloads))
+        rid = header.rid = next(self._rids)
+        message = PostedMessage(kind, header, list(payloads))
         future = self._requests.open(rid, message)
         self.mailbox.post(message)
         try:
-            return future.result(timeout)
+            reply = future.result(timeout)
         finally:
             self._requests.close(rid)
+        if type(reply) is not answer:
+            raise ClusterError(f"the master answered a {kind} message with {reply.kind}")
+        return reply
 
     def check_open(self) -> None:
         if self.failure is not None:
@@ -262,7 +299,7 @@ class MasterLink:
                 next_hello = time.monotonic() + TICK
         self._send_posted(self.mailbox.drain())  # what was posted before close()
         self._send_acks()
-        self.send(Kind.BYE)
+        self.send(Kind.BYE, Bye())
 
     def _receive(self, handlers: dict[str, Callable[[Message], None]]) -> None:
         for frames in receive_batch(self.socket):
@@ -287,9 +324,7 @@ class MasterLink:
                 # One message that cannot be handled must not take every other Future with it.
                 log.exception("a %s message from the master could not be handled", message.kind)
 
-    def send(
-        self, kind: str, header: dict[str, Any] | None = None, payloads: Sequence[Any] = ()
-    ) -> bool:
+    def send(self, kind: str, header: Header, payloads: Sequence[Any] = ()) -> bool:
         """Send at once (I/O thread only)."""
         to = None if kind in Kind.UNADDRESSED else self._master_session
         return try_send(self.socket, self.codec.encode(kind, header, payloads, to=to))
@@ -321,12 +356,12 @@ class MasterLink:
     def _send_submit(self, part: list[Submission]) -> None:
         rid = next(self._rids)
         self._unconfirmed_batches[rid] = part  # until the master ACKs: it may go again
-        header = {"tasks": [meta for meta, _ in part], "rid": rid}
+        header = Submit(tasks=[meta for meta, _ in part], rid=rid)
         self.send(Kind.SUBMIT, header, [payload for _, payload in part])
 
     def _send_acks(self) -> None:
         if self._acks_due:
-            self.send(Kind.RESULTS_ACK, {"tasks": self._acks_due})
+            self.send(Kind.RESULTS_ACK, ResultsAck(tasks=self._acks_due))
             self._acks_due = []
 
     def _resync(self) -> None:
@@ -337,7 +372,7 @@ class MasterLink:
         for message in self._requests.messages():
             self.send(*message)
         for batch in batches:
-            self._send_tasks([(meta, payload) for meta, payload in batch if meta[0] in waiting])
+            self._send_tasks([(m, payload) for m, payload in batch if m.task_id in waiting])
         # Tasks submitted but still waiting here to be sent go first too: the master must have
         # every batch before the question, or it would answer that it does not hold them.
         self._send_posted(self.mailbox.drain())
@@ -345,22 +380,22 @@ class MasterLink:
         # longer holds (it restarted with no state directory) comes back failed.
         ids = sorted(waiting)
         for start in range(0, len(ids), QUERY_IDS):
-            self.send(Kind.TASKS_QUERY, {"tasks": ids[start : start + QUERY_IDS]})
+            self.send(Kind.TASKS_QUERY, TasksQuery(tasks=ids[start : start + QUERY_IDS]))
         for system_id in systems:
-            self.send(Kind.SYSTEM_QUERY, {"system_id": system_id})
+            self.send(Kind.SYSTEM_QUERY, SystemQuery(system_id=system_id))
 
     def _keep_alive(self) -> None:
         silent = time.monotonic() - self._last_from_master
         if not self._welcomed.is_set() or silent > self.master_timeout:
             self.send(Kind.HELLO, self.hello)
         else:
-            self.send(Kind.HEARTBEAT)
+            self.send(Kind.HEARTBEAT, Heartbeat())
 
     # -- handlers (I/O thread) ---------------------------------------------------------------------
 
     def _on_welcome(self, msg: Message) -> None:
-        limit = msg.get("max_bytes")
-        if isinstance(limit, int) and limit > ENVELOPE:
+        limit = msg.read(Welcome).max_bytes
+        if limit is not None and limit > ENVELOPE:
             self.max_bytes = limit
         if self._welcomed.is_set():
             log.info("reconnected to the master at %s", self.address)
@@ -375,43 +410,49 @@ class MasterLink:
         self._last_from_master = 0.0
 
     def _on_running(self, msg: Message) -> None:
-        self.ledger.mark_running(msg["tasks"])
+        self.ledger.mark_running(msg.read(Running).tasks)
 
     def _on_results(self, msg: Message) -> None:
-        results = msg["results"]
+        results = msg.read(Delivery).results
         # The master keeps each result (journaled) until told it arrived: say so soon, in bulk.
         if not self._acks_due:
             self._ack_at = time.monotonic() + ACK_DELAY
-        self._acks_due.extend(task_id for task_id, _ in results)
+        self._acks_due.extend([result.task_id for result in results])
         self.ledger.settle(results, msg.payloads)
 
     def _on_reply(self, msg: Message) -> None:
-        batch = self._unconfirmed_batches.pop(msg.get("rid"), None)
+        reply = msg.body
+        if not isinstance(reply, (Ack, Reject, StatusReply)):
+            return  # not a kind this handler is given
+        batch = self._unconfirmed_batches.pop(reply.rid, None) if reply.rid is not None else None
         if batch is not None:
-            if msg.kind == Kind.REJECT:
-                error = TaskswarmError(f"the master refused the tasks: {msg.get('reason')}")
-                self.ledger.fail([meta[0] for meta, _ in batch], error)
+            if isinstance(reply, Reject):
+                error = TaskswarmError(f"the master refused the tasks: {reply.reason}")
+                self.ledger.fail([meta.task_id for meta, _ in batch], error)
             return
-        if msg.kind == Kind.REJECT:
-            self._requests.answer(msg.get("rid"), error=TaskswarmError(str(msg.get("reason"))))
+        if isinstance(reply, Reject):
+            why = reply.reason or "the master refused it"
+            self._requests.answer(reply.rid, error=TaskswarmError(why))
         else:
-            self._requests.answer(msg.get("rid"), msg.header)
+            self._requests.answer(reply.rid, reply)
 
     def _on_progress(self, msg: Message) -> None:
+        progress = msg.read(SystemProgress)
         self.ledger.progress(
-            str(msg["system_id"]),
-            int(msg["done"]),
-            int(msg["total"]),
-            int(msg.get("failed", 0)),
-            msg.get("first_failure"),
+            progress.system_id,
+            progress.done,
+            progress.total,
+            progress.failed,
+            progress.first_failure,
         )
 
     def _on_system_done(self, msg: Message) -> None:
-        system_id = str(msg["system_id"])
+        done = msg.read(SystemDone)
+        system_id = done.system_id
         if system_id not in self.ledger.systems:
             return
-        if msg.get("unknown"):
-            why = f": {msg['reason']}" if msg.get("reason") else ""
+        if done.unknown:
+            why = f": {done.reason}" if done.reason else ""
             self.ledger.system_ended(
                 system_id,
                 error=UnknownTaskSystem(
@@ -420,7 +461,7 @@ class MasterLink:
             )
             return
         # Received: the master may let the result go (older masters ignore ``systems``).
-        self.send(Kind.RESULTS_ACK, {"tasks": [], "systems": [system_id]})
+        self.send(Kind.RESULTS_ACK, ResultsAck(tasks=[], systems=[system_id]))
         try:
             result, error = cloudpickle.loads(msg.payloads[0])
         except Exception as exc:

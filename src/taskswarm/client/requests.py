@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .ledger import resolve
 
 if TYPE_CHECKING:
+    from ..protocol.messages import Header
     from .link import PostedMessage
 
 __all__ = ["Requests"]
@@ -26,12 +27,12 @@ class Requests:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._futures: dict[int, Future[Any]] = {}
+        self._futures: dict[int, Future[Header]] = {}
         self._messages: dict[int, PostedMessage] = {}
 
-    def open(self, rid: int, message: PostedMessage) -> Future[dict[str, Any]]:
+    def open(self, rid: int, message: PostedMessage) -> Future[Header]:
         """A Future for the reply to ``message`` (whose header carries ``rid``)."""
-        future: Future[Any] = Future()
+        future: Future[Header] = Future()
         with self._lock:
             self._futures[rid] = future
             self._messages[rid] = message
@@ -43,9 +44,11 @@ class Requests:
             self._messages.pop(rid, None)
 
     def answer(
-        self, rid: Any, header: dict[str, Any] | None = None, error: BaseException | None = None
+        self, rid: int | None, header: Header | None = None, error: BaseException | None = None
     ) -> None:
-        """The reply to ``rid`` came: its header, or the error a refusal means."""
+        """The reply to ``rid`` came: its header (the record), or the error a refusal means."""
+        if rid is None:
+            return  # not an answer to a request
         with self._lock:
             future = self._futures.get(rid)
         if future is not None:

@@ -30,6 +30,19 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskError
 from ..protocol.codec import Kind, Message
+from ..protocol.messages import (
+    Ack,
+    Cancel,
+    Header,
+    Hello,
+    Reject,
+    Reregister,
+    ResultsAck,
+    Submit,
+    System,
+    TasksQuery,
+    Welcome,
+)
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord, TaskState
 from ..task import failure
@@ -60,7 +73,7 @@ class ApplicationTable:
         systems: SystemTable,
         send: Send,
         *,
-        reply_later: Callable[[bytes, str, dict[str, Any]], None],
+        reply_later: Callable[[bytes, Header], None],
         cancel_on_slaves: Callable[[list[TaskRecord], bool], None],
         deliver: Callable[[list[Outcome]], None],
         dispatch_now: Callable[[], None],
@@ -120,13 +133,14 @@ class ApplicationTable:
         if isinstance(peer, ApplicationRecord):
             peer.last_seen = self.clock()
             return peer
-        self.send(identity, Kind.REREGISTER)
+        self.send(identity, Kind.REREGISTER, Reregister())
         return None
 
     # -- handlers ----------------------------------------------------------------------------------
 
     def on_hello(self, identity: bytes, msg: Message) -> None:
-        client_id = str(msg["client_id"])
+        hello = msg.read(Hello)
+        client_id = hello.client_id
         if client_id not in self.records:
             log.info("application %s connected", client_id)
         client = self._record(client_id)
@@ -137,46 +151,49 @@ class ApplicationTable:
         client.gone_at = None
         client.said_bye = False
         client.last_seen = self.clock()
-        client.host, client.pid = str(msg.get("host", "")), msg.get("pid")
+        client.host, client.pid = hello.host, hello.pid
         self.peers[identity] = client
         # Whatever it has not confirmed may have been lost on the way: send it again.
         client.outbox = [(t, ok, data) for t, (ok, data, _) in client.unconfirmed.items()]
         if client.outbox:
             self.results.waiting(client)
-        welcome = {"node_id": client_id, "max_bytes": self.max_message_bytes}
-        self.send(identity, Kind.WELCOME, welcome)
+        self.send(
+            identity, Kind.WELCOME, Welcome(node_id=client_id, max_bytes=self.max_message_bytes)
+        )
 
     def on_submit(self, identity: bytes, msg: Message) -> None:
+        submit = msg.read(Submit)
+        rid = submit.rid
         client = self.known(identity)
         if client is None:
             return
         try:
             tasks = [
                 TaskRecord.from_meta(meta, payload, client.client_id)
-                for meta, payload in zip(msg["tasks"], msg.payloads, strict=True)
+                for meta, payload in zip(submit.tasks, msg.payloads, strict=True)
             ]
         except (TypeError, ValueError, OverflowError) as exc:
             # Refused whole, with the reason: its Futures fail with it instead of waiting.
             self.rejected["bad-fields"] += 1
             reason = f"a task in the batch is ill-formed: {exc}"
-            self.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": reason})
+            self.send(identity, Kind.REJECT, Reject(rid=rid, reason=reason))
             return
         # A batch sent again after a reconnect: keep only what the master does not know yet.
         known = self.scheduler.tasks
         fresh = [t for t in tasks if t.task_id not in known and t.task_id not in client.unconfirmed]
-        if fresh and not self.accepting(identity, msg.get("rid")):
+        if fresh and not self.accepting(identity, rid):
             return
         try:
             self.journal.add_tasks([t.journal_row() for t in fresh], strict=True)
         except JournalFault as exc:
-            self.refuse(identity, msg.get("rid"), str(exc))
+            self.refuse(identity, rid, str(exc))
             return
         client.submitted += len(fresh)
         self.scheduler.push_tasks(fresh)
         # Answered once this turn's tasks are on their way: the ACK is not on their path.
-        self.reply_later(identity, Kind.ACK, {"rid": msg.get("rid"), "n": len(tasks)})
+        self.reply_later(identity, Ack(rid=rid, n=len(tasks)))
 
-    def accepting(self, identity: bytes, rid: Any) -> bool:
+    def accepting(self, identity: bytes, rid: int | None) -> bool:
         """Whether the master can take new work now; if not, the sender is told why. Work is
         acknowledged only once it is saved, so while the journal cannot be written (a full or
         read-only disk, a vanished state directory) it is refused with the reason instead."""
@@ -186,31 +203,32 @@ class ApplicationTable:
         self.refuse(identity, rid, fault)
         return False
 
-    def refuse(self, identity: bytes, rid: Any, reason: str) -> None:
+    def refuse(self, identity: bytes, rid: int | None, reason: str) -> None:
         self.rejected["not-saved"] += 1
-        self.send(identity, Kind.REJECT, {"rid": rid, "reason": reason})
+        self.send(identity, Kind.REJECT, Reject(rid=rid, reason=reason))
 
     def on_results_ack(self, identity: bytes, msg: Message) -> None:
+        ack = msg.read(ResultsAck)
         client = self.known(identity)
         if client is None:
             return
-        self.drop_unconfirmed(client, [str(t) for t in msg["tasks"]])  # delivered: let go
+        self.drop_unconfirmed(client, ack.tasks)  # delivered: let go
         # Task systems' results it received (``systems``, newer applications): forgotten now.
-        systems = msg.get("systems")
-        if systems:
-            self.systems.collected([str(s) for s in systems], client.client_id)
+        if ack.systems:
+            self.systems.collected(ack.systems, client.client_id)
 
     def on_tasks_query(self, identity: bytes, msg: Message) -> None:
         """An application back after a reconnect names the plain tasks it still waits for:
         those the master does not hold (not queued, running, or with an outcome kept for it)
         are answered failed, so that no Future waits for ever on one nothing will finish."""
+        query = msg.read(TasksQuery)
         client = self.known(identity)
         if client is None:
             return
         known = self.scheduler.tasks
         lost = [
             task_id
-            for task_id in map(str, msg["tasks"])
+            for task_id in query.tasks
             if task_id not in known and task_id not in client.unconfirmed
         ]
         if not lost:
@@ -232,14 +250,16 @@ class ApplicationTable:
         self.results.waiting(client)
 
     def on_cancel(self, identity: bytes, msg: Message) -> None:
+        cancel = msg.read(Cancel)
         client = self.known(identity)
         if client is None:
             return
-        if msg.get("system_id") is not None:
-            self.systems.cancel(str(msg["system_id"]))
+        if cancel.system_id is not None:
+            self.systems.cancel(cancel.system_id)
             return
-        task_ids = [str(t) for t in msg["tasks"]]
-        rid = msg.get("rid")
+        if cancel.tasks is None:
+            raise ValueError("a CANCEL names its tasks or its task system")
+        task_ids, rid = cancel.tasks, cancel.rid
         if rid is not None:
             # An executor's shutdown(cancel_futures=True): only what no slave has yet, and say
             # which, so the rest finish as the stdlib's executors let running calls finish.
@@ -251,15 +271,15 @@ class ApplicationTable:
         cancelled = [t for t in map(self.scheduler.cancel, task_ids) if t is not None]
         client.cancelled += len(cancelled)
         self.journal.forget_tasks([t.task_id for t in cancelled])
-        self.cancel_on_slaves(cancelled, bool(msg.get("soft")))
+        self.cancel_on_slaves(cancelled, cancel.soft)
         # Any application may cancel any task (each holds the cluster key: docs/security.md);
         # the owner of one it did not send is told, so its Future or system does not wait.
         others = [t for t in cancelled if t.client_id != client.client_id or t.system_id]
         if others:
             self.deliver(cancelled_by(others, f"by application {client.client_id}"))
         if rid is not None:
-            header = {"rid": rid, "n": len(cancelled), "tasks": [t.task_id for t in cancelled]}
-            self.send(identity, Kind.ACK, header)
+            taken = [t.task_id for t in cancelled]
+            self.send(identity, Kind.ACK, Ack(rid=rid, n=len(cancelled), tasks=taken))
 
     def _take_back_unstarted(self, task_ids: list[str]) -> list[str]:
         """Of these tasks, those still queued here (returned, to cancel now); those on a slave
@@ -280,22 +300,23 @@ class ApplicationTable:
         return queued
 
     def on_system(self, identity: bytes, msg: Message) -> None:
+        system = msg.read(System)
         client = self.known(identity)
         if client is None:
             return
-        system_id = str(msg["system_id"])
-        if system_id not in self.systems.records and not self.accepting(identity, msg.get("rid")):
+        system_id, rid = system.system_id, system.rid
+        if system_id not in self.systems.records and not self.accepting(identity, rid):
             return
         try:
             started = self.systems.start(system_id, client.client_id, msg.payloads[0], identity)
         except JournalFault as exc:
-            self.refuse(identity, msg.get("rid"), str(exc))
+            self.refuse(identity, rid, str(exc))
             return
         if started:
-            self.send(identity, Kind.ACK, {"rid": msg.get("rid"), "n": 1})
+            self.send(identity, Kind.ACK, Ack(rid=rid, n=1))
         else:
             reason = f"task system {system_id} already exists"
-            self.send(identity, Kind.REJECT, {"rid": msg.get("rid"), "reason": reason})
+            self.send(identity, Kind.REJECT, Reject(rid=rid, reason=reason))
 
     # -- applications that leave ---------------------------------------------------------------
 

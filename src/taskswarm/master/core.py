@@ -33,6 +33,20 @@ from collections.abc import Callable
 from typing import Any
 
 from ..protocol.codec import Kind, Message
+from ..protocol.messages import (
+    Ack,
+    Bye,
+    Header,
+    Heartbeat,
+    Reject,
+    Reregister,
+    Resize,
+    Results,
+    Running,
+    StatusReply,
+    SystemQuery,
+)
+from ..protocol.messages import Status as StatusQuery
 from ..protocol.transport import MAX_MESSAGE_BYTES
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import NodeState, SlaveRecord, TaskRecord, format_resources
@@ -130,7 +144,7 @@ class MasterCore:
             clock=clock,
         )
         self.errors = ErrorLog()
-        self._replies: list[tuple[bytes, str, dict[str, Any]]] = []
+        self._replies: list[tuple[bytes, Header]] = []
         #: Plain tasks a worker began this turn, by application (``Future.running()``).
         self._started_for: defaultdict[str, list[str]] = defaultdict(list)
         self._next_maintenance = time.monotonic() + retention.JOURNAL_MAINTENANCE
@@ -211,14 +225,14 @@ class MasterCore:
         """Each heartbeat (``now`` on the core's clock): beat, lose silent slaves, sweep."""
         now = self.clock() if now is None else now
         for identity in list(self.peers):
-            self.send(identity, Kind.HEARTBEAT)
+            self.send(identity, Kind.HEARTBEAT, Heartbeat())
         self.slaves.check(now)
         self.journal.check()
         self.sweep(now)
 
     def say_goodbye(self) -> None:
         for identity in list(self.peers):
-            self.send(identity, Kind.BYE)
+            self.send(identity, Kind.BYE, Bye())
 
     def close(self) -> None:
         """Write down what waits unconfirmed, stop the system runners."""
@@ -249,48 +263,48 @@ class MasterCore:
         offers = sorted({format_resources(s.resources) for s in self.scheduler.slaves.values()})
         return outcomes.unsatisfiable(tasks, offers, self.scheduler.resource_wait)
 
-    def reply_later(self, identity: bytes, kind: str, header: dict[str, Any]) -> None:
+    def reply_later(self, identity: bytes, header: Header) -> None:
         """Send at the end of this turn of the loop, after the tasks it dispatches."""
-        self._replies.append((identity, kind, header))
+        self._replies.append((identity, header))
 
     def _send_replies(self) -> None:
         replies, self._replies = self._replies, []
-        for identity, kind, header in replies:
-            self.send(identity, kind, header)
+        for identity, header in replies:
+            self.send(identity, header.kind, header)
 
     def _send_running(self) -> None:
         """One RUNNING message per application whose tasks began this turn."""
         started, self._started_for = self._started_for, defaultdict(list)
         for client_id, task_ids in started.items():
-            self.tell_application(client_id, Kind.RUNNING, {"tasks": task_ids})
+            self.tell_application(client_id, Running(tasks=task_ids))
 
-    def tell_application(self, client_id: str, kind: str, header: dict[str, Any]) -> None:
+    def tell_application(self, client_id: str, header: Header) -> None:
         """Send to an application by its id, if it is connected."""
         client = self.applications.records.get(client_id)
         if client is not None and client.identity is not None:
-            self.send(client.identity, kind, header)
+            self.send(client.identity, header.kind, header)
 
     # -- results -------------------------------------------------------------------------------
 
     def on_slave_results(self, identity: bytes, msg: Message) -> None:
+        body = msg.read(Results)
         slave = self.slaves.known(identity)
         if slave is not None:
             slave.last_seen = self.clock()
-            slave.credit += int(msg.get("credit", 0))
-            slave.want = int(msg.get("want", slave.want))
-            slave.pace = float(msg.get("pace", slave.pace))
+            self.slaves.take_window(slave, body.credit, body.want, body.pace)
             self.scheduler.refresh(slave)
         else:
-            self.send(identity, Kind.REREGISTER)
+            self.send(identity, Kind.REREGISTER, Reregister())
         slave_id = slave.slave_id if slave else None
-        if msg.get("started"):
-            self._note_started(slave_id, msg["started"])
+        if body.started:
+            self._note_started(slave_id, body.started)
         settled: list[Outcome] = []
         now, took = time.monotonic(), []
         scheduler, journal, max_crashes = self.scheduler, self.journal, self.max_crashes
         settle = outcomes.settle
-        for (task_id, status, detail), data in zip(msg["results"], msg.payloads, strict=True):
-            task = scheduler.result_arrived(slave_id, str(task_id))
+        for result, data in zip(body.results, msg.payloads, strict=True):
+            task_id, status, detail = result.task_id, result.status, result.detail
+            task = scheduler.result_arrived(slave_id, task_id)
             if task is None:
                 continue  # stale, duplicate or cancelled
             took.append(now - task.assigned_at)
@@ -324,7 +338,9 @@ class MasterCore:
         self.systems.deliver(per_system)
         self.applications.results.route(plain)
 
-    def _note_error(self, task: TaskRecord, status: str, detail: Any, slave_id: str | None) -> None:
+    def _note_error(
+        self, task: TaskRecord, status: str, detail: str | None, slave_id: str | None
+    ) -> None:
         """Keep the failure for people to read (dashboard, API): its text, never its pickle."""
         system = self.systems.records.get(task.system_id) if task.system_id else None
         if system is not None:
@@ -338,7 +354,7 @@ class MasterCore:
     def _note_started(self, slave_id: str | None, task_ids: list[str]) -> None:
         """A slave's workers began these: their owners' Futures are running now."""
         for task_id in task_ids:
-            task = self.scheduler.tasks.get(str(task_id))
+            task = self.scheduler.tasks.get(task_id)
             if task is None or task.slave_id != slave_id or task.started:
                 continue
             task.started = True
@@ -368,28 +384,31 @@ class MasterCore:
     # -- other requests --------------------------------------------------------------------------
 
     def on_heartbeat(self, identity: bytes, msg: Message) -> None:
+        beat = msg.read(Heartbeat)
         peer = self.peers.get(identity)
         if peer is None:
-            self.send(identity, Kind.REREGISTER)
+            self.send(identity, Kind.REREGISTER, Reregister())
             return
         peer.last_seen = self.clock()
         if isinstance(peer, SlaveRecord):
-            self.slaves.refresh(peer, msg)
+            self.slaves.refresh(peer, beat)
 
     def on_system_query(self, identity: bytes, msg: Message) -> None:
-        self.systems.query(identity, str(msg["system_id"]))
+        self.systems.query(identity, msg.read(SystemQuery).system_id)
 
     def on_status(self, identity: bytes, msg: Message) -> None:
-        self.send(identity, Kind.STATUS_REPLY, {"rid": msg.get("rid"), "status": self.status()})
+        rid = msg.read(StatusQuery).rid
+        self.send(identity, Kind.STATUS_REPLY, StatusReply(rid=rid, status=self.status()))
 
     def on_resize(self, identity: bytes, msg: Message) -> None:
-        ok = self.slaves.resize(str(msg["slave_id"]), int(msg["workers"]))
-        reply = Kind.ACK if ok else Kind.REJECT
-        self.send(
-            identity,
-            reply,
-            {"rid": msg.get("rid"), "n": 1, "reason": f"no slave {msg['slave_id']}"},
-        )
+        resize = msg.read(Resize)
+        if resize.slave_id is None:
+            raise ValueError("an application's RESIZE names the slave to resize")
+        reason = f"no slave {resize.slave_id}"
+        if self.slaves.resize(resize.slave_id, resize.workers):
+            self.send(identity, Kind.ACK, Ack(rid=resize.rid, n=1, reason=reason))
+        else:
+            self.send(identity, Kind.REJECT, Reject(rid=resize.rid, n=1, reason=reason))
 
     def on_bye(self, identity: bytes, msg: Message) -> None:
         peer = self.peers.get(identity)

@@ -12,25 +12,30 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from ..protocol.messages import Header, TaskMeta
 
 __all__ = ["Ask", "Done", "Outgoing", "Progress", "Push", "RunnerMail", "Send"]
 
 
 class Send(Protocol):
-    """How the core sends one message: False when it could not go (the peer is unreachable)."""
+    """How the core sends one message, its header the kind's record: False when it could not
+    go (the peer is unreachable)."""
 
     def __call__(
         self,
         identity: bytes,
         kind: str,
-        header: dict[str, Any] | None = None,
+        header: Header | None = None,
         payloads: Sequence[Any] = (),
     ) -> bool: ...
 
 
 class Outgoing(NamedTuple):
-    """One message the core sent, as an in-memory transport keeps it."""
+    """One message the core sent, as an in-memory transport keeps it: its header as the plain
+    map it would travel as, less the envelope (``msgspec.to_builtins`` of the record)."""
 
     identity: bytes
     kind: str
@@ -43,7 +48,7 @@ class Push(NamedTuple):
     journal's number of the last result the system applied."""
 
     system_id: str
-    tasks: list[tuple[list[Any], bytes]]
+    tasks: list[tuple[TaskMeta, bytes]]
     snapshot: bytes | None
     applied_seq: int
 

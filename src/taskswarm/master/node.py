@@ -35,6 +35,7 @@ from ..protocol.addresses import advertised_address, check_advertise, public_url
 from ..protocol.codec import Codec, Kind
 from ..protocol.keys import ClusterKeys, as_keys
 from ..protocol.mailbox import Mailbox
+from ..protocol.messages import Header, Reregister
 from ..protocol.transport import MAX_MESSAGE_BYTES, bind_router, receive_batch, try_send
 from ..scheduling.contracts import SchedulerContract
 from . import retention
@@ -361,11 +362,13 @@ class Master:
         self,
         identity: bytes,
         kind: str,
-        header: dict[str, Any] | None = None,
+        header: Header | None = None,
         payloads: Sequence[Any] = (),
     ) -> bool:
         frames = self.codec.encode(kind, header, payloads, to=self.gate.sessions.get(identity))
         return try_send(self.router, [identity, *frames])
 
     def _ask_to_reregister(self, identity: bytes, session: str) -> None:
-        try_send(self.router, [identity, *self.codec.encode(Kind.REREGISTER, to=session)])
+        try_send(
+            self.router, [identity, *self.codec.encode(Kind.REREGISTER, Reregister(), to=session)]
+        )

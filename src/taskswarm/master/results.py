@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.codec import ENVELOPE, Kind, within
+from ..protocol.messages import Delivered, Delivery
 from .edges import Send
 from .journal import Journal, NullJournal
 from .outcomes import Outcome
@@ -156,7 +157,7 @@ class ResultRoute:
             outbox, limit = client.outbox, self.max_message_bytes - ENVELOPE
             sent = 0  # big results may add up past what one message may hold: split them
             for part in within([len(data) for _, _, data in outbox], limit):
-                header = {"results": [[t, ok] for t, ok, _ in outbox[part]]}
+                header = Delivery(results=[Delivered(t, ok) for t, ok, _ in outbox[part]])
                 payloads = [data for _, _, data in outbox[part]]
                 if not self.send(client.identity, Kind.RESULTS, header, payloads):
                     break

@@ -17,6 +17,18 @@ from collections.abc import Callable
 from typing import Any
 
 from ..protocol.codec import ENVELOPE, Kind, Message, within
+from ..protocol.messages import (
+    Assignment,
+    Cancel,
+    Heartbeat,
+    Register,
+    Released,
+    Resize,
+    Shutdown,
+    Steal,
+    Tasks,
+    Welcome,
+)
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import NodeState, SlaveRecord, format_resources, parse_resources
 from ..stats import Stats
@@ -63,39 +75,42 @@ class SlaveTable:
     # -- handlers ----------------------------------------------------------------------------
 
     def on_register(self, identity: bytes, msg: Message) -> None:
+        register = msg.read(Register)
         old = self.known(identity)
         if old is not None:
             # Usual at start (a slave repeats REGISTER each heartbeat until welcomed), and what
             # it still holds is assigned back to it just below: worth no warning.
             self.lose(old, "re-registered", level=logging.INFO)
+        heartbeat = register.heartbeat
         slave = SlaveRecord(
-            slave_id=str(msg["node_id"]),
+            slave_id=register.node_id,
             identity=identity,
-            host=str(msg.get("host", "?")),
-            pid=int(msg.get("pid", 0)),
-            workers=int(msg.get("workers", 0)),
-            credit=int(msg.get("credit", 0)),
-            want=int(msg.get("want", 0)),
-            pace=float(msg.get("pace", 0.0)),
-            heartbeat=_positive(msg.get("heartbeat")),
+            host=register.host,
+            pid=register.pid,
+            workers=register.workers,
+            credit=register.credit,
+            want=register.want,
+            pace=register.pace,
+            # Not a positive number (none said, NaN...): the master's own beat counts.
+            heartbeat=heartbeat if heartbeat is not None and heartbeat > 0 else 0.0,
         )
         slave.last_seen = self.clock()
         try:
-            slave.resources = parse_resources(msg.get("resources"))
+            slave.resources = parse_resources(register.resources)
         except ValueError as exc:
             log.warning("slave %s declared bad resources (%s); it offers none", slave.slave_id, exc)
         self.departed.pop(slave.slave_id, None)
         self._departed_at.pop(slave.slave_id, None)
         self.peers[identity] = slave
         self.scheduler.add_slave(slave)
-        self.scheduler.assign_held(slave, [str(t) for t in msg.get("held", [])])
+        self.scheduler.assign_held(slave, register.held)
         # The slave learns how often to expect word from the master, so a long heartbeat
         # (a big cluster's) is not taken for a lost master.
-        welcome = {
-            "node_id": slave.slave_id,
-            "heartbeat": self.heartbeat_interval,
-            "max_bytes": self.max_message_bytes,
-        }
+        welcome = Welcome(
+            node_id=slave.slave_id,
+            heartbeat=self.heartbeat_interval,
+            max_bytes=self.max_message_bytes,
+        )
         self.send(identity, Kind.WELCOME, welcome)
         log.info(
             "slave %s registered from %s with %d workers%s",
@@ -105,26 +120,36 @@ class SlaveTable:
             f" and resources {format_resources(slave.resources)}" if slave.resources else "",
         )
 
-    def refresh(self, slave: SlaveRecord, msg: Message) -> None:
-        """What a slave's heartbeat says of it."""
+    @staticmethod
+    def take_window(
+        slave: SlaveRecord, credit: int, want: int | None, pace: float | None = None
+    ) -> None:
+        """What a slave's message says of how much more it can take (None: unchanged)."""
+        slave.credit += credit
+        if want is not None:
+            slave.want = want
+        if pace is not None:
+            slave.pace = pace
+
+    def refresh(self, slave: SlaveRecord, beat: Heartbeat) -> None:
+        """What a slave's heartbeat says of it (each field only when said)."""
         if slave.state in (NodeState.PENDING, NodeState.INACTIVE):
             if slave.state == NodeState.INACTIVE:
                 log.info("slave %s is back", slave.slave_id)
             slave.state = NodeState.ACTIVE
-        workers = msg.get("workers")
-        if workers is not None and int(workers) != slave.workers:
-            slave.workers = int(workers)
+        workers = beat.workers
+        if workers is not None and workers != slave.workers:
+            slave.workers = workers
             log.info("slave %s now has %d workers", slave.slave_id, slave.workers)
-        slave.credit += int(msg.get("credit", 0))
-        slave.want = int(msg.get("want", slave.want))
-        slave.pace = float(msg.get("pace", slave.pace))
-        slave.rejected = int(msg.get("rejected", slave.rejected))
-        if msg.get("stats") is not None:
-            slave.stats = _measures(msg["stats"], slave.slave_id)
-        if msg.get("held") is not None:
+        self.take_window(slave, beat.credit, beat.want, beat.pace)
+        if beat.rejected is not None:
+            slave.rejected = beat.rejected
+        if beat.stats is not None:
+            slave.stats = _measures(beat.stats, slave.slave_id)
+        if beat.held is not None:
             # Tasks sent two heartbeats ago have arrived unless their message was lost.
             sent_before = time.monotonic() - 2 * self.heartbeat_interval
-            held = {str(t) for t in msg["held"]}
+            held = set(beat.held)
             for task in self.scheduler.reclaim_missing(slave, held, sent_before):
                 log.warning("slave %s never got task %s; requeued", slave.slave_id, task.task_id)
         self.scheduler.refresh(slave)
@@ -138,13 +163,13 @@ class SlaveTable:
 
     def on_released(self, identity: bytes, msg: Message) -> None:
         """A slave gave back tasks it had not started (for idle slaves): queue them again."""
+        released = msg.read(Released)
         slave = self.known(identity)
         if slave is None:
             return  # it was lost meanwhile: its tasks went back to the queue then
         slave.last_seen = self.clock()
-        slave.credit += int(msg.get("credit", 0))
-        slave.want = int(msg.get("want", slave.want))
-        back = self.scheduler.released(slave, [str(t) for t in msg.get("tasks", [])])
+        self.take_window(slave, released.credit, released.want)
+        back = self.scheduler.released(slave, released.tasks)
         if back:
             log.debug("slave %s gave back %d tasks for idle slaves", slave.slave_id, len(back))
 
@@ -202,7 +227,7 @@ class SlaveTable:
             # Big payloads may add up past what the slave accepts in one message.
             for part in within([len(t.payload) for t in batch], limit):
                 tasks = batch[part]
-                header = {"tasks": [[t.task_id, t.timeout] for t in tasks]}
+                header = Tasks(tasks=[Assignment(t.task_id, t.timeout) for t in tasks])
                 if not self.send(slave.identity, Kind.TASKS, header, [t.payload for t in tasks]):
                     self.lose(slave, "unreachable")
                     break
@@ -211,35 +236,29 @@ class SlaveTable:
     def send_steal_requests(self) -> None:
         for slave, count in self.scheduler.plan_steals():
             log.debug("asking slave %s for %d unstarted tasks back", slave.slave_id, count)
-            self.send(slave.identity, Kind.STEAL, {"count": count})
+            self.send(slave.identity, Kind.STEAL, Steal(count=count))
 
     def cancel(self, per_slave: dict[str, list[str]], soft: bool) -> None:
         """Tell slaves to stop these tasks (``soft``: only those no worker began)."""
-        header: dict[str, Any] = {"soft": True} if soft else {}
         for slave_id, task_ids in per_slave.items():
             slave = self.scheduler.slaves.get(slave_id)
             if slave is not None:
-                self.send(slave.identity, Kind.CANCEL, {"tasks": task_ids, **header})
+                self.send(slave.identity, Kind.CANCEL, Cancel(tasks=task_ids, soft=soft))
 
     # -- actions from the HTTP API ---------------------------------------------------------------
 
     def resize(self, slave_id: str, workers: int) -> bool:
         slave = self.scheduler.slaves.get(slave_id)
-        return slave is not None and self.send(slave.identity, Kind.RESIZE, {"workers": workers})
+        return slave is not None and self.send(slave.identity, Kind.RESIZE, Resize(workers=workers))
 
     def drain(self, slave_id: str) -> bool:
         """The slave finishes what it runs, hands back what it holds, and leaves."""
         slave = self.scheduler.slaves.get(slave_id)
-        return slave is not None and self.send(slave.identity, Kind.SHUTDOWN)
+        return slave is not None and self.send(slave.identity, Kind.SHUTDOWN, Shutdown())
 
     def cluster_info(self) -> dict[str, int]:
         slaves = [s for s in self.scheduler.slaves.values() if s.state == NodeState.ACTIVE]
         return {"slaves": len(slaves), "workers": sum(s.workers for s in slaves)}
-
-
-def _positive(value: Any) -> float:
-    """A number a peer declared, or 0.0 when it said nothing usable."""
-    return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0
 
 
 #: What a measure a node reports must hold (anything else is dropped, not trusted).
@@ -247,7 +266,8 @@ _MEASURE_FIELDS = ("count", "sum", "avg", "min", "max")
 
 
 def _measures(rows: Any, slave_id: str) -> list[dict[str, Any]]:
-    """A slave's reported measures, labelled with the slave; malformed rows are left out."""
+    """A slave's reported measures, labelled with the slave; malformed rows are left out (a
+    HEARTBEAT's are a list of maps, its decoder checked; what they hold it did not)."""
     if not isinstance(rows, list):
         return []
     kept = []

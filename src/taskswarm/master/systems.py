@@ -28,6 +28,7 @@ import cloudpickle
 
 from ..errors import TaskSystemError
 from ..protocol.codec import Kind
+from ..protocol.messages import Header, SystemDone, SystemProgress
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord
 from ..task import ExceptionWithTraceback
@@ -100,7 +101,7 @@ class SystemTable:
         journal: Journal | NullJournal,
         send: Send,
         *,
-        tell_application: Callable[[str, str, dict[str, Any]], None],
+        tell_application: Callable[[str, Header], None],
         cancel_on_slaves: Callable[[list[TaskRecord], bool], None],
         cluster_info: Callable[[], dict[str, int]],
         post: Callable[[RunnerMail], None] = _no_runners,
@@ -192,11 +193,14 @@ class SystemTable:
             self._push(record, item)
         elif isinstance(item, Progress):
             record.done, record.total = item.done, item.total
-            header = {"system_id": item.system_id, "done": item.done, "total": item.total}
-            header["failed"] = item.failed
-            if item.first_failure is not None:
-                header["first_failure"] = item.first_failure  # once: the application keeps it
-            self.tell_application(record.client_id, Kind.SYSTEM_PROGRESS, header)
+            progress = SystemProgress(
+                system_id=item.system_id,
+                done=item.done,
+                total=item.total,
+                failed=item.failed,
+                first_failure=item.first_failure,  # once: the application keeps it
+            )
+            self.tell_application(record.client_id, progress)
         elif isinstance(item, Done):
             self.complete(record, item.outcome, item.failed)
 
@@ -250,11 +254,9 @@ class SystemTable:
         """Send the outcome now if there is one, else when it comes."""
         record = self.records.get(system_id)
         if record is None or record.collected_at is not None:
-            header = {"system_id": system_id, "unknown": True}
-            reason = self.why_unknown(system_id)
-            if reason:
-                header["reason"] = reason
-            self.send(identity, Kind.SYSTEM_DONE, header)
+            reason = self.why_unknown(system_id) or None
+            unknown = SystemDone(system_id=system_id, unknown=True, reason=reason)
+            self.send(identity, Kind.SYSTEM_DONE, unknown)
         elif record.outcome is not None:
             self.send_outcome(identity, record)
         else:
@@ -347,7 +349,7 @@ class SystemTable:
         self.send(
             identity,
             Kind.SYSTEM_DONE,
-            {"system_id": record.system_id, "failed": record.failed},
+            SystemDone(system_id=record.system_id, failed=record.failed),
             [record.outcome],
         )
 

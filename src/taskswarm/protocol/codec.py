@@ -65,7 +65,7 @@ from ..errors import (
     VersionMismatch,
     WireError,
 )
-from .messages import HEADER, PROTOCOL_VERSION, RECORDS, Header, Kind
+from .messages import HEADER, PROTOCOL_VERSION, Header, Kind
 
 __all__ = ["PROTOCOL_VERSION", "Kind", "Message", "Codec", "Notice"]
 
@@ -112,78 +112,41 @@ class Notice:
 class Message:
     """A message as received: its kind, its header, its payloads and who sent it.
 
-    ``body`` is the header as its typed record (:mod:`taskswarm.protocol.messages`); read
-    fields from it by name. ``msg["field"]`` and ``msg.get("field", default)`` read the same
-    fields the way a plain map would (a field at None counts as absent), and ``header`` is the
-    map itself, for handlers written before the records. Built from a plain map instead of a
-    record (``Message(kind, {...})``, or by a Codec made with ``typed=False``), a message has
-    no ``body`` and reads that map as it is.
+    ``body`` is the header as its typed record (:mod:`taskswarm.protocol.messages`), checked
+    by the codec; handlers take it as the record their kind decodes to, ``msg.read(Heartbeat)``,
+    and read its fields by name. A message from a codec of the framing alone
+    (``Codec(..., typed=False)``: tools and tests) has no ``body``, only ``header``, the plain
+    map it travelled as.
     """
 
-    __slots__ = ("kind", "body", "payloads", "sender", "_header")
+    __slots__ = ("kind", "body", "payloads", "sender", "header")
 
     def __init__(
         self,
         kind: str,
-        header: Header | dict[str, Any] | None = None,
+        body: Header | None = None,
         payloads: list[Any] | None = None,
         sender: str = "",
+        header: dict[str, Any] | None = None,
     ) -> None:
         self.kind = kind
-        self.body: Header | None = None if isinstance(header, dict) else header
+        self.body = body
         #: bytes, or for big payloads a zero-copy memoryview of the frame they came in
         self.payloads: list[Any] = [] if payloads is None else payloads
         self.sender = sender  # the sending session (reply to it with ``to=``)
-        self._header: dict[str, Any] | None = header if isinstance(header, dict) else None
-        if header is None:
-            self._header = {}
-
-    @property
-    def header(self) -> dict[str, Any]:
-        if self._header is None:
-            body = self.body
-            assert body is not None
-            fields = {name: body.plain(name) for name in body.__struct_fields__}
-            self._header = {
-                "k": self.kind,
-                **{name: value for name, value in fields.items() if value is not None},
-            }
-        return self._header
-
-    def __getitem__(self, key: str) -> Any:
-        body = self.body
-        if body is None:
-            return self.header[key]
-        if key in body.__struct_fields__:
-            value = body.plain(key)
-            if value is not None:
-                return value
-        elif key == "k":
-            return self.kind
-        raise KeyError(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
+        #: The header as a plain map, from a codec of the framing alone; None otherwise.
+        self.header = header
 
     def read(self, record: type[R]) -> R:
-        """The header as ``record``, the kind's record (TypeError for any other). A message
-        built from a plain map is checked as the codec checks a received one (``BadFields``)."""
+        """The header as ``record``, the kind's record (TypeError for any other)."""
         body = self.body
-        if body is None and RECORDS.get(self.kind) is record:
-            try:
-                body = self.body = msgspec.convert({**self.header, "k": self.kind}, record)
-            except msgspec.ValidationError as exc:
-                raise BadFields(f"a {self.kind} message with bad fields: {exc}") from None
         if type(body) is not record:
             raise TypeError(f"a {self.kind} message is not a {record.__name__}")
         return body
 
     def __repr__(self) -> str:
         return (
-            f"Message({self.kind!r}, {self.body or self._header!r}, {len(self.payloads)} payloads)"
+            f"Message({self.kind!r}, {self.body or self.header!r}, {len(self.payloads)} payloads)"
         )
 
 
@@ -194,7 +157,8 @@ class Codec:
     goes out with every message, and peers address their answers to it. It decodes each header
     into its typed record (:mod:`taskswarm.protocol.messages`) right after the signature check;
     ``typed=False`` makes a codec of the framing alone, whose headers are plain maps (tools and
-    tests that handle headers of their own making).
+    tests that handle headers of their own making). ``headers`` is the decoder of the records
+    this node receives: an application's (``APPLICATION_HEADER``) reads the master's RESULTS.
     """
 
     def __init__(
@@ -205,6 +169,7 @@ class Codec:
         max_bytes: int | None = None,
         *,
         typed: bool = True,
+        headers: msgspec.msgpack.Decoder[Header] = HEADER,
     ) -> None:
         if not key:
             raise ValueError("the cluster key must not be empty")
@@ -215,6 +180,7 @@ class Codec:
         self.max_bytes = max_bytes
         self.window = window
         self.typed = typed
+        self._headers = headers.decode
         self.session = secrets.token_hex(8)
         self._numbers = itertools.count(1)
         self._last_seen: OrderedDict[str, int] = OrderedDict()
@@ -238,11 +204,11 @@ class Codec:
         """Frames for one message; ``to`` is the receiving session (None only to open).
 
         ``header`` is the kind's record (the codec fills in its envelope fields), or a map of
-        plain data, sent as it is (handlers not yet written with records; tests).
+        plain data, sent as it is (tools, and tests that send what no node would).
         """
         layout, body = _pack_payloads(payloads, self._pack)
         seq, sent = next(self._numbers), None if to is not None else time.time()
-        if isinstance(header, Header):
+        if isinstance(header, Header):  # what nodes send
             if header.kind != kind:
                 raise TypeError(f"a {type(header).__name__} record is not a {kind} message")
             header.v, header.sid, header.seq, header.to, header.ts = (
@@ -250,7 +216,7 @@ class Codec:
             )  # fmt: skip
             header.pf = layout
             fields: Any = header
-        else:
+        else:  # a plain map: tools, and tests that make headers a node would never send
             fields = dict(header or ())
             fields.update(v=PROTOCOL_VERSION, k=kind, sid=self.session, seq=seq, to=to)
             if sent is not None:
@@ -263,9 +229,7 @@ class Codec:
     def decode(self, frames: Sequence[Any]) -> Message:
         """Verify and parse; raises a ``WireError`` (and counts it) for anything to drop."""
         try:
-            message = self._decode(frames)
-            self._check_fresh(message)
-            return message
+            return self._decode(frames)
         except WireError as exc:
             self.rejected[exc.reason] += 1
             raise
@@ -287,9 +251,11 @@ class Codec:
         if not self.typed:
             header = _plain_header(rest[0])
             payloads = _unpack_payloads(header.get("pf", ""), rest[1:])
-            return Message(header["k"], header, payloads, header["sid"])
+            message = Message(header["k"], None, payloads, header["sid"], header)
+            self._check_fresh(message, header.get("to"), header.get("ts"), header["seq"])
+            return message
         try:
-            body = HEADER.decode(rest[0])
+            body = self._headers(rest[0])
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise _why_refused(rest, exc) from None
         if body.v != PROTOCOL_VERSION:
@@ -301,15 +267,15 @@ class Codec:
         expected = body.expected_payloads()
         if expected is not None and expected != len(payloads):
             raise BadFields(f"a {kind} message says {expected} payloads, carries {len(payloads)}")
-        return Message(kind, body, payloads, body.sid)
+        message = Message(kind, body, payloads, body.sid)
+        self._check_fresh(message, body.to, body.ts, body.seq)
+        return message
 
-    def _check_fresh(self, message: Message) -> None:
+    def _check_fresh(self, message: Message, to: Any, sent: Any, number: int) -> None:
         """Refuse replays: wrong addressee, an old sequence number, or a stale opening."""
-        to = message.get("to")
         if to is None:
             if message.kind not in Kind.UNADDRESSED:
                 raise Misdirected(f"an unaddressed {message.kind} message", message.sender)
-            sent = message.get("ts")
             if not isinstance(sent, (int, float)) or abs(time.time() - sent) > self.window:
                 raise StaleMessage(
                     f"a {message.kind} sent at {sent!r} is outside the {self.window:g}s window "
@@ -317,7 +283,6 @@ class Codec:
                 )
         elif to != self.session:
             raise Misdirected(f"a {message.kind} message for another session", message.sender)
-        number = message["seq"]
         last = self._last_seen.get(message.sender, 0)
         if number <= last:
             raise Replayed(f"{message.kind} number {number} from {message.sender} was seen")

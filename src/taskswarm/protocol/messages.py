@@ -32,9 +32,12 @@ Policies, the same for every kind:
   the batch, not while decoding, so that a batch with one out of range is refused *with a reply*
   (REJECT, naming it) and its submitter's Futures fail instead of waiting.
 
-The records also read like the plain maps and arrays they travel as (``msg["credit"]`` on the
-message, ``msg["results"]`` as tuples, ``meta[0]`` on a :class:`TaskMeta`), for handlers written
-before them; new code reads fields by name (``msg.read(Results).results[0].status``).
+One kind, RESULTS, has a record for each direction: a slave's outcomes (:class:`Results`, a
+status each) and the master's to an application (:class:`Delivery`, ok or not). A node never
+receives both, so each decoder knows one: :data:`HEADER` (master and slaves) and
+:data:`APPLICATION_HEADER`.
+
+Handlers read fields by name (``msg.read(Results).results[0].status``), typed as declared here.
 """
 
 from __future__ import annotations
@@ -51,8 +54,10 @@ __all__ = [
     "TaskMeta",
     "Assignment",
     "Outcome",
+    "Delivered",
     "Register",
     "Results",
+    "Delivery",
     "Hello",
     "Submit",
     "System",
@@ -78,7 +83,9 @@ __all__ = [
     "Steal",
     "Heartbeat",
     "RECORDS",
+    "APPLICATION_RECORDS",
     "HEADER",
+    "APPLICATION_HEADER",
     "parse_resources",
 ]
 
@@ -134,24 +141,11 @@ class Kind:
 # -- what one item of a batch says -------------------------------------------------------------
 
 
-class _WireArray(msgspec.Struct, array_like=True, gc=False):
-    """A record that travels as a msgpack array and also reads as one (index, unpack)."""
-
-    def _wire(self) -> tuple[Any, ...]:
-        return msgspec.structs.astuple(self)
-
-    def __getitem__(self, index: Any) -> Any:
-        found = self._wire()[index]
-        return list(found) if isinstance(index, slice) else found
-
-    def __iter__(self) -> Any:
-        return iter(self._wire())
-
-    def __len__(self) -> int:
-        return len(self._wire())
+class _Item(msgspec.Struct, array_like=True, gc=False):
+    """A record that travels as a msgpack array: one item of a batch."""
 
 
-class TaskMeta(_WireArray):
+class TaskMeta(_Item):
     """What the master and slaves know of a task without unpickling it (one per SUBMIT payload,
     and what a task system's pushed tasks carry on the master). Built by
     :func:`taskswarm.task.task_meta`; travels as ``[task_id, timeout, max_retries, name,
@@ -183,7 +177,7 @@ class TaskMeta(_WireArray):
             parse_resources(self.resources)
 
 
-class Assignment(_WireArray):
+class Assignment(_Item):
     """One task of a TASKS message (master -> slave): ``[task_id, timeout]``."""
 
     task_id: str
@@ -191,23 +185,24 @@ class Assignment(_WireArray):
     timeout: float | None = None
 
 
-class Outcome(_WireArray):
-    """One result of a RESULTS message.
-
-    From a slave: ``[task_id, status, detail]``, ``status`` a :class:`taskswarm.task.Status`
-    string and ``detail`` how the worker died (``crash``) or the failure's text (None when OK).
-    From the master to an application: ``[task_id, ok]``, ``status`` a bool (True: the payload
-    is the result; False: the pickled error, or nothing when the task was taken back unrun).
-    """
+class Outcome(_Item):
+    """One outcome of a slave's RESULTS (slave -> master): ``[task_id, status, detail]``."""
 
     task_id: str
-    status: str | bool
+    #: How the run ended: a :class:`taskswarm.task.Status` (``ok``, ``error``, ``retry``,
+    #: ``crash``, ``cancelled``); the master treats any other as a failure.
+    status: str
+    #: How the worker died (``crash``), or the failure's text; None when OK or not said.
     detail: str | None = None
 
-    def _wire(self) -> tuple[Any, ...]:
-        if type(self.status) is bool:
-            return (self.task_id, self.status)
-        return (self.task_id, self.status, self.detail)
+
+class Delivered(_Item):
+    """One outcome of the master's RESULTS to an application: ``[task_id, ok]``."""
+
+    task_id: str
+    #: True: the payload is the pickled result; False: the pickled error, or an empty payload
+    #: when the task was taken back unrun (its Future ends cancelled).
+    ok: bool
 
 
 # -- headers ---------------------------------------------------------------------------------
@@ -245,10 +240,6 @@ class Header(msgspec.Struct, kw_only=True, tag_field="k", omit_defaults=True):
         """How many payloads this header says follow it; None: any number (not checked)."""
         return len(getattr(self, self.batch)) if self.batch else None
 
-    def plain(self, name: str) -> Any:
-        """Field ``name`` as the plain data it travels as (what ``msg[name]`` gives)."""
-        return getattr(self, name)
-
 
 # slave -> master
 
@@ -258,54 +249,68 @@ class Register(Header, tag=Kind.REGISTER):
 
     #: The slave's id (host, pid and a random suffix), unique in the cluster.
     node_id: str
-    host: str | None = None
-    pid: Count | None = None
+    #: Its host name, shown in status ("?": not said).
+    host: str = "?"
+    #: Its process id, shown in status (0: not said).
+    pid: Count = 0
     #: Worker processes it runs.
     workers: Count = 0
-    #: What it offers tasks that declare needs (``--resources``), names to amounts.
+    #: What it offers tasks that declare needs (``--resources``), names to amounts; checked
+    #: by the master, which takes a slave whose declaration is wrong as offering none.
     resources: dict[str, Any] | None = None
-    #: Seconds between its heartbeats, so the master can tell a slow slave from a lost one.
+    #: Seconds between its heartbeats, so the master can tell a slow slave from a lost one
+    #: (None, or not a positive number: the master's own).
     heartbeat: float | None = None
     #: Tasks it may be sent now (pull scheduling), may be negative only through ``held``.
     credit: int = 0
     #: Tasks it wants to hold to keep its workers busy (push scheduling).
-    want: Count | None = None
+    want: Count = 0
     #: Its running average of task durations, seconds.
-    pace: NonNegative | None = None
+    pace: NonNegative = 0.0
     #: Tasks it still holds from before (a master that restarted keeps them there).
-    held: TaskIds | None = None
+    held: TaskIds = msgspec.field(default_factory=list)
 
 
 class Results(Header, tag=Kind.RESULTS):
-    """Outcomes, one payload each: a slave's to the master, or the master's to an application
-    (see :class:`Outcome` for the two forms)."""
+    """A slave's outcomes, one payload each (the pickled result or error; empty for a crash),
+    and how much more it can take. The master's RESULTS to an application, the same kind the
+    other way, is :class:`Delivery`."""
 
     results: list[Outcome]
-    #: Tasks a worker began since the last message (slave -> master): Future.running().
+    #: Tasks a worker began since the last message: their Futures are running.
     started: TaskIds | None = None
+    #: Tasks it may be sent beyond what it was (pull scheduling), added to what it had.
     credit: int = 0
+    #: Tasks it wants to hold now (push scheduling); None: unchanged.
     want: Count | None = None
+    #: Its running average of task durations, seconds; None: unchanged.
     pace: NonNegative | None = None
 
     batch = "results"
 
-    def plain(self, name: str) -> Any:
-        if name != "results":
-            return getattr(self, name)
-        # Tuples, each as long as it travelled: unpacked in C by handlers written for them.
-        return [
-            (o.task_id, o.status) if o.status.__class__ is bool else (o.task_id, o.status, o.detail)
-            for o in self.results
-        ]
+
+class Delivery(Header, tag=Kind.RESULTS):
+    """The master's RESULTS to an application: plain tasks' outcomes, one payload each, kept
+    by the master until the application confirms them (RESULTS_ACK). Only an application
+    decodes this form (:data:`APPLICATION_HEADER`); the same kind from a slave is
+    :class:`Results`."""
+
+    results: list[Delivered]
+
+    batch = "results"
 
 
 class Heartbeat(Header, tag=Kind.HEARTBEAT):
     """Both ways: the master's and an application's carry nothing; a slave's says how it is,
     each field only when it has something to say (absent: unchanged)."""
 
+    #: Worker processes it runs now; None: unchanged.
     workers: Count | None = None
+    #: Tasks it may be sent beyond what it was (pull scheduling), added to what it had.
     credit: int = 0
+    #: Tasks it wants to hold now (push scheduling); None: unchanged.
     want: Count | None = None
+    #: Its running average of task durations, seconds; None: unchanged.
     pace: NonNegative | None = None
     #: Messages this slave refused so far (bad signature, replays...), for the status page.
     rejected: Count | None = None
@@ -318,9 +323,13 @@ class Heartbeat(Header, tag=Kind.HEARTBEAT):
 class Released(Header, tag=Kind.RELEASED):
     """Unstarted tasks a slave gives back after a STEAL, for idle slaves elsewhere."""
 
+    #: The tasks it gave back, none of them started.
     tasks: TaskIds = msgspec.field(default_factory=list)
+    #: Tasks it may be sent beyond what it was (pull scheduling), added to what it had.
     credit: int = 0
+    #: Tasks it wants to hold now (push scheduling); None: unchanged.
     want: Count | None = None
+    #: Its running average of task durations, seconds; None: unchanged.
     pace: NonNegative | None = None
 
 
@@ -341,16 +350,20 @@ class Bye(Header, tag=Kind.BYE):
 class Hello(Header, tag=Kind.HELLO):
     """An application connects (or reconnects: the master resends what it did not confirm)."""
 
+    #: The application's id, the same across its reconnects.
     client_id: str
-    host: str | None = None
+    #: Its host name, shown in status ("": not said).
+    host: str = ""
+    #: Its process id, shown in status (None: not said).
     pid: Count | None = None
 
 
 class Submit(Header, tag=Kind.SUBMIT):
     """Plain tasks, one pickled task per payload; answered by ACK or REJECT with its ``rid``."""
 
+    #: Each task's metadata, in the order of the payloads.
     tasks: list[TaskMeta]
-    #: Request id, echoed by the answer.
+    #: Request id, echoed by the answer (the application keeps the batch until then).
     rid: int | None = None
 
     batch = "tasks"
@@ -359,7 +372,9 @@ class Submit(Header, tag=Kind.SUBMIT):
 class System(Header, tag=Kind.SYSTEM):
     """A task system to run on the master, pickled in the one payload; ACK or REJECT."""
 
+    #: ``TaskSystem.system_id``: a system already known under it is refused.
     system_id: str
+    #: Request id, echoed by the answer.
     rid: int | None = None
 
     def expected_payloads(self) -> int | None:
@@ -383,6 +398,7 @@ class TasksQuery(Header, tag=Kind.TASKS_QUERY):
 class Status(Header, tag=Kind.STATUS):
     """Asks for the cluster's status; answered by STATUS-REPLY."""
 
+    #: Request id, echoed by the answer.
     rid: int | None = None
 
 
@@ -390,26 +406,34 @@ class Resize(Header, tag=Kind.RESIZE):
     """Application -> master: resize slave ``slave_id`` (ACK, or REJECT when there is none);
     master -> slave: resize yourself (no ``slave_id``)."""
 
+    #: Worker processes the slave is to run.
     workers: Count
+    #: The slave to resize: required from an application (the master drops one without it).
     slave_id: str | None = None
+    #: Request id, echoed by the answer.
     rid: int | None = None
 
 
 class Cancel(Header, tag=Kind.CANCEL):
     """Application -> master: ``tasks`` (and ``soft``, ``rid``) or ``system_id``;
-    master -> slave: ``tasks`` and ``soft``."""
+    master -> slave: ``tasks`` and ``soft``. One from an application naming neither tasks nor a
+    system is dropped."""
 
+    #: The tasks to stop.
     tasks: TaskIds | None = None
     #: Drop the tasks not started yet, let a running one finish (Future.cancel() raced with
     #: dispatch); with ``rid``, the master answers with the ACK of what it cancelled.
     soft: bool = False
+    #: The task system to stop instead (its tasks are cancelled, its result is an error).
     system_id: str | None = None
+    #: Request id: answered with an ACK naming the tasks cancelled.
     rid: int | None = None
 
 
 class ResultsAck(Header, tag=Kind.RESULTS_ACK):
     """An application has these results (the master, and its journal, may let them go)."""
 
+    #: Plain tasks whose outcome it received.
     tasks: TaskIds
     #: Task systems whose outcome it received.
     systems: TaskIds | None = None
@@ -444,18 +468,22 @@ class Tasks(Header, tag=Kind.TASKS):
 class Ack(Header, tag=Kind.ACK):
     """The master accepted a request (``push_task_response`` in the seed's words)."""
 
+    #: The request's id.
     rid: int | None = None
     #: How many it took.
     n: Count | None = None
     #: A CANCEL with ``rid``: the tasks cancelled.
     tasks: TaskIds | None = None
+    #: Text the master adds (a RESIZE's names the slave).
     reason: str | None = None
 
 
 class Reject(Header, tag=Kind.REJECT):
     """The master refused a request, and why (``push_task_failed``)."""
 
+    #: The request's id: a SUBMIT's batch fails with ``reason``.
     rid: int | None = None
+    #: Why, for people: the exception the application raises says it.
     reason: str | None = None
     n: Count | None = None
 
@@ -463,6 +491,7 @@ class Reject(Header, tag=Kind.REJECT):
 class Running(Header, tag=Kind.RUNNING):
     """An application's tasks that a worker began (their Futures are running)."""
 
+    #: The tasks begun since the last RUNNING.
     tasks: TaskIds
 
 
@@ -470,8 +499,11 @@ class SystemProgress(Header, tag=Kind.SYSTEM_PROGRESS):
     """How far a task system has come."""
 
     system_id: str
+    #: Its tasks finished so far.
     done: Count
+    #: Its tasks generated so far.
     total: Count
+    #: Of those finished, the ones that failed.
     failed: Count = 0
     #: What the first failed task said, traceback and all (sent once).
     first_failure: str | None = None
@@ -482,8 +514,11 @@ class SystemDone(Header, tag=Kind.SYSTEM_DONE):
     ``unknown``, no payload: the master holds no such system (``reason`` says why)."""
 
     system_id: str
+    #: Its outcome carries an error (it failed, or was cancelled).
     failed: bool = False
+    #: The master holds no such system: no payload.
     unknown: bool = False
+    #: With ``unknown``: what became of it, when the master still remembers.
     reason: str | None = None
 
     def expected_payloads(self) -> int | None:
@@ -493,6 +528,7 @@ class SystemDone(Header, tag=Kind.SYSTEM_DONE):
 class StatusReply(Header, tag=Kind.STATUS_REPLY):
     """The cluster's status: what ``taskswarm status`` and the dashboard show."""
 
+    #: The STATUS request's id.
     rid: int | None = None
     status: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -518,10 +554,21 @@ RECORDS: dict[str, type[Header]] = {
 }  # fmt: skip
 assert set(RECORDS) == Kind.ALL, "one record per kind"
 
-#: The one decoder of headers: picks the record by ``k`` and checks every field as it reads.
-HEADER: msgspec.msgpack.Decoder[Header] = msgspec.msgpack.Decoder(
-    Union[tuple(RECORDS.values())]  # noqa: UP007 (a union of classes known only here)
-)
+#: What an application receives, by kind: the master's RESULTS is a :class:`Delivery`.
+APPLICATION_RECORDS: dict[str, type[Header]] = {**RECORDS, Kind.RESULTS: Delivery}
+
+
+def _decoder(records: dict[str, type[Header]]) -> msgspec.msgpack.Decoder[Header]:
+    return msgspec.msgpack.Decoder(
+        Union[tuple(records.values())]  # noqa: UP007 (a union of classes known only here)
+    )
+
+
+#: The one decoder of headers the master and slaves receive: picks the record by ``k`` and
+#: checks every field as it reads.
+HEADER = _decoder(RECORDS)
+#: The same for an application, the one node that receives the master's RESULTS.
+APPLICATION_HEADER = _decoder(APPLICATION_RECORDS)
 
 
 def parse_resources(value: object) -> dict[str, float] | None:

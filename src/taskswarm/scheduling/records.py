@@ -87,7 +87,7 @@ class TaskRecord:
         record.resources = parse_resources(meta.resources)
         return record
 
-    def journal_row(self) -> tuple:
+    def journal_row(self) -> tuple[Any, ...]:
         return (
             self.task_id,
             self.client_id,
@@ -101,7 +101,7 @@ class TaskRecord:
         )
 
     @classmethod
-    def from_journal(cls, row: tuple) -> TaskRecord:
+    def from_journal(cls, row: tuple[Any, ...]) -> TaskRecord:
         (task_id, client_id, system_id, payload, timeout, max_retries, name, priority, resources,
          retries, crashes) = row  # fmt: skip
         return cls(
@@ -155,7 +155,7 @@ class SlaveRecord:
     steal_until: float = 0.0  # a steal request is out until then (monotonic)
     stolen: int = 0  # tasks taken back from it for idle slaves
     heartbeat: float = 0.0  # seconds between its heartbeats, as it declared (0: not said)
-    stats: list[dict] = field(default_factory=list)  # its own measures, as last reported
+    stats: list[dict[str, Any]] = field(default_factory=list)  # its own measures, last reported
 
     def fits(self, needs: dict[str, float]) -> bool:
         """Whether a task needing ``needs`` fits in what this slave has free now."""
@@ -171,7 +171,7 @@ class SlaveRecord:
         for name, amount in needs.items():
             self.used[name] = self.used.get(name, 0.0) + sign * amount
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """What `status` and the dashboard show of this slave: plain, msgpack-able data."""
         return {
             "id": self.slave_id,
