@@ -169,7 +169,7 @@ _DYNAMIC = "<dynamic-code>"
 _cloudpickle_code_reduce = cloudpickle.cloudpickle._code_reduce
 
 
-class _CodePickler(cloudpickle.Pickler):
+class _CodePickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships no types
     dispatch_table = collections.ChainMap(
         {types.CodeType: _code_keeping_its_file}, cloudpickle.Pickler.dispatch_table
     )

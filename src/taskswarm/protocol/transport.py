@@ -141,7 +141,7 @@ def connect_dealer(
     let one bad message cut a node off. The node's decoder enforces the limit instead.
     """
     check_address(address)
-    sock = context.socket(zmq.DEALER)
+    sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if curve_server_key is not None:
         public, secret = zmq.curve_keypair()  # this connection's own, short-lived keypair
