@@ -263,6 +263,32 @@ def test_tasks_are_spread_in_batches_over_many_slaves_that_ask_for_many():
         assert all(len(ids) >= 32 for ids in sent.values()), sorted(map(len, sent.values()))
 
 
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_a_slave_chosen_for_a_short_task_takes_the_next_ones_too(strategy):
+    scheduler = make_scheduler("push", strategy)
+    for i in range(10):  # 20 ms of work is 10 tasks of 2 ms, or all 32 of a batch of 50 µs
+        scheduler.add_slave(make_slave(f"slow{i}", workers=1, want=128, pace=0.002))
+    scheduler.push_tasks(make_tasks(20))
+
+    assert sorted(map(len, dispatch(scheduler).values())) == [10, 10]
+
+    for slave in scheduler.slaves.values():
+        slave.pace = 50e-6
+        scheduler.refresh(slave)
+    scheduler.push_tasks(make_tasks(40))
+    assert sorted(map(len, dispatch(scheduler).values())) == [8, 32]
+
+
+def test_tasks_are_spread_one_by_one_while_a_slaves_pace_is_not_known_or_slow():
+    scheduler = make_scheduler("push", "load")
+    for i in range(4):
+        scheduler.add_slave(make_slave(f"new{i}", workers=1, want=128))
+        scheduler.add_slave(make_slave(f"slow{i}", workers=1, want=128, pace=0.05))
+    scheduler.push_tasks(make_tasks(8))
+
+    assert sorted(map(len, dispatch(scheduler).values())) == [1] * 8
+
+
 # -- results, lost slaves, dropped systems -------------------------------------------------------
 
 
