@@ -276,13 +276,27 @@ def test_a_lone_tasks_outcome_is_sent_at_once(quick_slave):
 def test_outcomes_go_at_once_when_the_slave_runs_short_of_tasks(quick_slave):
     slave, manager, sent = quick_slave
     slave._window()
-    task_ids = holds(slave, 70)
-    manager.finish(task_ids[:5])
+    task_ids = holds(slave, 40)
+    manager.finish(task_ids[:7])
     slave._send_results()
-    assert results_sent(sent) == []  # 65 on hand: more than half its want
-    manager.finish(task_ids[5:6])
+    assert results_sent(sent) == []  # 33 on hand: more than a batch
+    manager.finish(task_ids[7:8])
     slave._send_results()
-    assert results_sent(sent) == [6]  # 64: the master must hear now to refill in time
+    assert results_sent(sent) == [8]  # 32 (0.8 ms): the master must hear now to refill in time
+
+
+def test_outcomes_are_gathered_while_the_work_on_hand_is_long_enough(quick_slave):
+    slave, manager, sent = quick_slave
+    manager._pace = 0.002  # 2 ms a task: 20 tasks on hand are 20 ms of work for 2 workers
+    slave._window()
+    assert slave._batch() == 32
+    task_ids = holds(slave, 30)
+    manager.finish(task_ids[:10])
+    slave._send_results()
+    assert results_sent(sent) == []
+    manager.finish(task_ids[10:28])
+    slave._send_results()
+    assert results_sent(sent) == [28]  # 2 tasks left, one for each worker: 2 ms
 
 
 def test_gathered_outcomes_wait_no_longer_than_the_hold(quick_slave):

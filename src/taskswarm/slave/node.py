@@ -507,16 +507,21 @@ class Slave:
 
     def _worth_sending(self, count: int) -> bool:
         """Whether ``count`` gathered outcomes go now: once they make a batch (``_batch``), once
-        what this slave still holds is down to half its want (the master sends more only as
-        it hears of outcomes, so its workers would run short), or once the first of them has
-        waited long enough (``RESULTS_HOLD``, or twice the batch's time at the tasks' pace)."""
+        what this slave still holds to run is down to a batch and to ``RESULTS_HOLD`` seconds
+        of its workers' work, or leaves a worker idle (the master sends more only as it hears
+        of outcomes; a lone task's outcome goes at once), or once the first of them has waited
+        ``RESULTS_HOLD``, or twice as long as the batch should take to fill at the tasks' pace."""
         batch = self._batch()
-        if count >= batch or len(self._arrived) - count <= self._want // 2:
+        if count >= batch:
             return True
+        workers = max(1, self.manager.get_num_workers())
+        pace = self.manager.pace
+        to_run = len(self._arrived) - count
+        if to_run < workers or (to_run <= batch and to_run * pace <= RESULTS_HOLD * workers):
+            return True  # its workers would run short
         now = time.monotonic()
         if self._send_by is None:
-            workers = max(1, self.manager.get_num_workers())
-            self._send_by = now + max(RESULTS_HOLD, 2 * batch * self.manager.pace / workers)
+            self._send_by = now + max(RESULTS_HOLD, 2 * batch * pace / workers)
         return now >= self._send_by
 
     def _send_results(self, everything: bool = False) -> None:
