@@ -23,6 +23,7 @@ from taskswarm.protocol.keys import ClusterKeys
 from taskswarm.protocol.messages import Header, Results
 from taskswarm.slave.contracts import TaskManagerBase
 from taskswarm.slave.node import RESULTS_HOLD, Slave
+from taskswarm.slave.pacing import SLOW_TASK
 from taskswarm.slave.process_pool import ProcessPoolManager, WorkItem
 from taskswarm.task import FunctionTask, Status
 from test_process_pool import DEADLINE, outcomes, push, results
@@ -314,6 +315,18 @@ def test_gathered_outcomes_wait_no_longer_than_the_hold(quick_slave):
 
     assert results_sent(sent) == [3]
     assert slave._send_by is None
+
+
+def test_outcomes_of_tasks_of_milliseconds_wait_no_longer_than_a_slow_task(quick_slave):
+    slave, manager, sent = quick_slave
+    manager._pace = 0.01  # 128 held are 640 ms of work: a batch fills in 160 ms
+    slave._window()
+    task_ids = holds(slave, 128)
+    manager.finish(task_ids[:3])
+    slave._send_results()
+    assert results_sent(sent) == []
+    assert slave._send_by is not None
+    assert slave._send_by - time.monotonic() <= SLOW_TASK
 
 
 def test_slow_tasks_send_each_outcome_at_once(quick_slave):

@@ -10,10 +10,12 @@ short, it asks to hold enough of them for its messages to be worth their cost
 (``MESSAGE_TASKS``, up to ``QUEUE_SECONDS`` of its workers' work), and gathers their outcomes
 into batches of a ``BATCH_SHARE``-th of that before it sends them (``_worth_sending``); it sends
 at once whenever its workers would otherwise run short of tasks, so a lone task's result never
-waits, and holds none for long (``RESULTS_HOLD``) however few come. Until the master has
-answered (it may start later, or restart), the slave keeps re-sending REGISTER each heartbeat,
-and says so: that it is waiting for the master at its address (and why, when the host's name
-does not resolve), again every ``WAIT_LOG_INTERVAL`` s, and when it gets through.
+waits, and holds none long (``RESULTS_HOLD``, never over ``SLOW_TASK``) however few come.
+
+Until the master has answered (it may start later, or restart), the slave keeps re-sending
+REGISTER each heartbeat, and says so: that it is waiting for the master at its address (and
+why, when the host's name does not resolve), again every ``WAIT_LOG_INTERVAL`` s, and when it
+gets through.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from ..scheduling.records import format_resources
 from ..stats import Stats
 from ..task import Status, dump_error, error_text
 from .contracts import TaskManagerContract, WorkItem
+from .pacing import SLOW_TASK
 
 __all__ = ["Slave"]
 
@@ -80,7 +83,7 @@ MESSAGE_TASKS = 32
 BATCH_SHARE = 4
 QUEUE_SECONDS = 0.25
 #: Seconds an outcome may wait to be sent with others: at least this, or twice as long as the
-#: batch should take to fill at the pace tasks finish.
+#: batch should take to fill at the pace tasks finish, but never more than ``SLOW_TASK``.
 RESULTS_HOLD = 0.005
 
 
@@ -384,11 +387,12 @@ class Slave:
     def _wanted(self) -> int:
         """Tasks to hold to keep every worker busy (the task manager knows best, if it can say:
         for short tasks that is many more than ``PREFETCH`` per worker), and while tasks are
-        short enough, enough for a batch of ``MESSAGE_TASKS`` to go each way at a time."""
+        short enough to be pipelined (under ``SLOW_TASK``), enough for a batch of ``MESSAGE_TASKS``
+        to go each way at a time."""
         workers = self.manager.get_num_workers()
         wanted = max(workers * PREFETCH, self.manager.wanted())
         pace = self.manager.pace
-        if pace > 0.0 and workers:
+        if 0.0 < pace < SLOW_TASK and workers:
             worth = min(MESSAGE_TASKS * BATCH_SHARE, int(workers * QUEUE_SECONDS / pace))
             wanted = max(wanted, worth)
         return wanted
@@ -510,7 +514,8 @@ class Slave:
         what this slave still holds to run is down to a batch and to ``RESULTS_HOLD`` seconds
         of its workers' work, or leaves a worker idle (the master sends more only as it hears
         of outcomes; a lone task's outcome goes at once), or once the first of them has waited
-        ``RESULTS_HOLD``, or twice as long as the batch should take to fill at the tasks' pace."""
+        ``RESULTS_HOLD``, or twice as long as the batch should take to fill at the tasks' pace
+        (at most ``SLOW_TASK``)."""
         batch = self._batch()
         if count >= batch:
             return True
@@ -521,7 +526,8 @@ class Slave:
             return True  # its workers would run short
         now = time.monotonic()
         if self._send_by is None:
-            self._send_by = now + max(RESULTS_HOLD, 2 * batch * pace / workers)
+            hold = max(RESULTS_HOLD, 2 * batch * pace / workers)
+            self._send_by = now + min(hold, SLOW_TASK)
         return now >= self._send_by
 
     def _send_results(self, everything: bool = False) -> None:
