@@ -16,6 +16,10 @@ Until the master has answered (it may start later, or restart), the slave keeps 
 REGISTER each heartbeat, and says so: that it is waiting for the master at its address (and
 why, when the host's name does not resolve), again every ``WAIT_LOG_INTERVAL`` s, and when it
 gets through.
+
+Over 400 lines for now: the credit window and the results batching (``_wanted`` to
+``_send_results``) are one concept that should become a module of its own, an outbox the loop
+feeds; until then they sit beside the loop whose turns they pace.
 """
 
 from __future__ import annotations
