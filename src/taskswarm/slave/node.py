@@ -458,35 +458,44 @@ class Slave(NodeLifecycle):
 
     def _send_results(self) -> None:
         results = self.manager.get_results_queue()
-        limit = self._max_payload()
-        batch = []
-        while not results.empty():
-            batch.append(self._fitted(results.get_nowait(), limit))
         started = self.manager.take_started()
-        if not batch:
+        if results.empty():
             if started:  # an idle worker began one: its owner's Future.running() says so
                 self._send(Results(results=[], started=started))
             return
-        window = self._window(finished=len(batch))
-        sizes = [0 if status == Status.CRASH else len(data) for _, status, data, *_ in batch]
+        limit = self._max_payload()
+        # One pass over the outcomes (the slave's hot path): each becomes its header item, its
+        # payload and its size. A crash has no outcome to send, only how the worker died: that
+        # goes in the header, as does a failure's text (what people read on the master; a
+        # manager may give none).
+        outcomes: list[Outcome] = []
+        payloads: list[Any] = []
+        sizes: list[int] = []
+        get, empty = results.get_nowait, results.empty
+        while not empty():
+            task_id, status, data, *rest = self._fitted(get(), limit)
+            if status == Status.OK:
+                outcomes.append(Outcome(task_id, status))
+            elif status == Status.CRASH:
+                outcomes.append(Outcome(task_id, status, str(data)))
+                data = b""
+            else:
+                outcomes.append(Outcome(task_id, status, rest[0] if rest else None))
+            payloads.append(data)
+            sizes.append(len(data))
+        window = self._window(finished=len(outcomes))
         sent_at = time.monotonic()
-        # Big outcomes go in as many messages as it takes for each to fit the master's limit.
-        for part in within(sizes, limit):
-            items = batch[part]
-            # A crash has no outcome to send, only how the worker died: that goes in the
-            # header, as does a failure's text (what people read on the master; a manager
-            # may give none).
-            outcomes = [
-                Outcome(t, status, _detail(status, data, rest)) for t, status, data, *rest in items
-            ]
-            header = Results(results=outcomes, started=started or None, **window)
-            started, window = [], {}  # started, credit and want once, with the first part
-            payloads = [b"" if status == Status.CRASH else data for _, status, data, *_ in items]
-            self._send(header, payloads)
+        if sum(sizes) <= limit:
+            self._send(Results(results=outcomes, started=started or None, **window), payloads)
+        else:  # big outcomes: as many messages as it takes for each to fit the master's limit
+            for part in within(sizes, limit):
+                header = Results(results=outcomes[part], started=started or None, **window)
+                started, window = [], {}  # started, credit and want once, with the first part
+                self._send(header, payloads[part])
         now = time.monotonic()
         self.stats.add("slave_send_seconds", now - sent_at)
         arrived = self._arrived
-        held = [now - arrived.pop(item[0], now) for item in batch]
+        held = [now - arrived.pop(outcome.task_id, now) for outcome in outcomes]
         self.stats.add(
             "slave_task_seconds", sum(held) / len(held), len(held), low=min(held), high=max(held)
         )
@@ -504,13 +513,6 @@ class Slave(NodeLifecycle):
         error = too_large(f"the result of task {task_id}", len(data), limit + ENVELOPE)
         log.error("%s", error)
         return task_id, Status.ERROR, dump_error(error), error_text(error)
-
-
-def _detail(status: str, data: Any, rest: list[Any]) -> str | None:
-    """What a result's header says beside its status: how a worker died, or a failure's text."""
-    if status == Status.CRASH:
-        return str(data)
-    return rest[0] if rest and status != Status.OK else None
 
 
 def _milliseconds(seconds: float) -> int:
