@@ -483,6 +483,9 @@ class Slave(NodeLifecycle):
                 outcomes.append(Outcome(task_id, status, rest[0] if rest else None))
             payloads.append(data)
             sizes.append(len(data))
+        if started:  # a task that began and ended since the last message: its outcome says all
+            ended = {outcome.task_id for outcome in outcomes}
+            started = [task_id for task_id in started if task_id not in ended]
         window = self._window(finished=len(outcomes))
         sent_at = time.monotonic()
         if sum(sizes) <= limit:
