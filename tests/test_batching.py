@@ -22,8 +22,8 @@ from conftest import free_port, wait_for
 from taskswarm.protocol.keys import ClusterKeys
 from taskswarm.protocol.messages import Header, Results
 from taskswarm.slave.contracts import TaskManagerBase
-from taskswarm.slave.node import RESULTS_HOLD, Slave
-from taskswarm.slave.pacing import SLOW_TASK
+from taskswarm.slave.node import PREFETCH, RESULTS_HOLD, Slave
+from taskswarm.slave.pacing import PACE_WEIGHT, SLOW_TASK, folded
 from taskswarm.slave.process_pool import ProcessPoolManager, WorkItem
 from taskswarm.task import FunctionTask, Status
 from test_process_pool import DEADLINE, outcomes, push, results
@@ -340,3 +340,30 @@ def test_slow_tasks_send_each_outcome_at_once(quick_slave):
 
     assert slave._batch() == 1
     assert results_sent(sent) == [1]
+
+
+# -- a slave of slow tasks asks for no queue, from its first outcome on ---------------------------
+
+
+def test_the_pace_starts_at_the_first_tasks_duration():
+    assert folded(0.0, 0.06) == 0.06
+    assert folded(0.0, 0.06, finished=3) == 0.06
+    assert folded(0.06, 0.01) == pytest.approx(0.06 + PACE_WEIGHT * (0.01 - 0.06))
+
+
+def test_a_slave_whose_first_task_is_slow_asks_for_no_queue_of_them(make_pool):
+    """One task of 60 ms is a slow one (over ``SLOW_TASK``): the slave asks to hold what its
+    worker pipelines (two), not a quarter of a second's worth of tasks it takes for short ones.
+    A pace that started at a fifth of the first task's length (12 ms) asked for 20."""
+    pool = make_pool(1)
+    pool.start()
+    push(pool, FunctionTask(sleep_and_pid, 0.06))
+    assert pool.wait_for_all(timeout=DEADLINE)
+    assert len(results(pool)) == 1
+    assert pool.pace >= 0.06 > SLOW_TASK
+
+    slave = Slave(f"tcp://127.0.0.1:{free_port()}", ClusterKeys(b"k" * 32), manager=pool)
+    try:
+        assert slave._wanted() == PREFETCH  # one worker, one task running and one next
+    finally:
+        slave.close()
