@@ -31,6 +31,11 @@ How slaves run (``--slaves-as``):
   interpreter, and once it has workers a forkserver and a resource tracker besides (about 40 MiB
   of PSS for a slave of 1 worker). Before each count the script checks that the slaves fit in
   the memory available, from what the counts before measured.
+``--total-workers T`` gives each of N slaves T / N workers (at least 1) instead of ``--workers``,
+so every count runs about as many workers: ``--slaves-as thread --slaves 1,10,100
+--total-workers 100`` compares one slave of 100 workers with 100 slaves of one, the master's
+cost per task with few slaves and with many, on the same load for the machine.
+
 * ``thread``: N ``Slave`` objects, each serving in a thread of one of ``--hosts`` host processes
   (``scale.py host ...``) and sharing that host's forkserver. The master sees what it sees from
   N processes (N connections, N identities, N heartbeats) for a fraction of the memory and
@@ -431,6 +436,7 @@ def measure(count: int, args: argparse.Namespace, cluster: Cluster, guess: float
         window["us_per_heartbeat"] = (window["master_pct"] - alone) / 100 / beats_per_s * 1e6
     return {
         "slaves": count,
+        "workers": args.workers,
         "registration_s": registered,
         "master_alone_pct": alone,
         "windows": windows,
@@ -522,6 +528,7 @@ def summarize(results: list[dict]) -> dict[str, Any]:
     count = results[0]["slaves"]
     row: dict[str, Any] = {
         "slaves": count,
+        "workers": results[0].get("workers", 0),
         "registration_s": median([r["registration_s"] for r in results]),
         "master_alone_pct": median([r["master_alone_pct"] for r in results]),
         "master_rss_mib": median([r["master_rss"] / 2**20 for r in results]),
@@ -542,8 +549,9 @@ def summarize(results: list[dict]) -> dict[str, Any]:
 
 def print_tables(rows: list[dict], args: argparse.Namespace, book: dict[str, float]) -> None:
     kind = "processes" if args.slaves_as == "process" else f"threads in up to {args.hosts} hosts"
+    each = f"{args.total_workers} / slaves" if args.total_workers else str(args.workers)
     print(
-        f"\n### idle cluster: slaves of {args.workers} worker(s) as {kind}, heartbeat every"
+        f"\n### idle cluster: slaves of {each} worker(s) as {kind}, heartbeat every"
         f" {args.heartbeat:g} s\n\nMedians of {args.rounds} round(s) x {args.repeats} windows"
         f" of {args.idle_seconds:g} s. CPU % of one core ({os.cpu_count()} cores: "
         f"{100 * (os.cpu_count() or 1)} %); loop thread: the master's thread that handles every"
@@ -565,7 +573,7 @@ def print_tables(rows: list[dict], args: argparse.Namespace, book: dict[str, flo
             f"| {r['others_pct']:.1f} | {r['master_rss_mib']:.1f} | {r['kib_per_slave']:.1f} "
             f"| {r['slave_pss_mib']:.1f} | {r['status_kib']:.1f} |"
         )
-    if args.workers:
+    if args.workers or args.total_workers:
         print_tasks(rows, args)
     print(
         f"\n### the master's bookkeeping for {book['slaves']:,} slaves, in this process\n\n"
@@ -598,7 +606,7 @@ def print_tasks(rows: list[dict], args: argparse.Namespace) -> None:
     print("|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         print(
-            f"| {r['slaves']:,} | {r['slaves'] * args.workers:,} | {r['tasks_per_s']:,.0f} "
+            f"| {r['slaves']:,} | {r['slaves'] * r['workers']:,} | {r['tasks_per_s']:,.0f} "
             f"| {r['tasks_min']:,.0f}–{r['tasks_max']:,.0f} | {r['master_us_per_task']:.1f} "
             f"| {r['dispatch_us']:.2f} | {r['tasks_per_message']:.1f} |"
         )
@@ -633,6 +641,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--workers", type=int, default=1, help="workers per slave; 0: no tasks/s (1)"
     )
     parser.add_argument(
+        "--total-workers",
+        type=int,
+        default=0,
+        metavar="T",
+        help="give each of N slaves T / N workers (at least 1) instead of --workers (0: off)",
+    )
+    parser.add_argument(
         "--slaves-as",
         choices=("process", "thread"),
         default="process",
@@ -664,8 +679,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.hosts, args.tasks, args.repeats, args.rounds, args.book_slaves) < 1:
         parser.error("--hosts, --tasks, --repeats, --rounds and --book-slaves must be 1 or more")
-    if args.workers < 0:
-        parser.error("--workers must be 0 or more")
+    if args.workers < 0 or args.total_workers < 0:
+        parser.error("--workers and --total-workers must be 0 or more")
     if args.heartbeat < 0.05 or args.idle_seconds <= 0:
         parser.error("--heartbeat must be at least 0.05 s and --idle-seconds above 0")
     return args
@@ -685,9 +700,14 @@ def sweep(args: argparse.Namespace, report: dict[str, Any]) -> None:
                 order = args.slaves if round_ % 2 == 0 else args.slaves[::-1]
                 for count in order:
                     log(f"round {round_ + 1}/{args.rounds}: a master and {count} slaves")
-                    cluster = Cluster(args, key_file, workdir, out)
+                    these = args
+                    if args.total_workers:  # as many workers at every count
+                        these = argparse.Namespace(**vars(args))
+                        these.workers = max(1, args.total_workers // count)
+                        guess = process_pss + extra_pss + worker_pss * these.workers
+                    cluster = Cluster(these, key_file, workdir, out)
                     try:
-                        result = measure(count, args, cluster, guess)
+                        result = measure(count, these, cluster, guess)
                     except ClusterFailed as failure:
                         out.flush()
                         tail = log_path.read_text(errors="replace").splitlines()[-30:]

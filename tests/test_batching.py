@@ -8,6 +8,7 @@ submission, the slaves' window and the confirmation of results run on real clust
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -18,6 +19,11 @@ import pytest
 
 import taskswarm as ts
 from conftest import free_port, wait_for
+from taskswarm.protocol.keys import ClusterKeys
+from taskswarm.protocol.messages import Header, Results
+from taskswarm.slave.contracts import TaskManagerBase
+from taskswarm.slave.node import PREFETCH, RESULTS_HOLD, Slave
+from taskswarm.slave.pacing import PACE_WEIGHT, SLOW_TASK, folded
 from taskswarm.slave.process_pool import ProcessPoolManager, WorkItem
 from taskswarm.task import FunctionTask, Status
 from test_process_pool import DEADLINE, outcomes, push, results
@@ -176,3 +182,188 @@ def test_a_durable_master_forgets_results_once_the_application_has_them(nodes, k
                 return db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
 
         wait_for(lambda: rows() == 0, timeout=DEADLINE)
+
+
+# -- a slave gathers outcomes of short tasks into batches -----------------------------------------
+
+
+class Instant(TaskManagerBase):
+    """A task manager whose tasks finish when the test says so, at a pace the test sets."""
+
+    def __init__(self, workers: int, pace: float) -> None:
+        self.workers, self._pace = workers, pace
+        self.results: queue.SimpleQueue[tuple[str, str, object, str | None]] = queue.SimpleQueue()
+        self.began: list[str] = []
+
+    def init(self, identity: str, address: str) -> None: ...
+    def stop(self) -> None: ...
+    def get_num_workers(self) -> int:
+        return self.workers
+
+    def get_results_queue(self) -> queue.SimpleQueue[tuple[str, str, object, str | None]]:
+        return self.results
+
+    def take_started(self) -> list[str]:
+        began, self.began = self.began, []
+        return began
+
+    def finish(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            self.results.put((task_id, Status.OK, b"r", None))
+
+    @property
+    def pace(self) -> float:
+        return self._pace
+
+
+@pytest.fixture
+def quick_slave() -> Iterator[tuple[Slave, Instant, list[Header]]]:
+    """A slave of 2 workers whose tasks take 50 µs, its manager, and what it sends."""
+    manager = Instant(workers=2, pace=50e-6)
+    slave = Slave(f"tcp://127.0.0.1:{free_port()}", ClusterKeys(b"k" * 32), manager=manager)
+    sent: list[Header] = []
+    slave._send = lambda record, payloads=(): sent.append(record) or True  # type: ignore[method-assign]
+    try:
+        yield slave, manager, sent
+    finally:
+        slave.close()
+
+
+def holds(slave: Slave, n: int) -> list[str]:
+    """The master sent it ``n`` tasks."""
+    task_ids = [f"t{i}" for i in range(n)]
+    slave._arrived.update(dict.fromkeys(task_ids, time.monotonic()))
+    return task_ids
+
+
+def results_sent(sent: list[Header]) -> list[int]:
+    return [len(r.results) for r in sent if isinstance(r, Results) and r.results]
+
+
+def test_a_slave_of_short_tasks_asks_for_enough_to_fill_messages(quick_slave):
+    slave, _, _ = quick_slave
+    assert slave._wanted() == 128  # 32 a message, four messages' worth on hand
+    slave._window()
+    assert slave._batch() == 32
+
+
+def test_outcomes_of_short_tasks_go_back_a_batch_at_a_time(quick_slave):
+    slave, manager, sent = quick_slave
+    slave._window()
+    task_ids = holds(slave, 128)
+    manager.finish(task_ids[:31])
+    manager.began.append(task_ids[40])
+
+    slave._send_results()
+    assert results_sent(sent) == []  # 97 still to run: no hurry
+    assert sent == []  # the start waits with them
+
+    manager.finish(task_ids[31:32])
+    slave._send_results()
+    assert results_sent(sent) == [32]
+    assert sent[-1].started == [task_ids[40]]
+
+
+def test_a_lone_tasks_outcome_is_sent_at_once(quick_slave):
+    slave, manager, sent = quick_slave
+    slave._window()
+    manager.finish(holds(slave, 1))
+
+    slave._send_results()
+
+    assert results_sent(sent) == [1]
+
+
+def test_outcomes_go_at_once_when_the_slave_runs_short_of_tasks(quick_slave):
+    slave, manager, sent = quick_slave
+    slave._window()
+    task_ids = holds(slave, 40)
+    manager.finish(task_ids[:7])
+    slave._send_results()
+    assert results_sent(sent) == []  # 33 on hand: more than a batch
+    manager.finish(task_ids[7:8])
+    slave._send_results()
+    assert results_sent(sent) == [8]  # 32 (0.8 ms): the master must hear now to refill in time
+
+
+def test_outcomes_are_gathered_while_the_work_on_hand_is_long_enough(quick_slave):
+    slave, manager, sent = quick_slave
+    manager._pace = 0.002  # 2 ms a task: 20 tasks on hand are 20 ms of work for 2 workers
+    slave._window()
+    assert slave._batch() == 32
+    task_ids = holds(slave, 30)
+    manager.finish(task_ids[:10])
+    slave._send_results()
+    assert results_sent(sent) == []
+    manager.finish(task_ids[10:28])
+    slave._send_results()
+    assert results_sent(sent) == [28]  # 2 tasks left, one for each worker: 2 ms
+
+
+def test_gathered_outcomes_wait_no_longer_than_the_hold(quick_slave):
+    slave, manager, sent = quick_slave
+    slave._window()
+    task_ids = holds(slave, 128)
+    manager.finish(task_ids[:3])
+    slave._send_results()
+    assert results_sent(sent) == []
+    assert slave._send_by is not None
+    assert slave._send_by - time.monotonic() <= RESULTS_HOLD
+
+    time.sleep(RESULTS_HOLD)
+    slave._send_results()
+
+    assert results_sent(sent) == [3]
+    assert slave._send_by is None
+
+
+def test_outcomes_of_tasks_of_milliseconds_wait_no_longer_than_a_slow_task(quick_slave):
+    slave, manager, sent = quick_slave
+    manager._pace = 0.01  # 128 held are 640 ms of work: a batch fills in 160 ms
+    slave._window()
+    task_ids = holds(slave, 128)
+    manager.finish(task_ids[:3])
+    slave._send_results()
+    assert results_sent(sent) == []
+    assert slave._send_by is not None
+    assert slave._send_by - time.monotonic() <= SLOW_TASK
+
+
+def test_slow_tasks_send_each_outcome_at_once(quick_slave):
+    slave, manager, sent = quick_slave
+    manager._pace = 0.2
+    slave._window()
+    task_ids = holds(slave, 4)
+    manager.finish(task_ids[:1])
+
+    slave._send_results()
+
+    assert slave._batch() == 1
+    assert results_sent(sent) == [1]
+
+
+# -- a slave of slow tasks asks for no queue, from its first outcome on ---------------------------
+
+
+def test_the_pace_starts_at_the_first_tasks_duration():
+    assert folded(0.0, 0.06) == 0.06
+    assert folded(0.0, 0.06, finished=3) == 0.06
+    assert folded(0.06, 0.01) == pytest.approx(0.06 + PACE_WEIGHT * (0.01 - 0.06))
+
+
+def test_a_slave_whose_first_task_is_slow_asks_for_no_queue_of_them(make_pool):
+    """One task of 60 ms is a slow one (over ``SLOW_TASK``): the slave asks to hold what its
+    worker pipelines (two), not a quarter of a second's worth of tasks it takes for short ones.
+    A pace that started at a fifth of the first task's length (12 ms) asked for 20."""
+    pool = make_pool(1)
+    pool.start()
+    push(pool, FunctionTask(sleep_and_pid, 0.06))
+    assert pool.wait_for_all(timeout=DEADLINE)
+    assert len(results(pool)) == 1
+    assert pool.pace >= 0.06 > SLOW_TASK
+
+    slave = Slave(f"tcp://127.0.0.1:{free_port()}", ClusterKeys(b"k" * 32), manager=pool)
+    try:
+        assert slave._wanted() == PREFETCH  # one worker, one task running and one next
+    finally:
+        slave.close()

@@ -82,6 +82,14 @@ def test_slaves_as_threads_of_host_processes_and_no_workers_skip_the_task_table(
     assert TASKS_HEADER not in stdout
 
 
+@pytest.mark.timeout(150)
+def test_total_workers_are_shared_out_among_the_slaves_of_each_count() -> None:
+    stdout, _ = run_to_the_end(
+        *TINY, "--slaves", "1,3", "--slaves-as", "thread", "--total-workers", "3", "--workers", "0"
+    )
+    assert [row[:2] for row in rows_of(stdout, TASKS_HEADER)] == [["1", "3"], ["3", "3"]]
+
+
 @pytest.mark.timeout(90)
 def test_ctrl_c_while_the_cluster_idles_stops_every_process_it_started() -> None:
     process = start(*TINY, "--slaves", "3", "--idle-seconds", "60")

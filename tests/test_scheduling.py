@@ -202,6 +202,93 @@ def test_the_pull_scheduler_never_sends_a_slave_more_than_its_credit(slaves, n, 
     assert sum(received.values()) == min(n, sum(granted.values()))
 
 
+# -- batches for slaves that ask for many --------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["push", "pull"])
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_a_slave_that_asks_for_many_is_refilled_a_quarter_of_its_want_at_a_time(kind, strategy):
+    scheduler = make_scheduler(kind, strategy)
+    scheduler.add_slave(make_slave("quick", workers=1, credit=128, want=128))
+    scheduler.push_tasks(make_tasks(1000))
+    first = dispatch(scheduler)["quick"]
+    assert len(first) == 128
+    slave = scheduler.slaves["quick"]
+
+    def results_come_back(n: int) -> dict[str, list[str]]:
+        for task_id in sorted(slave.in_flight)[:n]:
+            finish(scheduler, "quick", task_id)
+        if kind == "pull":  # each result carries a credit
+            slave.credit += n
+            scheduler.refresh(slave)
+        return dispatch(scheduler)
+
+    assert results_come_back(31) == {}  # 97 on hand: no message for a few tasks
+    assert [len(v) for v in results_come_back(1).values()] == [32]  # a whole batch at once
+    assert len(slave.in_flight) == 128
+
+
+@pytest.mark.parametrize("kind", ["push", "pull"])
+def test_an_idle_slave_that_asks_for_many_gets_a_lone_task_at_once(kind):
+    scheduler = make_scheduler(kind)
+    scheduler.add_slave(make_slave("quick", workers=2, credit=128, want=128))
+    scheduler.push_tasks(make_tasks(1))
+
+    assert [len(v) for v in dispatch(scheduler).values()] == [1]
+
+    scheduler.push_tasks(make_tasks(1))  # a worker still has nothing: no batch to wait for
+    assert [len(v) for v in dispatch(scheduler).values()] == [1]
+
+
+def test_a_slave_short_of_credit_still_gets_tasks_while_a_worker_has_none():
+    scheduler = make_scheduler("pull")
+    scheduler.add_slave(make_slave("short", workers=4, credit=3, want=128))
+    scheduler.push_tasks(make_tasks(10))
+
+    assert [len(v) for v in dispatch(scheduler).values()] == [3]
+
+
+def test_tasks_are_spread_in_batches_over_many_slaves_that_ask_for_many():
+    scheduler = make_scheduler("push", "load")
+    for i in range(100):
+        scheduler.add_slave(make_slave(f"s{i}", workers=1, want=128))
+    scheduler.push_tasks(make_tasks(100 * 128))
+    dispatch(scheduler)
+    for round_ in range(5):
+        for slave in scheduler.slaves.values():  # each slave reports a few at a time
+            for task_id in sorted(slave.in_flight)[: 8 + round_]:
+                finish(scheduler, slave.slave_id, task_id)
+        scheduler.push_tasks(make_tasks(100 * 10))
+        sent = dispatch(scheduler)
+        assert all(len(ids) >= 32 for ids in sent.values()), sorted(map(len, sent.values()))
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_a_slave_chosen_for_a_short_task_takes_the_next_ones_too(strategy):
+    scheduler = make_scheduler("push", strategy)
+    for i in range(10):  # 20 ms of work is 10 tasks of 2 ms, or all 32 of a batch of 50 µs
+        scheduler.add_slave(make_slave(f"slow{i}", workers=1, want=128, pace=0.002))
+    scheduler.push_tasks(make_tasks(20))
+
+    assert sorted(map(len, dispatch(scheduler).values())) == [10, 10]
+
+    for slave in scheduler.slaves.values():
+        slave.pace = 50e-6
+        scheduler.refresh(slave)
+    scheduler.push_tasks(make_tasks(40))
+    assert sorted(map(len, dispatch(scheduler).values())) == [8, 32]
+
+
+def test_tasks_are_spread_one_by_one_while_a_slaves_pace_is_not_known_or_slow():
+    scheduler = make_scheduler("push", "load")
+    for i in range(4):
+        scheduler.add_slave(make_slave(f"new{i}", workers=1, want=128))
+        scheduler.add_slave(make_slave(f"slow{i}", workers=1, want=128, pace=0.05))
+    scheduler.push_tasks(make_tasks(8))
+
+    assert sorted(map(len, dispatch(scheduler).values())) == [1] * 8
+
+
 # -- results, lost slaves, dropped systems -------------------------------------------------------
 
 

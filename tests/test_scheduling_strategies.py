@@ -68,12 +68,22 @@ def room(scheduler: BaseScheduler, slave: SlaveRecord) -> int:
     return max(slave.workers * scheduler.prefetch, slave.want) - len(slave.in_flight)
 
 
+def batch(scheduler: BaseScheduler, slave: SlaveRecord) -> int:
+    """The fewest tasks a slave that asks for many (short tasks) is sent at a time."""
+    if slave.want <= slave.workers * scheduler.prefetch:
+        return 1
+    return max(1, slave.want // 4)
+
+
 def ready_slaves(scheduler: BaseScheduler) -> list[SlaveRecord]:
-    """Brute force: every known slave that is active and has room."""
+    """Brute force: every known slave that is active and has room, for a batch unless it is
+    being filled this turn or some of its workers have nothing to do."""
     return [
         s
         for s in scheduler.slaves.values()
-        if s.state == NodeState.ACTIVE and room(scheduler, s) > 0
+        if s.state == NodeState.ACTIVE
+        and room(scheduler, s) > 0
+        and (room(scheduler, s) >= batch(scheduler, s) or s.outbox or len(s.in_flight) < s.workers)
     ]
 
 
@@ -219,7 +229,7 @@ def check_every_pick(scheduler: BaseScheduler, name: str) -> list[SlaveRecord | 
 # Mostly slaves that can take tasks (hypothesis favours the first of each list), some that can't.
 WORKERS = st.sampled_from([2, 1, 3, 0])
 CREDIT = st.sampled_from([2, 4, 1, 0])
-WANT = st.sampled_from([0, 6, 2])
+WANT = st.sampled_from([0, 6, 2, 16])
 
 
 class StrategyChoices(RuleBasedStateMachine):

@@ -12,6 +12,16 @@ behind them, and one that no live slave could ever run fails after ``resource_wa
 Every change to a slave goes through ``refresh``, which keeps the *ready* slaves (active, with
 room) indexed for the strategy, so choosing a slave never scans them all.
 
+A slave that asks to hold many tasks (its ``want`` is above ``workers x prefetch``: its tasks
+take microseconds) is only ready again once it has room for a *batch*, a ``BATCH_SHARE``-th of
+its want, and is then filled in that turn as far as the queue allows: each TASKS message it gets
+carries many tasks however many slaves share the queue, instead of the few its last RESULTS
+freed. It still holds three quarters of its want meanwhile, so its workers never wait; an idle
+slave, or one whose workers are not all busy, is ready whatever its room. Such a slave, once
+chosen for a task, takes the tasks behind it too, up to a batch or ``STEAL_MIN_BACKLOG`` of
+its work at its pace (less than stealing would move): a stream of short tasks is not spread
+one task per message over every slave.
+
 One class, over 400 lines, on purpose: every change of a task's state happens in it, so the
 invariant above (one state at a time, one match of each result) can be checked by reading one
 place; the pieces that are not state changes live apart (``queue``, ``ready``, ``records``).
@@ -44,6 +54,9 @@ STEAL_PATIENCE = 1.0
 #: A look for work to steal walks every slave: the next look waits at least this many times as
 #: long as the last took, so with thousands of slaves looking costs the loop at most ~1 %.
 STEAL_LOOK_SHARE = 100
+#: A slave that asks for more than ``workers x prefetch`` tasks is sent them at least a
+#: ``BATCH_SHARE``-th of its want at a time (see the module docstring).
+BATCH_SHARE = 4
 
 #: A task's resource needs as a hashable key, ``(name, amount)`` pairs in name order.
 NeedsKey = tuple[tuple[str, float], ...]
@@ -136,11 +149,31 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
         """How many more tasks ``slave`` may be sent now."""
         raise NotImplementedError
 
+    def batch(self, slave: SlaveRecord) -> int:
+        """The fewest tasks worth a TASKS message to ``slave``: a ``BATCH_SHARE``-th of its want
+        when it asks for more than ``workers x prefetch`` (short tasks), else 1."""
+        want = slave.want
+        if want <= slave.workers * self.prefetch:
+            return 1
+        return max(1, want // BATCH_SHARE)
+
+    def handout(self, slave: SlaveRecord) -> int:
+        """How many tasks in a row ``slave`` takes once chosen: up to a batch (``batch``) of
+        those it runs in ``STEAL_MIN_BACKLOG`` seconds at its pace; 1 while its pace is not
+        known or it takes tasks one by one."""
+        batch, pace = self.batch(slave), slave.pace
+        if batch == 1 or pace <= 0.0:
+            return 1
+        return max(1, min(batch, int(slave.workers * STEAL_MIN_BACKLOG / pace)))
+
     def is_ready(self, slave: SlaveRecord) -> bool:
-        return (
-            slave.state == NodeState.ACTIVE
-            and self.slaves.get(slave.slave_id) is slave
-            and self.capacity(slave) > 0
+        if slave.state != NodeState.ACTIVE or self.slaves.get(slave.slave_id) is not slave:
+            return False
+        room = self.capacity(slave)
+        return room > 0 and (
+            room >= self.batch(slave)
+            or bool(slave.outbox)  # being filled this turn: fill it
+            or len(slave.in_flight) < slave.workers  # a worker would wait
         )
 
     def refresh(self, slave: SlaveRecord) -> None:
@@ -179,6 +212,8 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
                         break
             elif not self.handle_task(task):
                 break
+            elif task.slave_id is not None:
+                self._hand_more(self.slaves[task.slave_id])
         for task in reversed(aside):
             self.queue.appendleft(task)
         if self.queue and not len(self.ready):
@@ -204,6 +239,20 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
             self._outboxes.append(slave)
         slave.outbox.append(task)
         self._tasked_pushed(slave.slave_id)
+
+    def _hand_more(self, slave: SlaveRecord) -> None:
+        """The slave just chosen takes the next queued tasks too, up to its ``handout``; a task
+        with resource needs stops it (it goes where they fit)."""
+        more, queue = self.handout(slave) - 1, self.queue
+        while more > 0 and queue and self.capacity(slave) > 0:
+            task = queue.popleft()
+            if task.state != TaskState.QUEUED:
+                continue  # cancelled while queued
+            if task.resources:
+                queue.appendleft(task)
+                return
+            self._assign(task, slave)
+            more -= 1
 
     def _fitting_slave(self, task: TaskRecord) -> SlaveRecord | None:
         """The best rated ready slave with the task's resources free (a scan of the ready
@@ -267,6 +316,7 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
             if slave.outbox:
                 batches.append((slave, slave.outbox))
                 slave.outbox = []
+                self.refresh(slave)  # filled: ready again once it has room for a batch
         self._outboxes = []
         return batches
 

@@ -3,14 +3,21 @@
 Data flow (one thread; ZeroMQ socket and worker pipes in one poller)::
 
     master --TASKS--> dealer --> task manager (worker processes)
-    worker pipe --> task manager results queue --> RESULTS (one message per turn) --> master
+    worker pipe --> task manager results queue --> RESULTS (a batch worth sending) --> master
 
-The slave never unpickles a task: payloads go to the workers as they came. Until the master has
-answered (it may start later, or restart), the slave keeps re-sending REGISTER each heartbeat,
-and says so: that it is waiting for the master at its address (and why, when the host's name
-does not resolve), again every ``WAIT_LOG_INTERVAL`` s, and when it gets through.
+The slave never unpickles a task: payloads go to the workers as they came. While its tasks are
+short, it asks to hold enough of them for its messages to be worth their cost
+(``MESSAGE_TASKS``, up to ``QUEUE_SECONDS`` of its workers' work), and gathers their outcomes
+into batches of a ``BATCH_SHARE``-th of that before it sends them (``_worth_sending``); it sends
+at once whenever its workers would otherwise run short of tasks, so a lone task's result never
+waits, and holds none long (``RESULTS_HOLD``, never over ``SLOW_TASK``) however few come.
 
-Over 400 lines for now: the credit window and the sending of results (``_wanted`` to
+Until the master has answered (it may start later, or restart), the slave keeps re-sending
+REGISTER each heartbeat, and says so: that it is waiting for the master at its address (and
+why, when the host's name does not resolve), again every ``WAIT_LOG_INTERVAL`` s, and when it
+gets through.
+
+Over 400 lines for now: the credit window and the results batching (``_wanted`` to
 ``_send_results``) are one concept that should become a module of its own, an outbox the loop
 feeds; until then they sit beside the loop whose turns they pace.
 """
@@ -61,6 +68,7 @@ from ..scheduling.records import format_resources
 from ..stats import Stats
 from ..task import Status, dump_error, error_text
 from .contracts import TaskManagerContract, WorkItem
+from .pacing import SLOW_TASK
 
 __all__ = ["Slave"]
 
@@ -72,6 +80,15 @@ MASTER_BEATS = 5
 PREFETCH = 2
 #: Seconds between two "still waiting for the master" lines.
 WAIT_LOG_INTERVAL = 30.0
+#: Outcomes worth one RESULTS message (and the master's TASKS in return): a slave whose tasks
+#: are short asks to hold ``BATCH_SHARE`` times as many, up to ``QUEUE_SECONDS`` of its
+#: workers' work (what it holds and has not started, the master can take back for idle slaves).
+MESSAGE_TASKS = 32
+BATCH_SHARE = 4
+QUEUE_SECONDS = 0.25
+#: Seconds an outcome may wait to be sent with others: at least this, or twice as long as the
+#: batch should take to fill at the pace tasks finish, but never more than ``SLOW_TASK``.
+RESULTS_HOLD = 0.005
 
 
 class Slave(NodeLifecycle):
@@ -161,6 +178,12 @@ class Slave(NodeLifecycle):
         self._next_wait_note = 0.0
         self._credit_owed = 0
         self._want = 0  # how many tasks the master was last told this slave wants to hold
+        #: Outcomes collected and not sent yet (``_worth_sending`` says when they go), and
+        #: when they must go at the latest (monotonic; None while there are none).
+        self._unsent: list[tuple[Any, ...]] = []
+        self._send_by: float | None = None
+        #: Tasks a worker began, not told yet (sent with the outcomes gathered, or at once).
+        self._began: list[str] = []
         self._handlers = {
             Kind.WELCOME: self.on_welcome,
             Kind.TASKS: self.on_tasks,
@@ -195,6 +218,8 @@ class Slave(NodeLifecycle):
                 if generation != self.manager.generation:
                     poller, generation = self._make_poller(), self.manager.generation
                 wake_at = min(next_beat, self.manager.next_deadline() or next_beat)
+                if self._send_by is not None:
+                    wake_at = min(wake_at, self._send_by)
                 events = dict(poller.poll(_milliseconds(wake_at - time.monotonic())))
                 if self.master_socket in events:
                     self._receive_from_master()
@@ -204,6 +229,7 @@ class Slave(NodeLifecycle):
                     self.mailbox.drain()
                 self._send_results()
                 if time.monotonic() >= next_beat:
+                    self._send_results(everything=True)  # the heartbeat lists what it holds
                     self._heartbeat_or_register()
                     self._check_parent()
                     next_beat = time.monotonic() + self.heartbeat_interval
@@ -229,7 +255,7 @@ class Slave(NodeLifecycle):
             poller = self._make_poller()
             events = dict(poller.poll(_milliseconds(deadline - time.monotonic())))
             self._collect_results(events)
-        self._send_results()
+        self._send_results(everything=True)
         self._send(Bye(handed_back=len(handed_back)))
         # Let the BYE and the last results leave before the socket closes.
         self.master_socket.setsockopt(zmq.LINGER, 500)
@@ -349,8 +375,24 @@ class Slave(NodeLifecycle):
 
     def _wanted(self) -> int:
         """Tasks to hold to keep every worker busy (the task manager knows best, if it can say:
-        for short tasks that is many more than ``PREFETCH`` per worker)."""
-        return max(self.manager.get_num_workers() * PREFETCH, self.manager.wanted())
+        for short tasks that is many more than ``PREFETCH`` per worker), and while tasks are
+        short enough to be pipelined (under ``SLOW_TASK``), enough for a batch of ``MESSAGE_TASKS``
+        to go each way at a time."""
+        workers = self.manager.get_num_workers()
+        wanted = max(workers * PREFETCH, self.manager.wanted())
+        pace = self.manager.pace
+        if 0.0 < pace < SLOW_TASK and workers:
+            worth = min(MESSAGE_TASKS * BATCH_SHARE, int(workers * QUEUE_SECONDS / pace))
+            wanted = max(wanted, worth)
+        return wanted
+
+    def _batch(self) -> int:
+        """Outcomes worth a RESULTS message of their own: a ``BATCH_SHARE``-th of what this
+        slave asks to hold, while that is more than ``PREFETCH`` per worker; else 1."""
+        want = self._want
+        if want <= self.manager.get_num_workers() * PREFETCH:
+            return 1
+        return max(1, want // BATCH_SHARE)
 
     def _window(self, finished: int = 0) -> dict[str, Any]:
         """Header fields telling the master how much more to send: ``want`` (push scheduler),
@@ -456,10 +498,39 @@ class Slave(NodeLifecycle):
             if fd in events:
                 self.manager.collect(fd)
 
-    def _send_results(self) -> None:
+    def _worth_sending(self, count: int) -> bool:
+        """Whether ``count`` gathered outcomes go now: once they make a batch (``_batch``), once
+        what this slave still holds to run is down to a batch and to ``RESULTS_HOLD`` seconds
+        of its workers' work, or leaves a worker idle (the master sends more only as it hears
+        of outcomes; a lone task's outcome goes at once), or once the first of them has waited
+        ``RESULTS_HOLD``, or twice as long as the batch should take to fill at the tasks' pace
+        (at most ``SLOW_TASK``)."""
+        batch = self._batch()
+        if count >= batch:
+            return True
+        workers = max(1, self.manager.get_num_workers())
+        pace = self.manager.pace
+        to_run = len(self._arrived) - count
+        if to_run < workers or (to_run <= batch and to_run * pace <= RESULTS_HOLD * workers):
+            return True  # its workers would run short
+        now = time.monotonic()
+        if self._send_by is None:
+            hold = max(RESULTS_HOLD, 2 * batch * pace / workers)
+            self._send_by = now + min(hold, SLOW_TASK)
+        return now >= self._send_by
+
+    def _send_results(self, everything: bool = False) -> None:
         results = self.manager.get_results_queue()
-        started = self.manager.take_started()
-        if results.empty():
+        batch = self._unsent
+        get, empty = results.get_nowait, results.empty
+        while not empty():
+            batch.append(get())
+        started = self._began
+        started.extend(self.manager.take_started())
+        if batch and not everything and not self._worth_sending(len(batch)):
+            return  # gathered for a later turn, with the starts of the tasks behind them
+        self._unsent, self._send_by, self._began = [], None, []
+        if not batch:
             if started:  # an idle worker began one: its owner's Future.running() says so
                 self._send(Results(results=[], started=started))
             return
@@ -471,9 +542,8 @@ class Slave(NodeLifecycle):
         outcomes: list[Outcome] = []
         payloads: list[Any] = []
         sizes: list[int] = []
-        get, empty = results.get_nowait, results.empty
-        while not empty():
-            task_id, status, data, *rest = self._fitted(get(), limit)
+        for item in batch:
+            task_id, status, data, *rest = self._fitted(item, limit)
             if status == Status.OK:
                 outcomes.append(Outcome(task_id, status))
             elif status == Status.CRASH:

@@ -4,8 +4,8 @@ Shared by the process pool (tasks ahead in each worker's pipeline) and the engin
 (tasks handed to each engine slot), so both keep the same meaning: while tasks are short a
 worker holds a few, so it never waits a round trip between two; while they are slow it holds
 one, so every task not yet started can still go back to the master for an idle slave. The pace
-is a running average of task durations, which the master also reads (the ``throughput``
-strategy; stealing only real work).
+is a running average of task durations, starting from the first one's, which the master also
+reads (the ``throughput`` strategy; stealing only real work).
 """
 
 from __future__ import annotations
@@ -33,5 +33,13 @@ def depth(pace: float, ahead: float, most: int, unknown: int) -> int:
 
 
 def folded(pace: float, duration: float, finished: int = 1) -> float:
-    """The running average after ``finished`` tasks that took ``duration`` seconds each."""
+    """The running average after ``finished`` tasks that took ``duration`` seconds each; the
+    first tasks to finish (``pace`` still 0: none had) set it to their own duration.
+
+    Folded into 0 instead, the average would start at a fifth of the tasks' length and take
+    some ten tasks to come near it: long enough for a slave to take tasks of 60 ms for ones of
+    12 ms, and ask the master for a queue of them it is far too slow to run (``Slave._wanted``).
+    """
+    if pace <= 0.0:
+        return duration
     return pace + (1 - (1 - PACE_WEIGHT) ** finished) * (duration - pace)
