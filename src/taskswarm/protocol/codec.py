@@ -39,20 +39,15 @@ from __future__ import annotations
 import hmac
 import itertools
 import secrets
-import struct
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
+import blake3
 import msgpack
 import msgspec
-
-try:  # OpenSSL's HMAC object itself: copying it costs half of what hmac.new does
-    from _hashlib import hmac_new as _hmac_new
-except ImportError:  # pragma: no cover - Python built without OpenSSL's HMAC
-    _hmac_new = hmac.new  # type: ignore[assignment]
-
+import zmq
 
 from ..errors import (
     BadFields,
@@ -65,9 +60,10 @@ from ..errors import (
     VersionMismatch,
     WireError,
 )
+from .digests import DIGEST_SIZE, Payload, digest
 from .messages import HEADER, PROTOCOL_VERSION, Header, Kind
 
-__all__ = ["PROTOCOL_VERSION", "Kind", "Message", "Codec", "Notice"]
+__all__ = ["PROTOCOL_VERSION", "Kind", "Message", "Codec", "Notice", "Payload"]
 
 R = TypeVar("R", bound=Header)
 
@@ -78,7 +74,8 @@ MAX_FRAMES = 100_000
 BIG_PAYLOAD = 64 * 1024
 #: A packed frame is closed once it holds this many bytes.
 PACKED_FRAME = 1024 * 1024
-_LENGTH = struct.Struct("!Q")
+#: What the MAC key is derived from the cluster key for (BLAKE3's key derivation mode).
+MAC_CONTEXT = "taskswarm 2024 message header MAC v1"
 #: Seconds an unaddressed HELLO/REGISTER stays valid (allows this much clock difference).
 REPLAY_WINDOW = 300.0
 #: Sender sessions remembered for their sequence numbers (oldest forgotten first).
@@ -131,7 +128,9 @@ class Message:
     ) -> None:
         self.kind = kind
         self.body = body
-        #: bytes, or for big payloads a zero-copy memoryview of the frame they came in
+        #: each a :class:`Payload`, sealed: its bytes (for big payloads a zero-copy memoryview
+        #: of the frame they came in) and their digest from the signed header, checked only by
+        #: the node that unpickles them (``Payload.open``)
         self.payloads: list[Any] = [] if payloads is None else payloads
         self.sender = sender  # the sending session (reply to it with ``to=``)
         #: The header as a plain map, from a codec of the framing alone; None otherwise.
@@ -173,8 +172,8 @@ class Codec:
     ) -> None:
         if not key:
             raise ValueError("the cluster key must not be empty")
-        self._key = key
-        self._mac = _hmac_new(key, digestmod="sha256")  # keyed once, copied per message
+        #: keyed BLAKE3 takes a 32-byte key: derived from the cluster key, whatever its length
+        self._mac_key = blake3.blake3(key, derive_key_context=MAC_CONTEXT).digest()
         self._pack = msgspec.msgpack.Encoder().encode  # records, and maps of plain data
         self.max_frames = max_frames
         self.max_bytes = max_bytes
@@ -186,27 +185,24 @@ class Codec:
         self._last_seen: OrderedDict[str, int] = OrderedDict()
         self.rejected: Counter[str] = Counter()
 
-    def _sign(self, frames: Sequence[bytes | memoryview]) -> bytes:
-        mac = self._mac.copy()
-        pack, update = _LENGTH.pack, mac.update
-        for frame in frames:
-            update(pack(len(frame)))
-            update(frame)
-        return mac.digest()
+    def _sign(self, header: Any) -> bytes:
+        return blake3.blake3(header, key=self._mac_key).digest()
 
     def encode(
         self,
         kind: str,
         header: Header | dict[str, Any] | None = None,
-        payloads: Sequence[bytes] = (),
+        payloads: Sequence[bytes | Payload] = (),
         to: str | None = None,
-    ) -> list[bytes]:
+    ) -> list[Any]:
         """Frames for one message; ``to`` is the receiving session (None only to open).
 
         ``header`` is the kind's record (the codec fills in its envelope fields), or a map of
-        plain data, sent as it is (tools, and tests that send what no node would).
+        plain data, sent as it is (tools, and tests that send what no node would). A payload
+        this node received (a :class:`Payload`) goes on with the digest it came with, neither
+        hashed nor copied; bytes made here are hashed.
         """
-        layout, body = _pack_payloads(payloads, self._pack)
+        digests, layout, body = _pack_payloads(payloads, self._pack)
         seq, sent = next(self._numbers), None if to is not None else time.time()
         if isinstance(header, Header):  # what nodes send
             if header.kind != kind:
@@ -214,7 +210,7 @@ class Codec:
             header.v, header.sid, header.seq, header.to, header.ts = (
                 PROTOCOL_VERSION, self.session, seq, to, sent
             )  # fmt: skip
-            header.pf = layout
+            header.pf, header.dg = layout, digests
             fields: Any = header
         else:  # a plain map: tools, and tests that make headers a node would never send
             fields = dict(header or ())
@@ -222,9 +218,9 @@ class Codec:
             if sent is not None:
                 fields["ts"] = sent
             if body:
-                fields["pf"] = layout
-        frames = [self._pack(fields), *body]
-        return [self._sign(frames), *frames]
+                fields["pf"], fields["dg"] = layout, digests
+        packed = self._pack(fields)
+        return [self._sign(packed), packed, *body]
 
     def decode(self, frames: Sequence[Any]) -> Message:
         """Verify and parse; raises a ``WireError`` (and counts it) for anything to drop."""
@@ -244,13 +240,14 @@ class Codec:
             raise MalformedMessage(f"message larger than the limit of {self.max_bytes} bytes")
         signature, rest = raw[0], raw[1:]
         if len(signature) != SIGNATURE_SIZE or not hmac.compare_digest(
-            bytes(signature), self._sign(rest)
+            bytes(signature), self._sign(rest[0])
         ):
             raise BadSignature("signature does not match the cluster key")
         # Only now is the header read: the one place where it becomes its kind's record.
         if not self.typed:
             header = _plain_header(rest[0])
-            payloads = _unpack_payloads(header.get("pf", ""), rest[1:])
+            frames = _unpack_payloads(header.get("pf", ""), rest[1:])
+            payloads = _sealed(header.get("dg", b""), frames)
             message = Message(header["k"], None, payloads, header["sid"], header)
             self._check_fresh(message, header.get("to"), header.get("ts"), header["seq"])
             return message
@@ -263,7 +260,7 @@ class Codec:
         kind = body.kind
         if body.sid is None or body.seq is None:
             raise MalformedMessage("header lacks its session and sequence number")
-        payloads = _unpack_payloads(body.pf, rest[1:])
+        payloads = _sealed(body.dg, _unpack_payloads(body.pf, rest[1:]))
         expected = body.expected_payloads()
         if expected is not None and expected != len(payloads):
             raise BadFields(f"a {kind} message says {expected} payloads, carries {len(payloads)}")
@@ -328,13 +325,21 @@ def _why_refused(rest: Sequence[Any], exc: Exception) -> WireError:
 
 def _pack_payloads(
     payloads: Sequence[Any], pack: Any = msgspec.msgpack.encode
-) -> tuple[str, list[Any]]:
-    """Frames for ``payloads``: runs of small ones packed together, big ones alone."""
+) -> tuple[bytes, str, list[Any]]:
+    """Digests, layout and frames for ``payloads``: runs of small ones packed together, big
+    ones alone. A received :class:`Payload` keeps its digest and, when big, the very frame it
+    came in (sent on without a copy); bytes made here are hashed."""
+    digests: list[bytes] = []
     layout: list[str] = []
     frames: list[Any] = []
     run: list[Any] = []
     size = 0
     for payload in payloads:
+        if type(payload) is Payload:
+            digests.append(payload.digest)
+            payload = payload.raw
+        else:
+            digests.append(digest(payload))
         n = len(payload)
         if n >= BIG_PAYLOAD:
             if run:
@@ -342,7 +347,7 @@ def _pack_payloads(
                 frames.append(pack(run))
                 run, size = [], 0
             layout.append("r")
-            frames.append(payload)
+            frames.append(_frame_of(payload))
             continue
         run.append(payload)
         size += n
@@ -353,10 +358,29 @@ def _pack_payloads(
     if run:
         layout.append("p")
         frames.append(pack(run))
-    return "".join(layout), frames
+    return b"".join(digests), "".join(layout), frames
+
+
+def _frame_of(data: Any) -> Any:
+    """A big payload as it is sent: the ZeroMQ frame it arrived in, when it is a whole one (its
+    bytes are shared, not copied), else the bytes themselves."""
+    owner = data.obj if type(data) is memoryview else None
+    if isinstance(owner, zmq.Frame) and data.nbytes == len(owner):
+        return owner
+    return data
 
 
 _PACKED = msgspec.msgpack.Decoder(list[bytes])
+
+
+def _sealed(digests: Any, payloads: list[Any]) -> list[Any]:
+    """Each payload with the digest the signed header gives it (checked by whoever opens it)."""
+    if not isinstance(digests, bytes) or len(digests) != DIGEST_SIZE * len(payloads):
+        raise MalformedMessage(f"the header's digests do not match its {len(payloads)} payloads")
+    return [
+        Payload(payload, digests[i : i + DIGEST_SIZE])
+        for i, payload in zip(range(0, len(digests), DIGEST_SIZE), payloads, strict=True)
+    ]
 
 
 def _unpack_payloads(layout: Any, frames: Sequence[Any]) -> list[Any]:

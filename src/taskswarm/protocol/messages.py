@@ -227,6 +227,9 @@ class Header(msgspec.Struct, kw_only=True, tag_field="k", omit_defaults=True):
     ts: float | None = None
     #: Payload frame layout: one letter per frame, ``p`` packed, ``r`` raw (see the codec).
     pf: str = ""
+    #: The BLAKE3 digest of each payload, in order, 32 bytes each: what binds the payloads to
+    #: this (signed) header; checked by whoever unpickles a payload (see the codec).
+    dg: bytes = b""
 
     #: The list field with one item per payload, when the kind carries such a batch.
     batch: ClassVar[str | None] = None

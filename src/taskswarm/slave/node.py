@@ -5,7 +5,9 @@ Data flow (one thread; ZeroMQ socket and worker pipes in one poller)::
     master --TASKS--> dealer --> task manager (worker processes)
     worker pipe --> task manager results queue --> RESULTS (one message per turn) --> master
 
-The slave never unpickles a task: payloads go to the workers as they came. Until the master has
+The slave never unpickles a task: payloads go to the workers as they came, each with the digest
+its signed header gave, which the worker checks right before it unpickles the task (a mismatch:
+the task fails unrun with ``BadDigest``, counted here as ``bad-digest``). Until the master has
 answered (it may start later, or restart), the slave keeps re-sending REGISTER each heartbeat,
 and says so: that it is waiting for the master at its address (and why, when the host's name
 does not resolve), again every ``WAIT_LOG_INTERVAL`` s, and when it gets through.
@@ -55,7 +57,7 @@ from ..protocol.transport import (
 from ..scheduling import load_plugin
 from ..scheduling.records import format_resources
 from ..stats import Stats
-from ..task import Status, dump_error, error_text
+from ..task import REFUSED, Status, dump_error, error_text
 from .contracts import TaskManagerContract, WorkItem
 
 __all__ = ["Slave"]
@@ -479,6 +481,11 @@ class Slave:
                 self._send(Results(results=[], started=started))
             return
         window = self._window(finished=len(batch))
+        # Tasks whose payload did not match its signed digest were refused unrun: counted as
+        # any other refused message is (their owners get the error).
+        refused = sum(1 for item in batch if len(item) > 3 and str(item[3]).startswith(REFUSED))
+        if refused:
+            self.codec.rejected["bad-digest"] += refused
         sizes = [0 if status == Status.CRASH else len(data) for _, status, data, *_ in batch]
         sent_at = time.monotonic()
         # Big outcomes go in as many messages as it takes for each to fit the master's limit.
