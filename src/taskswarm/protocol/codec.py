@@ -395,10 +395,10 @@ def _sealed(digests: Any, payloads: list[Any]) -> list[Any]:
     """Each payload with the digest the signed header gives it (checked by whoever opens it)."""
     if not isinstance(digests, bytes) or len(digests) != DIGEST_SIZE * len(payloads):
         raise MalformedMessage(f"the header's digests do not match its {len(payloads)} payloads")
-    return [
-        Payload(payload, digests[i : i + DIGEST_SIZE])
-        for i, payload in zip(range(0, len(digests), DIGEST_SIZE), payloads, strict=True)
-    ]
+    size = DIGEST_SIZE
+    return list(
+        map(Payload, payloads, [digests[i : i + size] for i in range(0, len(digests), size)])
+    )
 
 
 def _unpack_payloads(layout: Any, frames: Sequence[Any]) -> list[Any]:

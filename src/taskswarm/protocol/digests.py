@@ -20,7 +20,7 @@ is refused where it would be unpickled, unpickled by no one. Bytes a node made i
 system's pushed tasks, the master's own failures) are plain ``bytes``: the codec hashes those
 as it sends them.
 
-Kept import-light (BLAKE3 alone): a pool's worker processes import it.
+Kept import-light (BLAKE3 and msgspec): a pool's worker processes import it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 import blake3
+import msgspec
 
 from ..errors import BadDigest
 
@@ -46,22 +47,20 @@ def digest(data: Any) -> bytes:
     return blake3.blake3(data).digest()
 
 
-class Payload:
+class Payload(msgspec.Struct, gc=False):
     """A payload as received: its bytes (``raw``, unchecked) and the digest its signed header
     gives for them.
 
     ``raw`` is for forwarding and storing only; :meth:`open` is the way to the bytes for
     anything that reads them. It pickles as its bytes and digest, so a task can be handed to
-    another process (an engine's worker) and checked there.
+    another process (an engine's worker) and checked there. (A msgspec struct: built in C, a
+    quarter of what a plain class costs, and every forwarded task makes two.)
     """
 
-    __slots__ = ("raw", "digest")
-
-    def __init__(self, raw: Any, digest: bytes) -> None:
-        #: bytes, or a zero-copy memoryview of the frame they came in; NOT checked
-        self.raw = raw
-        #: the BLAKE3 digest the signed header gave
-        self.digest = digest
+    #: bytes, or a zero-copy memoryview of the frame they came in; NOT checked
+    raw: Any
+    #: the BLAKE3 digest the signed header gave
+    digest: bytes
 
     def __len__(self) -> int:
         return len(self.raw)
