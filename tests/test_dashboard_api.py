@@ -34,7 +34,18 @@ def served() -> Iterator[tuple[ts.LocalCluster, ts.Application, str]]:
         assert sorted(f.result(timeout=30) for f in futures) == list(range(50))
         url = app.status()["master"]["dashboard"]
         assert url and url.startswith("http://127.0.0.1:")
+        # A slave's measures come with its next heartbeat: the cluster is idle once they have.
+        wait_for(lambda: _measured(app.status()), timeout=30)
         yield cluster, app, url
+
+
+def _measured(status: dict) -> bool:
+    """Every slave that ran tasks has reported its measures of them."""
+    ran = {s["id"] for s in status["slaves"] if s["done"]}
+    reported = {
+        row["labels"].get("slave") for row in status["stats"] if row["name"] == "slave_task_seconds"
+    }
+    return bool(ran) and ran <= reported
 
 
 def comparable(status: dict) -> dict:

@@ -20,6 +20,10 @@ master restarted, or lost this application): the link then resyncs -- it sends a
 requests and batches not yet acknowledged and what still waits in the mailbox, then asks which
 tasks and systems the master still holds (TASKS_QUERY, SYSTEM_QUERY), so no Future waits for
 ever on work the master forgot.
+
+One module of over 400 lines on purpose: the resync logic reads and writes the socket's own
+state (what was sent, what the master acknowledged), so cutting it away from the socket would
+spread one conversation over two modules.
 """
 
 from __future__ import annotations

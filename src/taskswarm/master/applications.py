@@ -18,6 +18,9 @@ The table is bounded by live work, not by history:
   the oldest go first past the master's ``result_cap`` (``retention.enforce_result_cap``);
 - a gone application's record, once nothing waits for it, is forgotten ``forget_after`` seconds
   after it left (at most ``GONE_KEPT`` of them are kept meanwhile).
+
+Slightly over 400 lines: an application's submissions, cancellations and confirmations are one
+conversation with one record, kept together; results on their way out live in ``results``.
 """
 
 from __future__ import annotations

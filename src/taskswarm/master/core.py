@@ -22,6 +22,9 @@ socket and no thread of its own (a task system's runner thread is the system's).
 their results stay opaque bytes here. Everything accepted is journaled before it is acknowledged,
 so a master restarted on the same state directory carries on where it stopped. Every outcome,
 whatever made it, leaves through one path: ``deliver``.
+
+Slightly over 400 lines: the handlers for slaves' messages stay here, beside ``deliver``, since
+every outcome they report goes through it; the tables hold everything else.
 """
 
 from __future__ import annotations

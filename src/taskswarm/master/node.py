@@ -34,7 +34,7 @@ from ..ops.config import MasterConfig
 from ..protocol.addresses import advertised_address, check_advertise, public_url
 from ..protocol.codec import Codec, Kind
 from ..protocol.keys import ClusterKeys, as_keys
-from ..protocol.mailbox import Mailbox
+from ..protocol.lifecycle import NodeLifecycle
 from ..protocol.messages import Header, Reregister
 from ..protocol.transport import MAX_MESSAGE_BYTES, bind_router, receive_batch, try_send
 from ..scheduling.contracts import SchedulerContract
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 MIB = retention.MIB
 
 
-class Master:
+class Master(NodeLifecycle):
     """Serve one cluster on ``bind`` until ``stop()``; see the module docstring for the flow."""
 
     @classmethod
@@ -105,6 +105,7 @@ class Master:
         client_timeout: float = CLIENT_TIMEOUT,
         forget_after: float = FORGET_AFTER,
     ) -> None:
+        super().__init__()
         #: The cluster's keys. A scheduler plugin that runs its own node in the master's process
         #: (the engine schedulers' bridge) signs with them; nothing else reads them.
         keys = self.keys = as_keys(key)
@@ -126,7 +127,6 @@ class Master:
         #: Where others are told to reach this master (status, the dashboard URL): see addresses.
         self.advertised = advertised_address(self.address, advertise)
         self.encrypted = keys.curve
-        self.mailbox = Mailbox()
         self.gate = Gate(
             self.codec,
             lambda identity, frames: try_send(self.router, [identity, *frames]),
@@ -154,10 +154,6 @@ class Master:
             node_facts=self._facts,
             kept_by_node=self._kept,
         )
-        self._stopping = False
-        #: Stop when this process is no longer our parent (set for LocalCluster's nodes).
-        self.parent_pid: int | None = None
-        self._closed = False
         #: Seconds a closed connection's session is kept (see ``retention.SESSION_GRACE``).
         self._session_grace = min(retention.SESSION_GRACE, forget_after)
         self.core.restore()
@@ -324,20 +320,9 @@ class Master:
             else:
                 self.core.on_runner_message(item)
 
-    def _check_parent(self) -> None:
-        if self.parent_pid is not None and os.getppid() != self.parent_pid:
-            log.warning("the process that started this node is gone; stopping")
-            self.stop()
-
-    def stop(self) -> None:
-        """Ask the loop to end; safe from a signal handler or another thread."""
-        self._stopping = True
-        self.mailbox.wake()
-
     def close(self) -> None:
-        if self._closed:
+        if not self._first_close():
             return
-        self._closed = True
         if self.dashboard is not None:
             self.dashboard.stop()
         self.scheduler.close()  # an engine scheduler's bridge and its engine connection

@@ -11,6 +11,10 @@ the task fails unrun with ``BadDigest``, counted here as ``bad-digest``). Until 
 answered (it may start later, or restart), the slave keeps re-sending REGISTER each heartbeat,
 and says so: that it is waiting for the master at its address (and why, when the host's name
 does not resolve), again every ``WAIT_LOG_INTERVAL`` s, and when it gets through.
+
+Over 400 lines for now: the credit window and the sending of results (``_wanted`` to
+``_send_results``) are one concept that should become a module of its own, an outbox the loop
+feeds; until then they sit beside the loop whose turns they pace.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ..errors import WireError
 from ..ops.config import SlaveConfig
 from ..protocol.codec import ENVELOPE, Codec, Kind, Message, Notice, too_large, within
 from ..protocol.keys import ClusterKeys, as_keys
-from ..protocol.mailbox import Mailbox
+from ..protocol.lifecycle import NodeLifecycle
 from ..protocol.messages import (
     Bye,
     Cancel,
@@ -72,7 +76,7 @@ PREFETCH = 2
 WAIT_LOG_INTERVAL = 30.0
 
 
-class Slave:
+class Slave(NodeLifecycle):
     @classmethod
     def from_config(
         cls,
@@ -115,6 +119,7 @@ class Slave:
         """``before_connect`` runs once the task manager knows its slave (its workers may begin
         to start) and before the socket connects: a LocalCluster's slave waits there for its
         master to listen."""
+        super().__init__()
         keys = as_keys(key)
         #: What this slave offers tasks that declare needs (``Task.resources``), e.g. GPUs.
         self.resources = parse_resources(resources)
@@ -143,20 +148,15 @@ class Slave:
         self.master_socket = connect_dealer(
             self._context, master, self.node_id.encode(), keys.curve_public
         )
-        self.mailbox = Mailbox()
         self.registered = False
         self.master_session: str | None = None  # the master's session, to address messages
         #: Why the master refused this slave (wrong key or version), if it did.
         self.failure: str | None = None
-        self._stopping = False
-        #: Stop when this process is no longer our parent (set for LocalCluster's nodes).
-        self.parent_pid: int | None = None
         #: Called once, when the master first welcomed this slave and its workers are started
         #: (LocalCluster's slaves tell the cluster so: it waits on that, not on polls).
         self.on_ready: Callable[[], object] | None = None
         #: When the task manager's start returned (monotonic): its workers exist from then.
         self.workers_started: float | None = None
-        self._closed = False
         self._last_from_master = time.monotonic()
         #: Since when no master has answered, and when to say so next (None: registered).
         self._waiting_since: float | None = time.monotonic()
@@ -213,20 +213,9 @@ class Slave:
         finally:
             self.close()
 
-    def _check_parent(self) -> None:
-        if self.parent_pid is not None and os.getppid() != self.parent_pid:
-            log.warning("the process that started this node is gone; stopping")
-            self.stop()
-
-    def stop(self) -> None:
-        """Ask the loop to end; safe from a signal handler or another thread."""
-        self._stopping = True
-        self.mailbox.wake()
-
     def close(self) -> None:
-        if self._closed:
+        if not self._first_close():
             return
-        self._closed = True
         self.manager.stop()
         self.master_socket.close(linger=0)
         self._context.term()
