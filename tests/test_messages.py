@@ -34,6 +34,7 @@ from taskswarm.protocol.messages import (
     Ack,
     Delivered,
     Delivery,
+    Header,
     Heartbeat,
     Outcome,
     Register,
@@ -332,6 +333,26 @@ def test_a_payload_count_that_differs_from_the_header_is_refused(kind, header, p
 
     with pytest.raises(BadFields, match="payloads"):
         receiver.decode(signed_plain(receiver, {"k": kind, **header}, payloads))
+
+
+def _carries_no_payloads(record: type) -> bool:
+    return not record.batch and record.expected_payloads is Header.expected_payloads
+
+
+@pytest.mark.parametrize(
+    "kind", sorted(k for k, record in RECORDS.items() if _carries_no_payloads(record))
+)
+def test_a_kind_that_carries_no_payloads_is_refused_with_one(kind):
+    """So a payload altered on the way (under a header the key signed) can only reach a node
+    in a message whose payloads it checks before it unpickles them: a SHUTDOWN, WELCOME or
+    REREGISTER carrying one is refused at the door, whatever its header says."""
+    receiver = Codec(KEY)
+    fields = [f for f in mi.type_info(RECORDS[kind]).fields if f.required]
+    header = {"k": kind, **{f.name: _minimal(f.type) for f in fields}}
+    assert receiver.decode(signed_plain(receiver, header)).kind == kind
+
+    with pytest.raises(BadFields, match="0 payloads, carries 1"):
+        receiver.decode(signed_plain(receiver, header, [b"altered"]))
 
 
 def test_envelope_errors_are_named_before_field_errors():

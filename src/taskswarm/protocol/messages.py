@@ -243,8 +243,11 @@ class Header(msgspec.Struct, kw_only=True, tag_field="k", omit_defaults=True):
         return type(self).__struct_config__.tag  # type: ignore[return-value]
 
     def expected_payloads(self) -> int | None:
-        """How many payloads this header says follow it; None: any number (not checked)."""
-        return len(getattr(self, self.batch)) if self.batch else None
+        """How many payloads this header says follow it: one per item of its batch, none for
+        a kind that carries no payloads (None: any number, not checked; no kind says so now).
+        A payload where its kind carries none is refused at the door with the header, so an
+        altered payload can only ever reach a node where it is checked before it is read."""
+        return len(getattr(self, self.batch)) if self.batch else 0
 
 
 # slave -> master
