@@ -7,7 +7,11 @@ Data flow (one thread; ZeroMQ socket and worker pipes in one poller)::
 
 The slave never unpickles a task: payloads go to the workers as they came, each with the digest
 its signed header gave, which the worker checks right before it unpickles the task (a mismatch:
-the task fails unrun with ``BadDigest``, counted here as ``bad-digest``). Until the master has
+the task fails unrun with ``BadDigest``, counted here as ``bad-digest``). It takes messages
+only from the master's session, the one the WELCOME answering its REGISTER came from (from
+another session it heeds REREGISTER alone, a restarted master's first word, by registering
+again); another session's are dropped and counted (``not-from-master``), even signed with the
+cluster key. Until the master has
 answered (it may start later, or restart), the slave keeps re-sending REGISTER each heartbeat,
 and says so: that it is waiting for the master at its address (and why, when the host's name
 does not resolve), again every ``WAIT_LOG_INTERVAL`` s, and when it gets through.
@@ -262,8 +266,17 @@ class Slave(NodeLifecycle):
                 else:
                     log.debug("dropped a message: %s", exc)
                 continue
+            if message.sender != self.master_session:
+                if message.kind == Kind.WELCOME and not self.registered:
+                    self.master_session = message.sender  # the answer to our REGISTER
+                elif message.kind != Kind.REREGISTER:
+                    # Signed with the cluster key, but not by the master that welcomed this
+                    # slave: a slave takes orders from that session only (and addresses it).
+                    # (REREGISTER, a restarted master's first word, only makes it register.)
+                    self.codec.rejected["not-from-master"] += 1
+                    log.debug("dropped a %s message from another session", message.kind)
+                    continue
             self._last_from_master = time.monotonic()
-            self.master_session = message.sender
             handler = self._handlers.get(message.kind)
             if handler is None:
                 continue
