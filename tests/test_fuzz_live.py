@@ -2,10 +2,16 @@
 
 Half go straight to the master's port from many rogue connections; half reach the slave through
 a man-in-the-middle relay that also passes the real traffic. The mix: random frames, truncated,
-unsigned, wrongly signed, bit-flipped (in the MAC or the signed header) and oversized messages,
-and replays of a valid one, most carrying a canary whose unpickling would create a file. Both
-nodes must keep serving task systems correctly, and the canary must never be unpickled. The
-counts are written to test-artifacts/fuzz.json (and printed) for the record.
+unsigned, wrongly signed, bit-flipped (in any frame: the MAC, the signed header or a payload)
+and oversized messages, and replays of a valid one, most carrying a canary whose unpickling
+would create a file. Both nodes must keep serving task systems correctly, and the canary must
+never be unpickled. The counts are written to test-artifacts/fuzz.json (and printed) for the
+record.
+
+A message whose payload alone was changed still has a header the key signed. It is refused at
+the door when its kind carries no payloads; a TASKS message is refused by a slave as not coming
+from its master's session; elsewhere the payload's digest refuses it where it would be
+unpickled (tests/test_digests.py has the altered payloads of real traffic).
 """
 
 from __future__ import annotations
@@ -76,12 +82,9 @@ class Garbage:
         return self.codec.encode(kind, {"tasks": [["t", None]]}, [self.canary], to=to)
 
     def _mutable(self, to):
-        """A signed message and the frame to change: its MAC or its header. (Its payload frame
-        alone, changed, would leave a header this test's own key signed: a message only a key
-        holder can make, out of the threat model. A man in the middle altering the payloads of
-        real traffic is tests/test_digests.py's: refused where they would be unpickled.)"""
+        """A signed message and the frame to change: its MAC, its header or its payload."""
         frames = self._valid(to)
-        return frames, self.rng.randrange(2)
+        return frames, self.rng.randrange(len(frames))
 
     def _truncated(self, to):
         frames, i = self._mutable(to)
