@@ -2,10 +2,16 @@
 
 Half go straight to the master's port from many rogue connections; half reach the slave through
 a man-in-the-middle relay that also passes the real traffic. The mix: random frames, truncated,
-unsigned, wrongly signed, bit-flipped and oversized messages, and replays of a valid one, most
-carrying a canary whose unpickling would create a file. Both nodes must keep serving task systems
-correctly, and the canary must never be unpickled. The counts are written to
-test-artifacts/fuzz.json (and printed) for the record.
+unsigned, wrongly signed, bit-flipped (in any frame: the MAC, the signed header or a payload)
+and oversized messages, and replays of a valid one, most carrying a canary whose unpickling
+would create a file. Both nodes must keep serving task systems correctly, and the canary must
+never be unpickled. The counts are written to test-artifacts/fuzz.json (and printed) for the
+record.
+
+A message whose payload alone was changed still has a header the key signed. It is refused at
+the door when its kind carries no payloads; a TASKS message is refused by a slave as not coming
+from its master's session; elsewhere the payload's digest refuses it where it would be
+unpickled (tests/test_digests.py has the altered payloads of real traffic).
 """
 
 from __future__ import annotations
@@ -75,9 +81,13 @@ class Garbage:
         kind = self.rng.choice(sorted(Kind.ALL))
         return self.codec.encode(kind, {"tasks": [["t", None]]}, [self.canary], to=to)
 
-    def _truncated(self, to):
+    def _mutable(self, to):
+        """A signed message and the frame to change: its MAC, its header or its payload."""
         frames = self._valid(to)
-        i = self.rng.randrange(len(frames))
+        return frames, self.rng.randrange(len(frames))
+
+    def _truncated(self, to):
+        frames, i = self._mutable(to)
         frames[i] = frames[i][: self.rng.randrange(max(1, len(frames[i])))]
         return frames
 
@@ -89,8 +99,7 @@ class Garbage:
         return self.stranger.encode(Kind.TASKS, {"tasks": [["t", None]]}, [self.canary], to=to)
 
     def _bit_flip(self, to):
-        frames = self._valid(to)
-        i = self.rng.randrange(len(frames))
+        frames, i = self._mutable(to)
         if not frames[i]:
             return self._random(to)
         data = bytearray(frames[i])
@@ -108,9 +117,12 @@ class Garbage:
 class SlaveRelay(threading.Thread):
     """Stands between a slave and its master, passing real traffic and injecting garbage."""
 
-    def __init__(self, context: zmq.Context, master: str, garbage: Garbage, budget: int) -> None:
+    def __init__(
+        self, context: zmq.Context, master: str, garbage: Garbage, budget: int, per_turn: int = 100
+    ) -> None:
         super().__init__(daemon=True)
         self.context, self.master, self.garbage, self.budget = context, master, garbage, budget
+        self.per_turn = per_turn
         self.front = context.socket(zmq.ROUTER)
         self.front.setsockopt(zmq.LINGER, 0)
         self.front.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -156,7 +168,7 @@ class SlaveRelay(threading.Thread):
         return self.backs[identity]
 
     def _inject(self, identity: bytes) -> None:
-        for _ in range(min(100, self.budget - self.injected)):
+        for _ in range(min(self.per_turn, self.budget - self.injected)):
             try:
                 self.front.send_multipart(
                     [identity, *self.garbage.make(self.slave_session)], flags=zmq.NOBLOCK
@@ -241,6 +253,53 @@ def test_a_hundred_thousand_hostile_messages_change_nothing(nodes, key_file, tmp
     artifacts.mkdir(exist_ok=True)
     (artifacts / "fuzz.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+
+
+class Impostor(Garbage):
+    """Well-formed orders for a slave, signed with the cluster key by a session that is not
+    its master's: SHUTDOWN, RESIZE to no workers, STEAL, and TASKS carrying the canary (whose
+    digest matches: run, it would create its file). (Not a WELCOME: a slave learns which
+    session is its master's from the WELCOME that answers its REGISTER, so only a key holder's
+    WELCOME that beats the master's could make it take another's orders.)"""
+
+    ORDERS = {Kind.SHUTDOWN: {}, Kind.RESIZE: {"workers": 0}, Kind.STEAL: {"count": 1}}
+
+    def make(self, to: str | None) -> list[bytes]:
+        kind = self.rng.choice([*self.ORDERS, Kind.TASKS])
+        self.sent[kind] += 1
+        if kind == Kind.TASKS:
+            return self.codec.encode(kind, {"tasks": [["t", None]]}, [self.canary], to=to)
+        return self.codec.encode(kind, self.ORDERS[kind], to=to)
+
+
+@pytest.mark.timeout(120)
+def test_a_slave_takes_orders_only_from_the_master_that_welcomed_it(nodes, key_file, tmp_path):
+    canary = tmp_path / "canary"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    nodes.start("master", "--bind", address, "--key-file", key_file, "--no-state-dir")
+    context = zmq.Context()
+    impostor = Impostor(load_key(key_file), str(canary), 3)
+    # One message per turn of the relay: some reach the slave before its master welcomes it,
+    # the rest after.
+    relay = SlaveRelay(context, address, impostor, 300, per_turn=1)
+    relay.start()
+    try:
+        slave = nodes.start(
+            "slave", f"tcp://127.0.0.1:{relay.port}", "--key-file", key_file, "--workers", "1"
+        )
+        with ts.connect(address, key_file) as app:
+            wait_for(lambda: relay.injected >= 300, timeout=60)
+            wait_for(lambda: [s for s in app.status()["slaves"] if s["state"] == "active"])
+            assert app.submit(abs, -3).result(timeout=60) == 3
+            wait_for(lambda: app.status()["slaves"][0]["rejected"] >= 300, timeout=30)
+            assert len(app.status()["slaves"]) == 1
+        assert slave.poll() is None  # no SHUTDOWN taken
+    finally:
+        relay.stop.set()
+        relay.join(10)
+        context.destroy(linger=0)
+    assert impostor.sent[Kind.SHUTDOWN] > 0 and impostor.sent[Kind.TASKS] > 0
+    assert not canary.exists()  # no TASKS taken
 
 
 def test_a_peer_that_keeps_sending_garbage_is_ignored_for_a_while(cluster, app):

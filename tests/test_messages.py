@@ -34,6 +34,7 @@ from taskswarm.protocol.messages import (
     Ack,
     Delivered,
     Delivery,
+    Header,
     Heartbeat,
     Outcome,
     Register,
@@ -47,7 +48,7 @@ from taskswarm.task import FunctionTask, task_meta
 
 KEY = b"k" * 32
 CHECKS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-ENVELOPE = ("v", "sid", "seq", "to", "ts", "pf")
+ENVELOPE = ("v", "sid", "seq", "to", "ts", "pf", "dg")
 
 # -- records with any values their types allow -----------------------------------------------------
 
@@ -138,7 +139,7 @@ def test_every_kind_round_trips_as_its_record(record):
     assert type(message.body) is type(record)
     assert message.body == record  # the envelope the codec stamped on it included
     assert message.kind == record.kind
-    assert message.payloads == payloads
+    assert [bytes(p.open()) for p in message.payloads] == payloads
     assert message.read(type(record)) is message.body
     for name in record.__struct_fields__:
         assert getattr(message.read(type(record)), name) == getattr(record, name)
@@ -156,7 +157,7 @@ def test_fields_a_record_does_not_know_are_ignored(record, extra):
     message = receiver.decode(signed_plain(receiver, header, payloads_for(record)))
 
     message.body.v = message.body.sid = message.body.seq = message.body.to = None
-    message.body.ts, message.body.pf = None, record.pf
+    message.body.ts, message.body.pf, message.body.dg = None, record.pf, record.dg
     assert message.body == record
 
 
@@ -334,6 +335,26 @@ def test_a_payload_count_that_differs_from_the_header_is_refused(kind, header, p
         receiver.decode(signed_plain(receiver, {"k": kind, **header}, payloads))
 
 
+def _carries_no_payloads(record: type) -> bool:
+    return not record.batch and record.expected_payloads is Header.expected_payloads
+
+
+@pytest.mark.parametrize(
+    "kind", sorted(k for k, record in RECORDS.items() if _carries_no_payloads(record))
+)
+def test_a_kind_that_carries_no_payloads_is_refused_with_one(kind):
+    """So a payload altered on the way (under a header the key signed) can only reach a node
+    in a message whose payloads it checks before it unpickles them: a SHUTDOWN, WELCOME or
+    REREGISTER carrying one is refused at the door, whatever its header says."""
+    receiver = Codec(KEY)
+    fields = [f for f in mi.type_info(RECORDS[kind]).fields if f.required]
+    header = {"k": kind, **{f.name: _minimal(f.type) for f in fields}}
+    assert receiver.decode(signed_plain(receiver, header)).kind == kind
+
+    with pytest.raises(BadFields, match="0 payloads, carries 1"):
+        receiver.decode(signed_plain(receiver, header, [b"altered"]))
+
+
 def test_envelope_errors_are_named_before_field_errors():
     """Another version is a version mismatch, whatever its fields look like."""
     receiver = Codec(KEY)
@@ -342,7 +363,7 @@ def test_envelope_errors_are_named_before_field_errors():
     header["v"] = 2
     body = msgspec.msgpack.encode(header)
     with pytest.raises(VersionMismatch):
-        receiver.decode([receiver._sign([body]), body])
+        receiver.decode([receiver._sign(body), body])
 
 
 # -- task metadata -----------------------------------------------------------------------------

@@ -22,9 +22,10 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from taskswarm.errors import TaskTimeout
+from taskswarm.errors import BadDigest, TaskTimeout
+from taskswarm.protocol.digests import Payload, digest
 from taskswarm.slave.process_pool import ProcessPoolManager, WorkItem
-from taskswarm.task import FunctionTask, Status, Task, load_outcome
+from taskswarm.task import REFUSED, FunctionTask, Status, Task, load_outcome
 
 pytestmark = pytest.mark.usefixtures("tasks_travel_by_value")
 
@@ -170,6 +171,48 @@ def test_a_task_that_raises_comes_back_as_its_error_and_the_pool_goes_on(make_po
     assert detail[good] is None
     assert detail[bad].startswith("ValueError: invalid literal for int()")
     assert "Traceback (most recent call last)" in detail[bad]
+
+
+class Canary:
+    """Creates its file when unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_tasks_that_do_not_match_their_digests_fail_unrun_and_their_worker_serves_on(
+    make_pool, tmp_path
+):
+    """A payload altered on the way (its signed digest no longer matches) is refused where it
+    would be unpickled: a task failure like any other, in the worker that got it, which goes on
+    to the next task. Not a crash, not a new worker, however many there are."""
+    pool = make_pool(1)
+    pool.start()
+    canary = tmp_path / "canary"
+    forged = cloudpickle.dumps(Canary(str(canary)))
+    wrong = digest(b"the task the master signed for")
+    first = push(pool, FunctionTask(square_with_pid, 2))
+    ids = [f"forged-{i}" for i in range(2000)]
+    for task_id in ids:
+        pool.push_task(WorkItem(task_id, Payload(forged, wrong)))
+    after = push(pool, FunctionTask(square_with_pid, 3))
+
+    assert pool.wait_for_all(timeout=DEADLINE)
+
+    items = results(pool)
+    got = outcomes(items)
+    assert {task_id for task_id, status, *_ in items if status == Status.CRASH} == set()
+    for task_id in ids:
+        assert type(got[task_id][1]) is BadDigest
+    detail = {task_id: text for task_id, _, _, text in items}
+    assert all(detail[task_id].startswith(REFUSED) for task_id in ids)
+    (_, pid_before), (_, pid_after) = got[first][0], got[after][0]
+    assert pid_after == pid_before  # the same worker process ran the task after them
+    assert [p.pid for p in worker_processes(pool)] == [pid_before]
+    assert not canary.exists()  # never unpickled
 
 
 def test_the_pool_grows_and_shrinks_mid_run_and_every_result_arrives_once(make_pool):

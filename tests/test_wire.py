@@ -1,19 +1,20 @@
 """The wire format: what a node accepts, and everything it must drop before touching a payload.
 
-A message is ``[signature, header, payload_0, ...]``. The signature is HMAC-SHA256 with the
-cluster key over every other frame, each preceded by its length; the header is a msgpack map
-``{"v": version, "k": kind, ...}``; payloads are opaque bytes the decoder never unpickles. Every
-rejected message raises a ``WireError`` whose ``reason`` the codec counts.
+A message is ``[signature, header, payload_0, ...]``. The signature is keyed BLAKE3 (its key
+derived from the cluster key) over the header; the header is a msgpack map
+``{"v": version, "k": kind, ..., "dg": digests}`` that carries the BLAKE3 digest of each payload;
+payloads are opaque bytes the decoder never unpickles, handed on sealed (``Payload``) with their
+digest, checked where they would be unpickled (``Payload.open``). Every message refused at the
+door raises a ``WireError`` whose ``reason`` the codec counts; a payload altered on the way is
+refused with ``BadDigest`` by whoever opens it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import pickle
-import struct
 from pathlib import Path
 
+import blake3
 import msgpack
 import pytest
 import zmq
@@ -22,13 +23,22 @@ from hypothesis import strategies as st
 
 from taskswarm import errors
 from taskswarm.errors import (
+    BadDigest,
     BadSignature,
     MalformedMessage,
     TaskswarmError,
     VersionMismatch,
     WireError,
 )
-from taskswarm.protocol.codec import BIG_PAYLOAD, PROTOCOL_VERSION, Codec, Kind, Message
+from taskswarm.protocol.codec import (
+    BIG_PAYLOAD,
+    MAC_CONTEXT,
+    PROTOCOL_VERSION,
+    Codec,
+    Kind,
+    Message,
+    Payload,
+)
 from taskswarm.protocol.messages import Ack
 
 KEY = b"k" * 32
@@ -38,18 +48,21 @@ CHECKS = settings(max_examples=150, deadline=None, suppress_health_check=[Health
 
 
 def sign(key: bytes, frames: list[bytes]) -> bytes:
-    """The documented signature, computed independently of the codec."""
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    for frame in frames:
-        mac.update(struct.pack("!Q", len(frame)))
-        mac.update(frame)
-    return mac.digest()
+    """The documented signature of ``[header, payload frames...]``, computed independently of
+    the codec: keyed BLAKE3 over the header alone, its key derived from the cluster key."""
+    mac_key = blake3.blake3(key, derive_key_context=MAC_CONTEXT).digest()
+    return blake3.blake3(frames[0] if frames else b"", key=mac_key).digest()
 
 
 def signed(header: object, *payloads: bytes, key: bytes = KEY) -> list[bytes]:
     """A correctly signed message whose header is whatever we say (valid or not)."""
     frames = [msgpack.packb(header, use_bin_type=True), *payloads]
     return [sign(key, frames), *frames]
+
+
+def opened(message: Message) -> list[bytes]:
+    """The payloads' bytes, each checked against its digest as the node unpickling it does."""
+    return [bytes(payload.open()) for payload in message.payloads]
 
 
 # -- strategies ----------------------------------------------------------------------------------
@@ -69,7 +82,7 @@ plain_values = st.recursive(
     ),
     max_leaves=12,
 )
-RESERVED = ("v", "k", "sid", "seq", "to", "ts", "pf")  # the wire's own header fields
+RESERVED = ("v", "k", "sid", "seq", "to", "ts", "pf", "dg")  # the wire's own header fields
 field_names = st.text(max_size=12).filter(lambda name: name not in RESERVED)
 headers = st.dictionaries(field_names, plain_values, max_size=6)
 payload_lists = st.lists(st.binary(max_size=64), max_size=5)
@@ -94,8 +107,8 @@ def test_every_kind_with_any_plain_header_and_payloads_round_trips(kind, header,
     assert message.sender == codec.session
     assert message.header["v"] == PROTOCOL_VERSION
     assert message.header["k"] == kind
-    assert message.payloads == payloads
-    assert all(type(p) is bytes for p in message.payloads)
+    assert opened(message) == payloads
+    assert all(type(p) is Payload for p in message.payloads)  # sealed, never unpickled here
     assert not codec.rejected
 
 
@@ -112,7 +125,7 @@ def test_small_payloads_share_a_frame_and_big_ones_travel_alone(sizes):
     frames = codec.encode(Kind.TASKS, {}, payloads, to=codec.session)
     message = codec.decode(frames)
 
-    assert [bytes(p) for p in message.payloads] == payloads
+    assert opened(message) == payloads
     big = sum(1 for n in sizes if n >= BIG_PAYLOAD)
     assert len(frames) - 2 <= 2 * big + 1  # runs of small ones between big ones, one frame each
 
@@ -124,7 +137,7 @@ def test_ten_thousand_small_payloads_are_one_frame():
     frames = codec.encode(Kind.TASKS, {}, payloads, to=codec.session)
 
     assert len(frames) == 3
-    assert codec.decode(frames).payloads == payloads
+    assert opened(codec.decode(frames)) == payloads
 
 
 @pytest.mark.parametrize(
@@ -160,13 +173,15 @@ def test_a_message_reads_its_header_fields_by_name():
     assert message.header is None  # a typed codec's message is its record
 
 
-def test_the_signature_is_hmac_sha256_over_the_length_prefixed_frames():
+def test_the_signature_is_keyed_blake3_over_the_header_which_carries_each_payload_digest():
     frames = Codec(KEY).encode(
         Kind.TASKS, {"tasks": ["a", "b"]}, [b"one", b"two"], to=Codec(KEY).session
     )
 
     assert frames[0] == sign(KEY, frames[1:])
     assert len(frames[0]) == 32
+    header = msgpack.unpackb(frames[1])
+    assert header["dg"] == blake3.blake3(b"one").digest() + blake3.blake3(b"two").digest()
 
 
 def test_every_kind_is_a_distinct_string():
@@ -186,7 +201,7 @@ def test_zmq_frames_decode_like_bytes(header, payloads):
     message = codec.decode(frames)
 
     assert message.kind == Kind.RESULTS
-    assert message.payloads == payloads
+    assert opened(message) == payloads
 
 
 def test_frames_received_from_a_real_socket_without_copying_decode():
@@ -207,7 +222,7 @@ def test_frames_received_from_a_real_socket_without_copying_decode():
 
         assert all(isinstance(f, zmq.Frame) for f in frames)
         assert message.header["tasks"] == ["t1"]
-        assert message.payloads == [b"x" * 1000]
+        assert opened(message) == [b"x" * 1000]
     finally:
         sender.close(linger=0)
         receiver.close(linger=0)
@@ -255,19 +270,30 @@ def mutations(draw, frames: list[bytes]) -> tuple[str, list[bytes]]:
 def test_any_single_change_to_a_signed_message_is_rejected_and_counted(
     kind, header, payloads, data
 ):
+    """A change to the signature or the header is refused at the door; a change to payload
+    frames alone is refused there when the frames no longer parse, or else by whoever opens the
+    changed payload to unpickle it (its digest, in the signed header, no longer matches)."""
     codec = Codec(KEY)
     original = codec.encode(kind, header, payloads, to=codec.session)
     op, frames = data.draw(mutations(original), label="mutation")
     assert frames != original
 
-    with pytest.raises(WireError) as caught:
-        codec.decode(frames)
-
-    if len(frames) < 2:
-        assert isinstance(caught.value, MalformedMessage)
-    else:
-        assert isinstance(caught.value, BadSignature), op
-    assert codec.rejected == {caught.value.reason: 1}
+    try:
+        message = codec.decode(frames)
+    except WireError as refused:
+        if len(frames) < 2:
+            assert isinstance(refused, MalformedMessage)
+        elif frames[:2] != original[:2]:
+            assert isinstance(refused, BadSignature), op
+        else:  # the payload frames no longer parse as their signed layout says
+            assert isinstance(refused, MalformedMessage), op
+        assert codec.rejected == {refused.reason: 1}
+        return
+    # Through the door only with the signature and header untouched, and then a changed
+    # payload is refused where it would be unpickled, before it is.
+    assert frames[:2] == original[:2], op
+    with pytest.raises(BadDigest):
+        opened(message)
 
 
 def test_a_message_signed_with_another_key_is_a_bad_signature():
@@ -403,7 +429,29 @@ def test_decoding_a_signed_message_leaves_a_pickled_payload_as_bytes(tmp_path):
 
     message = codec.decode(codec.encode(Kind.TASKS, {"tasks": ["t"]}, [payload], to=codec.session))
 
-    assert message.payloads == [payload]
+    assert type(message.payloads[0]) is Payload
+    assert opened(message) == [payload]
+    assert not target.exists()
+
+
+def test_a_pickled_payload_altered_on_the_way_is_refused_when_opened_never_unpickled(tmp_path):
+    from taskswarm.task import Status, load_outcome, run_task_reporting
+
+    target = tmp_path / "pwned"
+    codec = Codec(KEY, typed=False)
+    harmless = pickle.dumps("harmless")
+    frames = codec.encode(Kind.TASKS, {"tasks": ["t"]}, [harmless], to=codec.session)
+    evil = pickle.dumps(CreatesAFileWhenUnpickled(target))
+    frames[2] = msgpack.packb([evil])  # the signed header is untouched, the payload replaced
+
+    message = codec.decode(frames)  # the master forwards it as it is, unopened
+
+    with pytest.raises(BadDigest):
+        message.payloads[0].open()
+    status, _, text = run_task_reporting(message.payloads[0])  # what a worker does
+    assert status == Status.ERROR and text.startswith("BadDigest: ")
+    result, error = load_outcome(True, message.payloads[0], "t")  # what an application does
+    assert result is None and isinstance(error, BadDigest)
     assert not target.exists()
 
 

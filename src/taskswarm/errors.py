@@ -37,9 +37,16 @@ class WireError(TaskswarmError):
 
 
 class BadSignature(WireError):
-    """Raised when a message's HMAC does not match the cluster key (never unpickled)."""
+    """Raised when a message's MAC does not match the cluster key (never unpickled)."""
 
     reason = "bad-signature"
+
+
+class BadDigest(WireError):
+    """Raised when a payload does not match the digest its signed header gives (it was altered
+    on the way): raised where it would be unpickled, before it is."""
+
+    reason = "bad-digest"
 
 
 class MalformedMessage(WireError):

@@ -26,7 +26,8 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import TaskError
+from .errors import BadDigest, TaskError
+from .protocol.digests import Payload, opened
 from .protocol.messages import TaskMeta, parse_resources
 
 __all__ = [
@@ -276,7 +277,12 @@ class Status:
 MEMORY_EXCEEDED = "WorkerMemoryExceeded: "
 
 
-def run_task(payload: bytes) -> tuple[str, bytes]:
+#: How the failure text of a task whose payload was refused begins (it did not match the digest
+#: its signed header gave: altered on the way); the slave counts these as ``bad-digest``.
+REFUSED = BadDigest.__qualname__ + ": "
+
+
+def run_task(payload: bytes | Payload) -> tuple[str, bytes]:
     """Unpickle a task, run it, and return ``(status, pickled outcome)``; never raises.
 
     This is the whole of what a worker process does with a task, kept here so the same rules
@@ -286,12 +292,22 @@ def run_task(payload: bytes) -> tuple[str, bytes]:
     return status, outcome
 
 
-def run_task_reporting(payload: bytes) -> tuple[str, bytes, str | None]:
+def run_task_reporting(payload: bytes | Payload) -> tuple[str, bytes, str | None]:
     """``run_task``, plus for a failure :func:`error_text`: the master shows it to people
     (latest errors on the dashboard) without unpickling the outcome, which it never does for
-    plain tasks."""
+    plain tasks.
+
+    A payload as received (a :class:`~taskswarm.protocol.digests.Payload`) is checked against
+    the digest its signed header gave, here, right before it is unpickled: one that does not
+    match is not unpickled, and the task fails with ``BadDigest`` (its text begins with
+    :data:`REFUSED`)."""
     try:
-        task = pickle.loads(payload)
+        data = opened(payload)
+    except BadDigest as exc:
+        exc.add_note(f"(the task was refused unrun on slave host {_hostname()})")
+        return Status.ERROR, dump_error(exc), REFUSED + str(exc)
+    try:
+        task = pickle.loads(data)
     except BaseException as exc:  # noqa: BLE001 - any unpickling failure is the task's failure
         error = _unpickling_error(exc)
         return Status.ERROR, dump_error(error), error_text(error)
@@ -361,14 +377,29 @@ def _retry_on(task: Any) -> tuple[type[BaseException], ...]:
     return retry_on if isinstance(retry_on, tuple) else (retry_on,)
 
 
-def run_task_payload(payload: bytes) -> tuple[bool, bytes]:
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def run_task_payload(payload: bytes | Payload) -> tuple[bool, bytes]:
     """``run_task`` as ``(ok, pickled outcome)``."""
     status, data = run_task(payload)
     return status == Status.OK, data
 
 
-def load_outcome(ok: bool, data: bytes, task_name: str = "?") -> tuple[Any, BaseException | None]:
-    """Turn a pickled outcome back into ``(result, error)`` on the owner's node."""
+def load_outcome(
+    ok: bool, data: bytes | Payload, task_name: str = "?"
+) -> tuple[Any, BaseException | None]:
+    """Turn a pickled outcome back into ``(result, error)`` on the owner's node. A payload as
+    received is checked against its digest first: one altered on the way is not unpickled,
+    and the outcome is a ``BadDigest`` error naming the task."""
+    try:
+        data = opened(data)
+    except BadDigest as exc:
+        exc.add_note(f"(the outcome of task {task_name!r} was refused, not unpickled)")
+        return None, exc
     try:
         value = cloudpickle.loads(data)
     except BaseException as exc:  # noqa: BLE001 - a SystemExit from a __setstate__ too: this

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
+from ..errors import BadDigest
+from ..protocol.digests import Payload, opened
 from ..protocol.messages import Delivered
 from ..task import Task, load_outcome
 from .handles import SystemHandle, TaskFuture
@@ -78,27 +80,45 @@ class Ledger:
             if entry is not None:
                 entry[1].mark_running()
 
-    def settle(self, results: Sequence[Delivered], payloads: Sequence[bytes]) -> None:
+    def settle(self, results: Sequence[Delivered], payloads: Sequence[bytes | Payload]) -> int:
         """Outcomes arrived, each ``(task_id, ok)`` with a pickled outcome: each task leaves
-        the ledger, its ``finished`` and ``on_task_finished`` run, its Future resolves."""
+        the ledger, its ``finished`` and ``on_task_finished`` run, its Future resolves.
+
+        Each payload is checked against the digest its signed header gave right before it is
+        unpickled; one altered on the way fails its task with ``BadDigest``, unpickled by no
+        one. Returns how many were refused so."""
         with self.lock:
             pop = self.tasks.pop
             entries = [pop(result.task_id, None) for result in results]
+        refused = 0
         for result, data, entry in zip(results, payloads, entries, strict=False):
             if entry is not None:
-                self._deliver(entry[0], entry[1], result.ok, data)
+                refused += self._deliver(entry[0], entry[1], result.ok, data)
         # Nothing here may hold a result once its Future has it: the caller alone decides when
         # it is let go (concurrent.futures' test_free_reference).
         entries = entry = None  # type: ignore[assignment]  # noqa: F841
+        return refused
 
-    def _deliver(self, task: Task, future: TaskFuture, ok: bool, data: bytes) -> None:
+    def _deliver(self, task: Task, future: TaskFuture, ok: bool, sealed: bytes | Payload) -> bool:
         on_task_finished = self.on_task_finished
+        try:
+            data = opened(sealed)
+        except BadDigest as exc:
+            exc.add_note(f"(the outcome of task {task.name!r} was refused, not unpickled)")
+            self._end(task, future, (None, exc))
+            return True
         if not ok and not len(data):  # taken back unrun (cancel_queued): no outcome
             future.stop()
             if on_task_finished is not None:
                 on_task_finished(task, None, CancelledError())
-            return
-        outcome = load_outcome(ok, data, task.name)
+            return False
+        self._end(task, future, load_outcome(ok, data, task.name))
+        return False
+
+    def _end(
+        self, task: Task, future: TaskFuture, outcome: tuple[Any, BaseException | None]
+    ) -> None:
+        on_task_finished = self.on_task_finished
         if type(task).finished is not Task.finished:  # most tasks keep the no-op
             try:
                 task.finished(*outcome)

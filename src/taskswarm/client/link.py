@@ -43,6 +43,7 @@ import zmq
 
 from ..errors import (
     AuthenticationFailed,
+    BadDigest,
     ClientClosed,
     ClusterError,
     MasterUnreachable,
@@ -422,7 +423,9 @@ class MasterLink:
         if not self._acks_due:
             self._ack_at = time.monotonic() + ACK_DELAY
         self._acks_due.extend([result.task_id for result in results])
-        self.ledger.settle(results, msg.payloads)
+        refused = self.ledger.settle(results, msg.payloads)
+        if refused:  # altered on the way: counted as any refused message is
+            self.codec.rejected["bad-digest"] += refused
 
     def _on_reply(self, msg: Message) -> None:
         reply = msg.body
@@ -467,7 +470,10 @@ class MasterLink:
         # Received: the master may let the result go (older masters ignore ``systems``).
         self.send(Kind.RESULTS_ACK, ResultsAck(tasks=[], systems=[system_id]))
         try:
-            result, error = cloudpickle.loads(msg.payloads[0])
+            result, error = cloudpickle.loads(msg.payloads[0].open())  # its digest checked
+        except BadDigest as exc:
+            self.codec.rejected[exc.reason] += 1
+            result, error = None, exc
         except Exception as exc:
             result, error = (
                 None,

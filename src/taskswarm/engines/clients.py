@@ -4,7 +4,8 @@ Both run ``taskswarm.task.run_task_reporting`` on the engine's workers (timed, `
 the very function a process pool's worker runs, so a task's outcome comes back in the same
 form, ``(status, pickled outcome, failure text)``, whatever ran it, and neither the master nor
 the application can tell the difference. The payload travels as the opaque bytes the slave
-received; only the engine's worker unpickles it.
+received, with the digest its signed header gave; only the engine's worker unpickles it, after
+checking that digest.
 
 An engine reports its own failures (a worker that died, a task it lost) as exceptions of its
 own; ``is_crash`` tells those apart from the rest, so the master re-runs a task whose worker
@@ -24,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..protocol.digests import Payload
 from ..task import run_task_reporting
 
 __all__ = [
@@ -44,7 +46,7 @@ Outcome = tuple[float, Reported] | BaseException
 CONNECT_TIMEOUT = 10.0
 
 
-def run_timed(payload: bytes) -> tuple[float, Reported]:
+def run_timed(payload: bytes | Payload) -> tuple[float, Reported]:
     """What an engine's worker runs: the task, and how long it took there. The manager paces
     itself by that time, which (unlike the time until the outcome is back) does not grow with
     the tasks waiting in the engine."""
@@ -91,7 +93,7 @@ class EngineClient:
     def recover(self) -> None:
         """Start connecting again, in the background, after the connection was lost."""
 
-    def submit(self, payload: bytes, done: Callable[[], None]) -> Any:
+    def submit(self, payload: bytes | Payload, done: Callable[[], None]) -> Any:
         """Run one task's payload; ``done()`` is called once it has ended, from a thread of the
         engine's client. Returns the engine's handle of the run."""
         raise NotImplementedError
@@ -208,7 +210,7 @@ class DaskEngine(EngineClient):
                 client, self._client = self._client, client
         client.close()  # the closed one it replaced, or the new one if this engine was closed
 
-    def submit(self, payload: bytes, done: Callable[[], None]) -> Any:
+    def submit(self, payload: bytes | Payload, done: Callable[[], None]) -> Any:
         future = self._client.submit(run_timed, payload, pure=False)
         future.add_done_callback(lambda _: done())
         return future
@@ -300,7 +302,7 @@ class RayEngine(EngineClient):
     def slots(self) -> int:
         return int(self._ray.cluster_resources().get("CPU", 0))
 
-    def submit(self, payload: bytes, done: Callable[[], None]) -> Any:
+    def submit(self, payload: bytes | Payload, done: Callable[[], None]) -> Any:
         ref = self._remote.remote(payload)
         future = ref.future()  # resolved with the value itself: nothing left to fetch
         future.add_done_callback(lambda _: done())

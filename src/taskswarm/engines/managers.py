@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError, TaskError
+from ..protocol.digests import Payload
 from ..protocol.mailbox import Mailbox
 from ..scheduling import load_plugin
 from ..slave.contracts import TaskManagerContract
@@ -297,7 +298,7 @@ class EngineManager(QueuedManager):
             run = _Run(item, time.monotonic())
             self._running[item.task_id] = run
             try:
-                run.handle = self.engine.submit(bytes(item.payload), self._poster(run))
+                run.handle = self.engine.submit(_portable(item.payload), self._poster(run))
             except Exception as exc:  # noqa: BLE001 - the engine refused it: a lost run
                 del self._running[item.task_id]
                 _warn(f"the engine refused task {item.task_id}", exc)
@@ -357,6 +358,12 @@ class EngineManager(QueuedManager):
                 self.engine.cancel(handles)
             except Exception as exc:  # noqa: BLE001 - their outcomes are ignored anyway
                 _warn("cannot cancel runs on the engine", exc)
+
+
+def _portable(payload: Any) -> Any:
+    """A task as the engine ships it to its worker: a received payload pickles as its bytes
+    and digest (checked there, right before it is unpickled), bytes made here as they are."""
+    return payload if type(payload) is Payload else bytes(payload)
 
 
 def _warn(what: str, exc: BaseException) -> None:

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TaskError
+from ..errors import BadDigest, TaskError
 from ..protocol.codec import Kind, Message
 from ..protocol.messages import (
     Ack,
@@ -310,8 +310,16 @@ class ApplicationTable:
         system_id, rid = system.system_id, system.rid
         if system_id not in self.systems.records and not self.accepting(identity, rid):
             return
+        # The master runs this one itself: its digest is checked here, before it is journaled
+        # (a restart unpickles what the journal holds) and long before it is unpickled.
         try:
-            started = self.systems.start(system_id, client.client_id, msg.payloads[0], identity)
+            payload = msg.payloads[0].open()
+        except BadDigest as exc:
+            self.rejected[exc.reason] += 1
+            self.send(identity, Kind.REJECT, Reject(rid=rid, reason=str(exc)))
+            return
+        try:
+            started = self.systems.start(system_id, client.client_id, payload, identity)
         except JournalFault as exc:
             self.refuse(identity, rid, str(exc))
             return

@@ -129,6 +129,7 @@ class MasterCore:
             cancel_on_slaves=self.cancel_on_slaves,
             cluster_info=self.slaves.cluster_info,
             retention=keep,
+            rejected=self.rejected,
             **({"post": post} if post is not None else {}),
         )
         self.applications = ApplicationTable(

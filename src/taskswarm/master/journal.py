@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..protocol.digests import Payload, digest_of, raw
 from . import journal_store as store
 from .journal_faults import (
     LOST,
@@ -162,10 +163,10 @@ class Journal:
         applications confirm them, or they expire (``done_at`` is wall-clock time)."""
         with self._transaction():
             self._db.executemany(
-                "UPDATE tasks SET done = 1, ok = ?, outcome = ?, done_at = ?, payload = NULL"
-                " WHERE task_id = ?",
+                "UPDATE tasks SET done = 1, ok = ?, outcome = ?, done_at = ?, payload = NULL,"
+                " outcome_digest = ? WHERE task_id = ?",
                 (
-                    (int(row.ok), row.data, row.done_at, row.task_id)
+                    (int(row.ok), raw(row.data), row.done_at, digest_of(row.data), row.task_id)
                     for row in map(PlainOutcome._make, outcomes)
                 ),
             )
@@ -278,10 +279,12 @@ class Journal:
 
     def _load(self) -> RestoredState:
         state = RestoredState()
-        for *task, done, ok, outcome, done_at in self._db.execute(store.SELECT_TASKS):
+        for *task, done, ok, outcome, done_at, sealed in self._db.execute(store.SELECT_TASKS):
             saved = TaskRow._make(task)
             if done:
                 when = time.time() if done_at is None else done_at  # older journals: from now
+                if sealed is not None:  # sent on with the digest its slave's RESULTS gave
+                    outcome = Payload(outcome, sealed)
                 state.undelivered.setdefault(saved.client_id, []).append(
                     PlainOutcome(saved.task_id, bool(ok), outcome, when)
                 )

@@ -35,6 +35,9 @@ class TaskRow(NamedTuple):
     name: str
     priority: int
     resources: str | None  # JSON of the resources it needs, or None
+    #: The digest its signed SUBMIT gave the payload (sent on with it after a restart); None
+    #: for a payload made on the master (a task system's), hashed when sent.
+    digest: bytes | None = None
     retries: int = 0
     crashes: int = 0
 

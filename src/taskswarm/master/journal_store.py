@@ -32,12 +32,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     name TEXT NOT NULL DEFAULT '',
     priority INTEGER NOT NULL DEFAULT 0,
     resources TEXT,
+    digest BLOB,
     retries INTEGER NOT NULL DEFAULT 0,
     crashes INTEGER NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0,
     ok INTEGER,
     outcome BLOB,
-    done_at REAL
+    done_at REAL,
+    outcome_digest BLOB
 );
 CREATE INDEX IF NOT EXISTS tasks_by_system ON tasks(system_id);
 CREATE TABLE IF NOT EXISTS systems (
@@ -68,6 +70,8 @@ _ADDED_COLUMNS = (
     ("tasks", "resources", "TEXT"),
     ("tasks", "done_at", "REAL"),
     ("systems", "ended_at", "REAL"),
+    ("tasks", "digest", "BLOB"),
+    ("tasks", "outcome_digest", "BLOB"),
 )
 
 #: A task accepted (a ``TaskRow`` without its attempts); one already journaled is left as it is.
@@ -77,7 +81,8 @@ INSERT_TASKS = (
 )
 #: Every task, in the order accepted: a ``TaskRow`` and then whether (and how) it ended.
 SELECT_TASKS = (
-    f"SELECT {', '.join(TaskRow._fields)}, done, ok, outcome, done_at FROM tasks ORDER BY rowid"
+    f"SELECT {', '.join(TaskRow._fields)}, done, ok, outcome, done_at, outcome_digest"
+    " FROM tasks ORDER BY rowid"
 )
 
 #: ``PRAGMA auto_vacuum`` value for INCREMENTAL.

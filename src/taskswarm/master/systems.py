@@ -19,19 +19,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 
-from ..errors import TaskSystemError
+from ..errors import BadDigest, TaskSystemError
 from ..protocol.codec import Kind
+from ..protocol.digests import opened
 from ..protocol.messages import Header, SystemDone, SystemProgress
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord
-from ..task import ExceptionWithTraceback
+from ..task import ExceptionWithTraceback, failure
 from .edges import Done, Progress, Push, RunnerMail, Send
 from .journal import Journal, NullJournal, RestoredSystem
 from .retention import Retention
@@ -106,6 +107,7 @@ class SystemTable:
         cluster_info: Callable[[], dict[str, int]],
         post: Callable[[RunnerMail], None] = _no_runners,
         retention: Retention,
+        rejected: Counter[str] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.journal = journal
@@ -117,6 +119,8 @@ class SystemTable:
         #: How a runner thread reaches the loop (the node's mailbox).
         self.post = post
         self.retention = retention
+        #: refusals counted by reason (the master's): results whose digest did not match
+        self.rejected: Counter[str] = Counter() if rejected is None else rejected
         self.records: dict[str, SystemRecord] = {}
         #: system_id -> (why, wall-clock time): "collected", "expired" or "capped"; newest last
         self.forgotten: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -173,17 +177,31 @@ class SystemTable:
 
     # -- feeding ---------------------------------------------------------------------------------
 
-    def deliver(self, per_system: dict[str, list[tuple[str, bool, bytes]]]) -> None:
-        """Journal results for their systems, then hand them to the runners."""
+    def deliver(self, per_system: dict[str, list[tuple[str, bool, Any]]]) -> None:
+        """Journal results for their systems, then hand them to the runners.
+
+        The runners unpickle these, so each result from a slave is checked against the digest
+        its signed header gave here, before it is journaled (a restart replays what the journal
+        holds): one altered on the way becomes a ``BadDigest`` failure of its task."""
         for system_id, results in per_system.items():
             record = self.records.get(system_id)
             if record is None or record.runner is None:
                 continue
+            results = [self._checked(task_id, ok, data) for task_id, ok, data in results]
             last = self.journal.system_results(system_id, results)
             first = last - len(results) + 1
             record.runner.inbox.put(
                 [(first + i, task_id, ok, data) for i, (task_id, ok, data) in enumerate(results)]
             )
+
+    def _checked(self, task_id: str, ok: bool, data: Any) -> tuple[str, bool, Any]:
+        try:
+            return task_id, ok, opened(data)
+        except BadDigest as exc:
+            self.rejected[exc.reason] += 1
+            exc.add_note(f"(the outcome of task {task_id} was refused, not unpickled)")
+            log.warning("refused the outcome of task %s: %s", task_id, exc)
+            return task_id, False, failure(exc)
 
     def on_runner_message(self, item: RunnerMail) -> None:
         record = self.records.get(item.system_id)

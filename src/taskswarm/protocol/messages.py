@@ -230,6 +230,9 @@ class Header(msgspec.Struct, kw_only=True, tag_field="k", omit_defaults=True):
     ts: float | None = None
     #: Payload frame layout: one letter per frame, ``p`` packed, ``r`` raw (see the codec).
     pf: str = ""
+    #: The BLAKE3 digest of each payload, in order, 32 bytes each: what binds the payloads to
+    #: this (signed) header; checked by whoever unpickles a payload (see the codec).
+    dg: bytes = b""
 
     #: The list field with one item per payload, when the kind carries such a batch.
     batch: ClassVar[str | None] = None
@@ -240,8 +243,11 @@ class Header(msgspec.Struct, kw_only=True, tag_field="k", omit_defaults=True):
         return type(self).__struct_config__.tag  # type: ignore[return-value]
 
     def expected_payloads(self) -> int | None:
-        """How many payloads this header says follow it; None: any number (not checked)."""
-        return len(getattr(self, self.batch)) if self.batch else None
+        """How many payloads this header says follow it: one per item of its batch, none for
+        a kind that carries no payloads (None: any number, not checked; no kind says so now).
+        A payload where its kind carries none is refused at the door with the header, so an
+        altered payload can only ever reach a node where it is checked before it is read."""
+        return len(getattr(self, self.batch)) if self.batch else 0
 
 
 # slave -> master

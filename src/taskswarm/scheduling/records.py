@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from ..protocol.digests import Payload, digest_of, raw
 from ..protocol.messages import TaskMeta
 from ..protocol.messages import parse_resources as parse_resources  # where it was, too
 
@@ -37,7 +38,8 @@ class TaskRecord:
     """A task as the master sees it: an id, an owner, and its payload as opaque bytes."""
 
     task_id: str
-    payload: bytes
+    #: bytes made on the master, or a ``Payload`` as received (sent on with its digest)
+    payload: Any
     client_id: str
     system_id: str | None = None
     timeout: float | None = None
@@ -59,7 +61,7 @@ class TaskRecord:
     def from_meta(
         cls,
         meta: TaskMeta | Sequence[Any],
-        payload: bytes,
+        payload: Any,
         client_id: str,
         system_id: str | None = None,
     ) -> TaskRecord:
@@ -92,21 +94,22 @@ class TaskRecord:
             self.task_id,
             self.client_id,
             self.system_id,
-            self.payload,
+            raw(self.payload),
             self.timeout,
             self.max_retries,
             self.name,
             self.priority,
             json.dumps(self.resources) if self.resources else None,
+            digest_of(self.payload),
         )
 
     @classmethod
     def from_journal(cls, row: tuple[Any, ...]) -> TaskRecord:
         (task_id, client_id, system_id, payload, timeout, max_retries, name, priority, resources,
-         retries, crashes) = row  # fmt: skip
+         digest, retries, crashes) = row  # fmt: skip
         return cls(
             task_id,
-            payload,
+            payload if digest is None else Payload(payload, digest),
             client_id,
             system_id,
             timeout,

@@ -14,9 +14,10 @@ written against it alone::
     stop: take_queued (handed back), wait while busy, stop
 
 Everything is called from the slave's one loop thread, never concurrently. A task reaches the
-manager as a ``WorkItem``: its id and its payload, the task still pickled; run it with
-``taskswarm.task.run_task_reporting(payload)``, in whatever process or thread, which returns
-``(status, outcome, text)`` ready to report.
+manager as a ``WorkItem``: its id and its payload, the task still pickled and not yet checked;
+run it with ``taskswarm.task.run_task_reporting(payload)``, in whatever process or thread, which
+checks the payload's digest, unpickles and runs it, and returns ``(status, outcome, text)``
+ready to report. A task manager never unpickles a payload itself.
 
 ``TaskManagerBase`` gives the optional members documented defaults; a task manager may
 inherit it and write the rest. The in-tree ones (``process_pool.ProcessPoolManager``, the
@@ -37,7 +38,11 @@ class WorkItem:
     """A task as a slave holds it: its id and its still-pickled payload."""
 
     task_id: str
-    payload: Any  # bytes, or a memoryview of the frame it arrived in
+    #: a ``taskswarm.protocol.digests.Payload`` as received (its bytes unchecked, with the
+    #: digest its signed header gave), or bytes made on this host; ``run_task_reporting``
+    #: checks the former right before it unpickles it, wherever it runs (a Payload pickles
+    #: as its bytes and digest)
+    payload: Any
     timeout: float | None = None
     cancelled: bool = False  # cancelled while in a worker's pipeline: its outcome is dropped
 

@@ -5,12 +5,20 @@ Data flow (one thread; ZeroMQ socket and worker pipes in one poller)::
     master --TASKS--> dealer --> task manager (worker processes)
     worker pipe --> task manager results queue --> RESULTS (a batch worth sending) --> master
 
-The slave never unpickles a task: payloads go to the workers as they came. While its tasks are
-short, it asks to hold enough of them for its messages to be worth their cost
-(``MESSAGE_TASKS``, up to ``QUEUE_SECONDS`` of its workers' work), and gathers their outcomes
-into batches of a ``BATCH_SHARE``-th of that before it sends them (``_worth_sending``); it sends
-at once whenever its workers would otherwise run short of tasks, so a lone task's result never
-waits, and holds none long (``RESULTS_HOLD``, never over ``SLOW_TASK``) however few come.
+The slave never unpickles a task: payloads go to the workers as they came, each with the digest
+its signed header gave, which the worker checks right before it unpickles the task (a mismatch:
+the task fails unrun with ``BadDigest``, counted here as ``bad-digest``). It takes messages
+only from the master's session, the one the WELCOME answering its REGISTER came from (from
+another session it heeds REREGISTER alone, a restarted master's first word, by registering
+again); another session's are dropped and counted (``not-from-master``), even signed with the
+cluster key.
+
+While its tasks are short, it asks to hold enough of them for its messages to be worth their
+cost (``MESSAGE_TASKS``, up to ``QUEUE_SECONDS`` of its workers' work), and gathers their
+outcomes into batches of a ``BATCH_SHARE``-th of that before it sends them (``_worth_sending``);
+it sends at once whenever its workers would otherwise run short of tasks, so a lone task's
+result never waits, and holds none long (``RESULTS_HOLD``, never over ``SLOW_TASK``) however
+few come.
 
 Until the master has answered (it may start later, or restart), the slave keeps re-sending
 REGISTER each heartbeat, and says so: that it is waiting for the master at its address (and
@@ -66,7 +74,7 @@ from ..protocol.transport import (
 from ..scheduling import load_plugin
 from ..scheduling.records import format_resources
 from ..stats import Stats
-from ..task import Status, dump_error, error_text
+from ..task import REFUSED, Status, dump_error, error_text
 from .contracts import TaskManagerContract, WorkItem
 from .pacing import SLOW_TASK
 
@@ -286,8 +294,17 @@ class Slave(NodeLifecycle):
                 else:
                     log.debug("dropped a message: %s", exc)
                 continue
+            if message.sender != self.master_session:
+                if message.kind == Kind.WELCOME and not self.registered:
+                    self.master_session = message.sender  # the answer to our REGISTER
+                elif message.kind != Kind.REREGISTER:
+                    # Signed with the cluster key, but not by the master that welcomed this
+                    # slave: a slave takes orders from that session only (and addresses it).
+                    # (REREGISTER, a restarted master's first word, only makes it register.)
+                    self.codec.rejected["not-from-master"] += 1
+                    log.debug("dropped a %s message from another session", message.kind)
+                    continue
             self._last_from_master = time.monotonic()
-            self.master_session = message.sender
             handler = self._handlers.get(message.kind)
             if handler is None:
                 continue
@@ -535,24 +552,7 @@ class Slave(NodeLifecycle):
                 self._send(Results(results=[], started=started))
             return
         limit = self._max_payload()
-        # One pass over the outcomes (the slave's hot path): each becomes its header item, its
-        # payload and its size. A crash has no outcome to send, only how the worker died: that
-        # goes in the header, as does a failure's text (what people read on the master; a
-        # manager may give none).
-        outcomes: list[Outcome] = []
-        payloads: list[Any] = []
-        sizes: list[int] = []
-        for item in batch:
-            task_id, status, data, *rest = self._fitted(item, limit)
-            if status == Status.OK:
-                outcomes.append(Outcome(task_id, status))
-            elif status == Status.CRASH:
-                outcomes.append(Outcome(task_id, status, str(data)))
-                data = b""
-            else:
-                outcomes.append(Outcome(task_id, status, rest[0] if rest else None))
-            payloads.append(data)
-            sizes.append(len(data))
+        outcomes, payloads, sizes = self._outcomes(batch, limit)
         if started:  # a task that began and ended since the last message: its outcome says all
             ended = {outcome.task_id for outcome in outcomes}
             started = [task_id for task_id in started if task_id not in ended]
@@ -572,6 +572,34 @@ class Slave(NodeLifecycle):
         self.stats.add(
             "slave_task_seconds", sum(held) / len(held), len(held), low=min(held), high=max(held)
         )
+
+    def _outcomes(
+        self, batch: list[tuple[Any, ...]], limit: int
+    ) -> tuple[list[Outcome], list[Any], list[int]]:
+        """Each outcome's header item, payload and size, in one pass (the slave's hot path). A
+        crash has no outcome to send, only how the worker died: that goes in the header, as
+        does a failure's text (what people read on the master; a manager may give none)."""
+        outcomes: list[Outcome] = []
+        payloads: list[Any] = []
+        sizes: list[int] = []
+        refused = 0
+        for item in batch:
+            task_id, status, data, *rest = self._fitted(item, limit)
+            if status == Status.OK:
+                outcomes.append(Outcome(task_id, status))
+            elif status == Status.CRASH:
+                outcomes.append(Outcome(task_id, status, str(data)))
+                data = b""
+            else:
+                detail = rest[0] if rest else None
+                outcomes.append(Outcome(task_id, status, detail))
+                if detail is not None and detail.startswith(REFUSED):
+                    refused += 1  # its payload did not match its signed digest: it never ran
+            payloads.append(data)
+            sizes.append(len(data))
+        if refused:  # counted as any other refused message is (their owners get the error)
+            self.codec.rejected["bad-digest"] += refused
+        return outcomes, payloads, sizes
 
     def _max_payload(self) -> int:
         """The largest outcome that fits in one message the master accepts."""

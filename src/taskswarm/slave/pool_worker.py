@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 
+from ..protocol.digests import Payload
 from .containment import kill_group
 from .queued import WorkItem
 from .worker import STOP, worker_main, write_all, writev_all
@@ -146,11 +147,19 @@ def end(worker: PoolWorker, *, stop: bool = False, wait: bool = False) -> None:
 
 
 def frame_task(item: WorkItem) -> list[Any]:
-    """A task as the worker reads it, msgpack ``[task_id, payload]``, in one or two pieces."""
-    if len(item.payload) < _BIG:
-        return [_pack([item.task_id, item.payload])]
-    head = b"\x92" + _pack(item.task_id) + b"\xc6" + len(item.payload).to_bytes(4, "big")
-    return [head, item.payload]  # array of 2, the id, then a bin 32 header and its bytes
+    """A task as the worker reads it, msgpack ``[task_id, payload, digest]``, in one to three
+    pieces. The digest is the one the task's signed header gave: the worker checks it right
+    before it unpickles the task (a payload made on this host, plain bytes, goes without)."""
+    payload = item.payload
+    if type(payload) is Payload:
+        data, tail = payload.raw, [payload.digest]
+    else:
+        data, tail = payload, []
+    if len(data) < _BIG:
+        return [_pack([item.task_id, data, *tail])]
+    head = b"\x93" if tail else b"\x92"  # an array of 3 (or 2): the id, the payload...
+    head += _pack(item.task_id) + b"\xc6" + len(data).to_bytes(4, "big")  # ...a bin 32 header
+    return [head, data, _pack(tail[0])] if tail else [head, data]
 
 
 def send(worker: PoolWorker, data: bytes | list[Any]) -> None:

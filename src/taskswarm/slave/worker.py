@@ -1,6 +1,7 @@
 """The loop of one worker process: read tasks, run each, write each outcome back at once.
 
-Tasks arrive on a socket as a stream of msgpack ``[task_id, payload]`` arrays; one read takes
+Tasks arrive on a socket as a stream of msgpack ``[task_id, payload, digest]`` arrays (the
+digest its signed header gave, checked right before the task is unpickled); one read takes
 every task waiting, so a slave that sends a worker several small tasks at once costs one system
 call, not one per task. Each outcome is written the moment its task ends, in the order the tasks
 came: the slave always knows which task is running (the first without an outcome), which is how
@@ -24,6 +25,7 @@ from typing import Any
 
 import msgpack
 
+from ..protocol.digests import Payload
 from ..task import Status, run_task_reporting
 
 #: Sent instead of a task: finish and exit.
@@ -91,12 +93,14 @@ def worker_main(conn: Connection) -> None:
         message = tasks.popleft()
         if message is None:
             return
-        task_id, payload = message
+        task_id, payload, *sealed = message  # the digest its signed header gave, if received
         if task_id in skip:
             skip.discard(task_id)
             reply = [task_id, Status.CANCELLED, b""]
         else:
-            status, outcome, text = run_task_reporting(payload)
+            status, outcome, text = run_task_reporting(
+                Payload(payload, sealed[0]) if sealed else payload
+            )
             reply = [task_id, status, outcome] if text is None else [task_id, status, outcome, text]
         try:
             write_all(fd, msgpack.packb(reply))
