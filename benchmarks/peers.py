@@ -6,6 +6,8 @@ peers); ``--help`` lists the options and ``--quick`` is a smoke run (sizes divid
 Frameworks (``--frameworks``), each with 2 worker processes on this machine:
 
 * ``taskswarm-push`` / ``taskswarm-pull``: ``LocalCluster(slaves=1, workers=2)``, that scheduler;
+* ``taskswarm-noshm``: ``taskswarm-push`` with shared memory off (``shared_memory=False``):
+  every big argument and result travels in messages, as between hosts;
 * ``mp.Pool``: ``multiprocessing.Pool(2)``, bulk work through ``imap_unordered(chunksize=1)``;
 * ``ProcessPoolExecutor``: ``concurrent.futures.ProcessPoolExecutor(2)``;
 * ``loky``: ``loky.get_reusable_executor(max_workers=2)``;
@@ -447,16 +449,19 @@ class Framework:
 class Taskswarm(Framework):
     runs_queue = True
 
-    def __init__(self, scheduler: str) -> None:
+    def __init__(self, scheduler: str, shared_memory: bool = True) -> None:
         super().__init__()
         self.scheduler = scheduler
-        self.name = f"taskswarm-{scheduler}"
+        self.shared_memory = shared_memory
+        self.name = f"taskswarm-{scheduler}" if shared_memory else "taskswarm-noshm"
         self.version = f"taskswarm {ts.__version__}"
         self.cluster: ts.LocalCluster | None = None
         self.app: ts.Application | None = None
 
     def launch(self) -> None:
-        self.cluster = ts.LocalCluster(slaves=1, workers=WORKERS, scheduler=self.scheduler)
+        self.cluster = ts.LocalCluster(
+            slaves=1, workers=WORKERS, scheduler=self.scheduler, shared_memory=self.shared_memory
+        )
         self.app = self.cluster.connect()
 
     def shutdown(self) -> None:
@@ -839,6 +844,7 @@ class Ray(Framework):
 FRAMEWORKS: dict[str, Callable[[], Framework]] = {
     "taskswarm-push": lambda: Taskswarm("push"),
     "taskswarm-pull": lambda: Taskswarm("pull"),
+    "taskswarm-noshm": lambda: Taskswarm("push", shared_memory=False),
     "mp.Pool": MpPool,
     "ProcessPoolExecutor": ProcessPool,
     "loky": Loky,

@@ -143,6 +143,7 @@ _OVERRIDES = {
     "worker_memory_limit": st.none()
     | st.sampled_from(["0", "auto", "2GiB", "512MiB", "0.5", "1.5GB", "123456789"]),
     "master_address": st.from_regex(r"tcp://[a-z0-9.]{1,12}:[0-9]{1,5}", fullmatch=True),
+    "shared_memory": st.sampled_from(["off", "on", "256KiB", "1MiB", "4096", "0"]),
 }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from .client.application import Application, connect
 from .errors import ClusterError, ConfigurationError
 from .ops.config import MasterConfig, SlaveConfig, to_argv
+from .protocol import sharing
 from .protocol.keys import generate_key_file, load_keys
 from .scheduling import load_plugin
 from .slave.containment import fair_share, parse_memory_limit, usable_cores
@@ -56,7 +57,14 @@ NOT_KEYWORDS = {
     "engine": "the master's --engine (a scheduler's) and a slave's (a manager's) differ",
 }
 #: Keywords whose LocalCluster meaning or default differs from the command's (see the class).
-OWN_KEYWORDS = ("curve", "state_dir", "dashboard", "system_log_level", "worker_memory_limit")
+OWN_KEYWORDS = (
+    "curve",
+    "state_dir",
+    "dashboard",
+    "system_log_level",
+    "worker_memory_limit",
+    "shared_memory",
+)
 
 
 def _keywords(record: type) -> set[str]:
@@ -82,7 +90,11 @@ class LocalCluster:
     many local clusters may run at once); ``curve=True`` makes a key with a CurveZMQ keypair;
     ``worker_memory_limit`` is each slave's ``--worker-memory-limit`` (``"2GiB"``, a
     fraction, 0 for none), by default the machine's memory over every worker of the cluster;
-    ``ipc=False`` has the nodes talk over loopback TCP instead of a Unix socket.
+    ``ipc=False`` has the nodes talk over loopback TCP instead of a Unix socket;
+    ``shared_memory`` is on (task arguments and results of 256 KiB or more travel through
+    shared memory segments, see ``taskswarm.protocol.sharing``): a size sets the threshold,
+    False turns it off. Every segment left when the cluster closes (or when this program
+    dies: its nodes see to it) is freed.
 
     The nodes log warnings only (``log_level``), but what task systems log themselves shows
     from ``system_log_level`` up, on this process's stderr, which the nodes share. The nodes
@@ -103,6 +115,7 @@ class LocalCluster:
         ipc: bool = True,
         dashboard: str | None = None,
         worker_memory_limit: str | int | float | None = None,
+        shared_memory: str | int | bool = True,
         **settings: Any,
     ) -> None:
         self._entered = time.monotonic()
@@ -129,6 +142,10 @@ class LocalCluster:
         self._dir = Path(tempfile.mkdtemp(prefix="taskswarm-"))
         self.key_file = str(generate_key_file(self._dir / "cluster.key", curve=curve))
         self.key = load_keys(self.key_file)
+        #: Payloads of this many bytes or more go through shared memory (None: off).
+        self.shared_memory = sharing.parse_threshold(shared_memory)
+        #: The prefix of this cluster's segment names: what ``close()`` sweeps.
+        self.shared_prefix = sharing.cluster_prefix(self.key.hmac)
         # Nodes on one machine talk over a Unix socket: a quarter less latency than loopback TCP.
         bind = f"ipc://{self._dir / 'master.sock'}" if ipc else "tcp://127.0.0.1:0"
         self.master_config = MasterConfig(
@@ -148,6 +165,7 @@ class LocalCluster:
             key_file=self.key_file,
             workers=self.workers,
             worker_memory_limit=self.worker_memory_limit,
+            shared_memory=str(self.shared_memory or "off"),
             **{name: value for name, value in settings.items() if name in SLAVE_KEYWORDS},
         )
         #: Where start-up time went: seconds from LocalCluster() entered to "master listening",
@@ -350,7 +368,12 @@ class LocalCluster:
 
     def connect(self, connect_timeout: float = 10.0) -> Application:
         """A new application connection to this cluster's master (closed with the cluster)."""
-        app = Application(self.address, self.key, connect_timeout=connect_timeout)
+        app = Application(
+            self.address,
+            self.key,
+            connect_timeout=connect_timeout,
+            shared_memory=self.shared_memory or False,
+        )
         self._apps.append(app)
         return app
 
@@ -370,6 +393,8 @@ class LocalCluster:
         # Slaves first, so none of them sees its master vanish and starts waiting for it.
         _terminate(self.slave_processes, grace)
         _terminate([self.master_process] if self.master_process else [], grace)
+        # Every node is gone: what shared memory the cluster still holds goes too.
+        sharing.sweep(self.shared_prefix)
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

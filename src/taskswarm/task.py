@@ -27,6 +27,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import BadDigest, TaskError
+from .protocol import sharing
 from .protocol.digests import Payload, opened
 from .protocol.messages import TaskMeta, parse_resources
 
@@ -307,7 +308,7 @@ def run_task_reporting(payload: bytes | Payload) -> tuple[str, bytes, str | None
         exc.add_note(f"(the task was refused unrun on slave host {_hostname()})")
         return Status.ERROR, dump_error(exc), REFUSED + str(exc)
     try:
-        task = pickle.loads(data)
+        task = sharing.load(data) if sharing.is_reference(data) else pickle.loads(data)
     except BaseException as exc:  # noqa: BLE001 - any unpickling failure is the task's failure
         error = _unpickling_error(exc)
         return Status.ERROR, dump_error(error), error_text(error)
@@ -320,6 +321,10 @@ def run_task_reporting(payload: bytes | Payload) -> tuple[str, bytes, str | None
         retry = getattr(task, "max_retries", 0) > 0 and isinstance(exc, _retry_on(task))
         return (Status.RETRY if retry else Status.ERROR), dump_error(exc), error_text(exc)
     try:
+        share = sharing.configured()
+        if share is not None and getattr(task, "system_id", None) is None:
+            # A plain task's result goes to its application, on this host: shared if big.
+            return Status.OK, dump_shared_result(result, share, task.task_id), None
         return Status.OK, dump_result(result), None
     except BaseException as exc:  # noqa: BLE001 - a SystemExit from __reduce__ too: delivered
         # The pickling error itself, as concurrent.futures delivers it (its type kept), with a
@@ -353,12 +358,30 @@ def dump_result(result: Any) -> bytes:
         return pickled
 
 
+def dump_shared_result(result: Any, share: sharing.Sharing, task_id: str) -> bytes:
+    """``dump_result``, with big buffers out of band and, past the threshold, the whole in a
+    shared memory segment: its reference is what travels (the application frees it)."""
+    collector = sharing.Collector(share.threshold)
+    wrapped = sharing.wrap_big(result, share.threshold)
+    try:
+        data = pickle.dumps(wrapped, protocol=5, buffer_callback=collector)
+    except Exception:
+        collector.clear()
+        data = cloudpickle.dumps(wrapped, protocol=5, buffer_callback=collector)
+    try:
+        return sharing.seal(share, "r", task_id, data, collector.buffers)
+    except OSError:
+        return dump_result(result)  # no room in /dev/shm: the slow road
+
+
 def _unpickling_error(exc: BaseException) -> TaskError:
     """Say what to do when a worker cannot rebuild a task: usually a module it cannot import."""
     import socket
 
     where = f"on slave host {socket.gethostname()}"
-    if isinstance(exc, ImportError) and exc.name:
+    if isinstance(exc, sharing.SegmentMissing):
+        text = f"the task could not be unpickled {where}: {exc}"
+    elif isinstance(exc, ImportError) and exc.name:
         text = (
             f"the task could not be unpickled {where}: module {exc.name!r} is not installed "
             "there; install it on every slave (modules of the application's own, beside its "
@@ -396,12 +419,18 @@ def load_outcome(
     received is checked against its digest first: one altered on the way is not unpickled,
     and the outcome is a ``BadDigest`` error naming the task."""
     try:
-        data = opened(data)
+        pickled = opened(data)
     except BadDigest as exc:
         exc.add_note(f"(the outcome of task {task_name!r} was refused, not unpickled)")
         return None, exc
     try:
-        value = cloudpickle.loads(data)
+        if sharing.is_reference(pickled):
+            try:
+                value = sharing.load(pickled, cloudpickle.loads)
+            finally:
+                sharing.free(pickled)  # read: its segment goes (a mapping lives while used)
+        else:
+            value = cloudpickle.loads(pickled)
     except BaseException as exc:  # noqa: BLE001 - a SystemExit from a __setstate__ too: this
         # task's outcome is broken, not the connection that carries every other one.
         what = "result" if ok else "error"

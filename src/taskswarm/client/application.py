@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from typing import Any, cast
 
 from ..errors import ClientClosed, MasterUnreachable, TaskswarmError
-from ..protocol import pickling
+from ..protocol import pickling, sharing
 from ..protocol.codec import Kind, too_large
 from ..protocol.keys import ClusterKeys, as_keys, load_keys
 from ..protocol.messages import (
@@ -63,7 +63,12 @@ class Application:
         *,
         connect_timeout: float = 10.0,
         master_timeout: float = 5.0,
+        shared_memory: object = None,
     ) -> None:
+        """``shared_memory``: task payloads of this size or more (``"256KiB"``, bytes; True for
+        the default, False or ``"off"`` for never; None: as ``TASKSWARM_SHARED_MEMORY`` says,
+        else off) go to the workers through shared memory segments instead of messages (see
+        ``taskswarm.protocol.sharing``). Only for a cluster whose slaves run on this host."""
         self.address = check_address(address)
         if unresolvable(address) is not None:
             # ZeroMQ would retry the name for ever in silence: say so now, not after a timeout.
@@ -72,9 +77,12 @@ class Application:
         self.client_id = uuid.uuid4().hex
         self.master_timeout = master_timeout
         self._ledger = Ledger()
-        self._link = MasterLink(
-            self.address, as_keys(key), self.client_id, self._ledger, master_timeout
-        )
+        keys = as_keys(key)
+        if shared_memory is None:
+            shared_memory = os.environ.get(sharing.ENVVAR)
+        #: How this application shares big payloads (None: it sends them in messages).
+        self.sharing = sharing.Sharing.of(keys.hmac, shared_memory)
+        self._link = MasterLink(self.address, keys, self.client_id, self._ledger, master_timeout)
         self._link.open(connect_timeout, owner=self)
         for watcher in watchers():
             watcher.opened(self)
@@ -132,13 +140,18 @@ class Application:
         futures: list[TaskFuture] = []
         chunk: list[tuple[Task, TaskFuture, TaskMeta, bytes]] = []
         size = 0
+        share = self.sharing
         paused = gc_pause.pause()
         try:
             for task in tasks:
-                payload = pickling.dumps_task(task)
-                if len(payload) > link.max_payload:
-                    raise too_large(f"task {task.name!r}", len(payload), link.max_bytes)
-                meta = task_meta(task)
+                payload = pickling.dumps_task(task, share)
+                try:
+                    if len(payload) > link.max_payload:
+                        raise too_large(f"task {task.name!r}", len(payload), link.max_bytes)
+                    meta = task_meta(task)
+                except BaseException:
+                    sharing.free(payload)
+                    raise
                 task.client_id = self.client_id
                 future = TaskFuture(task.task_id, self._cancel_queued)
                 chunk.append((task, future, meta, payload))
@@ -149,6 +162,8 @@ class Application:
                     chunk, size = [], 0
         except BaseException:
             self._withdraw(futures[: len(futures) - len(chunk)])
+            for _, _, _, payload in chunk:
+                sharing.free(payload)  # never handed over
             raise
         finally:
             gc_pause.resume(paused)
@@ -158,7 +173,14 @@ class Application:
     def _post_tasks(self, chunk: list[tuple[Task, TaskFuture, TaskMeta, bytes]]) -> None:
         if not chunk:
             return
-        self._ledger.add((task, future) for task, future, _, _ in chunk)
+        segments = None
+        if self.sharing is not None:
+            segments = {
+                task.task_id: name
+                for task, _, _, payload in chunk
+                if sharing.is_reference(payload) and (name := sharing.name_of(payload)) is not None
+            }
+        self._ledger.add(((task, future) for task, future, _, _ in chunk), segments)
         self._link.post_tasks([(meta, payload) for _, _, meta, payload in chunk])
 
     def _withdraw(self, futures: Sequence[TaskFuture]) -> None:
@@ -339,6 +361,7 @@ def connect(
     *,
     key: bytes | ClusterKeys | None = None,
     connect_timeout: float = 10.0,
+    shared_memory: object = None,
 ) -> Application:
     """Connect to a running master; address and key file default to TASKSWARM_MASTER and
     TASKSWARM_KEY_FILE (which `taskswarm run` sets for the program it runs)."""
@@ -358,4 +381,4 @@ def connect(
                 "was started with (--key-file)"
             )
         key = load_keys(key_file)
-    return Application(address, key, connect_timeout=connect_timeout)
+    return Application(address, key, connect_timeout=connect_timeout, shared_memory=shared_memory)

@@ -16,6 +16,7 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
 from ..errors import BadDigest
+from ..protocol import sharing
 from ..protocol.digests import Payload, opened
 from ..protocol.messages import Delivered
 from ..task import Task, load_outcome
@@ -43,20 +44,38 @@ class Ledger:
         self.sent_systems: set[str] = set()
         #: Called as ``(task, result, error)`` after each plain task's Future is resolved.
         self.on_task_finished: TaskFinished | None = None
+        #: task id -> the shared memory segment holding its payload (``sharing``), freed when
+        #: the task leaves the ledger, however it leaves.
+        self.segments: dict[str, str] = {}
 
     # -- tasks -------------------------------------------------------------------------------------
 
-    def add(self, entries: Iterable[Entry]) -> None:
+    def add(self, entries: Iterable[Entry], segments: dict[str, str] | None = None) -> None:
         with self.lock:
             tasks = self.tasks
             for task, future in entries:
                 tasks[task.task_id] = (task, future)
+            if segments:
+                self.segments.update(segments)
 
     def take(self, task_ids: Iterable[str]) -> list[Entry | None]:
         """Remove these tasks; each one's entry, or None where it was not waited for."""
         with self.lock:
             pop = self.tasks.pop
-            return [pop(task_id, None) for task_id in task_ids]
+            taken = [pop(task_id, None) for task_id in task_ids]
+        self._free_segments(task_ids)
+        return taken
+
+    def _free_segments(self, task_ids: Iterable[str]) -> None:
+        """The payload segments of tasks that left the ledger (none, unless sharing is on)."""
+        if not self.segments:
+            return
+        with self.lock:
+            pop = self.segments.pop
+            names = [pop(task_id, None) for task_id in task_ids]
+        for name in names:
+            if name is not None:
+                sharing.free_name(name)
 
     def find(self, task_ids: Iterable[str]) -> list[Entry | None]:
         with self.lock:
@@ -90,10 +109,14 @@ class Ledger:
         with self.lock:
             pop = self.tasks.pop
             entries = [pop(result.task_id, None) for result in results]
+        if self.segments:
+            self._free_segments([result.task_id for result in results])
         refused = 0
         for result, data, entry in zip(results, payloads, entries, strict=False):
             if entry is not None:
                 refused += self._deliver(entry[0], entry[1], result.ok, data)
+            else:
+                sharing.free(data)  # a result no one here waits for (any more): let it go
         # Nothing here may hold a result once its Future has it: the caller alone decides when
         # it is let go (concurrent.futures' test_free_reference).
         entries = entry = None  # type: ignore[assignment]  # noqa: F841
@@ -197,6 +220,9 @@ class Ledger:
             futures = [future for _, future in self.tasks.values()]
             systems = list(self.systems.values())
             self.tasks.clear()
+            names, self.segments = list(self.segments.values()), {}
+        for name in names:
+            sharing.free_name(name)
         for future in futures:
             resolve(future, exception=error)
         for handle in systems:

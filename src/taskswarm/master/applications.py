@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadDigest, TaskError
+from ..protocol import sharing
 from ..protocol.codec import Kind, Message
 from ..protocol.messages import (
     Ack,
@@ -215,7 +216,7 @@ class ApplicationTable:
         client = self.known(identity)
         if client is None:
             return
-        self.drop_unconfirmed(client, ack.tasks)  # delivered: let go
+        self.drop_unconfirmed(client, ack.tasks, delivered=True)  # delivered: let go
         # Task systems' results it received (``systems``, newer applications): forgotten now.
         if ack.systems:
             self.systems.collected(ack.systems, client.client_id)
@@ -390,12 +391,18 @@ class ApplicationTable:
         if cancelled:
             log.info("cancelled %d plain tasks of application %s", len(cancelled), client.client_id)
 
-    def drop_unconfirmed(self, client: ApplicationRecord, task_ids: list[str]) -> None:
-        """Forget outcomes delivered, or that no one will collect (journal rows with them)."""
+    def drop_unconfirmed(
+        self, client: ApplicationRecord, task_ids: list[str], delivered: bool = False
+    ) -> None:
+        """Forget outcomes delivered, or that no one will collect (journal rows with them).
+        A result in shared memory that was not ``delivered`` is freed here (a delivered one
+        its application freed when it read it)."""
         for task_id in task_ids:
             outcome = client.unconfirmed.pop(task_id, None)
             if outcome is not None:
                 client.held -= len(outcome[1])
+                if not delivered:
+                    sharing.free(outcome[1])
         if task_ids:
             self.journal.forget_tasks(task_ids)
 

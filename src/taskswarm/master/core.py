@@ -35,6 +35,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from ..protocol import sharing
 from ..protocol.codec import Kind, Message
 from ..protocol.messages import (
     Ack,
@@ -310,6 +311,7 @@ class MasterCore:
             task_id, status, detail = result.task_id, result.status, result.detail
             task = scheduler.result_arrived(slave_id, task_id)
             if task is None:
+                sharing.free(data)  # a result in shared memory no one will read
                 continue  # stale, duplicate or cancelled
             took.append(now - task.assigned_at)
             outcome = settle(task, status, detail, data, scheduler, journal, max_crashes)

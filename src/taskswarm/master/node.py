@@ -31,6 +31,7 @@ import zmq
 
 from ..dashboard import parse_address
 from ..ops.config import MasterConfig
+from ..protocol import sharing
 from ..protocol.addresses import advertised_address, check_advertise, public_url
 from ..protocol.codec import Codec, Kind
 from ..protocol.keys import ClusterKeys, as_keys
@@ -109,6 +110,7 @@ class Master(NodeLifecycle):
         #: The cluster's keys. A scheduler plugin that runs its own node in the master's process
         #: (the engine schedulers' bridge) signs with them; nothing else reads them.
         keys = self.keys = as_keys(key)
+        self.shared_prefix = sharing.cluster_prefix(keys.hmac)
         retention.tune_malloc()
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
         self.heartbeat_interval = heartbeat_interval
@@ -331,6 +333,7 @@ class Master(NodeLifecycle):
         self._context.term()
         self.mailbox.close()
         self.journal.close()
+        self.sweep_orphaned()
         log.info("master stopped")
 
     # -- receiving and sending -----------------------------------------------------------------

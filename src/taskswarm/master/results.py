@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol import sharing
 from ..protocol.codec import ENVELOPE, Kind, within
 from ..protocol.messages import Delivered, Delivery
 from .edges import Send
@@ -113,6 +114,7 @@ class ResultRoute:
             if client is None:  # restored from the journal: it may come back for it
                 client = self._gone_record(task.client_id)
             elif client.said_bye:
+                sharing.free(data)  # a result in shared memory goes with it
                 continue  # no one can receive this any more
             if ok:
                 client.done += 1

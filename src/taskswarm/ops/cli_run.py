@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from ..protocol.sharing import ENVVAR as SHARED_MEMORY_ENVVAR
 from .cli_shared import connect, env_option
 from .config import RunConfig, options
 
@@ -122,6 +123,8 @@ def run(args: tuple[str, ...], **settings: Any) -> None:
                 cluster.workers,
                 cluster.address,
             )
+            # The program's own connections (ts.connect()) share memory as the cluster does.
+            os.environ[SHARED_MEMORY_ENVVAR] = str(cluster.shared_memory or "off")
             code = _run_app(
                 target, is_module, node, args, cluster.address, cluster.key_file, config.no_progress
             )

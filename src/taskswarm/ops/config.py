@@ -31,6 +31,7 @@ from typing import Any, ClassVar, TypeVar
 import click
 
 from ..errors import ConfigurationError
+from ..protocol.sharing import ENVVAR as SHARED_MEMORY_ENVVAR
 from ..scheduling.records import format_resources
 from .logs import LEVELS
 
@@ -104,6 +105,15 @@ def parse_resources(value: str | None) -> dict[str, float] | None:
         if not resources[name.strip()] >= 0:
             raise ValueError(f"{item.strip()!r}: the amount must be a number >= 0")
     return resources
+
+
+def check_shared_memory(value: str | None) -> str | None:
+    """A shared memory setting that does not parse is refused before anything starts."""
+    from ..protocol.sharing import parse_threshold
+
+    if value is not None:
+        parse_threshold(value)
+    return value
 
 
 def check_memory_limit(value: str | None) -> str | None:
@@ -351,6 +361,17 @@ class SlaveConfig:
         "WorkerMemoryExceeded.",
         metavar="SIZE",
         parse=check_memory_limit,
+    )
+    shared_memory: str = setting(
+        "off",
+        "Task arguments and results of SIZE or more (256KiB, 1MiB; 'on' is 256KiB, 'off' never) "
+        "travel between applications and this slave's workers through shared memory segments "
+        "(/dev/shm, mode 0600) instead of messages. Only for a slave on the host of every "
+        "application that uses it; LocalCluster turns it on. Applications read the same "
+        "variable (or take ts.connect(shared_memory=...)).",
+        metavar="SIZE|on|off",
+        envvar=SHARED_MEMORY_ENVVAR,
+        parse=check_shared_memory,
     )
     max_message_mib: int = _max_message_mib()
 

@@ -20,21 +20,25 @@ from __future__ import annotations
 import collections
 import functools
 import io
+import logging
 import os
 import pickle
 import sys
 import sysconfig
 import threading
 import types
+from collections.abc import Callable
 from importlib.metadata import packages_distributions
 from typing import Any
 
 import cloudpickle
 
 from ..task import FunctionTask
+from . import sharing
 
 __all__ = ["dumps", "dumps_task", "loads"]
 
+log = logging.getLogger(__name__)
 loads = cloudpickle.loads
 #: Blobs kept per process (either side); past this many the cache starts afresh.
 BLOB_CACHE = 512
@@ -175,19 +179,22 @@ class _CodePickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle sh
     )
 
 
-def cloud_dumps(obj: Any) -> bytes:
+def cloud_dumps(obj: Any, buffer_callback: Callable[[Any], Any] | None = None) -> bytes:
     """``cloudpickle.dumps``, keeping the file names of code that travels by value."""
     buffer = io.BytesIO()
-    _CodePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    _CodePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=buffer_callback).dump(
+        obj
+    )
     return buffer.getvalue()
 
 
-def dumps(obj: Any) -> bytes:
-    """cloudpickle ``obj``, first marking the modules of app code it carries to go by value."""
+def dumps(obj: Any, buffer_callback: Callable[[Any], Any] | None = None) -> bytes:
+    """cloudpickle ``obj``, first marking the modules of app code it carries to go by value
+    (out-of-band buffers to ``buffer_callback``, when given: see ``sharing``)."""
     seen: _Walked = set()
     for code in _code_objects(obj):
         _needed_code(code, seen, set())
-    return cloud_dumps(obj)
+    return cloud_dumps(obj, buffer_callback)
 
 
 def _code_objects(obj: Any) -> list[Any]:
@@ -268,10 +275,16 @@ def load_function_task(fn: Any, state: dict[str, Any]) -> FunctionTask:
 
 
 class _TaskPickler(pickle.Pickler):
+    #: With sharing: arguments of this many bytes or more go out of band (``sharing.wrap_big``).
+    big: int | None = None
+
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is FunctionTask:  # the common case, in one global instead of three
             state = dict(obj.__dict__)
             fn = state.pop("fn")
+            if self.big is not None:
+                state["args"] = sharing.wrap_big(state["args"], self.big)
+                state["kwargs"] = sharing.wrap_big(state["kwargs"], self.big)
             blob = _blob(fn) if isinstance(fn, _CODE_TYPES) else None
             return load_function_task, (fn if blob is None else blob, state)
         if isinstance(obj, _CODE_TYPES):
@@ -290,14 +303,23 @@ class _Picklers(threading.local):
     def reset(self) -> None:
         self.buffer = io.BytesIO()
         self.pickler = _TaskPickler(self.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        self.shared_buffer = io.BytesIO()
+        self.collector = sharing.Collector(0)
+        self.shared_pickler = _TaskPickler(
+            self.shared_buffer, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=self.collector
+        )
 
 
 _picklers = _Picklers()
 
 
-def _fast_dumps(obj: Any) -> bytes:
+def _fast_dumps(obj: Any, big: int | None = None) -> bytes:
     local = _picklers
-    buffer, pickler = local.buffer, local.pickler
+    if big is None:
+        buffer, pickler = local.buffer, local.pickler
+    else:
+        buffer, pickler = local.shared_buffer, local.shared_pickler
+        pickler.big = local.collector.minimum = big
     try:
         pickler.dump(obj)
     except BaseException:
@@ -317,18 +339,48 @@ class UnpicklableTask(TypeError):
     """A task that cannot be pickled; the pickler's own error is its ``__cause__``."""
 
 
-def dumps_task(task: Any) -> bytes:
-    """Pickle a task for the trip to a worker; an error names what cannot be pickled."""
+def dumps_task(task: Any, share: sharing.Sharing | None = None) -> bytes:
+    """Pickle a task for the trip to a worker; an error names what cannot be pickled.
+
+    With ``share``, a task of its threshold or more goes into a shared memory segment, its big
+    buffers out of band, and what returns is the reference (see ``sharing``); the caller frees
+    it (``sharing.free``) when the task is settled.
+    """
     if not isinstance(getattr(task, "task_id", None), str):
         raise TypeError(
             f"{task!r} has no task_id: subclass ts.Task and call super().__init__() in __init__"
         )
+    if share is not None:
+        return _dumps_shared(task, share)
     try:
         return _fast_dumps(task)
     except Exception:
         pass  # something only cloudpickle can do (or a real error, which it will raise)
+    return _cloud_dumps_task(task)
+
+
+def _dumps_shared(task: Any, share: sharing.Sharing) -> bytes:
+    collector = _picklers.collector
+    collector.clear()
     try:
-        return dumps(task)
+        try:
+            data = _fast_dumps(task, share.threshold)
+        except Exception:
+            collector.clear()
+            collector.minimum = share.threshold
+            data = _cloud_dumps_task(task, collector)
+        try:
+            return sharing.seal(share, "a", task.task_id, data, collector.buffers)
+        except OSError as exc:
+            log.warning("no shared memory segment for task %s (%s): sent inline", task.name, exc)
+    finally:
+        collector.clear()  # the buffers refer to the task's data: let it go
+    return dumps_task(task)
+
+
+def _cloud_dumps_task(task: Any, buffer_callback: Callable[[Any], Any] | None = None) -> bytes:
+    try:
+        return dumps(task, buffer_callback)
     except Exception as exc:
         raise UnpicklableTask(
             f"task {task.name!r} cannot be sent: {_unpicklable_part(task)} cannot be pickled "

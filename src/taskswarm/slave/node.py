@@ -45,6 +45,7 @@ import zmq
 
 from ..errors import WireError
 from ..ops.config import SlaveConfig
+from ..protocol import sharing
 from ..protocol.codec import ENVELOPE, Codec, Kind, Message, Notice, too_large, within
 from ..protocol.keys import ClusterKeys, as_keys
 from ..protocol.lifecycle import NodeLifecycle
@@ -123,6 +124,7 @@ class Slave(NodeLifecycle):
             max_message_bytes=config.max_message_mib * 1024 * 1024,
             resources=dict(config.resources) if config.resources else None,
             before_connect=before_connect,
+            shared_memory=config.shared_memory,
         )
 
     def __init__(
@@ -138,12 +140,17 @@ class Slave(NodeLifecycle):
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         resources: dict[str, float] | None = None,
         before_connect: Callable[[], object] | None = None,
+        shared_memory: object = "off",
     ) -> None:
         """``before_connect`` runs once the task manager knows its slave (its workers may begin
         to start) and before the socket connects: a LocalCluster's slave waits there for its
-        master to listen."""
+        master to listen. ``shared_memory``: results of this size or more go back to their
+        applications through shared memory (``--shared-memory``; None or "off": never)."""
         super().__init__()
         keys = as_keys(key)
+        self.shared_prefix = sharing.cluster_prefix(keys.hmac)
+        # Set before the task manager starts its workers: they are handed it.
+        sharing.configure(sharing.Sharing.of(keys.hmac, shared_memory))
         #: What this slave offers tasks that declare needs (``Task.resources``), e.g. GPUs.
         self.resources = parse_resources(resources)
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -252,6 +259,7 @@ class Slave(NodeLifecycle):
         self.master_socket.close(linger=0)
         self._context.term()
         self.mailbox.close()
+        self.sweep_orphaned()  # after the workers: none of them makes a segment any more
         log.info("slave %s stopped", self.node_id)
 
     def _drain(self) -> None:

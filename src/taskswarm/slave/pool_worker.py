@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 
+from ..protocol import sharing
 from ..protocol.digests import Payload
 from .containment import kill_group
 from .queued import WorkItem
@@ -121,11 +122,12 @@ def warm_up(context: Any) -> None:
 
 
 def spawn(context: Any, identity: str) -> PoolWorker:
-    """A new worker process, and the slave's end of its socket."""
+    """A new worker process, and the slave's end of its socket. It shares big results as this
+    slave was told to (``sharing.configured()``)."""
     parent_end, child_end = context.Pipe(duplex=True)
     process = context.Process(
         target=worker_main,
-        args=(child_end,),
+        args=(child_end, sharing.configured()),
         name=f"taskswarm-worker-{identity}",
         daemon=True,
     )
@@ -134,9 +136,13 @@ def spawn(context: Any, identity: str) -> PoolWorker:
     return PoolWorker(process, parent_end)
 
 
-def end(worker: PoolWorker, *, stop: bool = False, wait: bool = False) -> None:
+def end(
+    worker: PoolWorker, *, stop: bool = False, wait: bool = False, running: WorkItem | None = None
+) -> None:
     """End a worker with its process group (whatever its tasks started goes with it): asked to
-    stop first (``stop``), or given a moment to exit by itself (``wait``), or at once."""
+    stop first (``stop``), or given a moment to exit by itself (``wait``), or at once.
+    ``running``: the task it ran, whose outcome will never be read; a result it may have put
+    in shared memory for it is freed."""
     if stop:
         send(worker, STOP)
     if stop or wait:
@@ -144,6 +150,10 @@ def end(worker: PoolWorker, *, stop: bool = False, wait: bool = False) -> None:
     kill_group(worker.process)
     _join_writer(worker)
     worker.conn.close()
+    share = sharing.configured()
+    if share is not None:
+        for item in [running, *worker.pipeline] if running is not None else worker.pipeline:
+            sharing.drop_results(share.prefix, worker.process.pid, item.task_id)
 
 
 def frame_task(item: WorkItem) -> list[Any]:

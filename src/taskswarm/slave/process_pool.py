@@ -36,6 +36,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
+from ..protocol import sharing
 from ..task import MEMORY_EXCEEDED, Status
 from . import pool_worker
 from .containment import (
@@ -159,6 +160,7 @@ class ProcessPoolManager(QueuedManager):
         the failure as text for people (see ``task.error_text``)."""
         self._pending -= 1
         if task.cancelled:
+            sharing.free(result)  # a result no one waits for: its segment goes now
             error, result, detail = Status.CANCELLED, b"", None
         self._results.put((task.task_id, error or Status.OK, result, detail))
 
@@ -224,7 +226,7 @@ class ProcessPoolManager(QueuedManager):
             log.warning(
                 "task %s ran past its %gs timeout; replacing its worker", item.task_id, item.timeout
             )
-            self._kill(fd, worker)
+            self._kill(fd, worker, item)
             self._timed_out(item, "", "its worker process was replaced")
         self._adjust_pool()
         self._feed()
@@ -252,7 +254,7 @@ class ProcessPoolManager(QueuedManager):
             running = worker.task
             if running is not None and running.cancelled:
                 worker.take_running()
-                self._kill(fd, worker)
+                self._kill(fd, worker, running)
                 self.task_finished(running, b"", Status.CANCELLED)
         self._adjust_pool()
         self._feed()
@@ -325,12 +327,12 @@ class ProcessPoolManager(QueuedManager):
         self._workers.pop(fd, None)
         self.generation += 1
 
-    def _kill(self, fd: int, worker: PoolWorker) -> None:
-        """Stop a worker now, with its process group (its running task already taken off its
-        pipeline)."""
+    def _kill(self, fd: int, worker: PoolWorker, running: WorkItem | None = None) -> None:
+        """Stop a worker now, with its process group (its running task, ``running``, already
+        taken off its pipeline)."""
         self._drop(fd)
         self._requeue_pipeline(worker)
-        pool_worker.end(worker)
+        pool_worker.end(worker, running=running)
 
     def _retire(self, fd: int, worker: PoolWorker) -> None:
         self._drop(fd)
@@ -359,7 +361,7 @@ class ProcessPoolManager(QueuedManager):
                 format_bytes(limit),
                 f" while running task {item.task_id}" if item is not None else "",
             )
-            self._kill(fd, worker)
+            self._kill(fd, worker, item)
             if item is not None:
                 how = (
                     f"{MEMORY_EXCEEDED}its worker process reached {format_bytes(used)}, past "

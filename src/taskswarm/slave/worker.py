@@ -25,6 +25,7 @@ from typing import Any
 
 import msgpack
 
+from ..protocol import sharing
 from ..protocol.digests import Payload
 from ..task import Status, run_task_reporting
 
@@ -63,7 +64,7 @@ def writev_all(fd: int, pieces: Sequence[bytes | bytearray | memoryview]) -> Non
             views[0] = views[0][written:]
 
 
-def worker_main(conn: Connection) -> None:
+def worker_main(conn: Connection, share: sharing.Sharing | None = None) -> None:
     # A process group of its own, led by this worker: whatever its tasks start is in it, and the
     # slave ends the worker by killing the whole group (containment.kill_group), so no child of
     # a task outlives its timeout, its cancellation or its worker. Out of the terminal's
@@ -71,6 +72,7 @@ def worker_main(conn: Connection) -> None:
     # gets it and decides what happens to running tasks.
     os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sharing.configure(share)  # big results of plain tasks go back through shared memory
     fd = conn.fileno()
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
     tasks: deque[list[Any] | None] = deque()  # read, not run yet (None: stop)
@@ -105,6 +107,7 @@ def worker_main(conn: Connection) -> None:
         try:
             write_all(fd, msgpack.packb(reply))
         except OSError:
+            sharing.free(reply[2])  # a result's segment no one will ever read
             return
 
 
