@@ -19,6 +19,7 @@ import pytest
 import taskswarm as ts
 from conftest import descendants, wait_for
 from taskswarm.protocol import sharing
+from taskswarm.protocol.pickling import dumps_task
 from taskswarm.task import Status, run_task_reporting
 
 pytestmark = pytest.mark.skipif(not sharing.available(), reason="no /dev/shm on this host")
@@ -187,6 +188,31 @@ def test_a_segment_this_host_lacks_fails_the_task_saying_how_to_turn_sharing_off
     status, outcome, text = run_task_reporting(payload)
     assert status == Status.ERROR
     assert "Shared memory is on" in text and "shared_memory=False" in text
+
+
+
+@pytest.mark.timeout(60)
+def test_a_segment_changed_after_it_was_written_is_refused_not_unpickled(tmp_path):
+    """The reference carries the segment's BLAKE3 digest (and the signed header the
+    reference's): a segment whose bytes changed is refused where it would be unpickled."""
+    share = sharing.Sharing(sharing.cluster_prefix(os.urandom(32)), 1024)
+    canary = tmp_path / "canary"
+    task = ts.FunctionTask(length, bytes(4096))
+    payload = dumps_task(task, share)
+    assert sharing.is_reference(payload)
+    name = sharing.name_of(payload)
+    try:
+        path = Path(sharing.DIRECTORY) / name
+        data = bytearray(path.read_bytes())
+        unpickled = dumps_task(ts.FunctionTask(open, str(canary), "w"))
+        data[: len(unpickled)] = unpickled  # same size and layout, another pickle at its head
+        path.write_bytes(bytes(data))
+        status, outcome, text = run_task_reporting(payload)
+    finally:
+        sharing.free(payload)
+    assert status == Status.ERROR
+    assert "does not match the digest" in text
+    assert not canary.exists()
 
 
 # -- shared memory off -----------------------------------------------------------------------------

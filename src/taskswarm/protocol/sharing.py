@@ -5,7 +5,9 @@ socket on its way (application -> master -> slave -> worker, and back): on one h
 ``LocalCluster``, or a cluster started so on purpose) the process that pickles it writes it
 once into a file under ``/dev/shm`` (a *segment*), and the payload that travels is a
 *reference*: a few dozen bytes naming the segment. The process that unpickles it maps the
-segment and unpickles from the mapping.
+segment, checks the BLAKE3 digest the reference carries for the segment's bytes (the reference
+is a payload like any other, bound to its signed header by its own digest, so the segment is
+bound as a frame would be), and unpickles from the mapping.
 
 Pickling uses protocol 5's out-of-band buffers: a NumPy array (or any object that hands pickle a
 ``PickleBuffer``), and a big ``bytes`` or ``bytearray`` argument or result (wrapped so, see
@@ -17,7 +19,7 @@ unpickled array would, never the segment (a task run again sees its argument as 
 
 Layout of a segment: the pickle's own bytes, then each out-of-band buffer at a 64-byte aligned
 offset. A reference is ``MAGIC`` and msgpack ``[name, size, pickle length, [[offset, length],
-...]]``. ``MAGIC`` starts with a byte no pickle starts with (protocol 2 and later begin with
+...], digest]``. ``MAGIC`` starts with a byte no pickle starts with (protocol 2 and later begin with
 ``0x80``; ``0xff`` is no opcode), so any node, the master too, which never unpickles a plain
 task's payload, tells a reference from a pickle by its first byte.
 
@@ -53,6 +55,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import blake3
 import msgpack
 
 from ..errors import BadDigest
@@ -258,8 +261,18 @@ def seal(sharing: Sharing, kind: str, task_id: str, data: bytes, buffers: Sequen
         offset = start + buffer.nbytes
     name = sharing.name(kind, task_id)
     _create(name, pieces)
-    packed: bytes = msgpack.packb([name, offset, len(data), spans])
+    packed: bytes = msgpack.packb([name, offset, len(data), spans, _digest(pieces)])
     return MAGIC + packed
+
+
+def _digest(pieces: Sequence[Any]) -> bytes:
+    """BLAKE3 of a segment's bytes: the reference carries it, and the reference is itself a
+    payload whose digest the signed header carries, so the segment is bound to the message as a
+    frame would be (checked where it is unpickled, like any payload)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    for piece in pieces:
+        hasher.update(piece)
+    return hasher.digest()
 
 
 def _create(name: str, pieces: list[Any]) -> None:
@@ -299,11 +312,11 @@ class SegmentMissing(FileNotFoundError):
     """A reference whose segment this process cannot open."""
 
 
-def _parse(reference: bytes) -> tuple[str, int, int, list[list[int]]]:
-    name, size, length, spans = msgpack.unpackb(bytes(reference[len(MAGIC) :]))
+def _parse(reference: bytes) -> tuple[str, int, int, list[list[int]], bytes]:
+    name, size, length, spans, digest = msgpack.unpackb(bytes(reference[len(MAGIC) :]))
     if not _valid_name(name):
         raise ValueError(f"not a taskswarm shared memory segment: {name!r}")
-    return name, size, length, spans
+    return name, size, length, spans, digest
 
 
 def _valid_name(name: object) -> bool:
@@ -313,7 +326,7 @@ def _valid_name(name: object) -> bool:
 def load(reference: bytes, loads: Callable[..., Any] = pickle.loads) -> Any:
     """Map a reference's segment (copy-on-write) and unpickle from it: out-of-band buffers are
     views of the mapping, which lives as long as any object built on it."""
-    name, size, length, spans = _parse(reference)
+    name, size, length, spans, digest = _parse(reference)
     try:
         fd = os.open(os.path.join(DIRECTORY, name), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -331,6 +344,11 @@ def load(reference: bytes, loads: Callable[..., Any] = pickle.loads) -> Any:
     finally:
         os.close(fd)
     view = memoryview(mapping)
+    if _digest([view]) != digest:
+        raise BadDigest(
+            f"shared memory segment {name!r} ({size} bytes) does not match the digest its "
+            "reference carries (changed since it was written): refused, not unpickled"
+        )
     return loads(view[:length], buffers=[view[start : start + n] for start, n in spans])
 
 
