@@ -19,8 +19,10 @@ carries many tasks however many slaves share the queue, instead of the few its l
 freed. It still holds three quarters of its want meanwhile, so its workers never wait; an idle
 slave, or one whose workers are not all busy, is ready whatever its room. Such a slave, once
 chosen for a task, takes the tasks behind it too, up to a batch or ``STEAL_MIN_BACKLOG`` of
-its work at its pace (less than stealing would move): a stream of short tasks is not spread
-one task per message over every slave.
+its work at its pace (less than stealing would move), and no more than a fair share of the
+queue among the ready slaves: a stream of short tasks is not spread one task per message over
+every slave, nor a short queue of longer ones piled on one slave whose pace is that of earlier,
+shorter tasks.
 
 One class, over 400 lines, on purpose: every change of a task's state happens in it, so the
 invariant above (one state at a time, one match of each result) can be checked by reading one
@@ -241,9 +243,13 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
         self._tasked_pushed(slave.slave_id)
 
     def _hand_more(self, slave: SlaveRecord) -> None:
-        """The slave just chosen takes the next queued tasks too, up to its ``handout``; a task
-        with resource needs stops it (it goes where they fit)."""
-        more, queue = self.handout(slave) - 1, self.queue
+        """The slave just chosen takes the next queued tasks too, up to its ``handout`` and never
+        more than a fair share of the queue among the slaves ready for it (its pace may be that
+        of earlier, shorter tasks: a short queue of longer ones must not all go to one slave
+        while others stand idle); a task with resource needs stops it (it goes where they fit)."""
+        queue = self.queue
+        share = -(-(len(queue) + 1) // max(1, len(self.ready)))  # this task and those behind it
+        more = min(self.handout(slave), share) - 1
         while more > 0 and queue and self.capacity(slave) > 0:
             task = queue.popleft()
             if task.state != TaskState.QUEUED:
