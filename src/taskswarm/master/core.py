@@ -278,10 +278,16 @@ class MasterCore:
             self.send(identity, header.kind, header)
 
     def _send_running(self) -> None:
-        """One RUNNING message per application whose tasks began this turn."""
+        """One RUNNING message per application whose tasks began this turn, less those whose
+        outcome came in the same turn: it goes to the application now and says all."""
+        if not self._started_for:
+            return
         started, self._started_for = self._started_for, defaultdict(list)
+        live = self.scheduler.tasks
         for client_id, task_ids in started.items():
-            self.tell_application(client_id, Running(tasks=task_ids))
+            running = [task_id for task_id in task_ids if task_id in live]
+            if running:
+                self.tell_application(client_id, Running(tasks=running))
 
     def tell_application(self, client_id: str, header: Header) -> None:
         """Send to an application by its id, if it is connected."""
