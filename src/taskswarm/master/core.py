@@ -223,8 +223,14 @@ class MasterCore:
         self._send_running()
         self.slaves.send_steal_requests()
         self.applications.results.flush()
+        self.applications.results.send_acks()
         self.applications.results.journal_unconfirmed()
         self._send_replies()
+
+    def next_wake(self) -> float | None:
+        """When a turn has something to send though no message came (on ``clock``): the
+        acknowledgements of SUBMITs that waited for results; None when nothing waits."""
+        return self.applications.results.next_ack()
 
     def tick(self, now: float | None = None) -> None:
         """Each heartbeat (``now`` on the core's clock): beat, lose silent slaves, sweep."""
