@@ -22,7 +22,7 @@ from conftest import free_port, wait_for
 from taskswarm.protocol.keys import ClusterKeys
 from taskswarm.protocol.messages import Header, Results
 from taskswarm.slave.contracts import TaskManagerBase
-from taskswarm.slave.node import PREFETCH, RESULTS_HOLD, Slave
+from taskswarm.slave.node import PREFETCH, RESULTS_HOLD, STARTED_HOLD, Slave
 from taskswarm.slave.pacing import PACE_WEIGHT, SLOW_TASK, folded
 from taskswarm.slave.process_pool import ProcessPoolManager, WorkItem
 from taskswarm.task import FunctionTask, Status
@@ -272,6 +272,37 @@ def test_a_lone_tasks_outcome_is_sent_at_once(quick_slave):
     slave._send_results()
 
     assert results_sent(sent) == [1]
+
+
+def test_a_lone_task_that_ends_soon_is_never_reported_begun(quick_slave):
+    slave, manager, sent = quick_slave
+    slave._window()
+    (task_id,) = holds(slave, 1)
+    manager.began.append(task_id)
+    slave._send_results()
+    assert sent == []  # its start waits: its outcome may say all
+
+    manager.finish([task_id])
+    slave._send_results()
+    assert results_sent(sent) == [1]
+    assert sent[-1].started is None
+
+
+def test_a_task_still_running_is_reported_begun_after_the_hold(quick_slave):
+    slave, manager, sent = quick_slave
+    slave._window()
+    (task_id,) = holds(slave, 1)
+    manager.began.append(task_id)
+    slave._send_results()
+    assert sent == []
+    assert slave._began_by is not None
+    assert slave._began_by - time.monotonic() <= STARTED_HOLD
+
+    slave._began_by = time.monotonic()  # the hold is over
+    slave._send_results()
+
+    assert [(r.results, r.started) for r in sent] == [([], [task_id])]
+    assert slave._began_by is None
 
 
 def test_outcomes_go_at_once_when_the_slave_runs_short_of_tasks(quick_slave):

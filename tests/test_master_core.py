@@ -36,6 +36,7 @@ from taskswarm.errors import ConfigurationError
 from taskswarm.master.core import MasterCore
 from taskswarm.master.edges import Outgoing
 from taskswarm.master.journal import Journal
+from taskswarm.master.results import ACK_DELAY
 from taskswarm.master.retention import Retention
 from taskswarm.master.schedulers import load_scheduler
 from taskswarm.ops.config import MasterConfig
@@ -374,6 +375,48 @@ def test_a_task_goes_from_application_to_slave_and_its_result_back():
     assert results == Outgoing(b"app", Kind.RESULTS, {"results": [["t1", True]]}, [b"42"])
     assert core.status()["tasks"] == {"queued": 0, "assigned": 0}
     assert core.applications.records["app"].done == 1
+
+
+def test_a_submit_is_acknowledged_with_its_results_to_an_application_taking_batched_acks():
+    clock, wire = Clock(), Wire()
+    core = make_core(wire, clock)
+    core.handle(b"app", message(Kind.HELLO, {"client_id": "app", "batched_acks": True}))
+    core.handle(b"slave", message(Kind.REGISTER, {"node_id": "s1", "workers": 1}))
+    core.handle(b"slave", message(Kind.HEARTBEAT, {}))
+    wire.take()
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": [task_meta("t1")], "rid": 7}, [b"x"]))
+    core.turn()
+    assert [o.kind for o in wire.take()] == [Kind.TASKS]  # no ACK of its own on the way
+    assert core.next_wake() == clock.now + ACK_DELAY
+
+    core.handle(b"slave", message(Kind.RESULTS, {"results": [["t1", "ok", None]]}, [b"42"]))
+    core.turn()
+    (results,) = wire.take()
+    assert results == Outgoing(
+        b"app", Kind.RESULTS, {"results": [["t1", True]], "acked": [7]}, [b"42"]
+    )
+    assert core.next_wake() is None
+    clock.now += ACK_DELAY
+    core.turn()
+    assert wire.take() == []  # said once
+
+
+def test_a_batched_ack_goes_alone_when_no_result_comes_in_time():
+    clock, wire = Clock(), Wire()
+    core = make_core(wire, clock)
+    core.handle(b"app", message(Kind.HELLO, {"client_id": "app", "batched_acks": True}))
+    wire.take()
+    for rid in (1, 2):  # no slave: the tasks wait in the queue
+        batch = {"tasks": [task_meta(f"t{rid}")], "rid": rid}
+        core.handle(b"app", message(Kind.SUBMIT, batch, [b"x"]))
+        core.turn()
+    assert wire.take() == []
+
+    clock.now += ACK_DELAY
+    core.turn()
+    (ack,) = wire.take()
+    assert ack == Outgoing(b"app", Kind.ACK, {"rid": 1, "rids": [1, 2]}, [])
+    assert core.next_wake() is None
 
 
 def test_a_lost_slaves_task_runs_again_and_is_delivered_once():

@@ -141,7 +141,12 @@ class MasterLink:
         self.ledger = ledger
         self.codec = Codec(keys.hmac, headers=APPLICATION_HEADER)
         self.master_timeout = master_timeout
-        self.hello = Hello(client_id=application_id, host=socket.gethostname(), pid=os.getpid())
+        self.hello = Hello(
+            client_id=application_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            batched_acks=True,
+        )
         self.context = zmq.Context()
         self.socket = connect_dealer(
             self.context, address, f"app-{application_id}".encode(), keys.curve_public
@@ -418,7 +423,11 @@ class MasterLink:
         self.ledger.mark_running(msg.read(Running).tasks)
 
     def _on_results(self, msg: Message) -> None:
-        results = msg.read(Delivery).results
+        delivery = msg.read(Delivery)
+        results = delivery.results
+        if delivery.acked:  # SUBMITs the master accepted: their batches need not go again
+            for rid in delivery.acked:
+                self._unconfirmed_batches.pop(rid, None)
         # The master keeps each result (journaled) until told it arrived: say so soon, in bulk.
         if not self._acks_due:
             self._ack_at = time.monotonic() + ACK_DELAY
@@ -431,6 +440,10 @@ class MasterLink:
         reply = msg.body
         if not isinstance(reply, (Ack, Reject, StatusReply)):
             return  # not a kind this handler is given
+        if isinstance(reply, Ack) and reply.rids:  # several SUBMITs accepted at once
+            for rid in reply.rids:
+                self._unconfirmed_batches.pop(rid, None)
+            return
         batch = self._unconfirmed_batches.pop(reply.rid, None) if reply.rid is not None else None
         if batch is not None:
             if isinstance(reply, Reject):

@@ -156,6 +156,7 @@ class ApplicationTable:
         client.said_bye = False
         client.last_seen = self.clock()
         client.host, client.pid = hello.host, hello.pid
+        client.batched_acks = hello.batched_acks
         self.peers[identity] = client
         # Whatever it has not confirmed may have been lost on the way: send it again.
         client.outbox = [(t, ok, data) for t, (ok, data, _) in client.unconfirmed.items()]
@@ -194,6 +195,10 @@ class ApplicationTable:
             return
         client.submitted += len(fresh)
         self.scheduler.push_tasks(fresh)
+        if client.batched_acks and rid is not None:
+            # With its results, or alone a little later: no message of its own per round trip.
+            self.results.acknowledge(client, rid)
+            return
         # Answered once this turn's tasks are on their way: the ACK is not on their path.
         self.reply_later(identity, Ack(rid=rid, n=len(tasks)))
 

@@ -223,8 +223,14 @@ class MasterCore:
         self._send_running()
         self.slaves.send_steal_requests()
         self.applications.results.flush()
+        self.applications.results.send_acks()
         self.applications.results.journal_unconfirmed()
         self._send_replies()
+
+    def next_wake(self) -> float | None:
+        """When a turn has something to send though no message came (on ``clock``): the
+        acknowledgements of SUBMITs that waited for results; None when nothing waits."""
+        return self.applications.results.next_ack()
 
     def tick(self, now: float | None = None) -> None:
         """Each heartbeat (``now`` on the core's clock): beat, lose silent slaves, sweep."""
@@ -278,10 +284,16 @@ class MasterCore:
             self.send(identity, header.kind, header)
 
     def _send_running(self) -> None:
-        """One RUNNING message per application whose tasks began this turn."""
+        """One RUNNING message per application whose tasks began this turn, less those whose
+        outcome came in the same turn: it goes to the application now and says all."""
+        if not self._started_for:
+            return
         started, self._started_for = self._started_for, defaultdict(list)
+        live = self.scheduler.tasks
         for client_id, task_ids in started.items():
-            self.tell_application(client_id, Running(tasks=task_ids))
+            running = [task_id for task_id in task_ids if task_id in live]
+            if running:
+                self.tell_application(client_id, Running(tasks=running))
 
     def tell_application(self, client_id: str, header: Header) -> None:
         """Send to an application by its id, if it is connected."""

@@ -296,7 +296,11 @@ class Master(NodeLifecycle):
         next_beat = time.monotonic()
         try:
             while not self._stopping:
-                wait = max(0.0, next_beat - time.monotonic())
+                wake_at = next_beat
+                due = core.next_wake()
+                if due is not None and due < wake_at:
+                    wake_at = due
+                wait = max(0.0, wake_at - time.monotonic())
                 events = dict(self._poller.poll(math.ceil(wait * 1000)))
                 if self.router in events:
                     self._receive_from_nodes()

@@ -23,15 +23,18 @@ from typing import Any
 
 from ..protocol import sharing
 from ..protocol.codec import ENVELOPE, Kind, within
-from ..protocol.messages import Delivered, Delivery
+from ..protocol.messages import Ack, Delivered, Delivery
 from .edges import Send
 from .journal import Journal, NullJournal
 from .outcomes import Outcome
 
-__all__ = ["JOURNAL_AFTER", "ApplicationRecord", "ResultRoute"]
+__all__ = ["ACK_DELAY", "JOURNAL_AFTER", "ApplicationRecord", "ResultRoute"]
 
 #: Seconds an outcome may wait for its application's confirmation before it is journaled.
 JOURNAL_AFTER = 0.25
+#: Seconds the acknowledgement of a SUBMIT waits to go with that application's results, to an
+#: application that takes them in batches (``Hello.batched_acks``); then it goes alone.
+ACK_DELAY = 0.005
 
 
 @dataclass(eq=False)
@@ -54,6 +57,8 @@ class ApplicationRecord:
     done: int = 0  # ... whose outcome was a result
     failed: int = 0  # ... whose outcome was an error
     cancelled: int = 0  # ... cancelled before an outcome
+    batched_acks: bool = False  # takes its SUBMITs' acknowledgements in batches (HELLO says)
+    acks_due: list[int] = field(default_factory=list)  # SUBMITs accepted, not acknowledged yet
 
     def summary(self) -> dict[str, Any]:
         """What `status` and the dashboard show of this application node."""
@@ -95,6 +100,36 @@ class ResultRoute:
         self._waiting: dict[str, ApplicationRecord] = {}
         #: Outcomes not journaled yet, oldest first: (when, client, task_id).
         self._unjournaled: deque[tuple[float, ApplicationRecord, str]] = deque()
+        #: Applications owed the acknowledgement of a SUBMIT, and when it goes alone at the
+        #: latest (monotonic), oldest first.
+        self._acks_by: dict[str, tuple[float, ApplicationRecord]] = {}
+
+    def acknowledge(self, client: ApplicationRecord, rid: int) -> None:
+        """A SUBMIT accepted: it is acknowledged with the application's next results, or alone
+        after ``ACK_DELAY``, so that a lone task's round trip costs no message of its own."""
+        client.acks_due.append(rid)
+        if client.client_id not in self._acks_by:
+            self._acks_by[client.client_id] = (self.clock() + ACK_DELAY, client)
+
+    def next_ack(self) -> float | None:
+        """When the oldest acknowledgement owed goes alone (on ``clock``); None if none is."""
+        for due, _ in self._acks_by.values():
+            return due
+        return None
+
+    def send_acks(self, now: float | None = None) -> None:
+        """The acknowledgements owed for ``ACK_DELAY`` or longer go alone, one ACK each."""
+        if not self._acks_by:
+            return
+        now = self.clock() if now is None else now
+        while self._acks_by:
+            client_id, (due, client) = next(iter(self._acks_by.items()))
+            if due > now:
+                return
+            del self._acks_by[client_id]
+            rids, client.acks_due = client.acks_due, []
+            if rids and client.identity is not None:
+                self.send(client.identity, Kind.ACK, Ack(rid=rids[0], rids=rids))
 
     def waiting(self, client: ApplicationRecord) -> None:
         """Its outbox has something: send it this turn."""
@@ -157,13 +192,19 @@ class ResultRoute:
             if not client.outbox or client.identity is None:
                 continue
             outbox, limit = client.outbox, self.max_message_bytes - ENVELOPE
+            acked = client.acks_due or None  # the SUBMITs accepted go with the results
             sent = 0  # big results may add up past what one message may hold: split them
             for part in within([len(data) for _, _, data in outbox], limit):
-                header = Delivery(results=[Delivered(t, ok) for t, ok, _ in outbox[part]])
+                header = Delivery(
+                    results=[Delivered(t, ok) for t, ok, _ in outbox[part]], acked=acked
+                )
                 payloads = [data for _, _, data in outbox[part]]
                 if not self.send(client.identity, Kind.RESULTS, header, payloads):
                     break
                 sent = part.stop
+                if acked:
+                    client.acks_due, acked = [], None
+                    self._acks_by.pop(client.client_id, None)
             client.outbox = outbox[sent:]
             if client.outbox:
                 self._waiting[client.client_id] = client  # again next turn

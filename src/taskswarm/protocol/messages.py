@@ -305,6 +305,9 @@ class Delivery(Header, tag=Kind.RESULTS):
     :class:`Results`."""
 
     results: list[Delivered]
+    #: SUBMITs (their ``rid``) the master accepted since it last said so, to an application
+    #: that takes its acknowledgements in batches (``Hello.batched_acks``); None: none.
+    acked: list[int] | None = None
 
     batch = "results"
 
@@ -365,6 +368,10 @@ class Hello(Header, tag=Kind.HELLO):
     host: str = ""
     #: Its process id, shown in status (None: not said).
     pid: Count | None = None
+    #: It takes the acknowledgements of its SUBMITs in batches, a few milliseconds late: with
+    #: its results (``Delivery.acked``) or in an ACK naming several (``Ack.rids``). False (an
+    #: older application): an ACK for each SUBMIT, at once.
+    batched_acks: bool = False
 
 
 class Submit(Header, tag=Kind.SUBMIT):
@@ -485,6 +492,9 @@ class Ack(Header, tag=Kind.ACK):
     tasks: TaskIds | None = None
     #: Text the master adds (a RESIZE's names the slave).
     reason: str | None = None
+    #: SUBMITs accepted, by ``rid``, to an application that takes them in batches
+    #: (``Hello.batched_acks``); None: only ``rid``.
+    rids: list[int] | None = None
 
 
 class Reject(Header, tag=Kind.REJECT):

@@ -18,7 +18,8 @@ cost (``MESSAGE_TASKS``, up to ``QUEUE_SECONDS`` of its workers' work), and gath
 outcomes into batches of a ``BATCH_SHARE``-th of that before it sends them (``_worth_sending``);
 it sends at once whenever its workers would otherwise run short of tasks, so a lone task's
 result never waits, and holds none long (``RESULTS_HOLD``, never over ``SLOW_TASK``) however
-few come.
+few come. That a worker began a task goes with the next outcomes, or alone once it has waited
+``STARTED_HOLD``: a task that ends sooner is never reported begun at all.
 
 Until the master has answered (it may start later, or restart), the slave keeps re-sending
 REGISTER each heartbeat, and says so: that it is waiting for the master at its address (and
@@ -98,6 +99,10 @@ QUEUE_SECONDS = 0.25
 #: Seconds an outcome may wait to be sent with others: at least this, or twice as long as the
 #: batch should take to fill at the pace tasks finish, but never more than ``SLOW_TASK``.
 RESULTS_HOLD = 0.005
+#: Seconds the news that a worker began a task waits to go with an outcome: a short task's
+#: outcome says all (no message of its own, no RUNNING to its application), a longer one's
+#: ``Future.running()`` turns true this much later.
+STARTED_HOLD = 0.01
 
 
 class Slave(NodeLifecycle):
@@ -197,8 +202,10 @@ class Slave(NodeLifecycle):
         #: when they must go at the latest (monotonic; None while there are none).
         self._unsent: list[tuple[Any, ...]] = []
         self._send_by: float | None = None
-        #: Tasks a worker began, not told yet (sent with the outcomes gathered, or at once).
+        #: Tasks a worker began, not told yet (sent with the outcomes gathered, or alone once
+        #: the first has waited ``STARTED_HOLD``: by then, monotonic; None while there are none).
         self._began: list[str] = []
+        self._began_by: float | None = None
         self._handlers = {
             Kind.WELCOME: self.on_welcome,
             Kind.TASKS: self.on_tasks,
@@ -235,6 +242,8 @@ class Slave(NodeLifecycle):
                 wake_at = min(next_beat, self.manager.next_deadline() or next_beat)
                 if self._send_by is not None:
                     wake_at = min(wake_at, self._send_by)
+                if self._began_by is not None:
+                    wake_at = min(wake_at, self._began_by)
                 events = dict(poller.poll(_milliseconds(wake_at - time.monotonic())))
                 if self.master_socket in events:
                     self._receive_from_master()
@@ -544,6 +553,14 @@ class Slave(NodeLifecycle):
             self._send_by = now + min(hold, SLOW_TASK)
         return now >= self._send_by
 
+    def _starts_due(self) -> bool:
+        """Whether the tasks begun and not told yet go alone now: once the first of them has
+        waited ``STARTED_HOLD`` (a short task's outcome comes first and says all)."""
+        now = time.monotonic()
+        if self._began_by is None:
+            self._began_by = now + STARTED_HOLD
+        return now >= self._began_by
+
     def _send_results(self, everything: bool = False) -> None:
         results = self.manager.get_results_queue()
         batch = self._unsent
@@ -554,11 +571,13 @@ class Slave(NodeLifecycle):
         started.extend(self.manager.take_started())
         if batch and not everything and not self._worth_sending(len(batch)):
             return  # gathered for a later turn, with the starts of the tasks behind them
-        self._unsent, self._send_by, self._began = [], None, []
         if not batch:
-            if started:  # an idle worker began one: its owner's Future.running() says so
+            if started and (everything or self._starts_due()):
+                # Begun a while ago and still running: its owner's Future.running() says so.
+                self._began, self._began_by = [], None
                 self._send(Results(results=[], started=started))
             return
+        self._unsent, self._send_by, self._began, self._began_by = [], None, [], None
         limit = self._max_payload()
         outcomes, payloads, sizes = self._outcomes(batch, limit)
         if started:  # a task that began and ended since the last message: its outcome says all
