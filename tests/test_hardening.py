@@ -195,6 +195,9 @@ def test_a_master_restarted_without_its_state_fails_the_futures_it_forgot(
     with ts.connect(address, key_file=key_file) as app:
         queued = app.submit(pow, 2, 10)  # no slave: it stays queued on the master
         wait_for(lambda: app.status()["tasks"]["queued"] == 1)
+        # ... and the master said it holds it (its ACK may wait a few ms for results to ride
+        # with): a SUBMIT not acknowledged yet would go again, to the new master, unfailed.
+        wait_for(lambda: not app._link._unconfirmed_batches)
         nodes.processes[-1].kill()
         nodes.processes[-1].wait(timeout=10)
         _start_master(nodes, key_file, address, ready)  # same address, nothing saved
