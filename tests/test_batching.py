@@ -222,7 +222,7 @@ def quick_slave() -> Iterator[tuple[Slave, Instant, list[Header]]]:
     manager = Instant(workers=2, pace=50e-6)
     slave = Slave(f"tcp://127.0.0.1:{free_port()}", ClusterKeys(b"k" * 32), manager=manager)
     sent: list[Header] = []
-    slave._send = lambda record, payloads=(): sent.append(record) or True  # type: ignore[method-assign]
+    slave.outbox._send = lambda record, payloads=(): sent.append(record) or True
     try:
         yield slave, manager, sent
     finally:
@@ -232,7 +232,7 @@ def quick_slave() -> Iterator[tuple[Slave, Instant, list[Header]]]:
 def holds(slave: Slave, n: int) -> list[str]:
     """The master sent it ``n`` tasks."""
     task_ids = [f"t{i}" for i in range(n)]
-    slave._arrived.update(dict.fromkeys(task_ids, time.monotonic()))
+    slave.outbox._arrived.update(dict.fromkeys(task_ids, time.monotonic()))
     return task_ids
 
 
@@ -242,134 +242,134 @@ def results_sent(sent: list[Header]) -> list[int]:
 
 def test_a_slave_of_short_tasks_asks_for_enough_to_fill_messages(quick_slave):
     slave, _, _ = quick_slave
-    assert slave._wanted() == 128  # 32 a message, four messages' worth on hand
-    slave._window()
-    assert slave._batch() == 32
+    assert slave.outbox.wanted() == 128  # 32 a message, four messages' worth on hand
+    slave.outbox.window()
+    assert slave.outbox.batch() == 32
 
 
 def test_outcomes_of_short_tasks_go_back_a_batch_at_a_time(quick_slave):
     slave, manager, sent = quick_slave
-    slave._window()
+    slave.outbox.window()
     task_ids = holds(slave, 128)
     manager.finish(task_ids[:31])
     manager.began.append(task_ids[40])
 
-    slave._send_results()
+    slave.outbox.send_results()
     assert results_sent(sent) == []  # 97 still to run: no hurry
     assert sent == []  # the start waits with them
 
     manager.finish(task_ids[31:32])
-    slave._send_results()
+    slave.outbox.send_results()
     assert results_sent(sent) == [32]
     assert sent[-1].started == [task_ids[40]]
 
 
 def test_a_lone_tasks_outcome_is_sent_at_once(quick_slave):
     slave, manager, sent = quick_slave
-    slave._window()
+    slave.outbox.window()
     manager.finish(holds(slave, 1))
 
-    slave._send_results()
+    slave.outbox.send_results()
 
     assert results_sent(sent) == [1]
 
 
 def test_a_lone_task_that_ends_soon_is_never_reported_begun(quick_slave):
     slave, manager, sent = quick_slave
-    slave._window()
+    slave.outbox.window()
     (task_id,) = holds(slave, 1)
     manager.began.append(task_id)
-    slave._send_results()
+    slave.outbox.send_results()
     assert sent == []  # its start waits: its outcome may say all
 
     manager.finish([task_id])
-    slave._send_results()
+    slave.outbox.send_results()
     assert results_sent(sent) == [1]
     assert sent[-1].started is None
 
 
 def test_a_task_still_running_is_reported_begun_after_the_hold(quick_slave):
     slave, manager, sent = quick_slave
-    slave._window()
+    slave.outbox.window()
     (task_id,) = holds(slave, 1)
     manager.began.append(task_id)
-    slave._send_results()
+    slave.outbox.send_results()
     assert sent == []
-    assert slave._began_by is not None
-    assert slave._began_by - time.monotonic() <= STARTED_HOLD
+    assert slave.outbox._began_by is not None
+    assert slave.outbox._began_by - time.monotonic() <= STARTED_HOLD
 
-    slave._began_by = time.monotonic()  # the hold is over
-    slave._send_results()
+    slave.outbox._began_by = time.monotonic()  # the hold is over
+    slave.outbox.send_results()
 
     assert [(r.results, r.started) for r in sent] == [([], [task_id])]
-    assert slave._began_by is None
+    assert slave.outbox._began_by is None
 
 
 def test_outcomes_go_at_once_when_the_slave_runs_short_of_tasks(quick_slave):
     slave, manager, sent = quick_slave
-    slave._window()
+    slave.outbox.window()
     task_ids = holds(slave, 40)
     manager.finish(task_ids[:7])
-    slave._send_results()
+    slave.outbox.send_results()
     assert results_sent(sent) == []  # 33 on hand: more than a batch
     manager.finish(task_ids[7:8])
-    slave._send_results()
+    slave.outbox.send_results()
     assert results_sent(sent) == [8]  # 32 (0.8 ms): the master must hear now to refill in time
 
 
 def test_outcomes_are_gathered_while_the_work_on_hand_is_long_enough(quick_slave):
     slave, manager, sent = quick_slave
     manager._pace = 0.002  # 2 ms a task: 20 tasks on hand are 20 ms of work for 2 workers
-    slave._window()
-    assert slave._batch() == 32
+    slave.outbox.window()
+    assert slave.outbox.batch() == 32
     task_ids = holds(slave, 30)
     manager.finish(task_ids[:10])
-    slave._send_results()
+    slave.outbox.send_results()
     assert results_sent(sent) == []
     manager.finish(task_ids[10:28])
-    slave._send_results()
+    slave.outbox.send_results()
     assert results_sent(sent) == [28]  # 2 tasks left, one for each worker: 2 ms
 
 
 def test_gathered_outcomes_wait_no_longer_than_the_hold(quick_slave):
     slave, manager, sent = quick_slave
-    slave._window()
+    slave.outbox.window()
     task_ids = holds(slave, 128)
     manager.finish(task_ids[:3])
-    slave._send_results()
+    slave.outbox.send_results()
     assert results_sent(sent) == []
-    assert slave._send_by is not None
-    assert slave._send_by - time.monotonic() <= RESULTS_HOLD
+    assert slave.outbox._send_by is not None
+    assert slave.outbox._send_by - time.monotonic() <= RESULTS_HOLD
 
     time.sleep(RESULTS_HOLD)
-    slave._send_results()
+    slave.outbox.send_results()
 
     assert results_sent(sent) == [3]
-    assert slave._send_by is None
+    assert slave.outbox._send_by is None
 
 
 def test_outcomes_of_tasks_of_milliseconds_wait_no_longer_than_a_slow_task(quick_slave):
     slave, manager, sent = quick_slave
     manager._pace = 0.01  # 128 held are 640 ms of work: a batch fills in 160 ms
-    slave._window()
+    slave.outbox.window()
     task_ids = holds(slave, 128)
     manager.finish(task_ids[:3])
-    slave._send_results()
+    slave.outbox.send_results()
     assert results_sent(sent) == []
-    assert slave._send_by is not None
-    assert slave._send_by - time.monotonic() <= SLOW_TASK
+    assert slave.outbox._send_by is not None
+    assert slave.outbox._send_by - time.monotonic() <= SLOW_TASK
 
 
 def test_slow_tasks_send_each_outcome_at_once(quick_slave):
     slave, manager, sent = quick_slave
     manager._pace = 0.2
-    slave._window()
+    slave.outbox.window()
     task_ids = holds(slave, 4)
     manager.finish(task_ids[:1])
 
-    slave._send_results()
+    slave.outbox.send_results()
 
-    assert slave._batch() == 1
+    assert slave.outbox.batch() == 1
     assert results_sent(sent) == [1]
 
 
@@ -395,6 +395,6 @@ def test_a_slave_whose_first_task_is_slow_asks_for_no_queue_of_them(make_pool):
 
     slave = Slave(f"tcp://127.0.0.1:{free_port()}", ClusterKeys(b"k" * 32), manager=pool)
     try:
-        assert slave._wanted() == PREFETCH  # one worker, one task running and one next
+        assert slave.outbox.wanted() == PREFETCH  # one worker, one task running and one next
     finally:
         slave.close()

@@ -3,7 +3,7 @@
 Data flow (one thread; ZeroMQ socket and worker pipes in one poller)::
 
     master --TASKS--> dealer --> task manager (worker processes)
-    worker pipe --> task manager results queue --> RESULTS (a batch worth sending) --> master
+    worker pipe --> task manager results queue --> outbox --> RESULTS (batched) --> master
 
 The slave never unpickles a task: payloads go to the workers as they came, each with the digest
 its signed header gave, which the worker checks right before it unpickles the task (a mismatch:
@@ -13,22 +13,18 @@ another session it heeds REREGISTER alone, a restarted master's first word, by r
 again); another session's are dropped and counted (``not-from-master``), even signed with the
 cluster key.
 
-While its tasks are short, it asks to hold enough of them for its messages to be worth their
-cost (``MESSAGE_TASKS``, up to ``QUEUE_SECONDS`` of its workers' work), and gathers their
-outcomes into batches of a ``BATCH_SHARE``-th of that before it sends them (``_worth_sending``);
-it sends at once whenever its workers would otherwise run short of tasks, so a lone task's
-result never waits, and holds none long (``RESULTS_HOLD``, never over ``SLOW_TASK``) however
-few come. That a worker began a task goes with the next outcomes, or alone once it has waited
-``STARTED_HOLD``: a task that ends sooner is never reported begun at all.
+How many tasks it asks to hold, and when their outcomes go back (in batches while tasks are
+short, at once when its workers would run short), is its outbox's to say (:mod:`.outbox`): the
+loop feeds it, and every message telling the master how much more to send carries its window.
 
 Until the master has answered (it may start later, or restart), the slave keeps re-sending
 REGISTER each heartbeat, and says so: that it is waiting for the master at its address (and
 why, when the host's name does not resolve), again every ``WAIT_LOG_INTERVAL`` s, and when it
 gets through.
 
-Over 400 lines for now: the credit window and the results batching (``_wanted`` to
-``_send_results``) are one concept that should become a module of its own, an outbox the loop
-feeds; until then they sit beside the loop whose turns they pace.
+Slightly over 400 lines: what is left is one concept, the slave's link to the master (its socket
+and loop, registering, waiting and reconnecting, the handlers of the master's messages); split
+further, the handlers would need the loop's socket and session handed back to them.
 """
 
 from __future__ import annotations
@@ -47,7 +43,7 @@ import zmq
 from ..errors import WireError
 from ..ops.config import SlaveConfig
 from ..protocol import sharing
-from ..protocol.codec import ENVELOPE, Codec, Kind, Message, Notice, too_large, within
+from ..protocol.codec import ENVELOPE, Codec, Kind, Message, Notice
 from ..protocol.keys import ClusterKeys, as_keys
 from ..protocol.lifecycle import NodeLifecycle
 from ..protocol.messages import (
@@ -56,11 +52,9 @@ from ..protocol.messages import (
     Drain,
     Header,
     Heartbeat,
-    Outcome,
     Register,
     Released,
     Resize,
-    Results,
     Steal,
     Tasks,
     Welcome,
@@ -76,9 +70,16 @@ from ..protocol.transport import (
 from ..scheduling import load_plugin
 from ..scheduling.records import format_resources
 from ..stats import Stats
-from ..task import REFUSED, Status, dump_error, error_text
 from .contracts import TaskManagerContract, WorkItem
-from .pacing import SLOW_TASK
+from .outbox import (  # noqa: F401 - defined here first: where tests and tools find them
+    BATCH_SHARE,
+    MESSAGE_TASKS,
+    PREFETCH,
+    QUEUE_SECONDS,
+    RESULTS_HOLD,
+    STARTED_HOLD,
+    Outbox,
+)
 
 __all__ = ["Slave"]
 
@@ -86,23 +87,8 @@ log = logging.getLogger(__name__)
 
 #: Master heartbeats a slave may miss before it takes the master for lost and reconnects.
 MASTER_BEATS = 5
-#: Tasks a slave asks to hold per worker: one running, one ready to start.
-PREFETCH = 2
 #: Seconds between two "still waiting for the master" lines.
 WAIT_LOG_INTERVAL = 30.0
-#: Outcomes worth one RESULTS message (and the master's TASKS in return): a slave whose tasks
-#: are short asks to hold ``BATCH_SHARE`` times as many, up to ``QUEUE_SECONDS`` of its
-#: workers' work (what it holds and has not started, the master can take back for idle slaves).
-MESSAGE_TASKS = 32
-BATCH_SHARE = 4
-QUEUE_SECONDS = 0.25
-#: Seconds an outcome may wait to be sent with others: at least this, or twice as long as the
-#: batch should take to fill at the pace tasks finish, but never more than ``SLOW_TASK``.
-RESULTS_HOLD = 0.005
-#: Seconds the news that a worker began a task waits to go with an outcome: a short task's
-#: outcome says all (no message of its own, no RUNNING to its application), a longer one's
-#: ``Future.running()`` turns true this much later.
-STARTED_HOLD = 0.01
 
 
 class Slave(NodeLifecycle):
@@ -161,20 +147,21 @@ class Slave(NodeLifecycle):
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.master_address = master
         self.codec = Codec(keys.hmac, max_bytes=max_message_bytes)
-        #: The master's message limit (its WELCOME says); outcomes must fit in it.
-        self._master_max_bytes = max_message_bytes
         self.heartbeat_interval = heartbeat_interval
         self.master_timeout = self._master_timeout = master_timeout
         self.grace = grace
         #: What this slave times (sends, tasks' time here), reported to the master each heartbeat.
         self.stats = Stats()
-        self._arrived: dict[str, float] = {}  # task id -> when it reached this slave
         # A name, or a task manager built by the caller (one that needs more than ``workers``,
         # such as an engine's address). Either way, only its contract is used from here on.
         self.manager: TaskManagerContract = (
             load_plugin("taskswarm.managers", manager)(workers)
             if isinstance(manager, str)
             else manager
+        )
+        #: What this slave asks the master to send, and its outcomes on their way back.
+        self.outbox = Outbox(
+            self.manager, self._send, self.stats, self.codec.rejected, max_bytes=max_message_bytes
         )
         self.manager.init(self.node_id, master)
         if before_connect is not None:
@@ -196,16 +183,6 @@ class Slave(NodeLifecycle):
         #: Since when no master has answered, and when to say so next (None: registered).
         self._waiting_since: float | None = time.monotonic()
         self._next_wait_note = 0.0
-        self._credit_owed = 0
-        self._want = 0  # how many tasks the master was last told this slave wants to hold
-        #: Outcomes collected and not sent yet (``_worth_sending`` says when they go), and
-        #: when they must go at the latest (monotonic; None while there are none).
-        self._unsent: list[tuple[Any, ...]] = []
-        self._send_by: float | None = None
-        #: Tasks a worker began, not told yet (sent with the outcomes gathered, or alone once
-        #: the first has waited ``STARTED_HOLD``: by then, monotonic; None while there are none).
-        self._began: list[str] = []
-        self._began_by: float | None = None
         self._handlers = {
             Kind.WELCOME: self.on_welcome,
             Kind.TASKS: self.on_tasks,
@@ -240,10 +217,9 @@ class Slave(NodeLifecycle):
                 if generation != self.manager.generation:
                     poller, generation = self._make_poller(), self.manager.generation
                 wake_at = min(next_beat, self.manager.next_deadline() or next_beat)
-                if self._send_by is not None:
-                    wake_at = min(wake_at, self._send_by)
-                if self._began_by is not None:
-                    wake_at = min(wake_at, self._began_by)
+                due = self.outbox.next_deadline()
+                if due is not None:
+                    wake_at = min(wake_at, due)
                 events = dict(poller.poll(_milliseconds(wake_at - time.monotonic())))
                 if self.master_socket in events:
                     self._receive_from_master()
@@ -251,9 +227,9 @@ class Slave(NodeLifecycle):
                 self.manager.check_timeouts()
                 if self.mailbox.fileno() in events:
                     self.mailbox.drain()
-                self._send_results()
+                self.outbox.send_results()
                 if time.monotonic() >= next_beat:
-                    self._send_results(everything=True)  # the heartbeat lists what it holds
+                    self.outbox.send_results(everything=True)  # the heartbeat lists what it holds
                     self._heartbeat_or_register()
                     self._check_parent()
                     next_beat = time.monotonic() + self.heartbeat_interval
@@ -280,7 +256,7 @@ class Slave(NodeLifecycle):
             poller = self._make_poller()
             events = dict(poller.poll(_milliseconds(deadline - time.monotonic())))
             self._collect_results(events)
-        self._send_results(everything=True)
+        self.outbox.send_results(everything=True)
         self._send(Bye(handed_back=len(handed_back)))
         # Let the BYE and the last results leave before the socket closes.
         self.master_socket.setsockopt(zmq.LINGER, 500)
@@ -343,7 +319,7 @@ class Slave(NodeLifecycle):
         self._waiting_since, self._next_wait_note = None, 0.0
         welcome = msg.read(Welcome)
         if welcome.max_bytes is not None and welcome.max_bytes > ENVELOPE:
-            self._master_max_bytes = welcome.max_bytes
+            self.outbox.master_max_bytes = welcome.max_bytes
         if welcome.heartbeat is not None and welcome.heartbeat > 0:
             # Silent for five of the master's heartbeats (and never under the given timeout).
             self.master_timeout = max(self._master_timeout, MASTER_BEATS * welcome.heartbeat)
@@ -358,7 +334,7 @@ class Slave(NodeLifecycle):
             WorkItem(task.task_id, payload, task.timeout)
             for task, payload in zip(msg.read(Tasks).tasks, msg.payloads, strict=True)
         ]
-        self._arrived.update(dict.fromkeys([item.task_id for item in items], time.monotonic()))
+        self.outbox.arrived([item.task_id for item in items])
         self.manager.push_tasks(items)
 
     def on_cancel(self, msg: Message) -> None:
@@ -372,10 +348,9 @@ class Slave(NodeLifecycle):
     def on_steal(self, msg: Message) -> None:
         """Give back up to ``count`` tasks no worker has started, for idle slaves elsewhere."""
         items = self.manager.release(msg.read(Steal).count)
-        for item in items:
-            self._arrived.pop(item.task_id, None)
         tasks = [item.task_id for item in items]
-        self._send(Released(tasks=tasks, **self._window(finished=len(items))))
+        self.outbox.released(tasks)
+        self._send(Released(tasks=tasks, **self.outbox.window(finished=len(items))))
 
     def on_heartbeat(self, msg: Message) -> None:
         pass  # _last_from_master is refreshed for every message
@@ -391,7 +366,7 @@ class Slave(NodeLifecycle):
 
     def on_resize(self, msg: Message) -> None:
         self.manager.update_pool(msg.read(Resize).workers)
-        self._send(Heartbeat(workers=self.manager.get_num_workers(), **self._window()))
+        self._send(Heartbeat(workers=self.manager.get_num_workers(), **self.outbox.window()))
 
     def on_master_bye(self, msg: Message) -> None:
         log.warning("master %s is going away; waiting for it to come back", self.master_address)
@@ -407,45 +382,9 @@ class Slave(NodeLifecycle):
         to = None if kind in Kind.UNADDRESSED else self.master_session
         return try_send(self.master_socket, self.codec.encode(kind, record, payloads, to=to))
 
-    def _wanted(self) -> int:
-        """Tasks to hold to keep every worker busy (the task manager knows best, if it can say:
-        for short tasks that is many more than ``PREFETCH`` per worker), and while tasks are
-        short enough to be pipelined (under ``SLOW_TASK``), enough for a batch of ``MESSAGE_TASKS``
-        to go each way at a time."""
-        workers = self.manager.get_num_workers()
-        wanted = max(workers * PREFETCH, self.manager.wanted())
-        pace = self.manager.pace
-        if 0.0 < pace < SLOW_TASK and workers:
-            worth = min(MESSAGE_TASKS * BATCH_SHARE, int(workers * QUEUE_SECONDS / pace))
-            wanted = max(wanted, worth)
-        return wanted
-
-    def _batch(self) -> int:
-        """Outcomes worth a RESULTS message of their own: a ``BATCH_SHARE``-th of what this
-        slave asks to hold, while that is more than ``PREFETCH`` per worker; else 1."""
-        want = self._want
-        if want <= self.manager.get_num_workers() * PREFETCH:
-            return 1
-        return max(1, want // BATCH_SHARE)
-
-    def _window(self, finished: int = 0) -> dict[str, Any]:
-        """Header fields telling the master how much more to send: ``want`` (push scheduler),
-        and ``credit``, one per finished task plus any growth of the want (pull scheduler)."""
-        want = self._wanted()
-        self._credit_owed += finished + want - self._want
-        self._want = want
-        fields: dict[str, Any] = {"want": want}
-        pace = self.manager.pace
-        if pace:
-            fields["pace"] = pace
-        if self._credit_owed > 0:  # a shrinking want is paid back out of later results
-            fields["credit"], self._credit_owed = self._credit_owed, 0
-        return fields
-
     def _register(self) -> None:
         held = self.manager.held()
-        self._want = 0
-        self._credit_owed = -len(held)
+        self.outbox.registering(len(held))
         self._send(
             Register(
                 node_id=self.node_id,
@@ -454,7 +393,7 @@ class Slave(NodeLifecycle):
                 workers=self.manager.get_num_workers(),
                 resources=self.resources,
                 heartbeat=self.heartbeat_interval,
-                **self._window(),
+                **self.outbox.window(),
                 # What it still holds from before (a master that restarted can keep it here).
                 held=[item.task_id for item in held],
             )
@@ -471,7 +410,7 @@ class Slave(NodeLifecycle):
             self._send(
                 Heartbeat(
                     workers=self.manager.get_num_workers(),
-                    **self._window(),
+                    **self.outbox.window(),
                     rejected=sum(self.codec.rejected.values()),
                     stats=self.stats.snapshot(),
                     held=[item.task_id for item in self.manager.held()],
@@ -531,116 +470,6 @@ class Slave(NodeLifecycle):
         for fd in self.manager.fds():
             if fd in events:
                 self.manager.collect(fd)
-
-    def _worth_sending(self, count: int) -> bool:
-        """Whether ``count`` gathered outcomes go now: once they make a batch (``_batch``), once
-        what this slave still holds to run is down to a batch and to ``RESULTS_HOLD`` seconds
-        of its workers' work, or leaves a worker idle (the master sends more only as it hears
-        of outcomes; a lone task's outcome goes at once), or once the first of them has waited
-        ``RESULTS_HOLD``, or twice as long as the batch should take to fill at the tasks' pace
-        (at most ``SLOW_TASK``)."""
-        batch = self._batch()
-        if count >= batch:
-            return True
-        workers = max(1, self.manager.get_num_workers())
-        pace = self.manager.pace
-        to_run = len(self._arrived) - count
-        if to_run < workers or (to_run <= batch and to_run * pace <= RESULTS_HOLD * workers):
-            return True  # its workers would run short
-        now = time.monotonic()
-        if self._send_by is None:
-            hold = max(RESULTS_HOLD, 2 * batch * pace / workers)
-            self._send_by = now + min(hold, SLOW_TASK)
-        return now >= self._send_by
-
-    def _starts_due(self) -> bool:
-        """Whether the tasks begun and not told yet go alone now: once the first of them has
-        waited ``STARTED_HOLD`` (a short task's outcome comes first and says all)."""
-        now = time.monotonic()
-        if self._began_by is None:
-            self._began_by = now + STARTED_HOLD
-        return now >= self._began_by
-
-    def _send_results(self, everything: bool = False) -> None:
-        results = self.manager.get_results_queue()
-        batch = self._unsent
-        get, empty = results.get_nowait, results.empty
-        while not empty():
-            batch.append(get())
-        started = self._began
-        started.extend(self.manager.take_started())
-        if batch and not everything and not self._worth_sending(len(batch)):
-            return  # gathered for a later turn, with the starts of the tasks behind them
-        if not batch:
-            if started and (everything or self._starts_due()):
-                # Begun a while ago and still running: its owner's Future.running() says so.
-                self._began, self._began_by = [], None
-                self._send(Results(results=[], started=started))
-            return
-        self._unsent, self._send_by, self._began, self._began_by = [], None, [], None
-        limit = self._max_payload()
-        outcomes, payloads, sizes = self._outcomes(batch, limit)
-        if started:  # a task that began and ended since the last message: its outcome says all
-            ended = {outcome.task_id for outcome in outcomes}
-            started = [task_id for task_id in started if task_id not in ended]
-        window = self._window(finished=len(outcomes))
-        sent_at = time.monotonic()
-        if sum(sizes) <= limit:
-            self._send(Results(results=outcomes, started=started or None, **window), payloads)
-        else:  # big outcomes: as many messages as it takes for each to fit the master's limit
-            for part in within(sizes, limit):
-                header = Results(results=outcomes[part], started=started or None, **window)
-                started, window = [], {}  # started, credit and want once, with the first part
-                self._send(header, payloads[part])
-        now = time.monotonic()
-        self.stats.add("slave_send_seconds", now - sent_at)
-        arrived = self._arrived
-        held = [now - arrived.pop(outcome.task_id, now) for outcome in outcomes]
-        self.stats.add(
-            "slave_task_seconds", sum(held) / len(held), len(held), low=min(held), high=max(held)
-        )
-
-    def _outcomes(
-        self, batch: list[tuple[Any, ...]], limit: int
-    ) -> tuple[list[Outcome], list[Any], list[int]]:
-        """Each outcome's header item, payload and size, in one pass (the slave's hot path). A
-        crash has no outcome to send, only how the worker died: that goes in the header, as
-        does a failure's text (what people read on the master; a manager may give none)."""
-        outcomes: list[Outcome] = []
-        payloads: list[Any] = []
-        sizes: list[int] = []
-        refused = 0
-        for item in batch:
-            task_id, status, data, *rest = self._fitted(item, limit)
-            if status == Status.OK:
-                outcomes.append(Outcome(task_id, status))
-            elif status == Status.CRASH:
-                outcomes.append(Outcome(task_id, status, str(data)))
-                data = b""
-            else:
-                detail = rest[0] if rest else None
-                outcomes.append(Outcome(task_id, status, detail))
-                if detail is not None and detail.startswith(REFUSED):
-                    refused += 1  # its payload did not match its signed digest: it never ran
-            payloads.append(data)
-            sizes.append(len(data))
-        if refused:  # counted as any other refused message is (their owners get the error)
-            self.codec.rejected["bad-digest"] += refused
-        return outcomes, payloads, sizes
-
-    def _max_payload(self) -> int:
-        """The largest outcome that fits in one message the master accepts."""
-        own = self.codec.max_bytes or self._master_max_bytes
-        return min(own, self._master_max_bytes) - ENVELOPE
-
-    def _fitted(self, item: tuple[Any, ...], limit: int) -> tuple[Any, ...]:
-        """An outcome too big to travel becomes the error saying so, for its owner."""
-        task_id, status, data, *rest = item
-        if status == Status.CRASH or len(data) <= limit:
-            return item
-        error = too_large(f"the result of task {task_id}", len(data), limit + ENVELOPE)
-        log.error("%s", error)
-        return task_id, Status.ERROR, dump_error(error), error_text(error)
 
 
 def _milliseconds(seconds: float) -> int:

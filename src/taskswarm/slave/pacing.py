@@ -38,7 +38,7 @@ def folded(pace: float, duration: float, finished: int = 1) -> float:
 
     Folded into 0 instead, the average would start at a fifth of the tasks' length and take
     some ten tasks to come near it: long enough for a slave to take tasks of 60 ms for ones of
-    12 ms, and ask the master for a queue of them it is far too slow to run (``Slave._wanted``).
+    12 ms, and ask the master for a queue of them it is far too slow to run (``Outbox.wanted``).
     """
     if pace <= 0.0:
         return duration
