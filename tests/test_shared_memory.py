@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -126,6 +127,28 @@ def test_the_argument_lies_in_a_segment_while_its_task_runs_and_goes_with_its_re
     assert future.result(30) == bytes(MIB)
     assert not left(shared_cluster)  # argument and result freed once the Future has it
 
+
+
+@pytest.mark.timeout(60)
+def test_big_arguments_in_shared_memory_leave_in_batches_while_later_ones_are_pickled(
+    shared_cluster,
+):
+    """A reference is a few dozen bytes, but it stands for its segment: tasks in shared memory
+    go to the master a few MiB at a time, as tasks in messages do, so the first run while later
+    ones are made (counted by their references' length, all 40 went in one batch at the end)."""
+    first_result = threading.Event()
+    blob = bytes(1 << 20)
+    with shared_cluster.connect() as app:
+        app.on_task_finished = lambda task, result, error: first_result.set()
+
+        def tasks():
+            for i in range(40):
+                if i == 20:  # 20 MiB made: some must have run by now, or this times out
+                    assert first_result.wait(30), "no result while the tasks were being made"
+                yield ts.FunctionTask(length, blob)
+
+        futures = app.push_tasks(tasks())
+        assert [f.result(timeout=30) for f in futures] == [1 << 20] * 40
 
 @pytest.mark.timeout(60)
 def test_numpy_arrays_travel_without_a_copy_into_the_pickle(shared_cluster):

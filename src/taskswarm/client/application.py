@@ -156,7 +156,7 @@ class Application:
                 future = TaskFuture(task.task_id, self._cancel_queued)
                 chunk.append((task, future, meta, payload))
                 futures.append(future)
-                size += len(payload)
+                size += sharing.weight(payload) if share is not None else len(payload)
                 if len(chunk) >= CHUNK or size >= SUBMIT_BYTES:
                     self._post_tasks(chunk)
                     chunk, size = [], 0

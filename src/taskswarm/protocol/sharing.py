@@ -79,6 +79,7 @@ __all__ = [
     "seal",
     "segments",
     "sweep",
+    "weight",
     "wrap_big",
 ]
 
@@ -350,6 +351,18 @@ def load(reference: bytes, loads: Callable[..., Any] = pickle.loads) -> Any:
             "reference carries (changed since it was written): refused, not unpickled"
         )
     return loads(view[:length], buffers=[view[start : start + n] for start, n in spans])
+
+
+def weight(payload: Any) -> int:
+    """The bytes a payload stands for: a reference's segment size, else its own length (what
+    an application counts towards a SUBMIT's worth, so that tasks in shared memory leave in
+    batches as tasks in messages do, the first ones running while later ones are pickled)."""
+    if is_reference(payload):
+        try:
+            return _parse(payload)[1]
+        except Exception:
+            return len(payload)
+    return len(payload)
 
 
 def name_of(reference: bytes) -> str | None:
