@@ -4,6 +4,10 @@ Each node is ``python -m taskswarm master|slave`` in its own process, exactly as
 cluster, bound to 127.0.0.1 on a free port with a fresh key. The master writes its address to a
 "ready file" once it listens; the cluster then waits until every slave is active. ``close()``
 stops them with SIGTERM, then SIGKILL after a grace period, and removes the temporary directory.
+
+Over 400 lines on purpose: starting, watching and stopping the nodes of one embedded cluster
+(and sweeping what they leave) is one life cycle, read best in one place; the settings it
+hands them are generated from ``ops/config.py``, not declared here.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ bytes, is unpickled and called in a worker process, and its outcome comes back a
 the worker's traceback as ``__cause__`` (the way ``concurrent.futures`` does it). When the
 exception itself cannot be pickled, or cannot be unpickled where it lands, a ``TaskError`` carrying
 its type name and traceback text takes its place.
+
+Over 400 lines on purpose: the task classes and the two ends of a task's run (the worker's
+``run_task*`` and the owner's ``load_outcome``) share one format of outcome, which stays
+trustworthy only while both ends are read side by side.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 The OpenAPI document below is the API's contract (``/api/openapi.json``); the tests check the
 live server against it.
+
+Just over 400 lines, most of them the OpenAPI document, which belongs beside the handlers it
+describes.
 """
 
 from __future__ import annotations

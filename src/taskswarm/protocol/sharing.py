@@ -39,6 +39,9 @@ keeps an unlinked file's pages while they are mapped, so no object ever sees fre
 
 Segments are files of mode 0600 under ``/dev/shm``: only the user the nodes run as can open
 them, the user who can read the cluster key anyway. Linux only: elsewhere sharing is off.
+
+Over 400 lines on purpose: a segment's whole life (naming, making, mapping, checking, freeing,
+sweeping) is in one module, so that who frees what can be checked by reading one place.
 """
 
 from __future__ import annotations

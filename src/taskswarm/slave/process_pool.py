@@ -25,6 +25,10 @@ This module is the pool's decisions (how many workers, which task goes where, wh
 a memory limit or a death does); the slave's end of one worker (starting it, framing and writing
 tasks to it, ending it) is ``pool_worker``, and the pace arithmetic it shares with the engine
 managers is ``pacing``.
+
+Over 400 lines on purpose: each decision here (feed, timeout, cancel, memory limit, death)
+changes the same pipelines, and the invariant that a worker's first unanswered task is the one
+it runs holds only if every change to them is read together.
 """
 
 from __future__ import annotations
