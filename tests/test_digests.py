@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import pathlib
 import pickle
-import threading
 from types import SimpleNamespace
 
 import blake3
@@ -23,6 +22,7 @@ import zmq
 
 import taskswarm as ts
 from conftest import free_port, wait_for
+from relay import Relay
 from taskswarm.errors import BadDigest
 from taskswarm.protocol import codec as codec_module
 from taskswarm.protocol import digests as digests_module
@@ -139,52 +139,22 @@ class Canary:
         return (pathlib.Path.touch, (pathlib.Path(self.path),))
 
 
-class Relay(threading.Thread):
-    """Stands between a node and the master, passing traffic; in what the master sends of
-    ``kind``, it puts ``evil`` in place of every payload (the signed header untouched)."""
+class Tamperer(Relay):
+    """In what the master sends of ``kind``, puts ``evil`` in place of every payload (the signed
+    header untouched)."""
 
     def __init__(self, context: zmq.Context, master: str, kind: str, evil: bytes) -> None:
-        super().__init__(daemon=True)
-        self.context, self.master, self.kind, self.evil = context, master, kind, evil
-        self.front = context.socket(zmq.ROUTER)
-        self.front.setsockopt(zmq.LINGER, 0)
-        self.front.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.port = self.front.bind_to_random_port("tcp://127.0.0.1")
-        self.backs: dict[bytes, zmq.Socket] = {}
+        super().__init__(context, master)
+        self.kind, self.evil = kind, evil
         self.tampered = 0
-        self.stop = threading.Event()
 
-    def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.front, zmq.POLLIN)
-        while not self.stop.is_set():
-            for sock, _ in poller.poll(5):
-                if sock is self.front:
-                    identity, *frames = self.front.recv_multipart()
-                    self._back(identity, poller).send_multipart(frames)
-                else:
-                    ident = next(i for i, s in self.backs.items() if s is sock)
-                    self.front.send_multipart([ident, *self._tamper(sock.recv_multipart())])
-        for sock in [self.front, *self.backs.values()]:
-            sock.close(linger=0)
-
-    def _tamper(self, frames: list[bytes]) -> list[bytes]:
+    def inward(self, frames: list[bytes]) -> list[bytes]:
         if len(frames) < 3 or msgpack.unpackb(frames[1]).get("k") != self.kind:
             return frames
         header = msgpack.unpackb(frames[1])
         count = len(header["dg"]) // 32
         self.tampered += count
         return [*frames[:2], msgpack.packb([self.evil] * count)]  # one packed frame, all evil
-
-    def _back(self, identity: bytes, poller: zmq.Poller) -> zmq.Socket:
-        if identity not in self.backs:
-            back = self.context.socket(zmq.DEALER)
-            back.setsockopt(zmq.LINGER, 0)
-            back.setsockopt(zmq.ROUTING_ID, identity)
-            back.connect(self.master)
-            poller.register(back, zmq.POLLIN)
-            self.backs[identity] = back
-        return self.backs[identity]
 
 
 @pytest.fixture
@@ -200,7 +170,7 @@ def test_a_task_altered_between_master_and_slave_fails_unrun_and_is_counted(
 ):
     canary = tmp_path / "canary"
     context = zmq.Context()
-    relay = Relay(context, master_address, Kind.TASKS, pickle.dumps(Canary(str(canary))))
+    relay = Tamperer(context, master_address, Kind.TASKS, pickle.dumps(Canary(str(canary))))
     relay.start()
     try:
         nodes.start(
@@ -226,7 +196,7 @@ def test_a_result_altered_between_master_and_application_is_refused_and_counted(
 ):
     canary = tmp_path / "canary"
     context = zmq.Context()
-    relay = Relay(context, master_address, Kind.RESULTS, pickle.dumps(Canary(str(canary))))
+    relay = Tamperer(context, master_address, Kind.RESULTS, pickle.dumps(Canary(str(canary))))
     relay.start()
     try:
         nodes.start("slave", master_address, "--key-file", key_file, "--workers", "1")

@@ -22,7 +22,6 @@ import os
 import pathlib
 import pickle
 import random
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import zmq
 import taskswarm as ts
 from conftest import free_port, wait_for
 from rawpeer import RawPeer
+from relay import Relay
 from taskswarm.protocol.codec import Codec, Kind
 from taskswarm.protocol.keys import load_key
 from test_reliability import SlowSquares
@@ -114,60 +114,26 @@ class Garbage:
         return self.oversized
 
 
-class SlaveRelay(threading.Thread):
+class SlaveRelay(Relay):
     """Stands between a slave and its master, passing real traffic and injecting garbage."""
 
     def __init__(
         self, context: zmq.Context, master: str, garbage: Garbage, budget: int, per_turn: int = 100
     ) -> None:
-        super().__init__(daemon=True)
-        self.context, self.master, self.garbage, self.budget = context, master, garbage, budget
-        self.per_turn = per_turn
-        self.front = context.socket(zmq.ROUTER)
-        self.front.setsockopt(zmq.LINGER, 0)
-        self.front.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.port = self.front.bind_to_random_port("tcp://127.0.0.1")
-        self.backs: dict[bytes, zmq.Socket] = {}
+        super().__init__(context, master)
+        self.garbage, self.budget, self.per_turn = garbage, budget, per_turn
         self.slave_session: str | None = None
         self.injected = 0
-        self.stop = threading.Event()
 
-    def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.front, zmq.POLLIN)
-        identity = None
-        while not self.stop.is_set():
-            for sock, _ in poller.poll(5):
-                if sock is self.front:
-                    identity, *frames = self.front.recv_multipart()
-                    self._learn_session(frames)
-                    self._back(identity, poller).send_multipart(frames)
-                else:
-                    ident = next(i for i, s in self.backs.items() if s is sock)
-                    self.front.send_multipart([ident, *sock.recv_multipart()])
-            if identity is not None and self.injected < self.budget:
-                self._inject(identity)
-        for sock in [self.front, *self.backs.values()]:
-            sock.close(linger=0)
-
-    def _learn_session(self, frames: list[bytes]) -> None:
+    def outward(self, frames: list[bytes]) -> list[bytes]:
         try:
             header = msgpack.unpackb(frames[1])
             self.slave_session = header.get("sid", self.slave_session)
         except Exception:
             pass
+        return frames
 
-    def _back(self, identity: bytes, poller: zmq.Poller) -> zmq.Socket:
-        if identity not in self.backs:
-            back = self.context.socket(zmq.DEALER)
-            back.setsockopt(zmq.LINGER, 0)
-            back.setsockopt(zmq.ROUTING_ID, identity)
-            back.connect(self.master)
-            poller.register(back, zmq.POLLIN)
-            self.backs[identity] = back
-        return self.backs[identity]
-
-    def _inject(self, identity: bytes) -> None:
+    def each_turn(self, identity: bytes) -> None:
         for _ in range(min(self.per_turn, self.budget - self.injected)):
             try:
                 self.front.send_multipart(

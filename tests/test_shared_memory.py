@@ -128,7 +128,6 @@ def test_the_argument_lies_in_a_segment_while_its_task_runs_and_goes_with_its_re
     assert not left(shared_cluster)  # argument and result freed once the Future has it
 
 
-
 @pytest.mark.timeout(60)
 def test_big_arguments_in_shared_memory_leave_in_batches_while_later_ones_are_pickled(
     shared_cluster,
@@ -149,6 +148,7 @@ def test_big_arguments_in_shared_memory_leave_in_batches_while_later_ones_are_pi
 
         futures = app.push_tasks(tasks())
         assert [f.result(timeout=30) for f in futures] == [1 << 20] * 40
+
 
 @pytest.mark.timeout(60)
 def test_numpy_arrays_travel_without_a_copy_into_the_pickle(shared_cluster):
@@ -211,7 +211,6 @@ def test_a_segment_this_host_lacks_fails_the_task_saying_how_to_turn_sharing_off
     status, outcome, text = run_task_reporting(payload)
     assert status == Status.ERROR
     assert "Shared memory is on" in text and "shared_memory=False" in text
-
 
 
 @pytest.mark.timeout(60)
