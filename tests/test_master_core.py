@@ -32,7 +32,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from taskswarm.errors import ConfigurationError
+from taskswarm.errors import ConfigurationError, DependencyError
 from taskswarm.master.core import MasterCore
 from taskswarm.master.edges import Outgoing
 from taskswarm.master.journal import Journal
@@ -43,7 +43,7 @@ from taskswarm.ops.config import MasterConfig
 from taskswarm.protocol.codec import Kind, Message
 from taskswarm.protocol.messages import RECORDS, Header
 from taskswarm.scheduling.records import TaskState
-from taskswarm.task import Status
+from taskswarm.task import Status, failure, load_outcome
 
 SLAVE_TIMEOUT = 5.0
 HEARTBEAT = 1.0
@@ -159,7 +159,7 @@ class CoreMachine(RuleBasedStateMachine):
         for out in self.wire.take():
             if out.kind == Kind.TASKS:
                 sent = zip(out.header["tasks"], out.payloads, strict=True)
-                for (task_id, _timeout), data in sent:
+                for (task_id, *_), data in sent:
                     assert data == payload(task_id)  # routed as the bytes that came in
                     self.holds[out.identity].add(task_id)
             elif out.kind == Kind.RESULTS:
@@ -366,14 +366,14 @@ def test_a_task_goes_from_application_to_slave_and_its_result_back():
     core.handle(b"app", message(Kind.SUBMIT, {"tasks": [task_meta("t1")]}, [b"opaque"]))
     core.turn()
     tasks, ack = wire.take()
-    assert tasks == Outgoing(b"slave", Kind.TASKS, {"tasks": [["t1", None]]}, [b"opaque"])
+    assert tasks == Outgoing(b"slave", Kind.TASKS, {"tasks": [["t1", None, None]]}, [b"opaque"])
     assert ack.kind == Kind.ACK and ack.identity == b"app"
 
     core.handle(b"slave", message(Kind.RESULTS, {"results": [["t1", "ok", None]]}, [b"42"]))
     core.turn()
     (results,) = wire.take()
     assert results == Outgoing(b"app", Kind.RESULTS, {"results": [["t1", True]]}, [b"42"])
-    assert core.status()["tasks"] == {"queued": 0, "assigned": 0}
+    assert core.status()["tasks"] == {"queued": 0, "assigned": 0, "waiting": 0}
     assert core.applications.records["app"].done == 1
 
 
@@ -484,6 +484,125 @@ def test_with_a_journal_an_accepted_task_outlives_the_core(tmp_path):
     (tasks,) = [o for o in wire.take() if o.kind == Kind.TASKS]
     assert tasks.payloads == [b"x"]
     again.journal.close()
+
+
+# -- tasks that take other tasks' results (Futures as arguments) -------------------------------
+
+
+def taking(task_id: str, *inputs: str) -> list:
+    """The metadata of a task whose arguments held the Futures of ``inputs``."""
+    return [task_id, None, 0, "opaque", 0, None, list(inputs)]
+
+
+def graph_core() -> tuple[MasterCore, Wire]:
+    clock, wire = Clock(), Wire()
+    core = make_core(wire, clock)
+    core.handle(b"app", message(Kind.HELLO, {"client_id": "app"}))
+    core.handle(b"slave", message(Kind.REGISTER, {"node_id": "s1", "workers": 2}))
+    core.handle(b"slave", message(Kind.HEARTBEAT, {}))
+    wire.take()
+    return core, wire
+
+
+def sent(wire: Wire, kind: str) -> list[Outgoing]:
+    return [out for out in wire.take() if out.kind == kind]
+
+
+def result(core: MasterCore, task_id: str, status: str = "ok") -> None:
+    outcome = result_of(task_id) if status == "ok" else failure(ValueError(task_id))
+    core.handle(b"slave", message(Kind.RESULTS, {"results": [[task_id, status, None]]}, [outcome]))
+    core.turn()
+
+
+def test_a_task_taking_anothers_result_waits_for_it_then_goes_with_it():
+    core, wire = graph_core()
+    metas, payloads = [task_meta("a"), taking("b", "a")], [payload("a"), payload("b")]
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": metas}, payloads))
+    core.turn()
+    (tasks,) = sent(wire, Kind.TASKS)
+    assert tasks.header == {"tasks": [["a", None, None]]}  # b waits
+    assert core.status()["tasks"] == {"queued": 0, "assigned": 1, "waiting": 1}
+
+    result(core, "a")
+    (tasks,) = sent(wire, Kind.TASKS)
+    assert tasks.header == {"tasks": [["b", None, ["a"]]], "inputs": ["a"]}
+    assert tasks.payloads == [payload("b"), result_of("a")]  # routed as it came in
+    assert core.dependencies.held == {"a": result_of("a")}
+
+    result(core, "b")
+    # Nothing is kept once no task takes it: the master follows live work.
+    assert not core.dependencies.held and not core.dependencies.dependents
+    assert core.status()["master"]["kept"]["input_results"] == 0
+
+
+def test_an_input_done_before_its_taker_came_goes_with_it_at_once():
+    core, wire = graph_core()
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": [task_meta("a")]}, [payload("a")]))
+    core.turn()
+    result(core, "a")  # delivered, not yet confirmed: the application holds its confirmation
+    wire.take()
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": [taking("b", "a")]}, [payload("b")]))
+    core.turn()
+    (tasks,) = sent(wire, Kind.TASKS)
+    assert tasks.payloads == [payload("b"), result_of("a")]
+
+
+def test_a_failed_input_fails_what_takes_it_and_what_takes_that():
+    core, wire = graph_core()
+    metas = [task_meta("a"), taking("b", "a"), taking("c", "b"), task_meta("d")]
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": metas}, [payload(t) for t in "abcd"]))
+    core.turn()
+    wire.take()
+    result(core, "a", Status.ERROR)
+    (delivery,) = sent(wire, Kind.RESULTS)
+    names = [r[0] for r in delivery.header["results"]]
+    outcomes = dict(zip(names, delivery.payloads, strict=True))
+    assert set(outcomes) == {"a", "b", "c"}
+    for taker, dep in (("b", "a"), ("c", "b")):
+        _, error = load_outcome(False, outcomes[taker])
+        assert isinstance(error, DependencyError) and error.dependency == dep
+        assert "did not run" in str(error)
+    assert not core.dependencies.waiting and not core.dependencies.held
+
+
+def test_a_cancelled_input_fails_what_waits_for_it_and_a_cancelled_taker_stops_waiting():
+    core, wire = graph_core()
+    metas = [task_meta("a"), taking("b", "a"), taking("c", "a")]
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": metas}, [payload(t) for t in "abc"]))
+    core.turn()
+    core.handle(b"app", message(Kind.CANCEL, {"tasks": ["c"]}))
+    assert set(core.dependencies.waiting) == {"b"}
+    core.handle(b"app", message(Kind.CANCEL, {"tasks": ["a"]}))
+    core.turn()
+    (delivery,) = sent(wire, Kind.RESULTS)
+    assert [r[0] for r in delivery.header["results"]] == ["b"]
+    _, error = load_outcome(False, delivery.payloads[0])
+    assert isinstance(error, DependencyError) and "was cancelled" in str(error)
+    assert not core.dependencies.waiting and not core.dependencies.dependents
+
+
+def test_an_input_the_master_does_not_know_fails_its_taker_saying_why():
+    core, wire = graph_core()
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": [taking("b", "ghost")]}, [payload("b")]))
+    core.turn()
+    (delivery,) = sent(wire, Kind.RESULTS)
+    _, error = load_outcome(False, delivery.payloads[0])
+    assert isinstance(error, DependencyError) and "not known to the master" in str(error)
+    assert not core.dependencies.held and not core.dependencies.dependents
+
+
+def test_an_input_is_sent_once_per_message_however_many_tasks_take_it():
+    core, wire = graph_core()
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": [task_meta("a")]}, [payload("a")]))
+    core.turn()
+    result(core, "a")
+    wire.take()
+    metas = [taking("b", "a"), taking("c", "a")]
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": metas}, [payload("b"), payload("c")]))
+    core.turn()
+    (tasks,) = sent(wire, Kind.TASKS)
+    assert tasks.header["inputs"] == ["a"]
+    assert tasks.payloads == [payload("b"), payload("c"), result_of("a")]
 
 
 # -- scheduler options: the scheduler's own, passed on, never read by the core -----------------

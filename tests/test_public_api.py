@@ -27,6 +27,7 @@ EXPORTS = [
     "ClientClosed",
     "ClusterError",
     "ConfigurationError",
+    "DependencyError",
     "FunctionTask",
     "LocalCluster",
     "MasterUnreachable",

@@ -134,6 +134,21 @@ class WorkerMemoryExceeded(WorkerCrashed):
     and what the limit was. A kind of ``WorkerCrashed``: it cost the same attempts."""
 
 
+class DependencyError(TaskError):
+    """Raised by a task that took another task's Future as an argument when that task failed
+    or was cancelled: this one never ran. The input's own exception is its ``__cause__``;
+    ``dependency`` is that input's task id."""
+
+    def __init__(
+        self, message: str, type_name: str = "", remote_traceback: str = "", dependency: str = ""
+    ) -> None:
+        super().__init__(message, type_name or "DependencyError", remote_traceback)
+        self.dependency = dependency
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0], self.type_name, self.remote_traceback, self.dependency))
+
+
 class TaskSystemError(TaskswarmError):
     """Raised when a task system failed: a callback raised, or it gathered a non-exception error."""
 

@@ -22,7 +22,7 @@ import pickle
 import re
 import secrets
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 # The stdlib's own remote-traceback class (a plain Exception subclass with ``.tb``).
 from concurrent.futures.process import _RemoteTraceback
@@ -30,7 +30,8 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import BadDigest, TaskError
+from .errors import BadDigest, DependencyError, TaskError
+from .inputs import giving
 from .protocol import sharing
 from .protocol.digests import Payload, opened
 from .protocol.messages import TaskMeta, parse_resources
@@ -297,7 +298,9 @@ def run_task(payload: bytes | Payload) -> tuple[str, bytes]:
     return status, outcome
 
 
-def run_task_reporting(payload: bytes | Payload) -> tuple[str, bytes, str | None]:
+def run_task_reporting(
+    payload: bytes | Payload, inputs: Sequence[Sequence[Any]] | None = None
+) -> tuple[str, bytes, str | None]:
     """``run_task``, plus for a failure :func:`error_text`: the master shows it to people
     (latest errors on the dashboard) without unpickling the outcome, which it never does for
     plain tasks.
@@ -305,14 +308,25 @@ def run_task_reporting(payload: bytes | Payload) -> tuple[str, bytes, str | None
     A payload as received (a :class:`~taskswarm.protocol.digests.Payload`) is checked against
     the digest its signed header gave, here, right before it is unpickled: one that does not
     match is not unpickled, and the task fails with ``BadDigest`` (its text begins with
-    :data:`REFUSED`)."""
+    :data:`REFUSED`).
+
+    ``inputs``: the results of the tasks whose Futures this one took as arguments, each
+    ``[task_id, pickled result, digest]`` (digest None for bytes made on this host), checked
+    and unpickled here, then put in their placeholders' places (``taskswarm.inputs``)."""
     try:
         data = opened(payload)
+        values = _load_inputs(inputs) if inputs else None
     except BadDigest as exc:
         exc.add_note(f"(the task was refused unrun on slave host {_hostname()})")
         return Status.ERROR, dump_error(exc), REFUSED + str(exc)
+    except DependencyError as exc:
+        return Status.ERROR, dump_error(exc), error_text(exc)
     try:
-        task = sharing.load(data) if sharing.is_reference(data) else pickle.loads(data)
+        if values is None:
+            task = sharing.load(data) if sharing.is_reference(data) else pickle.loads(data)
+        else:
+            with giving(values):
+                task = sharing.load(data) if sharing.is_reference(data) else pickle.loads(data)
     except BaseException as exc:  # noqa: BLE001 - any unpickling failure is the task's failure
         error = _unpickling_error(exc)
         return Status.ERROR, dump_error(error), error_text(error)
@@ -378,9 +392,35 @@ def dump_shared_result(result: Any, share: sharing.Sharing, task_id: str) -> byt
         return dump_result(result)  # no room in /dev/shm: the slow road
 
 
+def _load_inputs(inputs: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """The inputs' values by task id, each checked against its digest before it is unpickled
+    (an altered one raises ``BadDigest``). A result in shared memory is mapped, not copied,
+    and not freed: its application frees it once every task that takes it is done."""
+    values = {}
+    for task_id, data, *sealed in inputs:
+        digest = sealed[0] if sealed else None
+        pickled = opened(Payload(data, digest) if digest is not None else data)
+        try:
+            if sharing.is_reference(pickled):
+                values[task_id] = sharing.load(pickled, cloudpickle.loads)
+            else:
+                values[task_id] = cloudpickle.loads(pickled)
+        except Exception as exc:
+            raise DependencyError(
+                f"the result of task {task_id}, an input of this task, could not be unpickled "
+                f"on slave host {_hostname()}: {type(exc).__name__}: {exc}",
+                type(exc).__qualname__,
+                dependency=task_id,
+            ) from exc
+    return values
+
+
 def _unpickling_error(exc: BaseException) -> TaskError:
     """Say what to do when a worker cannot rebuild a task: usually a module it cannot import."""
     import socket
+
+    if isinstance(exc, DependencyError):
+        return exc  # an input that did not come: it says so itself
 
     where = f"on slave host {socket.gethostname()}"
     if isinstance(exc, sharing.SegmentMissing):
@@ -417,11 +457,12 @@ def run_task_payload(payload: bytes | Payload) -> tuple[bool, bytes]:
 
 
 def load_outcome(
-    ok: bool, data: bytes | Payload, task_name: str = "?"
+    ok: bool, data: bytes | Payload, task_name: str = "?", free: bool = True
 ) -> tuple[Any, BaseException | None]:
     """Turn a pickled outcome back into ``(result, error)`` on the owner's node. A payload as
     received is checked against its digest first: one altered on the way is not unpickled,
-    and the outcome is a ``BadDigest`` error naming the task."""
+    and the outcome is a ``BadDigest`` error naming the task. A result in shared memory is
+    freed once read unless ``free`` is False (tasks that take it as an input still need it)."""
     try:
         pickled = opened(data)
     except BadDigest as exc:
@@ -432,7 +473,8 @@ def load_outcome(
             try:
                 value = sharing.load(pickled, cloudpickle.loads)
             finally:
-                sharing.free(pickled)  # read: its segment goes (a mapping lives while used)
+                if free:
+                    sharing.free(pickled)  # read: its segment goes (a mapping lives while used)
         else:
             value = cloudpickle.loads(pickled)
     except BaseException as exc:  # noqa: BLE001 - a SystemExit from a __setstate__ too: this

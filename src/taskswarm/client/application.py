@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any, cast
 
+from .. import inputs
 from ..errors import ClientClosed, MasterUnreachable, TaskswarmError
+from ..inputs import Collector, DependencyFailed, dependency_error
 from ..protocol import pickling, sharing
 from ..protocol.codec import Kind, too_large
 from ..protocol.keys import ClusterKeys, as_keys, load_keys
@@ -51,6 +53,10 @@ __all__ = ["Application", "connect"]
 #: Tasks pickled before they are handed to the I/O thread: the master starts on the first ones
 #: while later ones are still being pickled.
 CHUNK = 500
+
+#: A task pickled and not yet handed to the I/O thread: the task, its Future, what the master
+#: reads of it, its payload.
+Pending = tuple[Task, TaskFuture, TaskMeta, bytes]
 
 
 class Application:
@@ -134,43 +140,84 @@ class Application:
         ``tasks`` may be a generator: a million tasks start running while later ones are still
         being made. If one cannot be sent, the ones before it are cancelled and the error says
         which task and why: all or none.
+
+        A task may take Futures of this connection's earlier tasks among its arguments (at any
+        depth): it runs once they are done, with their results in their places, and fails with
+        ``ts.DependencyError`` (caused by the input's error) if one of them fails.
         """
-        link = self._link
-        link.check_open()
+        self._link.check_open()
         futures: list[TaskFuture] = []
-        chunk: list[tuple[Task, TaskFuture, TaskMeta, bytes]] = []
+        posted: list[TaskFuture] = []
+        chunk: list[Pending] = []
         size = 0
         share = self.sharing
+        ledger = self._ledger
+        collector = Collector(self.client_id, ledger.pin, ledger.unpin)
+        outer = inputs.collect(collector)
         paused = gc_pause.pause()
         try:
             for task in tasks:
-                payload = pickling.dumps_task(task, share)
                 try:
-                    if len(payload) > link.max_payload:
-                        raise too_large(f"task {task.name!r}", len(payload), link.max_bytes)
-                    meta = task_meta(task)
-                except BaseException:
-                    sharing.free(payload)
-                    raise
-                task.client_id = self.client_id
-                future = TaskFuture(task.task_id, self._cancel_queued)
-                chunk.append((task, future, meta, payload))
-                futures.append(future)
+                    pending = self._pickle(task, collector)
+                except DependencyFailed as failed:
+                    futures.append(self._failed_at_once(task, failed, collector))
+                    continue
+                chunk.append(pending)
+                futures.append(pending[1])
+                payload = pending[3]
                 size += sharing.weight(payload) if share is not None else len(payload)
                 if len(chunk) >= CHUNK or size >= SUBMIT_BYTES:
                     self._post_tasks(chunk)
+                    posted.extend(future for _, future, _, _ in chunk)
                     chunk, size = [], 0
         except BaseException:
-            self._withdraw(futures[: len(futures) - len(chunk)])
-            for _, _, _, payload in chunk:
+            self._withdraw(posted)
+            for _, _, meta, payload in chunk:
                 sharing.free(payload)  # never handed over
+                if meta.deps:
+                    ledger.unpin(meta.deps)
+            if collector.deps:
+                ledger.unpin(list(collector.take()))
             raise
         finally:
+            inputs.collect(outer)
             gc_pause.resume(paused)
         self._post_tasks(chunk)
         return cast("list[Future[Any]]", futures)  # TaskFutures, typed as the public API says
 
-    def _post_tasks(self, chunk: list[tuple[Task, TaskFuture, TaskMeta, bytes]]) -> None:
+    def _pickle(self, task: Task, collector: Collector) -> Pending:
+        """One task made ready to send: pickled, checked, its Future made; the pending inputs
+        it takes (Futures among its arguments) named in its metadata."""
+        link = self._link
+        payload = pickling.dumps_task(task, self.sharing)
+        deps = collector.take() if collector.deps else None
+        try:
+            if len(payload) > link.max_payload:
+                raise too_large(f"task {task.name!r}", len(payload), link.max_bytes)
+            meta = task_meta(task)
+        except BaseException:
+            sharing.free(payload)
+            if deps:
+                self._ledger.unpin(list(deps))
+            raise
+        task.client_id = self.client_id
+        future = TaskFuture(task.task_id, self._cancel_queued, self.client_id)
+        if deps:
+            meta.deps = list(deps)
+            future.inputs = tuple(deps.values())
+        return task, future, meta, payload
+
+    def _failed_at_once(
+        self, task: Task, failed: DependencyFailed, collector: Collector
+    ) -> TaskFuture:
+        """A task one of whose inputs had already failed: never sent, its Future failed."""
+        if collector.deps:  # inputs pinned before the failed one was met
+            self._ledger.unpin(list(collector.take()))
+        future = TaskFuture(task.task_id, self._cancel_queued, self.client_id)
+        self._ledger.end(task, future, dependency_error(task.name, failed.task_id, failed.error))
+        return future
+
+    def _post_tasks(self, chunk: list[Pending]) -> None:
         if not chunk:
             return
         segments = None
@@ -181,7 +228,8 @@ class Application:
                 if sharing.is_reference(payload) and (name := sharing.name_of(payload)) is not None
             }
         self._ledger.add(((task, future) for task, future, _, _ in chunk), segments)
-        self._link.post_tasks([(meta, payload) for _, _, meta, payload in chunk])
+        pinned = [dep for _, _, meta, _ in chunk if meta.deps for dep in meta.deps]
+        self._link.post_tasks([(meta, payload) for _, _, meta, payload in chunk], pinned)
 
     def _withdraw(self, futures: Sequence[TaskFuture]) -> None:
         """Cancel tasks already handed over, in one message."""

@@ -17,6 +17,7 @@ from concurrent.futures._base import (
 )
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..inputs import reduce_future
 from ..protocol.pickling import UnpicklableTask
 from ..task import FunctionTask
 from .meter import Meter, ProgressCallback
@@ -38,12 +39,26 @@ class TaskFuture(Future[Any]):
     already reaching a worker as ``cancel()`` was called may still run there, its outcome
     discarded. ``app.cancel(future)`` stops a running task too, on purpose (its worker is
     replaced).
+
+    A TaskFuture may be an argument of another task of the same connection (``app.submit(f,
+    future)``): that task runs once this one is done, with its result in the Future's place
+    (``taskswarm.inputs``).
     """
 
-    def __init__(self, task_id: str, on_cancel: Callable[[str], None]) -> None:
+    def __init__(
+        self, task_id: str, on_cancel: Callable[[str], None], owner: str | None = None
+    ) -> None:
         super().__init__()
         self.task_id = task_id
         self._on_cancel = on_cancel
+        #: The ``client_id`` of the connection that made it: only its tasks may take it.
+        self.owner = owner
+        #: The Futures this one's task took as arguments that were pending then (let go once
+        #: it is done).
+        self.inputs: tuple[TaskFuture, ...] = ()
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return reduce_future(self)
 
     def cancel(self) -> bool:
         if not self._cancel(running_too=False):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
-from ..errors import BadDigest
+from ..errors import BadDigest, DependencyError
 from ..protocol import sharing
 from ..protocol.digests import Payload, opened
 from ..protocol.messages import Delivered
@@ -47,14 +48,25 @@ class Ledger:
         #: task id -> the shared memory segment holding its payload (``sharing``), freed when
         #: the task leaves the ledger, however it leaves.
         self.segments: dict[str, str] = {}
+        #: Inputs (tasks whose Futures are arguments of tasks being sent) whose outcome this
+        #: application may not confirm yet: the SUBMIT naming them has not left (see
+        #: ``taskswarm.inputs``). task id -> how many tasks being sent name it.
+        self.pins: Counter[str] = Counter()
+        #: Inputs named by tasks in this ledger: task id -> how many.
+        self.uses: Counter[str] = Counter()
+        #: Inputs whose result is in a shared memory segment that their dependents' workers
+        #: map: task id -> the segment, freed when no task here takes it any more.
+        self.kept: dict[str, str] = {}
 
     # -- tasks -------------------------------------------------------------------------------------
 
     def add(self, entries: Iterable[Entry], segments: dict[str, str] | None = None) -> None:
         with self.lock:
-            tasks = self.tasks
+            tasks, uses = self.tasks, self.uses
             for task, future in entries:
                 tasks[task.task_id] = (task, future)
+                if future.inputs:
+                    uses.update(f.task_id for f in future.inputs)
             if segments:
                 self.segments.update(segments)
 
@@ -64,7 +76,66 @@ class Ledger:
             pop = self.tasks.pop
             taken = [pop(task_id, None) for task_id in task_ids]
         self._free_segments(task_ids)
+        if self.uses:
+            self._release_inputs(taken)
         return taken
+
+    # -- inputs (Futures as arguments) ---------------------------------------------------------
+
+    def pin(self, task_id: str) -> None:
+        """A task being sent names input ``task_id``: its outcome is not confirmed meanwhile."""
+        with self.lock:
+            self.pins[task_id] += 1
+
+    def unpin(self, task_ids: Iterable[str]) -> None:
+        """The SUBMIT naming these inputs has left (or never will): they may be confirmed."""
+        free = []
+        with self.lock:
+            pins = self.pins
+            for task_id in task_ids:
+                left = pins[task_id] - 1
+                if left > 0:
+                    pins[task_id] = left
+                    continue
+                del pins[task_id]
+                if task_id in self.kept and task_id not in self.uses:
+                    free.append(self.kept.pop(task_id))
+        for name in free:
+            sharing.free_name(name)
+
+    def _release_inputs(self, entries: Iterable[Entry | None]) -> None:
+        """Tasks that left the ledger no longer take their inputs: an input's kept result is
+        freed once nothing here takes it."""
+        free = []
+        with self.lock:
+            uses = self.uses
+            for entry in entries:
+                if entry is None or not entry[1].inputs:
+                    continue
+                for future in entry[1].inputs:
+                    task_id = future.task_id
+                    left = uses[task_id] - 1
+                    if left > 0:
+                        uses[task_id] = left
+                        continue
+                    uses.pop(task_id, None)
+                    if task_id in self.kept and task_id not in self.pins:
+                        free.append(self.kept.pop(task_id))
+                entry[1].inputs = ()  # its inputs' results are not kept alive by it
+        for name in free:
+            sharing.free_name(name)
+
+    def _keep_or_free(self, task_id: str, reference: bytes) -> None:
+        """A result read from shared memory: freed, unless tasks being sent or waiting here
+        take it (their workers map it). Decided after its Future is resolved: a task pickled
+        from then on sees it done and takes its value instead."""
+        with self.lock:
+            keep = task_id in self.uses or task_id in self.pins
+            name = sharing.name_of(reference) if keep else None
+            if name is not None:
+                self.kept[task_id] = name
+        if name is None:
+            sharing.free(reference)
 
     def _free_segments(self, task_ids: Iterable[str]) -> None:
         """The payload segments of tasks that left the ledger (none, unless sharing is on)."""
@@ -117,6 +188,8 @@ class Ledger:
                 refused += self._deliver(entry[0], entry[1], result.ok, data)
             else:
                 sharing.free(data)  # a result no one here waits for (any more): let it go
+        if self.uses:
+            self._release_inputs(entries)
         # Nothing here may hold a result once its Future has it: the caller alone decides when
         # it is let go (concurrent.futures' test_free_reference).
         entries = entry = None  # type: ignore[assignment]  # noqa: F841
@@ -135,13 +208,26 @@ class Ledger:
             if on_task_finished is not None:
                 on_task_finished(task, None, CancelledError())
             return False
+        if ok and sharing.is_reference(data):
+            outcome = load_outcome(ok, data, task.name, free=False)
+            self._end(task, future, outcome)
+            del outcome  # the caller alone holds the result
+            self._keep_or_free(task.task_id, bytes(data))
+            return False
         self._end(task, future, load_outcome(ok, data, task.name))
         return False
+
+    def end(self, task: Task, future: TaskFuture, error: BaseException) -> None:
+        """A task that never left this process failed (one of its inputs had failed)."""
+        self._end(task, future, (None, error))
 
     def _end(
         self, task: Task, future: TaskFuture, outcome: tuple[Any, BaseException | None]
     ) -> None:
         on_task_finished = self.on_task_finished
+        error = outcome[1]
+        if type(error) is DependencyError and future.inputs:
+            _add_cause(error, future.inputs)
         if type(task).finished is not Task.finished:  # most tasks keep the no-op
             try:
                 task.finished(*outcome)
@@ -221,12 +307,22 @@ class Ledger:
             systems = list(self.systems.values())
             self.tasks.clear()
             names, self.segments = list(self.segments.values()), {}
+            names += self.kept.values()
+            self.kept, self.uses = {}, Counter()
         for name in names:
             sharing.free_name(name)
         for future in futures:
             resolve(future, exception=error)
         for handle in systems:
             handle.set_outcome(error=error)
+
+
+def _add_cause(error: DependencyError, inputs: Iterable[Future[Any]]) -> None:
+    """The master failed a task whose input failed: the input's own error is the cause."""
+    for future in inputs:
+        if getattr(future, "task_id", None) == error.dependency and future.done():
+            error.__cause__ = CancelledError() if future.cancelled() else future.exception()
+            return
 
 
 def resolve(

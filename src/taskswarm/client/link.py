@@ -116,6 +116,8 @@ class PostedTasks(NamedTuple):
     """Tasks to submit (a user thread pickled them); runs of these go out as one SUBMIT."""
 
     submissions: list[Submission]
+    #: The inputs these tasks name (``TaskMeta.deps``), pinned until this SUBMIT has left.
+    pinned: Sequence[str] = ()
 
 
 class PostedMessage(NamedTuple):
@@ -200,9 +202,10 @@ class MasterLink:
         """Send a message, from any thread."""
         self.mailbox.post(PostedMessage(kind, header, payloads))
 
-    def post_tasks(self, submissions: list[Submission]) -> None:
-        """Submit tasks, from any thread (their Futures are in the ledger already)."""
-        self.mailbox.post(PostedTasks(submissions))
+    def post_tasks(self, submissions: list[Submission], pinned: Sequence[str] = ()) -> None:
+        """Submit tasks, from any thread (their Futures are in the ledger already); ``pinned``:
+        the inputs they name, unpinned once they have left (``taskswarm.inputs``)."""
+        self.mailbox.post(PostedTasks(submissions, pinned))
 
     def request(
         self,
@@ -342,14 +345,19 @@ class MasterLink:
     def _send_posted(self, items: list[PostedTasks | PostedMessage]) -> None:
         """Send what user threads posted, merging runs of task batches into one SUBMIT."""
         batch: list[Submission] = []
+        pinned: list[str] = []
         for item in items:
             if type(item) is PostedTasks:
                 batch.extend(item.submissions)
+                if item.pinned:
+                    pinned.extend(item.pinned)
                 continue
             self._send_tasks(batch)
             batch = []
             self.send(*item)
         self._send_tasks(batch)
+        if pinned:  # their SUBMITs are out: the inputs' outcomes may be confirmed now
+            self.ledger.unpin(pinned)
 
     def _send_tasks(self, batch: list[Submission]) -> None:
         part: list[Submission] = []
@@ -370,9 +378,19 @@ class MasterLink:
         self.send(Kind.SUBMIT, header, [payload for _, payload in part])
 
     def _send_acks(self) -> None:
-        if self._acks_due:
-            self.send(Kind.RESULTS_ACK, ResultsAck(tasks=self._acks_due))
-            self._acks_due = []
+        due = self._acks_due
+        if not due:
+            return
+        self._acks_due = []
+        pins = self.ledger.pins
+        if pins:
+            # Inputs of tasks not sent yet: the master must meet those tasks first.
+            held = [task_id for task_id in due if task_id in pins]
+            if held:
+                due = [task_id for task_id in due if task_id not in pins]
+                self._acks_due, self._ack_at = held, time.monotonic() + ACK_DELAY
+        if due:
+            self.send(Kind.RESULTS_ACK, ResultsAck(tasks=due))
 
     def _resync(self) -> None:
         """After a reconnect: send again what the master may not have, ask for what is due."""

@@ -50,6 +50,7 @@ from ..protocol.messages import (
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord, TaskState
 from ..task import failure
+from .dependencies import DependencyTable
 from .edges import Send
 from .journal import Journal, JournalFault, NullJournal
 from .outcomes import Outcome, cancelled_by
@@ -77,6 +78,7 @@ class ApplicationTable:
         systems: SystemTable,
         send: Send,
         *,
+        dependencies: DependencyTable,
         reply_later: Callable[[bytes, Header], None],
         cancel_on_slaves: Callable[[list[TaskRecord], bool], None],
         deliver: Callable[[list[Outcome]], None],
@@ -91,6 +93,8 @@ class ApplicationTable:
         self.journal = journal
         self.systems = systems
         self.send = send
+        #: Tasks held back for their inputs (Futures as arguments).
+        self.dependencies = dependencies
         #: Send at the end of this turn of the loop, after the tasks it dispatches.
         self.reply_later = reply_later
         #: Tell slaves to stop tasks (``soft``: only those no worker began).
@@ -184,8 +188,13 @@ class ApplicationTable:
             self.send(identity, Kind.REJECT, Reject(rid=rid, reason=reason))
             return
         # A batch sent again after a reconnect: keep only what the master does not know yet.
-        known = self.scheduler.tasks
-        fresh = [t for t in tasks if t.task_id not in known and t.task_id not in client.unconfirmed]
+        known, waiting = self.scheduler.tasks, self.dependencies.waiting
+        fresh = [
+            t
+            for t in tasks
+            if t.task_id not in known and t.task_id not in client.unconfirmed
+            and t.task_id not in waiting
+        ]  # fmt: skip
         if fresh and not self.accepting(identity, rid):
             return
         try:
@@ -194,7 +203,10 @@ class ApplicationTable:
             self.refuse(identity, rid, str(exc))
             return
         client.submitted += len(fresh)
-        self.scheduler.push_tasks(fresh)
+        ready, failed = self.dependencies.admit(fresh, client.client_id, client.unconfirmed)
+        self.scheduler.push_tasks(ready)
+        if failed:
+            self.deliver(failed)
         if client.batched_acks and rid is not None:
             # With its results, or alone a little later: no message of its own per round trip.
             self.results.acknowledge(client, rid)
@@ -234,12 +246,13 @@ class ApplicationTable:
         client = self.known(identity)
         if client is None:
             return
-        known = self.scheduler.tasks
+        known, waiting = self.scheduler.tasks, self.dependencies.waiting
         lost = [
             task_id
             for task_id in query.tasks
             if task_id not in known and task_id not in client.unconfirmed
-        ]
+            and task_id not in waiting
+        ]  # fmt: skip
         if not lost:
             return
         log.warning(
@@ -277,7 +290,7 @@ class ApplicationTable:
             # they reach their slaves before the cancellation does.
             self.dispatch_now()
             task_ids = self._take_back_unstarted(task_ids)
-        cancelled = [t for t in map(self.scheduler.cancel, task_ids) if t is not None]
+        cancelled = [t for t in map(self.cancel, task_ids) if t is not None]
         client.cancelled += len(cancelled)
         self.journal.forget_tasks([t.task_id for t in cancelled])
         self.cancel_on_slaves(cancelled, cancel.soft)
@@ -290,14 +303,27 @@ class ApplicationTable:
             taken = [t.task_id for t in cancelled]
             self.send(identity, Kind.ACK, Ack(rid=rid, n=len(cancelled), tasks=taken))
 
+    def cancel(self, task_id: str) -> TaskRecord | None:
+        """Forget a live task, queued, running or waiting for its inputs (None: not live)."""
+        task = self.scheduler.cancel(task_id)
+        if task is None and self.dependencies.waiting:
+            task = self.dependencies.cancel(task_id)
+        if task is not None and task_id in self.dependencies.dependents:
+            self.deliver(self.dependencies.cancelled(task))  # what waited for it fails
+        return task
+
     def _take_back_unstarted(self, task_ids: list[str]) -> list[str]:
         """Of these tasks, those still queued here (returned, to cancel now); those on a slave
         that no worker began are asked back from it, their outcome to come (``cancelled``, or
         a result if a worker began one meanwhile). Started ones run on."""
         tasks = self.scheduler.tasks
         queued, asked = [], []
+        waiting = self.dependencies.waiting
         for task_id in task_ids:
             task = tasks.get(task_id)
+            if task_id in waiting:
+                queued.append(task_id)  # waiting for its inputs: as good as queued
+                continue
             if task is None or task.started:
                 continue
             if task.state == TaskState.QUEUED:
@@ -383,8 +409,8 @@ class ApplicationTable:
             t.task_id
             for t in scheduler.tasks.values()
             if t.client_id == client.client_id and t.system_id is None
-        ]
-        cancelled = [t for t in map(scheduler.cancel, mine) if t is not None]
+        ] + self.dependencies.of_client(client.client_id)
+        cancelled = [t for t in map(self.cancel, mine) if t is not None]
         client.cancelled += len(cancelled)
         self.journal.forget_tasks(mine)
         self.cancel_on_slaves(cancelled, False)

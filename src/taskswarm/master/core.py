@@ -58,6 +58,7 @@ from ..stats import Stats
 from ..task import Status
 from . import outcomes, retention
 from .applications import ApplicationRecord, ApplicationTable
+from .dependencies import DependencyTable
 from .edges import RunnerMail, Send
 from .journal import Journal, NullJournal
 from .outcomes import ErrorLog, Outcome
@@ -133,12 +134,15 @@ class MasterCore:
             rejected=self.rejected,
             **({"post": post} if post is not None else {}),
         )
+        #: Tasks held back until the tasks whose results they take are done.
+        self.dependencies = DependencyTable(scheduler)
         self.applications = ApplicationTable(
             self.peers,
             scheduler,
             self.journal,
             self.systems,
             send,
+            dependencies=self.dependencies,
             reply_later=self.reply_later,
             cancel_on_slaves=self.cancel_on_slaves,
             deliver=self.deliver,
@@ -346,6 +350,12 @@ class MasterCore:
         runner (journaled first), a plain task's to its application."""
         if not settled:
             return
+        if self.dependencies.dependents:
+            # Inputs of held-back tasks: those now ready join the queue (dispatched this turn),
+            # those whose input failed fail with it.
+            settled, ready = self.dependencies.settle(settled)
+            if ready:
+                self.scheduler.push_tasks(ready)
         per_system: dict[str, list[tuple[str, bool, bytes]]] = defaultdict(list)
         plain: list[Outcome] = []
         for task, ok, data in settled:
@@ -383,7 +393,7 @@ class MasterCore:
 
     def cancel_task(self, task_id: str) -> bool:
         """Cancel a live task; its owner gets a TaskError saying so (its Future resolves)."""
-        task = self.scheduler.cancel(task_id)
+        task = self.applications.cancel(task_id)
         if task is None:
             return False
         self.cancel_on_slaves([task])
@@ -445,6 +455,8 @@ class MasterCore:
         self.systems.sweep(expire_before)
         retention.enforce_result_cap(keep.result_cap, self.applications, self.systems)
         self.slaves.forget_departed(now, keep.forget_after)
+        if self.dependencies.dependents:
+            self.dependencies.sweep(self.scheduler.tasks.__contains__)
         if time.monotonic() >= self._next_maintenance:
             self.journal.maintain()
             self._collector.collect(self.systems)

@@ -30,7 +30,13 @@ from ..protocol.messages import (
     Welcome,
 )
 from ..scheduling.contracts import SchedulerContract
-from ..scheduling.records import NodeState, SlaveRecord, format_resources, parse_resources
+from ..scheduling.records import (
+    NodeState,
+    SlaveRecord,
+    TaskRecord,
+    format_resources,
+    parse_resources,
+)
 from ..stats import Stats
 from .edges import Send
 
@@ -225,10 +231,10 @@ class SlaveTable:
         for slave, batch in self.scheduler.take_outboxes():
             start = time.perf_counter()
             # Big payloads may add up past what the slave accepts in one message.
-            for part in within([len(t.payload) for t in batch], limit):
+            for part in within([_weight(t) for t in batch], limit):
                 tasks = batch[part]
-                header = Tasks(tasks=[Assignment(t.task_id, t.timeout) for t in tasks])
-                if not self.send(slave.identity, Kind.TASKS, header, [t.payload for t in tasks]):
+                header, payloads = _tasks_message(tasks)
+                if not self.send(slave.identity, Kind.TASKS, header, payloads):
                     self.lose(slave, "unreachable")
                     break
             self.stats.add("send_seconds", time.perf_counter() - start)
@@ -259,6 +265,32 @@ class SlaveTable:
     def cluster_info(self) -> dict[str, int]:
         slaves = [s for s in self.scheduler.slaves.values() if s.state == NodeState.ACTIVE]
         return {"slaves": len(slaves), "workers": sum(s.workers for s in slaves)}
+
+
+def _weight(task: TaskRecord) -> int:
+    """A task's bytes in a TASKS message: its payload, and its inputs' results if any."""
+    if task.inputs is None:
+        return len(task.payload)
+    return len(task.payload) + sum(len(data) for _, data in task.inputs)
+
+
+def _tasks_message(tasks: list[TaskRecord]) -> tuple[Tasks, list[Any]]:
+    """A TASKS message: the tasks' payloads, then each input's result once (``Tasks.inputs``)."""
+    if not any(task.inputs for task in tasks):
+        return Tasks(tasks=[Assignment(t.task_id, t.timeout) for t in tasks]), [
+            t.payload for t in tasks
+        ]
+    given: dict[str, Any] = {}
+    assignments = []
+    for task in tasks:
+        if task.inputs:
+            for dep, data in task.inputs:
+                given.setdefault(dep, data)
+            assignments.append(Assignment(task.task_id, task.timeout, task.deps))
+        else:
+            assignments.append(Assignment(task.task_id, task.timeout))
+    payloads = [t.payload for t in tasks] + list(given.values())
+    return Tasks(tasks=assignments, inputs=list(given)), payloads
 
 
 #: What a measure a node reports must hold (anything else is dropped, not trusted).

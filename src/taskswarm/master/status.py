@@ -28,6 +28,8 @@ def kept(core: MasterCore) -> dict[str, int]:
         "systems": len(core.systems.records),
         "forgotten_systems": len(core.systems.forgotten),
         "uncollected_bytes": core.applications.retained_bytes() + core.systems.held,
+        "waiting_tasks": len(core.dependencies.waiting),
+        "input_results": len(core.dependencies.held),
         **by_node,
     }
 
@@ -49,7 +51,7 @@ def describe(core: MasterCore) -> dict[str, Any]:
         "slaves": live + list(core.slaves.departed.values()),
         "applications": core.applications.summaries(),
         "systems": core.systems.summaries(),
-        "tasks": core.scheduler.counts(),
+        "tasks": {**core.scheduler.counts(), "waiting": len(core.dependencies.waiting)},
         "errors": core.latest_errors(ERRORS_IN_STATUS),
         "stats": core.stats.snapshot()
         + [row for slave in core.scheduler.slaves.values() for row in slave.stats]

@@ -152,7 +152,8 @@ class TaskMeta(_Item):
     """What the master and slaves know of a task without unpickling it (one per SUBMIT payload,
     and what a task system's pushed tasks carry on the master). Built by
     :func:`taskswarm.task.task_meta`; travels as ``[task_id, timeout, max_retries, name,
-    priority, resources]``, and a 4-item array reads with the last two at their defaults."""
+    priority, resources, deps]``, and a 4-item array reads with the last three at their
+    defaults."""
 
     task_id: str
     #: Seconds the task may run (``Task.timeout``); None: no limit. Checked by :meth:`check`.
@@ -165,6 +166,9 @@ class TaskMeta(_Item):
     priority: int = 0
     #: What it needs of a slave's declared resources (``Task.resources``), names to amounts.
     resources: dict[str, float] | None = None
+    #: The tasks whose results it takes as arguments (their Futures were among its arguments,
+    #: pending when it was sent): the master holds it back until each has its outcome.
+    deps: TaskIds | None = None
 
     def check(self) -> None:
         """Raise ValueError naming the first number out of range: the journal (SQLite) holds 64
@@ -181,11 +185,14 @@ class TaskMeta(_Item):
 
 
 class Assignment(_Item):
-    """One task of a TASKS message (master -> slave): ``[task_id, timeout]``."""
+    """One task of a TASKS message (master -> slave): ``[task_id, timeout, deps]``."""
 
     task_id: str
     #: Seconds the task may run; None: no limit.
     timeout: float | None = None
+    #: The tasks whose results it takes (``TaskMeta.deps``): each is among the message's
+    #: ``inputs``, its pickled result among the payloads after the tasks'.
+    deps: TaskIds | None = None
 
 
 class Outcome(_Item):
@@ -474,11 +481,17 @@ class Reregister(Header, tag=Kind.REREGISTER):
 
 
 class Tasks(Header, tag=Kind.TASKS):
-    """Tasks for a slave, one pickled task per payload."""
+    """Tasks for a slave, one pickled task per payload, then one pickled result per input."""
 
     tasks: list[Assignment]
+    #: The tasks whose results some of these take (``Assignment.deps``), each once: their
+    #: pickled results follow the tasks' payloads, in this order.
+    inputs: TaskIds | None = None
 
     batch = "tasks"
+
+    def expected_payloads(self) -> int | None:
+        return len(self.tasks) + len(self.inputs or ())
 
 
 class Ack(Header, tag=Kind.ACK):

@@ -36,6 +36,7 @@ from typing import Any
 
 import cloudpickle
 
+from ..inputs import DependencyFailed
 from ..task import FunctionTask
 from . import sharing
 
@@ -357,6 +358,8 @@ def dumps_task(task: Any, share: sharing.Sharing | None = None) -> bytes:
         return _dumps_shared(task, share)
     try:
         return _fast_dumps(task)
+    except DependencyFailed:
+        raise  # an input already failed: the task is not sent at all
     except Exception:
         pass  # something only cloudpickle can do (or a real error, which it will raise)
     return _cloud_dumps_task(task)
@@ -368,6 +371,8 @@ def _dumps_shared(task: Any, share: sharing.Sharing) -> bytes:
     try:
         try:
             data = _fast_dumps(task, share.threshold)
+        except DependencyFailed:
+            raise
         except Exception:
             collector.clear()
             collector.minimum = share.threshold
@@ -384,6 +389,8 @@ def _dumps_shared(task: Any, share: sharing.Sharing) -> bytes:
 def _cloud_dumps_task(task: Any, buffer_callback: Callable[[Any], Any] | None = None) -> bytes:
     try:
         return dumps(task, buffer_callback)
+    except DependencyFailed:
+        raise
     except Exception as exc:
         raise UnpicklableTask(
             f"task {task.name!r} cannot be sent: {_unpicklable_part(task)} cannot be pickled "

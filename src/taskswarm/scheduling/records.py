@@ -18,6 +18,7 @@ from ..protocol.messages import parse_resources as parse_resources  # where it w
 
 
 class TaskState:
+    WAITING = "waiting"  # for the outcomes of the tasks it takes as inputs (not queued yet)
     QUEUED = "queued"
     ASSIGNED = "assigned"
     DONE = "done"
@@ -56,6 +57,8 @@ class TaskRecord:
     queued_at: float = 0.0  # monotonic time it last joined the queue
     started: bool = False  # a worker began it (its slave said so)
     cancelling: bool = False  # its owner asked for it back before a worker began it
+    deps: list[str] | None = None  # the tasks whose results it takes (``TaskMeta.deps``)
+    inputs: list[tuple[str, Any]] | None = None  # (task id, pickled result) of each, once known
 
     @classmethod
     def from_meta(
@@ -81,6 +84,8 @@ class TaskRecord:
             meta.max_retries,
             sys.intern(meta.name),  # a million tasks of one kind keep one name between them
         )
+        if meta.deps:
+            record.deps = meta.deps
         if meta.timeout is None and not meta.max_retries and not meta.priority:
             if meta.resources is None:
                 return record  # the defaults: nothing to check

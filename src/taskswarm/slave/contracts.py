@@ -44,6 +44,9 @@ class WorkItem:
     #: as its bytes and digest)
     payload: Any
     timeout: float | None = None
+    #: The results of the tasks it takes as inputs, ``(task id, payload)`` each (a Payload as
+    #: received, checked where they are unpickled); None for most tasks, which take none.
+    inputs: list[tuple[str, Any]] | None = None
     cancelled: bool = False  # cancelled while in a worker's pipeline: its outcome is dropped
 
 

@@ -329,11 +329,24 @@ class Slave(NodeLifecycle):
             ready()
 
     def on_tasks(self, msg: Message) -> None:
-        # As many payloads as tasks: the codec checked.
-        items = [
-            WorkItem(task.task_id, payload, task.timeout)
-            for task, payload in zip(msg.read(Tasks).tasks, msg.payloads, strict=True)
-        ]
+        # As many payloads as tasks, then one per input: the codec checked.
+        body = msg.read(Tasks)
+        tasks, payloads = body.tasks, msg.payloads
+        if body.inputs:
+            given = dict(zip(body.inputs, payloads[len(tasks) :], strict=True))
+            items = [
+                WorkItem(task.task_id, payload, task.timeout)
+                if not task.deps
+                else WorkItem(
+                    task.task_id, payload, task.timeout, [(dep, given[dep]) for dep in task.deps]
+                )
+                for task, payload in zip(tasks, payloads, strict=False)
+            ]
+        else:
+            items = [
+                WorkItem(task.task_id, payload, task.timeout)
+                for task, payload in zip(tasks, payloads, strict=True)
+            ]
         self.outbox.arrived([item.task_id for item in items])
         self.manager.push_tasks(items)
 

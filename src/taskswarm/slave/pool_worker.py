@@ -158,9 +158,15 @@ def end(
 
 def frame_task(item: WorkItem) -> list[Any]:
     """A task as the worker reads it, msgpack ``[task_id, payload, digest]``, in one to three
-    pieces. The digest is the one the task's signed header gave: the worker checks it right
-    before it unpickles the task (a payload made on this host, plain bytes, goes without)."""
+    pieces (a fourth item, its inputs, for a task that takes other tasks' results). The digest
+    is the one the task's signed header gave: the worker checks it right before it unpickles
+    the task (a payload made on this host, plain bytes, goes without)."""
     payload = item.payload
+    if item.inputs is not None:
+        # ``[task_id, payload, digest, [[input id, result, digest], ...]]``: a task that takes
+        # other tasks' results (rare; packed whole, copies and all).
+        given = [[dep, *_sealed(data)] for dep, data in item.inputs]
+        return [_pack([item.task_id, *_sealed(payload), given])]
     if type(payload) is Payload:
         data, tail = payload.raw, [payload.digest]
     else:
@@ -170,6 +176,13 @@ def frame_task(item: WorkItem) -> list[Any]:
     head = b"\x93" if tail else b"\x92"  # an array of 3 (or 2): the id, the payload...
     head += _pack(item.task_id) + b"\xc6" + len(data).to_bytes(4, "big")  # ...a bin 32 header
     return [head, data, _pack(tail[0])] if tail else [head, data]
+
+
+def _sealed(payload: Any) -> tuple[Any, bytes | None]:
+    """A payload's bytes and the digest its signed header gave (None: made on this host)."""
+    if type(payload) is Payload:
+        return payload.raw, payload.digest
+    return payload, None
 
 
 def send(worker: PoolWorker, data: bytes | list[Any]) -> None:

@@ -95,13 +95,16 @@ def worker_main(conn: Connection, share: sharing.Sharing | None = None) -> None:
         message = tasks.popleft()
         if message is None:
             return
-        task_id, payload, *sealed = message  # the digest its signed header gave, if received
+        # The digest its signed header gave (if received), then its inputs (if it takes any).
+        task_id, payload, *sealed = message
         if task_id in skip:
             skip.discard(task_id)
             reply = [task_id, Status.CANCELLED, b""]
         else:
+            digest = sealed[0] if sealed else None
             status, outcome, text = run_task_reporting(
-                Payload(payload, sealed[0]) if sealed else payload
+                Payload(payload, digest) if digest is not None else payload,
+                sealed[1] if len(sealed) > 1 else None,
             )
             reply = [task_id, status, outcome] if text is None else [task_id, status, outcome, text]
         try:

@@ -1,0 +1,217 @@
+"""Tasks that take other tasks' results (Futures as arguments): held back, then sent with them.
+
+A task whose SUBMIT names inputs (``TaskMeta.deps``: tasks of the same application whose
+Futures were among its arguments) waits here, outside the scheduler, until every input has an
+outcome. Then it joins the queue like any task, carrying its inputs' pickled results
+(``TaskRecord.inputs``), which go to its slave in the same TASKS message (``Tasks.inputs``) and
+to its worker with it. An input that failed (or was cancelled) fails it, unrun, with
+``DependencyError``; its application adds the input's own error as the cause. So does an input
+the master does not know: the application never lets that happen (``taskswarm.inputs``: it
+confirms an input's outcome only after the task naming it was sent), unless the master
+restarted without its state directory.
+
+What this holds, and for how long (the master is bounded by live work): a waiting task's
+record until it is queued, failed or cancelled; an input's result (the bytes as they came from
+its slave, or a reference to a shared memory segment, a few dozen bytes, on one host) only
+while a task that takes it is waiting, queued or running. The index is cleaned as each such
+task ends, and once a heartbeat (``sweep``) for any that left by another road.
+
+The plain results also still go to their application as usual: a Future given to another task
+keeps its own result too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ..errors import DependencyError
+from ..scheduling.contracts import SchedulerContract
+from ..scheduling.records import TaskRecord, TaskState
+from ..task import failure
+from .outcomes import Outcome
+
+__all__ = ["DependencyTable"]
+
+log = logging.getLogger(__name__)
+
+#: How an application's kept outcomes are looked up: task id -> (ok, data, made at).
+Kept = Mapping[str, tuple[bool, Any, float]]
+
+
+class DependencyTable:
+    """Waiting tasks, the inputs they wait for, and the inputs' results while needed."""
+
+    def __init__(self, scheduler: SchedulerContract) -> None:
+        self.scheduler = scheduler
+        #: Tasks held back: task id -> (its record, the inputs it still waits for).
+        self.waiting: dict[str, tuple[TaskRecord, set[str]]] = {}
+        #: Input task id -> the tasks that take it (waiting, queued or running).
+        self.dependents: dict[str, set[str]] = {}
+        #: Input task id -> its pickled result, while a task that takes it is not done.
+        self.held: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    def held_bytes(self) -> int:
+        return sum(len(data) for data in self.held.values())
+
+    # -- tasks coming in -----------------------------------------------------------------------
+
+    def admit(
+        self, tasks: list[TaskRecord], client_id: str, kept: Kept
+    ) -> tuple[list[TaskRecord], list[Outcome]]:
+        """A SUBMIT's new tasks: those to queue now, and outcomes for those that fail now (an
+        input failed or is unknown); the rest wait here. ``kept``: the outcomes the master
+        still keeps for their application (an input done before the task came)."""
+        if not any(task.deps for task in tasks):
+            return tasks, []
+        ready, failed = [], []
+        live = self.scheduler.tasks
+        batch = {task.task_id: task for task in tasks}  # an input may come in the same SUBMIT
+        for task in tasks:
+            if not task.deps:
+                ready.append(task)
+                continue
+            missing: set[str] = set()
+            broken: Outcome | None = None
+            for dep in task.deps:
+                if dep in self.held:
+                    continue
+                record = live.get(dep) or batch.get(dep)
+                waiting = self.waiting.get(dep)
+                if waiting is not None:
+                    record = waiting[0]
+                if record is not None and record.client_id == client_id:
+                    missing.add(dep)
+                    continue
+                outcome = kept.get(dep)
+                if outcome is not None and outcome[0]:
+                    self.held[dep] = outcome[1]
+                    continue
+                broken = _failed(task, dep, None if outcome is None else "failed")
+                break
+            if broken is not None:
+                failed.append(broken)
+                continue
+            for dep in task.deps:
+                self.dependents.setdefault(dep, set()).add(task.task_id)
+            if missing:
+                task.state = TaskState.WAITING
+                self.waiting[task.task_id] = (task, missing)
+            else:
+                self._give_inputs(task)
+                ready.append(task)
+        self._forget_unused(dep for task in tasks for dep in task.deps or ())
+        return ready, failed
+
+    def _give_inputs(self, task: TaskRecord) -> None:
+        task.inputs = [(dep, self.held[dep]) for dep in task.deps or ()]
+
+    # -- outcomes going out --------------------------------------------------------------------
+
+    def settle(self, outcomes: list[Outcome]) -> tuple[list[Outcome], list[TaskRecord]]:
+        """Outcomes on their way out (``MasterCore.deliver``): returns them with the outcomes
+        of the waiting tasks they fail (and of those these fail in turn), and the tasks they
+        made ready to queue."""
+        if not self.dependents:
+            return outcomes, []
+        ready: list[TaskRecord] = []
+        everything = list(outcomes)
+        todo = outcomes
+        while todo:
+            failed: list[Outcome] = []
+            for task, ok, data in todo:
+                if task.deps:
+                    self._done_with(task)
+                takers = self.dependents.get(task.task_id)
+                if not takers:
+                    continue
+                if ok:
+                    self.held[task.task_id] = data
+                for taker_id in list(takers):
+                    entry = self.waiting.get(taker_id)
+                    if entry is None:
+                        continue
+                    taker, missing = entry
+                    if not ok:
+                        del self.waiting[taker_id]
+                        taker.state = TaskState.FAILED
+                        how = "failed" if len(data) else "was cancelled"
+                        failed.append(_failed(taker, task.task_id, how, task.name))
+                        continue
+                    missing.discard(task.task_id)
+                    if not missing:
+                        del self.waiting[taker_id]
+                        self._give_inputs(taker)
+                        ready.append(taker)
+                if not ok:
+                    self._forget_unused([task.task_id])
+            everything.extend(failed)
+            todo = failed
+        return everything, ready
+
+    def _done_with(self, task: TaskRecord) -> None:
+        """``task`` ended (whatever its outcome): it no longer takes its inputs."""
+        for dep in task.deps or ():
+            takers = self.dependents.get(dep)
+            if takers is not None:
+                takers.discard(task.task_id)
+        self._forget_unused(task.deps or ())
+        task.inputs = None
+
+    def _forget_unused(self, deps: Iterable[str]) -> None:
+        for dep in deps:
+            takers = self.dependents.get(dep)
+            if takers is not None and not takers:
+                del self.dependents[dep]
+            if dep not in self.dependents:
+                self.held.pop(dep, None)
+
+    # -- cancelling ----------------------------------------------------------------------------
+
+    def cancel(self, task_id: str) -> TaskRecord | None:
+        """Forget a waiting task (cancelled); its record, or None if it was not waiting."""
+        entry = self.waiting.pop(task_id, None)
+        if entry is None:
+            return None
+        task = entry[0]
+        task.state = TaskState.CANCELLED
+        self._done_with(task)
+        return task
+
+    def cancelled(self, task: TaskRecord) -> list[Outcome]:
+        """A task was cancelled with no outcome to deliver: the outcomes of the waiting tasks
+        that took it (failed with ``DependencyError``), and of those that took these."""
+        if task.task_id not in self.dependents:
+            return []
+        outcomes, _ = self.settle([(task, False, b"")])
+        return outcomes[1:]
+
+    def of_client(self, client_id: str) -> list[str]:
+        return [t for t, (task, _) in self.waiting.items() if task.client_id == client_id]
+
+    def sweep(self, live: Callable[[str], bool]) -> None:
+        """Once a heartbeat: drop takers that ended by a road that did not pass ``settle`` (a
+        cancellation its owner asked for has no outcome to deliver)."""
+        for dep in list(self.dependents):
+            takers = self.dependents[dep]
+            takers.intersection_update([t for t in takers if t in self.waiting or live(t)])
+        self._forget_unused(list(self.dependents))
+
+
+def _failed(task: TaskRecord, dep: str, how: str | None, dep_name: str = "") -> Outcome:
+    """The outcome of a task that cannot run: an input failed, or the master does not know it."""
+    named = f"task {dep} ({dep_name!r})" if dep_name else f"task {dep}"
+    if how is None:
+        text = (
+            f"task {task.name!r} did not run: its input, {named}, is not known to the master "
+            "(the master restarted without its state directory, or that task's outcome was "
+            "collected and let go before this task was sent); pass the input's result instead "
+            "of its Future"
+        )
+    else:
+        text = f"task {task.name!r} did not run: its input, {named}, {how}"
+    return task, False, failure(DependencyError(text, dependency=dep))

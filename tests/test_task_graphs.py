@@ -1,0 +1,231 @@
+"""Futures as arguments: a task takes other tasks' results, on a real cluster.
+
+``app.submit(total, fa, fb)`` runs ``total`` once ``fa`` and ``fb`` are done, with their results
+in their places; a failed input fails its takers with ``ts.DependencyError`` caused by its
+error. These run on a real LocalCluster (master, two slaves, their workers); the master's own
+bookkeeping is tested in memory in tests/test_master_core.py.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+from concurrent.futures import CancelledError
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import taskswarm as ts
+from conftest import descendants, wait_for
+from taskswarm.protocol import sharing
+
+
+def add(a, b=0):
+    return a + b
+
+
+def total(values):
+    return sum(values)
+
+
+def boom():
+    raise ValueError("the input broke")
+
+
+def pause(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def step(x, seconds=0.0, note=None):
+    """x + 1, after noting this worker's pid (a test finds which slave runs it)."""
+    if note is not None:
+        Path(note).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return x + 1
+
+
+class Adds(ts.Task):
+    """A task whose attribute is another task's Future."""
+
+    def __init__(self, value):
+        super().__init__(name="adds")
+        self.value = value
+
+    def __call__(self):
+        return self.value + 100
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with ts.LocalCluster(slaves=2, workers=1) as local:
+        yield local
+
+
+@pytest.fixture
+def app(cluster):
+    with cluster.connect() as connection:
+        yield connection
+
+
+def test_a_task_runs_with_its_inputs_results_in_their_places(app):
+    fa, fb = app.submit(add, 10), app.submit(add, 5)
+    assert app.submit(add, fa, fb).result(timeout=30) == 15
+    assert app.submit(add, fa, b=fb).result(timeout=30) == 15  # keyword arguments too
+    assert app.submit(total, [fa, fb, 1]).result(timeout=30) == 16  # inside a list
+    assert app.submit(Adds(fa)).result(timeout=30) == 110  # a Task's attribute
+
+
+def test_a_chain_and_a_diamond(app):
+    future = app.submit(add, 0, 1)
+    for _ in range(20):
+        future = app.submit(add, future, 1)
+    assert future.result(timeout=60) == 21
+
+    top = app.submit(add, 1)
+    left, right = app.submit(add, top, 10), app.submit(add, top, 20)
+    assert app.submit(add, left, right).result(timeout=30) == 32
+
+
+def test_an_input_done_before_is_taken_by_value(app):
+    done = app.submit(add, 41)
+    assert done.result(timeout=30) == 41
+    assert app.submit(add, done, 1).result(timeout=30) == 42
+
+
+def test_a_failed_input_fails_its_takers_with_its_error_as_the_cause(app):
+    broken = app.submit(boom)
+    taker = app.submit(add, broken, 1)
+    further = app.submit(add, taker, 1)
+    with pytest.raises(ts.DependencyError, match="did not run: its input") as caught:
+        taker.result(timeout=30)
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert str(caught.value.__cause__) == "the input broke"
+    assert caught.value.dependency == broken.task_id
+    with pytest.raises(ts.DependencyError) as caught:
+        further.result(timeout=30)
+    assert isinstance(caught.value.__cause__, ts.DependencyError)
+    # Sent after the input failed: fails at once, never sent.
+    with pytest.raises(ts.DependencyError, match="failed: ValueError: the input broke"):
+        app.submit(add, broken, 1).result(timeout=5)
+
+
+def test_a_cancelled_input_fails_its_takers(app):
+    slow = app.submit(pause, 30)
+    taker = app.submit(add, slow, 1)
+    wait_for(slow.running, timeout=20)
+    assert app.cancel(slow)
+    with pytest.raises(ts.DependencyError, match="was cancelled") as caught:
+        taker.result(timeout=30)
+    assert isinstance(caught.value.__cause__, CancelledError)
+
+
+def test_the_executor_takes_futures_too(app):
+    with app.executor() as executor:
+        fa = executor.submit(add, 2)
+        assert executor.submit(add, fa, 3).result(timeout=30) == 5
+
+
+def test_a_future_of_another_connection_is_refused_at_submit(cluster, app):
+    with cluster.connect() as other:
+        theirs = other.submit(add, 1)
+        with pytest.raises(TypeError, match="belongs to another connection"):
+            app.submit(add, theirs, 1)
+        assert theirs.result(timeout=30) == 1
+
+
+def test_a_future_cannot_be_pickled_outside_a_task(app):
+    future = app.submit(add, 1)
+    with pytest.raises(TypeError, match="only as an argument of a task"):
+        pickle.dumps(future)
+    assert future.result(timeout=30) == 1
+
+
+class Stalls:
+    """An argument that pickles slowly, once ``future`` is done: what happens to a task still
+    being pickled when its input finishes and its application would confirm that input."""
+
+    def __init__(self, future):
+        self.future = future
+
+    def __reduce__(self):
+        self.future.result(timeout=30)
+        time.sleep(0.1)  # twenty times the delay after which results are confirmed
+        return (int, (7,))
+
+
+def test_an_input_that_finishes_while_its_taker_is_pickled_is_still_given_to_it(app):
+    for _ in range(3):
+        quick = app.submit(add, 1)
+        # ``quick`` is pending when pickled, done (and would be confirmed) before the task
+        # leaves: the master must still have its result when the task arrives.
+        taker = app.submit(add, quick, Stalls(quick))
+        assert taker.result(timeout=30) == 8
+
+
+def test_many_takers_of_one_input_and_inputs_that_finish_while_sent(app):
+    for _ in range(5):
+        source = app.submit(add, 1)
+        takers = [app.submit(add, source, i) for i in range(200)]
+        assert [f.result(timeout=60) for f in takers] == [i + 1 for i in range(200)]
+
+
+def test_big_results_go_through_shared_memory_and_are_freed_once_taken(cluster, app):
+    assert app.sharing is not None
+    leaves = [app.submit(np.full, 1 << 17, float(i)) for i in range(16)]  # 1 MiB each
+    level = leaves
+    while len(level) > 1:
+        level = [app.submit(add, level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    root = level[0].result(timeout=60)
+    assert root.shape == (1 << 17,) and root[0] == sum(range(16))
+    for future in leaves:
+        future.result(timeout=30)
+    # Every input's segment is freed once the tasks that take it are done.
+    wait_for(lambda: sharing.segments(cluster.shared_prefix) == [], timeout=20)
+    kept = app.status()["master"]["kept"]
+    assert kept["waiting_tasks"] == 0 and kept["input_results"] == 0
+
+
+def test_without_shared_memory_inputs_travel_in_messages():
+    with ts.LocalCluster(slaves=1, workers=2, shared_memory=False) as cluster:
+        with cluster.connect() as app:
+            assert app.sharing is None
+            fa = app.submit(np.full, 1 << 17, 2.0)
+            fb = app.submit(np.full, 1 << 17, 3.0)
+            assert app.submit(add, fa, fb).result(timeout=60)[0] == 5.0
+
+
+def test_a_chain_survives_the_slave_running_it_killed(tmp_path):
+    with ts.LocalCluster(slaves=2, workers=1) as cluster, cluster.connect() as app:
+        notes = [tmp_path / f"step-{i}" for i in range(6)]
+        future = app.submit(step, 0, 0.0, str(notes[0]))
+        for i in range(1, 6):
+            future = app.submit(step, future, 0.5 if i == 3 else 0.0, str(notes[i]))
+        wait_for(notes[3].exists, timeout=30)
+        worker = int(notes[3].read_text())
+        (slave,) = [s for s in cluster.slave_processes if worker in descendants(s.pid)]
+        os.kill(slave.pid, signal.SIGKILL)
+        assert future.result(timeout=60) == 6
+
+
+def test_takers_submitted_from_many_threads_while_inputs_finish(app):
+    errors: list[BaseException] = []
+
+    def submitter(seed):
+        try:
+            for i in range(20):
+                source = app.submit(add, seed, i)
+                assert app.submit(add, source, 1).result(timeout=60) == seed + i + 1
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submitter, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
