@@ -199,6 +199,24 @@ def test_without_shared_memory_inputs_travel_in_messages():
             assert app.submit(add, fa, fb).result(timeout=60)[0] == 5.0
 
 
+def slow_big(seconds):
+    time.sleep(seconds)
+    return np.full(1 << 18, 1.0)  # 2 MiB: more than a socket holds
+
+
+def test_tasks_with_big_inputs_are_not_sent_ahead_to_a_busy_worker():
+    """Sent ahead to a worker busy with a task that returns 2 MiB, a task carrying 2 MiB of
+    inputs would fill the worker's socket while the worker fills the slave's: each waiting
+    for the other to read, for ever. Two takers of one input become ready together."""
+    with ts.LocalCluster(slaves=1, workers=1, shared_memory=False) as cluster:
+        with cluster.connect() as app:
+            for future in app.push_tasks(ts.FunctionTask(add, i) for i in range(50)):
+                future.result(timeout=30)  # the slave's pace: tasks of a millisecond
+            made = app.submit(np.full, 1 << 18, 1.0)
+            takers = [app.submit(add, made, made) for _ in range(4)]
+            assert [f.result(timeout=30)[0] for f in takers] == [2.0] * 4
+
+
 def test_a_chain_survives_the_slave_running_it_killed(tmp_path):
     with ts.LocalCluster(slaves=2, workers=1) as cluster, cluster.connect() as app:
         notes = [tmp_path / f"step-{i}" for i in range(6)]

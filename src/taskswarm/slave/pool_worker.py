@@ -74,20 +74,20 @@ class PoolWorker:
         """Whether ``item`` joins the pipeline now (``depth`` tasks at most)."""
         if not self.pipeline:
             return True  # an idle worker takes anything: it is reading, so the write completes
-        return len(self.pipeline) < depth and self.pipeline_bytes + len(item.payload) <= (
+        return len(self.pipeline) < depth and self.pipeline_bytes + _weight(item) <= (
             PIPELINE_BYTES
         )
 
     def hand(self, item: WorkItem) -> list[Any]:
         """Add ``item`` to the pipeline; returns it framed for ``send``."""
         self.pipeline.append(item)
-        self.pipeline_bytes += len(item.payload)
+        self.pipeline_bytes += _weight(item)
         return frame_task(item)
 
     def take_running(self) -> WorkItem:
         """Take the running task off the pipeline (it finished, or its worker is ended)."""
         item = self.pipeline.popleft()
-        self.pipeline_bytes -= len(item.payload)
+        self.pipeline_bytes -= _weight(item)
         return item
 
     def take_pipeline(self) -> list[WorkItem]:
@@ -96,6 +96,15 @@ class PoolWorker:
         self.pipeline.clear()
         self.pipeline_bytes = 0
         return items
+
+
+def _weight(item: WorkItem) -> int:
+    """A task's bytes on the way to its worker, its inputs' results included: a busy worker
+    reads nothing until its task ends, so what is sent ahead to it must fit in its socket's
+    buffer, or the slave's write would wait on a worker that waits on the slave."""
+    if item.inputs is None:
+        return len(item.payload)
+    return len(item.payload) + sum(len(data) for _, data in item.inputs)
 
 
 def default_context() -> Any:  # a forkserver or spawn context: both have Process
