@@ -84,8 +84,9 @@ def run_dask(leaves: int, n: int) -> dict[str, Any]:
 
     dask.config.set({"distributed.worker.memory.target": False})
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-        as cluster,
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
         Client(cluster) as client,
     ):
 
