@@ -33,6 +33,7 @@ EXPORTS = [
     "MessageTooLarge",
     "RemoteTraceback",
     "ResourceUnavailable",
+    "ShippingError",
     "SystemHandle",
     "Task",
     "TaskError",
