@@ -278,7 +278,7 @@ def test_a_field_of_the_wrong_type_is_refused_as_bad_fields(record, data):
 def test_a_header_without_a_required_field_is_refused_as_bad_fields(kind):
     fields = [f for f in mi.type_info(RECORDS[kind]).fields if f.required]
     complete = {f.name: _minimal(f.type) for f in fields}
-    payloads = [b"p"] if kind in (Kind.SYSTEM, Kind.SYSTEM_DONE) else []
+    payloads = [b"p"] if kind in (Kind.SYSTEM, Kind.SYSTEM_DONE, Kind.SHIP) else []
     whole = Codec(KEY)
     assert whole.decode(signed_plain(whole, {"k": kind, **complete}, payloads)).kind == kind
     for field in fields:
@@ -326,6 +326,8 @@ def test_ill_typed_or_out_of_range_fields_are_refused(kind, header):
         (Kind.SYSTEM, {"system_id": "s"}, []),
         (Kind.SYSTEM_DONE, {"system_id": "s"}, []),
         (Kind.SYSTEM_DONE, {"system_id": "s", "unknown": True}, [b"outcome"]),
+        (Kind.SHIP, {"name": "helpers.py"}, []),
+        (Kind.SHIP, {"name": "helpers.py"}, [b"1", b"2"]),
     ],
 )
 def test_a_payload_count_that_differs_from_the_header_is_refused(kind, header, payloads):

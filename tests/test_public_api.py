@@ -34,6 +34,7 @@ EXPORTS = [
     "MessageTooLarge",
     "RemoteTraceback",
     "ResourceUnavailable",
+    "ShippingError",
     "SystemHandle",
     "Task",
     "TaskError",

@@ -157,6 +157,12 @@ class UnknownTaskSystem(TaskswarmError):
     """Raised when the master holds no task system with the given id."""
 
 
+class ShippingError(TaskswarmError, ValueError):
+    """Raised when ``app.upload_file`` cannot ship a path: it does not exist, is neither a
+    module (``.py``), a package directory nor a ``.zip``, holds an entry that could land outside
+    its folder, or is over the cluster's limit; the message says which and what to do."""
+
+
 class MessageTooLarge(TaskswarmError, ValueError):
     """Raised when a task's arguments, or its result, pickle to more than the cluster's message
     limit (``--max-message-mib`` of the master and slaves): nothing that big can travel."""

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -370,13 +370,17 @@ class LocalCluster:
 
     # -- using -----------------------------------------------------------------------------------
 
-    def connect(self, connect_timeout: float = 10.0) -> Application:
-        """A new application connection to this cluster's master (closed with the cluster)."""
+    def connect(
+        self, connect_timeout: float = 10.0, *, ship: Iterable[str | os.PathLike[str]] = ()
+    ) -> Application:
+        """A new application connection to this cluster's master (closed with the cluster);
+        ``ship``: code of the application's own for the slaves (``Application.upload_file``)."""
         app = Application(
             self.address,
             self.key,
             connect_timeout=connect_timeout,
             shared_memory=self.shared_memory or False,
+            ship=ship,
         )
         self._apps.append(app)
         return app

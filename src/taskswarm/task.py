@@ -428,9 +428,10 @@ def _unpickling_error(exc: BaseException) -> TaskError:
     elif isinstance(exc, ImportError) and exc.name:
         text = (
             f"the task could not be unpickled {where}: module {exc.name!r} is not installed "
-            "there; install it on every slave (modules of the application's own, beside its "
-            "script, travel with its tasks unless they hold something that cannot be pickled, "
-            "such as a lock or an open file at module level)"
+            "there; install it on every slave, or ship it from the application with "
+            "app.upload_file(PATH) (modules of the application's own, beside its script, "
+            "travel with its tasks unless they hold something that cannot be pickled, such as "
+            "a lock or an open file at module level)"
         )
     else:
         text = f"the task could not be unpickled {where}: {type(exc).__name__}: {exc}"

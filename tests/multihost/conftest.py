@@ -228,12 +228,16 @@ class HostNodes(Nodes):
         self.log_dir, self.key_file = log_dir, key_file
         self.logs: list[Path] = []
 
-    def start_on(self, host: Host, *args: str, env: dict[str, str] | None = None):
+    def start_on(
+        self, host: Host, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ):
         """``taskswarm ARGS`` on ``host``."""
-        return self.start_python(host, "-m", "taskswarm", *args, env=env)
+        return self.start_python(host, "-m", "taskswarm", *args, env=env, cwd=cwd)
 
-    def start_python(self, host: Host, *args: str, env: dict[str, str] | None = None):
-        """``python ARGS`` on ``host``, its output logged."""
+    def start_python(
+        self, host: Host, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ):
+        """``python ARGS`` on ``host`` (in the folder ``cwd``), its output logged."""
         log = self.log_dir / f"{host.name}-{len(self.logs)}.log"
         self.logs.append(log)
         with open(log, "w") as out:
@@ -243,6 +247,7 @@ class HostNodes(Nodes):
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
+                cwd=cwd,
             )
         self.processes.append(process)
         return process
@@ -258,13 +263,16 @@ class HostNodes(Nodes):
             *args,
         )  # fmt: skip
 
-    def slave(self, host: Host, master: Host) -> subprocess.Popen:
+    def slave(
+        self, host: Host, master: Host, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen:
         """A slave of one worker; its tasks can tell where they ran (TASKSWARM_TEST_HOST)."""
         return self.start_on(
             host,
             "slave", f"tcp://{master.address}:{MASTER_PORT}",
             "--key-file", self.key_file, "--workers", "1", "--heartbeat", "0.25",
-            env={"TASKSWARM_TEST_HOST": host.name},
+            env={"TASKSWARM_TEST_HOST": host.name, **(env or {})},
+            cwd=cwd,
         )  # fmt: skip
 
     def app(self, host: Host, master: Host) -> NetApp:

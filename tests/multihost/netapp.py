@@ -4,7 +4,8 @@
 
 The test process cannot reach the hosts' network, so it asks this node instead: one JSON
 request per line on stdin (``{"op": "status"}``, ``{"op": "submit", ...}``, ``{"op": "result",
-...}``), one JSON reply per line on stdout (``{"ok": ...}`` or ``{"error": "..."}``).
+...}``, ``{"op": "ship", ...}``, ``{"op": "call", ...}``), one JSON reply per line on stdout
+(``{"ok": ...}`` or ``{"error": "..."}``).
 
 Run by path, this file is ``__main__``: the task and task system below travel to the master and
 the slaves by value, so no host needs the tests on its import path.
@@ -12,6 +13,7 @@ the slaves by value, so no host needs the tests on its import path.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -91,6 +93,25 @@ class GatedMandelbrot(MandelbrotSystem):
         return (None if error else {"image": image, "ran_on": self.ran_on}), error
 
 
+def call(app: ts.Application, folder: str, module: str, function: str, calls: list) -> list:
+    """``module.function(*args)`` for each ``args`` of ``calls``, on the cluster: the module is
+    imported here from ``folder`` (on this node's path alone), and each outcome comes back as
+    ``["ok", result]`` or ``["error", "Type (type it names): message"]``."""
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+        importlib.invalidate_caches()
+    fn = getattr(importlib.import_module(module), function)
+    futures = [app.submit(fn, *args) for args in calls]
+    outcomes: list = []
+    for future in futures:
+        try:
+            outcomes.append(["ok", future.result(RESULT_TIMEOUT)])
+        except Exception as exc:  # noqa: BLE001 - the test reads what it was
+            named = getattr(exc, "type_name", "")
+            outcomes.append(["error", f"{type(exc).__name__} ({named}): {exc}"])
+    return outcomes
+
+
 def serve(app: ts.Application) -> None:
     handles: dict[str, Any] = {}
     for line in sys.stdin:
@@ -117,6 +138,10 @@ def serve(app: ts.Application) -> None:
                 )
                 np.save(request["save_to"], image)
                 reply = {str(row): host for row, host in ran_on.items()}
+            elif op == "ship":
+                reply = app.upload_file(request["path"])
+            elif op == "call":
+                reply = call(app, **request)
             else:
                 raise ValueError(f"unknown op {op!r}")
         except Exception:  # noqa: BLE001 - the test reports it, with the traceback

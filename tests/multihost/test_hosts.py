@@ -181,3 +181,74 @@ def test_a_slave_whose_host_drops_every_inbound_connection_still_works(
     assert slave_record(app.status(), slave.pid)  # the only slave, and still there
     counters = walled.run("nft", "list", "chain", "inet", "walled", "input").stdout
     assert "counter packets 0 " not in counters  # the probe's connection attempt was dropped
+
+
+#: A module of the application's own, in a folder on the application host's path alone. Its
+#: lock keeps its code from travelling by value: tasks need the module itself on every slave.
+MEETING_MODULE = '''\
+import os
+import threading
+import time
+from pathlib import Path
+
+_LOCK = threading.Lock()
+
+
+def host():
+    with _LOCK:
+        return os.environ.get("TASKSWARM_TEST_HOST", "?")
+
+
+def meet(room, hosts, timeout=30.0):
+    """Wait in ``room`` until tasks on ``hosts`` different hosts are there; say where I ran."""
+    me = host()
+    (Path(room) / f"{me}-{os.getpid()}").touch()
+    deadline = time.monotonic() + timeout
+    while len({p.name.rsplit("-", 1)[0] for p in Path(room).iterdir()}) < hosts:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{me} met only {sorted(p.name for p in Path(room).iterdir())}")
+        time.sleep(0.02)
+    return me
+'''
+
+
+def test_code_the_application_ships_runs_on_every_slave_including_one_that_joins_later(
+    network: Network, host_nodes: HostNodes, tmp_path
+) -> None:
+    master, app_host = network.add_host("master"), network.add_host("app")
+    a, b, c = (network.add_host(f"slave-{name}") for name in "abc")
+    app_only, room = tmp_path / "app-only", tmp_path / "room"
+    app_only.mkdir()
+    room.mkdir()
+    (app_only / "meeting.py").write_text(MEETING_MODULE)
+    elsewhere, slave_tmp = tmp_path / "slave-cwd", tmp_path / "slave-tmp"
+    elsewhere.mkdir()
+    slave_tmp.mkdir()
+    # The slaves run in another folder, with the module's folder nowhere on their path.
+    on_slaves = {"env": {"TMPDIR": str(slave_tmp)}, "cwd": elsewhere}
+    host_nodes.master(master)
+    slaves = [host_nodes.slave(host, master, **on_slaves) for host in (a, b)]
+    app = host_nodes.app(app_host, master)
+    until(lambda: all(slave_record(app.status(), p.pid) for p in slaves))
+
+    def call(function: str, *calls: list) -> list:
+        outcomes = app.ask(
+            "call", folder=str(app_only), module="meeting", function=function, calls=list(calls)
+        )
+        return outcomes
+
+    ((status, said),) = call("host", [])
+    assert status == "error" and "(ModuleNotFoundError)" in said, said
+    assert "module 'meeting' is not installed there" in said
+
+    assert app.ask("ship", path=str(app_only / "meeting.py")) is None
+    slaves.append(host_nodes.slave(c, master, **on_slaves))
+    until(lambda: slave_record(app.status(), slaves[-1].pid))
+
+    outcomes = call("meet", *[[str(room), 3]] * 9)
+    assert [status for status, _ in outcomes] == ["ok"] * 9, outcomes
+    assert {where for _, where in outcomes} == {"slave-a", "slave-b", "slave-c"}
+    for process in slaves:  # stopped as an operator would: each removes what it unpacked
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+    assert list(slave_tmp.glob("taskswarm-code-*")) == []

@@ -39,7 +39,7 @@ from ..protocol.messages import (
 )
 from ..protocol.transport import check_address, unreachable_message, unresolvable
 from ..task import FunctionTask, Task, task_meta
-from . import gc_pause
+from . import gc_pause, shipping
 from .handles import SystemHandle, TaskFuture, TaskswarmExecutor
 from .ledger import Ledger, TaskFinished
 from .link import SUBMIT_BYTES, MasterLink
@@ -70,11 +70,13 @@ class Application:
         connect_timeout: float = 10.0,
         master_timeout: float = 5.0,
         shared_memory: object = None,
+        ship: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         """``shared_memory``: task payloads of this size or more (``"256KiB"``, bytes; True for
         the default, False or ``"off"`` for never; None: as ``TASKSWARM_SHARED_MEMORY`` says,
         else off) go to the workers through shared memory segments instead of messages (see
-        ``taskswarm.protocol.sharing``). Only for a cluster whose slaves run on this host."""
+        ``taskswarm.protocol.sharing``). Only for a cluster whose slaves run on this host.
+        ``ship``: paths given to ``upload_file`` once connected, before this returns."""
         self.address = check_address(address)
         if unresolvable(address) is not None:
             # ZeroMQ would retry the name for ever in silence: say so now, not after a timeout.
@@ -90,6 +92,12 @@ class Application:
         self.sharing = sharing.Sharing.of(keys.hmac, shared_memory)
         self._link = MasterLink(self.address, keys, self.client_id, self._ledger, master_timeout)
         self._link.open(connect_timeout, owner=self)
+        try:
+            for path in ship:
+                self.upload_file(path)
+        except BaseException:
+            self.close()
+            raise
         for watcher in watchers():
             watcher.opened(self)
 
@@ -311,6 +319,28 @@ class Application:
         """A ``concurrent.futures.Executor`` over this connection."""
         return TaskswarmExecutor(self)
 
+    # -- code ------------------------------------------------------------------------------------
+
+    def upload_file(self, path: str | os.PathLike[str], timeout: float = 60.0) -> None:
+        """Ship code of the application's own to every slave: those there now, and those that
+        join later. Returns once the master has it.
+
+        ``path`` is a module (``helpers.py``), a package directory (with ``__init__.py``) or a
+        ``.zip`` of modules and packages. Why: code from ``__main__`` and from the
+        application's own files travels with each task *by value* where it can; where it cannot
+        -- a module installed on this host but not on the slaves, one whose module-level state
+        cannot be pickled (a lock, an open file) -- it travels *by reference*, and the worker
+        must import it, or the task fails with ``ModuleNotFoundError``. Shipped, it is on every
+        worker's ``sys.path`` (ahead of what is installed) for every task sent after this
+        returns. Shipping the same name again (``helpers.py`` edited) replaces it: tasks sent
+        after that run the new code, on workers that never imported the old.
+
+        Raises ShippingError, saying what to do, for a path that does not exist, is none of the
+        three, holds unsafe entries, or would take the cluster past what it keeps of shipped
+        code (``taskswarm.protocol.archives.MAX_SHIPPED_BYTES``, 64 MiB, all names together).
+        """
+        shipping.upload(self._link, path, timeout)
+
     # -- task systems ------------------------------------------------------------------------------
 
     def submit_system(self, system: Any, progress: ProgressCallback | None = None) -> SystemHandle:
@@ -410,9 +440,11 @@ def connect(
     key: bytes | ClusterKeys | None = None,
     connect_timeout: float = 10.0,
     shared_memory: object = None,
+    ship: Iterable[str | os.PathLike[str]] = (),
 ) -> Application:
     """Connect to a running master; address and key file default to TASKSWARM_MASTER and
-    TASKSWARM_KEY_FILE (which `taskswarm run` sets for the program it runs)."""
+    TASKSWARM_KEY_FILE (which `taskswarm run` sets for the program it runs). ``ship``: code of
+    the application's own to ship to the slaves first (``Application.upload_file``)."""
     from ..errors import ConfigurationError
 
     address = address or os.environ.get("TASKSWARM_MASTER")
@@ -429,4 +461,6 @@ def connect(
                 "was started with (--key-file)"
             )
         key = load_keys(key_file)
-    return Application(address, key, connect_timeout=connect_timeout, shared_memory=shared_memory)
+    return Application(
+        address, key, connect_timeout=connect_timeout, shared_memory=shared_memory, ship=ship
+    )

@@ -63,6 +63,7 @@ from .edges import RunnerMail, Send
 from .journal import Journal, NullJournal
 from .outcomes import ErrorLog, Outcome
 from .retention import Retention
+from .shipping import ShippedCode
 from .slaves import SlaveTable
 from .status import describe, kept
 from .systems import SystemTable
@@ -152,6 +153,10 @@ class MasterCore:
             retention=keep,
             clock=clock,
         )
+        #: Code applications shipped (``app.upload_file``), on its way to every slave.
+        self.shipping = ShippedCode(
+            send, self.applications.known, lambda: self.scheduler.slaves.values()
+        )
         self.errors = ErrorLog()
         self._replies: list[tuple[bytes, Header]] = []
         #: Plain tasks a worker began this turn, by application (``Future.running()``).
@@ -159,7 +164,7 @@ class MasterCore:
         self._next_maintenance = time.monotonic() + retention.JOURNAL_MAINTENANCE
         self._collector = retention.Collector()
         self.handlers: dict[str, Callable[[bytes, Message], None]] = {
-            Kind.REGISTER: self.slaves.on_register,
+            Kind.REGISTER: self.on_register,
             Kind.RESULTS: self.on_slave_results,
             Kind.RELEASED: self.slaves.on_released,
             Kind.DRAIN: self.slaves.on_drain,
@@ -174,6 +179,7 @@ class MasterCore:
             Kind.STATUS: self.on_status,
             Kind.RESIZE: self.on_resize,
             Kind.BYE: self.on_bye,
+            Kind.SHIP: self.shipping.on_ship,
         }
 
     def restore(self) -> None:
@@ -410,6 +416,11 @@ class MasterCore:
         self.slaves.cancel(per_slave, soft)
 
     # -- other requests --------------------------------------------------------------------------
+
+    def on_register(self, identity: bytes, msg: Message) -> None:
+        """A slave is welcomed, then sent the code applications shipped: before any task."""
+        self.slaves.on_register(identity, msg)
+        self.shipping.welcome(identity)
 
     def on_heartbeat(self, identity: bytes, msg: Message) -> None:
         beat = msg.read(Heartbeat)

@@ -27,6 +27,7 @@ def kept(core: MasterCore) -> dict[str, int]:
         "departed_slaves": len(core.slaves.departed),
         "systems": len(core.systems.records),
         "forgotten_systems": len(core.systems.forgotten),
+        "shipped_bytes": core.shipping.held,
         "uncollected_bytes": core.applications.retained_bytes() + core.systems.held,
         "waiting_tasks": len(core.dependencies.waiting),
         "input_results": len(core.dependencies.held),

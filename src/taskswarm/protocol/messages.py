@@ -27,7 +27,7 @@ Policies, the same for every kind:
   where that differs from any value (a HEARTBEAT without ``want`` leaves the master's figure as
   it was).
 * **Payload counts**: a record that carries one payload per item (SUBMIT, TASKS, RESULTS) or one
-  payload (SYSTEM, SYSTEM-DONE with an outcome) is refused when the count differs.
+  payload (SYSTEM, SHIP, SYSTEM-DONE with an outcome) is refused when the count differs.
 * **Task ranges**: a task's numbers (:meth:`TaskMeta.check`) are checked where the master takes
   the batch, not while decoding, so that a batch with one out of range is refused *with a reply*
   (REJECT, naming it) and its submitter's Futures fail instead of waiting.
@@ -84,6 +84,7 @@ __all__ = [
     "StatusReply",
     "Shutdown",
     "Steal",
+    "Ship",
     "Heartbeat",
     "RECORDS",
     "APPLICATION_RECORDS",
@@ -132,6 +133,8 @@ class Kind:
     STATUS_REPLY = "status-reply"
     SHUTDOWN = "shutdown"
     STEAL = "steal"
+    # application -> master -> slaves
+    SHIP = "ship"
     # both ways
     HEARTBEAT = "heartbeat"
 
@@ -575,6 +578,26 @@ class Steal(Header, tag=Kind.STEAL):
     count: Count = 0
 
 
+# application -> master -> slaves
+
+
+class Ship(Header, tag=Kind.SHIP):
+    """Code of an application's own (``app.upload_file``): one zip archive in the one payload,
+    bound to this signed header by its digest (:mod:`taskswarm.protocol.archives` says what it
+    holds). From an application the master keeps it under ``name`` (replacing one of that
+    name) and answers ACK, or REJECT with the reason (over its limit); it sends it on, the same
+    payload unopened, to every slave, and to each slave that registers later right after its
+    WELCOME. A slave checks the digest, unpacks it and puts it on its workers' ``sys.path``."""
+
+    #: What it is kept and replaced under: the shipped file's name (``helpers.py``, ``mypkg``).
+    name: str
+    #: Request id, echoed by the master's answer (none to a slave).
+    rid: int | None = None
+
+    def expected_payloads(self) -> int | None:
+        return 1
+
+
 #: Every record, by its kind.
 RECORDS: dict[str, type[Header]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
@@ -582,6 +605,7 @@ RECORDS: dict[str, type[Header]] = {
         Register, Results, Heartbeat, Released, Drain, Bye, Hello, Submit, System, SystemQuery,
         TasksQuery, Status, Resize, Cancel, ResultsAck, Welcome, Reregister, Tasks, Ack, Reject,
         Running, SystemProgress, SystemDone, StatusReply, Shutdown, Steal,
+        Ship,
     )
 }  # fmt: skip
 assert set(RECORDS) == Kind.ALL, "one record per kind"

@@ -11,6 +11,7 @@ written against it alone::
     init -> start -> loop: poll(master socket + fds()) -> collect(fd) -> check_timeouts
                            -> drain get_results_queue() -> RESULTS to the master
     master TASKS -> push_tasks      CANCEL -> cancel / cancel_unstarted    STEAL -> release
+           SHIP -> (unpacked by the slave) code_shipped
     stop: take_queued (handed back), wait while busy, stop
 
 Everything is called from the slave's one loop thread, never concurrently. A task reaches the
@@ -26,11 +27,14 @@ engine managers) derive from it through ``queued.QueuedManager``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 __all__ = ["ResultsQueue", "TaskManagerBase", "TaskManagerContract", "TaskOutcome", "WorkItem"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -161,6 +165,13 @@ class TaskManagerContract(Protocol):
         way here): cancel these unless one already runs; a running one finishes."""
         ...
 
+    def code_shipped(self, paths: list[str]) -> None:
+        """*Default: a warning that tasks here cannot import shipped code.* An application
+        shipped code (``app.upload_file``), which the slave unpacked: ``paths`` are folders,
+        the latest first, that every task pushed from now on must find on its ``sys.path``
+        (ahead of what is installed), replacing any earlier version of the same modules."""
+        ...
+
     # -- tasks out ------------------------------------------------------------------------------
 
     def get_results_queue(self) -> ResultsQueue:
@@ -241,6 +252,17 @@ class TaskManagerBase:
 
     def check_timeouts(self) -> None:
         """Nothing timed."""
+
+    def code_shipped(self, paths: list[str]) -> None:
+        """Where tasks run is this manager's business: it is warned, once, that they cannot
+        import shipped code (a task that needs it fails with ModuleNotFoundError)."""
+        if not getattr(self, "_warned_shipped", False):
+            self._warned_shipped = True
+            _log.warning(
+                "code was shipped to this slave, but its task manager %s does not put it on "
+                "its tasks' import path: tasks that import it fail",
+                type(self).__name__,
+            )
 
     def take_started(self) -> list[str]:
         """Not reported: Futures turn running when their result comes."""

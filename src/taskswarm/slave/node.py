@@ -80,6 +80,7 @@ from .outbox import (  # noqa: F401 - defined here first: where tests and tools 
     STARTED_HOLD,
     Outbox,
 )
+from .shipping import Shelf
 
 __all__ = ["Slave"]
 
@@ -179,6 +180,8 @@ class Slave(NodeLifecycle):
         self.on_ready: Callable[[], object] | None = None
         #: When the task manager's start returned (monotonic): its workers exist from then.
         self.workers_started: float | None = None
+        #: Code applications shipped, unpacked here (removed when the slave closes).
+        self.shelf = Shelf()
         self._last_from_master = time.monotonic()
         #: Since when no master has answered, and when to say so next (None: registered).
         self._waiting_since: float | None = time.monotonic()
@@ -193,6 +196,7 @@ class Slave(NodeLifecycle):
             Kind.SHUTDOWN: self.on_shutdown,
             Kind.CANCEL: self.on_cancel,
             Kind.STEAL: self.on_steal,
+            Kind.SHIP: self.on_ship,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -241,6 +245,7 @@ class Slave(NodeLifecycle):
         if not self._first_close():
             return
         self.manager.stop()
+        self.shelf.close()  # after the workers: none of them imports from it any more
         self.master_socket.close(linger=0)
         self._context.term()
         self.mailbox.close()
@@ -364,6 +369,10 @@ class Slave(NodeLifecycle):
         tasks = [item.task_id for item in items]
         self.outbox.released(tasks)
         self._send(Released(tasks=tasks, **self.outbox.window(finished=len(items))))
+
+    def on_ship(self, msg: Message) -> None:
+        """Code an application shipped: for every task that comes after it."""
+        self.shelf.receive(msg, self.manager, self.codec.rejected)
 
     def on_heartbeat(self, msg: Message) -> None:
         pass  # _last_from_master is refreshed for every message

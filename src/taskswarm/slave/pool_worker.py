@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..protocol import sharing
 from ..protocol.digests import Payload
 from .containment import kill_group
 from .queued import WorkItem
+from .shipping import start_worker
 from .worker import STOP, worker_main, write_all, writev_all
 
 __all__ = [
@@ -56,6 +58,8 @@ class PoolWorker:
     pipeline_bytes: int = 0
     started: float = 0.0  # when the first task of the pipeline started (as the slave saw it)
     retiring: bool = False
+    #: Started before the latest shipped code: takes no new task, replaced once it is idle.
+    stale: bool = False
     writer: threading.Thread | None = None  # writing a big task to it, off the slave's loop
 
     @property
@@ -114,7 +118,9 @@ def default_context() -> Any:  # a forkserver or spawn context: both have Proces
         ctx = multiprocessing.get_context("forkserver")
         # What a worker needs to run a task, imported once here rather than by each worker
         # at its first task: the worker's loop, and what rebuilds a task (pickling).
-        ctx.set_forkserver_preload(["taskswarm.slave.worker", "taskswarm.protocol.pickling"])
+        ctx.set_forkserver_preload(
+            ["taskswarm.slave.worker", "taskswarm.slave.shipping", "taskswarm.protocol.pickling"]
+        )
         return ctx
     return multiprocessing.get_context("spawn")
 
@@ -130,13 +136,17 @@ def warm_up(context: Any) -> None:
         forkserver.ensure_running()
 
 
-def spawn(context: Any, identity: str) -> PoolWorker:
+def spawn(context: Any, identity: str, paths: Sequence[str] = ()) -> PoolWorker:
     """A new worker process, and the slave's end of its socket. It shares big results as this
-    slave was told to (``sharing.configured()``)."""
+    slave was told to (``sharing.configured()``), and imports shipped code from ``paths``
+    (``shipping.start_worker``)."""
     parent_end, child_end = context.Pipe(duplex=True)
+    share = sharing.configured()
+    target: Any = start_worker if paths else worker_main
+    args: tuple[Any, ...] = (child_end, share, list(paths)) if paths else (child_end, share)
     process = context.Process(
-        target=worker_main,
-        args=(child_end, sharing.configured()),
+        target=target,
+        args=args,
         name=f"taskswarm-worker-{identity}",
         daemon=True,
     )

@@ -98,6 +98,7 @@ class ProcessPoolManager(QueuedManager):
         self._pace = 0.0  # running average of task durations, seconds
         self.generation = 0  # bumped whenever the set of sockets changes (the slave re-polls)
         self._began: list[str] = []  # tasks a worker began since the slave last asked
+        self._paths: list[str] = []  # folders of shipped code, on every new worker's sys.path
         self.identity = self.address = ""
 
     # -- ITaskManager ------------------------------------------------------------------------------
@@ -143,6 +144,20 @@ class ProcessPoolManager(QueuedManager):
         if self._started:
             self._adjust_pool()
             self._feed()
+
+    def code_shipped(self, paths: list[str]) -> None:
+        """New code was shipped: every worker started from now on has ``paths`` on its
+        ``sys.path``. Idle workers are replaced now; busy ones take no new task and are
+        replaced once their pipelines are done, so no task that comes after the code runs on a
+        worker that may have imported the code before it (``slave.shipping`` says why)."""
+        self._paths = list(paths)
+        for fd, worker in list(self._workers.items()):
+            if worker.pipeline:
+                worker.stale = True
+            else:
+                self._retire(fd, worker)
+        self._adjust_pool()
+        self._feed()
 
     def wait_for_all(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else _now() + timeout
@@ -282,7 +297,7 @@ class ProcessPoolManager(QueuedManager):
                 self._keep_pace(worker, ran)
             for task_id, status, outcome, *text in finished:
                 self._finished_in(worker, task_id, status, outcome, text[0] if text else None)
-            if worker.retiring and not worker.pipeline:
+            if (worker.retiring or worker.stale) and not worker.pipeline:
                 self._retire(fd, worker)
         self._adjust_pool()
         self._feed()
@@ -312,7 +327,7 @@ class ProcessPoolManager(QueuedManager):
         worker.started = now  # the next one starts now
 
     def _spawn(self) -> None:
-        worker = pool_worker.spawn(self._context, self.identity)
+        worker = pool_worker.spawn(self._context, self.identity, self._paths)
         self._workers[worker.conn.fileno()] = worker
         self.generation += 1
 
@@ -391,7 +406,7 @@ class ProcessPoolManager(QueuedManager):
     def _feed(self) -> None:
         if not self._started or not self._queue:
             return
-        feeding = [w for w in self._workers.values() if not w.retiring]
+        feeding = [w for w in self._workers.values() if not (w.retiring or w.stale)]
         if not feeding:
             return
         # Never more than a fair share each, whatever the pace says: the pace may be that of
