@@ -8,9 +8,10 @@ caller's thread, so a task that cannot be pickled fails at ``submit`` with the r
 on another node.
 
 What it stands on, each in a module of its own: the link to the master (``link.py``: the I/O
-thread, the socket, reconnects), the ledger of what it still waits for (``ledger.py``), the
-Futures, handles and Executor it returns (``handles.py``), and the watchers that ``taskswarm
-run`` uses to follow a program's connections (``watching.py``).
+thread, the socket, reconnects), the ledger of what it still waits for (``ledger.py``), how
+tasks are pickled and handed to the link (``sending.py``), the Futures, handles and Executor
+it returns (``handles.py``), and the watchers that ``taskswarm run`` uses to follow a
+program's connections (``watching.py``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any, cast
 
-from .. import inputs
 from ..errors import ClientClosed, MasterUnreachable, TaskswarmError
-from ..inputs import Collector, DependencyFailed, dependency_error
 from ..protocol import pickling, sharing
 from ..protocol.codec import Kind, too_large
 from ..protocol.keys import ClusterKeys, as_keys, load_keys
@@ -35,28 +34,20 @@ from ..protocol.messages import (
     StatusReply,
     System,
     SystemQuery,
-    TaskMeta,
 )
 from ..protocol.transport import check_address, unreachable_message, unresolvable
-from ..task import FunctionTask, Task, task_meta
-from . import gc_pause, shipping
+from ..task import FunctionTask, Task
+from . import shipping
 from .handles import SystemHandle, TaskFuture, TaskswarmExecutor
 from .ledger import Ledger, TaskFinished
-from .link import SUBMIT_BYTES, MasterLink
+from .link import MasterLink
 from .meter import ProgressCallback
+from .sending import Sender
 from .watching import ApplicationWatcher as ApplicationWatcher
 from .watching import watchers
 from .watching import watching as watching
 
 __all__ = ["Application", "connect"]
-
-#: Tasks pickled before they are handed to the I/O thread: the master starts on the first ones
-#: while later ones are still being pickled.
-CHUNK = 500
-
-#: A task pickled and not yet handed to the I/O thread: the task, its Future, what the master
-#: reads of it, its payload.
-Pending = tuple[Task, TaskFuture, TaskMeta, bytes]
 
 
 class Application:
@@ -91,6 +82,9 @@ class Application:
         #: How this application shares big payloads (None: it sends them in messages).
         self.sharing = sharing.Sharing.of(keys.hmac, shared_memory)
         self._link = MasterLink(self.address, keys, self.client_id, self._ledger, master_timeout)
+        self._sender = Sender(
+            self.client_id, self._link, self._ledger, self.sharing, self._cancel_queued
+        )
         self._link.open(connect_timeout, owner=self)
         try:
             for path in ship:
@@ -154,100 +148,10 @@ class Application:
         ``ts.DependencyError`` (caused by the input's error) if one of them fails.
         """
         self._link.check_open()
-        futures: list[TaskFuture] = []
-        posted: list[TaskFuture] = []
-        chunk: list[Pending] = []
-        size = 0
-        share = self.sharing
-        ledger = self._ledger
-        collector = Collector(self.client_id, ledger.pin, ledger.unpin)
-        outer = inputs.collect(collector)
-        paused = gc_pause.pause()
-        try:
-            for task in tasks:
-                try:
-                    pending = self._pickle(task, collector)
-                except DependencyFailed as failed:
-                    futures.append(self._failed_at_once(task, failed, collector))
-                    continue
-                chunk.append(pending)
-                futures.append(pending[1])
-                payload = pending[3]
-                size += sharing.weight(payload) if share is not None else len(payload)
-                if len(chunk) >= CHUNK or size >= SUBMIT_BYTES:
-                    self._post_tasks(chunk)
-                    posted.extend(future for _, future, _, _ in chunk)
-                    chunk, size = [], 0
-        except BaseException:
-            self._withdraw(posted)
-            for _, _, meta, payload in chunk:
-                sharing.free(payload)  # never handed over
-                if meta.deps:
-                    ledger.unpin(meta.deps)
-            if collector.deps:
-                ledger.unpin(list(collector.take()))
-            raise
-        finally:
-            inputs.collect(outer)
-            gc_pause.resume(paused)
-        self._post_tasks(chunk)
-        return cast("list[Future[Any]]", futures)  # TaskFutures, typed as the public API says
-
-    def _pickle(self, task: Task, collector: Collector) -> Pending:
-        """One task made ready to send: pickled, checked, its Future made; the pending inputs
-        it takes (Futures among its arguments) named in its metadata."""
-        link = self._link
-        payload = pickling.dumps_task(task, self.sharing)
-        deps = collector.take() if collector.deps else None
-        try:
-            if len(payload) > link.max_payload:
-                raise too_large(f"task {task.name!r}", len(payload), link.max_bytes)
-            meta = task_meta(task)
-        except BaseException:
-            sharing.free(payload)
-            if deps:
-                self._ledger.unpin(list(deps))
-            raise
-        task.client_id = self.client_id
-        future = TaskFuture(task.task_id, self._cancel_queued, self.client_id)
-        if deps:
-            meta.deps = list(deps)
-            future.inputs = tuple(deps.values())
-        return task, future, meta, payload
-
-    def _failed_at_once(
-        self, task: Task, failed: DependencyFailed, collector: Collector
-    ) -> TaskFuture:
-        """A task one of whose inputs had already failed: never sent, its Future failed."""
-        if collector.deps:  # inputs pinned before the failed one was met
-            self._ledger.unpin(list(collector.take()))
-        future = TaskFuture(task.task_id, self._cancel_queued, self.client_id)
-        self._ledger.end(task, future, dependency_error(task.name, failed.task_id, failed.error))
-        return future
-
-    def _post_tasks(self, chunk: list[Pending]) -> None:
-        if not chunk:
-            return
-        segments = None
-        if self.sharing is not None:
-            segments = {
-                task.task_id: name
-                for task, _, _, payload in chunk
-                if sharing.is_reference(payload) and (name := sharing.name_of(payload)) is not None
-            }
-        self._ledger.add(((task, future) for task, future, _, _ in chunk), segments)
-        pinned = [dep for _, _, meta, _ in chunk if meta.deps for dep in meta.deps]
-        self._link.post_tasks([(meta, payload) for _, _, meta, payload in chunk], pinned)
+        return cast("list[Future[Any]]", self._sender.push(tasks))  # TaskFutures, as typed
 
     def _withdraw(self, futures: Sequence[TaskFuture]) -> None:
-        """Cancel tasks already handed over, in one message."""
-        if not futures:
-            return
-        task_ids = [f.task_id for f in futures]
-        self._ledger.take(task_ids)
-        for future in futures:
-            future.stop()
-        self._link.post(Kind.CANCEL, Cancel(tasks=task_ids))
+        self._sender.withdraw(futures)
 
     def cancel(self, future_or_task_id: Future[Any] | str) -> bool:
         """Stop a task, queued or running (its worker is replaced); False if already done.

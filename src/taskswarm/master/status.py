@@ -52,7 +52,7 @@ def describe(core: MasterCore) -> dict[str, Any]:
         "slaves": live + list(core.slaves.departed.values()),
         "applications": core.applications.summaries(),
         "systems": core.systems.summaries(),
-        "tasks": {**core.scheduler.counts(), "waiting": len(core.dependencies.waiting)},
+        "tasks": core.scheduler.counts(),
         "errors": core.latest_errors(ERRORS_IN_STATUS),
         "stats": core.stats.snapshot()
         + [row for slave in core.scheduler.slaves.values() for row in slave.stats]

@@ -1,0 +1,148 @@
+"""Tasks on their way out of an application: pickled in the caller's thread, in chunks.
+
+``Application.push_tasks`` hands its tasks here. Each is pickled where it is submitted (a task
+that cannot be pickled fails at ``submit``, saying why), its Future made and entered in the
+ledger, and the tasks go to the link's I/O thread a chunk at a time, so the master starts on
+the first ones while later ones are still being pickled. Futures among a task's arguments are
+collected while it is pickled (``taskswarm.inputs``): pending ones become its inputs, named in
+its metadata and pinned until its SUBMIT has left; one that already failed fails it at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from .. import inputs
+from ..inputs import Collector, DependencyFailed, dependency_error
+from ..protocol import pickling, sharing
+from ..protocol.codec import Kind, too_large
+from ..protocol.messages import Cancel, TaskMeta
+from ..task import Task, task_meta
+from . import gc_pause
+from .handles import TaskFuture
+from .ledger import Ledger
+from .link import SUBMIT_BYTES, MasterLink
+
+__all__ = ["CHUNK", "Sender"]
+
+#: Tasks pickled before they are handed to the I/O thread: the master starts on the first ones
+#: while later ones are still being pickled.
+CHUNK = 500
+
+#: A task pickled and not yet handed to the I/O thread: the task, its Future, what the master
+#: reads of it, its payload.
+Pending = tuple[Task, TaskFuture, TaskMeta, bytes]
+
+
+class Sender:
+    """Pickles one application's tasks and hands them to its link, with their Futures."""
+
+    def __init__(
+        self,
+        client_id: str,
+        link: MasterLink,
+        ledger: Ledger,
+        share: sharing.Sharing | None,
+        on_cancel: Callable[[str], None],
+    ) -> None:
+        self.client_id = client_id
+        self._link, self._ledger, self.sharing = link, ledger, share
+        #: What a Future's ``cancel()`` calls (the application's soft cancel).
+        self._on_cancel = on_cancel
+
+    def push(self, tasks: Iterable[Task]) -> list[TaskFuture]:
+        """One Future per task, in order; all or none (see ``Application.push_tasks``)."""
+        futures: list[TaskFuture] = []
+        posted: list[TaskFuture] = []
+        chunk: list[Pending] = []
+        size = 0
+        share = self.sharing
+        ledger = self._ledger
+        collector = Collector(self.client_id, ledger.pin, ledger.unpin)
+        outer = inputs.collect(collector)
+        paused = gc_pause.pause()
+        try:
+            for task in tasks:
+                try:
+                    pending = self._pickle(task, collector)
+                except DependencyFailed as failed:
+                    futures.append(self._failed_at_once(task, failed, collector))
+                    continue
+                chunk.append(pending)
+                futures.append(pending[1])
+                payload = pending[3]
+                size += sharing.weight(payload) if share is not None else len(payload)
+                if len(chunk) >= CHUNK or size >= SUBMIT_BYTES:
+                    self._post(chunk)
+                    posted.extend(future for _, future, _, _ in chunk)
+                    chunk, size = [], 0
+        except BaseException:
+            self.withdraw(posted)
+            for _, _, meta, payload in chunk:
+                sharing.free(payload)  # never handed over
+                if meta.deps:
+                    ledger.unpin(meta.deps)
+            if collector.deps:
+                ledger.unpin(list(collector.take()))
+            raise
+        finally:
+            inputs.collect(outer)
+            gc_pause.resume(paused)
+        self._post(chunk)
+        return futures
+
+    def _pickle(self, task: Task, collector: Collector) -> Pending:
+        """One task made ready to send: pickled, checked, its Future made; the pending inputs
+        it takes (Futures among its arguments) named in its metadata."""
+        link = self._link
+        payload = pickling.dumps_task(task, self.sharing)
+        deps = collector.take() if collector.deps else None
+        try:
+            if len(payload) > link.max_payload:
+                raise too_large(f"task {task.name!r}", len(payload), link.max_bytes)
+            meta = task_meta(task)
+        except BaseException:
+            sharing.free(payload)
+            if deps:
+                self._ledger.unpin(list(deps))
+            raise
+        task.client_id = self.client_id
+        future = TaskFuture(task.task_id, self._on_cancel, self.client_id)
+        if deps:
+            meta.deps = list(deps)
+            future.inputs = tuple(deps.values())
+        return task, future, meta, payload
+
+    def _failed_at_once(
+        self, task: Task, failed: DependencyFailed, collector: Collector
+    ) -> TaskFuture:
+        """A task one of whose inputs had already failed: never sent, its Future failed."""
+        if collector.deps:  # inputs pinned before the failed one was met
+            self._ledger.unpin(list(collector.take()))
+        future = TaskFuture(task.task_id, self._on_cancel, self.client_id)
+        self._ledger.end(task, future, dependency_error(task.name, failed.task_id, failed.error))
+        return future
+
+    def _post(self, chunk: list[Pending]) -> None:
+        if not chunk:
+            return
+        segments = None
+        if self.sharing is not None:
+            segments = {
+                task.task_id: name
+                for task, _, _, payload in chunk
+                if sharing.is_reference(payload) and (name := sharing.name_of(payload)) is not None
+            }
+        self._ledger.add(((task, future) for task, future, _, _ in chunk), segments)
+        pinned = [dep for _, _, meta, _ in chunk if meta.deps for dep in meta.deps]
+        self._link.post_tasks([(meta, payload) for _, _, meta, payload in chunk], pinned)
+
+    def withdraw(self, futures: Sequence[TaskFuture]) -> None:
+        """Cancel tasks already handed over, in one message."""
+        if not futures:
+            return
+        task_ids = [f.task_id for f in futures]
+        self._ledger.take(task_ids)
+        for future in futures:
+            future.stop()
+        self._link.post(Kind.CANCEL, Cancel(tasks=task_ids))
