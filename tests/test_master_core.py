@@ -606,6 +606,32 @@ def test_an_input_is_sent_once_per_message_however_many_tasks_take_it():
     assert tasks.payloads == [payload("b"), payload("c"), result_of("a")]
 
 
+def test_scattered_data_is_kept_for_its_takers_until_forgotten():
+    core, wire = graph_core()
+    core.handle(b"app", message(Kind.SCATTER, {"data_id": "d", "rid": 1}, [b"value"]))
+    (ack,) = sent(wire, Kind.ACK)
+    assert ack.header["rid"] == 1
+    core.handle(b"app", message(Kind.SUBMIT, {"tasks": [taking("t", "d")]}, [payload("t")]))
+    core.turn()
+    (tasks,) = sent(wire, Kind.TASKS)
+    assert tasks.header["inputs"] == ["d"] and tasks.payloads == [payload("t"), b"value"]
+    result(core, "t")
+    assert core.dependencies.held == {"d": b"value"}  # still referred to: kept
+    core.handle(b"app", message(Kind.SCATTER, {"data_id": "d", "rid": 2}, [b"again"]))
+    (reject,) = sent(wire, Kind.REJECT)
+    assert "already in use" in reject.header["reason"]
+
+    core.handle(b"app", message(Kind.FORGET, {"data_ids": ["d"]}))
+    assert not core.dependencies.held and not core.dependencies.scattered
+
+
+def test_scattered_data_goes_with_its_application():
+    core, _ = graph_core()
+    core.handle(b"app", message(Kind.SCATTER, {"data_id": "d"}, [b"value"]))
+    core.handle(b"app", message(Kind.BYE, {}))
+    assert not core.dependencies.held and not core.dependencies.scattered
+
+
 # -- scheduler options: the scheduler's own, passed on, never read by the core -----------------
 
 

@@ -8,6 +8,7 @@ bookkeeping is tested in memory in tests/test_master_core.py.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -247,3 +248,41 @@ def test_takers_submitted_from_many_threads_while_inputs_finish(app):
     for thread in threads:
         thread.join(timeout=120)
     assert not errors
+
+
+def row_sum(matrix, i):
+    return float(matrix[i].sum())
+
+
+def test_scattered_data_is_sent_once_and_taken_by_many_tasks(cluster, app):
+    matrix = np.arange(1 << 18, dtype=float).reshape(512, 512)  # 2 MiB
+    ref = app.scatter(matrix)
+    assert ref.done() and ref.result() is matrix
+    futures = [app.submit(row_sum, ref, i) for i in range(100)]
+    assert [f.result(timeout=60) for f in futures] == [float(row.sum()) for row in matrix[:100]]
+    kept = app.status()["master"]["kept"]
+    assert kept["scattered"] == 1 and kept["input_results"] == 1
+    assert kept["input_bytes"] < 1024  # on one host: a reference to one segment
+    assert len(sharing.segments(cluster.shared_prefix)) == 1  # made once, not per task
+
+    del futures, ref
+    gc.collect()  # the last reference to it is gone: the master and this process let it go
+    wait_for(lambda: app.status()["master"]["kept"]["scattered"] == 0, timeout=20)
+    assert app.status()["master"]["kept"]["input_results"] == 0
+    wait_for(lambda: sharing.segments(cluster.shared_prefix) == [], timeout=20)
+
+
+def test_scattered_data_travels_in_messages_without_shared_memory():
+    with ts.LocalCluster(slaves=1, workers=2, shared_memory=False) as cluster:
+        with cluster.connect() as app:
+            ref = app.scatter(list(range(1000)))
+            assert [app.submit(total, ref).result(timeout=30) for _ in range(3)] == [499500] * 3
+            assert app.status()["master"]["kept"]["input_bytes"] > 1000
+
+
+def test_scattered_data_of_another_connection_cannot_be_taken(cluster, app):
+    with cluster.connect() as other:
+        theirs = other.scatter([1, 2, 3])
+        with pytest.raises(TypeError, match="belongs to another connection"):
+            app.submit(total, theirs)
+        assert other.submit(total, theirs).result(timeout=30) == 6

@@ -97,7 +97,7 @@ class Collector:
         if task_id in self.deps:
             return given, (task_id,)
         self.pin(task_id)  # before looking: see the module docstring
-        if not future.done():
+        if not future.done() or future.scattered:
             self.deps[task_id] = future
             return given, (task_id,)
         self.unpin([task_id])

@@ -245,6 +245,17 @@ class Application:
         """
         shipping.upload(self._link, path, timeout)
 
+    def scatter(self, value: Any, timeout: float = 60.0) -> Future[Any]:
+        """Put ``value`` on the cluster once for many tasks; returns a Future that tasks take
+        as an argument (``app.submit(f, ref, x)``), done at once with ``value`` as its result.
+
+        The value is pickled once, here, and kept by the master (in shared memory on one host)
+        for as long as this Future is referred to; every task that takes it gets it without it
+        being pickled again per task, as passing ``value`` itself would. Returns once the master
+        has it.
+        """
+        return self._sender.scatter(value, timeout)
+
     # -- task systems ------------------------------------------------------------------------------
 
     def submit_system(self, system: Any, progress: ProgressCallback | None = None) -> SystemHandle:

@@ -57,6 +57,10 @@ class TaskFuture(Future[Any]):
         #: it is done).
         self.inputs: tuple[TaskFuture, ...] = ()
 
+    #: The Future of scattered data (``app.scatter``): the master keeps its value for the
+    #: tasks that take it, so it travels to them by reference, not pickled into each.
+    scattered = False
+
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         return reduce_future(self)
 

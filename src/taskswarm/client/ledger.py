@@ -57,6 +57,9 @@ class Ledger:
         #: Inputs whose result is in a shared memory segment that their dependents' workers
         #: map: task id -> the segment, freed when no task here takes it any more.
         self.kept: dict[str, str] = {}
+        #: Scattered data still referred to (``app.scatter``): its segment is never freed
+        #: while it is here.
+        self.scattered_ids: set[str] = set()
 
     # -- tasks -------------------------------------------------------------------------------------
 
@@ -99,7 +102,8 @@ class Ledger:
                     continue
                 del pins[task_id]
                 if task_id in self.kept and task_id not in self.uses:
-                    free.append(self.kept.pop(task_id))
+                    if task_id not in self.scattered_ids:
+                        free.append(self.kept.pop(task_id))
         for name in free:
             sharing.free_name(name)
 
@@ -120,10 +124,30 @@ class Ledger:
                         continue
                     uses.pop(task_id, None)
                     if task_id in self.kept and task_id not in self.pins:
-                        free.append(self.kept.pop(task_id))
+                        if task_id not in self.scattered_ids:
+                            free.append(self.kept.pop(task_id))
                 entry[1].inputs = ()  # its inputs' results are not kept alive by it
         for name in free:
             sharing.free_name(name)
+
+    def scattered(self, data_id: str, payload: bytes) -> None:
+        """Scattered data: its segment (if it is in one) lives until it is forgotten."""
+        name = sharing.name_of(payload) if sharing.is_reference(payload) else None
+        with self.lock:
+            self.scattered_ids.add(data_id)
+            if name is not None:
+                self.kept[data_id] = name
+
+    def forget_scattered(self, data_id: str) -> None:
+        """Scattered data no longer referred to: its segment goes once no task here takes it
+        (none can: a task that takes it holds its Future until it is done)."""
+        free = None
+        with self.lock:
+            self.scattered_ids.discard(data_id)
+            if data_id not in self.uses and data_id not in self.pins:
+                free = self.kept.pop(data_id, None)
+        if free is not None:
+            sharing.free_name(free)
 
     def _keep_or_free(self, task_id: str, reference: bytes) -> None:
         """A result read from shared memory: freed, unless tasks being sent or waiting here

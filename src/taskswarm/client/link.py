@@ -68,6 +68,7 @@ from ..protocol.messages import (
     Resize,
     ResultsAck,
     Running,
+    Scatter,
     Ship,
     Status,
     StatusReply,
@@ -108,7 +109,7 @@ QUERY_IDS = 20_000
 #: One task as it travels in a SUBMIT: its metadata (``task_meta``) and its pickled payload.
 Submission = tuple[TaskMeta, bytes]
 #: A message the master answers, matched by its ``rid``.
-Request = Cancel | Resize | Ship | Status | System
+Request = Cancel | Resize | Ship | Status | System | Scatter
 #: What the master answers a request with (a REJECT raises instead).
 A = TypeVar("A", Ack, StatusReply)
 

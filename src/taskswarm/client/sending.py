@@ -10,14 +10,16 @@ its metadata and pinned until its SUBMIT has left; one that already failed fails
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from .. import inputs
 from ..inputs import Collector, DependencyFailed, dependency_error
 from ..protocol import pickling, sharing
 from ..protocol.codec import Kind, too_large
-from ..protocol.messages import Cancel, TaskMeta
-from ..task import Task, task_meta
+from ..protocol.messages import Ack, Cancel, Forget, Scatter, TaskMeta
+from ..task import Task, dump_result, dump_shared_result, new_task_id, task_meta
 from . import gc_pause
 from .handles import TaskFuture
 from .ledger import Ledger
@@ -49,6 +51,29 @@ class Sender:
         self._link, self._ledger, self.sharing = link, ledger, share
         #: What a Future's ``cancel()`` calls (the application's soft cancel).
         self._on_cancel = on_cancel
+
+    def scatter(self, value: Any, timeout: float) -> TaskFuture:
+        """``Application.scatter``: the value pickled as a result, kept by the master under a
+        fresh id until the Future is let go (then FORGET)."""
+        link = self._link
+        link.check_open()
+        data_id = new_task_id()
+        share = self.sharing
+        payload = dump_shared_result(value, share, data_id) if share else dump_result(value)
+        if len(payload) > link.max_payload:
+            sharing.free(payload)
+            raise too_large("scattered data", len(payload), link.max_bytes)
+        self._ledger.scattered(data_id, payload)
+        try:
+            link.request(Kind.SCATTER, Scatter(data_id=data_id), timeout, [payload], answer=Ack)
+        except BaseException:
+            self._ledger.forget_scattered(data_id)
+            raise
+        future = TaskFuture(data_id, _never, self.client_id)
+        future.scattered = True
+        future.set_result(value)
+        weakref.finalize(future, _forget, weakref.ref(link), self._ledger, data_id)
+        return future
 
     def push(self, tasks: Iterable[Task]) -> list[TaskFuture]:
         """One Future per task, in order; all or none (see ``Application.push_tasks``)."""
@@ -146,3 +171,16 @@ class Sender:
         for future in futures:
             future.stop()
         self._link.post(Kind.CANCEL, Cancel(tasks=task_ids))
+
+
+def _never(task_id: str) -> None:
+    """A scattered value's Future is done from the start: it has nothing to cancel."""
+
+
+def _forget(link: weakref.ref[MasterLink], ledger: Ledger, data_id: str) -> None:
+    """A scattered value's Future was let go: the master may let the value go (once no task
+    takes it), and so may this process its shared memory segment."""
+    ledger.forget_scattered(data_id)
+    alive = link()
+    if alive is not None and not alive.closed:
+        alive.post(Kind.FORGET, Forget(data_ids=[data_id]))

@@ -37,11 +37,13 @@ from ..protocol.codec import Kind, Message
 from ..protocol.messages import (
     Ack,
     Cancel,
+    Forget,
     Header,
     Hello,
     Reject,
     Reregister,
     ResultsAck,
+    Scatter,
     Submit,
     System,
     TasksQuery,
@@ -214,6 +216,23 @@ class ApplicationTable:
         # Answered once this turn's tasks are on their way: the ACK is not on their path.
         self.reply_later(identity, Ack(rid=rid, n=len(tasks)))
 
+    def on_scatter(self, identity: bytes, msg: Message) -> None:
+        """Data put on the cluster for many tasks: kept (not opened) until forgotten."""
+        scatter = msg.read(Scatter)
+        client = self.known(identity)
+        if client is None:
+            return
+        refused = self.dependencies.scatter(scatter.data_id, client.client_id, msg.payloads[0])
+        if refused is None:
+            self.send(identity, Kind.ACK, Ack(rid=scatter.rid, n=1))
+        else:
+            self.send(identity, Kind.REJECT, Reject(rid=scatter.rid, reason=refused))
+
+    def on_forget(self, identity: bytes, msg: Message) -> None:
+        client = self.known(identity)
+        if client is not None:
+            self.dependencies.forget(msg.read(Forget).data_ids, client.client_id)
+
     def accepting(self, identity: bytes, rid: int | None) -> bool:
         """Whether the master can take new work now; if not, the sender is told why. Work is
         acknowledged only once it is saved, so while the journal cannot be written (a full or
@@ -374,6 +393,7 @@ class ApplicationTable:
         client.outbox = []
         self.drop_unconfirmed(client, list(client.unconfirmed))
         self._cancel_tasks_of(client, None)
+        self.dependencies.forget_client(client.client_id)
 
     def _lose(self, client: ApplicationRecord, silent: float) -> None:
         """Silent past ``client_timeout`` (killed, or its machine or link gone): like a lost
@@ -467,12 +487,14 @@ class ApplicationTable:
                 gone_at = client.gone_at if client.gone_at is not None else now
                 if gone_at <= forget_before:
                     del self.records[client.client_id]
+                    self.dependencies.forget_client(client.client_id)
                 else:
                     idle.append(client)
         if len(idle) > GONE_KEPT:
             idle.sort(key=lambda c: c.gone_at or 0.0)
             for client in idle[: len(idle) - GONE_KEPT]:
                 del self.records[client.client_id]
+                self.dependencies.forget_client(client.client_id)
 
     def retained(self) -> list[tuple[float, ApplicationRecord, str, int]]:
         """Outcomes kept for gone applications: (made, client, task_id, bytes), any order."""

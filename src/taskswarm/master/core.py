@@ -180,6 +180,8 @@ class MasterCore:
             Kind.RESIZE: self.on_resize,
             Kind.BYE: self.on_bye,
             Kind.SHIP: self.shipping.on_ship,
+            Kind.SCATTER: self.applications.on_scatter,
+            Kind.FORGET: self.applications.on_forget,
         }
 
     def restore(self) -> None:

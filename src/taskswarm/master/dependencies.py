@@ -10,10 +10,15 @@ the master does not know: the application never lets that happen (``taskswarm.in
 confirms an input's outcome only after the task naming it was sent), unless the master
 restarted without its state directory.
 
+Scattered data (``app.scatter``) is an input with no task behind it: its application sends its
+value once (SCATTER) and it is kept, like a finished input's result, until the application
+no longer refers to it (FORGET, or the application leaves) and no task takes it.
+
 What this holds, and for how long (the master is bounded by live work): a waiting task's
 record until it is queued, failed or cancelled; an input's result (the bytes as they came from
 its slave, or a reference to a shared memory segment, a few dozen bytes, on one host) only
-while a task that takes it is waiting, queued or running. The index is cleaned as each such
+while a task that takes it is waiting, queued or running; scattered data while its
+application refers to it. The index is cleaned as each such
 task ends, and once a heartbeat (``sweep``) for any that left by another road.
 
 The plain results also still go to their application as usual: a Future given to another task
@@ -38,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: How an application's kept outcomes are looked up: task id -> (ok, data, made at).
 Kept = Mapping[str, tuple[bool, Any, float]]
+#: What ``_look_up`` says of an input whose result the master holds, or that has not finished.
+_HELD, _MISSING = "held", "missing"
 
 
 class DependencyTable:
@@ -49,8 +56,11 @@ class DependencyTable:
         self.waiting: dict[str, tuple[TaskRecord, set[str]]] = {}
         #: Input task id -> the tasks that take it (waiting, queued or running).
         self.dependents: dict[str, set[str]] = {}
-        #: Input task id -> its pickled result, while a task that takes it is not done.
+        #: Input task id -> its pickled result, while a task that takes it is not done (or,
+        #: for scattered data, until its application forgets it).
         self.held: dict[str, Any] = {}
+        #: Scattered data (``app.scatter``): data id -> the application it belongs to.
+        self.scattered: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.waiting)
@@ -69,8 +79,8 @@ class DependencyTable:
         if not any(task.deps for task in tasks):
             return tasks, []
         ready, failed = [], []
-        live = self.scheduler.tasks
-        batch = {task.task_id: task for task in tasks}  # an input may come in the same SUBMIT
+        # An input may be live, waiting here, or come in the same SUBMIT.
+        batch = {task.task_id: task for task in tasks}
         for task in tasks:
             if not task.deps:
                 ready.append(task)
@@ -78,21 +88,12 @@ class DependencyTable:
             missing: set[str] = set()
             broken: Outcome | None = None
             for dep in task.deps:
-                if dep in self.held:
-                    continue
-                record = live.get(dep) or batch.get(dep)
-                waiting = self.waiting.get(dep)
-                if waiting is not None:
-                    record = waiting[0]
-                if record is not None and record.client_id == client_id:
+                found = self._look_up(dep, client_id, batch, kept)
+                if found is _MISSING:
                     missing.add(dep)
-                    continue
-                outcome = kept.get(dep)
-                if outcome is not None and outcome[0]:
-                    self.held[dep] = outcome[1]
-                    continue
-                broken = _failed(task, dep, None if outcome is None else "failed")
-                break
+                elif found is not _HELD:
+                    broken = _failed(task, dep, found)
+                    break
             if broken is not None:
                 failed.append(broken)
                 continue
@@ -106,6 +107,29 @@ class DependencyTable:
                 ready.append(task)
         self._forget_unused(dep for task in tasks for dep in task.deps or ())
         return ready, failed
+
+    def _look_up(
+        self, dep: str, client_id: str, batch: dict[str, TaskRecord], kept: Kept
+    ) -> str | None:
+        """Where input ``dep`` of a task of ``client_id`` stands: ``_HELD`` (its result is
+        here), ``_MISSING`` (it has not finished), or why it cannot be had: "failed", or None
+        for unknown (or another application's)."""
+        if dep in self.held:
+            owner = self.scattered.get(dep)
+            return _HELD if owner is None or owner == client_id else None
+        record = self.scheduler.tasks.get(dep) or batch.get(dep)
+        waiting = self.waiting.get(dep)
+        if waiting is not None:
+            record = waiting[0]
+        if record is not None:
+            return _MISSING if record.client_id == client_id else None
+        outcome = kept.get(dep)
+        if outcome is None:
+            return None
+        if not outcome[0]:
+            return "failed"
+        self.held[dep] = outcome[1]
+        return _HELD
 
     def _give_inputs(self, task: TaskRecord) -> None:
         task.inputs = [(dep, self.held[dep]) for dep in task.deps or ()]
@@ -167,8 +191,29 @@ class DependencyTable:
             takers = self.dependents.get(dep)
             if takers is not None and not takers:
                 del self.dependents[dep]
-            if dep not in self.dependents:
+            if dep not in self.dependents and dep not in self.scattered:
                 self.held.pop(dep, None)
+
+    # -- scattered data ----------------------------------------------------------------------------
+
+    def scatter(self, data_id: str, client_id: str, data: Any) -> str | None:
+        """Keep data an application put on the cluster; the reason it cannot, or None."""
+        if data_id in self.held or data_id in self.scheduler.tasks or data_id in self.waiting:
+            return f"data id {data_id} is already in use"
+        self.held[data_id] = data
+        self.scattered[data_id] = client_id
+        return None
+
+    def forget(self, data_ids: Iterable[str], client_id: str) -> None:
+        """Its application no longer refers to this data: gone once no task takes it."""
+        forgotten = [d for d in data_ids if self.scattered.get(d) == client_id]
+        for data_id in forgotten:
+            del self.scattered[data_id]
+        self._forget_unused(forgotten)
+
+    def forget_client(self, client_id: str) -> None:
+        """An application left: its scattered data goes (once no task takes it)."""
+        self.forget([d for d, owner in self.scattered.items() if owner == client_id], client_id)
 
     # -- cancelling ----------------------------------------------------------------------------
 

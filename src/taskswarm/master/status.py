@@ -31,6 +31,8 @@ def kept(core: MasterCore) -> dict[str, int]:
         "uncollected_bytes": core.applications.retained_bytes() + core.systems.held,
         "waiting_tasks": len(core.dependencies.waiting),
         "input_results": len(core.dependencies.held),
+        "input_bytes": core.dependencies.held_bytes(),
+        "scattered": len(core.dependencies.scattered),
         **by_node,
     }
 

@@ -27,7 +27,8 @@ Policies, the same for every kind:
   where that differs from any value (a HEARTBEAT without ``want`` leaves the master's figure as
   it was).
 * **Payload counts**: a record that carries one payload per item (SUBMIT, TASKS, RESULTS) or one
-  payload (SYSTEM, SHIP, SYSTEM-DONE with an outcome) is refused when the count differs.
+  payload (SYSTEM, SHIP, SCATTER, SYSTEM-DONE with an outcome) is refused when the count
+  differs.
 * **Task ranges**: a task's numbers (:meth:`TaskMeta.check`) are checked where the master takes
   the batch, not while decoding, so that a batch with one out of range is refused *with a reply*
   (REJECT, naming it) and its submitter's Futures fail instead of waiting.
@@ -85,6 +86,8 @@ __all__ = [
     "Shutdown",
     "Steal",
     "Ship",
+    "Scatter",
+    "Forget",
     "Heartbeat",
     "RECORDS",
     "APPLICATION_RECORDS",
@@ -135,6 +138,8 @@ class Kind:
     STEAL = "steal"
     # application -> master -> slaves
     SHIP = "ship"
+    SCATTER = "scatter"  # application -> master
+    FORGET = "forget"  # application -> master
     # both ways
     HEARTBEAT = "heartbeat"
 
@@ -581,6 +586,28 @@ class Steal(Header, tag=Kind.STEAL):
 # application -> master -> slaves
 
 
+class Scatter(Header, tag=Kind.SCATTER):
+    """Data put on the cluster once for many tasks (``app.scatter``): the one payload is the
+    pickled value, as a task's result would be. The master keeps it under ``data_id`` until
+    the application FORGETs it (or leaves) and sends it with every task that takes it, as it
+    sends a finished input's result; answered ACK, or REJECT with the reason."""
+
+    #: The id tasks name it by (``TaskMeta.deps``), unique as a task id is.
+    data_id: str
+    #: Request id, echoed by the answer.
+    rid: int | None = None
+
+    def expected_payloads(self) -> int | None:
+        return 1
+
+
+class Forget(Header, tag=Kind.FORGET):
+    """Scattered data its application no longer refers to: the master lets it go once no task
+    that takes it is left."""
+
+    data_ids: TaskIds
+
+
 class Ship(Header, tag=Kind.SHIP):
     """Code of an application's own (``app.upload_file``): one zip archive in the one payload,
     bound to this signed header by its digest (:mod:`taskswarm.protocol.archives` says what it
@@ -605,7 +632,7 @@ RECORDS: dict[str, type[Header]] = {
         Register, Results, Heartbeat, Released, Drain, Bye, Hello, Submit, System, SystemQuery,
         TasksQuery, Status, Resize, Cancel, ResultsAck, Welcome, Reregister, Tasks, Ack, Reject,
         Running, SystemProgress, SystemDone, StatusReply, Shutdown, Steal,
-        Ship,
+        Ship, Scatter, Forget,
     )
 }  # fmt: skip
 assert set(RECORDS) == Kind.ALL, "one record per kind"
