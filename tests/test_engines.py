@@ -222,6 +222,11 @@ def test_plain_tasks_and_callables_return_their_results(app):
         assert list(ex.map(abs, range(-20, 0))) == list(range(20, 0, -1))
 
 
+def test_a_task_takes_another_tasks_result_on_every_engine(app):
+    first = app.submit(pow, 2, 10)
+    assert app.submit(divmod, first, 1000).result(timeout=60) == (1, 24)
+
+
 def test_a_task_that_raises_reaches_its_future_with_the_remote_traceback(app):
     future = app.submit(Boom(name="boom-plain"))
     with pytest.raises(ValueError, match="boom in boom-plain") as caught:

@@ -25,7 +25,6 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..protocol.digests import Payload
 from ..task import run_task_reporting
 
 __all__ = [
@@ -46,12 +45,16 @@ Outcome = tuple[float, Reported] | BaseException
 CONNECT_TIMEOUT = 10.0
 
 
-def run_timed(payload: bytes | Payload) -> tuple[float, Reported]:
+def run_timed(payload: Any) -> tuple[float, Reported]:
     """What an engine's worker runs: the task, and how long it took there. The manager paces
     itself by that time, which (unlike the time until the outcome is back) does not grow with
-    the tasks waiting in the engine."""
+    the tasks waiting in the engine. ``payload``: the task's, or ``(payload, inputs)`` for a
+    task that takes other tasks' results."""
     start = time.perf_counter()
-    outcome = run_task_reporting(payload)
+    inputs = None
+    if type(payload) is tuple:
+        payload, inputs = payload
+    outcome = run_task_reporting(payload, inputs)
     return time.perf_counter() - start, outcome
 
 
@@ -93,7 +96,7 @@ class EngineClient:
     def recover(self) -> None:
         """Start connecting again, in the background, after the connection was lost."""
 
-    def submit(self, payload: bytes | Payload, done: Callable[[], None]) -> Any:
+    def submit(self, payload: Any, done: Callable[[], None]) -> Any:
         """Run one task's payload; ``done()`` is called once it has ended, from a thread of the
         engine's client. Returns the engine's handle of the run."""
         raise NotImplementedError
@@ -210,7 +213,7 @@ class DaskEngine(EngineClient):
                 client, self._client = self._client, client
         client.close()  # the closed one it replaced, or the new one if this engine was closed
 
-    def submit(self, payload: bytes | Payload, done: Callable[[], None]) -> Any:
+    def submit(self, payload: Any, done: Callable[[], None]) -> Any:
         future = self._client.submit(run_timed, payload, pure=False)
         future.add_done_callback(lambda _: done())
         return future
@@ -302,7 +305,7 @@ class RayEngine(EngineClient):
     def slots(self) -> int:
         return int(self._ray.cluster_resources().get("CPU", 0))
 
-    def submit(self, payload: bytes | Payload, done: Callable[[], None]) -> Any:
+    def submit(self, payload: Any, done: Callable[[], None]) -> Any:
         ref = self._remote.remote(payload)
         future = ref.future()  # resolved with the value itself: nothing left to fetch
         future.add_done_callback(lambda _: done())

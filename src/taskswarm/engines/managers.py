@@ -298,7 +298,7 @@ class EngineManager(QueuedManager):
             run = _Run(item, time.monotonic())
             self._running[item.task_id] = run
             try:
-                run.handle = self.engine.submit(_portable(item.payload), self._poster(run))
+                run.handle = self.engine.submit(_portable_item(item), self._poster(run))
             except Exception as exc:  # noqa: BLE001 - the engine refused it: a lost run
                 del self._running[item.task_id]
                 _warn(f"the engine refused task {item.task_id}", exc)
@@ -364,6 +364,17 @@ def _portable(payload: Any) -> Any:
     """A task as the engine ships it to its worker: a received payload pickles as its bytes
     and digest (checked there, right before it is unpickled), bytes made here as they are."""
     return payload if type(payload) is Payload else bytes(payload)
+
+
+def _portable_item(item: WorkItem) -> Any:
+    """A task with the results it takes as inputs (``run_timed`` unpacks them), or alone."""
+    if item.inputs is None:
+        return _portable(item.payload)
+    inputs = [
+        [dep, bytes(data.raw), data.digest] if type(data) is Payload else [dep, bytes(data)]
+        for dep, data in item.inputs
+    ]
+    return _portable(item.payload), inputs
 
 
 def _warn(what: str, exc: BaseException) -> None:
