@@ -148,6 +148,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.returned: list[tuple[bytes, str]] = []  # results sent, to send again
         self.lost_holds: list[tuple[bytes, str]] = []  # what vanished slaves still held
         self.acks: list[Outgoing] = []
+        self.takers: dict[str, list[str]] = {}  # task id -> the tasks whose results it takes
 
     # -- the peers' side ----------------------------------------------------------------------
 
@@ -158,10 +159,14 @@ class CoreMachine(RuleBasedStateMachine):
         """Take what the core sent: tasks to slaves, results to applications."""
         for out in self.wire.take():
             if out.kind == Kind.TASKS:
-                sent = zip(out.header["tasks"], out.payloads, strict=True)
-                for (task_id, *_), data in sent:
+                tasks, inputs = out.header["tasks"], out.header.get("inputs", [])
+                assert len(out.payloads) == len(tasks) + len(inputs)
+                for (task_id, *deps), data in zip(tasks, out.payloads, strict=False):
                     assert data == payload(task_id)  # routed as the bytes that came in
+                    assert set(deps[1] or ()) <= set(inputs)  # its inputs came with it
                     self.holds[out.identity].add(task_id)
+                for dep, data in zip(inputs, out.payloads[len(tasks) :], strict=True):
+                    assert data == result_of(dep)  # an input's result, as its slave sent it
             elif out.kind == Kind.RESULTS:
                 for (task_id, ok), data in zip(out.header["results"], out.payloads, strict=True):
                     assert self.owner[task_id] == out.identity, "a result went to another app"
@@ -205,6 +210,23 @@ class CoreMachine(RuleBasedStateMachine):
         self.handle(app, Kind.SUBMIT, header, [payload(t) for t in task_ids])
         self.turn()
         assert [(o.identity, o.header) for o in self.acks] == [(app, {"rid": 7, "n": count})]
+        self.acks.clear()
+
+    @precondition(lambda self: len(self.owner) < 60)
+    @rule(app=applications, data=st.data())
+    def submit_taker(self, app, data):
+        """A task that takes one or two earlier tasks' results (Futures as arguments), in
+        whatever state those are: queued, running, done, acknowledged, cancelled."""
+        mine = sorted(t for t, owner in self.owner.items() if owner == app)
+        if not mine:
+            return
+        deps = data.draw(st.lists(st.sampled_from(mine), min_size=1, max_size=2, unique=True))
+        task_id = f"task-{next(self.ids)}"
+        self.owner[task_id] = app
+        self.takers[task_id] = deps
+        meta = [task_id, None, 0, "opaque", 0, None, deps]
+        self.handle(app, Kind.SUBMIT, {"tasks": [meta], "rid": 7}, [payload(task_id)])
+        self.turn()
         self.acks.clear()
 
     @precondition(lambda self: len(self.alive) < 4)
@@ -274,7 +296,8 @@ class CoreMachine(RuleBasedStateMachine):
         if not mine:
             return
         task_id = data.draw(st.sampled_from(mine))
-        if task_id not in self.core.scheduler.tasks:
+        live = self.core.scheduler.tasks
+        if task_id not in live and task_id not in self.core.dependencies.waiting:
             return  # finished already: its result is on its way or arrived
         self.withdrawn.add(task_id)
         self.handle(app, Kind.CANCEL, {"tasks": [task_id]})
@@ -318,6 +341,15 @@ class CoreMachine(RuleBasedStateMachine):
     def no_result_is_delivered_twice(self):
         assert all(n == 1 for n in self.delivered.values())
 
+    @invariant()
+    def inputs_are_kept_only_while_a_task_takes_them(self):
+        table, live = self.core.dependencies, self.core.scheduler.tasks
+        assert set(table.held) <= set(table.dependents) | set(table.scattered)
+        for task_id, (task, missing) in table.waiting.items():
+            assert task_id not in live and not self.delivered[task_id]
+            assert missing and missing <= set(task.deps or ())
+            assert all(dep in live or dep in table.waiting for dep in missing), missing
+
     def teardown(self) -> None:
         """Nothing is lost: a fresh slave runs all that is left, and every task not withdrawn
         by its owner reaches it exactly once."""
@@ -333,9 +365,12 @@ class CoreMachine(RuleBasedStateMachine):
             held, self.holds[identity] = sorted(self.holds[identity]), set()
             if held:
                 self._send_results(identity, held)
-            if not self.core.scheduler.tasks:
+            if not self.core.scheduler.tasks and not self.core.dependencies.waiting:
                 break
         self.turn()
+        self.core.tick()  # the sweep: nothing is kept for tasks that are gone
+        table = self.core.dependencies
+        assert not table.waiting and not table.held and not table.dependents
         expected = {t for t in self.owner if t not in self.withdrawn}
         missing = {t for t in expected if self.delivered[t] != 1}
         assert not missing, f"never delivered: {sorted(missing)}"
