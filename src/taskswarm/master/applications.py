@@ -191,12 +191,9 @@ class ApplicationTable:
             return
         # A batch sent again after a reconnect: keep only what the master does not know yet.
         known, waiting = self.scheduler.tasks, self.dependencies.waiting
-        fresh = [
-            t
-            for t in tasks
-            if t.task_id not in known and t.task_id not in client.unconfirmed
-            and t.task_id not in waiting
-        ]  # fmt: skip
+        fresh = [t for t in tasks if t.task_id not in known and t.task_id not in client.unconfirmed]
+        if waiting:
+            fresh = [t for t in fresh if t.task_id not in waiting]
         if fresh and not self.accepting(identity, rid):
             return
         try:

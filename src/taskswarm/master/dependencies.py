@@ -28,6 +28,7 @@ keeps its own result too.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 #: How an application's kept outcomes are looked up: task id -> (ok, data, made at).
 Kept = Mapping[str, tuple[bool, Any, float]]
+_DEPS = operator.attrgetter("deps")
 #: What ``_look_up`` says of an input whose result the master holds, or that has not finished.
 _HELD, _MISSING = "held", "missing"
 
@@ -76,7 +78,7 @@ class DependencyTable:
         """A SUBMIT's new tasks: those to queue now, and outcomes for those that fail now (an
         input failed or is unknown); the rest wait here. ``kept``: the outcomes the master
         still keeps for their application (an input done before the task came)."""
-        if not any(task.deps for task in tasks):
+        if not any(map(_DEPS, tasks)):
             return tasks, []
         ready, failed = [], []
         # An input may be live, waiting here, or come in the same SUBMIT.

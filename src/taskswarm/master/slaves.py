@@ -12,6 +12,7 @@ to send, the measures and the clock.
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Callable
 from typing import Any
@@ -231,7 +232,8 @@ class SlaveTable:
         for slave, batch in self.scheduler.take_outboxes():
             start = time.perf_counter()
             # Big payloads may add up past what the slave accepts in one message.
-            for part in within([_weight(t) for t in batch], limit):
+            sizes = [len(t.payload) if t.inputs is None else _weight(t) for t in batch]
+            for part in within(sizes, limit):
                 tasks = batch[part]
                 header, payloads = _tasks_message(tasks)
                 if not self.send(slave.identity, Kind.TASKS, header, payloads):
@@ -267,6 +269,9 @@ class SlaveTable:
         return {"slaves": len(slaves), "workers": sum(s.workers for s in slaves)}
 
 
+_INPUTS = operator.attrgetter("inputs")
+
+
 def _weight(task: TaskRecord) -> int:
     """A task's bytes in a TASKS message: its payload, and its inputs' results if any."""
     if task.inputs is None:
@@ -276,7 +281,7 @@ def _weight(task: TaskRecord) -> int:
 
 def _tasks_message(tasks: list[TaskRecord]) -> tuple[Tasks, list[Any]]:
     """A TASKS message: the tasks' payloads, then each input's result once (``Tasks.inputs``)."""
-    if not any(task.inputs for task in tasks):
+    if not any(map(_INPUTS, tasks)):
         return Tasks(tasks=[Assignment(t.task_id, t.timeout) for t in tasks]), [
             t.payload for t in tasks
         ]
