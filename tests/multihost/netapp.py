@@ -112,6 +112,45 @@ def call(app: ts.Application, folder: str, module: str, function: str, calls: li
     return outcomes
 
 
+def leaf(i: int, size: int) -> Any:
+    """An array of ``size`` floats, all ``i``, and where it was made."""
+    return np.full(size, float(i)), {os.environ.get("TASKSWARM_TEST_HOST", "?")}
+
+
+def pair(a: Any, b: Any) -> Any:
+    """The sum of two leaves' (or sums') arrays, and every host that made a part of it."""
+    return a[0] + b[0], a[1] | b[1] | {os.environ.get("TASKSWARM_TEST_HOST", "?")}
+
+
+def tree(app: ts.Application, leaves: int, size: int) -> dict:
+    """A tree reduction whose every sum takes its two inputs' Futures: the inputs, made on
+    one host, are given to a task that may run on another."""
+    level = [app.submit(leaf, i, size) for i in range(leaves)]
+    while len(level) > 1:
+        level = [app.submit(pair, level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    values, hosts = level[0].result(RESULT_TIMEOUT)
+    return {"first": float(values[0]), "size": int(values.size), "hosts": sorted(hosts)}
+
+
+def step(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x + 1
+
+
+def graph(app: ts.Application, handles: dict[str, Any], op: str, request: dict) -> Any:
+    """The task graph requests: a tree reduction, or a chain started now and its result later
+    (``chain``, then ``chain-result``)."""
+    if op == "tree":
+        return tree(app, request["leaves"], request["size"])
+    if op == "chain":
+        future = app.submit(step, 0, request["seconds"])
+        for _ in range(request["steps"] - 1):
+            future = app.submit(step, future, request["seconds"])
+        handles["chain"] = future
+        return None
+    return handles.pop("chain").result(RESULT_TIMEOUT)
+
+
 def serve(app: ts.Application) -> None:
     handles: dict[str, Any] = {}
     for line in sys.stdin:
@@ -142,6 +181,8 @@ def serve(app: ts.Application) -> None:
                 reply = app.upload_file(request["path"])
             elif op == "call":
                 reply = call(app, **request)
+            elif op in ("tree", "chain", "chain-result"):
+                reply = graph(app, handles, op, request)
             else:
                 raise ValueError(f"unknown op {op!r}")
         except Exception:  # noqa: BLE001 - the test reports it, with the traceback

@@ -252,3 +252,30 @@ def test_code_the_application_ships_runs_on_every_slave_including_one_that_joins
         process.terminate()
         assert process.wait(timeout=30) == 0
     assert list(slave_tmp.glob("taskswarm-code-*")) == []
+
+
+def test_a_task_graph_across_hosts_gives_the_right_answer_with_a_slave_killed(
+    network: Network, host_nodes: HostNodes
+) -> None:
+    """Sums that take their inputs' Futures run on other hosts than their inputs were made on
+    (each input travels with its taker); a chain loses the slave running it and goes on."""
+    master, app_host = network.add_host("master"), network.add_host("app")
+    host_nodes.master(master)
+    slaves = [host_nodes.slave(network.add_host(f"slave-{n}"), master) for n in "abc"]
+    app = host_nodes.app(app_host, master)
+    until(lambda: all(slave_record(app.status(), p.pid) for p in slaves))
+
+    reduced = app.ask("tree", timeout=RESULT_TIMEOUT, leaves=32, size=1 << 15)  # 256 KiB each
+    assert reduced["first"] == sum(range(32)) and reduced["size"] == 1 << 15
+    assert len(reduced["hosts"]) >= 2, reduced  # sums took inputs made on other hosts
+    kept = app.ask("status")["master"]["kept"]
+    assert kept["waiting_tasks"] == 0 and kept["input_results"] == 0
+
+    assert app.ask("chain", steps=8, seconds=0.4) is None
+    busy = until(
+        lambda: [
+            p for p in slaves if (r := slave_record(app.ask("status"), p.pid)) and r["in_flight"]
+        ]
+    )
+    busy[0].kill()  # -9: the task it runs goes to another slave, with its input
+    assert app.ask("chain-result", timeout=RESULT_TIMEOUT) == 8
