@@ -272,6 +272,17 @@ def test_scattered_data_is_sent_once_and_taken_by_many_tasks(cluster, app):
     wait_for(lambda: sharing.segments(cluster.shared_prefix) == [], timeout=20)
 
 
+def test_scattered_data_let_go_while_its_taker_runs_is_forgotten_after_it(app):
+    # The taker holds the only reference: it is let go on the connection's I/O thread, as the
+    # taker's result arrives (a garbage collector's callback, which may run under any lock,
+    # so it only hands the id over: see client/sending.py).
+    taker = app.submit(total, app.scatter([1, 2, 3]))
+    assert taker.result(timeout=30) == 6
+    del taker
+    gc.collect()
+    wait_for(lambda: app.status(timeout=5)["master"]["kept"]["scattered"] == 0, timeout=20)
+
+
 def test_scattered_data_travels_in_messages_without_shared_memory():
     with ts.LocalCluster(slaves=1, workers=2, shared_memory=False) as cluster:
         with cluster.connect() as app:

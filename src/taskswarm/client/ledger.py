@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
@@ -60,6 +60,9 @@ class Ledger:
         #: Scattered data still referred to (``app.scatter``): its segment is never freed
         #: while it is here.
         self.scattered_ids: set[str] = set()
+        #: Scattered data whose Future was let go, not yet told to the master: appended by
+        #: the garbage collector (no lock), taken by the I/O thread.
+        self.forgotten: deque[str] = deque()
 
     # -- tasks -------------------------------------------------------------------------------------
 

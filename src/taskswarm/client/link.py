@@ -61,6 +61,7 @@ from ..protocol.messages import (
     Bye,
     Cancel,
     Delivery,
+    Forget,
     Header,
     Heartbeat,
     Hello,
@@ -309,6 +310,8 @@ class MasterLink:
                 self._send_acks()
             if self.mailbox.fileno() in events:
                 self._send_posted(self.mailbox.drain())
+            if self.ledger.forgotten:
+                self._send_forgotten()
             if time.monotonic() >= next_hello:
                 self._keep_alive()
                 next_hello = time.monotonic() + TICK
@@ -378,6 +381,17 @@ class MasterLink:
         self._unconfirmed_batches[rid] = part  # until the master ACKs: it may go again
         header = Submit(tasks=[meta for meta, _ in part], rid=rid)
         self.send(Kind.SUBMIT, header, [payload for _, payload in part])
+
+    def _send_forgotten(self) -> None:
+        """Scattered data no Future refers to any more: its segment (if it is in one) is freed
+        once no task here takes it, and the master may let it go."""
+        forgotten = self.ledger.forgotten
+        data_ids = []
+        while forgotten:
+            data_ids.append(forgotten.popleft())
+        for data_id in data_ids:
+            self.ledger.forget_scattered(data_id)
+        self.send(Kind.FORGET, Forget(data_ids=data_ids))
 
     def _send_acks(self) -> None:
         due = self._acks_due

@@ -18,7 +18,7 @@ from .. import inputs
 from ..inputs import Collector, DependencyFailed, dependency_error
 from ..protocol import pickling, sharing
 from ..protocol.codec import Kind, too_large
-from ..protocol.messages import Ack, Cancel, Forget, Scatter, TaskMeta
+from ..protocol.messages import Ack, Cancel, Scatter, TaskMeta
 from ..task import Task, dump_result, dump_shared_result, new_task_id, task_meta
 from . import gc_pause
 from .handles import TaskFuture
@@ -179,8 +179,10 @@ def _never(task_id: str) -> None:
 
 def _forget(link: weakref.ref[MasterLink], ledger: Ledger, data_id: str) -> None:
     """A scattered value's Future was let go: the master may let the value go (once no task
-    takes it), and so may this process its shared memory segment."""
-    ledger.forget_scattered(data_id)
+    takes it), and so may this process its shared memory segment. Called by the garbage
+    collector, in whatever thread and wherever it runs (a lock may be held there): so it only
+    hands the id over, and the link's I/O thread does the rest (``MasterLink``)."""
+    ledger.forgotten.append(data_id)
     alive = link()
     if alive is not None and not alive.closed:
-        alive.post(Kind.FORGET, Forget(data_ids=[data_id]))
+        alive.mailbox.wake()
