@@ -391,13 +391,19 @@ TestCoreMachine = CoreMachine.TestCase
 # -- examples --------------------------------------------------------------------------------
 
 
-def test_a_task_goes_from_application_to_slave_and_its_result_back():
+def connected_core(workers: int = 1) -> tuple[MasterCore, Wire]:
+    """A core with an application ``app`` and a slave ``s1`` of ``workers`` workers."""
     clock, wire = Clock(), Wire()
     core = make_core(wire, clock)
     core.handle(b"app", message(Kind.HELLO, {"client_id": "app"}))
-    core.handle(b"slave", message(Kind.REGISTER, {"node_id": "s1", "workers": 1}))
+    core.handle(b"slave", message(Kind.REGISTER, {"node_id": "s1", "workers": workers}))
     core.handle(b"slave", message(Kind.HEARTBEAT, {}))
     wire.take()
+    return core, wire
+
+
+def test_a_task_goes_from_application_to_slave_and_its_result_back():
+    core, wire = connected_core()
     core.handle(b"app", message(Kind.SUBMIT, {"tasks": [task_meta("t1")]}, [b"opaque"]))
     core.turn()
     tasks, ack = wire.take()
@@ -529,16 +535,6 @@ def taking(task_id: str, *inputs: str) -> list:
     return [task_id, None, 0, "opaque", 0, None, list(inputs)]
 
 
-def graph_core() -> tuple[MasterCore, Wire]:
-    clock, wire = Clock(), Wire()
-    core = make_core(wire, clock)
-    core.handle(b"app", message(Kind.HELLO, {"client_id": "app"}))
-    core.handle(b"slave", message(Kind.REGISTER, {"node_id": "s1", "workers": 2}))
-    core.handle(b"slave", message(Kind.HEARTBEAT, {}))
-    wire.take()
-    return core, wire
-
-
 def sent(wire: Wire, kind: str) -> list[Outgoing]:
     return [out for out in wire.take() if out.kind == kind]
 
@@ -550,7 +546,7 @@ def result(core: MasterCore, task_id: str, status: str = "ok") -> None:
 
 
 def test_a_task_taking_anothers_result_waits_for_it_then_goes_with_it():
-    core, wire = graph_core()
+    core, wire = connected_core(workers=2)
     metas, payloads = [task_meta("a"), taking("b", "a")], [payload("a"), payload("b")]
     core.handle(b"app", message(Kind.SUBMIT, {"tasks": metas}, payloads))
     core.turn()
@@ -572,7 +568,7 @@ def test_a_task_taking_anothers_result_waits_for_it_then_goes_with_it():
 
 
 def test_an_input_done_before_its_taker_came_goes_with_it_at_once():
-    core, wire = graph_core()
+    core, wire = connected_core(workers=2)
     core.handle(b"app", message(Kind.SUBMIT, {"tasks": [task_meta("a")]}, [payload("a")]))
     core.turn()
     result(core, "a")  # delivered, not yet confirmed: the application holds its confirmation
@@ -584,7 +580,7 @@ def test_an_input_done_before_its_taker_came_goes_with_it_at_once():
 
 
 def test_a_failed_input_fails_what_takes_it_and_what_takes_that():
-    core, wire = graph_core()
+    core, wire = connected_core(workers=2)
     metas = [task_meta("a"), taking("b", "a"), taking("c", "b"), task_meta("d")]
     core.handle(b"app", message(Kind.SUBMIT, {"tasks": metas}, [payload(t) for t in "abcd"]))
     core.turn()
@@ -602,7 +598,7 @@ def test_a_failed_input_fails_what_takes_it_and_what_takes_that():
 
 
 def test_a_cancelled_input_fails_what_waits_for_it_and_a_cancelled_taker_stops_waiting():
-    core, wire = graph_core()
+    core, wire = connected_core(workers=2)
     metas = [task_meta("a"), taking("b", "a"), taking("c", "a")]
     core.handle(b"app", message(Kind.SUBMIT, {"tasks": metas}, [payload(t) for t in "abc"]))
     core.turn()
@@ -618,7 +614,7 @@ def test_a_cancelled_input_fails_what_waits_for_it_and_a_cancelled_taker_stops_w
 
 
 def test_an_input_the_master_does_not_know_fails_its_taker_saying_why():
-    core, wire = graph_core()
+    core, wire = connected_core(workers=2)
     core.handle(b"app", message(Kind.SUBMIT, {"tasks": [taking("b", "ghost")]}, [payload("b")]))
     core.turn()
     (delivery,) = sent(wire, Kind.RESULTS)
@@ -628,7 +624,7 @@ def test_an_input_the_master_does_not_know_fails_its_taker_saying_why():
 
 
 def test_an_input_is_sent_once_per_message_however_many_tasks_take_it():
-    core, wire = graph_core()
+    core, wire = connected_core(workers=2)
     core.handle(b"app", message(Kind.SUBMIT, {"tasks": [task_meta("a")]}, [payload("a")]))
     core.turn()
     result(core, "a")
@@ -642,7 +638,7 @@ def test_an_input_is_sent_once_per_message_however_many_tasks_take_it():
 
 
 def test_scattered_data_is_kept_for_its_takers_until_forgotten():
-    core, wire = graph_core()
+    core, wire = connected_core(workers=2)
     core.handle(b"app", message(Kind.SCATTER, {"data_id": "d", "rid": 1}, [b"value"]))
     (ack,) = sent(wire, Kind.ACK)
     assert ack.header["rid"] == 1
@@ -661,7 +657,7 @@ def test_scattered_data_is_kept_for_its_takers_until_forgotten():
 
 
 def test_scattered_data_goes_with_its_application():
-    core, _ = graph_core()
+    core, _ = connected_core(workers=2)
     core.handle(b"app", message(Kind.SCATTER, {"data_id": "d"}, [b"value"]))
     core.handle(b"app", message(Kind.BYE, {}))
     assert not core.dependencies.held and not core.dependencies.scattered
