@@ -17,6 +17,11 @@ import pytest
 import taskswarm as ts
 from taskswarm.slave.process_pool import ProcessPoolManager
 
+# A suite started in the background (``make test &``, ``nohup``) inherits SIGINT ignored, and
+# so would every node and script it starts: the tests that press Ctrl-C on one need it back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 #: The examples are programs run by path, outside the package: the tests import them by name
 #: (``import mandelbrot``), as a file run from that folder imports its sibling ``_common``.
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
