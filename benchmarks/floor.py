@@ -261,8 +261,57 @@ def echo(argument: Any) -> Any:
     return argument
 
 
+def _echo_over_pipes(read_fd: int, write_fd: int) -> None:
+    """The child of ``pipe_latency``: unpickle, pickle back, until its input closes."""
+    while True:
+        head = os.read(read_fd, 4)
+        if not head:
+            os._exit(0)
+        size, data = int.from_bytes(head, "little"), b""
+        while len(data) < size:
+            data += os.read(read_fd, size - len(data))
+        reply = pickle.dumps(pickle.loads(data))
+        os.write(write_fd, len(reply).to_bytes(4, "little") + reply)
+
+
+def pipe_latency(count: int) -> tuple[float, float]:
+    """mp.Pool's own floor: one pickled call and its pickled answer between two processes over
+    two pipes, and nothing else (no task handler or result handler threads, no queues)."""
+    to_child, from_parent = os.pipe()
+    to_parent, from_child = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(from_parent)
+        os.close(to_parent)
+        _echo_over_pipes(to_child, from_child)
+    os.close(to_child)
+    os.close(from_child)
+
+    def round_trip(argument: Any) -> Any:
+        data = pickle.dumps(argument)
+        os.write(from_parent, len(data).to_bytes(4, "little") + data)
+        size = int.from_bytes(os.read(to_parent, 4), "little")
+        reply = b""
+        while len(reply) < size:
+            reply += os.read(to_parent, size - len(reply))
+        return pickle.loads(reply)
+
+    try:
+        return latency(round_trip, count)
+    finally:
+        os.close(from_parent)
+        os.waitpid(pid, 0)
+        os.close(to_parent)
+
+
 def pool_bulk(pool: Any) -> Callable[[list[bytes]], int]:
     return lambda blobs: sum(1 for _ in pool.imap_unordered(len, blobs))
+
+
+LATENCY_LABELS = {
+    "per-hop": "bare chain, HMAC per hop",
+    "pipe": "bare pipe exchange, two processes (mp.Pool's own floor)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     blobs = [os.urandom(MIB)] * args.tasks
     rows: dict[str, list[float]] = {mode: [] for mode in MODES}
     rows["mp.Pool"] = []
-    lat: dict[str, list[tuple[float, float]]] = {"per-hop": [], "mp.Pool": []}
+    lat: dict[str, list[tuple[float, float]]] = {"per-hop": [], "mp.Pool": [], "pipe": []}
     count = calibrate()
     efficiency = [cpu_efficiency(count, args.cpu_calls) for _ in range(args.runs)]
     with multiprocessing.get_context("fork").Pool(2) as pool:
@@ -287,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                         lat[mode].append(latency(chain.round_trip, args.round_trips))
                     rows[mode].append(rate(chain.bulk, blobs))
             lat["mp.Pool"].append(latency(lambda a: pool.apply(echo, (a,)), args.round_trips))
+            lat["pipe"].append(pipe_latency(args.round_trips))
             rows["mp.Pool"].append(rate(pool_bulk(pool), blobs))
     pool_rate = statistics.median(rows["mp.Pool"])
     print(f"bare chain, 2 workers, median of {args.runs}\n")
@@ -294,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, samples in lat.items():
         p50 = statistics.median(s[0] for s in samples)
         p99 = statistics.median(s[1] for s in samples)
-        label = "bare chain, HMAC per hop" if name == "per-hop" else name
+        label = LATENCY_LABELS.get(name, name)
         print(f"| {label} | {p50:.3f} | {p99:.3f} |")
     print(f"\n| bigarg ({args.tasks} × 1 MiB) | MiB/s | × mp.Pool |\n|---|--:|--:|")
     for name, values in rows.items():

@@ -36,6 +36,7 @@ def test_a_tiny_run_prints_every_table_and_leaves_nothing_running() -> None:
     command += ["--round-trips", "20", "--cpu-calls", "4"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stderr[-3000:]
-    for line in ("bare chain, HMAC per hop", "MAC end-to-end", "MAC none", "| mp.Pool |", "cpu:"):
+    lines = ("bare chain, HMAC per hop", "MAC end-to-end", "MAC none", "| mp.Pool |", "cpu:")
+    for line in (*lines, "bare pipe exchange, two processes"):
         assert line in result.stdout
     wait_for(lambda: not floor_processes(), timeout=10)
