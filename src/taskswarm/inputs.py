@@ -39,7 +39,6 @@ from .errors import DependencyError
 __all__ = [
     "Collector",
     "DependencyFailed",
-    "collector",
     "given",
     "giving",
     "reduce_future",
@@ -114,11 +113,6 @@ class _Local(threading.local):
 
 
 _local = _Local()
-
-
-def collector() -> Collector | None:
-    """The collector of the ``push_tasks`` running in this thread, if any."""
-    return _local.collector
 
 
 def collect(active: Collector | None) -> Collector | None:

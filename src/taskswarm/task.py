@@ -14,6 +14,7 @@ trustworthy only while both ends are read side by side.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import linecache
 import math
@@ -322,11 +323,8 @@ def run_task_reporting(
     except DependencyError as exc:
         return Status.ERROR, dump_error(exc), error_text(exc)
     try:
-        if values is None:
+        with giving(values) if values is not None else _NO_INPUTS:
             task = sharing.load(data) if sharing.is_reference(data) else pickle.loads(data)
-        else:
-            with giving(values):
-                task = sharing.load(data) if sharing.is_reference(data) else pickle.loads(data)
     except BaseException as exc:  # noqa: BLE001 - any unpickling failure is the task's failure
         error = _unpickling_error(exc)
         return Status.ERROR, dump_error(error), error_text(error)
@@ -392,10 +390,16 @@ def dump_shared_result(result: Any, share: sharing.Sharing, task_id: str) -> byt
         return dump_result(result)  # no room in /dev/shm: the slow road
 
 
+#: What a task that takes no inputs is unpickled under.
+_NO_INPUTS = contextlib.nullcontext()
+
+
 def _load_inputs(inputs: Sequence[Sequence[Any]]) -> dict[str, Any]:
     """The inputs' values by task id, each checked against its digest before it is unpickled
-    (an altered one raises ``BadDigest``). A result in shared memory is mapped, not copied,
-    and not freed: its application frees it once every task that takes it is done."""
+    (an altered one raises ``BadDigest``); each is ``[task_id, bytes, digest]`` (digest None:
+    made on this host) or ``[task_id, Payload]`` (an engine's worker gets it so). A result in
+    shared memory is mapped, not copied, and not freed: its application frees it once every task
+    that takes it is done."""
     values = {}
     for task_id, data, *sealed in inputs:
         digest = sealed[0] if sealed else None

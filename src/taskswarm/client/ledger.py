@@ -95,43 +95,45 @@ class Ledger:
 
     def unpin(self, task_ids: Iterable[str]) -> None:
         """The SUBMIT naming these inputs has left (or never will): they may be confirmed."""
-        free = []
         with self.lock:
-            pins = self.pins
-            for task_id in task_ids:
-                left = pins[task_id] - 1
-                if left > 0:
-                    pins[task_id] = left
-                    continue
-                del pins[task_id]
-                if task_id in self.kept and task_id not in self.uses:
-                    if task_id not in self.scattered_ids:
-                        free.append(self.kept.pop(task_id))
+            free = self._count_down(self.pins, task_ids)
         for name in free:
             sharing.free_name(name)
 
     def _release_inputs(self, entries: Iterable[Entry | None]) -> None:
         """Tasks that left the ledger no longer take their inputs: an input's kept result is
         freed once nothing here takes it."""
-        free = []
         with self.lock:
-            uses = self.uses
+            taken = []
             for entry in entries:
-                if entry is None or not entry[1].inputs:
-                    continue
-                for future in entry[1].inputs:
-                    task_id = future.task_id
-                    left = uses[task_id] - 1
-                    if left > 0:
-                        uses[task_id] = left
-                        continue
-                    uses.pop(task_id, None)
-                    if task_id in self.kept and task_id not in self.pins:
-                        if task_id not in self.scattered_ids:
-                            free.append(self.kept.pop(task_id))
-                entry[1].inputs = ()  # its inputs' results are not kept alive by it
+                if entry is not None and entry[1].inputs:
+                    taken += [future.task_id for future in entry[1].inputs]
+                    entry[1].inputs = ()  # its inputs' results are not kept alive by it
+            free = self._count_down(self.uses, taken)
         for name in free:
             sharing.free_name(name)
+
+    def _count_down(self, counts: Counter[str], task_ids: Iterable[str]) -> list[str]:
+        """One less of each in ``counts`` (pins or uses; the lock held); returns the kept
+        segments of the inputs nothing here refers to any more, to free."""
+        free = []
+        for task_id in task_ids:
+            left = counts[task_id] - 1
+            if left > 0:
+                counts[task_id] = left
+                continue
+            counts.pop(task_id, None)
+            name = self._unused_segment(task_id)
+            if name is not None:
+                free.append(name)
+        return free
+
+    def _unused_segment(self, task_id: str) -> str | None:
+        """An input's kept segment, taken out, once no task pins or takes it and no scattered
+        Future refers to it (the lock held); None while something does, or if none is kept."""
+        if task_id in self.uses or task_id in self.pins or task_id in self.scattered_ids:
+            return None
+        return self.kept.pop(task_id, None)
 
     def scattered(self, data_id: str, payload: bytes) -> None:
         """Scattered data: its segment (if it is in one) lives until it is forgotten."""
@@ -144,11 +146,9 @@ class Ledger:
     def forget_scattered(self, data_id: str) -> None:
         """Scattered data no longer referred to: its segment goes once no task here takes it
         (none can: a task that takes it holds its Future until it is done)."""
-        free = None
         with self.lock:
             self.scattered_ids.discard(data_id)
-            if data_id not in self.uses and data_id not in self.pins:
-                free = self.kept.pop(data_id, None)
+            free = self._unused_segment(data_id)
         if free is not None:
             sharing.free_name(free)
 

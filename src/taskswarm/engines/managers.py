@@ -370,11 +370,7 @@ def _portable_item(item: WorkItem) -> Any:
     """A task with the results it takes as inputs (``run_timed`` unpacks them), or alone."""
     if item.inputs is None:
         return _portable(item.payload)
-    inputs = [
-        [dep, bytes(data.raw), data.digest] if type(data) is Payload else [dep, bytes(data)]
-        for dep, data in item.inputs
-    ]
-    return _portable(item.payload), inputs
+    return _portable(item.payload), [[dep, _portable(data)] for dep, data in item.inputs]
 
 
 def _warn(what: str, exc: BaseException) -> None:

@@ -64,9 +64,6 @@ class DependencyTable:
         #: Scattered data (``app.scatter``): data id -> the application it belongs to.
         self.scattered: dict[str, str] = {}
 
-    def __len__(self) -> int:
-        return len(self.waiting)
-
     def held_bytes(self) -> int:
         return sum(len(data) for data in self.held.values())
 

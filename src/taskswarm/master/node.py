@@ -39,7 +39,6 @@ from ..protocol.lifecycle import NodeLifecycle
 from ..protocol.messages import Header, Reregister
 from ..protocol.transport import MAX_MESSAGE_BYTES, bind_router, receive_batch, try_send
 from ..scheduling.contracts import SchedulerContract
-from ..stats import Measure
 from . import retention
 from .core import MasterCore
 from .edges import Ask
@@ -351,7 +350,7 @@ class Master(NodeLifecycle):
         admit, handle = self.gate.admit, self.core.handle
         received = self._bytes_in
         for frames in receive_batch(self.router):
-            _count(received, sum(map(len, frames)))
+            received.add(sum(map(len, frames)))
             identity = frames[0].bytes
             message = admit(identity, frames[1:])
             if message is not None:
@@ -365,20 +364,10 @@ class Master(NodeLifecycle):
         payloads: Sequence[Any] = (),
     ) -> bool:
         frames = self.codec.encode(kind, header, payloads, to=self.gate.sessions.get(identity))
-        _count(self._bytes_out, sum(map(len, frames)))
+        self._bytes_out.add(sum(map(len, frames)))
         return try_send(self.router, [identity, *frames])
 
     def _ask_to_reregister(self, identity: bytes, session: str) -> None:
         try_send(
             self.router, [identity, *self.codec.encode(Kind.REREGISTER, Reregister(), to=session)]
         )
-
-
-def _count(measure: Measure, size: int) -> None:
-    """One message of ``size`` bytes (inline: it runs per message)."""
-    measure.count += 1
-    measure.total += size
-    if size > measure.high:
-        measure.high = size
-    if size < measure.low:
-        measure.low = size

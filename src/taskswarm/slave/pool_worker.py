@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 
 from ..protocol import sharing
-from ..protocol.digests import Payload
+from ..protocol.digests import Payload, digest_of, raw
 from .containment import kill_group
 from .queued import WorkItem
 from .shipping import start_worker
@@ -184,8 +184,8 @@ def frame_task(item: WorkItem) -> list[Any]:
     if item.inputs is not None:
         # ``[task_id, payload, digest, [[input id, result, digest], ...]]``: a task that takes
         # other tasks' results (rare; packed whole, copies and all).
-        given = [[dep, *_sealed(data)] for dep, data in item.inputs]
-        return [_pack([item.task_id, *_sealed(payload), given])]
+        given = [[dep, raw(data), digest_of(data)] for dep, data in item.inputs]
+        return [_pack([item.task_id, raw(payload), digest_of(payload), given])]
     if type(payload) is Payload:
         data, tail = payload.raw, [payload.digest]
     else:
@@ -195,13 +195,6 @@ def frame_task(item: WorkItem) -> list[Any]:
     head = b"\x93" if tail else b"\x92"  # an array of 3 (or 2): the id, the payload...
     head += _pack(item.task_id) + b"\xc6" + len(data).to_bytes(4, "big")  # ...a bin 32 header
     return [head, data, _pack(tail[0])] if tail else [head, data]
-
-
-def _sealed(payload: Any) -> tuple[Any, bytes | None]:
-    """A payload's bytes and the digest its signed header gave (None: made on this host)."""
-    if type(payload) is Payload:
-        return payload.raw, payload.digest
-    return payload, None
 
 
 def send(worker: PoolWorker, data: bytes | list[Any]) -> None:
