@@ -9,8 +9,9 @@ submitted at once and only the root is waited for. 2 workers each, on this machi
 
 * ``taskswarm``: ``LocalCluster(slaves=1, workers=2)`` as it comes (big results through shared
   memory on one host);
-* ``taskswarm-noshm``: the same with ``shared_memory=False`` (results in messages, as between
-  hosts);
+* ``taskswarm-noshm``: ``LocalCluster(slaves=2, workers=1, shared_memory=False)``, as between
+  hosts: big results stay on the slave that made them, and a sum whose inputs are on the
+  other slave fetches them from it directly;
 * ``dask``: ``distributed.LocalCluster(n_workers=2, threads_per_worker=1)``;
 * ``ray``: ``ray.init(num_cpus=2)``.
 
@@ -69,7 +70,10 @@ def run_taskswarm(leaves: int, n: int, shared: bool) -> dict[str, Any]:
     def through_master(app: Any) -> float:
         return sum(s["sum"] for s in app.status()["stats"] if s["name"] == "wire_bytes")
 
-    with ts.LocalCluster(slaves=1, workers=2, shared_memory=shared) as cluster:
+    # Without shared memory, two slaves of one worker each, as two hosts would be: big results
+    # stay on the slave that made them, and a sum fetches an input the other slave keeps.
+    slaves, workers = (1, 2) if shared else (2, 1)
+    with ts.LocalCluster(slaves=slaves, workers=workers, shared_memory=shared) as cluster:
         with cluster.connect() as app:
             reduce(app, 4)  # warm: workers started, code shipped
             before = through_master(app)

@@ -149,6 +149,13 @@ class CoreMachine(RuleBasedStateMachine):
         self.lost_holds: list[tuple[bytes, str]] = []  # what vanished slaves still held
         self.acks: list[Outgoing] = []
         self.takers: dict[str, list[str]] = {}  # task id -> the tasks whose results it takes
+        # The data plane: tasks whose big result stays on the slave (its RESULTS says so),
+        # what each slave keeps, where each application was told a result is, what it let go.
+        self.big: set[str] = set()
+        self.stores: dict[bytes, set[str]] = defaultdict(set)
+        self.places: dict[str, str] = {}
+        self.let_go: set[str] = set()
+        self.fetching: dict[str, list[str]] = {}  # task id -> inputs it must fetch
 
     # -- the peers' side ----------------------------------------------------------------------
 
@@ -159,24 +166,47 @@ class CoreMachine(RuleBasedStateMachine):
         """Take what the core sent: tasks to slaves, results to applications."""
         for out in self.wire.take():
             if out.kind == Kind.TASKS:
-                tasks, inputs = out.header["tasks"], out.header.get("inputs", [])
-                assert len(out.payloads) == len(tasks) + len(inputs)
-                for (task_id, *deps), data in zip(tasks, out.payloads, strict=False):
-                    assert data == payload(task_id)  # routed as the bytes that came in
-                    assert set(deps[1] or ()) <= set(inputs)  # its inputs came with it
-                    self.holds[out.identity].add(task_id)
-                for dep, data in zip(inputs, out.payloads[len(tasks) :], strict=True):
-                    assert data == result_of(dep)  # an input's result, as its slave sent it
+                self._read_tasks(out)
             elif out.kind == Kind.RESULTS:
-                for (task_id, ok), data in zip(out.header["results"], out.payloads, strict=True):
-                    assert self.owner[task_id] == out.identity, "a result went to another app"
-                    self.delivered[task_id] += 1
-                    assert self.delivered[task_id] == 1, f"{task_id} delivered twice"
-                    if ok:
-                        assert data == result_of(task_id)
-                    self.unacked[out.identity].append(task_id)
+                self._read_results(out)
             elif out.kind == Kind.ACK:
                 self.acks.append(out)
+            elif out.kind == Kind.DROP:
+                self.stores[out.identity].difference_update(out.header["data_ids"])
+
+    def _read_tasks(self, out: Outgoing) -> None:
+        tasks, inputs = out.header["tasks"], out.header.get("inputs", [])
+        at = out.header.get("at") or [""] * len(inputs)
+        assert len(out.payloads) == len(tasks) + len(inputs)
+        remote = set()
+        for dep, data, where in zip(inputs, out.payloads[len(tasks) :], at, strict=True):
+            if where:  # kept on a slave: its place, not its bytes
+                assert data == b"" and where.startswith("tcp://"), (dep, where)
+                remote.add(dep)
+            else:
+                assert data == result_of(dep)  # an input's result, as its slave sent it
+        for (task_id, _, deps, _), data in zip(tasks, out.payloads, strict=False):
+            assert data == payload(task_id)  # routed as the bytes that came in
+            assert set(deps or ()) <= set(inputs)  # its inputs came with it
+            self.holds[out.identity].add(task_id)
+            self.fetching[task_id] = sorted(remote & set(deps or ()))
+
+    def _read_results(self, out: Outgoing) -> None:
+        for (task_id, ok, where), data in zip(out.header["results"], out.payloads, strict=True):
+            assert self.owner[task_id] == out.identity, "a result went to another app"
+            if task_id in self.places and (where is not None or not ok):
+                assert self.delivered[task_id] == 1  # made again (its new place), or lost
+                assert task_id not in self.let_go
+                self.places[task_id] = where
+                continue
+            self.delivered[task_id] += 1
+            assert self.delivered[task_id] == 1, f"{task_id} delivered twice"
+            if where is not None:
+                assert ok and data == b""
+                self.places[task_id] = where
+            elif ok:
+                assert data == result_of(task_id)
+            self.unacked[out.identity].append(task_id)
 
     def turn(self) -> None:
         self.core.turn()
@@ -201,12 +231,15 @@ class CoreMachine(RuleBasedStateMachine):
         return identity
 
     @precondition(lambda self: len(self.owner) < 60)
-    @rule(app=applications, count=st.integers(1, 4))
-    def submit(self, app, count):
+    @rule(app=applications, count=st.integers(1, 4), big=st.booleans())
+    def submit(self, app, count, big):
         task_ids = [f"task-{next(self.ids)}" for _ in range(count)]
         for task_id in task_ids:
             self.owner[task_id] = app
-        header = {"tasks": [task_meta(t) for t in task_ids], "rid": 7}
+        if big:  # results its slaves keep
+            self.big.update(task_ids)
+        metas = [[*task_meta(t), 0, None, None, big] for t in task_ids]
+        header = {"tasks": metas, "rid": 7}
         self.handle(app, Kind.SUBMIT, header, [payload(t) for t in task_ids])
         self.turn()
         assert [(o.identity, o.header) for o in self.acks] == [(app, {"rid": 7, "n": count})]
@@ -215,6 +248,9 @@ class CoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.owner) < 60)
     @rule(app=applications, data=st.data())
     def submit_taker(self, app, data):
+        self._submit_taker(app, data)
+
+    def _submit_taker(self, app, data):
         """A task that takes one or two earlier tasks' results (Futures as arguments), in
         whatever state those are: queued, running, done, acknowledged, cancelled."""
         mine = sorted(t for t, owner in self.owner.items() if owner == app)
@@ -224,7 +260,10 @@ class CoreMachine(RuleBasedStateMachine):
         task_id = f"task-{next(self.ids)}"
         self.owner[task_id] = app
         self.takers[task_id] = deps
-        meta = [task_id, None, 0, "opaque", 0, None, deps]
+        big = data.draw(st.booleans())
+        if big:
+            self.big.add(task_id)
+        meta = [task_id, None, 0, "opaque", 0, None, deps, big]
         self.handle(app, Kind.SUBMIT, {"tasks": [meta], "rid": 7}, [payload(task_id)])
         self.turn()
         self.acks.clear()
@@ -234,6 +273,7 @@ class CoreMachine(RuleBasedStateMachine):
     def register(self, workers):
         identity = f"slave-{next(self.ids)}".encode()
         header = {"node_id": identity.decode(), "host": "h", "pid": 2, "workers": workers}
+        header["data"] = f"tcp://{identity.decode()}:1"
         self.handle(identity, Kind.REGISTER, header | {"heartbeat": HEARTBEAT, "want": 0})
         assert self.wire.take()[-1].kind == Kind.WELCOME
         self.alive[identity] = identity.decode()
@@ -267,12 +307,48 @@ class CoreMachine(RuleBasedStateMachine):
         self._send_results(slave, [task_id])
 
     def _send_results(self, slave: bytes, task_ids: list[str]) -> None:
+        big = [t in self.big for t in task_ids]
+        for task_id, kept in zip(task_ids, big, strict=True):
+            if kept:
+                self.stores[slave].add(task_id)
         header = {
-            "results": [[task_id, Status.OK, None] for task_id in task_ids],
+            "results": [
+                [task_id, Status.OK, None, 100 if kept else None]
+                for task_id, kept in zip(task_ids, big, strict=True)
+            ],
             "credit": len(task_ids),
             "started": task_ids,
         }
-        self.handle(slave, Kind.RESULTS, header, [result_of(t) for t in task_ids])
+        payloads = [b"" if kept else result_of(t) for t, kept in zip(task_ids, big, strict=True)]
+        self.handle(slave, Kind.RESULTS, header, payloads)
+        self.turn()
+
+    @precondition(lambda self: any(self.fetching.get(t) for s in self.alive for t in self.holds[s]))
+    @rule(data=st.data())
+    def fetch_fails(self, data):
+        """A slave could not fetch a task's input from the slave said to keep it."""
+        held = [
+            (s, t)
+            for s in sorted(self.alive)
+            for t in sorted(self.holds[s])
+            if self.fetching.get(t)
+        ]
+        slave, task_id = data.draw(st.sampled_from(held))
+        self.holds[slave].discard(task_id)
+        detail = f"{self.fetching[task_id][0]} the slave did not answer"
+        header = {"results": [[task_id, Status.LOST_INPUT, detail]], "credit": 1}
+        self.handle(slave, Kind.RESULTS, header, [b""])
+        self.turn()
+
+    @rule(app=applications, data=st.data())
+    def let_go(self, app, data):
+        """Futures of kept results are garbage-collected: the application says FORGET."""
+        mine = sorted(t for t in self.places if self.owner[t] == app and t not in self.let_go)
+        if not mine:
+            return
+        task_ids = data.draw(st.lists(st.sampled_from(mine), min_size=1, unique=True))
+        self.let_go.update(task_ids)
+        self.handle(app, Kind.FORGET, {"data_ids": task_ids})
         self.turn()
 
     @precondition(lambda self: self.alive)
@@ -334,7 +410,8 @@ class CoreMachine(RuleBasedStateMachine):
                 assert holders[task_id] == [task.slave_id], (task, holders[task_id])
             else:
                 assert task.slave_id is None or not holders[task_id], (task, holders[task_id])
-            assert not self.delivered[task_id], f"{task_id} is live and delivered"
+            if self.delivered[task_id]:  # only a kept result lost with its slave runs again
+                assert task_id in self.core.dependencies.kept.entries, task_id
         assert all(len(h) <= 1 for h in holders.values()), holders
 
     @invariant()
@@ -342,11 +419,21 @@ class CoreMachine(RuleBasedStateMachine):
         assert all(n == 1 for n in self.delivered.values())
 
     @invariant()
+    def kept_results_are_on_live_slaves(self):
+        slaves = self.core.scheduler.slaves
+        for task_id, entry in self.core.dependencies.kept.entries.items():
+            if entry.ref is not None:
+                assert entry.ref.slave_id in slaves, (task_id, entry)
+                identity = slaves[entry.ref.slave_id].identity
+                assert task_id in self.stores[identity], (task_id, entry)
+
+    @invariant()
     def inputs_are_kept_only_while_a_task_takes_them(self):
         table, live = self.core.dependencies, self.core.scheduler.tasks
         assert set(table.held) <= set(table.dependents) | set(table.scattered)
         for task_id, (task, missing) in table.waiting.items():
-            assert task_id not in live and not self.delivered[task_id]
+            assert task_id not in live
+            assert not self.delivered[task_id] or task_id in table.kept.entries  # made again
             assert missing and missing <= set(task.deps or ())
             assert all(dep in live or dep in table.waiting for dep in missing), missing
 
@@ -355,9 +442,9 @@ class CoreMachine(RuleBasedStateMachine):
         by its owner reaches it exactly once."""
         identity = b"last-slave"
         header = {"node_id": "last-slave", "workers": 4, "heartbeat": HEARTBEAT}
-        self.handle(identity, Kind.REGISTER, header)
+        self.handle(identity, Kind.REGISTER, header | {"data": "tcp://last-slave:1"})
         self.alive[identity] = "last-slave"
-        for _ in range(1000):
+        for _ in range(60):
             self.clock.now += SLAVE_TIMEOUT + HEARTBEAT  # everyone else is lost now
             self.handle(identity, Kind.HEARTBEAT, {})
             self.core.tick()
@@ -371,6 +458,14 @@ class CoreMachine(RuleBasedStateMachine):
         self.core.tick()  # the sweep: nothing is kept for tasks that are gone
         table = self.core.dependencies
         assert not table.waiting and not table.held and not table.dependents
+        # Every kept result let go: nothing of them is left, on the master or a live slave.
+        for app in {self.owner[t] for t in self.places}:
+            task_ids = sorted(t for t in self.places if self.owner[t] == app)
+            self.handle(app, Kind.FORGET, {"data_ids": task_ids})
+        self.turn()
+        assert not table.kept.entries, table.kept.entries
+        known = [slave for slave in self.alive if self.core.slaves.known(slave) is not None]
+        assert not any(self.stores[slave] for slave in known), dict(self.stores)
         expected = {t for t in self.owner if t not in self.withdrawn}
         missing = {t for t in expected if self.delivered[t] != 1}
         assert not missing, f"never delivered: {sorted(missing)}"
@@ -407,13 +502,15 @@ def test_a_task_goes_from_application_to_slave_and_its_result_back():
     core.handle(b"app", message(Kind.SUBMIT, {"tasks": [task_meta("t1")]}, [b"opaque"]))
     core.turn()
     tasks, ack = wire.take()
-    assert tasks == Outgoing(b"slave", Kind.TASKS, {"tasks": [["t1", None, None]]}, [b"opaque"])
+    assert tasks == Outgoing(
+        b"slave", Kind.TASKS, {"tasks": [["t1", None, None, False]]}, [b"opaque"]
+    )
     assert ack.kind == Kind.ACK and ack.identity == b"app"
 
     core.handle(b"slave", message(Kind.RESULTS, {"results": [["t1", "ok", None]]}, [b"42"]))
     core.turn()
     (results,) = wire.take()
-    assert results == Outgoing(b"app", Kind.RESULTS, {"results": [["t1", True]]}, [b"42"])
+    assert results == Outgoing(b"app", Kind.RESULTS, {"results": [["t1", True, None]]}, [b"42"])
     assert core.status()["tasks"] == {"queued": 0, "assigned": 0}
     assert core.applications.records["app"].done == 1
 
@@ -434,7 +531,7 @@ def test_a_submit_is_acknowledged_with_its_results_to_an_application_taking_batc
     core.turn()
     (results,) = wire.take()
     assert results == Outgoing(
-        b"app", Kind.RESULTS, {"results": [["t1", True]], "acked": [7]}, [b"42"]
+        b"app", Kind.RESULTS, {"results": [["t1", True, None]], "acked": [7]}, [b"42"]
     )
     assert core.next_wake() is None
     clock.now += ACK_DELAY
@@ -482,7 +579,7 @@ def test_a_lost_slaves_task_runs_again_and_is_delivered_once():
         core.handle(slave, message(Kind.RESULTS, {"results": [["t1", "ok", None]]}, [b"r"]))
     core.turn()
     results = [o for o in wire.take() if o.kind == Kind.RESULTS]
-    assert results == [Outgoing(b"app", Kind.RESULTS, {"results": [["t1", True]]}, [b"r"])]
+    assert results == [Outgoing(b"app", Kind.RESULTS, {"results": [["t1", True, None]]}, [b"r"])]
 
 
 def test_an_ill_formed_message_is_counted_and_dropped():
@@ -502,7 +599,7 @@ def test_a_task_cancelled_by_another_application_fails_for_its_owner():
     core.handle(b"other", message(Kind.CANCEL, {"tasks": ["t1"]}))
     core.turn()
     (results,) = [o for o in wire.take() if o.kind == Kind.RESULTS]
-    assert results.identity == b"owner" and results.header == {"results": [["t1", False]]}
+    assert results.identity == b"owner" and results.header == {"results": [["t1", False, None]]}
     assert b"cancelled by application other" in results.payloads[0]
 
 
@@ -551,13 +648,13 @@ def test_a_task_taking_anothers_result_waits_for_it_then_goes_with_it():
     core.handle(b"app", message(Kind.SUBMIT, {"tasks": metas}, payloads))
     core.turn()
     (tasks,) = sent(wire, Kind.TASKS)
-    assert tasks.header == {"tasks": [["a", None, None]]}  # b waits
+    assert tasks.header == {"tasks": [["a", None, None, False]]}  # b waits
     assert core.status()["tasks"] == {"queued": 0, "assigned": 1}
     assert core.status()["master"]["kept"]["waiting_tasks"] == 1
 
     result(core, "a")
     (tasks,) = sent(wire, Kind.TASKS)
-    assert tasks.header == {"tasks": [["b", None, ["a"]]], "inputs": ["a"]}
+    assert tasks.header == {"tasks": [["b", None, ["a"], False]], "inputs": ["a"]}
     assert tasks.payloads == [payload("b"), result_of("a")]  # routed as it came in
     assert core.dependencies.held == {"a": result_of("a")}
 
@@ -679,3 +776,140 @@ def test_engine_is_the_engine_schedulers_option_in_the_settings():
     assert config.scheduler_options == {"a": "b=c", "engine": "tcp://x:1"}
     with pytest.raises(ConfigurationError, match="is not KEY=VALUE"):
         _ = MasterConfig(scheduler_option=("no-equals",)).scheduler_options
+
+
+# -- results kept on slaves (the data plane) ---------------------------------------------------
+
+
+def kept_core() -> tuple[MasterCore, Wire]:
+    """A core with an application ``app`` and two slaves of one worker, each with a data
+    socket: ``s1`` (identity b"slave") and ``s2`` (b"slave2")."""
+    clock, wire = Clock(), Wire()
+    core = make_core(wire, clock)
+    core.handle(b"app", message(Kind.HELLO, {"client_id": "app"}))
+    for identity, name in ((b"slave", "s1"), (b"slave2", "s2")):
+        register = {"node_id": name, "workers": 1, "data": f"tcp://{name}:1"}
+        core.handle(identity, message(Kind.REGISTER, register))
+        core.handle(identity, message(Kind.HEARTBEAT, {}))
+    wire.take()
+    return core, wire
+
+
+def keeping(task_id: str, *inputs: str) -> list:
+    """The metadata of a task whose big result may stay on its slave."""
+    return [task_id, None, 0, "opaque", 0, None, list(inputs) or None, True]
+
+
+def kept_result(core: MasterCore, task_id: str, size: int = 1 << 20) -> None:
+    slave = core.scheduler.tasks[task_id].slave_id
+    identity = b"slave" if slave == "s1" else b"slave2"
+    header = {"results": [[task_id, "ok", None, size]]}
+    core.handle(identity, message(Kind.RESULTS, header, [b""]))
+    core.turn()
+
+
+def submit(core: MasterCore, *metas: list) -> None:
+    core.handle(
+        b"app", message(Kind.SUBMIT, {"tasks": list(metas)}, [payload(m[0]) for m in metas])
+    )
+    core.turn()
+
+
+def test_a_kept_result_is_delivered_as_its_place_and_dropped_once_let_go():
+    core, wire = kept_core()
+    submit(core, keeping("a"))
+    (tasks,) = sent(wire, Kind.TASKS)
+    assert tasks.header["tasks"][0][3] is True  # the slave may keep its result
+    slave = core.scheduler.tasks["a"].slave_id
+    kept_result(core, "a")
+    (results,) = sent(wire, Kind.RESULTS)
+    assert results.header["results"] == [["a", True, f"tcp://{slave}:1"]]
+    assert results.payloads == [b""]  # its bytes never came here
+    assert core.status()["master"]["kept"]["kept_results"] == 1
+    core.handle(b"app", message(Kind.FORGET, {"data_ids": ["a"]}))
+    (drop,) = sent(wire, Kind.DROP)
+    assert drop.header == {"data_ids": ["a"]}
+    assert core.status()["master"]["kept"]["kept_results"] == 0
+
+
+def test_a_task_taking_a_kept_result_is_sent_where_it_is_with_its_place():
+    core, wire = kept_core()
+    submit(core, keeping("a"), keeping("b", "a"))
+    wire.take()
+    holder = core.scheduler.tasks["a"].slave_id
+    kept_result(core, "a")
+    (tasks,) = sent(wire, Kind.TASKS)
+    assert tasks.identity == (b"slave" if holder == "s1" else b"slave2")  # near its input
+    assert tasks.header["inputs"] == ["a"] and tasks.header["at"] == [f"tcp://{holder}:1"]
+    assert tasks.payloads == [payload("b"), b""]
+    kept_result(core, "b")
+    core.handle(b"app", message(Kind.FORGET, {"data_ids": ["a"]}))
+    # a's bytes go (no Future, no taker left), but its lineage stays while b's result may
+    # have to be made again from it.
+    (drop,) = sent(wire, Kind.DROP)
+    assert drop.header == {"data_ids": ["a"]}
+    assert set(core.dependencies.kept.entries) == {"a", "b"}
+    core.handle(b"app", message(Kind.FORGET, {"data_ids": ["b"]}))
+    assert not core.dependencies.kept.entries and not core.dependencies.held
+
+
+def test_kept_results_lost_with_their_slave_are_made_again_inputs_first():
+    core, wire = kept_core()
+    submit(core, keeping("a"))
+    kept_result(core, "a")
+    holder = core.scheduler.slaves[core.dependencies.kept.entries["a"].ref.slave_id]
+    submit(core, keeping("b", "a"))
+    assert core.scheduler.tasks["b"].slave_id == holder.slave_id  # where its input is
+    kept_result(core, "b")
+    core.handle(b"app", message(Kind.FORGET, {"data_ids": ["a"]}))  # a: lineage only
+    wire.take()
+    submit(core, taking("c", "b"))
+    wire.take()
+    core.slaves.lose(holder, "test")  # with b's bytes (and c, which it ran)
+    core.turn()
+    # b must be made again, and a before it; c waits for b.
+    other = next(iter(core.scheduler.slaves.values()))
+    (tasks,) = sent(wire, Kind.TASKS)
+    assert [t[0] for t in tasks.header["tasks"]] == ["a"]
+    assert core.dependencies.waiting.keys() == {"b", "c"}
+    kept_result(core, "a")
+    (tasks,) = sent(wire, Kind.TASKS)
+    assert [t[0] for t in tasks.header["tasks"]] == ["b"]
+    assert tasks.header["at"] == [f"tcp://{other.slave_id}:1"]
+    kept_result(core, "b")
+    out = wire.take()
+    (tasks,) = [o for o in out if o.kind == Kind.TASKS]
+    assert [t[0] for t in tasks.header["tasks"]] == ["c"]
+    # The application hears where b is now (its Future fetches it from there); not of a,
+    # which it let go.
+    (results,) = [o for o in out if o.kind == Kind.RESULTS]
+    assert results.header["results"] == [["b", True, f"tcp://{other.slave_id}:1"]]
+    result(core, "c")
+
+
+def test_a_task_whose_input_could_not_be_fetched_waits_for_it_made_again():
+    core, wire = kept_core()
+    submit(core, keeping("a"))
+    kept_result(core, "a")
+    holder = core.dependencies.kept.entries["a"].ref.slave_id
+    other = b"slave2" if holder == "s1" else b"slave"
+    full = core.scheduler.slaves[holder]
+    full.in_flight.update({"busy", "busier"})  # the holder has no room: b goes elsewhere
+    core.scheduler.refresh(full)
+    wire.take()
+    submit(core, taking("b", "a"))
+    (tasks,) = sent(wire, Kind.TASKS)
+    assert tasks.identity == other
+    detail = f"a the slave at tcp://{holder}:1 did not answer"
+    core.handle(other, message(Kind.RESULTS, {"results": [["b", "lost-input", detail]]}, [b""]))
+    core.turn()
+    out = wire.take()
+    (drop,) = [o for o in out if o.kind == Kind.DROP]
+    assert drop.header == {"data_ids": ["a"]}
+    (tasks,) = [o for o in out if o.kind == Kind.TASKS]
+    assert [t[0] for t in tasks.header["tasks"]] == ["a"]  # made again; b waits for it
+    assert "b" in core.dependencies.waiting
+    assert not [o for o in out if o.kind == Kind.RESULTS]  # nothing failed
+    kept_result(core, "a")
+    (tasks,) = sent(wire, Kind.TASKS)
+    assert [t[0] for t in tasks.header["tasks"]] == ["b"]

@@ -163,7 +163,8 @@ def test_fields_a_record_does_not_know_are_ignored(record, extra):
 
 def test_extra_trailing_items_of_a_batch_item_are_ignored_too():
     receiver = Codec(KEY)
-    header = {"k": Kind.SUBMIT, "tasks": [["t", None, 0, "n", 0, None, None, "from a newer peer"]]}
+    newer = ["t", None, 0, "n", 0, None, None, False, "from a newer peer"]
+    header = {"k": Kind.SUBMIT, "tasks": [newer]}
 
     message = receiver.decode(signed_plain(receiver, header, [b"p"]))
 
@@ -227,7 +228,8 @@ def test_results_are_read_in_the_form_their_receiver_expects():
     with pytest.raises(BadFields):
         application.decode(signed_plain(application, slave_form, [b"e"]))
     meta = TaskMeta("t", 1.5, 2, "square")
-    assert msgspec.to_builtins(meta) == ["t", 1.5, 2, "square", 0, None, None]  # as it travels
+    as_it_travels = ["t", 1.5, 2, "square", 0, None, None, False]
+    assert msgspec.to_builtins(meta) == as_it_travels
 
 
 def test_a_record_sent_as_another_kind_is_refused_at_once():

@@ -96,7 +96,7 @@ class Collector:
         if task_id in self.deps:
             return given, (task_id,)
         self.pin(task_id)  # before looking: see the module docstring
-        if not future.done() or future.scattered:
+        if not future.done() or future.scattered or future.remote is not None:
             self.deps[task_id] = future
             return given, (task_id,)
         self.unpin([task_id])

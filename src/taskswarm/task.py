@@ -276,6 +276,7 @@ class Status:
     CRASH = "crash"  # the worker process died running it
     TIMEOUT = "timeout"  # it ran past its ``timeout``; the worker was replaced
     CANCELLED = "cancelled"  # stopped on request; there is no outcome
+    LOST_INPUT = "lost-input"  # an input kept on another slave could not be fetched; unrun
 
 
 #: How the detail of a ``Status.CRASH`` begins when the slave replaced the worker for passing its

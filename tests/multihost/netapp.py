@@ -122,17 +122,31 @@ def pair(a: Any, b: Any) -> Any:
     return a[0] + b[0], a[1] | b[1] | {os.environ.get("TASKSWARM_TEST_HOST", "?")}
 
 
+def wire_bytes(app: ts.Application) -> float:
+    """Bytes the master has received and sent so far (its ``wire_bytes`` measures)."""
+    rows = app.status()["stats"]
+    return sum(row["sum"] for row in rows if row["name"] == "wire_bytes")
+
+
 def tree(app: ts.Application, leaves: int, size: int) -> dict:
     """A tree reduction whose every sum takes its two inputs' Futures: the inputs, made on
-    one host, are given to a task that may run on another."""
+    one host, are given to a task that may run on another. Says how many bytes passed
+    through the master meanwhile."""
+    before = wire_bytes(app)
     level = [app.submit(leaf, i, size) for i in range(leaves)]
     while len(level) > 1:
         level = [app.submit(pair, level[i], level[i + 1]) for i in range(0, len(level), 2)]
     values, hosts = level[0].result(RESULT_TIMEOUT)
-    return {"first": float(values[0]), "size": int(values.size), "hosts": sorted(hosts)}
+    through = wire_bytes(app) - before
+    return {
+        "first": float(values[0]),
+        "size": int(values.size),
+        "hosts": sorted(hosts),
+        "through_master": through,
+    }
 
 
-def step(x: int, seconds: float) -> int:
+def step(x: Any, seconds: float) -> Any:
     time.sleep(seconds)
     return x + 1
 
@@ -143,12 +157,14 @@ def graph(app: ts.Application, handles: dict[str, Any], op: str, request: dict) 
     if op == "tree":
         return tree(app, request["leaves"], request["size"])
     if op == "chain":
-        future = app.submit(step, 0, request["seconds"])
+        size = request.get("size")
+        future = app.submit(step, 0 if size is None else np.zeros(size), request["seconds"])
         for _ in range(request["steps"] - 1):
             future = app.submit(step, future, request["seconds"])
         handles["chain"] = future
         return None
-    return handles.pop("chain").result(RESULT_TIMEOUT)
+    result = handles.pop("chain").result(RESULT_TIMEOUT)
+    return result if isinstance(result, int) else float(result[0])
 
 
 def serve(app: ts.Application) -> None:

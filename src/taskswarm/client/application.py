@@ -96,6 +96,19 @@ class Application:
             watcher.opened(self)
 
     @property
+    def keep_results(self) -> bool:
+        """Whether big results (64 KiB or more) stay on the slaves that made them until a
+        Future's ``result()`` fetches them, and go from slave to slave to the tasks that take
+        them (the default, as Dask and Ray do); False: every result comes here at once.
+        Tasks whose ``finished`` does something, and a connection with ``on_task_finished``,
+        always get theirs at once."""
+        return self._sender.keep_results
+
+    @keep_results.setter
+    def keep_results(self, keep: bool) -> None:
+        self._sender.keep_results = bool(keep)
+
+    @property
     def on_task_finished(self) -> TaskFinished | None:
         """Called as ``(task, result, error)`` after each plain task's Future is resolved, on
         the connection's I/O thread (the callback style, ``ApplicationNode``, uses it)."""

@@ -21,6 +21,7 @@ from ..inputs import reduce_future
 from ..protocol.pickling import UnpicklableTask
 from ..task import FunctionTask
 from .meter import Meter, ProgressCallback
+from .remote import Remote
 
 if TYPE_CHECKING:
     from .application import Application
@@ -60,6 +61,21 @@ class TaskFuture(Future[Any]):
     #: The Future of scattered data (``app.scatter``): the master keeps its value for the
     #: tasks that take it, so it travels to them by reference, not pickled into each.
     scattered = False
+    #: Its result stayed on its slave (``taskswarm.client.remote``): fetched by ``result()``.
+    remote: Remote | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        value = super().result(timeout)
+        remote = self.remote
+        if remote is None or value is not remote:
+            return value
+        with remote.lock:  # one fetch, whoever asks first; the others wait for it
+            if self.remote is None:
+                return self._result
+            value = remote.get(timeout)
+            self._result = value
+            self.remote = None
+            return value
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         return reduce_future(self)

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
-from ..errors import BadDigest, DependencyError
+from ..errors import BadDigest, DependencyError, TaskError
 from ..protocol import sharing
 from ..protocol.digests import Payload, opened
+from ..protocol.keys import ClusterKeys
 from ..protocol.messages import Delivered
 from ..task import Task, load_outcome
 from .handles import SystemHandle, TaskFuture
 from .meter import ProgressCallback
+from .remote import Remote
 
 __all__ = ["Entry", "Ledger", "TaskFinished", "resolve"]
 
@@ -60,9 +63,16 @@ class Ledger:
         #: Scattered data still referred to (``app.scatter``): its segment is never freed
         #: while it is here.
         self.scattered_ids: set[str] = set()
-        #: Scattered data whose Future was let go, not yet told to the master: appended by
-        #: the garbage collector (no lock), taken by the I/O thread.
+        #: Scattered data and kept results whose Future was let go, not yet told to the
+        #: master: appended by the garbage collector (no lock), taken by the I/O thread.
         self.forgotten: deque[str] = deque()
+        #: Futures whose result stayed on its slave (``taskswarm.client.remote``), by task id:
+        #: told where it is now when it is made again.
+        self.remote: weakref.WeakValueDictionary[str, TaskFuture] = weakref.WeakValueDictionary()
+        #: What a kept result is fetched with (the link sets them): the cluster's keys, and
+        #: what wakes the I/O thread to tell the master of Futures let go (None once closed).
+        self.keys: ClusterKeys | None = None
+        self.wake: Callable[[], None] | None = None
 
     # -- tasks -------------------------------------------------------------------------------------
 
@@ -212,7 +222,9 @@ class Ledger:
         refused = 0
         for result, data, entry in zip(results, payloads, entries, strict=False):
             if entry is not None:
-                refused += self._deliver(entry[0], entry[1], result.ok, data)
+                refused += self._deliver(entry[0], entry[1], result.ok, data, result.at)
+            elif result.task_id in self.remote:
+                self._moved(result, data)
             else:
                 sharing.free(data)  # a result no one here waits for (any more): let it go
         if self.uses:
@@ -222,8 +234,17 @@ class Ledger:
         entries = entry = None  # type: ignore[assignment]  # noqa: F841
         return refused
 
-    def _deliver(self, task: Task, future: TaskFuture, ok: bool, sealed: bytes | Payload) -> bool:
+    def _deliver(
+        self, task: Task, future: TaskFuture, ok: bool, sealed: bytes | Payload, at: str | None
+    ) -> bool:
         on_task_finished = self.on_task_finished
+        if ok and at is not None and self.keys is not None:
+            # Kept on its slave: the Future is done, its result fetched when asked for.
+            remote = future.remote = Remote(task.task_id, at, self.keys, task.name)
+            self.remote[task.task_id] = future
+            weakref.finalize(future, _let_go, self.forgotten, self, task.task_id)
+            self._end(task, future, (remote, None))
+            return False
         try:
             data = opened(sealed)
         except BadDigest as exc:
@@ -243,6 +264,36 @@ class Ledger:
             return False
         self._end(task, future, load_outcome(ok, data, task.name))
         return False
+
+    def _moved(self, result: Delivered, data: bytes | Payload) -> None:
+        """A kept result was made again elsewhere, or is lost for good."""
+        future = self.remote.get(result.task_id)
+        remote = future.remote if future is not None else None
+        if remote is None:
+            return  # fetched already, or let go
+        if result.ok and result.at is not None:
+            remote.move(result.at)
+        elif not result.ok:
+            error: BaseException | None
+            try:
+                opened_data = opened(data)
+                if len(opened_data):
+                    error = load_outcome(False, opened_data, remote.name)[1]
+                else:  # cancelled while it was being made again
+                    error = TaskError(
+                        f"the result of task {remote.name!r} was lost with its slave, and "
+                        "making it again was cancelled"
+                    )
+            except BadDigest as exc:
+                error = exc
+            remote.move(None, error)
+
+    def lose_remote(self, error: BaseException) -> None:
+        """The connection closed: results still on their slaves can no longer be had (the
+        master lets them go with the application), so a ``result()`` raises at once."""
+        for future in list(self.remote.values()):
+            if future.remote is not None:
+                future.remote.move(None, error)
 
     def end(self, task: Task, future: TaskFuture, error: BaseException) -> None:
         """A task that never left this process failed (one of its inputs had failed)."""
@@ -342,6 +393,15 @@ class Ledger:
             resolve(future, exception=error)
         for handle in systems:
             handle.set_outcome(error=error)
+
+
+def _let_go(forgotten: deque[str], ledger: Ledger, task_id: str) -> None:
+    """A kept result's Future was garbage-collected: tell the master (the I/O thread does;
+    this may run in any thread, under any lock, so it only hands the id over)."""
+    forgotten.append(task_id)
+    wake = ledger.wake
+    if wake is not None:
+        wake()
 
 
 def _add_cause(error: DependencyError, inputs: Iterable[Future[Any]]) -> None:

@@ -144,6 +144,7 @@ class MasterLink:
     ) -> None:
         self.address = address
         self.ledger = ledger
+        ledger.keys, ledger.wake = keys, self._wake  # kept results: fetched, let go
         self.codec = Codec(keys.hmac, headers=APPLICATION_HEADER)
         self.master_timeout = master_timeout
         self.hello = Hello(
@@ -245,11 +246,23 @@ class MasterLink:
         if self.closed:
             return
         self.closed = True
+        self.ledger.wake = None
         self.mailbox.wake()
         self._thread.join(timeout=5.0)
         self.fail_everything(
             ClientClosed("the application connection was closed before the result came")
         )
+        self.ledger.lose_remote(
+            ClientClosed(
+                "the application connection was closed before this result was fetched from "
+                "the slave keeping it: call result() before closing (or set "
+                "app.keep_results = False to have every result come at once)"
+            )
+        )
+
+    def _wake(self) -> None:
+        if not self.closed:
+            self.mailbox.wake()
 
     def fail_everything(self, error: BaseException) -> None:
         """Every Future and system handle still waiting ends with ``error``: nothing waits on
@@ -383,8 +396,8 @@ class MasterLink:
         self.send(Kind.SUBMIT, header, [payload for _, payload in part])
 
     def _send_forgotten(self) -> None:
-        """Scattered data no Future refers to any more: its segment (if it is in one) is freed
-        once no task here takes it, and the master may let it go."""
+        """Scattered data and kept results no Future refers to any more: a segment (if it is
+        in one) is freed once no task here takes it, and the master may let them go."""
         forgotten = self.ledger.forgotten
         data_ids = []
         while forgotten:

@@ -51,6 +51,8 @@ class Sender:
         self._link, self._ledger, self.sharing = link, ledger, share
         #: What a Future's ``cancel()`` calls (the application's soft cancel).
         self._on_cancel = on_cancel
+        #: Big results may stay on their slaves until a Future's ``result()`` asks for them.
+        self.keep_results = True
 
     def scatter(self, value: Any, timeout: float) -> TaskFuture:
         """``Application.scatter``: the value pickled as a result, kept by the master under a
@@ -126,6 +128,9 @@ class Sender:
             if len(payload) > link.max_payload:
                 raise too_large(f"task {task.name!r}", len(payload), link.max_bytes)
             meta = task_meta(task)
+            if self.keep_results and type(task).finished is Task.finished:
+                # Its big result may stay on its slave until asked for (client.remote).
+                meta.keep = self._ledger.on_task_finished is None
         except BaseException:
             sharing.free(payload)
             if deps:

@@ -202,6 +202,9 @@ class ApplicationTable:
             self.refuse(identity, rid, str(exc))
             return
         client.submitted += len(fresh)
+        if self.journal.durable:
+            for task in fresh:
+                task.keep = False  # a durable master journals every result: it must have it
         ready, failed = self.dependencies.admit(fresh, client.client_id, client.unconfirmed)
         self.scheduler.push_tasks(ready)
         if failed:
@@ -324,6 +327,8 @@ class ApplicationTable:
         task = self.scheduler.cancel(task_id)
         if task is None and self.dependencies.waiting:
             task = self.dependencies.cancel(task_id)
+        if task is not None and task_id in self.dependencies.kept.remaking:
+            self.dependencies.kept.abandon(task_id)  # it will not be made again
         if task is not None and task_id in self.dependencies.dependents:
             self.deliver(self.dependencies.cancelled(task))  # what waited for it fails
         return task

@@ -61,6 +61,7 @@ from .applications import ApplicationRecord, ApplicationTable
 from .dependencies import DependencyTable
 from .edges import RunnerMail, Send
 from .journal import Journal, NullJournal
+from .kept import KeptRef
 from .outcomes import ErrorLog, Outcome
 from .retention import Retention
 from .shipping import ShippedCode
@@ -136,7 +137,11 @@ class MasterCore:
             **({"post": post} if post is not None else {}),
         )
         #: Tasks held back until the tasks whose results they take are done.
-        self.dependencies = DependencyTable(scheduler)
+        self.dependencies = DependencyTable(scheduler, send)
+        self.slaves.on_lost = self._slave_lost
+        #: Outcomes ``deliver`` settles but sends no application (a result made again that
+        #: its application no longer refers to).
+        self._unrouted: set[str] = set()
         self.applications = ApplicationTable(
             self.peers,
             scheduler,
@@ -331,12 +336,19 @@ class MasterCore:
         now, took = time.monotonic(), []
         scheduler, journal, max_crashes = self.scheduler, self.journal, self.max_crashes
         settle = outcomes.settle
+        kept = self.dependencies.kept
         for result, data in zip(body.results, msg.payloads, strict=True):
             task_id, status, detail = result.task_id, result.status, result.detail
             task = scheduler.result_arrived(slave_id, task_id)
             if task is None:
                 sharing.free(data)  # a result in shared memory no one will read
+                if result.kept is not None and slave is not None:
+                    kept.stale(task_id, slave)  # ... or on its slave
                 continue  # stale, duplicate or cancelled
+            if result.kept is not None or status == Status.LOST_INPUT or kept.entries:
+                data = self._kept_outcome(task, status, detail, result.kept, slave, data)
+                if data is None:
+                    continue
             took.append(now - task.assigned_at)
             outcome = settle(task, status, detail, data, scheduler, journal, max_crashes)
             if outcome is None:
@@ -352,12 +364,52 @@ class MasterCore:
             )  # fmt: skip
         self.deliver(settled)
 
+    def _kept_outcome(
+        self,
+        task: TaskRecord,
+        status: str,
+        detail: str | None,
+        size: int | None,
+        slave: SlaveRecord | None,
+        data: Any,
+    ) -> Any:
+        """What the data plane makes of a slave's outcome: a :class:`KeptRef` for a result
+        its slave keeps, None when there is nothing to deliver (an input could not be had: the
+        task waits for it to be made again)."""
+        kept = self.dependencies.kept
+        if status == Status.LOST_INPUT:
+            dep = (detail or "").split(" ", 1)[0]
+            log.warning("task %s could not fetch its input: %s", task.task_id, detail)
+            self.deliver(self.dependencies.input_lost(task, dep))
+            return None
+        if size is not None and status == Status.OK:
+            if slave is None or not slave.data:
+                self.scheduler.requeue(task)  # kept by a slave the master lost: run it again
+                return None
+            data = KeptRef(task.task_id, slave.slave_id, slave.data, size)
+            if not kept.arrived(task, data):
+                self._unrouted.add(task.task_id)
+            client = self.applications.records.get(task.client_id)
+            if client is None or client.said_bye:
+                kept.forget([task.task_id], task.client_id)  # no one will ever fetch it
+        return data
+
+    def _slave_lost(self, slave: SlaveRecord) -> None:
+        """A slave is gone: the results it kept that are still needed are made again."""
+        self.deliver(self.dependencies.slave_lost(slave.slave_id))
+
     def deliver(self, settled: list[Outcome]) -> None:
         """The one way an outcome leaves the master's hands, whatever made it (a worker, a
         cancellation, a lost application, a need no slave meets): a task system's go to its
         runner (journaled first), a plain task's to its application."""
         if not settled:
             return
+        kept = self.dependencies.kept
+        if kept.remaking:  # made again, and ended otherwise than kept (cancelled, failed...)
+            for task, _, data in settled:
+                if task.task_id in kept.remaking and type(data) is not KeptRef:
+                    if not kept.failed_again(task.task_id):
+                        self._unrouted.add(task.task_id)
         if self.dependencies.dependents:
             # Inputs of held-back tasks: those now ready join the queue (dispatched this turn),
             # those whose input failed fail with it.
@@ -366,9 +418,12 @@ class MasterCore:
                 self.scheduler.push_tasks(ready)
         per_system: dict[str, list[tuple[str, bool, bytes]]] = defaultdict(list)
         plain: list[Outcome] = []
+        unrouted = self._unrouted
         for task, ok, data in settled:
             if task.system_id is not None:
                 per_system[task.system_id].append((task.task_id, ok, data))
+            elif unrouted and task.task_id in unrouted:
+                unrouted.discard(task.task_id)
             else:
                 plain.append((task, ok, data))
         self.systems.deliver(per_system)

@@ -32,10 +32,12 @@ import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..errors import DependencyError
+from ..errors import DependencyError, TaskError
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord, TaskState
 from ..task import failure
+from .edges import Send
+from .kept import LOST, KeptRef, KeptResults
 from .outcomes import Outcome
 
 __all__ = ["DependencyTable"]
@@ -52,8 +54,11 @@ _HELD, _MISSING = "held", "missing"
 class DependencyTable:
     """Waiting tasks, the inputs they wait for, and the inputs' results while needed."""
 
-    def __init__(self, scheduler: SchedulerContract) -> None:
+    def __init__(self, scheduler: SchedulerContract, send: Send | None = None) -> None:
         self.scheduler = scheduler
+        #: Results kept on slaves: where they are and how to make them again.
+        self.kept = KeptResults(scheduler, send, self.dependents_of)
+        self.kept.readmit = self.readmit
         #: Tasks held back: task id -> (its record, the inputs it still waits for).
         self.waiting: dict[str, tuple[TaskRecord, set[str]]] = {}
         #: Input task id -> the tasks that take it (waiting, queued or running).
@@ -63,6 +68,9 @@ class DependencyTable:
         self.held: dict[str, Any] = {}
         #: Scattered data (``app.scatter``): data id -> the application it belongs to.
         self.scattered: dict[str, str] = {}
+
+    def dependents_of(self, task_id: str) -> bool:
+        return task_id in self.dependents
 
     def held_bytes(self) -> int:
         return sum(len(data) for data in self.held.values())
@@ -116,6 +124,15 @@ class DependencyTable:
         if dep in self.held:
             owner = self.scattered.get(dep)
             return _HELD if owner is None or owner == client_id else None
+        if self.kept.entries:
+            ref = self.kept.ref(dep, client_id)
+            if ref is False:
+                return _MISSING  # being made again
+            if ref is LOST:
+                return LOST
+            if ref is not None:
+                self.held[dep] = ref
+                return _HELD
         record = self.scheduler.tasks.get(dep) or batch.get(dep)
         waiting = self.waiting.get(dep)
         if waiting is not None:
@@ -191,7 +208,8 @@ class DependencyTable:
             if takers is not None and not takers:
                 del self.dependents[dep]
             if dep not in self.dependents and dep not in self.scattered:
-                self.held.pop(dep, None)
+                if type(self.held.pop(dep, None)) is KeptRef or dep in self.kept.entries:
+                    self.kept.check(dep)
 
     # -- scattered data ----------------------------------------------------------------------------
 
@@ -205,14 +223,102 @@ class DependencyTable:
 
     def forget(self, data_ids: Iterable[str], client_id: str) -> None:
         """Its application no longer refers to this data: gone once no task takes it."""
+        data_ids = list(data_ids)
         forgotten = [d for d in data_ids if self.scattered.get(d) == client_id]
         for data_id in forgotten:
             del self.scattered[data_id]
         self._forget_unused(forgotten)
+        if self.kept.entries:
+            self.kept.forget(data_ids, client_id)
 
     def forget_client(self, client_id: str) -> None:
-        """An application left: its scattered data goes (once no task takes it)."""
+        """An application left: its scattered data goes (once no task takes it), and so do
+        the results kept for it."""
         self.forget([d for d, owner in self.scattered.items() if owner == client_id], client_id)
+        if self.kept.entries:
+            self.kept.forget_client(client_id)
+
+    # -- kept results lost and made again ------------------------------------------------------
+
+    def readmit(self, task: TaskRecord, inputs: list[tuple[str, object]]) -> None:
+        """Run a task again to make a lost result (``KeptResults.need``): its inputs by
+        value are held again, its kept ones waited for if they are being made again too."""
+        for dep, data in inputs:
+            self.dependents.setdefault(dep, set()).add(task.task_id)
+            if data is not None:
+                self.held.setdefault(dep, data)
+        self._queue_or_wait(task)
+
+    def _queue_or_wait(self, task: TaskRecord) -> None:
+        """Queue a task whose inputs are all here; else hold it back for the missing ones."""
+        missing = set()
+        for dep in task.deps or ():
+            entry = self.kept.entries.get(dep)
+            if entry is None:
+                continue  # held by value
+            if entry.ref is None:
+                missing.add(dep)
+            else:
+                self.held[dep] = entry.ref
+        task.inputs = None
+        if missing:
+            task.state = TaskState.WAITING
+            self.waiting[task.task_id] = (task, missing)
+        else:
+            self._give_inputs(task)
+            self.scheduler.push_tasks([task])
+
+    def slave_lost(self, slave_id: str) -> list[Outcome]:
+        """A slave is gone with the results it kept: those still needed are made again, the
+        tasks queued to take them wait for them; returns the outcomes of what fails because
+        one cannot be made again."""
+        if not self.kept.entries:
+            return []
+        return self._lost(self.kept.slave_lost(slave_id))
+
+    def input_lost(self, task: TaskRecord, dep: str) -> list[Outcome]:
+        """A slave could not fetch ``task``'s input ``dep`` (it came back unrun): made again
+        if it was where the task was told, and the task waits for it."""
+        sent = dict(task.inputs or ()).get(dep)
+        entry = self.kept.entries.get(dep)
+        self.scheduler.requeue(task)  # back from its slave, pulled back just below
+        if entry is not None and entry.ref is not None and entry.ref is sent:
+            self.kept.input_lost(dep)
+        return self._lost([dep], also=[task])
+
+    def _lost(self, lost: list[str], also: Iterable[TaskRecord] = ()) -> list[Outcome]:
+        if not lost:
+            return []
+        pulled = list(also)
+        tasks = self.scheduler.tasks
+        for dep in lost:
+            for taker_id in self.dependents.get(dep, ()):
+                taker = tasks.get(taker_id)
+                if taker is not None and taker.state == TaskState.QUEUED and taker not in pulled:
+                    pulled.append(taker)
+        for taker in pulled:
+            self.scheduler.cancel(taker.task_id)  # its queue entry is skipped from now on
+            self._queue_or_wait(taker)
+        failed: list[Outcome] = []
+        for dep in lost:
+            if not self.kept.need(dep):
+                failed.extend(self._lost_for_good(dep))
+        return failed
+
+    def _lost_for_good(self, dep: str) -> list[Outcome]:
+        entry = self.kept.entries.get(dep)
+        name = entry.record.name if entry is not None else ""
+        how = "was lost with its slave and cannot be made again (an input it took was let go)"
+        outcomes: list[Outcome] = []
+        for taker_id in list(self.dependents.get(dep, ())):
+            held = self.waiting.pop(taker_id, None)
+            if held is not None:
+                held[0].state = TaskState.FAILED
+                outcomes.append(_failed(held[0], dep, how, name))
+        if entry is not None and entry.wanted:
+            error = TaskError(f"the result of task {name!r} ({dep}) {how}; submit it again")
+            outcomes.append((entry.record, False, failure(error)))
+        return outcomes
 
     # -- cancelling ----------------------------------------------------------------------------
 

@@ -29,7 +29,9 @@ __all__ = ["ErrorLog", "Outcome", "cancelled_by", "crash_error", "settle", "unsa
 log = logging.getLogger(__name__)
 
 #: A task's outcome on its way out: the task, whether it succeeded, its pickled result or error.
-Outcome = tuple[TaskRecord, bool, bytes]
+#: ``(task, ok, data)``: data is the pickled result or error (bytes, or a ``Payload`` as it
+#: came), or a ``KeptRef`` for a result its slave keeps (``taskswarm.master.kept``).
+Outcome = tuple[TaskRecord, bool, Any]
 
 
 def settle(

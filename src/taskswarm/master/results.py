@@ -26,6 +26,7 @@ from ..protocol.codec import ENVELOPE, Kind, within
 from ..protocol.messages import Ack, Delivered, Delivery
 from .edges import Send
 from .journal import Journal, NullJournal
+from .kept import KeptRef
 from .outcomes import Outcome
 
 __all__ = ["ACK_DELAY", "JOURNAL_AFTER", "ApplicationRecord", "ResultRoute"]
@@ -44,7 +45,7 @@ class ApplicationRecord:
     client_id: str
     identity: bytes | None
     last_seen: float = field(default_factory=time.monotonic)
-    outbox: list[tuple[str, bool, bytes]] = field(default_factory=list)
+    outbox: list[tuple[str, bool, Any]] = field(default_factory=list)
     #: task_id -> (ok, data, made at (wall clock, for --result-ttl)), oldest first
     unconfirmed: dict[str, tuple[bool, bytes, float]] = field(default_factory=dict)
     held: int = 0  # bytes in ``unconfirmed``
@@ -196,9 +197,17 @@ class ResultRoute:
             sent = 0  # big results may add up past what one message may hold: split them
             for part in within([len(data) for _, _, data in outbox], limit):
                 header = Delivery(
-                    results=[Delivered(t, ok) for t, ok, _ in outbox[part]], acked=acked
+                    results=[
+                        Delivered(t, ok)
+                        if type(data) is not KeptRef
+                        else Delivered(t, ok, data.address)
+                        for t, ok, data in outbox[part]
+                    ],
+                    acked=acked,
                 )
-                payloads = [data for _, _, data in outbox[part]]
+                payloads = [
+                    data if type(data) is not KeptRef else b"" for _, _, data in outbox[part]
+                ]
                 if not self.send(client.identity, Kind.RESULTS, header, payloads):
                     break
                 sent = part.stop

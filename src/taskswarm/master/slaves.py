@@ -40,6 +40,7 @@ from ..scheduling.records import (
 )
 from ..stats import Stats
 from .edges import Send
+from .kept import KeptRef
 
 __all__ = ["DEPARTED_KEPT", "SlaveTable"]
 
@@ -74,6 +75,8 @@ class SlaveTable:
             str, dict[str, Any]
         ] = {}  # lost or gone slaves, for status; oldest first
         self._departed_at: dict[str, float] = {}  # ... and when (the clock's time)
+        #: Told of each slave lost, after its tasks went back to the queue.
+        self.on_lost: Callable[[SlaveRecord], object] | None = None
 
     def known(self, identity: bytes) -> SlaveRecord | None:
         peer = self.peers.get(identity)
@@ -100,6 +103,7 @@ class SlaveTable:
             pace=register.pace,
             # Not a positive number (none said, NaN...): the master's own beat counts.
             heartbeat=heartbeat if heartbeat is not None and heartbeat > 0 else 0.0,
+            data=register.data,
         )
         slave.last_seen = self.clock()
         try:
@@ -151,6 +155,8 @@ class SlaveTable:
         self.take_window(slave, beat.credit, beat.want, beat.pace)
         if beat.rejected is not None:
             slave.rejected = beat.rejected
+        if beat.kept is not None:
+            slave.kept_bytes = beat.kept
         if beat.stats is not None:
             slave.stats = _measures(beat.stats, slave.slave_id)
         if beat.held is not None:
@@ -215,6 +221,8 @@ class SlaveTable:
         log.log(
             level, "slave %s %s (%s); %d tasks requeued", slave.slave_id, state, why, len(requeued)
         )
+        if self.on_lost is not None:
+            self.on_lost(slave)
 
     def forget_departed(self, now: float, forget_after: float) -> None:
         forget_before = now - forget_after
@@ -280,22 +288,31 @@ def _weight(task: TaskRecord) -> int:
 
 
 def _tasks_message(tasks: list[TaskRecord]) -> tuple[Tasks, list[Any]]:
-    """A TASKS message: the tasks' payloads, then each input's result once (``Tasks.inputs``)."""
+    """A TASKS message: the tasks' payloads, then each input's result once (``Tasks.inputs``),
+    or for one kept on a slave, an empty payload and that slave's data socket (``Tasks.at``)."""
     if not any(map(_INPUTS, tasks)):
-        return Tasks(tasks=[Assignment(t.task_id, t.timeout) for t in tasks]), [
-            t.payload for t in tasks
-        ]
+        return Tasks(
+            tasks=[
+                Assignment(t.task_id, t.timeout, None, True)
+                if t.keep
+                else Assignment(t.task_id, t.timeout)
+                for t in tasks
+            ]
+        ), [t.payload for t in tasks]
     given: dict[str, Any] = {}
     assignments = []
     for task in tasks:
         if task.inputs:
             for dep, data in task.inputs:
                 given.setdefault(dep, data)
-            assignments.append(Assignment(task.task_id, task.timeout, task.deps))
+            assignments.append(Assignment(task.task_id, task.timeout, task.deps, task.keep))
         else:
-            assignments.append(Assignment(task.task_id, task.timeout))
-    payloads = [t.payload for t in tasks] + list(given.values())
-    return Tasks(tasks=assignments, inputs=list(given)), payloads
+            assignments.append(Assignment(task.task_id, task.timeout, None, task.keep))
+    at = [data.address if type(data) is KeptRef else "" for data in given.values()]
+    payloads = [t.payload for t in tasks] + [
+        b"" if type(data) is KeptRef else data for data in given.values()
+    ]
+    return Tasks(tasks=assignments, inputs=list(given), at=at if any(at) else None), payloads
 
 
 #: What a measure a node reports must hold (anything else is dropped, not trusted).

@@ -33,6 +33,8 @@ def kept(core: MasterCore) -> dict[str, int]:
         "input_results": len(core.dependencies.held),
         "input_bytes": core.dependencies.held_bytes(),
         "scattered": len(core.dependencies.scattered),
+        "kept_results": len(core.dependencies.kept),
+        "kept_bytes": core.dependencies.kept.kept_bytes(),
         **by_node,
     }
 

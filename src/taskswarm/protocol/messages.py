@@ -88,6 +88,9 @@ __all__ = [
     "Ship",
     "Scatter",
     "Forget",
+    "Drop",
+    "Fetch",
+    "Data",
     "Heartbeat",
     "RECORDS",
     "APPLICATION_RECORDS",
@@ -140,11 +143,15 @@ class Kind:
     SHIP = "ship"
     SCATTER = "scatter"  # application -> master
     FORGET = "forget"  # application -> master
+    DROP = "drop"  # master -> slave
+    # on a slave's data socket: another slave or an application -> the slave, and back
+    FETCH = "fetch"
+    DATA = "data"
     # both ways
     HEARTBEAT = "heartbeat"
 
     #: Kinds that open a conversation, sent before the peer's session is known.
-    UNADDRESSED = frozenset({"hello", "register"})
+    UNADDRESSED = frozenset({"hello", "register", "fetch"})
 
     ALL = frozenset(v for k, v in vars().items() if k.isupper() and isinstance(v, str))
 
@@ -160,7 +167,7 @@ class TaskMeta(_Item):
     """What the master and slaves know of a task without unpickling it (one per SUBMIT payload,
     and what a task system's pushed tasks carry on the master). Built by
     :func:`taskswarm.task.task_meta`; travels as ``[task_id, timeout, max_retries, name,
-    priority, resources, deps]``, and a 4-item array reads with the last three at their
+    priority, resources, deps, keep]``, and a 4-item array reads with the last three at their
     defaults."""
 
     task_id: str
@@ -177,6 +184,10 @@ class TaskMeta(_Item):
     #: The tasks whose results it takes as arguments (their Futures were among its arguments,
     #: pending when it was sent): the master holds it back until each has its outcome.
     deps: TaskIds | None = None
+    #: Its result may stay on the slave that makes it, fetched from there when someone needs
+    #: it (its application's ``Future.result()``, a task that takes it): the application
+    #: does not need it at once (``taskswarm.client.remote``).
+    keep: bool = False
 
     def check(self) -> None:
         """Raise ValueError naming the first number out of range: the journal (SQLite) holds 64
@@ -193,7 +204,7 @@ class TaskMeta(_Item):
 
 
 class Assignment(_Item):
-    """One task of a TASKS message (master -> slave): ``[task_id, timeout, deps]``."""
+    """One task of a TASKS message (master -> slave): ``[task_id, timeout, deps, keep]``."""
 
     task_id: str
     #: Seconds the task may run; None: no limit.
@@ -201,6 +212,9 @@ class Assignment(_Item):
     #: The tasks whose results it takes (``TaskMeta.deps``): each is among the message's
     #: ``inputs``, its pickled result among the payloads after the tasks'.
     deps: TaskIds | None = None
+    #: Its result, if big (``taskswarm.slave.store.KEEP_BYTES`` or more), stays on this slave:
+    #: the RESULTS item says how big (``Outcome.kept``) and carries an empty payload.
+    keep: bool = False
 
 
 class Outcome(_Item):
@@ -212,6 +226,9 @@ class Outcome(_Item):
     status: str
     #: How the worker died (``crash``), or the failure's text; None when OK or not said.
     detail: str | None = None
+    #: The result stayed on this slave (``Assignment.keep``): its size in bytes; the payload
+    #: is empty. Fetched from the slave's data socket (``Register.data``) by whoever needs it.
+    kept: Count | None = None
 
 
 class Delivered(_Item):
@@ -221,6 +238,9 @@ class Delivered(_Item):
     #: True: the payload is the pickled result; False: the pickled error, or an empty payload
     #: when the task was taken back unrun (its Future ends cancelled).
     ok: bool
+    #: The result stayed on a slave: the data socket to fetch it from (the payload is empty).
+    #: Sent again, with the new place, when the task had to run again (its slave was lost).
+    at: str | None = None
 
 
 # -- headers ---------------------------------------------------------------------------------
@@ -293,6 +313,8 @@ class Register(Header, tag=Kind.REGISTER):
     pace: NonNegative = 0.0
     #: Tasks it still holds from before (a master that restarted keeps them there).
     held: TaskIds = msgspec.field(default_factory=list)
+    #: Its data socket (``tcp://IP:PORT``): where the results it keeps are fetched (FETCH).
+    data: str | None = None
 
 
 class Results(Header, tag=Kind.RESULTS):
@@ -345,6 +367,8 @@ class Heartbeat(Header, tag=Kind.HEARTBEAT):
     stats: list[dict[str, Any]] | None = None
     #: Every task it holds now: the master requeues those it sent and the slave never got.
     held: TaskIds | None = None
+    #: Bytes of results it keeps for others to fetch (the data plane); None: not said.
+    kept: Count | None = None
 
 
 class Released(Header, tag=Kind.RELEASED):
@@ -495,6 +519,9 @@ class Tasks(Header, tag=Kind.TASKS):
     #: The tasks whose results some of these take (``Assignment.deps``), each once: their
     #: pickled results follow the tasks' payloads, in this order.
     inputs: TaskIds | None = None
+    #: For each input, in the same order: "" when its payload is its result, or the data
+    #: socket of the slave that keeps it (its payload then is empty): the slave fetches it.
+    at: list[str] | None = None
 
     batch = "tasks"
 
@@ -608,6 +635,31 @@ class Forget(Header, tag=Kind.FORGET):
     data_ids: TaskIds
 
 
+class Drop(Header, tag=Kind.DROP):
+    """Results a slave keeps that no one refers to any more (no Future, no task that takes
+    them, nothing that may have to be made again from them): the slave lets them go."""
+
+    data_ids: TaskIds
+
+
+class Fetch(Header, tag=Kind.FETCH):
+    """To a slave's data socket: send these kept results (DATA). Opens a conversation (no
+    ``to``), so it is good only within the replay window; its MAC says the asker holds the
+    cluster key, as every message's does."""
+
+    data_ids: TaskIds
+
+
+class Data(Header, tag=Kind.DATA):
+    """A data socket's answer to FETCH: the results it keeps, one pickled result per payload,
+    and the ids it does not keep (dropped, or never made here)."""
+
+    data_ids: TaskIds
+    missing: TaskIds = msgspec.field(default_factory=list)
+
+    batch = "data_ids"
+
+
 class Ship(Header, tag=Kind.SHIP):
     """Code of an application's own (``app.upload_file``): one zip archive in the one payload,
     bound to this signed header by its digest (:mod:`taskswarm.protocol.archives` says what it
@@ -632,7 +684,7 @@ RECORDS: dict[str, type[Header]] = {
         Register, Results, Heartbeat, Released, Drain, Bye, Hello, Submit, System, SystemQuery,
         TasksQuery, Status, Resize, Cancel, ResultsAck, Welcome, Reregister, Tasks, Ack, Reject,
         Running, SystemProgress, SystemDone, StatusReply, Shutdown, Steal,
-        Ship, Scatter, Forget,
+        Ship, Scatter, Forget, Drop, Fetch, Data,
     )
 }  # fmt: skip
 assert set(RECORDS) == Kind.ALL, "one record per kind"

@@ -59,6 +59,7 @@ class TaskRecord:
     cancelling: bool = False  # its owner asked for it back before a worker began it
     deps: list[str] | None = None  # the tasks whose results it takes (``TaskMeta.deps``)
     inputs: list[tuple[str, Any]] | None = None  # (task id, pickled result) of each, once known
+    keep: bool = False  # its result may stay on its slave (``TaskMeta.keep``)
 
     @classmethod
     def from_meta(
@@ -86,6 +87,8 @@ class TaskRecord:
         )
         if meta.deps:
             record.deps = meta.deps
+        if meta.keep:
+            record.keep = True
         if meta.timeout is None and not meta.max_retries and not meta.priority:
             if meta.resources is None:
                 return record  # the defaults: nothing to check
@@ -164,6 +167,9 @@ class SlaveRecord:
     stolen: int = 0  # tasks taken back from it for idle slaves
     heartbeat: float = 0.0  # seconds between its heartbeats, as it declared (0: not said)
     stats: list[dict[str, Any]] = field(default_factory=list)  # its own measures, last reported
+    data: str | None = None  # its data socket, where the results it keeps are fetched
+    kept_bytes: int = 0  # bytes of results it keeps, as it last reported
+    kept_results: int = 0  # results the master knows it keeps
 
     def fits(self, needs: dict[str, float]) -> bool:
         """Whether a task needing ``needs`` fits in what this slave has free now."""
@@ -197,5 +203,8 @@ class SlaveRecord:
             "resources": self.resources or {},
             "pace_ms": round(self.pace * 1000, 3),
             "stolen": self.stolen,
+            "data": self.data,
+            "kept_results": self.kept_results,
+            "kept_bytes": self.kept_bytes,
             "last_heartbeat": round(time.monotonic() - self.last_seen, 3),  # seconds ago
         }

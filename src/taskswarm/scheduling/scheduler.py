@@ -212,6 +212,8 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
                     aside.append(task)
                     if len(aside) >= MAX_SET_ASIDE:
                         break
+            elif task.inputs is not None and (holder := self._holder(task)) is not None:
+                self._assign(task, holder)
             elif not self.handle_task(task):
                 break
             elif task.slave_id is not None:
@@ -241,6 +243,23 @@ class BaseScheduler(SchedulerBase, ITaskScheduler):
             self._outboxes.append(slave)
         slave.outbox.append(task)
         self._tasked_pushed(slave.slave_id)
+
+    def _holder(self, task: TaskRecord) -> SlaveRecord | None:
+        """The ready slave that keeps the most bytes of the task's inputs, if it has room: a
+        task runs where its inputs are rather than fetch them (results kept on slaves stand in
+        ``task.inputs`` as references with ``slave_id`` and ``size``). A busy holder is passed
+        over for whichever slave the strategy picks: waiting for it would cost more."""
+        sizes: dict[str, int] = {}
+        for _, data in task.inputs or ():
+            slave_id = getattr(data, "slave_id", None)
+            if slave_id is not None:
+                sizes[slave_id] = sizes.get(slave_id, 0) + data.size
+        if not sizes:
+            return None
+        slave = self.slaves.get(max(sizes, key=sizes.__getitem__))
+        if slave is None or slave.slave_id not in self.ready or self.capacity(slave) <= 0:
+            return None
+        return slave
 
     def _hand_more(self, slave: SlaveRecord) -> None:
         """The slave just chosen takes the next queued tasks too, up to its ``handout`` and never

@@ -33,8 +33,10 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,12 +46,14 @@ from ..errors import WireError
 from ..ops.config import SlaveConfig
 from ..protocol import sharing
 from ..protocol.codec import ENVELOPE, Codec, Kind, Message, Notice
+from ..protocol.dataplane import DataServer, FetchFailed, Store, data_host, fetch
 from ..protocol.keys import ClusterKeys, as_keys
 from ..protocol.lifecycle import NodeLifecycle
 from ..protocol.messages import (
     Bye,
     Cancel,
     Drain,
+    Drop,
     Header,
     Heartbeat,
     Register,
@@ -70,6 +74,7 @@ from ..protocol.transport import (
 from ..scheduling import load_plugin
 from ..scheduling.records import format_resources
 from ..stats import Stats
+from ..task import Status
 from .contracts import TaskManagerContract, WorkItem
 from .outbox import (  # noqa: F401 - defined here first: where tests and tools find them
     BATCH_SHARE,
@@ -139,7 +144,7 @@ class Slave(NodeLifecycle):
         master to listen. ``shared_memory``: results of this size or more go back to their
         applications through shared memory (``--shared-memory``; None or "off": never)."""
         super().__init__()
-        keys = as_keys(key)
+        keys = self.keys = as_keys(key)
         self.shared_prefix = sharing.cluster_prefix(keys.hmac)
         # Set before the task manager starts its workers: they are handed it.
         sharing.configure(sharing.Sharing.of(keys.hmac, shared_memory))
@@ -160,10 +165,19 @@ class Slave(NodeLifecycle):
             if isinstance(manager, str)
             else manager
         )
+        #: Big results of plain tasks, kept here until the master says DROP (the data plane).
+        self.store = Store()
         #: What this slave asks the master to send, and its outcomes on their way back.
         self.outbox = Outbox(
-            self.manager, self._send, self.stats, self.codec.rejected, max_bytes=max_message_bytes
+            self.manager,
+            self._send,
+            self.stats,
+            self.codec.rejected,
+            max_bytes=max_message_bytes,
+            store=self.store,
         )
+        #: Tasks waiting for inputs fetched from other slaves (they count as held).
+        self.fetching: set[str] = set()
         self.manager.init(self.node_id, master)
         if before_connect is not None:
             before_connect()
@@ -171,6 +185,8 @@ class Slave(NodeLifecycle):
         self.master_socket = connect_dealer(
             self._context, master, self.node_id.encode(), keys.curve_public
         )
+        #: Where other nodes fetch the results kept here (``Register.data``).
+        self.data = DataServer(self._context, data_host(master), keys, self.store)
         self.registered = False
         self.master_session: str | None = None  # the master's session, to address messages
         #: Why the master refused this slave (wrong key or version), if it did.
@@ -197,6 +213,7 @@ class Slave(NodeLifecycle):
             Kind.CANCEL: self.on_cancel,
             Kind.STEAL: self.on_steal,
             Kind.SHIP: self.on_ship,
+            Kind.DROP: self.on_drop,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -227,10 +244,13 @@ class Slave(NodeLifecycle):
                 events = dict(poller.poll(_milliseconds(wake_at - time.monotonic())))
                 if self.master_socket in events:
                     self._receive_from_master()
+                if self.data.socket in events:
+                    self.data.serve()
                 self._collect_results(events)
                 self.manager.check_timeouts()
                 if self.mailbox.fileno() in events:
-                    self.mailbox.drain()
+                    for posted in self.mailbox.drain():
+                        posted()  # inputs fetched from other slaves (``_fetch``)
                 self.outbox.send_results()
                 if time.monotonic() >= next_beat:
                     self.outbox.send_results(everything=True)  # the heartbeat lists what it holds
@@ -246,6 +266,7 @@ class Slave(NodeLifecycle):
             return
         self.manager.stop()
         self.shelf.close()  # after the workers: none of them imports from it any more
+        self.data.close()
         self.master_socket.close(linger=0)
         self._context.term()
         self.mailbox.close()
@@ -271,6 +292,7 @@ class Slave(NodeLifecycle):
     def _make_poller(self) -> zmq.Poller:
         poller = zmq.Poller()
         poller.register(self.master_socket, zmq.POLLIN)
+        poller.register(self.data.socket, zmq.POLLIN)
         poller.register(self.mailbox.fileno(), zmq.POLLIN)
         for fd in self.manager.fds():
             poller.register(fd, zmq.POLLIN)
@@ -337,27 +359,102 @@ class Slave(NodeLifecycle):
         # As many payloads as tasks, then one per input: the codec checked.
         body = msg.read(Tasks)
         tasks, payloads = body.tasks, msg.payloads
-        if body.inputs:
-            given = dict(zip(body.inputs, payloads[len(tasks) :], strict=True))
-            items = [
-                WorkItem(task.task_id, payload, task.timeout)
-                if not task.deps
-                else WorkItem(
-                    task.task_id, payload, task.timeout, [(dep, given[dep]) for dep in task.deps]
+        self.outbox.arrived([task.task_id for task in tasks])
+        keep = [task.task_id for task in tasks if task.keep]
+        if keep:
+            self.outbox.keep.update(keep)
+        if not body.inputs:
+            self.manager.push_tasks(
+                [
+                    WorkItem(task.task_id, payload, task.timeout)
+                    for task, payload in zip(tasks, payloads, strict=True)
+                ]
+            )
+            return
+        given: dict[str, Any] = {}
+        remote: dict[str, str] = {}  # input -> the data socket of the slave that keeps it
+        at = body.at or [""] * len(body.inputs)
+        for dep, payload, where in zip(body.inputs, payloads[len(tasks) :], at, strict=True):
+            if not where:
+                given[dep] = payload
+            elif where == self.data.address and dep in self.store:
+                given[dep] = self.store.get(dep)
+            else:
+                remote[dep] = where
+        items, waiting = [], []
+        for task, payload in zip(tasks, payloads, strict=False):
+            item = WorkItem(task.task_id, payload, task.timeout)
+            if task.deps and any(dep in remote for dep in task.deps):
+                waiting.append((item, task.deps))
+            else:
+                if task.deps:
+                    item.inputs = [(dep, given[dep]) for dep in task.deps]
+                items.append(item)
+        if items:
+            self.manager.push_tasks(items)
+        if waiting:
+            self._fetch(waiting, given, remote)
+
+    def _fetch(
+        self,
+        waiting: list[tuple[WorkItem, list[str]]],
+        given: dict[str, Any],
+        remote: dict[str, str],
+    ) -> None:
+        """Fetch inputs kept on other slaves, on a thread of their own, then run the tasks
+        that take them (on the loop thread again, through the mailbox). A task whose input
+        cannot be had goes back to the master as ``Status.LOST_INPUT``: the master makes the
+        input again from its lineage and sends the task once it has."""
+        self.fetching.update(item.task_id for item, _ in waiting)
+        by_place: dict[str, list[str]] = defaultdict(list)
+        for dep, where in remote.items():
+            by_place[where].append(dep)
+
+        def run() -> None:
+            fetched: dict[str, Any] = {}
+            failed: dict[str, str] = {}
+            for where, deps in by_place.items():
+                start = time.monotonic()
+                try:
+                    fetched.update(fetch(where, deps, self.keys))
+                except (FetchFailed, zmq.ZMQError) as exc:
+                    failed.update(dict.fromkeys(deps, str(exc)))
+                else:
+                    self.stats.add("slave_fetch_seconds", time.monotonic() - start)
+            self.mailbox.post(lambda: self._fetched(waiting, {**given, **fetched}, failed))
+
+        threading.Thread(target=run, name="fetch-inputs", daemon=True).start()
+
+    def _fetched(
+        self,
+        waiting: list[tuple[WorkItem, list[str]]],
+        inputs: dict[str, Any],
+        failed: dict[str, str],
+    ) -> None:
+        items = []
+        for item, deps in waiting:
+            if item.task_id not in self.fetching:
+                continue  # cancelled meanwhile
+            self.fetching.discard(item.task_id)
+            lost = [dep for dep in deps if dep in failed]
+            if lost:
+                self.outbox.add(
+                    (item.task_id, Status.LOST_INPUT, b"", f"{lost[0]} {failed[lost[0]]}")
                 )
-                for task, payload in zip(tasks, payloads, strict=False)
-            ]
-        else:
-            items = [
-                WorkItem(task.task_id, payload, task.timeout)
-                for task, payload in zip(tasks, payloads, strict=True)
-            ]
-        self.outbox.arrived([item.task_id for item in items])
-        self.manager.push_tasks(items)
+                continue
+            item.inputs = [(dep, inputs[dep]) for dep in deps]
+            items.append(item)
+        if items:
+            self.manager.push_tasks(items)
+
+    def on_drop(self, msg: Message) -> None:
+        """Kept results no one needs any more."""
+        self.store.drop(msg.read(Drop).data_ids)
 
     def on_cancel(self, msg: Message) -> None:
         cancel = msg.read(Cancel)
         task_ids = set(cancel.tasks or ())
+        self.fetching.difference_update(task_ids)
         if cancel.soft:
             self.manager.cancel_unstarted(task_ids)
         else:
@@ -406,7 +503,7 @@ class Slave(NodeLifecycle):
 
     def _register(self) -> None:
         held = self.manager.held()
-        self.outbox.registering(len(held))
+        self.outbox.registering(len(held) + len(self.fetching))
         self._send(
             Register(
                 node_id=self.node_id,
@@ -417,7 +514,8 @@ class Slave(NodeLifecycle):
                 heartbeat=self.heartbeat_interval,
                 **self.outbox.window(),
                 # What it still holds from before (a master that restarted can keep it here).
-                held=[item.task_id for item in held],
+                held=[item.task_id for item in held] + list(self.fetching),
+                data=self.data.address,
             )
         )
 
@@ -433,9 +531,11 @@ class Slave(NodeLifecycle):
                 Heartbeat(
                     workers=self.manager.get_num_workers(),
                     **self.outbox.window(),
-                    rejected=sum(self.codec.rejected.values()),
+                    rejected=sum(self.codec.rejected.values())
+                    + sum(self.data.codec.rejected.values()),
                     stats=self.stats.snapshot(),
-                    held=[item.task_id for item in self.manager.held()],
+                    held=[item.task_id for item in self.manager.held()] + list(self.fetching),
+                    kept=self.store.bytes,
                 )
             )
         else:

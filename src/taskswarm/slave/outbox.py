@@ -25,7 +25,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..protocol.codec import ENVELOPE, too_large, within
+from ..protocol.dataplane import KEEP_BYTES, Store
 from ..protocol.messages import Header, Outcome, Results
+from ..protocol.sharing import is_reference
 from ..stats import Stats
 from ..task import REFUSED, Status, dump_error, error_text
 from .contracts import TaskManagerContract
@@ -72,6 +74,7 @@ class Outbox:
         rejected: Counter[str],
         *,
         max_bytes: int,
+        store: Store | None = None,
     ) -> None:
         """``stats``: what the slave times (sends, tasks' time here); ``rejected``: its counts
         of refused messages (outcomes refused for their digest are counted there too);
@@ -81,6 +84,10 @@ class Outbox:
         self.stats = stats
         self.rejected = rejected
         self.own_max_bytes = max_bytes
+        #: Where big results of the tasks in ``keep`` stay (None: every result goes back).
+        self.store = store
+        #: Tasks whose result may stay here (``Assignment.keep``), until their outcome goes.
+        self.keep: set[str] = set()
         #: The master's message limit (its WELCOME says); outcomes must fit in it.
         self.master_max_bytes = max_bytes
         self._arrived: dict[str, float] = {}  # task id -> when it reached this slave
@@ -105,6 +112,11 @@ class Outbox:
         """These tasks went back to the master unrun."""
         for task_id in task_ids:
             self._arrived.pop(task_id, None)
+            self.keep.discard(task_id)
+
+    def add(self, outcome: tuple[Any, ...]) -> None:
+        """An outcome the slave made itself (no worker ran the task), sent with the next."""
+        self._unsent.append(outcome)
 
     def next_deadline(self) -> float | None:
         """When gathered outcomes or starts must go at the latest (monotonic; None: no hurry)."""
@@ -236,7 +248,22 @@ class Outbox:
         payloads: list[Any] = []
         sizes: list[int] = []
         refused = 0
+        keep, store = self.keep, self.store
         for item in batch:
+            if keep and item[0] in keep:
+                keep.discard(item[0])
+                data = item[2]
+                if (
+                    item[1] == Status.OK
+                    and store is not None
+                    and len(data) >= KEEP_BYTES
+                    and not is_reference(data)
+                ):
+                    store.put(item[0], data)  # stays here: its size goes, not its bytes
+                    outcomes.append(Outcome(item[0], Status.OK, None, len(data)))
+                    payloads.append(b"")
+                    sizes.append(0)
+                    continue
             task_id, status, data, *rest = self._fitted(item, limit)
             if status == Status.OK:
                 outcomes.append(Outcome(task_id, status))
