@@ -219,3 +219,14 @@ def test_a_kept_result_whose_slave_is_unreachable_fails_clearly(app, monkeypatch
     monkeypatch.setattr(remote, "FETCH_TIMEOUT", 0.5)
     with pytest.raises(TaskError, match="could not be fetched: the slave at tcp://127.0.0.1:9"):
         future.result(timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_a_kept_result_not_fetched_before_its_connection_closed_says_so_at_once(cluster):
+    with cluster.connect() as app:
+        future = app.submit(make, BIG)
+        assert future.exception(timeout=30) is None
+    # Not a fetch that finds no one, then a wait for a new place (that would end in a
+    # TimeoutError here): the closed connection says why at once.
+    with pytest.raises(ts.errors.ClientClosed, match=r"call result\(\) before closing"):
+        future.result(timeout=30)

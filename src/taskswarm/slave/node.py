@@ -454,7 +454,9 @@ class Slave(NodeLifecycle):
     def on_cancel(self, msg: Message) -> None:
         cancel = msg.read(Cancel)
         task_ids = set(cancel.tasks or ())
-        self.fetching.difference_update(task_ids)
+        for task_id in task_ids & self.fetching:  # never run: stopped as a queued one is
+            self.fetching.discard(task_id)
+            self.outbox.add((task_id, Status.CANCELLED, b""))
         if cancel.soft:
             self.manager.cancel_unstarted(task_ids)
         else:
