@@ -413,15 +413,14 @@ class Slave(NodeLifecycle):
         def run() -> None:
             fetched: dict[str, Any] = {}
             failed: dict[str, str] = {}
+            start = time.monotonic()
             for where, deps in by_place.items():
-                start = time.monotonic()
                 try:
                     fetched.update(fetch(where, deps, self.keys))
                 except (FetchFailed, zmq.ZMQError) as exc:
                     failed.update(dict.fromkeys(deps, str(exc)))
-                else:
-                    self.stats.add("slave_fetch_seconds", time.monotonic() - start)
-            self.mailbox.post(lambda: self._fetched(waiting, {**given, **fetched}, failed))
+            took = time.monotonic() - start
+            self.mailbox.post(lambda: self._fetched(waiting, {**given, **fetched}, failed, took))
 
         threading.Thread(target=run, name="fetch-inputs", daemon=True).start()
 
@@ -430,7 +429,9 @@ class Slave(NodeLifecycle):
         waiting: list[tuple[WorkItem, list[str]]],
         inputs: dict[str, Any],
         failed: dict[str, str],
+        took: float,
     ) -> None:
+        self.stats.add("slave_fetch_seconds", took)  # here: the measures are the loop's
         items = []
         for item, deps in waiting:
             if item.task_id not in self.fetching:
