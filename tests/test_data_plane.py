@@ -230,3 +230,20 @@ def test_a_kept_result_not_fetched_before_its_connection_closed_says_so_at_once(
     # TimeoutError here): the closed connection says why at once.
     with pytest.raises(ts.errors.ClientClosed, match=r"call result\(\) before closing"):
         future.result(timeout=30)
+
+
+def row_sum(matrix, i):
+    return float(matrix[i].sum())
+
+
+@pytest.mark.timeout(60)
+def test_scattered_data_crosses_to_each_slave_once(app):
+    matrix = np.arange(1 << 18, dtype=float).reshape(512, 512)  # 2 MiB
+    ref = app.scatter(matrix)
+    before = wire_out(app)
+    rows = [app.submit(row_sum, ref, i).result(timeout=30) for i in range(20)]  # one by one
+    assert rows == [float(matrix[i].sum()) for i in range(20)]
+    assert wire_out(app) - before < 2 * matrix.nbytes + (1 << 20)  # twice at most: 2 slaves
+    del ref
+    gc.collect()
+    wait_for(lambda: app.status()["master"]["kept"]["scattered"] == 0, timeout=20)

@@ -744,7 +744,7 @@ def test_scattered_data_is_kept_for_its_takers_until_forgotten():
     (tasks,) = sent(wire, Kind.TASKS)
     assert tasks.header["inputs"] == ["d"] and tasks.payloads == [payload("t"), b"value"]
     result(core, "t")
-    assert core.dependencies.held == {"d": b"value"}  # still referred to: kept
+    assert len(core.dependencies.held["d"]) == len(b"value")  # still referred to: kept
     core.handle(b"app", message(Kind.SCATTER, {"data_id": "d", "rid": 2}, [b"again"]))
     (reject,) = sent(wire, Kind.REJECT)
     assert "already in use" in reject.header["reason"]
@@ -913,3 +913,27 @@ def test_a_task_whose_input_could_not_be_fetched_waits_for_it_made_again():
     kept_result(core, "a")
     (tasks,) = sent(wire, Kind.TASKS)
     assert [t[0] for t in tasks.header["tasks"]] == ["b"]
+
+
+def test_scattered_data_crosses_to_each_slave_once_and_its_copies_go_with_it():
+    core, wire = kept_core()
+    core.handle(b"app", message(Kind.SCATTER, {"data_id": "d", "rid": 1}, [b"value"]))
+    wire.take()
+    places, reused = {}, 0
+    for n in range(4):  # one at a time: each its own TASKS message
+        submit(core, taking(f"t{n}", "d"))
+        (tasks,) = sent(wire, Kind.TASKS)
+        slave = core.scheduler.tasks[f"t{n}"].slave_id
+        if slave not in places:  # the first there carries it, to keep
+            assert tasks.header["at"] == ["+"] and tasks.payloads[1] == b"value"
+            places[slave] = tasks.identity
+        else:  # later ones name the slave's own copy
+            assert tasks.header["at"] == [f"tcp://{slave}:1"] and tasks.payloads[1] == b""
+            reused += 1
+        result(core, f"t{n}")
+    assert reused == 4 - len(places) >= 2
+    core.handle(b"app", message(Kind.FORGET, {"data_ids": ["d"]}))
+    drops = sent(wire, Kind.DROP)
+    assert {d.identity for d in drops} == set(places.values())
+    assert all(d.header == {"data_ids": ["d"]} for d in drops)
+    assert not core.dependencies.held

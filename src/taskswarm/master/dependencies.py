@@ -12,7 +12,12 @@ restarted without its state directory.
 
 Scattered data (``app.scatter``) is an input with no task behind it: its application sends its
 value once (SCATTER) and it is kept, like a finished input's result, until the application
-no longer refers to it (FORGET, or the application leaves) and no task takes it.
+no longer refers to it (FORGET, or the application leaves) and no task takes it. It goes to
+each slave once (``taskswarm.master.kept.Scattered``), and the slaves' copies go with it.
+
+A big result that stayed on its slave (``taskswarm.master.kept``) is held here as its place (a
+``KeptRef``): the task that takes it is sent to that slave when it has room, else its own
+slave fetches it; if it is lost, the task waits while it is made again.
 
 What this holds, and for how long (the master is bounded by live work): a waiting task's
 record until it is queued, failed or cancelled; an input's result (the bytes as they came from
@@ -21,8 +26,8 @@ while a task that takes it is waiting, queued or running; scattered data while i
 application refers to it. The index is cleaned as each such
 task ends, and once a heartbeat (``sweep``) for any that left by another road.
 
-The plain results also still go to their application as usual: a Future given to another task
-keeps its own result too.
+The plain results also still go to their application as usual (a big one as its place): a
+Future given to another task keeps its own result too.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord, TaskState
 from ..task import failure
 from .edges import Send
-from .kept import LOST, KeptRef, KeptResults
+from .kept import LOST, KeptRef, KeptResults, Scattered
 from .outcomes import Outcome
 
 __all__ = ["DependencyTable"]
@@ -208,8 +213,11 @@ class DependencyTable:
             if takers is not None and not takers:
                 del self.dependents[dep]
             if dep not in self.dependents and dep not in self.scattered:
-                if type(self.held.pop(dep, None)) is KeptRef or dep in self.kept.entries:
+                held = self.held.pop(dep, None)
+                if type(held) is KeptRef or dep in self.kept.entries:
                     self.kept.check(dep)
+                elif type(held) is Scattered and held.placed:
+                    self.kept.drop_copies(dep, held.placed)
 
     # -- scattered data ----------------------------------------------------------------------------
 
@@ -217,7 +225,7 @@ class DependencyTable:
         """Keep data an application put on the cluster; the reason it cannot, or None."""
         if data_id in self.held or data_id in self.scheduler.tasks or data_id in self.waiting:
             return f"data id {data_id} is already in use"
-        self.held[data_id] = data
+        self.held[data_id] = Scattered(data)
         self.scattered[data_id] = client_id
         return None
 
@@ -280,6 +288,8 @@ class DependencyTable:
         """A slave could not fetch ``task``'s input ``dep`` (it came back unrun): made again
         if it was where the task was told, and the task waits for it."""
         sent = dict(task.inputs or ()).get(dep)
+        if type(sent) is Scattered:
+            sent.placed.discard(task.slave_id or "")  # it had no copy after all
         entry = self.kept.entries.get(dep)
         self.scheduler.requeue(task)  # back from its slave, pulled back just below
         if entry is not None and entry.ref is not None and entry.ref is sent:

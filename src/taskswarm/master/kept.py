@@ -36,7 +36,7 @@ from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import SlaveRecord, TaskRecord, TaskState
 from .edges import Send
 
-__all__ = ["LOST", "Kept", "KeptRef", "KeptResults"]
+__all__ = ["LOST", "Kept", "KeptRef", "KeptResults", "Scattered"]
 
 #: What ``KeptResults.ref`` says of a result that was lost and cannot be made again.
 LOST = "was lost with its slave and cannot be made again"
@@ -61,6 +61,26 @@ class KeptRef:
 
     def __repr__(self) -> str:
         return f"KeptRef({self.task_id} on {self.slave_id}, {self.size} bytes)"
+
+
+class Scattered:
+    """Scattered data (``app.scatter``) as the master holds it: its bytes, and the slaves that
+    keep a copy. The first task that takes it on a slave carries it, with word to keep it
+    (``Tasks.at`` ``"+"``); later ones there name the slave's own data socket instead, so the
+    bytes cross to each slave once, not once per message. The copies go (DROP) with it."""
+
+    __slots__ = ("data", "placed")
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        #: The slaves (by id) that keep a copy.
+        self.placed: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        return f"Scattered({len(self.data)} bytes, on {sorted(self.placed)})"
 
 
 @dataclass(eq=False)
@@ -209,6 +229,13 @@ class KeptResults:
             return
         if self.send is not None:
             self.send(slave.identity, Kind.DROP, Drop(data_ids=[task_id]))
+
+    def drop_copies(self, data_id: str, slave_ids: Iterable[str]) -> None:
+        """Scattered data let go: the slaves that keep a copy drop it."""
+        for slave_id in slave_ids:
+            slave = self.scheduler.slaves.get(slave_id)
+            if slave is not None and self.send is not None:
+                self.send(slave.identity, Kind.DROP, Drop(data_ids=[data_id]))
 
     def _drop(self, refs: Iterable[KeptRef]) -> None:
         per_slave: dict[str, list[str]] = {}

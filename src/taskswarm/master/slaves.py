@@ -40,7 +40,7 @@ from ..scheduling.records import (
 )
 from ..stats import Stats
 from .edges import Send
-from .kept import KeptRef
+from .kept import KeptRef, Scattered
 
 __all__ = ["DEPARTED_KEPT", "SlaveTable"]
 
@@ -243,7 +243,7 @@ class SlaveTable:
             sizes = [len(t.payload) if t.inputs is None else _weight(t) for t in batch]
             for part in within(sizes, limit):
                 tasks = batch[part]
-                header, payloads = _tasks_message(tasks)
+                header, payloads = _tasks_message(tasks, slave)
                 if not self.send(slave.identity, Kind.TASKS, header, payloads):
                     self.lose(slave, "unreachable")
                     break
@@ -287,9 +287,11 @@ def _weight(task: TaskRecord) -> int:
     return len(task.payload) + sum(len(data) for _, data in task.inputs)
 
 
-def _tasks_message(tasks: list[TaskRecord]) -> tuple[Tasks, list[Any]]:
+def _tasks_message(tasks: list[TaskRecord], slave: SlaveRecord) -> tuple[Tasks, list[Any]]:
     """A TASKS message: the tasks' payloads, then each input's result once (``Tasks.inputs``),
-    or for one kept on a slave, an empty payload and that slave's data socket (``Tasks.at``)."""
+    or for one kept on a slave, an empty payload and that slave's data socket (``Tasks.at``);
+    scattered data goes to each slave once, to keep (``"+"``), and is named by its own data
+    socket after that."""
     if not any(map(_INPUTS, tasks)):
         return Tasks(
             tasks=[
@@ -308,10 +310,23 @@ def _tasks_message(tasks: list[TaskRecord]) -> tuple[Tasks, list[Any]]:
             assignments.append(Assignment(task.task_id, task.timeout, task.deps, task.keep))
         else:
             assignments.append(Assignment(task.task_id, task.timeout, None, task.keep))
-    at = [data.address if type(data) is KeptRef else "" for data in given.values()]
-    payloads = [t.payload for t in tasks] + [
-        b"" if type(data) is KeptRef else data for data in given.values()
-    ]
+    at, inputs = [], []
+    for data in given.values():
+        if type(data) is KeptRef:
+            at.append(data.address)
+            inputs.append(b"")
+        elif type(data) is Scattered and slave.data:
+            if slave.slave_id in data.placed:
+                at.append(slave.data)
+                inputs.append(b"")
+            else:
+                data.placed.add(slave.slave_id)
+                at.append("+")
+                inputs.append(data.data)
+        else:
+            at.append("")
+            inputs.append(data.data if type(data) is Scattered else data)
+    payloads = [t.payload for t in tasks] + inputs
     return Tasks(tasks=assignments, inputs=list(given), at=at if any(at) else None), payloads
 
 

@@ -519,8 +519,10 @@ class Tasks(Header, tag=Kind.TASKS):
     #: The tasks whose results some of these take (``Assignment.deps``), each once: their
     #: pickled results follow the tasks' payloads, in this order.
     inputs: TaskIds | None = None
-    #: For each input, in the same order: "" when its payload is its result, or the data
-    #: socket of the slave that keeps it (its payload then is empty): the slave fetches it.
+    #: For each input, in the same order: "" when its payload is its result; "+" when it is,
+    #: and the slave is to keep it (scattered data, sent to each slave once); or the data
+    #: socket of the slave that keeps it (its payload then is empty): the slave fetches it,
+    #: or finds it in its own store when that socket is its own.
     at: list[str] | None = None
 
     batch = "tasks"
@@ -616,8 +618,9 @@ class Steal(Header, tag=Kind.STEAL):
 class Scatter(Header, tag=Kind.SCATTER):
     """Data put on the cluster once for many tasks (``app.scatter``): the one payload is the
     pickled value, as a task's result would be. The master keeps it under ``data_id`` until
-    the application FORGETs it (or leaves) and sends it with every task that takes it, as it
-    sends a finished input's result; answered ACK, or REJECT with the reason."""
+    the application FORGETs it (or leaves) and sends it to each slave once, with the first
+    task there that takes it (``Tasks.at`` ``"+"``: the slave keeps a copy for the tasks after
+    it, until DROP); answered ACK, or REJECT with the reason."""
 
     #: The id tasks name it by (``TaskMeta.deps``), unique as a task id is.
     data_id: str

@@ -377,6 +377,9 @@ class Slave(NodeLifecycle):
         for dep, payload, where in zip(body.inputs, payloads[len(tasks) :], at, strict=True):
             if not where:
                 given[dep] = payload
+            elif where == "+":  # scattered data: sent here once, for every task that takes it
+                given[dep] = payload
+                self.store.put(dep, payload)
             elif where == self.data.address and dep in self.store:
                 given[dep] = self.store.get(dep)
             else:
