@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 import taskswarm as ts
 from conftest import descendants, wait_for
 from taskswarm.errors import TaskError
+from taskswarm.ops.status_view import render_status
 from taskswarm.protocol.dataplane import KEEP_BYTES, FetchFailed, fetch
 from taskswarm.protocol.keys import ClusterKeys
 
@@ -111,6 +113,12 @@ def test_a_big_result_stays_on_its_slave_until_its_future_asks(app):
     assert value.shape == (BIG,) and value[0] == 3.0
     assert future.remote is None and future.result() is value  # fetched once, then kept
     assert kept(app) == (1, 1)
+    # `taskswarm status` shows what each slave keeps, as it says in its heartbeat.
+    wait_for(lambda: any(s["kept_bytes"] for s in app.status()["slaves"]), timeout=10)
+    console = Console(width=200, record=True)
+    render_status(app.status(), console)
+    shown = console.export_text()
+    assert "kept" in shown and "1 (256." in shown  # one result, 256 KiB and its pickle
     del future, value
     gc.collect()
     wait_for(lambda: kept(app) == (0, 0), timeout=20)  # let go: the slave drops it

@@ -293,14 +293,9 @@ def _tasks_message(tasks: list[TaskRecord], slave: SlaveRecord) -> tuple[Tasks, 
     scattered data goes to each slave once, to keep (``"+"``), and is named by its own data
     socket after that."""
     if not any(map(_INPUTS, tasks)):
-        return Tasks(
-            tasks=[
-                Assignment(t.task_id, t.timeout, None, True)
-                if t.keep
-                else Assignment(t.task_id, t.timeout)
-                for t in tasks
-            ]
-        ), [t.payload for t in tasks]
+        return Tasks(tasks=[Assignment(t.task_id, t.timeout, None, t.keep) for t in tasks]), [
+            t.payload for t in tasks
+        ]
     given: dict[str, Any] = {}
     assignments = []
     for task in tasks:

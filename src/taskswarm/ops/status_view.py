@@ -53,8 +53,12 @@ def _slaves_table(slaves: list[dict[str, Any]]) -> Table:
     table = Table(title="slaves")
     # Columns that would be all zeros or empty are left out, so the table fits a terminal.
     stolen = any(slave.get("stolen") for slave in slaves)
+    kept = any(slave.get("kept_results") for slave in slaves)
     resources = any(slave.get("resources") for slave in slaves)
-    numbers = ("workers", "in flight", "rating", "done", "failed", *(["stolen"] if stolen else []))
+    numbers = (
+        "workers", "in flight", "rating", "done", "failed",
+        *(["stolen"] if stolen else []), *(["kept"] if kept else []),
+    )  # fmt: skip
     columns = ("id", "host", "state", *numbers, *(["resources"] if resources else []), "heard")
     for column in columns:
         table.add_column(column, justify="right" if column in (*numbers, "heard") else "left")
@@ -73,6 +77,8 @@ def _slaves_table(slaves: list[dict[str, Any]]) -> Table:
         ]
         if stolen:
             cells.append(str(slave.get("stolen", 0)))
+        if kept:  # results it keeps for others to fetch, and their bytes
+            cells.append(f"{slave.get('kept_results', 0)} ({_size(slave.get('kept_bytes', 0))})")
         if resources:
             offer = slave.get("resources") or {}
             cells.append(",".join(f"{k}={v:g}" for k, v in sorted(offer.items())) or "-")
@@ -135,3 +141,15 @@ def _errors_table(errors: list[dict[str, Any]]) -> Table:
 
 def _ago(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.1f}s ago"
+
+
+def _size(size: int) -> str:
+    """Bytes as people read them: ``512 B``, ``3.2 MiB``."""
+    if size < 1024:
+        return f"{size} B"
+    amount = size / 1024
+    for unit in ("KiB", "MiB"):
+        if amount < 1024:
+            return f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} GiB"
