@@ -109,9 +109,6 @@ def test_a_big_result_stays_on_its_slave_until_its_future_asks(app):
     assert future.exception(timeout=30) is None
     assert future.remote is not None  # done, its bytes still on the slave
     assert wire_out(app) - before < BIG * 8 / 10  # the master never carried them
-    value = future.result(timeout=30)
-    assert value.shape == (BIG,) and value[0] == 3.0
-    assert future.remote is None and future.result() is value  # fetched once, then kept
     assert kept(app) == (1, 1)
     # `taskswarm status` shows what each slave keeps, as it says in its heartbeat.
     wait_for(lambda: any(s["kept_bytes"] for s in app.status()["slaves"]), timeout=10)
@@ -119,9 +116,23 @@ def test_a_big_result_stays_on_its_slave_until_its_future_asks(app):
     render_status(app.status(), console)
     shown = console.export_text()
     assert "kept" in shown and "1 (256." in shown  # one result, 256 KiB and its pickle
-    del future, value
+    value = future.result(timeout=30)
+    assert value.shape == (BIG,) and value[0] == 3.0
+    assert future.remote is None and future.result() is value  # fetched once, then kept
+    wait_for(lambda: kept(app) == (0, 0), timeout=20)  # here now: the slave lets it go
+    assert future.result() is value
+    assert app.submit(total, future).result(timeout=30) == 3.0 * BIG  # taken by value now
+
+
+@pytest.mark.timeout(60)
+def test_a_kept_result_whose_future_is_let_go_is_dropped_by_its_slave(app):
+    future = app.submit(make, BIG)
+    assert future.exception(timeout=30) is None
+    assert kept(app) == (1, 1)
+    del future
     gc.collect()
-    wait_for(lambda: kept(app) == (0, 0), timeout=20)  # let go: the slave drops it
+    wait_for(lambda: kept(app) == (0, 0), timeout=20)
+    wait_for(lambda: not any(s["kept_bytes"] for s in app.status()["slaves"]), timeout=20)
 
 
 @pytest.mark.timeout(60)

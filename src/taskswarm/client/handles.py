@@ -75,7 +75,9 @@ class TaskFuture(Future[Any]):
             value = remote.get(timeout)
             self._result = value
             self.remote = None
-            return value
+        if remote.release is not None:
+            remote.release()  # here now: its slave may let it go
+        return value
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         return reduce_future(self)

@@ -242,7 +242,7 @@ class Ledger:
             # Kept on its slave: the Future is done, its result fetched when asked for.
             remote = future.remote = Remote(task.task_id, at, self.keys, task.name)
             self.remote[task.task_id] = future
-            weakref.finalize(future, _let_go, self.forgotten, self, task.task_id)
+            remote.release = weakref.finalize(future, _let_go, self.forgotten, self, task.task_id)
             self._end(task, future, (remote, None))
             return False
         try:

@@ -10,8 +10,9 @@ unpickles them, and keeps the value, as Dask's ``Future.result()`` gathers from 
 Passed to another task, the Future travels as a reference and its result goes from slave to
 slave, never through the master or this process.
 
-While its Future is alive the result stays on its slave; once the Future is garbage-collected
-the application tells the master (FORGET), which lets the slave drop it when no task needs it.
+Once fetched, or once its Future is garbage-collected, the application tells the master
+(FORGET), which lets the slave drop it when no task needs it: the value lives on in the Future,
+and a task given the Future later takes that value.
 If that slave is lost, the master makes the result again and tells the application where it
 is now (``Delivered.at``): a fetch that found no one waits for that word (``MOVE_WAIT``).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import TaskError
@@ -38,7 +40,7 @@ MOVE_WAIT = 60.0
 class Remote:
     """Where a kept result is, and what fetching it takes; the value once fetched."""
 
-    __slots__ = ("address", "error", "keys", "lock", "moved", "name", "task_id")
+    __slots__ = ("address", "error", "keys", "lock", "moved", "name", "release", "task_id")
 
     def __init__(self, task_id: str, address: str, keys: ClusterKeys, name: str) -> None:
         self.task_id, self.address, self.keys, self.name = task_id, address, keys, name
@@ -48,6 +50,8 @@ class Remote:
         self.moved = threading.Condition()
         #: Held by the thread fetching it: the others wait for its value.
         self.lock = threading.Lock()
+        #: Tells the master its slave may let it go (once fetched, or its Future is gone).
+        self.release: Callable[[], object] | None = None
 
     def __repr__(self) -> str:
         return f"<result of task {self.task_id} kept at {self.address}>"
