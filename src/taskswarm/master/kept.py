@@ -252,25 +252,23 @@ class KeptResults:
     # -- losing and making again ----------------------------------------------------------------
 
     def slave_lost(self, slave_id: str) -> list[str]:
-        """A slave is gone with what it kept: those still needed are made again. Returns the
-        ids lost (the dependency table pulls back the tasks queued to fetch them)."""
+        """A slave is gone with what it kept: returns the ids lost. The dependency table pulls
+        back the tasks queued to take them, then has those still needed made again (``need``)."""
         lost = [
             t for t, e in self.entries.items() if e.ref is not None and e.ref.slave_id == slave_id
         ]
         for task_id in lost:
             self.entries[task_id].ref = None
-        for task_id in lost:
-            self.need(task_id)
         return lost
 
     def input_lost(self, task_id: str) -> None:
-        """A slave could not fetch it from where it was said to be: it is made again."""
+        """A slave could not fetch it from where it was said to be: its place is forgotten
+        (and the slave told to drop it, should it still be there), to be made again."""
         entry = self.entries.get(task_id)
         if entry is None or entry.ref is None:
             return
         self._drop([entry.ref])
         entry.ref = None
-        self.need(task_id)
 
     def need(self, task_id: str) -> bool:
         """Make a lost result again if anyone needs it; False when it cannot be (its lineage
@@ -282,8 +280,8 @@ class KeptResults:
             return True
         if entry.abandoned:
             return False
-        if not (entry.wanted or self.taken(task_id) or entry.users):
-            self.check(task_id)
+        if not (entry.wanted or self.taken(task_id)):
+            self.check(task_id)  # only its lineage may be needed: made again if ever it is
             return True
         for dep, data in entry.inputs:
             if data is None and not self._available(dep):
