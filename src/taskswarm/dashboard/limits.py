@@ -201,14 +201,15 @@ class ConnectionGuard:
             self._starting -= 1
 
     def _refuse(self, conn: socket.socket) -> None:
-        """Answer 503 if the socket takes it at once, and close it: the descriptor goes now."""
+        """Answer 503 if the socket takes it at once, and close it: the descriptor goes now.
+        Counted first: whoever reads the count after the answer arrived finds it counted."""
+        self.refused += 1
         try:
             conn.setblocking(False)
             conn.send(_BUSY)
         except OSError:
             pass
         conn.close()
-        self.refused += 1
         now = time.monotonic()
         if now >= self._next_refusal_log:  # warn at most once a minute, with the count since
             self._next_refusal_log = now + _REFUSAL_LOG_INTERVAL
