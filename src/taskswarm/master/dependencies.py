@@ -61,21 +61,18 @@ class DependencyTable:
 
     def __init__(self, scheduler: SchedulerContract, send: Send | None = None) -> None:
         self.scheduler = scheduler
-        #: Results kept on slaves: where they are and how to make them again.
-        self.kept = KeptResults(scheduler, send, self.dependents_of)
-        self.kept.readmit = self.readmit
         #: Tasks held back: task id -> (its record, the inputs it still waits for).
         self.waiting: dict[str, tuple[TaskRecord, set[str]]] = {}
         #: Input task id -> the tasks that take it (waiting, queued or running).
         self.dependents: dict[str, set[str]] = {}
+        #: Results kept on slaves: where they are and how to make them again.
+        self.kept = KeptResults(scheduler, send, self.dependents.__contains__)
+        self.kept.readmit = self.readmit
         #: Input task id -> its pickled result, while a task that takes it is not done (or,
         #: for scattered data, until its application forgets it).
         self.held: dict[str, Any] = {}
         #: Scattered data (``app.scatter``): data id -> the application it belongs to.
         self.scattered: dict[str, str] = {}
-
-    def dependents_of(self, task_id: str) -> bool:
-        return task_id in self.dependents
 
     def held_bytes(self) -> int:
         return sum(len(data) for data in self.held.values())

@@ -210,7 +210,7 @@ class KeptResults:
             if entry.wanted or entry.remaking or self.taken(task_id):
                 continue
             if entry.ref is not None:
-                self._drop([entry.ref])
+                self._drop(entry.ref)
                 entry.ref = None
             if entry.users:
                 continue
@@ -227,27 +227,25 @@ class KeptResults:
         entry = self.entries.get(task_id)
         if entry is not None and entry.ref is not None and entry.ref.slave_id == slave.slave_id:
             return
-        if self.send is not None:
-            self.send(slave.identity, Kind.DROP, Drop(data_ids=[task_id]))
+        self._tell_drop(slave, task_id)
 
     def drop_copies(self, data_id: str, slave_ids: Iterable[str]) -> None:
         """Scattered data let go: the slaves that keep a copy drop it."""
         for slave_id in slave_ids:
             slave = self.scheduler.slaves.get(slave_id)
-            if slave is not None and self.send is not None:
-                self.send(slave.identity, Kind.DROP, Drop(data_ids=[data_id]))
+            if slave is not None:
+                self._tell_drop(slave, data_id)
 
-    def _drop(self, refs: Iterable[KeptRef]) -> None:
-        per_slave: dict[str, list[str]] = {}
-        for ref in refs:
-            per_slave.setdefault(ref.slave_id, []).append(ref.task_id)
-        for slave_id, task_ids in per_slave.items():
-            slave = self.scheduler.slaves.get(slave_id)
-            if slave is None:
-                continue
-            slave.kept_results = max(0, slave.kept_results - len(task_ids))
-            if self.send is not None:
-                self.send(slave.identity, Kind.DROP, Drop(data_ids=task_ids))
+    def _drop(self, ref: KeptRef) -> None:
+        """The bytes ``ref`` names are no longer needed: their slave (if still here) drops them."""
+        slave = self.scheduler.slaves.get(ref.slave_id)
+        if slave is not None:
+            slave.kept_results = max(0, slave.kept_results - 1)
+            self._tell_drop(slave, ref.task_id)
+
+    def _tell_drop(self, slave: SlaveRecord, data_id: str) -> None:
+        if self.send is not None:
+            self.send(slave.identity, Kind.DROP, Drop(data_ids=[data_id]))
 
     # -- losing and making again ----------------------------------------------------------------
 
@@ -267,7 +265,7 @@ class KeptResults:
         entry = self.entries.get(task_id)
         if entry is None or entry.ref is None:
             return
-        self._drop([entry.ref])
+        self._drop(entry.ref)
         entry.ref = None
 
     def need(self, task_id: str) -> bool:
