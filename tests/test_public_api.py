@@ -34,6 +34,7 @@ EXPORTS = [
     "MessageTooLarge",
     "RemoteTraceback",
     "ResourceUnavailable",
+    "ResultRef",
     "ShippingError",
     "SystemHandle",
     "Task",

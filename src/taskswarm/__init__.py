@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         WorkerCrashed,
         WorkerMemoryExceeded,
     )
+    from .inputs import ResultRef
     from .local import LocalCluster, connect_or_start
     from .system import TaskSystem
     from .task import FunctionTask, RemoteTraceback, Task
@@ -49,6 +50,7 @@ _HOMES = {
     "TaskswarmExecutor": ".client.handles",
     "LocalCluster": ".local",
     "connect_or_start": ".local",
+    "ResultRef": ".inputs",
     "TaskSystem": ".system",
     "FunctionTask": ".task",
     "RemoteTraceback": ".task",
@@ -110,6 +112,7 @@ __all__ = [
     "MessageTooLarge",
     "RemoteTraceback",
     "ResourceUnavailable",
+    "ResultRef",
     "ShippingError",
     "SystemHandle",
     "Task",

@@ -24,13 +24,24 @@ SUBMIT naming it has been sent, by the I/O thread, which sends the confirmations
 master therefore always meets the dependent before it lets the input go; an input found done
 after the pin was settled before it, and travels by value.
 
+A task system's tasks take each other's results the same way, with a ``ResultRef`` (what
+``master.push_task`` returns) in place of a Future. Its runner thread pickles the tasks it pushes
+with a ``SystemCollector``: a ref whose task's outcome the runner has applied travels by value
+(or fails its taker at once, on the runner), one still pending becomes a placeholder and the
+master holds the taker back as it holds an application's. The race here: an input that finished
+on the master, its outcome on its way to the runner, when the runner pushes its taker. The
+master, which has let that outcome go, sends the taker back to the runner (``RESEND``), after
+the outcome in the runner's inbox; the runner, which has applied it by then, pickles the taker
+again with the input's result by value.
+
 Everything on the worker's side is import-light: the forkserver preloads what a worker needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from typing import Any
 
@@ -39,6 +50,8 @@ from .errors import DependencyError
 __all__ = [
     "Collector",
     "DependencyFailed",
+    "ResultRef",
+    "SystemCollector",
     "given",
     "giving",
     "reduce_future",
@@ -107,18 +120,117 @@ class Collector:
             raise DependencyFailed(task_id, error)
         return _same, (future.result(),)
 
+    def reduce_ref(self, ref: ResultRef) -> tuple[Any, ...]:
+        raise TypeError(
+            f"the ResultRef of task {ref.task_id} belongs to a task system: it can be an argument "
+            "only of a task that system pushes (master.push_task)"
+        )
+
+
+# -- a task system's side: the refs its runner pickles ------------------------------------------
+
+
+class ResultRef:
+    """A task system's pushed task, standing for its result: what ``master.push_task`` returns.
+
+    Put it among the arguments or attributes of a task the same system pushes later and that
+    task runs once this one is done, with its result in the ref's place (a failed one fails
+    it with ``DependencyError``, caused by its error). The runner keeps, in a ref still
+    referred to, its task's outcome once applied (``outcome``), so a taker pushed after it
+    finished takes it by value; a ref no one refers to costs nothing after its task is done.
+    """
+
+    __slots__ = ("__weakref__", "name", "outcome", "system_id", "task_id")
+
+    def __init__(self, task_id: str, system_id: str, name: str) -> None:
+        self.task_id, self.system_id, self.name = task_id, system_id, name
+        #: ``(result, error)`` once the runner applied the task's outcome; None before.
+        self.outcome: tuple[Any, BaseException | None] | None = None
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def __repr__(self) -> str:
+        state = "pending" if self.outcome is None else "done"
+        return f"<ResultRef of task {self.name!r} ({self.task_id}) {state}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        active = _local.collector
+        if active is not None:
+            return active.reduce_ref(self)
+        # A durable system's snapshot: the ref as it is, found again by its runner on restore.
+        return _revive, (self.task_id, self.system_id, self.name, self.outcome)
+
+
+def _revive(task_id: str, system_id: str, name: str, outcome: tuple[Any, Any] | None) -> ResultRef:
+    ref = ResultRef(task_id, system_id, name)
+    ref.outcome = outcome
+    register = _local.refs
+    if register is not None and outcome is None:
+        register(ref)
+    return ref
+
+
+class SystemCollector:
+    """The inputs found while a task system's runner pickles the tasks it pushes."""
+
+    def __init__(self, system_id: str) -> None:
+        self.system_id = system_id
+        #: The pending inputs of the task being pickled, by task id.
+        self.deps: dict[str, ResultRef] = {}
+        #: Pickling a task the master sent back: the input it did not know (``RESEND``).
+        self.unknown = ""
+
+    def take(self) -> dict[str, ResultRef]:
+        deps, self.deps = self.deps, {}
+        return deps
+
+    def reduce_ref(self, ref: ResultRef) -> tuple[Any, ...]:
+        if ref.system_id != self.system_id:
+            raise TypeError(
+                f"the ResultRef of task {ref.task_id} belongs to another task system: a ref can "
+                "be an argument only of a task the system that pushed it pushes"
+            )
+        if ref.outcome is None:
+            if ref.task_id == self.unknown:  # sent back by the master, yet still pending here
+                raise DependencyFailed(ref.task_id, LookupError(ref.task_id))
+            self.deps[ref.task_id] = ref
+            return given, (ref.task_id,)
+        result, error = ref.outcome
+        if error is not None:
+            raise DependencyFailed(ref.task_id, error)
+        return _same, (result,)
+
+    def reduce(self, future: Any) -> tuple[Any, ...]:
+        raise TypeError(
+            f"the Future of task {future.task_id} cannot be an argument of a task a task system "
+            "pushes: pass the ResultRef master.push_task returned for it (or its result)"
+        )
+
 
 class _Local(threading.local):
-    collector: Collector | None = None
+    collector: Collector | SystemCollector | None = None
+    #: While a runner unpickles its system's snapshot: where the refs in it are registered.
+    refs: Callable[[ResultRef], None] | None = None
 
 
 _local = _Local()
 
 
-def collect(active: Collector | None) -> Collector | None:
+def collect(active: Collector | SystemCollector | None) -> Collector | SystemCollector | None:
     """Make ``active`` this thread's collector; returns the one before (to put back)."""
     before, _local.collector = _local.collector, active
     return before
+
+
+@contextlib.contextmanager
+def reviving(register: Callable[[ResultRef], None]) -> Iterator[None]:
+    """While a runner unpickles its system's snapshot: each pending ref in it is registered."""
+    before, _local.refs = _local.refs, register
+    try:
+        yield
+    finally:
+        _local.refs = before
 
 
 def reduce_future(future: Any) -> tuple[Any, ...]:

@@ -125,10 +125,13 @@ class MasterCore:
             max_message_bytes=max_message_bytes,
             clock=clock,
         )
+        #: Tasks held back until the tasks whose results they take are done.
+        self.dependencies = DependencyTable(scheduler, send)
         self.systems = SystemTable(
             scheduler,
             self.journal,
             send,
+            dependencies=self.dependencies,
             tell_application=self.tell_application,
             cancel_on_slaves=self.cancel_on_slaves,
             cluster_info=self.slaves.cluster_info,
@@ -136,8 +139,6 @@ class MasterCore:
             rejected=self.rejected,
             **({"post": post} if post is not None else {}),
         )
-        #: Tasks held back until the tasks whose results they take are done.
-        self.dependencies = DependencyTable(scheduler, send)
         self.slaves.on_lost = self._slave_lost
         #: Outcomes ``deliver`` settles but sends no application (a result made again that
         #: its application no longer refers to).

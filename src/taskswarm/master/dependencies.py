@@ -80,11 +80,19 @@ class DependencyTable:
     # -- tasks coming in -----------------------------------------------------------------------
 
     def admit(
-        self, tasks: list[TaskRecord], client_id: str, kept: Kept
+        self,
+        tasks: list[TaskRecord],
+        client_id: str,
+        kept: Kept,
+        resend: list[tuple[TaskRecord, str]] | None = None,
     ) -> tuple[list[TaskRecord], list[Outcome]]:
         """A SUBMIT's new tasks: those to queue now, and outcomes for those that fail now (an
         input failed or is unknown); the rest wait here. ``kept``: the outcomes the master
-        still keeps for their application (an input done before the task came)."""
+        still keeps for their application (an input done before the task came).
+
+        ``resend``, for a task system's tasks: where a task naming an input the master does not
+        hold goes instead of failing, with that input (its outcome is on its way to the
+        system's runner, which sends the task again with it by value: ``taskswarm.inputs``)."""
         if not any(map(_DEPS, tasks)):
             return tasks, []
         ready, failed = [], []
@@ -104,6 +112,9 @@ class DependencyTable:
                     broken = _failed(task, dep, found)
                     break
             if broken is not None:
+                if resend is not None:
+                    resend.append((task, dep))
+                    continue
                 failed.append(broken)
                 continue
             for dep in task.deps:
@@ -346,6 +357,11 @@ class DependencyTable:
             return []
         outcomes, _ = self.settle([(task, False, b"")])
         return outcomes[1:]
+
+    def drop_system(self, system_id: str) -> None:
+        """A task system ended: its tasks waiting here go (as ``scheduler.drop_system``'s)."""
+        for task_id in [t for t, (task, _) in self.waiting.items() if task.system_id == system_id]:
+            self.cancel(task_id)
 
     def of_client(self, client_id: str) -> list[str]:
         return [t for t, (task, _) in self.waiting.items() if task.client_id == client_id]

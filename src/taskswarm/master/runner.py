@@ -17,12 +17,16 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import cloudpickle
 
-from ..errors import TaskSystemError
+from .. import inputs
+from ..errors import DependencyError, TaskSystemError
+from ..inputs import DependencyFailed, ResultRef, SystemCollector, dependency_error
+from ..protocol.messages import TaskMeta
 from ..task import ExceptionWithTraceback, Task, format_remote_traceback, load_outcome, task_meta
 from .edges import Done, Progress, Push, RunnerMail
 
@@ -38,6 +42,9 @@ PROGRESS_INTERVAL = 0.2
 SNAPSHOT_INTERVAL = 1.0
 #: Results for a system's runner, in journal order: ``(seq, task_id, ok, pickled outcome)``.
 ResultBatch = list[tuple[int, str, bool, bytes]]
+#: The ``seq`` of a row that is no result but the master sending a task back, unqueued: it
+#: named an input whose outcome was already on its way here (``taskswarm.inputs``).
+RESEND = -1
 
 
 class _Finished(Exception):
@@ -54,12 +61,16 @@ class MasterHandle:
     def system_id(self) -> str:
         return self._runner.system_id
 
-    def push_task(self, task: Task) -> None:
-        """Queue one more task for this system; it is sent when the current callback returns."""
-        self._runner.add_tasks([task])
+    def push_task(self, task: Task) -> ResultRef:
+        """Queue one more task for this system; it is sent when the current callback returns.
 
-    def push_tasks(self, tasks: Iterable[Task]) -> None:
-        self._runner.add_tasks(tasks)
+        Returns its ``ResultRef``: an argument (or attribute) of a task pushed later that stands
+        for this one's result, as a Future does for an application's."""
+        return self._runner.add_tasks([task])[0]
+
+    def push_tasks(self, tasks: Iterable[Task]) -> list[ResultRef]:
+        """``push_task`` for each; their refs, in order."""
+        return self._runner.add_tasks(tasks)
 
     def cluster(self) -> dict[str, int]:
         """Slaves and workers the master has now (a snapshot, for sizing work)."""
@@ -97,6 +108,18 @@ class SystemRunner:
         self.inbox: queue.SimpleQueue[ResultBatch | None] = queue.SimpleQueue()
         self._pending: dict[str, Task] = {}  # task id -> the task object, until its result is in
         self._outgoing: list[Task] = []
+        #: Tasks the master sent back to be pickled again (``RESEND``), each with the input it
+        #: did not know: not new, not counted.
+        self._again: list[tuple[Task, str]] = []
+        #: Tasks that cannot run, an input having failed, with their error: applied here.
+        self._failed_now: list[tuple[Task, BaseException]] = []
+        #: The refs of tasks not applied yet, by task id: each gets its task's outcome then (a
+        #: weak reference: most are dropped as soon as ``push_task`` returns them).
+        self._refs: dict[str, weakref.ref[ResultRef]] = {}
+        #: Refs of failed tasks still referred to: the cause of their takers' errors.
+        self._failed_refs: weakref.WeakValueDictionary[str, ResultRef] = (
+            weakref.WeakValueDictionary()
+        )
         self.generated = 0
         self.finished = 0
         #: Tasks whose outcome was an error, and what the first of them said (with its remote
@@ -123,7 +146,10 @@ class SystemRunner:
 
     # -- called from callbacks (runner thread) -----------------------------------------------
 
-    def add_tasks(self, tasks: Iterable[Task]) -> None:
+    def add_tasks(self, tasks: Iterable[Task], with_refs: bool = True) -> list[ResultRef]:
+        """Queue tasks for the next flush; their refs (none for ``generate_tasks``'s list,
+        whose refs no one could hold)."""
+        refs = []
         for task in tasks:
             if not isinstance(getattr(task, "task_id", None), str):
                 raise TaskSystemError(
@@ -133,6 +159,12 @@ class SystemRunner:
             task.system_id = self.system_id
             task.client_id = self.client_id
             self._outgoing.append(task)
+            if not with_refs:
+                continue
+            ref = ResultRef(task.task_id, self.system_id, str(task.name))
+            self._refs[task.task_id] = weakref.ref(ref)
+            refs.append(ref)
+        return refs
 
     # -- the thread ----------------------------------------------------------------------------
 
@@ -144,6 +176,7 @@ class SystemRunner:
                 if self._apply(batch):
                     return
                 self._flush()
+                self._check_waiting()
                 self._report_progress()
                 batch = self._next_batch()
         except _Finished:
@@ -176,40 +209,72 @@ class SystemRunner:
         payload, self._payload = self._payload, b""
         self.handle = MasterHandle(self)
         if self._restored:
-            self.system, self._pending, self.generated, self.finished = cloudpickle.loads(payload)
+            with inputs.reviving(self._revived):
+                state = cloudpickle.loads(payload)
+            self.system, self._pending, self.generated, self.finished = state
             return
         self.system = cloudpickle.loads(payload)
         self.system.init_system(self.handle)
-        self.add_tasks(self.system.generate_tasks(self.handle) or [])
+        self.add_tasks(self.system.generate_tasks(self.handle) or [], with_refs=False)
         self._flush(force_snapshot=True)
         self._check_waiting()
 
     def _apply(self, batch: ResultBatch) -> bool:
         """Apply a batch of results, asking after each whether the system is complete."""
         for seq, task_id, ok, data in batch:
+            if seq == RESEND:
+                self._resend(task_id, data.decode())
+                continue
             self._applied_seq = max(self._applied_seq, seq)
             task = self._pending.pop(task_id, None)
             if task is None:
                 continue  # a duplicate delivery: each task is applied once
             result, error = load_outcome(ok, data, task.name)
-            self.finished += 1
-            if error is not None:
-                self._count_failure(task, error)
-            task.finished(result, error)
-            self.system.task_finished(self.handle, task, result, error)
-            if self.system.is_complete(self.handle):
-                self._finish(*self._gather())
+            if self._applied(task, result, error):
                 return True
-        self._check_waiting()
+        return False
+
+    def _revived(self, ref: ResultRef) -> None:
+        """A pending ref found in the snapshot this runner restores."""
+        self._refs[ref.task_id] = weakref.ref(ref)
+
+    def _resend(self, task_id: str, dep: str) -> None:
+        """The master sent a task back: it named input ``dep``, whose outcome had already left
+        for here. Applied by now, it goes in the task's pickle by value."""
+        task = self._pending.pop(task_id, None)
+        if task is not None:
+            self._again.append((task, dep))
+
+    def _applied(self, task: Task, result: Any, error: BaseException | None) -> bool:
+        """Give the system one task's outcome; True if it is complete now (and finished)."""
+        alive = self._refs.pop(task.task_id, None)
+        ref = alive() if alive is not None else None
+        if ref is not None:
+            ref.outcome = (result, error)
+            if error is not None:
+                self._failed_refs[task.task_id] = ref
+        if isinstance(error, DependencyError):
+            given = self._failed_refs.get(error.dependency)
+            if given is not None and given.outcome is not None:
+                error.__cause__ = given.outcome[1]  # the input's own error, as for a Future
+        self.finished += 1
+        if error is not None:
+            self._count_failure(task, error)
+        task.finished(result, error)
+        self.system.task_finished(self.handle, task, result, error)
+        if self.system.is_complete(self.handle):
+            self._finish(*self._gather())
+            return True
         return False
 
     def _check_waiting(self) -> None:
-        if not self._pending and not self._outgoing and not self.system.is_complete(self.handle):
+        """After a flush: a system with no task left to wait for is complete, or broken."""
+        if not self._pending and not self.system.is_complete(self.handle):
             raise TaskSystemError(
                 "the task system is not complete but has no task left to wait for: "
                 "generate_tasks or task_finished must push tasks until is_complete is True"
             )
-        if not self._pending and not self._outgoing:
+        if not self._pending:
             self._finish(*self._gather())
             raise _Finished
 
@@ -234,20 +299,74 @@ class SystemRunner:
         return result, error
 
     def _flush(self, force_snapshot: bool = False) -> None:
-        """Send what the callbacks pushed (with a snapshot when durable)."""
-        tasks, self._outgoing = self._outgoing, []
-        records = [(task_meta(t), cloudpickle.dumps(t)) for t in tasks]
-        for task in tasks:
-            self._pending[task.task_id] = task
-        self.generated += len(tasks)
+        """Send what the callbacks pushed (with a snapshot when durable).
+
+        A task an input of which has failed is not sent: it fails here, its callbacks run
+        (they may push more), before the snapshot, which so never holds it half done."""
+        records: list[tuple[TaskMeta, bytes]] = []
+        counts = (self.generated, self.finished)
+        while self._outgoing or self._again or self._failed_now:
+            again, self._again = self._again, []
+            tasks, self._outgoing = self._outgoing, []
+            self.generated += len(tasks)
+            if again:
+                records += self._pickled([task for task, _ in again], [dep for _, dep in again])
+            records += self._pickled(tasks)
+            failed_now, self._failed_now = self._failed_now, []
+            for task, error in failed_now:
+                if self._applied(task, None, error):
+                    raise _Finished
         snapshot = None
         due = time.monotonic() - self._last_snapshot > SNAPSHOT_INTERVAL
         if self._durable and (
-            tasks or force_snapshot or (due and self._applied_seq > self._snapshot_seq)
+            counts != (self.generated, self.finished)
+            or force_snapshot
+            or (due and self._applied_seq > self._snapshot_seq)
         ):
             snapshot = self._snapshot()
         if records or snapshot is not None:
             self._post(Push(self.system_id, records, snapshot, self._applied_seq))
+
+    def _pickled(
+        self, tasks: list[Task], unknown: list[str] | None = None
+    ) -> list[tuple[TaskMeta, bytes]]:
+        """Each task's metadata and pickle, its pending inputs named in ``deps``; a task whose
+        input failed goes to ``_failed_now`` instead, with its error. ``unknown``: for tasks
+        the master sent back, the input each named that it did not know."""
+        if not tasks:
+            return []
+        records = []
+        collector = SystemCollector(self.system_id)
+        outer = inputs.collect(collector)
+        try:
+            for i, task in enumerate(tasks):
+                if unknown is not None:
+                    collector.unknown = unknown[i]
+                try:
+                    payload = cloudpickle.dumps(task)
+                except DependencyFailed as failed:
+                    collector.take()
+                    self._failed_now.append((task, self._cannot_run(task, failed, collector)))
+                    continue
+                meta = task_meta(task)
+                if collector.deps:
+                    meta.deps = list(collector.take())
+                records.append((meta, payload))
+                self._pending[task.task_id] = task
+        finally:
+            inputs.collect(outer)
+        return records
+
+    @staticmethod
+    def _cannot_run(task: Task, failed: DependencyFailed, collector: SystemCollector) -> Exception:
+        if failed.task_id == collector.unknown:
+            return DependencyError(
+                f"task {task.name!r} did not run: its input, task {failed.task_id}, is known "
+                "neither to the master nor to this task system (a ResultRef must come from "
+                "master.push_task of this system)",
+                dependency=failed.task_id,
+            )
+        return dependency_error(str(task.name), failed.task_id, failed.error)
 
     def _snapshot(self) -> bytes | None:
         try:

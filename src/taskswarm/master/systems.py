@@ -33,10 +33,11 @@ from ..protocol.messages import Header, SystemDone, SystemProgress
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord
 from ..task import ExceptionWithTraceback, failure
+from .dependencies import DependencyTable
 from .edges import Done, Progress, Push, RunnerMail, Send
 from .journal import Journal, NullJournal, RestoredSystem
 from .retention import Retention
-from .runner import ResultBatch, SystemRunner
+from .runner import RESEND, ResultBatch, SystemRunner
 
 __all__ = ["SystemRecord", "SystemTable"]
 
@@ -102,6 +103,7 @@ class SystemTable:
         journal: Journal | NullJournal,
         send: Send,
         *,
+        dependencies: DependencyTable | None = None,
         tell_application: Callable[[str, Header], None],
         cancel_on_slaves: Callable[[list[TaskRecord], bool], None],
         cluster_info: Callable[[], dict[str, int]],
@@ -111,6 +113,8 @@ class SystemTable:
     ) -> None:
         self.scheduler = scheduler
         self.journal = journal
+        #: Where tasks that take other tasks' results wait for them.
+        self.dependencies = dependencies or DependencyTable(scheduler, send)
         self.send = send
         #: Send to an application by its id (if it is connected).
         self.tell_application = tell_application
@@ -232,7 +236,12 @@ class SystemTable:
             self.journal.snapshot(record.system_id, push.snapshot, push.applied_seq, rows)
         elif rows:
             self.journal.add_tasks(rows)
-        self.scheduler.push_tasks(records)
+        resend: list[tuple[TaskRecord, str]] = []
+        ready, _ = self.dependencies.admit(records, record.client_id, {}, resend)
+        self.scheduler.push_tasks(ready)
+        if resend and record.runner is not None:
+            rows_back = [(RESEND, task.task_id, False, dep.encode()) for task, dep in resend]
+            record.runner.inbox.put(rows_back)
 
     # -- ending ----------------------------------------------------------------------------------
 
@@ -245,6 +254,7 @@ class SystemTable:
         self.finished_since_gc += 1
         self.journal.system_done(record.system_id, outcome, failed, record.finished_at)
         leftovers = self.scheduler.drop_system(record.system_id)
+        self.dependencies.drop_system(record.system_id)
         self.cancel_on_slaves(leftovers, False)
         elapsed = time.monotonic() - record.started
         log.info(
