@@ -23,6 +23,7 @@ EXPORTS = [
     "api",
     "Application",
     "ApplicationNode",
+    "AsyncApplication",
     "AuthenticationFailed",
     "ClientClosed",
     "ClusterError",
@@ -48,6 +49,7 @@ EXPORTS = [
     "WorkerCrashed",
     "WorkerMemoryExceeded",
     "connect",
+    "connect_async",
     "connect_or_start",
 ]
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from . import api
+    from .client.aio import AsyncApplication, connect_async
     from .client.application import Application, connect
     from .client.appnode import ApplicationNode
     from .client.handles import SystemHandle, TaskswarmExecutor
@@ -45,6 +46,8 @@ _HOMES = {
     "api": ".api",
     "Application": ".client.application",
     "connect": ".client.application",
+    "AsyncApplication": ".client.aio",
+    "connect_async": ".client.aio",
     "ApplicationNode": ".client.appnode",
     "SystemHandle": ".client.handles",
     "TaskswarmExecutor": ".client.handles",
@@ -101,6 +104,7 @@ __all__ = [
     "api",
     "Application",
     "ApplicationNode",
+    "AsyncApplication",
     "AuthenticationFailed",
     "ClientClosed",
     "ClusterError",
@@ -126,5 +130,6 @@ __all__ = [
     "WorkerCrashed",
     "WorkerMemoryExceeded",
     "connect",
+    "connect_async",
     "connect_or_start",
 ]

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client.application import Application, connect
 from .errors import ClusterError, ConfigurationError
@@ -34,6 +34,9 @@ from .protocol import sharing
 from .protocol.keys import generate_key_file, load_keys
 from .scheduling import load_plugin
 from .slave.containment import fair_share, parse_memory_limit, usable_cores
+
+if TYPE_CHECKING:
+    from .client.aio import AsyncApplication
 
 __all__ = ["LocalCluster", "connect_or_start", "default_layout"]
 
@@ -384,6 +387,15 @@ class LocalCluster:
         )
         self._apps.append(app)
         return app
+
+    def connect_async(
+        self, connect_timeout: float = 10.0, *, ship: Iterable[str | os.PathLike[str]] = ()
+    ) -> AsyncApplication:
+        """``connect`` for asyncio programs: ``async with cluster.connect_async() as aapp``
+        (or ``await`` it); it opens on a thread of the loop's executor, not on the loop."""
+        from .client.aio import AsyncApplication  # asyncio loads only for programs that use it
+
+        return AsyncApplication(lambda: self.connect(connect_timeout, ship=ship))
 
     def __enter__(self) -> LocalCluster:
         return self

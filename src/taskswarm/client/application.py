@@ -225,6 +225,13 @@ class Application:
         if not self._link.closed:
             self._link.post(Kind.CANCEL, Cancel(tasks=task_ids, soft=True))
 
+    def _abandon(self, future: TaskFuture) -> None:
+        """No coroutine awaits ``future`` any more (``taskswarm.client.aio``): its task is
+        stopped, queued or running, unless a task of this connection takes it as an argument
+        and so still needs its result."""
+        if not self._ledger.takes(future.task_id):
+            self.cancel(future)
+
     def _cancel_queued(self, task_id: str) -> None:
         """``Future.cancel()`` of a task not yet running: the master drops it if it still has it
         queued, and leaves it alone if it has meanwhile handed it to a slave (``soft``)."""
@@ -307,10 +314,15 @@ class Application:
 
     def system_result(self, system_id: str, timeout: float | None = None) -> Any:
         """The result of a system sent earlier, by any process, waiting for it if needed."""
+        return self._system_handle(str(system_id)).result(timeout)
+
+    def _system_handle(self, system_id: str) -> SystemHandle:
+        """The handle that waits for a system sent earlier, the master asked for its outcome
+        (``system_result``, and its asyncio twin, which must not block)."""
         self._link.check_open()
-        handle = self._track_system(str(system_id), None)
-        self._link.post(Kind.SYSTEM_QUERY, SystemQuery(system_id=str(system_id)))
-        return handle.result(timeout)
+        handle = self._track_system(system_id, None)
+        self._link.post(Kind.SYSTEM_QUERY, SystemQuery(system_id=system_id))
+        return handle
 
     def _track_system(
         self, system_id: str, progress: ProgressCallback | None, label: str = ""

@@ -6,7 +6,7 @@ import concurrent.futures
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures._base import (
     CANCELLED,
@@ -81,6 +81,14 @@ class TaskFuture(Future[Any]):
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         return reduce_future(self)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future`` in a coroutine, whichever connection made it: the result, waited
+        for without blocking the event loop (``taskswarm.client.aio`` says what cancelling
+        the awaiting asyncio task does)."""
+        from .aio import outcome  # here, not above: asyncio loads only for programs that await
+
+        return outcome(self).__await__()
 
     def cancel(self) -> bool:
         if not self._cancel(running_too=False):

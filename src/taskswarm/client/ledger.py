@@ -98,6 +98,11 @@ class Ledger:
 
     # -- inputs (Futures as arguments) ---------------------------------------------------------
 
+    def takes(self, task_id: str) -> bool:
+        """Whether a task waited for here, or one being sent, takes ``task_id`` as an input."""
+        with self.lock:
+            return task_id in self.uses or task_id in self.pins
+
     def pin(self, task_id: str) -> None:
         """A task being sent names input ``task_id``: its outcome is not confirmed meanwhile."""
         with self.lock:
