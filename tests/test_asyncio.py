@@ -118,6 +118,17 @@ def test_a_connection_used_before_it_opens_says_how_to_open_it(shared):
         aapp.submit(add, 1, 1)
 
 
+def test_a_connection_that_cannot_open_says_why_when_awaited(monkeypatch):
+    monkeypatch.delenv("TASKSWARM_MASTER", raising=False)
+
+    async def main() -> None:
+        aapp = ts.connect_async()  # no address: nothing is tried until it is awaited
+        with pytest.raises(ts.ConfigurationError, match="no master to connect to"):
+            await aapp
+
+    asyncio.run(main())
+
+
 def test_two_hundred_concurrent_awaits_all_complete(shared):
     async def main() -> list[int]:
         async with shared.connect_async() as aapp:
