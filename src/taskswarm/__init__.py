@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .client.appnode import ApplicationNode
     from .client.handles import SystemHandle, TaskswarmExecutor
     from .errors import (
+        AmbiguousTaskSystem,
         AuthenticationFailed,
         ClientClosed,
         ClusterError,
@@ -57,6 +58,7 @@ _HOMES = {
     "Task": ".task",
     **dict.fromkeys(
         [
+            "AmbiguousTaskSystem",
             "AuthenticationFailed",
             "ClientClosed",
             "ClusterError",
@@ -99,6 +101,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "api",
+    "AmbiguousTaskSystem",
     "Application",
     "ApplicationNode",
     "AuthenticationFailed",
