@@ -59,14 +59,14 @@ async def systems(request: web.Request) -> web.Response:
     return web.json_response(await _ask(request, lambda master: master.systems.summaries()))
 
 
-def _found(found: Any) -> str:
-    """The full id a look-up found (``master.system_ids.Found``); else the 404 (none) or the
-    409 (several, listed) that says so."""
+def _found(found: Any, none: str = "") -> str:
+    """The full id a look-up found (``master.system_ids.Found``); else the 404 (none: after
+    ``none``) or the 409 (several, listed) that says so."""
     if found.system_id is not None:
         return str(found.system_id)
     if found.error == AMBIGUOUS_SYSTEM:
         raise web.HTTPConflict(text=found.reason)
-    raise web.HTTPNotFound(text=found.reason)
+    raise web.HTTPNotFound(text=none + found.reason)
 
 
 @routes.get("/api/systems/{system_id}")
@@ -238,7 +238,7 @@ async def cancel_system(request: web.Request) -> web.Response:
         return found, found.system_id is not None and master.systems.cancel(found.system_id)
 
     found, cancelled = await _ask(request, cancel)
-    system_id = _found(found)
+    system_id = _found(found, f"no running task system {given!r}: ")
     if not cancelled:
         raise web.HTTPNotFound(text=f"no running task system {system_id!r}")
     return web.json_response({"ok": True})
