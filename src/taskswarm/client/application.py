@@ -328,8 +328,9 @@ class Application:
 
     def _look_up(self, given: str, timeout: float = 10.0) -> tuple[str, str]:
         """The full id of the system ``given`` names, and its name: the master looks it up
-        among all it knows (an id this connection already follows needs no asking)."""
-        if given in self._ledger.systems:
+        among all it knows. A whole id needs no asking (one this connection follows, or any
+        uuid as ``TaskSystem`` makes them): so a master from before short ids still answers."""
+        if given in self._ledger.systems or _whole_id(given):
             return given, ""
         query = SystemQuery(system_id=given)
         try:
@@ -385,6 +386,14 @@ class Application:
             self._link.post(Kind.CANCEL, Cancel(system_id=handle.system_id))
         self._withdraw(futures)
         return systems, len(futures)
+
+
+def _whole_id(given: str) -> bool:
+    """Whether ``given`` is a whole uuid as ``TaskSystem`` writes them (36 characters)."""
+    try:
+        return len(given) == 36 and str(uuid.UUID(given)) == given
+    except ValueError:
+        return False
 
 
 def connect(
