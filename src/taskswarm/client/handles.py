@@ -139,7 +139,12 @@ class SystemHandle:
     """
 
     def __init__(
-        self, system_id: str, progress: ProgressCallback | None = None, name: str = ""
+        self,
+        system_id: str,
+        progress: ProgressCallback | None = None,
+        label: str = "",
+        *,
+        name: str = "",
     ) -> None:
         self.system_id = system_id
         self.name = name
@@ -148,7 +153,7 @@ class SystemHandle:
         self.total_tasks = 0
         # Named as people see it everywhere: `my-sweep 1f2e3d4c` (the id's start tells apart
         # systems of one name, and is enough for `taskswarm result`).
-        self.meter = Meter(f"{name or 'task system'} {system_id[:8]}")
+        self.meter = Meter(label or f"{name or 'task system'} {system_id[:8]}")
         self.meter.update(0, 0)  # the system starts now: its rate counts from here
         self._observers: list[SystemObserver] = []
         self._future: Future[Any] = Future()

@@ -334,7 +334,7 @@ class Ledger:
         with self.lock:
             handle = self.systems.get(system_id)
             if handle is None or handle.done():
-                handle = self.systems[system_id] = SystemHandle(system_id, progress, name)
+                handle = self.systems[system_id] = SystemHandle(system_id, progress, name=name)
                 return handle, True
             if progress is not None:
                 handle.progress = progress
