@@ -115,6 +115,8 @@ def test_every_documented_path_answers_what_its_document_promises(served):
     for path, operations in document["paths"].items():
         if "get" not in operations:
             continue  # actions: see the tests below
+        if "{" in path:
+            continue  # one of many, by its id: see test_system_names.py
         code, kind, body = get(url + path)
         assert code == 200, path
         schema = operations["get"]["responses"]["200"]["content"]

@@ -21,6 +21,7 @@ from taskswarm.slave.process_pool import ProcessPoolManager
 
 EXPORTS = [
     "api",
+    "AmbiguousTaskSystem",
     "Application",
     "ApplicationNode",
     "AsyncApplication",

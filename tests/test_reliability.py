@@ -244,6 +244,27 @@ def test_a_master_killed_mid_system_resumes_from_its_journal(nodes, key_file, tm
         assert handle.result(timeout=120) == sum(i * i for i in range(300))
 
 
+def test_a_restarted_master_keeps_its_task_systems_names(nodes, key_file, tmp_path):
+    master = DurableMaster(nodes, key_file, tmp_path, slaves=0, workers=1)
+    system = SlowSquares(3)
+    system.name = "resumed-sweep"
+    with ts.connect(master.address, key_file=key_file) as app:
+        app.submit_system(system)  # no slave: it stays running
+        first = master.process
+        master.kill()
+        assert f"task system resumed-sweep ({system.system_id}) started" in first.stderr.read()
+        master.start()
+
+        def restored() -> list[tuple[str, str]] | None:
+            try:  # the application may not have found the new master yet
+                systems = app.status(timeout=2)["systems"]
+            except (TimeoutError, ts.TaskswarmError):
+                return None
+            return [(s["id"], s["name"]) for s in systems]
+
+        assert wait_for(restored, timeout=30) == [(system.system_id, "resumed-sweep")]
+
+
 def test_plain_tasks_survive_a_master_kill(nodes, key_file, tmp_path):
     master = DurableMaster(nodes, key_file, tmp_path, slaves=1, workers=2)
     address = master.address

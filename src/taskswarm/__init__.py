@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .client.appnode import ApplicationNode
     from .client.handles import SystemHandle, TaskswarmExecutor
     from .errors import (
+        AmbiguousTaskSystem,
         AuthenticationFailed,
         ClientClosed,
         ClusterError,
@@ -60,6 +61,7 @@ _HOMES = {
     "Task": ".task",
     **dict.fromkeys(
         [
+            "AmbiguousTaskSystem",
             "AuthenticationFailed",
             "ClientClosed",
             "ClusterError",
@@ -102,6 +104,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "api",
+    "AmbiguousTaskSystem",
     "Application",
     "ApplicationNode",
     "AsyncApplication",

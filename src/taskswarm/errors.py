@@ -157,6 +157,11 @@ class UnknownTaskSystem(TaskswarmError):
     """Raised when the master holds no task system with the given id."""
 
 
+class AmbiguousTaskSystem(UnknownTaskSystem):
+    """Raised when an id prefix given for a task system begins the ids of several the master
+    knows: the message lists them; give more of the id."""
+
+
 class ShippingError(TaskswarmError, ValueError):
     """Raised when ``app.upload_file`` cannot ship a path: it does not exist, is neither a
     module (``.py``), a package directory nor a ``.zip``, holds an entry that could land outside

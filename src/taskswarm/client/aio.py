@@ -193,7 +193,8 @@ class AsyncApplication:
         if isinstance(system, SystemHandle):
             handle = system
         else:
-            handle = self.app._system_handle(str(system))
+            loop = asyncio.get_running_loop()  # a short id is looked up with a round trip
+            handle = await loop.run_in_executor(None, self.app._system_handle, str(system))
         return await _system_outcome(handle)
 
     async def cancel_system(self, system_id: str) -> None:

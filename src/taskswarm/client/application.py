@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any, cast
 
-from ..errors import ClientClosed, MasterUnreachable, TaskswarmError
+from ..errors import ClientClosed, MasterUnreachable, TaskswarmError, UnknownTaskSystem
 from ..protocol import pickling, sharing
 from ..protocol.codec import Kind, too_large
 from ..protocol.keys import ClusterKeys, as_keys, load_keys
@@ -36,6 +36,7 @@ from ..protocol.messages import (
     SystemQuery,
 )
 from ..protocol.transport import check_address, unreachable_message, unresolvable
+from ..system import system_name
 from ..task import FunctionTask, Task
 from . import shipping
 from .handles import SystemHandle, TaskFuture, TaskswarmExecutor
@@ -205,9 +206,14 @@ class Application:
         return cancelled
 
     def cancel_system(self, system_id: str) -> None:
-        """Stop a task system: its tasks are cancelled and its result is a TaskSystemError."""
+        """Stop a task system: its tasks are cancelled and its result is a TaskSystemError.
+
+        ``system_id`` may be the first characters of the id, as long as they begin no other
+        system's id the master knows: UnknownTaskSystem (AmbiguousTaskSystem, listing them)
+        says when they name none (several)."""
         self._link.check_open()
-        self._link.post(Kind.CANCEL, Cancel(system_id=str(system_id)))
+        system_id, _ = self._look_up(str(system_id))
+        self._link.post(Kind.CANCEL, Cancel(system_id=system_id))
 
     def cancel_pending(self, futures: Iterable[Future[Any]]) -> None:
         """``Future.cancel()`` on each of many, told to the master in one message (a map whose
@@ -279,8 +285,12 @@ class Application:
     # -- task systems ------------------------------------------------------------------------------
 
     def submit_system(self, system: Any, progress: ProgressCallback | None = None) -> SystemHandle:
-        """Send a task system to the master and return at once; the system lives there."""
+        """Send a task system to the master and return at once; the system lives there.
+
+        Its ``name`` (``TaskSystem.name``: the class's name unless set) must be a str of at
+        most 100 printable characters: TypeError or ValueError says what is wrong otherwise."""
         self._link.check_open()
+        name = system_name(system)
         try:
             payload = pickling.dumps(system)
         except Exception as exc:
@@ -292,12 +302,11 @@ class Application:
             raise too_large(
                 f"task system {type(system).__name__}", len(payload), self._link.max_bytes
             )
-        label = f"{type(system).__name__} {system.system_id[:8]}"
-        handle = self._track_system(system.system_id, progress, label)
+        handle = self._track_system(system.system_id, progress, name)
         self._ledger.sent_systems.add(system.system_id)
         # Wait for the master's ACK: once this returns, the system lives on without us.
         try:
-            system_message = System(system_id=system.system_id)
+            system_message = System(system_id=system.system_id, name=name)
             self._link.request(Kind.SYSTEM, system_message, 30.0, [payload], answer=Ack)
         except TaskswarmError as exc:
             # Refused (a full disk on the master, an id taken): nothing lives on to wait for.
@@ -313,21 +322,40 @@ class Application:
         return self.submit_system(system, progress).result(timeout)
 
     def system_result(self, system_id: str, timeout: float | None = None) -> Any:
-        """The result of a system sent earlier, by any process, waiting for it if needed."""
+        """The result of a system sent earlier, by any process, waiting for it if needed.
+
+        ``system_id`` may be the first characters of the id (as `taskswarm status` shows it),
+        as long as they begin no other system's id the master knows: UnknownTaskSystem
+        (AmbiguousTaskSystem, listing them) says when they name none (several)."""
         return self._system_handle(str(system_id)).result(timeout)
 
     def _system_handle(self, system_id: str) -> SystemHandle:
         """The handle that waits for a system sent earlier, the master asked for its outcome
-        (``system_result``, and its asyncio twin, which must not block)."""
+        (``system_result``, and its asyncio twin, which calls this off its loop: a prefix is
+        looked up with a round trip)."""
         self._link.check_open()
-        handle = self._track_system(system_id, None)
+        system_id, name = self._look_up(system_id)
+        handle = self._track_system(system_id, None, name)
         self._link.post(Kind.SYSTEM_QUERY, SystemQuery(system_id=system_id))
         return handle
 
+    def _look_up(self, given: str, timeout: float = 10.0) -> tuple[str, str]:
+        """The full id of the system ``given`` names, and its name: the master looks it up
+        among all it knows. A whole id needs no asking (one this connection follows, or any
+        uuid as ``TaskSystem`` makes them): so a master from before short ids still answers."""
+        if given in self._ledger.systems or _whole_id(given):
+            return given, ""
+        query = SystemQuery(system_id=given)
+        try:
+            reply = self._link.request(Kind.SYSTEM_QUERY, query, timeout, answer=Ack)
+        except UnknownTaskSystem as exc:  # AmbiguousTaskSystem too: say which master said so
+            raise type(exc)(f"the master at {self.address}: {exc}") from None
+        return reply.system_id or given, reply.name or ""
+
     def _track_system(
-        self, system_id: str, progress: ProgressCallback | None, label: str = ""
+        self, system_id: str, progress: ProgressCallback | None, name: str = ""
     ) -> SystemHandle:
-        handle, new = self._ledger.track_system(system_id, progress, label)
+        handle, new = self._ledger.track_system(system_id, progress, name)
         if new:
             for watcher in watchers():
                 watcher.system_tracked(handle)
@@ -371,6 +399,14 @@ class Application:
             self._link.post(Kind.CANCEL, Cancel(system_id=handle.system_id))
         self._withdraw(futures)
         return systems, len(futures)
+
+
+def _whole_id(given: str) -> bool:
+    """Whether ``given`` is a whole uuid as ``TaskSystem`` writes them (36 characters)."""
+    try:
+        return len(given) == 36 and str(uuid.UUID(given)) == given
+    except ValueError:
+        return False
 
 
 def connect(

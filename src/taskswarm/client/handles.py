@@ -139,6 +139,7 @@ class SystemObserver(Protocol):
 
 class SystemHandle:
     """A task system living on the master. Keep ``system_id``: any process can fetch the result.
+    ``name`` is the system's ``TaskSystem.name`` ("" when not known here).
 
     ``meter`` tells how far it has got: done, total, rate (tasks/s) and ETA. Under ``taskswarm
     run`` the system also shows on the program's progress board, unless the callback given
@@ -146,13 +147,21 @@ class SystemHandle:
     """
 
     def __init__(
-        self, system_id: str, progress: ProgressCallback | None = None, label: str = ""
+        self,
+        system_id: str,
+        progress: ProgressCallback | None = None,
+        label: str = "",
+        *,
+        name: str = "",
     ) -> None:
         self.system_id = system_id
+        self.name = name
         self.progress = progress
         self.done_tasks = 0
         self.total_tasks = 0
-        self.meter = Meter(label or f"task system {system_id[:8]}")
+        # Named as people see it everywhere: `my-sweep 1f2e3d4c` (the id's start tells apart
+        # systems of one name, and is enough for `taskswarm result`).
+        self.meter = Meter(label or f"{name or 'task system'} {system_id[:8]}")
         self.meter.update(0, 0)  # the system starts now: its rate counts from here
         self._observers: list[SystemObserver] = []
         self._future: Future[Any] = Future()
@@ -175,7 +184,8 @@ class SystemHandle:
 
     def __repr__(self) -> str:
         state = "done" if self.done() else f"{self.done_tasks}/{self.total_tasks}"
-        return f"<SystemHandle {self.system_id} {state}>"
+        name = f" {self.name!r}" if self.name else ""
+        return f"<SystemHandle {self.system_id}{name} {state}>"
 
     # -- the application node's side ------------------------------------------------------------
 

@@ -332,14 +332,14 @@ class Ledger:
     # -- task systems ------------------------------------------------------------------------------
 
     def track_system(
-        self, system_id: str, progress: ProgressCallback | None, label: str = ""
+        self, system_id: str, progress: ProgressCallback | None, name: str = ""
     ) -> tuple[SystemHandle, bool]:
         """The handle that waits for ``system_id`` (a new one if none waits yet), and whether
         it is new."""
         with self.lock:
             handle = self.systems.get(system_id)
             if handle is None or handle.done():
-                handle = self.systems[system_id] = SystemHandle(system_id, progress, label)
+                handle = self.systems[system_id] = SystemHandle(system_id, progress, name=name)
                 return handle, True
             if progress is not None:
                 handle.progress = progress

@@ -42,6 +42,7 @@ import cloudpickle
 import zmq
 
 from ..errors import (
+    AmbiguousTaskSystem,
     AuthenticationFailed,
     BadDigest,
     ClientClosed,
@@ -56,7 +57,9 @@ from ..protocol.codec import ENVELOPE, Codec, Kind, Message, Notice
 from ..protocol.keys import ClusterKeys
 from ..protocol.mailbox import Mailbox
 from ..protocol.messages import (
+    AMBIGUOUS_SYSTEM,
     APPLICATION_HEADER,
+    UNKNOWN_SYSTEM,
     Ack,
     Bye,
     Cancel,
@@ -110,7 +113,12 @@ QUERY_IDS = 20_000
 #: One task as it travels in a SUBMIT: its metadata (``task_meta``) and its pickled payload.
 Submission = tuple[TaskMeta, bytes]
 #: A message the master answers, matched by its ``rid``.
-Request = Cancel | Resize | Ship | Status | System | Scatter
+Request = Cancel | Resize | Ship | Status | System | SystemQuery | Scatter
+#: The error a REJECT raises, by its ``error`` (any other: TaskswarmError).
+_REJECTIONS: dict[str, type[TaskswarmError]] = {
+    UNKNOWN_SYSTEM: UnknownTaskSystem,
+    AMBIGUOUS_SYSTEM: AmbiguousTaskSystem,
+}
 #: What the master answers a request with (a REJECT raises instead).
 A = TypeVar("A", Ack, StatusReply)
 
@@ -499,7 +507,8 @@ class MasterLink:
             return
         if isinstance(reply, Reject):
             why = reply.reason or "the master refused it"
-            self._requests.answer(reply.rid, error=TaskswarmError(why))
+            raised = _REJECTIONS.get(reply.error or "", TaskswarmError)
+            self._requests.answer(reply.rid, error=raised(why))
         else:
             self._requests.answer(reply.rid, reply)
 

@@ -3,7 +3,10 @@
 The OpenAPI document below is the API's contract (``/api/openapi.json``); the tests check the
 live server against it.
 
-Just over 400 lines, most of them the OpenAPI document, which belongs beside the handlers it
+Task systems are named by their id or a unique prefix of it (``master.system_ids``): an
+ambiguous prefix is a 409 listing the candidates, an unknown one a 404 saying so.
+
+Nearly 500 lines, most of them the OpenAPI document, which belongs beside the handlers it
 describes.
 """
 
@@ -15,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..protocol.messages import AMBIGUOUS_SYSTEM
 from ..stats import prometheus_text
 from . import ERRORS_KEPT
 
@@ -53,6 +57,34 @@ async def nodes(request: web.Request) -> web.Response:
 @routes.get("/api/systems")
 async def systems(request: web.Request) -> web.Response:
     return web.json_response(await _ask(request, lambda master: master.systems.summaries()))
+
+
+def _found(found: Any, none: str = "") -> str:
+    """The full id a look-up found (``master.system_ids.Found``); else the 404 (none: after
+    ``none``) or the 409 (several, listed) that says so."""
+    if found.system_id is not None:
+        return str(found.system_id)
+    if found.error == AMBIGUOUS_SYSTEM:
+        raise web.HTTPConflict(text=found.reason)
+    raise web.HTTPNotFound(text=none + found.reason)
+
+
+@routes.get("/api/systems/{system_id}")
+async def system(request: web.Request) -> web.Response:
+    given = request.match_info["system_id"]
+
+    def summary(master: Any) -> tuple[Any, dict[str, Any] | None, str]:
+        table = master.systems
+        found = table.look_up(given)
+        record = table.records.get(found.system_id) if found.system_id else None
+        why = table.why_unknown(found.system_id) if found.system_id else ""
+        return found, record.summary() if record is not None else None, why
+
+    found, summary_now, why = await _ask(request, summary)
+    system_id = _found(found)
+    if summary_now is None:  # a prefix of a system let go: say what became of it
+        raise web.HTTPNotFound(text=f"the master holds no task system {system_id} any more: {why}")
+    return web.json_response(summary_now)
 
 
 @routes.get("/api/errors")
@@ -199,12 +231,17 @@ async def cancel_task(request: web.Request) -> web.Response:
 @routes.post("/api/systems/{system_id}/cancel")
 async def cancel_system(request: web.Request) -> web.Response:
     _authorise(request)
-    system_id = request.match_info["system_id"]
-    return await _act(
-        request,
-        lambda master: master.systems.cancel(system_id),
-        f"running task system {system_id!r}",
-    )
+    given = request.match_info["system_id"]
+
+    def cancel(master: Any) -> tuple[Any, bool]:
+        found = master.systems.look_up(given)
+        return found, found.system_id is not None and master.systems.cancel(found.system_id)
+
+    found, cancelled = await _ask(request, cancel)
+    system_id = _found(found, f"no running task system {given!r}: ")
+    if not cancelled:
+        raise web.HTTPNotFound(text=f"no running task system {system_id!r}")
+    return web.json_response({"ok": True})
 
 
 @routes.get("/api/openapi.json")
@@ -219,7 +256,12 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 _OBJECT = {"type": "object"}
 
 
-def _action(summary: str, parameter: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def _action(
+    summary: str,
+    parameter: str,
+    body: dict[str, Any] | None = None,
+    responses: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
         "security": [{"token": []}],
@@ -231,6 +273,7 @@ def _action(summary: str, parameter: str, body: dict[str, Any] | None = None) ->
             "400": {"description": "The body is malformed; the text says how."},
             "401": {"description": "No token, or the wrong one."},
             "404": {"description": "No such node, task or task system (or it has ended)."},
+            **(responses or {}),
         },
     }
     if body is not None:
@@ -270,6 +313,33 @@ _ERROR = {
     },
 }
 _BAD = {"400": {"description": "A query parameter is malformed; the text says which."}}
+_SYSTEM = {
+    "type": "object",
+    "required": ["id", "name", "application", "done", "total", "state", "elapsed"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string", "description": 'TaskSystem.name ("": sent unnamed)'},
+        "application": {"type": "string", "description": "the application that sent it"},
+        "done": {"type": "integer", "minimum": 0},
+        "total": {"type": "integer", "minimum": 0},
+        "tasks_failed": {"type": "integer", "minimum": 0},
+        "state": {"type": "string", "enum": ["running", "complete", "failed", "cancelled"]},
+        "elapsed": {"type": "number", "minimum": 0},
+        "eta": {"type": "number", "nullable": True, "description": "seconds left, if known"},
+    },
+}
+#: A task system named by its id or a unique prefix of it (as git names commits).
+_SYSTEM_ID = {
+    "name": "system_id",
+    "in": "path",
+    "required": True,
+    "description": "the system's id, or the first characters of it",
+    "schema": {"type": "string"},
+}
+_LOOK_UP = {
+    "404": {"description": "No task system's id is or begins with this; the text says why."},
+    "409": {"description": "Several systems' ids begin with this; the text lists them."},
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -319,8 +389,16 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/systems": {
             "get": {
-                "summary": "Task systems: id, state, tasks done and generated",
-                "responses": {"200": _json({"type": "array", "items": _OBJECT})},
+                "summary": "Task systems: id, name, state, tasks done and generated; running "
+                "ones first, then finished ones, newest first",
+                "responses": {"200": _json({"type": "array", "items": _SYSTEM})},
+            }
+        },
+        "/api/systems/{system_id}": {
+            "get": {
+                "summary": "One task system, by its id or a unique prefix of it",
+                "parameters": [_SYSTEM_ID],
+                "responses": {"200": _json(_SYSTEM), **_LOOK_UP},
             }
         },
         "/api/tasks": {
@@ -391,7 +469,11 @@ OPENAPI: dict[str, Any] = {
         "/api/tasks/{task_id}/cancel": _action(
             "Cancel a live task; its owner gets a TaskError", "task_id"
         ),
-        "/api/systems/{system_id}/cancel": _action("Cancel a running task system", "system_id"),
+        "/api/systems/{system_id}/cancel": _action(
+            "Cancel a running task system, by its id or a unique prefix of it",
+            "system_id",
+            responses=_LOOK_UP,
+        ),
         "/metrics": {
             "get": {
                 "summary": "The same stats in the Prometheus text format",

@@ -51,6 +51,7 @@ from ..protocol.messages import (
 )
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord, TaskState
+from ..system import check_name
 from ..task import failure
 from .dependencies import DependencyTable
 from .edges import Send
@@ -363,6 +364,12 @@ class ApplicationTable:
         system_id, rid = system.system_id, system.rid
         if system_id not in self.systems.records and not self.accepting(identity, rid):
             return
+        try:
+            name = "" if system.name is None else check_name(system.name)
+        except (TypeError, ValueError) as exc:  # the application checks it too: a rogue one
+            self.rejected["bad-fields"] += 1
+            self.send(identity, Kind.REJECT, Reject(rid=rid, reason=str(exc)))
+            return
         # The master runs this one itself: its digest is checked here, before it is journaled
         # (a restart unpickles what the journal holds) and long before it is unpickled.
         try:
@@ -372,7 +379,7 @@ class ApplicationTable:
             self.send(identity, Kind.REJECT, Reject(rid=rid, reason=str(exc)))
             return
         try:
-            started = self.systems.start(system_id, client.client_id, payload, identity)
+            started = self.systems.start(system_id, client.client_id, payload, identity, name)
         except JournalFault as exc:
             self.refuse(identity, rid, str(exc))
             return

@@ -491,7 +491,11 @@ class MasterCore:
             self.slaves.refresh(peer, beat)
 
     def on_system_query(self, identity: bytes, msg: Message) -> None:
-        self.systems.query(identity, msg.read(SystemQuery).system_id)
+        query = msg.read(SystemQuery)
+        if query.rid is None:
+            self.systems.query(identity, query.system_id)
+        else:  # only a look-up: the full id of the system an id or a prefix of one names
+            self.systems.answer_look_up(identity, query.rid, query.system_id)
 
     def on_status(self, identity: bytes, msg: Message) -> None:
         rid = msg.read(StatusQuery).rid

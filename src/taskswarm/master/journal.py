@@ -180,11 +180,12 @@ class Journal:
     # -- task systems --------------------------------------------------------------------------
 
     @guarded
-    def add_system(self, system_id: str, client_id: str, payload: bytes) -> None:
+    def add_system(self, system_id: str, client_id: str, payload: bytes, name: str = "") -> None:
         with self._transaction():
             self._db.execute(
-                "INSERT OR IGNORE INTO systems (system_id, client_id, snapshot) VALUES (?, ?, ?)",
-                (system_id, client_id, payload),
+                "INSERT OR IGNORE INTO systems (system_id, client_id, snapshot, name)"
+                " VALUES (?, ?, ?, ?)",
+                (system_id, client_id, payload, name),
             )
 
     def system_results(self, system_id: str, results: list[tuple[str, bool, bytes]]) -> int:
@@ -299,9 +300,10 @@ class Journal:
             outcome,
             failed,
             ended_at,
+            name,
         ) in self._db.execute(
             "SELECT system_id, client_id, snapshot, restored, applied_seq, outcome, failed,"
-            " ended_at FROM systems"
+            " ended_at, name FROM systems ORDER BY rowid"
         ):
             replay = [
                 ReplayedResult(seq, task_id, bool(ok), data)
@@ -321,6 +323,7 @@ class Journal:
                     outcome,
                     bool(failed),
                     ended_at if ended_at is not None or outcome is None else time.time(),
+                    name,
                 )
             )
         return state
@@ -355,7 +358,13 @@ class NullJournal:
         pass
 
     def add_system(
-        self, system_id: str, client_id: str, payload: bytes, *, strict: bool = False
+        self,
+        system_id: str,
+        client_id: str,
+        payload: bytes,
+        name: str = "",
+        *,
+        strict: bool = False,
     ) -> None:
         pass
 

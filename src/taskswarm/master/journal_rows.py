@@ -84,6 +84,7 @@ class RestoredSystem:
     outcome: bytes | None
     failed: bool
     ended_at: float | None = None  # wall-clock time it completed (for --result-ttl)
+    name: str = ""  # TaskSystem.name ("": journaled by an earlier taskswarm)
 
 
 @dataclass

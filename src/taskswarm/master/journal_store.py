@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS systems (
     applied_seq INTEGER NOT NULL DEFAULT 0,
     outcome BLOB,
     failed INTEGER NOT NULL DEFAULT 0,
-    ended_at REAL
+    ended_at REAL,
+    name TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS system_results (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,6 +73,7 @@ _ADDED_COLUMNS = (
     ("systems", "ended_at", "REAL"),
     ("tasks", "digest", "BLOB"),
     ("tasks", "outcome_digest", "BLOB"),
+    ("systems", "name", "TEXT NOT NULL DEFAULT ''"),
 )
 
 #: A task accepted (a ``TaskRow`` without its attempts); one already journaled is left as it is.

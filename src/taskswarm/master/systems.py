@@ -13,6 +13,10 @@ seconds for ``status``, then goes too. An outcome never collected (its applicati
 expires ``result_ttl`` seconds after the system completed, or earlier when the retained results
 pass ``result_cap`` (oldest first). The ids of systems let go are remembered (the newest
 ``FORGOTTEN_KEPT``), so ``system_result(id)`` can say what became of the result.
+
+Each system has a name (``TaskSystem.name``, sent with it and journaled) that status, the log
+and the dashboard show beside its id; ``look_up`` finds one by a unique prefix of its id
+(``taskswarm.master.system_ids``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import cloudpickle
 from ..errors import BadDigest, TaskSystemError
 from ..protocol.codec import Kind
 from ..protocol.digests import opened
-from ..protocol.messages import Header, SystemDone, SystemProgress
+from ..protocol.messages import Ack, Header, Reject, SystemDone, SystemProgress
 from ..scheduling.contracts import SchedulerContract
 from ..scheduling.records import TaskRecord
 from ..task import ExceptionWithTraceback, failure
@@ -38,6 +42,7 @@ from .edges import Done, Progress, Push, RunnerMail, Send
 from .journal import Journal, NullJournal, RestoredSystem
 from .retention import Retention
 from .runner import RESEND, ResultBatch, SystemRunner
+from .system_ids import Found, look_up
 
 __all__ = ["SystemRecord", "SystemTable"]
 
@@ -67,10 +72,16 @@ class SystemRecord:
     cancelled: bool = False  # stopped by app.cancel_system (or Ctrl-C under taskswarm run)
     finished_at: float | None = None  # wall-clock time it completed (for --result-ttl)
     collected_at: float | None = None  # monotonic time its outcome was received and dropped
+    name: str = ""  # TaskSystem.name ("": sent by an older application)
 
     @property
     def finished(self) -> bool:
         return self.ended is not None
+
+    @property
+    def called(self) -> str:
+        """How log lines name it: ``my-sweep (id)``."""
+        return f"{self.name} ({self.system_id})" if self.name else self.system_id
 
     def summary(self) -> dict[str, Any]:
         state = "running" if not self.finished else ("failed" if self.failed else "complete")
@@ -82,6 +93,7 @@ class SystemRecord:
             eta = round((self.total - self.done) / (self.done / elapsed), 3)
         return {
             "id": self.system_id,
+            "name": self.name,
             "application": self.client_id,
             "done": self.done,
             "total": self.total,
@@ -133,20 +145,23 @@ class SystemTable:
 
     # -- starting --------------------------------------------------------------------------------
 
-    def start(self, system_id: str, client_id: str, payload: bytes, waiter: bytes) -> bool:
+    def start(
+        self, system_id: str, client_id: str, payload: bytes, waiter: bytes, name: str = ""
+    ) -> bool:
         """Take in a system sent by an application; False if the id is taken by another."""
         if system_id in self.records:
             # Sent again by its own application after a reconnect: it is here already.
             return self.records[system_id].client_id == client_id
-        self.journal.add_system(system_id, client_id, payload, strict=True)
-        self._run(SystemRecord(system_id, client_id, None), payload, None, [])
-        self.records[system_id].waiters.add(waiter)
-        log.info("task system %s started for application %s", system_id, client_id)
+        self.journal.add_system(system_id, client_id, payload, name, strict=True)
+        record = SystemRecord(system_id, client_id, None, name=name)
+        self._run(record, payload, None, [])
+        record.waiters.add(waiter)
+        log.info("task system %s started for application %s", record.called, client_id)
         return True
 
     def restore(self, saved: RestoredSystem) -> None:
         """Bring back a system from the journal: done ones keep their outcome for queries."""
-        record = SystemRecord(saved.system_id, saved.client_id, None)
+        record = SystemRecord(saved.system_id, saved.client_id, None, name=saved.name)
         if saved.outcome is not None:
             record.outcome, record.failed = saved.outcome, saved.failed
             record.ended, record.finished_at = time.monotonic(), saved.ended_at or time.time()
@@ -157,7 +172,7 @@ class SystemTable:
         self._run(record, saved.snapshot, saved.is_snapshot, replay)
         log.info(
             "task system %s restored (%s, %d results to replay)",
-            saved.system_id,
+            record.called,
             "from a snapshot" if saved.is_snapshot else "as first received",
             len(replay),
         )
@@ -259,7 +274,7 @@ class SystemTable:
         elapsed = time.monotonic() - record.started
         log.info(
             "task system %s %s in %.2fs (%d tasks, %d leftovers cancelled)",
-            record.system_id,
+            record.called,
             "cancelled" if record.cancelled else "failed" if failed else "completed",
             elapsed,
             record.total,
@@ -273,7 +288,7 @@ class SystemTable:
         record = self.records.get(system_id)
         if record is None or record.finished:
             return False
-        error = TaskSystemError(f"task system {system_id} was cancelled")
+        error = TaskSystemError(f"task system {record.called} was cancelled")
         record.cancelled = True
         self.complete(record, cloudpickle.dumps((None, ExceptionWithTraceback(error, ""))), True)
         return True
@@ -323,7 +338,7 @@ class SystemTable:
             self._let_go(record, "collected")
             record.collected_at = time.monotonic()
             gone.append(system_id)
-            log.debug("task system %s collected by application %s", system_id, client_id)
+            log.debug("task system %s collected by application %s", record.called, client_id)
         self.journal.forget_systems(gone)
 
     def _let_go(self, record: SystemRecord, why: str) -> None:
@@ -356,7 +371,7 @@ class SystemTable:
             elif record.outcome is not None and (record.finished_at or 0.0) < expire_before:
                 log.info(
                     "task system %s: its result expired uncollected (--result-ttl %gs)",
-                    record.system_id,
+                    record.called,
                     self.retention.result_ttl,
                 )
                 self.drop(record, "expired")
@@ -387,4 +402,35 @@ class SystemTable:
                 record.runner.stop()
 
     def summaries(self) -> list[dict[str, Any]]:
-        return [record.summary() for record in self.records.values()]
+        """Running systems first (oldest first), then finished ones, newest first: what is
+        going on now, then what just ended."""
+        running = [r for r in self.records.values() if not r.finished]
+        finished = sorted(
+            (r for r in self.records.values() if r.finished),
+            key=lambda r: r.finished_at or 0.0,
+            reverse=True,
+        )
+        return [record.summary() for record in running + finished]
+
+    def look_up(self, given: str) -> Found:
+        """The system whose id is ``given``, or the one it is a unique prefix of, among the
+        systems held and those let go (whose prefix then says what became of them)."""
+        return look_up(given, [*self.records, *self.forgotten], self._describe)
+
+    def answer_look_up(self, identity: bytes, rid: int, given: str) -> None:
+        """ACK naming the system ``given`` names, or REJECT saying why none (``look_up``)."""
+        found = self.look_up(given)
+        if found.system_id is None:
+            reject = Reject(rid=rid, reason=found.reason, error=found.error)
+            self.send(identity, Kind.REJECT, reject)
+            return
+        record = self.records.get(found.system_id)
+        name = record.name if record is not None else None
+        self.send(identity, Kind.ACK, Ack(rid=rid, system_id=found.system_id, name=name))
+
+    def _describe(self, system_id: str) -> str:
+        record = self.records.get(system_id)
+        if record is None:
+            return f"result {self.forgotten.get(system_id, ('forgotten', 0.0))[0]}"
+        state = str(record.summary()["state"])
+        return f"{record.name}, {state}" if record.name else state

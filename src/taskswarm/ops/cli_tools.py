@@ -91,7 +91,9 @@ def _watch_status(app: Any, seconds: float) -> None:
 @master_option("The master the task system was sent to.")
 @seconds_option("--timeout", 0, "Seconds to wait for a system still running (default: wait).")
 def result(master_address: str, key_file: str, system_id: str, timeout: float | None) -> None:
-    """Print the result of the task system SYSTEM_ID (from `app.submit_system`)."""
+    """Print the result of the task system SYSTEM_ID (from `app.submit_system`, or as
+    `taskswarm status` lists it). Its first few characters will do, as long as no other
+    system's id begins with them."""
     from concurrent.futures import TimeoutError as FutureTimeout
 
     with connect(master_address, key_file, 10.0) as app:

@@ -16,6 +16,8 @@ from .progress import format_seconds
 WIDE = 200
 
 _STATE_STYLE = {"active": "green", "pending": "yellow", "inactive": "yellow", "lost": "red"}
+#: Finished task systems the table shows (the newest); `--json` and the API list them all.
+FINISHED_SHOWN = 10
 
 
 def render_status(info: dict[str, Any], console: Console | None = None) -> None:
@@ -107,14 +109,21 @@ def _applications_table(applications: list[dict[str, Any]]) -> Table:
 
 
 def _systems_table(systems: list[dict[str, Any]]) -> Table:
-    table = Table(title="task systems")
+    """Every running system, then the newest finished ones (the master sends them in that
+    order); the older finished ones are counted in the title, not listed."""
+    running = [s for s in systems if s["state"] == "running"]
+    finished = [s for s in systems if s["state"] != "running"]
+    hidden = len(finished) - FINISHED_SHOWN
+    more = f"{hidden} more finished (taskswarm status --json lists them all)"
+    table = Table(title="task systems", caption=more if hidden > 0 else None)
     numbers = ("done", "total", "failed", "elapsed", "eta")
-    for column in ("id", "state", *numbers):
+    for column in ("id", "name", "state", *numbers):
         table.add_column(column, justify="right" if column in numbers else "left")
-    for system in systems:
+    for system in running + finished[:FINISHED_SHOWN]:
         eta = system.get("eta")
         table.add_row(
             system["id"],
+            escape(system.get("name") or "-"),
             system["state"],
             str(system["done"]),
             str(system["total"]),

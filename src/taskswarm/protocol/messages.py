@@ -97,6 +97,8 @@ __all__ = [
     "HEADER",
     "APPLICATION_HEADER",
     "parse_resources",
+    "UNKNOWN_SYSTEM",
+    "AMBIGUOUS_SYSTEM",
 ]
 
 PROTOCOL_VERSION = 1
@@ -431,15 +433,23 @@ class System(Header, tag=Kind.SYSTEM):
     system_id: str
     #: Request id, echoed by the answer.
     rid: int | None = None
+    #: ``TaskSystem.name``, shown in status, the dashboard and the master's log; one that is
+    #: not a name (``taskswarm.system.check_name``) is refused. None: an older application.
+    name: str | None = None
 
     def expected_payloads(self) -> int | None:
         return 1
 
 
 class SystemQuery(Header, tag=Kind.SYSTEM_QUERY):
-    """Asks for a task system's outcome: SYSTEM-DONE now, or when it finishes."""
+    """Asks for a task system's outcome: SYSTEM-DONE now, or when it finishes. With ``rid``,
+    only looks it up instead: ``system_id`` may then be a unique prefix of its id, and the
+    answer is ACK naming the system (``Ack.system_id``, ``Ack.name``) or REJECT saying why not
+    (no such system, or several: ``Reject.error`` tells which), with no SYSTEM-DONE."""
 
     system_id: str
+    #: Request id: look the system up only, and answer with this id.
+    rid: int | None = None
 
 
 class TasksQuery(Header, tag=Kind.TASKS_QUERY):
@@ -545,6 +555,14 @@ class Ack(Header, tag=Kind.ACK):
     #: SUBMITs accepted, by ``rid``, to an application that takes them in batches
     #: (``Hello.batched_acks``); None: only ``rid``.
     rids: list[int] | None = None
+    #: A SYSTEM-QUERY with ``rid``: the full id of the system it named, and its name.
+    system_id: str | None = None
+    name: str | None = None
+
+
+#: ``Reject.error`` of a SYSTEM-QUERY's look-up that found no system, or several.
+UNKNOWN_SYSTEM = "unknown-system"
+AMBIGUOUS_SYSTEM = "ambiguous-system"
 
 
 class Reject(Header, tag=Kind.REJECT):
@@ -555,6 +573,10 @@ class Reject(Header, tag=Kind.REJECT):
     #: Why, for people: the exception the application raises says it.
     reason: str | None = None
     n: Count | None = None
+    #: What went wrong, for the application to raise the right error: "unknown-system" (a
+    #: SYSTEM-QUERY named none: UnknownTaskSystem) or "ambiguous-system" (several:
+    #: AmbiguousTaskSystem). None: a TaskswarmError.
+    error: str | None = None
 
 
 class Running(Header, tag=Kind.RUNNING):
