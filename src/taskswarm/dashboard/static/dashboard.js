@@ -298,9 +298,10 @@ async function refreshHistory() {
       scale: "rss",
       stroke: colour,
       dash: [4, 4],
-      value: (u, v) => bytes(v),
+      value: (u, v) => (v === null || v === undefined ? "–" : `${number(v, 0)} MiB`),
     });
-    data.push(history.slaves[name].rss);
+    // In MiB, so the axis has round ticks (50, 100...) rather than odd numbers of bytes.
+    data.push(history.slaves[name].rss.map((v) => (v === null ? null : v / 1048576)));
   });
   chart(
     "usage-chart",
@@ -315,10 +316,9 @@ async function refreshHistory() {
         {
           scale: "rss",
           side: 1,
-          label: "memory",
-          size: 70,
+          label: "memory (MiB)",
+          size: 60,
           grid: { show: false },
-          values: (u, ticks) => ticks.map(bytes),
         },
       ],
     },
