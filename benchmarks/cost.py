@@ -8,6 +8,11 @@ Run it as ``python benchmarks/cost.py`` (``--help`` lists the options). It start
 * **master**, **slave**: the two node processes;
 * **workers**: the slave's worker processes together.
 
+With ``--page`` the master serves its dashboard and a separate process does what an open
+dashboard page does (follows ``/api/events``, fetches ``/api/history`` every 2 s and the task
+stream's new tasks every second), so the master's µs per task with a page open can be set beside
+those without one.
+
 Per-process CPU is what guided the work in benchmarks/README.md: tasks/s on a shared 2-core
 machine wobbles by a fifth from run to run, CPU time per task much less. Linux only (``/proc``).
 Nothing is asserted: the script fails only when a result is wrong.
@@ -17,11 +22,15 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from typing import Any
 
 import taskswarm as ts
@@ -57,6 +66,26 @@ def snapshot(cluster: ts.LocalCluster) -> dict[str, float]:
         "slave": cpu_seconds(slave),
         "workers": sum(cpu_seconds(p) for p in descendants(slave)),
     }
+
+
+def watch(url: str, stop: Any) -> None:
+    """What an open dashboard page asks of the master, until ``stop`` is set (run in a process
+    of its own, so its CPU is counted nowhere above)."""
+
+    def follow_events() -> None:
+        with urllib.request.urlopen(url + "/api/events", timeout=30) as events:
+            while not stop.is_set() and events.readline():
+                pass
+
+    threading.Thread(target=follow_events, daemon=True).start()
+    last, rounds = 0, 0
+    while not stop.wait(1.0):
+        with urllib.request.urlopen(f"{url}/api/stream?after={last}", timeout=30) as answer:
+            last = json.load(answer)["last"]
+        rounds += 1
+        if rounds % 2 == 0:
+            with urllib.request.urlopen(url + "/api/history", timeout=30) as answer:
+                json.load(answer)
 
 
 def one_run(
@@ -96,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         help="give every task a bytes argument this long and have it return the length"
         " (0: no-op tasks)",
     )
+    parser.add_argument(
+        "--page",
+        action="store_true",
+        help="serve the dashboard and keep a page's requests going (another process)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="taskswarm-cost-") as state:
         cluster = ts.LocalCluster(
@@ -103,17 +137,34 @@ def main(argv: list[str] | None = None) -> int:
             workers=2,
             scheduler=args.scheduler,
             state_dir=state if args.durable else None,
+            dashboard="127.0.0.1:0" if args.page else None,
         )
         with cluster, cluster.connect() as app:
             for future in app.push_tasks(ts.FunctionTask(noop, i) for i in range(2000)):
                 future.result(timeout=60)
-            rows = [one_run(app, cluster, args.tasks, args.arg_bytes) for _ in range(args.repeats)]
+            page, stop = None, multiprocessing.get_context("spawn").Event()
+            if args.page:
+                url = app.status()["master"]["dashboard"]
+                page = multiprocessing.get_context("spawn").Process(target=watch, args=(url, stop))
+                page.start()
+            try:
+                rows = [
+                    one_run(app, cluster, args.tasks, args.arg_bytes) for _ in range(args.repeats)
+                ]
+            finally:
+                stop.set()
+                if page is not None:
+                    page.join(timeout=10)
+                    if page.is_alive():
+                        page.kill()
+                        page.join()
     medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
     total = sum(medians[name] for name in PROCESSES)
     print(
         f"{args.tasks:,} {f'{args.arg_bytes:,}-byte-argument' if args.arg_bytes else 'no-op'}"
         f" tasks, LocalCluster(slaves=1, workers=2, {args.scheduler})"
-        f"{', durable' if args.durable else ''}; median of {args.repeats}"
+        f"{', durable' if args.durable else ''}{', a dashboard page open' if args.page else ''}"
+        f"; median of {args.repeats}"
     )
     print("| tasks/s | " + " | ".join(f"{p} µs" for p in PROCESSES) + " | total µs |")
     print("|--:|" + "--:|" * (len(PROCESSES) + 1))

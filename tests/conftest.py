@@ -48,6 +48,7 @@ FAST_MODULES = frozenset(
         "test_stats",
         "test_task",
         "test_task_systems",
+        "test_timeline",
         "test_wire",
     }
 )

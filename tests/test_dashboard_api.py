@@ -364,3 +364,64 @@ def test_pages_open_at_once_each_get_their_own_live_stream(served):
         assert len(events) == 3
         uptimes = [event["master"]["uptime"] for event in events]
         assert uptimes == sorted(uptimes) and uptimes[0] < uptimes[-1]  # live, not one replayed
+
+
+@pytest.mark.timeout(60)
+def test_the_task_stream_says_which_worker_ran_each_task_and_when(served):
+    _, app, url = served
+    slaves = {s["id"] for s in app.status()["slaves"]}
+
+    code, _, body = get(url + "/api/stream")
+    stream = json.loads(body)
+
+    assert code == 200 and stream["kept"] == len(stream["tasks"]) >= 50
+    for began, ended, worker, _, _, status in stream["tasks"]:
+        slave, _, pid = worker.rpartition("/")
+        assert slave in slaves and int(pid) > 0
+        assert began <= ended and status in ("ok", "error", "cancelled", "crash", "retry")
+    assert sum(1 for task in stream["tasks"] if task[3] == "abs") >= 50
+    # A page asks only for what it has not seen: the tasks numbered after its last one (the
+    # cluster is idle meanwhile: nothing else runs tasks on it while this test runs).
+    _, _, body = get(f"{url}/api/stream?after={stream['last']}")
+    assert json.loads(body)["tasks"] == []
+    _, _, body = get(url + "/api/stream?limit=3")
+    assert json.loads(body)["tasks"] == stream["tasks"][-3:]
+
+
+@pytest.mark.timeout(60)
+def test_the_history_has_a_sample_per_heartbeat_with_each_slaves_cpu_and_memory(served):
+    _, app, url = served
+
+    def history() -> dict | None:
+        value = json.loads(get(url + "/api/history")[2])
+        measured = all(s["rss"][-1] for s in value["slaves"].values())
+        return value if value["kept"] >= 2 and len(value["slaves"]) >= 2 and measured else None
+
+    value = wait_for(history, timeout=30)
+
+    columns = ("time", "rate", "queued", "running")
+    assert {len(value[c]) for c in columns} == {value["kept"]}
+    assert value["time"] == sorted(value["time"])
+    assert all(rate >= 0 for rate in value["rate"])
+    for series in value["slaves"].values():
+        assert len(series["cpu"]) == len(series["rss"]) == value["kept"]
+    slaves = {s["id"]: s for s in app.status()["slaves"] if s["state"] == "active"}
+    assert set(slaves) <= set(value["slaves"])
+    for slave in slaves.values():  # what status shows, as the heartbeat measured it
+        assert slave["rss"] > 1_000_000 and slave["cpu"] >= 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "query, says",
+    [
+        ("after=-1", "after must be between 0 and"),
+        ("after=newest", "after must be a whole number"),
+        ("limit=0", "limit must be between 1 and 2000"),
+        ("limit=2001", "limit must be between 1 and 2000"),
+    ],
+)
+def test_a_malformed_stream_query_gets_a_400_that_says_what_is_wrong(served, query, says):
+    _, _, url = served
+    code, _, body = get(f"{url}/api/stream?{query}")
+    assert code == 400 and says in body

@@ -1,16 +1,20 @@
 """The dashboard page in a real browser against a real LocalCluster.
 
-Why a browser: the page is hand-written JavaScript following a Server-Sent Events stream, and
-only a browser runs it. Playwright drives the system's chromium (Debian's package, installed by
-.ci/run; `playwright install` is never needed), headless. The test waits on what the page shows
-(both slaves as rows, a task system at 100 %, a chart with points, a resized pool) and never
-sleeps. A screenshot of the final screen is kept under the test's tmp_path and copied to
-``$TASKSWARM_ARTIFACTS`` (or ``test-artifacts/`` in the repository) for people to look at.
+Why a browser: the page is JavaScript (its charts uPlot's) following a Server-Sent Events
+stream and polling the API, and only a browser runs it. Playwright drives the system's chromium
+(Debian's package, installed by .ci/run; `playwright install` is never needed), headless. The
+test waits on what the page shows (both slaves as rows with their CPU and memory, a task system
+at 100 % under its name, a running one listed first, the task stream's rows and bars, the
+history charts of a page opened after the work, a resized pool, no request answered with an
+error status) and never sleeps. A screenshot of the final screen is kept under the test's
+tmp_path and copied to ``$TASKSWARM_ARTIFACTS`` (or ``test-artifacts/`` in the repository) for
+people to look at.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -71,6 +75,50 @@ def divide(x: int, y: int) -> float:
     return x / y
 
 
+class WaitForFile(ts.Task):
+    """Runs until ``path`` exists (the test makes it): a task system that is still running
+    while the test looks at the page, with no sleep on the test's side."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(name="wait-for-file")
+        self.path = path
+
+    def __call__(self) -> bool:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return True
+
+
+class Holding(ts.TaskSystem):
+    """One task that waits for a file: running until the test says."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path, self.finished = path, False
+
+    def generate_tasks(self, master: Any) -> list[ts.Task]:
+        return [WaitForFile(self.path)]
+
+    def task_finished(self, master: Any, task: Any, result: Any, error: Any) -> None:
+        self.finished = True
+
+    def is_complete(self, master: Any) -> bool:
+        return self.finished
+
+    def gather_result(self, master: Any) -> tuple[bool, None]:
+        return True, None
+
+
+def shown_name(app: ts.Application, system_id: str) -> str:
+    """What the page shows a system as: its name (the class name by default, once the master
+    says it), else its id."""
+    summary = next(s for s in app.status()["systems"] if s["id"] == system_id)
+    if "name" in summary:
+        assert summary["name"] == "Naps"
+    return str(summary.get("name") or system_id)
+
+
 def keep_screenshot(path: Path) -> Path:
     """Copy the screenshot where people look for it; returns the copy's path."""
     folder = Path(os.environ.get("TASKSWARM_ARTIFACTS") or REPO / "test-artifacts")
@@ -102,7 +150,12 @@ def test_the_dashboard_follows_slaves_a_task_system_and_a_resize(tmp_path: Path)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
                 errors: list[str] = []
+                failed: list[str] = []  # requests answered 4xx/5xx (a favicon's 404...)
                 page.on("pageerror", lambda error: errors.append(str(error)))
+                page.on(
+                    "response",
+                    lambda r: r.status >= 400 and failed.append(f"{r.status} {r.url}"),
+                )
                 page.goto(f"{url}/?token={token}")
 
                 rows = page.locator("tr.slave")
@@ -119,12 +172,47 @@ def test_the_dashboard_follows_slaves_a_task_system_and_a_resize(tmp_path: Path)
                 expect(system).to_have_attribute("data-state", "complete")
                 assert system.locator("progress").evaluate("p => p.value / p.max") == 1
 
-                expect(page.locator("canvas#chart")).to_be_visible()
+                expect(system.locator(".name")).to_have_text(
+                    shown_name(app, handle.system_id), timeout=WAIT_MS
+                )
+                expect(page.locator("#chart canvas").first).to_be_visible()
                 page.wait_for_function(
                     "() => Number(document.querySelector('#chart').dataset.points) >= 3",
                     timeout=WAIT_MS,
                 )
                 expect(page.locator("#sum-done")).to_have_text(str(TASKS), timeout=WAIT_MS)
+
+                # The task stream: a row per worker that ran tasks (one each), a bar per task.
+                page.wait_for_function(
+                    "() => { const s = document.querySelector('#stream-chart').dataset;"
+                    " return Number(s.rows) >= 2 && Number(s.bars) >= 2; }",
+                    timeout=WAIT_MS,
+                )
+                expect(page.locator("#stream-legend")).to_contain_text(
+                    shown_name(app, handle.system_id)
+                )
+                # Each slave's CPU and memory, as its heartbeat measured them.
+                for cell in rows.locator("td.memory").all():
+                    expect(cell).to_have_text(re.compile(r"^[\d.,]+ (KiB|MiB|GiB)$"))
+                for cell in rows.locator("td.cpu").all():
+                    expect(cell).to_have_text(re.compile(r"^[\d,]+$"))
+                page.wait_for_function(
+                    "() => Number(document.querySelector('#usage-chart').dataset.points) >= 3",
+                    timeout=WAIT_MS,
+                )
+
+                # A running system is listed first; finished ones fold under a <details>.
+                release = tmp_path / "release"
+                holding = app.submit_system(Holding(str(release)))
+                running = page.locator(f'#system-list .system[data-id="{holding.system_id}"]')
+                expect(running).to_be_visible(timeout=WAIT_MS)
+                expect(page.locator("#finished-list .system")).to_have_count(1)
+                expect(system).to_be_hidden()  # folded
+                page.locator("#finished-systems summary").click()
+                expect(system).to_be_visible()
+                release.touch()
+                assert holding.result(timeout=60) is True
+                expect(page.locator("#finished-list .system")).to_have_count(2, timeout=WAIT_MS)
 
                 # The resize control: the page sends the token from its own URL.
                 first = rows.first
@@ -150,6 +238,22 @@ def test_the_dashboard_follows_slaves_a_task_system_and_a_resize(tmp_path: Path)
                 page.screenshot(path=str(shot), full_page=True)
                 kept = keep_screenshot(shot)
                 print(f"dashboard screenshot: {shot} (copied to {kept})")
+
+                # A page opened after the work still draws it: the master kept the history.
+                late = browser.new_page(viewport={"width": 1280, "height": 1000})
+                late.on("pageerror", lambda error: errors.append(str(error)))
+                late.on(
+                    "response",
+                    lambda r: r.status >= 400 and failed.append(f"{r.status} {r.url}"),
+                )
+                late.goto(url)
+                late.wait_for_function(
+                    "() => Number(document.querySelector('#chart').dataset.points) >= 3"
+                    " && Number(document.querySelector('#stream-chart').dataset.bars) >= 2",
+                    timeout=WAIT_MS,
+                )
+                expect(late.locator("#chart canvas").first).to_be_visible()
                 assert not errors, f"the page raised: {errors}"
+                assert not failed, f"requests that failed: {failed}"
             finally:
                 browser.close()

@@ -187,6 +187,47 @@ def test_a_record_is_sent_as_the_map_a_plain_header_would_be():
     assert "credit" not in plain_view and "stats" not in plain_view  # defaults stay home
 
 
+def test_an_outcome_says_which_worker_ran_it_and_when_and_older_peers_read_it():
+    """The task stream's fields trail an outcome's array: an older slave's shorter outcome
+    reads with them unset, and an older master reads a newer one's first four items."""
+    codec = Codec(KEY)
+    newer = Outcome("t1", "ok", None, None, 4242, 100.25, 101.5)
+    header = {"k": Kind.RESULTS, "results": [["t0", "ok", None], newer]}
+
+    got = codec.decode(signed_plain(codec, msgspec.to_builtins(header), [b"a", b"b"]))
+
+    older, new = got.read(Results).results
+    assert (older.worker, older.began, older.ended) == (None, None, None)
+    assert (new.worker, new.began, new.ended) == (4242, 100.25, 101.5)
+
+    class OlderOutcome(msgspec.Struct, array_like=True):  # as a master before these fields
+        task_id: str
+        status: str
+        detail: str | None = None
+        kept: int | None = None
+
+    wire = msgspec.msgpack.encode(newer)
+    assert msgspec.msgpack.decode(wire, type=OlderOutcome) == OlderOutcome("t1", "ok")
+    with pytest.raises(BadFields):  # a worker is a process id, never negative
+        bad = {"k": Kind.RESULTS, "results": [["t", "ok", None, None, -1, 1.0, 2.0]]}
+        codec.decode(signed_plain(codec, bad, [b"x"]))
+
+
+def test_a_heartbeat_carries_its_slaves_cpu_and_memory_only_when_measured():
+    codec, framing = Codec(KEY), Codec(KEY, typed=False)
+    beat = Heartbeat(workers=2, cpu=150.5, rss=2**33)
+
+    message = codec.decode(codec.encode(Kind.HEARTBEAT, beat, to=codec.session))
+    plain_view = framing.decode(
+        codec.encode(Kind.HEARTBEAT, Heartbeat(workers=2), to=framing.session)
+    ).header
+
+    assert (message.read(Heartbeat).cpu, message.read(Heartbeat).rss) == (150.5, 2**33)
+    assert plain_view is not None and "cpu" not in plain_view and "rss" not in plain_view
+    with pytest.raises(BadFields):
+        codec.decode(signed_plain(codec, {"k": Kind.HEARTBEAT, "cpu": -1.0}))
+
+
 def test_a_plain_header_of_the_right_shape_decodes_to_its_record():
     """What handlers not yet written with records send: maps and lists."""
     codec = Codec(KEY)

@@ -81,15 +81,15 @@ def collect_until(pool: ProcessPoolManager, seen: list, count: int) -> None:
 def outcomes(items: list[tuple]) -> dict[str, tuple[object, object]]:
     """task id -> (result, error); a crash's error is ("crash", how the worker died).
 
-    Items are ``(task_id, status, outcome, detail)``; the detail (a failure as text) is checked
-    where it matters."""
+    Items are ``(task_id, status, outcome, detail[, worker, began, ended])``; the detail (a
+    failure as text) and the times are checked where they matter."""
     ids = Counter(task_id for task_id, *_ in items)
     assert all(n == 1 for n in ids.values()), f"results delivered twice: {ids.most_common(3)}"
     return {
         task_id: (None, (status, data))
         if status in (Status.CRASH, Status.CANCELLED)
         else load_outcome(status == Status.OK, data, task_id)
-        for task_id, status, data, _ in items
+        for task_id, status, data, *_ in items
     }
 
 
@@ -140,6 +140,24 @@ def test_every_pushed_task_comes_out_of_the_results_queue_once_with_its_result(m
     assert got == {task.task_id: (i * i, None) for i, task in tasks.items()}
 
 
+def test_each_outcome_says_which_worker_ran_it_and_when(make_pool):
+    """The master's task stream draws a bar per task from these (``Outcome.worker``...)."""
+    pool = make_pool(2)
+    pool.start()
+    before = time.time()
+    ids = [push(pool, FunctionTask(abs, -i)) for i in range(6)]
+    assert pool.wait_for_all(timeout=DEADLINE)
+    after = time.time()
+
+    got = {item[0]: item for item in results(pool)}
+
+    pids = {p.pid for p in worker_processes(pool)}
+    assert set(got) == set(ids)
+    for _, status, _, _, worker, began, ended in got.values():
+        assert status == Status.OK and worker in pids
+        assert before <= began <= ended <= after
+
+
 def test_tasks_pushed_before_start_wait_for_it(make_pool):
     pool = make_pool(1)
     ids = [push(pool, FunctionTask(abs, -i)) for i in range(5)]
@@ -167,7 +185,7 @@ def test_a_task_that_raises_comes_back_as_its_error_and_the_pool_goes_on(make_po
     assert type(got[bad][1]) is ValueError
     assert got[good] == (42, None)
     # Beside the pickled error, its text: what the master shows people without unpickling.
-    detail = {task_id: text for task_id, _, _, text in items}
+    detail = {task_id: text for task_id, _, _, text, *_ in items}
     assert detail[good] is None
     assert detail[bad].startswith("ValueError: invalid literal for int()")
     assert "Traceback (most recent call last)" in detail[bad]
@@ -207,7 +225,7 @@ def test_tasks_that_do_not_match_their_digests_fail_unrun_and_their_worker_serve
     assert {task_id for task_id, status, *_ in items if status == Status.CRASH} == set()
     for task_id in ids:
         assert type(got[task_id][1]) is BadDigest
-    detail = {task_id: text for task_id, _, _, text in items}
+    detail = {task_id: text for task_id, _, _, text, *_ in items}
     assert all(detail[task_id].startswith(REFUSED) for task_id in ids)
     (_, pid_before), (_, pid_after) = got[first][0], got[after][0]
     assert pid_after == pid_before  # the same worker process ran the task after them

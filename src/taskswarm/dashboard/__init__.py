@@ -17,10 +17,15 @@ from ..errors import ConfigurationError
 if TYPE_CHECKING:
     from .server import DashboardServer
 
-__all__ = ["ERRORS_KEPT", "DashboardServer", "parse_address"]
+__all__ = ["ERRORS_KEPT", "HISTORY_SAMPLES", "STREAM_TASKS", "DashboardServer", "parse_address"]
 
 #: The latest task failures the master keeps for people to read (``/api/errors``).
 ERRORS_KEPT = 50
+#: The latest tasks that ran the master keeps for the task stream (``/api/stream``).
+STREAM_TASKS = 2000
+#: Samples of the cluster's load the master keeps, one per heartbeat (``/api/history``): ten
+#: minutes at the default heartbeat of a second.
+HISTORY_SAMPLES = 600
 
 
 def parse_address(value: str) -> tuple[str, int]:

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from ..protocol.messages import AMBIGUOUS_SYSTEM
 from ..stats import prometheus_text
-from . import ERRORS_KEPT
+from . import ERRORS_KEPT, STREAM_TASKS
 
 #: A question for the master: called with the master (``taskswarm.master.node.Master``) in its
 #: loop; its answer is what the handler gets.
@@ -146,6 +146,20 @@ async def tasks(request: web.Request) -> web.Response:
         }
 
     return web.json_response(await _ask(request, page))
+
+
+@routes.get("/api/history")
+async def history(request: web.Request) -> web.Response:
+    return web.json_response(await _ask(request, lambda master: master.core.history.series()))
+
+
+@routes.get("/api/stream")
+async def stream(request: web.Request) -> web.Response:
+    after = _int_param(request, "after", 0, 0, 2**62)
+    limit = _int_param(request, "limit", STREAM_TASKS, 1, STREAM_TASKS)
+    return web.json_response(
+        await _ask(request, lambda master: master.core.stream.recent(after, limit))
+    )
 
 
 @routes.get("/metrics")
@@ -432,6 +446,62 @@ OPENAPI: dict[str, Any] = {
                                 "offset": {"type": "integer", "minimum": 0},
                                 "limit": {"type": "integer", "minimum": 1},
                                 "tasks": {"type": "array", "items": _OBJECT},
+                            },
+                        }
+                    ),
+                    **_BAD,
+                },
+            }
+        },
+        "/api/history": {
+            "get": {
+                "summary": "The cluster's load, one sample per master heartbeat, the last ten "
+                "minutes: time, tasks done/s, queued, running, each slave's CPU % and memory",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["kept", "time", "rate", "queued", "running", "slaves"],
+                            "properties": {
+                                "interval": {"type": "number", "nullable": True},
+                                "kept": {"type": "integer", "minimum": 0},
+                                "time": {"type": "array", "items": {"type": "number"}},
+                                "rate": {"type": "array", "items": {"type": "number"}},
+                                "queued": {"type": "array", "items": {"type": "integer"}},
+                                "running": {"type": "array", "items": {"type": "integer"}},
+                                "slaves": _OBJECT,
+                            },
+                        }
+                    )
+                },
+            }
+        },
+        "/api/stream": {
+            "get": {
+                "summary": "The latest tasks that ran, oldest first, those numbered after "
+                "`after`: [began, ended, worker (slave/pid), name, system, status]",
+                "parameters": [
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**62},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": STREAM_TASKS},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["now", "last", "kept", "tasks"],
+                            "properties": {
+                                "now": {"type": "number"},
+                                "last": {"type": "integer", "minimum": 0},
+                                "kept": {"type": "integer", "minimum": 0},
+                                "tasks": {"type": "array", "items": {"type": "array"}},
                             },
                         }
                     ),

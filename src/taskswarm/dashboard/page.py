@@ -2,8 +2,9 @@
 
 Why it is built this way:
 
-* every asset (HTML, CSS, JS) ships in ``static/`` inside the package, so a master on a machine
-  without internet access still shows its page and no CDN learns who watches the cluster;
+* every asset (HTML, CSS, JS, and the charting library uPlot in ``static/vendor/``) ships in
+  ``static/`` inside the package, so a master on a machine without internet access still shows
+  its page and no CDN learns who watches the cluster;
 * the page follows ``/api/events``, a Server-Sent Events stream with one ``status`` event a
   second, instead of polling: one long response rather than a request a second, and the
   browser's EventSource reconnects by itself when a stream ends or the master restarts;
@@ -31,7 +32,7 @@ __all__ = ["STATIC", "close_streams", "routes"]
 
 routes = web.RouteTableDef()
 
-#: The page's files: index.html, dashboard.css, dashboard.js.
+#: The page's files: index.html, dashboard.css, dashboard.js; vendor/: uPlot and its licence.
 STATIC = Path(__file__).with_name("static")
 #: Seconds between two ``status`` events.
 EVENT_INTERVAL = 1.0
@@ -66,8 +67,17 @@ async def index(request: web.Request) -> web.FileResponse:
 
 @routes.get("/static/{name}")
 async def static(request: web.Request) -> web.FileResponse:
-    name = request.match_info["name"]
-    path = STATIC / name
+    return _file(STATIC, request.match_info["name"])
+
+
+@routes.get("/static/vendor/{name}")
+async def vendor(request: web.Request) -> web.FileResponse:
+    """Third-party files as their authors published them (uPlot), each with its licence."""
+    return _file(STATIC / "vendor", request.match_info["name"])
+
+
+def _file(folder: Path, name: str) -> web.FileResponse:
+    path = folder / name
     if not _NAME.fullmatch(name) or not path.is_file():
         raise web.HTTPNotFound(text=f"no dashboard file {name!r}")
     return web.FileResponse(path, headers=_HEADERS)

@@ -68,6 +68,7 @@ from .shipping import ShippedCode
 from .slaves import SlaveTable
 from .status import describe, kept
 from .systems import SystemTable
+from .timeline import History, TaskStream
 
 __all__ = ["MasterCore"]
 
@@ -164,6 +165,10 @@ class MasterCore:
             send, self.applications.known, lambda: self.scheduler.slaves.values()
         )
         self.errors = ErrorLog()
+        #: Where the time goes, for the dashboard: the latest tasks that ran, and the load
+        #: sampled each heartbeat (both fixed-size rings; see ``timeline``).
+        self.stream = TaskStream()
+        self.history = History()
         self._replies: list[tuple[bytes, Header]] = []
         #: Plain tasks a worker began this turn, by application (``Future.running()``).
         self._started_for: defaultdict[str, list[str]] = defaultdict(list)
@@ -258,6 +263,7 @@ class MasterCore:
         self.slaves.check(now)
         self.journal.check()
         self.sweep(now)
+        self.history.sample(self.scheduler.slaves.values(), len(self.scheduler.tasks))
 
     def say_goodbye(self) -> None:
         for identity in list(self.peers):
@@ -338,6 +344,8 @@ class MasterCore:
         scheduler, journal, max_crashes = self.scheduler, self.journal, self.max_crashes
         settle = outcomes.settle
         kept = self.dependencies.kept
+        ran, number = self.stream.add, self.stream.number
+        self.history.finished += len(body.results)
         for result, data in zip(body.results, msg.payloads, strict=True):
             task_id, status, detail = result.task_id, result.status, result.detail
             task = scheduler.result_arrived(slave_id, task_id)
@@ -346,6 +354,20 @@ class MasterCore:
                 if result.kept is not None and slave is not None:
                     kept.stale(task_id, slave)  # ... or on its slave
                 continue  # stale, duplicate or cancelled
+            if result.ended is not None and slave_id is not None:
+                began, ended = result.began or result.ended, result.ended
+                ran(
+                    (
+                        number(),
+                        began,
+                        ended,
+                        slave_id,
+                        result.worker,
+                        task.name,
+                        task.system_id,
+                        status,
+                    )
+                )
             if result.kept is not None or status == Status.LOST_INPUT or kept.entries:
                 data = self._kept_outcome(task, status, detail, result.kept, slave, data)
                 if data is None:

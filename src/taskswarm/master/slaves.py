@@ -157,6 +157,10 @@ class SlaveTable:
             slave.rejected = beat.rejected
         if beat.kept is not None:
             slave.kept_bytes = beat.kept
+        if beat.cpu is not None:
+            slave.cpu = beat.cpu
+        if beat.rss is not None:
+            slave.rss = beat.rss
         if beat.stats is not None:
             slave.stats = _measures(beat.stats, slave.slave_id)
         if beat.held is not None:

@@ -220,7 +220,8 @@ class Assignment(_Item):
 
 
 class Outcome(_Item):
-    """One outcome of a slave's RESULTS (slave -> master): ``[task_id, status, detail]``."""
+    """One outcome of a slave's RESULTS (slave -> master): ``[task_id, status, detail, kept,
+    worker, began, ended]``; an older slave's shorter array reads with the rest at None."""
 
     task_id: str
     #: How the run ended: a :class:`taskswarm.task.Status` (``ok``, ``error``, ``retry``,
@@ -231,6 +232,12 @@ class Outcome(_Item):
     #: The result stayed on this slave (``Assignment.keep``): its size in bytes; the payload
     #: is empty. Fetched from the slave's data socket (``Register.data``) by whoever needs it.
     kept: Count | None = None
+    #: The worker that ran it (its process id), for the dashboard's task stream; None: not
+    #: said (an older slave, a task manager without worker processes, a task never run).
+    worker: Count | None = None
+    #: When it began and ended, Unix time on the slave's clock, as its worker saw it.
+    began: float | None = None
+    ended: float | None = None
 
 
 class Delivered(_Item):
@@ -371,6 +378,11 @@ class Heartbeat(Header, tag=Kind.HEARTBEAT):
     held: TaskIds | None = None
     #: Bytes of results it keeps for others to fetch (the data plane); None: not said.
     kept: Count | None = None
+    #: CPU its process tree (the slave and its workers) used since its last heartbeat, in
+    #: percent of one core (over 100 on several); None: not measured.
+    cpu: NonNegative | None = None
+    #: Resident memory of that process tree, bytes; None: not measured.
+    rss: Count | None = None
 
 
 class Released(Header, tag=Kind.RELEASED):

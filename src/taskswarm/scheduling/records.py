@@ -170,6 +170,8 @@ class SlaveRecord:
     data: str | None = None  # its data socket, where the results it keeps are fetched
     kept_bytes: int = 0  # bytes of results it keeps, as it last reported
     kept_results: int = 0  # results the master knows it keeps
+    cpu: float | None = None  # CPU % of its process tree (slave + workers), as last reported
+    rss: int | None = None  # resident bytes of that tree, as last reported
 
     def fits(self, needs: dict[str, float]) -> bool:
         """Whether a task needing ``needs`` fits in what this slave has free now."""
@@ -206,5 +208,7 @@ class SlaveRecord:
             "data": self.data,
             "kept_results": self.kept_results,
             "kept_bytes": self.kept_bytes,
+            "cpu": self.cpu,
+            "rss": self.rss,
             "last_heartbeat": round(time.monotonic() - self.last_seen, 3),  # seconds ago
         }

@@ -148,7 +148,7 @@ def resident_bytes(pid: int) -> int | None:
 
 def _psutil_rss(pid: int) -> int | None:
     try:
-        import psutil  # not a dependency: used only where there is no /proc to read
+        import psutil  # imported only where there is no /proc to read
     except ImportError:
         return None
     try:

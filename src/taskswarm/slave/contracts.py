@@ -58,8 +58,10 @@ class WorkItem:
 #: outcome, text)``. ``status`` is a ``taskswarm.task.Status``; ``outcome`` the pickled result
 #: or exception (bytes, sent on as they are), or for ``Status.CRASH`` a short text saying how
 #: the worker died; ``text`` the failure as text for people (None for OK), which the master
-#: shows without unpickling anything. ``run_task_reporting`` returns the last three.
-TaskOutcome = tuple[str, str, Any, str | None]
+#: shows without unpickling anything. ``run_task_reporting`` returns the last three. A manager
+#: with worker processes may add ``(worker, began, ended)``: the worker's pid and when the task
+#: ran (Unix time), which the master's task stream shows (``Outcome.worker``).
+TaskOutcome = tuple[str, str, Any, str | None] | tuple[str, str, Any, str | None, int, float, float]
 
 
 @runtime_checkable

@@ -86,6 +86,7 @@ from .outbox import (  # noqa: F401 - defined here first: where tests and tools 
     Outbox,
 )
 from .shipping import Shelf
+from .usage import ProcessTreeUsage
 
 __all__ = ["Slave"]
 
@@ -167,6 +168,8 @@ class Slave(NodeLifecycle):
         )
         #: Big results of plain tasks, kept here until the master says DROP (the data plane).
         self.store = Store()
+        #: CPU and memory of this slave and its workers, sent with each heartbeat.
+        self.usage = ProcessTreeUsage()
         #: What this slave asks the master to send, and its outcomes on their way back.
         self.outbox = Outbox(
             self.manager,
@@ -533,6 +536,7 @@ class Slave(NodeLifecycle):
                 self.registered = False
             self._reconnect()
         if self.registered:
+            cpu, rss = self.usage.measure() or (None, None)
             self._send(
                 Heartbeat(
                     workers=self.manager.get_num_workers(),
@@ -542,6 +546,8 @@ class Slave(NodeLifecycle):
                     stats=self.stats.snapshot(),
                     held=[item.task_id for item in self.manager.held()] + list(self.fetching),
                     kept=self.store.bytes,
+                    cpu=cpu,
+                    rss=rss,
                 )
             )
         else:

@@ -260,19 +260,20 @@ class Outbox:
                     and not is_reference(data)
                 ):
                     store.put(item[0], data)  # stays here: its size goes, not its bytes
-                    outcomes.append(Outcome(item[0], Status.OK, None, len(data)))
+                    outcomes.append(Outcome(item[0], Status.OK, None, len(data), *item[4:7]))
                     payloads.append(b"")
                     sizes.append(0)
                     continue
             task_id, status, data, *rest = self._fitted(item, limit)
+            # Which worker ran it and when (rest[1:4]), where its task manager says so.
             if status == Status.OK:
-                outcomes.append(Outcome(task_id, status))
+                outcomes.append(Outcome(task_id, status, None, None, *rest[1:4]))
             elif status == Status.CRASH:
                 outcomes.append(Outcome(task_id, status, str(data)))
                 data = b""
             else:
                 detail = rest[0] if rest else None
-                outcomes.append(Outcome(task_id, status, detail))
+                outcomes.append(Outcome(task_id, status, detail, None, *rest[1:4]))
                 if detail is not None and detail.startswith(REFUSED):
                     refused += 1  # its payload did not match its signed digest: it never ran
             payloads.append(data)

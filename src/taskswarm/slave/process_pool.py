@@ -172,16 +172,25 @@ class ProcessPoolManager(QueuedManager):
         return True
 
     def task_finished(
-        self, task: WorkItem, result: Any, error: Any, detail: str | None = None
+        self,
+        task: WorkItem,
+        result: Any,
+        error: Any,
+        detail: str | None = None,
+        ran: tuple[int, float, float] | None = None,
     ) -> None:
-        """Queue ``(task_id, status, outcome, detail)``: ``error`` is the Status (None for OK),
-        ``result`` the pickled outcome, or a short text saying how a worker died; ``detail``
-        the failure as text for people (see ``task.error_text``)."""
+        """Queue ``(task_id, status, outcome, detail[, worker, began, ended])``: ``error`` is the
+        Status (None for OK), ``result`` the pickled outcome, or a short text saying how a
+        worker died; ``detail`` the failure as text for people (see ``task.error_text``);
+        ``ran``: which worker ran it (its pid) and when, for the dashboard's task stream."""
         self._pending -= 1
         if task.cancelled:
             sharing.free(result)  # a result no one waits for: its segment goes now
-            error, result, detail = Status.CANCELLED, b"", None
-        self._results.put((task.task_id, error or Status.OK, result, detail))
+            error, result, detail, ran = Status.CANCELLED, b"", None, None
+        if ran is None:
+            self._results.put((task.task_id, error or Status.OK, result, detail))
+        else:
+            self._results.put((task.task_id, error or Status.OK, result, detail, *ran))
 
     # -- what the slave's loop calls ---------------------------------------------------------
 
@@ -295,8 +304,8 @@ class ProcessPoolManager(QueuedManager):
             ran = sum(1 for outcome in finished if outcome[1] != Status.CANCELLED)
             if ran:  # tasks skipped unrun say nothing of the pace
                 self._keep_pace(worker, ran)
-            for task_id, status, outcome, *text in finished:
-                self._finished_in(worker, task_id, status, outcome, text[0] if text else None)
+            for task_id, status, outcome, *rest in finished:
+                self._finished_in(worker, task_id, status, outcome, rest)
             if (worker.retiring or worker.stale) and not worker.pipeline:
                 self._retire(fd, worker)
         self._adjust_pool()
@@ -305,15 +314,21 @@ class ProcessPoolManager(QueuedManager):
     # -- internals -------------------------------------------------------------------------------
 
     def _finished_in(
-        self, worker: PoolWorker, task_id: str, status: str, outcome: bytes, text: str | None
+        self, worker: PoolWorker, task_id: str, status: str, outcome: bytes, rest: list[Any]
     ) -> None:
+        """``rest``: the failure's text, then when the task began and ended (``worker.py``)."""
         if not worker.pipeline or worker.pipeline[0].task_id != task_id:
             log.error("worker sent an outcome for task %s it was not running; dropped", task_id)
             return
         item = worker.take_running()
         if worker.pipeline:
             self._began.append(worker.pipeline[0].task_id)  # the next one runs now
-        self.task_finished(item, outcome, None if status == Status.OK else status, text)
+        text = rest[0] if rest else None
+        if len(rest) < 3:
+            self.task_finished(item, outcome, None if status == Status.OK else status, text)
+            return
+        ran = (worker.process.pid, rest[1], rest[2])
+        self.task_finished(item, outcome, None if status == Status.OK else status, text, ran)
 
     def _keep_pace(self, worker: PoolWorker, finished: int) -> None:
         """Fold ``finished`` tasks, read at once, into the running average of task durations.

@@ -15,7 +15,7 @@ from typing import Any
 from ..api import ITaskManager
 from ..errors import TaskTimeout
 from ..task import Status, dump_error, error_text, new_task_id
-from .contracts import TaskManagerBase, WorkItem
+from .contracts import TaskManagerBase, TaskOutcome, WorkItem
 
 __all__ = ["QueuedManager", "WorkItem"]
 
@@ -29,7 +29,7 @@ class QueuedManager(TaskManagerBase, ITaskManager):
 
     def __init__(self) -> None:
         self._queue: deque[WorkItem] = deque()
-        self._results: queue.SimpleQueue[tuple[str, str, Any, str | None]] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
         self._pending = 0  # pushed and not finished (queued, running or handed on)
 
     def _feed(self) -> None:
@@ -51,7 +51,7 @@ class QueuedManager(TaskManagerBase, ITaskManager):
         self._pending += len(tasks)
         self._feed()
 
-    def get_results_queue(self) -> queue.SimpleQueue[tuple[str, str, Any, str | None]]:
+    def get_results_queue(self) -> queue.SimpleQueue[TaskOutcome]:
         return self._results
 
     def create_task(self, task_class: type, *args: Any, **kwargs: Any) -> Any:

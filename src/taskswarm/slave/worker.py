@@ -4,7 +4,8 @@ Tasks arrive on a socket as a stream of msgpack ``[task_id, payload, digest]`` a
 digest its signed header gave, checked right before the task is unpickled); one read takes
 every task waiting, so a slave that sends a worker several small tasks at once costs one system
 call, not one per task. Each outcome is written the moment its task ends, in the order the tasks
-came: the slave always knows which task is running (the first without an outcome), which is how
+came, with when it began and ended (``[task_id, status, outcome, text, began, ended]``): the
+slave always knows which task is running (the first without an outcome), which is how
 it enforces timeouts and names the task that killed a worker. A task the slave takes back while
 it waits here (a SKIP message) is answered ``cancelled`` in its place, unrun.
 
@@ -102,11 +103,14 @@ def worker_main(conn: Connection, share: sharing.Sharing | None = None) -> None:
             reply = [task_id, Status.CANCELLED, b""]
         else:
             digest = sealed[0] if sealed else None
+            began = time.time()
             status, outcome, text = run_task_reporting(
                 Payload(payload, digest) if digest is not None else payload,
                 sealed[1] if len(sealed) > 1 else None,
             )
-            reply = [task_id, status, outcome] if text is None else [task_id, status, outcome, text]
+            # When it ran, as only the worker knows it (the slave reads outcomes in bursts):
+            # the dashboard's task stream draws it from here.
+            reply = [task_id, status, outcome, text, began, time.time()]
         try:
             write_all(fd, msgpack.packb(reply))
         except OSError:

@@ -1,15 +1,20 @@
 // The taskswarm dashboard: follows /api/events (one `status` event a second) and redraws one
-// screen in place. Hand-written, no libraries: the master serves every byte of it.
+// screen in place. The charts are uPlot's (static/vendor/, served by the master like the rest):
+// the load's history from /api/history (the master keeps the last ten minutes, so a page opened
+// late has them too) and the task stream from /api/stream (the tasks numbered after the last
+// one this page has).
 "use strict";
 
-const POINTS = 300; // chart history: 300 events, five minutes at one a second
+const HISTORY_EVERY_MS = 2000; // how often the history charts are fetched again
+const STREAM_EVERY_MS = 1000; // how often the task stream asks for the newest tasks
+const STREAM_SECONDS = 60; // the task stream shows the last minute (zoom in for less)
+const STREAM_TASKS = 2000; // ... and at most this many tasks
+const FINISHED_SHOWN = 10; // finished task systems listed (the newest)
 const ETA_WINDOW = 30; // seconds of a system's history its rate is taken over
 const MAX_ERRORS = 20;
 const TOKEN = new URLSearchParams(location.search).get("token") || "";
 
 const state = {
-  rates: [], // [uptime, tasks done per second]
-  queue: [], // [uptime, tasks queued]
   lastDone: null, // [uptime, total done]
   systems: new Map(), // id -> [[uptime, done], ...]
   systemStates: new Map(), // id -> state last seen
@@ -50,6 +55,17 @@ function number(value, digits = 0) {
     minimumFractionDigits: digits,
     maximumFractionDigits: digits,
   });
+}
+
+function bytes(value) {
+  if (value === null || value === undefined || !isFinite(value)) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (value >= 1024 && i < units.length - 1) {
+    value /= 1024;
+    i++;
+  }
+  return `${number(value, i && value < 10 ? 1 : 0)} ${units[i]}`;
 }
 
 // -- header and summary ----------------------------------------------------------------------
@@ -111,6 +127,8 @@ function newSlaveRow(slave) {
     el("td", "state-cell"),
     el("td", "num workers"),
     loadCell,
+    el("td", "num cpu"),
+    el("td", "num memory"),
     el("td", "num done"),
     el("td", "num failed"),
     el("td", "num pace"),
@@ -135,6 +153,8 @@ function updateSlaveRow(row, slave) {
   bar.classList.toggle("full", load >= 1);
   bar.firstChild.style.width = `${Math.min(100, Math.round(load * 100))}%`;
   setText(row.querySelector(".load .text"), `${slave.in_flight}/${slave.workers}`);
+  setText(row.querySelector(".cpu"), slave.cpu === null || slave.cpu === undefined ? "–" : number(slave.cpu, 0));
+  setText(row.querySelector(".memory"), bytes(slave.rss));
   setText(row.querySelector(".done"), number(slave.done));
   setText(row.querySelector(".failed"), number(slave.failed));
   setText(row.querySelector(".pace"), number(slave.pace_ms, 1));
@@ -185,7 +205,7 @@ async function resize(slaveId, workers, input) {
   }
 }
 
-// -- chart -----------------------------------------------------------------------------------
+// -- the rate of tasks done, for the summary card --------------------------------------------
 
 function record(status) {
   const now = status.master.uptime;
@@ -193,93 +213,266 @@ function record(status) {
   let rate = null;
   if (state.lastDone && now > state.lastDone[0] && done >= state.lastDone[1]) {
     rate = (done - state.lastDone[1]) / (now - state.lastDone[0]);
-  } else if (state.lastDone && now <= state.lastDone[0]) {
-    state.rates.length = 0; // the master restarted: its clock and counts start again
-    state.queue.length = 0;
   }
   state.lastDone = [now, done];
-  if (rate !== null) push(state.rates, [now, rate]);
-  push(state.queue, [now, status.tasks.queued]);
   return rate;
 }
 
-function push(series, point) {
-  series.push(point);
-  if (series.length > POINTS) series.splice(0, series.length - POINTS);
+// -- charts (uPlot) ----------------------------------------------------------------------------
+
+const COLOURS = ["#2563eb", "#d97706", "#16a34a", "#dc2626", "#7c3aed", "#0891b2", "#db2777",
+  "#65a30d", "#ea580c", "#4f46e5", "#0d9488", "#9333ea"];
+const charts = {}; // id -> uPlot
+
+function chartWidth(id) {
+  return Math.max(200, $(id).clientWidth || 600);
 }
 
-function niceMax(value) {
-  if (value <= 0) return 1;
-  const power = Math.pow(10, Math.floor(Math.log10(value)));
-  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= value) return step * power;
-  return 10 * power;
-}
-
-function drawChart() {
-  const canvas = $("chart");
-  const ratio = window.devicePixelRatio || 1;
-  const width = canvas.clientWidth || canvas.width;
-  const height = canvas.clientHeight || canvas.height;
-  if (canvas.width !== Math.round(width * ratio)) canvas.width = Math.round(width * ratio);
-  if (canvas.height !== Math.round(height * ratio)) canvas.height = Math.round(height * ratio);
-  const g = canvas.getContext("2d");
-  g.setTransform(ratio, 0, 0, ratio, 0, 0);
-  g.clearRect(0, 0, width, height);
-  const pad = { left: 48, right: 48, top: 10, bottom: 22 };
-  const w = width - pad.left - pad.right;
-  const h = height - pad.top - pad.bottom;
-  const all = state.queue.concat(state.rates);
-  canvas.dataset.points = String(state.queue.length);
-  if (!all.length || w <= 0 || h <= 0) return;
-  const t1 = Math.max(...all.map((p) => p[0]));
-  const t0 = Math.min(Math.min(...all.map((p) => p[0])), t1 - 60);
-  const rateMax = niceMax(Math.max(0, ...state.rates.map((p) => p[1])));
-  const queueMax = niceMax(Math.max(4, ...state.queue.map((p) => p[1]))); // whole ticks
-  const x = (t) => pad.left + ((t - t0) / (t1 - t0 || 1)) * w;
-
-  g.font = "11px system-ui, sans-serif";
-  g.strokeStyle = "#e3e6eb";
-  g.lineWidth = 1;
-  for (let i = 0; i <= 4; i++) {
-    const y = pad.top + h - (i / 4) * h;
-    g.beginPath();
-    g.moveTo(pad.left, Math.round(y) + 0.5);
-    g.lineTo(pad.left + w, Math.round(y) + 0.5);
-    g.stroke();
-    g.textAlign = "right";
-    g.fillStyle = "#2563eb";
-    g.fillText(number((rateMax * i) / 4, rateMax < 4 ? 1 : 0), pad.left - 6, y + 4);
-    g.textAlign = "left";
-    g.fillStyle = "#d97706";
-    g.fillText(number((queueMax * i) / 4), pad.left + w + 6, y + 4);
+// A chart made once, then fed new data; made again when its series change (a slave came).
+function chart(id, key, options, data) {
+  let plot = charts[id];
+  if (plot && plot.key !== key) {
+    plot.destroy();
+    plot = null;
   }
-  g.fillStyle = "#6b7280";
-  g.textAlign = "left";
-  g.fillText(`-${duration(t1 - t0)}`, pad.left, height - 6);
-  g.textAlign = "right";
-  g.fillText("now", pad.left + w, height - 6);
-
-  line(g, state.queue, x, (v) => pad.top + h - (v / queueMax) * h, "#d97706", true);
-  line(g, state.rates, x, (v) => pad.top + h - (v / rateMax) * h, "#2563eb", false);
-}
-
-function line(g, series, x, y, colour, fill) {
-  if (!series.length) return;
-  g.beginPath();
-  series.forEach(([t, v], i) => (i ? g.lineTo(x(t), y(v)) : g.moveTo(x(t), y(v))));
-  g.strokeStyle = colour;
-  g.lineWidth = 1.75;
-  g.stroke();
-  if (fill && series.length > 1) {
-    g.lineTo(x(series[series.length - 1][0]), y(0));
-    g.lineTo(x(series[0][0]), y(0));
-    g.closePath();
-    g.globalAlpha = 0.12;
-    g.fillStyle = colour;
-    g.fill();
-    g.globalAlpha = 1;
+  if (!plot) {
+    plot = charts[id] = new uPlot({ width: chartWidth(id), ...options }, data, $(id));
+    plot.key = key;
+  } else {
+    plot.setData(data);
   }
+  return plot;
 }
+
+function rangeFrom(min) {
+  return (u, low, high) => [min, Math.max(high, min + 1)];
+}
+
+async function getJSON(path) {
+  const response = await fetch(path);
+  if (!response.ok) throw new Error(`${path}: ${response.status}`);
+  return response.json();
+}
+
+async function refreshHistory() {
+  let history;
+  try {
+    history = await getJSON("/api/history");
+  } catch (error) {
+    return; // the master restarts or stops: the next round tries again
+  }
+  const times = history.time;
+  const span = times.length > 1 ? times[times.length - 1] - times[0] : 0;
+  setText($("history-span"), times.length ? `the last ${duration(span)}` : "");
+  chart(
+    "chart",
+    "load",
+    {
+      height: 220,
+      scales: { rate: { range: rangeFrom(0) }, tasks: { range: rangeFrom(0) } },
+      series: [
+        {},
+        { label: "done / s", scale: "rate", stroke: COLOURS[0], width: 1.75 },
+        { label: "queued", scale: "tasks", stroke: COLOURS[1], fill: "rgba(217,119,6,0.12)" },
+        { label: "running", scale: "tasks", stroke: COLOURS[2] },
+      ],
+      axes: [
+        {},
+        { scale: "rate", label: "tasks done / s", stroke: COLOURS[0] },
+        { scale: "tasks", side: 1, label: "tasks", grid: { show: false } },
+      ],
+    },
+    [times, history.rate, history.queued, history.running],
+  );
+  $("chart").dataset.points = String(times.length);
+
+  const names = Object.keys(history.slaves).sort();
+  const series = [{}];
+  const data = [times];
+  names.forEach((name, i) => {
+    const colour = COLOURS[i % COLOURS.length];
+    series.push({ label: `${name} CPU %`, scale: "cpu", stroke: colour });
+    data.push(history.slaves[name].cpu);
+    series.push({
+      label: `${name} memory`,
+      scale: "rss",
+      stroke: colour,
+      dash: [4, 4],
+      value: (u, v) => (v === null || v === undefined ? "–" : `${number(v, 0)} MiB`),
+    });
+    // In MiB, so the axis has round ticks (50, 100...) rather than odd numbers of bytes.
+    data.push(history.slaves[name].rss.map((v) => (v === null ? null : v / 1048576)));
+  });
+  chart(
+    "usage-chart",
+    names.join(","),
+    {
+      height: 200,
+      scales: { cpu: { range: rangeFrom(0) }, rss: { range: rangeFrom(0) } },
+      series,
+      axes: [
+        {},
+        { scale: "cpu", label: "CPU % (of one core)" },
+        {
+          scale: "rss",
+          side: 1,
+          label: "memory (MiB)",
+          size: 60,
+          grid: { show: false },
+        },
+      ],
+    },
+    data,
+  );
+  $("usage-chart").dataset.points = String(times.length);
+}
+
+// -- task stream ---------------------------------------------------------------------------------
+
+const stream = {
+  last: 0, // the number of the newest task this page has
+  tasks: [], // [began, ended, worker, name, system, status], oldest first
+  follow: true, // the view follows the newest tasks (until the reader zooms)
+  rows: [], // the workers, one row each ("slave/pid"), sorted
+  colours: new Map(), // label -> colour
+  systemNames: new Map(), // system id -> its name
+};
+
+function taskLabel(task) {
+  const system = task[4];
+  return system ? stream.systemNames.get(system) || system : task[3] || "?";
+}
+
+function colourOf(label) {
+  let colour = stream.colours.get(label);
+  if (!colour) {
+    colour = COLOURS[stream.colours.size % COLOURS.length];
+    stream.colours.set(label, colour);
+  }
+  return colour;
+}
+
+function drawBars(u) {
+  const { ctx } = u;
+  const rows = stream.rows;
+  const row = new Map(rows.map((name, i) => [name, i]));
+  const height = Math.max(2, Math.min(18, (u.bbox.height / Math.max(rows.length, 1)) * 0.7));
+  const [x0, x1] = [u.scales.x.min, u.scales.x.max];
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
+  ctx.clip();
+  let drawn = 0;
+  for (const task of stream.tasks) {
+    if (task[1] < x0 || task[0] > x1) continue;
+    const left = u.valToPos(task[0], "x", true);
+    const right = u.valToPos(task[1], "x", true);
+    const y = u.valToPos(row.get(task[2]), "y", true);
+    ctx.fillStyle = task[5] === "ok" ? colourOf(taskLabel(task)) : "#991b1b";
+    const width = right - left;
+    // A pixel of gap after each bar: tasks back to back on one worker stay apart.
+    ctx.fillRect(left, y - height / 2, Math.max(1, width > 3 ? width - 1 : width), height);
+    drawn++;
+  }
+  ctx.restore();
+  u.root.parentNode.dataset.bars = String(drawn);
+}
+
+function renderStream() {
+  const tasks = stream.tasks;
+  const rows = (stream.rows = [...new Set(tasks.map((t) => t[2]))].sort());
+  const box = $("stream-chart");
+  box.dataset.rows = String(rows.length);
+  if (!tasks.length) return;
+  const newest = Math.max(...tasks.map((t) => t[1]));
+  const oldest = Math.min(...tasks.map((t) => t[0]));
+  const longest = Math.max(...rows.map((r) => r.length));
+  const plot = chart(
+    "stream-chart",
+    rows.join(","),
+    {
+      height: Math.max(100, 50 + rows.length * 26),
+      legend: { show: false },
+      cursor: { y: false, drag: { x: true, y: false } },
+      scales: {
+        x: { time: true },
+        y: { auto: false, range: [-0.5, rows.length - 0.5] },
+      },
+      series: [{}, { show: false }],
+      axes: [
+        {},
+        {
+          size: Math.min(320, 16 + 7 * longest),
+          font: "11px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace",
+          splits: () => stream.rows.map((_, i) => i),
+          values: (u, splits) => splits.map((i) => stream.rows[i] || ""),
+          grid: { show: false },
+        },
+      ],
+      hooks: {
+        draw: [drawBars],
+        setSelect: [(u) => (stream.follow = u.select.width === 0)],
+      },
+    },
+    [[oldest, newest], [null, null]],
+  );
+  if (!plot.followWired) {
+    plot.over.addEventListener("dblclick", () => (stream.follow = true));
+    plot.followWired = true;
+  }
+  if (stream.follow) {
+    plot.setScale("x", { min: Math.max(oldest, newest - STREAM_SECONDS), max: newest });
+  } else {
+    plot.redraw(false);
+  }
+  renderStreamLegend();
+}
+
+function renderStreamLegend() {
+  const labels = [...new Set(stream.tasks.map(taskLabel))].slice(0, 12);
+  const key = labels.join("\u0000");
+  const legend = $("stream-legend");
+  if (legend.dataset.key === key) return;
+  legend.dataset.key = key;
+  legend.replaceChildren(
+    ...labels.map((label) => {
+      const item = el("span", "stream-key");
+      const swatch = el("span", "key");
+      swatch.style.background = colourOf(label);
+      item.append(swatch, document.createTextNode(label));
+      return item;
+    }),
+  );
+}
+
+async function refreshStream() {
+  let answer;
+  try {
+    answer = await getJSON(`/api/stream?after=${stream.last}`);
+  } catch (error) {
+    return;
+  }
+  if (answer.last < stream.last) stream.tasks = []; // the master restarted: numbers begin again
+  stream.last = answer.last;
+  if (!answer.tasks.length && stream.tasks.length) return;
+  const tasks = stream.tasks.concat(answer.tasks);
+  stream.tasks = tasks.length > STREAM_TASKS ? tasks.slice(-STREAM_TASKS) : tasks;
+  renderStream();
+}
+
+function every(ms, job) {
+  const run = async () => {
+    await job();
+    setTimeout(run, ms);
+  };
+  run();
+}
+
+window.addEventListener("resize", () => {
+  for (const [id, plot] of Object.entries(charts)) {
+    plot.setSize({ width: chartWidth(id), height: plot.height });
+  }
+});
 
 // -- task systems ----------------------------------------------------------------------------
 
@@ -299,7 +492,9 @@ function newSystem(system) {
   const box = el("div", "system");
   box.dataset.id = system.id;
   const top = el("div", "row");
-  top.append(el("span", "name", system.id), el("span", "meta percent"));
+  const name = el("span", "name", system.name || system.id);
+  name.title = system.id;
+  top.append(name, el("span", "meta percent"));
   const progress = el("progress");
   progress.max = 1;
   progress.value = 0;
@@ -309,33 +504,52 @@ function newSystem(system) {
   return box;
 }
 
+// Running systems first, in the master's order; finished ones (the newest FINISHED_SHOWN)
+// folded away under a <details>, so the page stays short however many have run.
 function renderSystems(systems, now) {
-  const list = $("system-list");
-  const boxes = new Map([...list.querySelectorAll(".system")].map((b) => [b.dataset.id, b]));
-  for (const system of systems) {
-    let box = boxes.get(system.id);
-    if (!box) list.append((box = newSystem(system)));
-    boxes.delete(system.id);
-    const total = Math.max(system.total, system.done);
-    // A complete system is 100% even when it finished before its last tasks were counted.
-    const fraction =
-      system.state === "complete" ? 1 : total > 0 ? Math.min(1, system.done / total) : 0;
-    const percent = Math.floor(fraction * 100);
-    box.dataset.state = system.state;
-    box.dataset.done = system.done;
-    box.dataset.total = system.total;
-    const progress = box.querySelector("progress");
-    progress.max = 1000;
-    progress.value = Math.round(fraction * 1000);
-    setText(box.querySelector(".percent"), `${percent}%`);
-    setText(box.querySelector(".counts"), `${number(system.done)} / ${number(system.total)} tasks`);
-    setText(box.querySelector(".eta"), systemEta(system, now));
+  const running = $("system-list");
+  const finished = $("finished-list");
+  const boxes = new Map(
+    [...document.querySelectorAll("#systems .system")].map((b) => [b.dataset.id, b]),
+  );
+  const live = systems.filter((s) => s.state === "running");
+  const ended = systems.filter((s) => s.state !== "running");
+  const shown = ended.slice(-FINISHED_SHOWN).reverse(); // the newest first
+  for (const system of systems) stream.systemNames.set(system.id, system.name || system.id);
+  for (const [list, group] of [[running, live], [finished, shown]]) {
+    for (const system of group) {
+      let box = boxes.get(system.id);
+      if (!box) box = newSystem(system);
+      boxes.delete(system.id);
+      updateSystem(box, system, now);
+      list.append(box); // appending an attached box moves it: keeps the order
+    }
   }
   for (const [id, box] of boxes) {
     box.remove();
     state.systems.delete(id);
   }
+  $("finished-systems").hidden = ended.length === 0;
+  setText($("finished-count"), ended.length);
   $("no-systems").hidden = systems.length > 0;
+}
+
+function updateSystem(box, system, now) {
+  const total = Math.max(system.total, system.done);
+  // A complete system is 100% even when it finished before its last tasks were counted.
+  const fraction =
+    system.state === "complete" ? 1 : total > 0 ? Math.min(1, system.done / total) : 0;
+  const percent = Math.floor(fraction * 100);
+  box.dataset.state = system.state;
+  box.dataset.done = system.done;
+  box.dataset.total = system.total;
+  setText(box.querySelector(".name"), system.name || system.id);
+  const progress = box.querySelector("progress");
+  progress.max = 1000;
+  progress.value = Math.round(fraction * 1000);
+  setText(box.querySelector(".percent"), `${percent}%`);
+  setText(box.querySelector(".counts"), `${number(system.done)} / ${number(system.total)} tasks`);
+  setText(box.querySelector(".eta"), systemEta(system, now));
 }
 
 // -- applications --------------------------------------------------------------------------
@@ -436,9 +650,6 @@ function render(status) {
   renderSystems(status.systems, status.master.uptime);
   renderErrors(status.errors || []);
   noteEvents(status);
-  setText($("legend-rate"), number(rate, 1));
-  setText($("legend-queue"), number(status.tasks.queued));
-  drawChart();
 }
 
 function connect() {
@@ -458,6 +669,7 @@ function connect() {
 
 document.addEventListener("DOMContentLoaded", () => {
   for (const node of document.querySelectorAll(".resize-col")) node.hidden = !TOKEN;
-  window.addEventListener("resize", drawChart);
   connect();
+  every(HISTORY_EVERY_MS, refreshHistory);
+  every(STREAM_EVERY_MS, refreshStream);
 });
