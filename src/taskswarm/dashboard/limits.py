@@ -192,13 +192,23 @@ class ConnectionGuard:
             asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
 
     async def _open(self, conn: socket.socket) -> None:
+        """Set an accepted socket up; until it is open (``_Connection.connection_made``) it
+        counts as starting, and from then on as open: never as both, or a connection accepted
+        in between would be refused with the cap not reached."""
+        made: list[_Connection] = []
+
+        def protocol() -> _Connection:
+            made.append(_Connection(self))
+            return made[-1]
+
         try:
             loop = asyncio.get_running_loop()
-            await loop.connect_accepted_socket(lambda: _Connection(self), conn)
+            await loop.connect_accepted_socket(protocol, conn)
         except OSError:
             conn.close()  # the peer left before its connection was set up
         finally:
-            self._starting -= 1
+            if not (made and made[0].counted):
+                self._starting -= 1
 
     def _refuse(self, conn: socket.socket) -> None:
         """Answer 503 if the socket takes it at once, and close it: the descriptor goes now.
@@ -232,9 +242,12 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self._tail = b""  # the last bytes seen, for a blank line split over two reads
+        self.counted = False  # among the guard's open connections, no longer starting
 
     def connection_made(self, transport: Any) -> None:
         self.guard.open.add(self)
+        self.guard._starting -= 1
+        self.counted = True
         self.transport = transport
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.guard.header_timeout, self._headers_too_slow)
