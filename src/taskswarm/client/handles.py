@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..inputs import reduce_future
 from ..protocol.pickling import UnpicklableTask
 from ..task import FunctionTask
+from . import html
 from .meter import Meter, ProgressCallback
 from .remote import Remote
 
@@ -63,6 +64,11 @@ class TaskFuture(Future[Any]):
     scattered = False
     #: Its result stayed on its slave (``taskswarm.client.remote``): fetched by ``result()``.
     remote: Remote | None = None
+    #: Its task's name (``Task.name``), for people to read.
+    name = ""
+
+    def _repr_html_(self) -> str:
+        return html.future_html(self)
 
     def result(self, timeout: float | None = None) -> Any:
         value = super().result(timeout)
@@ -168,6 +174,9 @@ class SystemHandle:
     def __repr__(self) -> str:
         state = "done" if self.done() else f"{self.done_tasks}/{self.total_tasks}"
         return f"<SystemHandle {self.system_id} {state}>"
+
+    def _repr_html_(self) -> str:
+        return html.system_html(self)
 
     # -- the application node's side ------------------------------------------------------------
 
