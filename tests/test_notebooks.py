@@ -215,12 +215,20 @@ def html_of(cell) -> list[str]:
     return [o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {})]
 
 
-def run_notebook(path: Path, work: Path) -> tuple[object, str | None]:
+def run_notebook(path: Path, work: Path) -> tuple[object, str | None, list[tuple[int, str]]]:
     """Run the notebook at ``path`` cell by cell in a fresh kernel; returns it with its cells'
-    outputs, and the dashboard link its cluster showed (checked while the cluster ran)."""
+    outputs, the dashboard link its cluster showed (checked while the cluster ran), and the
+    kernel's messages (cell index, message type) as they came."""
     import nbformat
     from jupyter_client import KernelManager
     from nbclient import NotebookClient
+
+    messages: list[tuple[int, str]] = []
+
+    class Recording(NotebookClient):
+        def process_message(self, msg, cell, cell_index):
+            messages.append((cell_index, msg["msg_type"]))
+            return super().process_message(msg, cell, cell_index)
 
     notebook = nbformat.read(path, as_version=4)
     # Sockets and the connection file in the test's own folder, nothing left elsewhere.
@@ -230,9 +238,7 @@ def run_notebook(path: Path, work: Path) -> tuple[object, str | None]:
         ip=str(work / "kernel"),
         connection_file=str(work / "kernel.json"),
     )
-    client = NotebookClient(
-        notebook, km=kernel, timeout=60, shutdown_kernel="immediate", resources={}
-    )
+    client = Recording(notebook, km=kernel, timeout=60, shutdown_kernel="immediate", resources={})
     link = None
     started: list[int] = []
     try:
@@ -252,7 +258,7 @@ def run_notebook(path: Path, work: Path) -> tuple[object, str | None]:
                 os.kill(leftover, signal.SIGKILL)
         wait_for(lambda: not any(alive(p) for p in started), timeout=10)
     assert not started, "the notebook's final cell closed its cluster: nothing should be left"
-    return notebook, link
+    return notebook, link, messages
 
 
 def test_a_notebook_shows_the_cluster_application_future_and_progress(tmp_path):
@@ -262,14 +268,15 @@ def test_a_notebook_shows_the_cluster_application_future_and_progress(tmp_path):
     path = tmp_path / "cluster.ipynb"
     cells = [nbformat.v4.new_code_cell(textwrap.dedent(source).strip()) for source in CELLS]
     nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
-    notebook, link = run_notebook(path, tmp_path)
+    notebook, link, messages = run_notebook(path, tmp_path)
     setup, cluster, app, future, run, handle, closed = notebook.cells
     assert "running" in html_of(cluster)[0] and "1 active" in html_of(cluster)[0]
     assert link is not None and link.startswith("http://127.0.0.1:")
     assert "connected" in html_of(app)[0] and link in html_of(app)[0]
     assert "finished" in html_of(future)[0] and "1024" in html_of(future)[0]
-    # One progress display, redrawn in place to the end, then the result.
+    # One progress display, redrawn in place (at least once: at the end), then the result.
     (progress,) = html_of(run)
+    assert (4, "update_display_data") in messages
     assert "TaskSystem" in progress and "20/20 tasks (100%)" in progress and "done" in progress
     assert run.outputs[-1]["data"]["text/plain"] == str(sum(i * i for i in range(20)))
     assert "5/5 tasks" in html_of(handle)[0] and "done" in html_of(handle)[0]
