@@ -53,10 +53,8 @@ Row = tuple[str, str]  # (label, value as HTML already escaped)
 def cluster_html(cluster: LocalCluster) -> str:
     """A LocalCluster: its state, address, shape, dashboard link and the master's counts."""
     closed = cluster.closed
-    rows: list[Row] = [
-        ("master", _text(cluster.address)),
-        ("layout", _text(f"{cluster.slaves} slaves x {cluster.workers} workers")),
-    ]
+    layout = f"{_count(cluster.slaves, 'slave')}, {_count(cluster.workers, 'worker')} each"
+    rows: list[Row] = [("master", _text(cluster.address)), ("layout", _text(layout))]
     if closed:
         return table("LocalCluster", "closed", rows)
     status = _ask(lambda: _status_of(cluster.address, cluster.key))
@@ -67,12 +65,12 @@ def cluster_html(cluster: LocalCluster) -> str:
 def application_html(app: Application) -> str:
     """An application connection: its state, what it waits for, and the master's counts."""
     closed = app._link.closed
-    waiting = len(app._ledger.waiting())
+    waiting = len(app._ledger.tasks)  # a len, not a copy: it may hold a million
     systems = len(app._ledger.unfinished_systems())
     rows: list[Row] = [
         ("master", _text(app.address)),
         ("client id", _text(app.client_id)),
-        ("waiting for", _text(f"{waiting} tasks, {systems} task systems")),
+        ("waiting for", _text(f"{_count(waiting, 'task')}, {_count(systems, 'task system')}")),
     ]
     if closed:
         return table("Application", "closed", rows)
@@ -106,7 +104,7 @@ def future_html(future: TaskFuture) -> str:
 def system_html(handle: SystemHandle) -> str:
     """A task system: progress as its master reported it, and its outcome once in."""
     meter = handle.meter
-    state = meter.state if meter.finished or not handle.done() else "done"
+    state = meter.state
     percent = f" ({100 * meter.done // meter.total}%)" if meter.total else ""
     counts = _text(f"{meter.done}/{meter.total or '?'} tasks{percent}")
     bar = f'<progress value="{meter.done}" max="{max(meter.total, 1)}"></progress>'
@@ -166,6 +164,10 @@ def table(kind: str, state: str, rows: Sequence[Row]) -> str:
         f'<span class="taskswarm-state">{_text(state)}</span>'
         f"<table>{body}</table></div>"
     )
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _text(value: str) -> str:
