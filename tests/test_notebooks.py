@@ -9,6 +9,7 @@ any left once it is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -240,10 +241,12 @@ def run_notebook(path: Path, work: Path) -> tuple[object, str | None, list[tuple
     )
     client = Recording(notebook, km=kernel, timeout=60, shutdown_kernel="immediate", resources={})
     link = None
-    started: list[int] = []
+    left: list[int] = []
     try:
-        with client.setup_kernel(cwd=str(work)):
+        # cleanup_kc: shut the kernel down at the end, though the test made its manager.
+        with client.setup_kernel(cwd=str(work), cleanup_kc=True):
             pid = kernel.provisioner.pid
+            left = [pid]
             try:
                 for index, cell in enumerate(notebook.cells):
                     client.execute_cell(cell, index)
@@ -251,14 +254,31 @@ def run_notebook(path: Path, work: Path) -> tuple[object, str | None, list[tuple
                         link = re.search(r'href="([^"]+)"', html_of(cell)[0]).group(1)
                         assert answers(link + "/") == 200
             finally:
-                started = descendants(pid)  # before the kernel goes and they are reparented
+                if descendants(pid):  # a cell failed before the last one closed the cluster
+                    close_in_kernel(client)
+                left = [pid, *descendants(pid)]  # before the kernel goes and they are reparented
     finally:
-        for leftover in started:  # a cell failed before the cluster was closed
-            if alive(leftover):
-                os.kill(leftover, signal.SIGKILL)
-        wait_for(lambda: not any(alive(p) for p in started), timeout=10)
-    assert not started, "the notebook's final cell closed its cluster: nothing should be left"
+        reap(left)  # the kernel is shut down by now: only what it left is killed
+    assert left[1:] == [], "the notebook's final cell closed its cluster: nothing should be left"
     return notebook, link, messages
+
+
+def close_in_kernel(client) -> None:
+    """Have the kernel close its cluster, so the nodes stop cleanly and its files go; what is
+    still running after is killed (``reap``)."""
+    import nbformat
+
+    client.timeout = 15
+    cell = nbformat.v4.new_code_cell("if 'cluster' in globals():\n    cluster.close()")
+    with contextlib.suppress(Exception):  # the test's own failure is the one to report
+        client.execute_cell(cell, len(client.nb.cells))
+
+
+def reap(pids: list[int]) -> None:
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=10)
 
 
 def test_a_notebook_shows_the_cluster_application_future_and_progress(tmp_path):
