@@ -72,6 +72,16 @@ def test_a_running_cluster_shows_its_slaves_workers_and_dashboard_link(cluster):
     assert f'href="{cluster.dashboard_link}"' in shown
 
 
+def test_displaying_the_cluster_again_and_again_leaves_the_master_no_records(cluster, app):
+    def kept() -> int:  # records of applications, connected or gone
+        return app.status()["master"]["kept"]["applications"]
+
+    known = kept()  # ``app`` is a connection the cluster made: the displays ask through it
+    for _ in range(3):
+        assert "running" in cluster._repr_html_()
+    assert kept() == known
+
+
 def test_an_application_shows_its_state_the_clusters_counts_and_the_link(cluster, app):
     assert app.submit(pow, 2, 3).result(timeout=30) == 8
     shown = app._repr_html_()

@@ -18,12 +18,13 @@ show as text, not run.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import html
 import reprlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TaskswarmError
+from ..errors import ClientClosed, TaskswarmError
 from .meter import format_seconds
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def cluster_html(cluster: LocalCluster) -> str:
     rows: list[Row] = [("master", _text(cluster.address)), ("layout", _text(layout))]
     if closed:
         return table("LocalCluster", "closed", rows)
-    status = _ask(lambda: _status_of(cluster.address, cluster.key))
+    status = _ask(lambda: _cluster_status(cluster))
     rows += status_rows(status, cluster.dashboard_link)
     return table("LocalCluster", "running" if status is not None else "unreachable", rows)
 
@@ -203,9 +204,15 @@ def _ask(question: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         return None
 
 
-def _status_of(address: str, key: Any) -> dict[str, Any]:
-    """The status through a connection of its own, closed at once (a cluster holds none)."""
+def _cluster_status(cluster: LocalCluster) -> dict[str, Any]:
+    """The status through a connection the cluster made (``cluster.connect()``) if one is
+    open, else through one of its own, closed at once: reusing one saves a handshake, and the
+    master keeps a record of every connection made for a while (``--forget-after``)."""
+    for app in cluster._apps:
+        if not app._link.closed:
+            with contextlib.suppress(ClientClosed):  # closed meanwhile: the next one
+                return app.status(STATUS_TIMEOUT)
     from .application import Application
 
-    with Application(address, key, connect_timeout=STATUS_TIMEOUT) as app:
+    with Application(cluster.address, cluster.key, connect_timeout=STATUS_TIMEOUT) as app:
         return app.status(STATUS_TIMEOUT)
