@@ -3,7 +3,7 @@
 Jupyter calls ``_repr_html_`` on the kernel's thread each time an object is displayed, so the
 classes' methods are one line each and the rendering is here::
 
-    LocalCluster ----+-- status (a connection of its own, STATUS_TIMEOUT) --+
+    LocalCluster ----+-- status (a connection it made, STATUS_TIMEOUT) -----+
     Application -----+-- status (its own connection, STATUS_TIMEOUT) -------+--> a small table
     SystemHandle ----+-- its meter: counts the master reported (no question asked)
     TaskFuture ------+-- its state and outcome, as held here (a kept result is not fetched)
