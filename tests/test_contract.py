@@ -49,6 +49,7 @@ def test_the_design_example_runs_as_written():
             assert app.submit(pow, 2, 10).result() == 1024  # plain callables too
             with app.executor() as ex:  # a concurrent.futures.Executor
                 assert list(ex.map(abs, [-1, -2])) == [1, 2]
+        assert cluster.dashboard_link is None  # a dashboard only when asked: dashboard=True
 
 
 def test_a_detached_system_result_is_fetched_later_from_another_process(cluster):

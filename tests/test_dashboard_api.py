@@ -34,6 +34,7 @@ def served() -> Iterator[tuple[ts.LocalCluster, ts.Application, str]]:
         assert sorted(f.result(timeout=30) for f in futures) == list(range(50))
         url = app.status()["master"]["dashboard"]
         assert url and url.startswith("http://127.0.0.1:")
+        assert cluster.dashboard_link == url
         # A slave's measures come with its next heartbeat: the cluster is idle once they have.
         wait_for(lambda: _measured(app.status()), timeout=30)
         yield cluster, app, url

@@ -27,7 +27,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .client import html
 from .client.application import Application, connect
+from .dashboard import parse_address
 from .errors import ClusterError, ConfigurationError
 from .ops.config import MasterConfig, SlaveConfig, to_argv
 from .protocol import sharing
@@ -57,7 +59,7 @@ NOT_KEYWORDS = {
     "advertise": "the nodes share this machine; .address is where to reach the master",
     "key_file": "each cluster makes a fresh key (.key_file)",
     "no_state_dir": "state_dir=None (the default) keeps no journal",
-    "no_dashboard": "dashboard=None (the default) serves no HTTP",
+    "no_dashboard": "dashboard=False (the default) serves no HTTP",
     "ready_file": "how the cluster learns its master's address",
     "master_address": "the slaves' master is the cluster's own",
     "workers": "the second argument (add_slave(workers) for other shapes)",
@@ -93,8 +95,9 @@ class LocalCluster:
     sets itself). ``add_slave(workers, resources=...)`` adds slaves of other shapes.
 
     These differ from the commands: ``state_dir`` gives the master a journal there (none by
-    default); ``dashboard="HOST:PORT"`` serves the master's HTTP API there (none by default:
-    many local clusters may run at once); ``curve=True`` makes a key with a CurveZMQ keypair;
+    default); ``dashboard=True`` serves the master's dashboard and HTTP API on a free loopback
+    port, ``dashboard="HOST:PORT"`` there (none by default: many local clusters may run at
+    once), and ``dashboard_link`` is its URL; ``curve=True`` makes a key with a CurveZMQ keypair;
     ``worker_memory_limit`` is each slave's ``--worker-memory-limit`` (``"2GiB"``, a
     fraction, 0 for none), by default the machine's memory over every worker of the cluster;
     ``ipc=False`` has the nodes talk over loopback TCP instead of a Unix socket;
@@ -120,7 +123,7 @@ class LocalCluster:
         system_log_level: str = "info",
         state_dir: str | os.PathLike[str] | None = None,
         ipc: bool = True,
-        dashboard: str | None = None,
+        dashboard: bool | str | None = None,
         worker_memory_limit: str | int | float | None = None,
         shared_memory: str | int | bool = True,
         **settings: Any,
@@ -139,7 +142,10 @@ class LocalCluster:
         load_plugin("taskswarm.schedulers", settings.get("scheduler", "push"))
         load_plugin("taskswarm.strategies", settings.get("strategy", "load"))
         self.resources = settings.get("resources")
-        self.dashboard = dashboard
+        #: Where the master serves its dashboard (``HOST:PORT``; port 0: a free one), or None.
+        self.dashboard = _dashboard_address(dashboard)
+        #: The dashboard's URL once the master serves it (``http://127.0.0.1:PORT``), else None.
+        self.dashboard_link: str | None = None
         self.start_timeout = start_timeout
         self.log_level = log_level
         # No journal unless asked: nothing restarts an embedded master from it (the cluster
@@ -161,8 +167,8 @@ class LocalCluster:
             curve=curve,
             state_dir=None if state_dir is None else str(state_dir),
             no_state_dir=state_dir is None,
-            dashboard=dashboard or MasterConfig.dashboard,
-            no_dashboard=dashboard is None,
+            dashboard=self.dashboard or MasterConfig.dashboard,
+            no_dashboard=self.dashboard is None,
             ready_file=str(self._dir / "master.address"),
             system_log_level=system_log_level,
             **{name: value for name, value in settings.items() if name in MASTER_KEYWORDS},
@@ -250,7 +256,10 @@ class LocalCluster:
         ready = Path(self.master_config.ready_file or "")
         # Written before the master answered anyone: it serves by the time a slave is ready.
         self.address = ready.read_text().strip() or self.address
-        self.wait_for_slaves(self.slaves, max(1.0, deadline - time.monotonic()))
+        status = self._wait_for_status(self.slaves, max(1.0, deadline - time.monotonic()))
+        # The master bound the dashboard itself (port 0: no port chosen here that another
+        # program could take first) and says where in its status.
+        self.dashboard_link = status["master"].get("dashboard") if self.dashboard else None
 
     def _start_slave(
         self, workers: int, resources: dict[str, float] | None, after_fd: int | None = None
@@ -353,12 +362,18 @@ class LocalCluster:
         The cluster asks once its slaves said they are ready (welcomed, their first heartbeat
         sent), so the first answer almost always has them all; a heartbeat still on its way
         costs a few more milliseconds."""
+        status = self._wait_for_status(count, timeout)
+        return [s for s in status["slaves"] if s["state"] == "active"]
+
+    def _wait_for_status(self, count: int, timeout: float) -> dict[str, Any]:
+        """The master's first status with ``count`` active slaves (``wait_for_slaves``)."""
         deadline = time.monotonic() + timeout
         with Application(self.address, self.key, connect_timeout=timeout) as app:
             while True:
-                active = [s for s in app.status()["slaves"] if s["state"] == "active"]
+                status = app.status()
+                active = [s for s in status["slaves"] if s["state"] == "active"]
                 if len(active) >= count:
-                    return active
+                    return status
                 self._check_alive(self.master_process, "master")
                 if time.monotonic() > deadline:
                     raise ClusterError(
@@ -397,6 +412,14 @@ class LocalCluster:
 
         return AsyncApplication(lambda: self.connect(connect_timeout, ship=ship))
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called: its processes are stopped, or stopping."""
+        return self._closed
+
+    def _repr_html_(self) -> str:
+        return html.cluster_html(self)
+
     def __enter__(self) -> LocalCluster:
         return self
 
@@ -416,6 +439,18 @@ class LocalCluster:
         # Every node is gone: what shared memory the cluster still holds goes too.
         sharing.sweep(self.shared_prefix)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _dashboard_address(dashboard: bool | str | None) -> str | None:
+    """``dashboard=`` as the master's ``--dashboard`` address: True is any free loopback port,
+    which the master picks as it binds; a malformed address is refused here, not as a master
+    that died."""
+    if dashboard is True:
+        return "127.0.0.1:0"
+    if dashboard is None or dashboard is False:
+        return None
+    parse_address(dashboard)
+    return dashboard
 
 
 def _free_loopback_address() -> str:

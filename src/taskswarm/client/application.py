@@ -38,7 +38,7 @@ from ..protocol.messages import (
 from ..protocol.transport import check_address, unreachable_message, unresolvable
 from ..system import system_name
 from ..task import FunctionTask, Task
-from . import shipping
+from . import html, notebook, shipping
 from .handles import SystemHandle, TaskFuture, TaskswarmExecutor
 from .ledger import Ledger, TaskFinished
 from .link import MasterLink
@@ -318,8 +318,14 @@ class Application:
     def run_system(
         self, system: Any, progress: ProgressCallback | None = None, timeout: float | None = None
     ) -> Any:
-        """Send a task system and wait for its result; raises the error it gathered."""
-        return self.submit_system(system, progress).result(timeout)
+        """Send a task system and wait for its result; raises the error it gathered.
+
+        In a notebook (an IPython kernel) the system's progress shows meanwhile, as a table
+        redrawn in place, unless ``progress`` draws it already."""
+        handle = self.submit_system(system, progress)
+        if notebook.shows_progress(progress):
+            return notebook.wait_showing(handle, timeout)
+        return handle.result(timeout)
 
     def system_result(self, system_id: str, timeout: float | None = None) -> Any:
         """The result of a system sent earlier, by any process, waiting for it if needed.
@@ -377,6 +383,9 @@ class Application:
     def close(self) -> None:
         """Stop the I/O thread; Futures still waiting fail with ClientClosed. Safe twice."""
         self._link.close()
+
+    def _repr_html_(self) -> str:
+        return html.application_html(self)
 
     def __enter__(self) -> Application:
         return self

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..inputs import reduce_future
 from ..protocol.pickling import UnpicklableTask
 from ..task import FunctionTask
+from . import html
 from .meter import Meter, ProgressCallback
 from .remote import Remote
 
@@ -63,6 +64,11 @@ class TaskFuture(Future[Any]):
     scattered = False
     #: Its result stayed on its slave (``taskswarm.client.remote``): fetched by ``result()``.
     remote: Remote | None = None
+    #: Its task's name (``Task.name``), for people to read.
+    name = ""
+
+    def _repr_html_(self) -> str:
+        return html.future_html(self)
 
     def result(self, timeout: float | None = None) -> Any:
         value = super().result(timeout)
@@ -186,6 +192,9 @@ class SystemHandle:
         state = "done" if self.done() else f"{self.done_tasks}/{self.total_tasks}"
         name = f" {self.name!r}" if self.name else ""
         return f"<SystemHandle {self.system_id}{name} {state}>"
+
+    def _repr_html_(self) -> str:
+        return html.system_html(self)
 
     # -- the application node's side ------------------------------------------------------------
 

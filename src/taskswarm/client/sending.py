@@ -138,6 +138,7 @@ class Sender:
             raise
         task.client_id = self.client_id
         future = TaskFuture(task.task_id, self._on_cancel, self.client_id)
+        future.name = str(task.name)
         if deps:
             meta.deps = list(deps)
             future.inputs = tuple(deps.values())
@@ -150,6 +151,7 @@ class Sender:
         if collector.deps:  # inputs pinned before the failed one was met
             self._ledger.unpin(list(collector.take()))
         future = TaskFuture(task.task_id, self._on_cancel, self.client_id)
+        future.name = str(task.name)
         self._ledger.end(task, future, dependency_error(task.name, failed.task_id, failed.error))
         return future
 

@@ -111,18 +111,22 @@ def run(args: tuple[str, ...], **settings: Any) -> None:
         if config.master_address:
             if not config.key_file:
                 raise click.UsageError("--master needs --key-file (or TASKSWARM_KEY_FILE)")
-            _check_master(config.master_address, config.key_file)
+            _check_master(config.master_address, config.key_file, config.dashboard)
             address, key_file = config.master_address, config.key_file
             sys.exit(_run_app(target, is_module, node, args, address, key_file, config.no_progress))
         from ..local import LocalCluster
 
-        with LocalCluster(slaves=config.slaves, workers=config.workers) as cluster:
+        with LocalCluster(
+            slaves=config.slaves, workers=config.workers, dashboard=config.dashboard
+        ) as cluster:
             log.info(
                 "embedded cluster: %d slaves x %d workers at %s",
                 cluster.slaves,
                 cluster.workers,
                 cluster.address,
             )
+            if config.dashboard:
+                _say_dashboard(cluster.dashboard_link, cluster.key_file, "the embedded cluster")
             # The program's own connections (ts.connect()) share memory as the cluster does.
             os.environ[SHARED_MEMORY_ENVVAR] = str(cluster.shared_memory or "off")
             code = _run_app(
@@ -134,10 +138,30 @@ def run(args: tuple[str, ...], **settings: Any) -> None:
     sys.exit(code)
 
 
-def _check_master(address: str, key_file: str) -> None:
-    """Fail before the program starts, in one line, when its master does not answer."""
-    with connect(address, key_file, 5.0):
-        pass
+def _check_master(address: str, key_file: str, dashboard: bool = False) -> None:
+    """Fail before the program starts, in one line, when its master does not answer; with
+    ``dashboard``, say where the master's dashboard is."""
+    with connect(address, key_file, 5.0) as app:
+        if dashboard:
+            url = app.status()["master"].get("dashboard")
+            _say_dashboard(url, key_file, f"the master at {address}")
+
+
+def _say_dashboard(url: str | None, key_file: str, whose: str) -> None:
+    """The dashboard's link on stderr (the program's stdout is its own), with the token that
+    allows actions, as `taskswarm status` prints it; or why there is none."""
+    if url is None:
+        click.echo(
+            f"{whose} serves no dashboard (a master serves one with --dashboard HOST:PORT)",
+            err=True,
+        )
+        return
+    from ..protocol.keys import load_keys
+
+    token = load_keys(key_file).dashboard_token()
+    click.echo(
+        f"dashboard: {url}/?token={token} (the token allows actions: keep it private)", err=True
+    )
 
 
 def _run_app(

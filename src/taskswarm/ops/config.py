@@ -405,6 +405,11 @@ class RunConfig:
         "Show no progress of task systems (by default: a bar each on a terminal, a log line "
         "every tenth of the way otherwise, on stderr).",
     )
+    dashboard: bool = setting(
+        False,
+        "Serve the embedded cluster's dashboard on a free loopback port and print its link "
+        "on stderr (with --master: print the link of the master's own, if it serves one).",
+    )
 
 
 # -- what is made from the records -------------------------------------------------------------
