@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -102,6 +103,22 @@ def test_a_system_whose_finished_tasks_push_follow_ups_completes_right(app):
     assert app.run_system(CollatzWalks(starts), timeout=120) == {
         s: collatz_length(s) for s in starts
     }
+
+
+def test_a_systems_result_is_asked_again_on_the_connection_that_received_it(app):
+    # The master lets an outcome go once received; the connection that received it answers
+    # from the handle the program still holds (it asked the master and failed before), and
+    # holds none the program has dropped.
+    handle = app.submit_system(RecursiveSum(100))
+    assert handle.result(timeout=60) == sum(range(100))
+    assert app.system_result(handle.system_id, timeout=30) == sum(range(100))
+    assert app.system_result(handle.system_id[:10], timeout=30) == sum(range(100))
+    system_id = handle.system_id
+    del handle
+    gc.collect()
+    assert system_id not in app._ledger.systems and not app._ledger.ended_system(system_id)
+    with pytest.raises(ts.UnknownTaskSystem, match="collected"):
+        app.system_result(system_id, timeout=30)
 
 
 def test_a_recursive_split_sums_a_range(app):

@@ -341,6 +341,9 @@ class Application:
         looked up with a round trip)."""
         self._link.check_open()
         system_id, name = self._look_up(system_id)
+        ended = self._ledger.ended_system(system_id)
+        if ended is not None:  # received here already: the master has let its outcome go
+            return ended
         handle = self._track_system(system_id, None, name)
         self._link.post(Kind.SYSTEM_QUERY, SystemQuery(system_id=system_id))
         return handle

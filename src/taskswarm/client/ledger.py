@@ -43,7 +43,14 @@ class Ledger:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.tasks: dict[str, Entry] = {}
+        #: The task systems waited for, by id, until their outcome arrives.
         self.systems: dict[str, SystemHandle] = {}
+        #: Handles of systems that ended, while the program refers to them: ``system_result``
+        #: of one finds its outcome here (the master let it go once received). Weak, so the
+        #: ledger holds no outcome the program has dropped: it is bounded by live work.
+        self.ended_systems: weakref.WeakValueDictionary[str, SystemHandle] = (
+            weakref.WeakValueDictionary()
+        )
         #: The systems this connection sent (not those it only waits for): Ctrl-C cancels these.
         self.sent_systems: set[str] = set()
         #: Called as ``(task, result, error)`` after each plain task's Future is resolved.
@@ -358,9 +365,18 @@ class Ledger:
     def system_ended(
         self, system_id: str, result: Any = None, error: BaseException | None = None
     ) -> None:
-        handle = self.systems.get(system_id)
-        if handle is not None:
-            handle.set_outcome(result, error)
+        with self.lock:
+            handle = self.systems.pop(system_id, None)
+            if handle is None:
+                return
+            self.ended_systems[system_id] = handle
+            self.sent_systems.discard(system_id)
+        handle.set_outcome(result, error)
+
+    def ended_system(self, system_id: str) -> SystemHandle | None:
+        """The handle of a system that ended, if the program still refers to it."""
+        with self.lock:
+            return self.ended_systems.get(system_id)
 
     def forget_system(self, system_id: str, handle: SystemHandle) -> None:
         """Stop waiting for a system the master refused (when ``handle`` still stands for it)."""
