@@ -111,12 +111,10 @@ class Holding(ts.TaskSystem):
 
 
 def shown_name(app: ts.Application, system_id: str) -> str:
-    """What the page shows a system as: its name (the class name by default, once the master
-    says it), else its id."""
+    """What the page shows a system as: its name, the class name by default."""
     summary = next(s for s in app.status()["systems"] if s["id"] == system_id)
-    if "name" in summary:
-        assert summary["name"] == "Naps"
-    return str(summary.get("name") or system_id)
+    assert summary["name"] == "Naps"
+    return "Naps"
 
 
 def keep_screenshot(path: Path) -> Path:
