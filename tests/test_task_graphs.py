@@ -434,3 +434,20 @@ def test_a_durable_masters_task_system_snapshots_its_refs(tmp_path):
             seen = app.run_system(Graph(), timeout=60)
     assert seen["sum"][0] == 13 and seen["late"][0] == 103
     assert seen["after-broken"][1:] == ("DependencyError", "ValueError")
+
+
+def test_a_big_result_in_shared_memory_is_read_only_when_asked_for(app):
+    # A graph's intermediate results are mapped as they arrive, not read: the digest and the
+    # unpickling wait for result() (which the graph's application never calls for most).
+    future = app.submit(np.full, 1 << 18, 2.0)  # 2 MiB: in shared memory
+    wait_for(future.done, timeout=30)
+    assert type(future._result) is sharing.Mapped
+    values: list = []
+    threads = [threading.Thread(target=lambda: values.append(future.result())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(values) == 4 and all(value is values[0] for value in values)  # read once
+    assert float(values[0].sum()) == 2.0 * (1 << 18)
+    assert app.submit(total, future).result(timeout=30) == 2.0 * (1 << 18)  # by value now

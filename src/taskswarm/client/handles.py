@@ -17,8 +17,12 @@ from concurrent.futures._base import (
 )
 from typing import TYPE_CHECKING, Any, Protocol
 
+import cloudpickle
+
+from ..errors import BadDigest, TaskError
 from ..inputs import reduce_future
 from ..protocol.pickling import UnpicklableTask
+from ..protocol.sharing import Mapped
 from ..task import FunctionTask
 from . import html
 from .meter import Meter, ProgressCallback
@@ -72,6 +76,8 @@ class TaskFuture(Future[Any]):
 
     def result(self, timeout: float | None = None) -> Any:
         value = super().result(timeout)
+        if type(value) is Mapped:
+            return self._read(value)
         remote = self.remote
         if remote is None or value is not remote:
             return value
@@ -95,6 +101,24 @@ class TaskFuture(Future[Any]):
         from .aio import outcome  # here, not above: asyncio loads only for programs that await
 
         return outcome(self).__await__()
+
+    def _read(self, mapped: Mapped) -> Any:
+        """A result in shared memory, read the first time it is asked for (one read, whoever
+        asks first; the others wait for it and take its value)."""
+        with mapped.lock:
+            if self._result is not mapped:
+                return self._result
+            try:
+                value = mapped.load(cloudpickle.loads)
+            except BadDigest:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a SystemExit from __setstate__ too
+                raise TaskError(
+                    f"the result of task {self.name or self.task_id!r} could not be unpickled "
+                    f"here: {type(exc).__name__}: {exc}"
+                ) from exc
+            self._result = value
+        return value
 
     def cancel(self) -> bool:
         if not self._cancel(running_too=False):

@@ -269,6 +269,17 @@ class Ledger:
                 on_task_finished(task, None, CancelledError())
             return False
         if ok and sharing.is_reference(data):
+            if on_task_finished is None and type(task).finished is Task.finished:
+                # Mapped, not read: read (digest and unpickle) when ``result()`` asks, as a
+                # kept result is fetched; so a graph's intermediate results cost nothing here.
+                try:
+                    lazy = sharing.mapped(bytes(data))
+                except (OSError, ValueError):
+                    pass  # read below, which says what is wrong
+                else:
+                    self._end(task, future, (lazy, None))
+                    self._keep_or_free(task.task_id, bytes(data))
+                    return False
             outcome = load_outcome(ok, data, task.name, free=False)
             self._end(task, future, outcome)
             del outcome  # the caller alone holds the result

@@ -54,6 +54,7 @@ import os
 import pickle
 import re
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -330,6 +331,46 @@ def _valid_name(name: object) -> bool:
 def load(reference: bytes, loads: Callable[..., Any] = pickle.loads) -> Any:
     """Map a reference's segment (copy-on-write) and unpickle from it: out-of-band buffers are
     views of the mapping, which lives as long as any object built on it."""
+    return mapped(reference).load(loads)
+
+
+class Mapped:
+    """A segment mapped but not read yet: a result its application has not asked for.
+
+    Mapping costs a system call; reading (the digest over every page, then unpickling) costs
+    a pass over the bytes, which a program that never asks for an intermediate result should
+    not pay. The mapping outlives the segment's name, so the name can be freed at once."""
+
+    __slots__ = ("digest", "length", "lock", "mapping", "name", "spans")
+
+    def __init__(
+        self, mapping: mmap.mmap, name: str, length: int, spans: list[list[int]], digest: bytes
+    ) -> None:
+        self.mapping, self.name, self.length, self.spans, self.digest = (
+            mapping,
+            name,
+            length,
+            spans,
+            digest,
+        )
+        #: Held while it is read: one read, whoever asks first (``TaskFuture.result``).
+        self.lock = threading.Lock()
+
+    def load(self, loads: Callable[..., Any] = pickle.loads) -> Any:
+        """Check the bytes against the reference's digest, then unpickle them."""
+        view = memoryview(self.mapping)
+        if _digest([view]) != self.digest:
+            raise BadDigest(
+                f"shared memory segment {self.name!r} ({len(view)} bytes) does not match the "
+                "digest its reference carries (changed since it was written): refused, not "
+                "unpickled"
+            )
+        length = self.length
+        return loads(view[:length], buffers=[view[start : start + n] for start, n in self.spans])
+
+
+def mapped(reference: bytes) -> Mapped:
+    """Map a reference's segment (copy-on-write), reading nothing yet."""
     name, size, length, spans, digest = _parse(reference)
     try:
         fd = os.open(os.path.join(DIRECTORY, name), os.O_RDONLY | os.O_CLOEXEC)
@@ -347,13 +388,7 @@ def load(reference: bytes, loads: Callable[..., Any] = pickle.loads) -> Any:
         mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
     finally:
         os.close(fd)
-    view = memoryview(mapping)
-    if _digest([view]) != digest:
-        raise BadDigest(
-            f"shared memory segment {name!r} ({size} bytes) does not match the digest its "
-            "reference carries (changed since it was written): refused, not unpickled"
-        )
-    return loads(view[:length], buffers=[view[start : start + n] for start, n in spans])
+    return Mapped(mapping, name, length, spans, digest)
 
 
 def weight(payload: Any) -> int:
