@@ -236,11 +236,12 @@ def test_cancelling_run_system_cancels_the_system_on_the_master(shared, tmp_path
             running = asyncio.ensure_future(aapp.run_system(system))
             ledger = aapp.app._ledger
             await until(lambda: system.system_id in ledger.systems)
+            handle = ledger.systems[system.system_id]  # the ledger lets it go once it ends
             running.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await running
             with pytest.raises(ts.TaskSystemError):
-                await aapp.system_result(ledger.systems[system.system_id])
+                await aapp.system_result(handle)
 
     try:
         asyncio.run(main())

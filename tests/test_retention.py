@@ -177,12 +177,15 @@ def test_a_collected_systems_result_and_journal_rows_are_let_go(nodes, key_file,
         # Confirmed on receipt: the outcome and its journal row go at once.
         wait_for(lambda: app.status()["master"]["kept"]["uncollected_bytes"] == 0)
         assert journal_rows(state, "systems") == 0
-        # Asked again: the master says what became of it.
-        with pytest.raises(ts.UnknownTaskSystem, match="was collected"):
-            app.system_result(handle.system_id, timeout=10)
-        wait_for(lambda: app.status()["master"]["kept"]["systems"] == 0)
-        with pytest.raises(ts.UnknownTaskSystem, match="was collected"):
-            app.system_result(handle.system_id, timeout=10)
+        # Asked again here, the handle still held: its outcome, from the handle.
+        assert app.system_result(handle.system_id, timeout=10) == b"\x07" * (1 << 20)
+        # Asked by another connection: the master says what became of it.
+        with cluster.connect() as other:
+            with pytest.raises(ts.UnknownTaskSystem, match="was collected"):
+                other.system_result(handle.system_id, timeout=10)
+            wait_for(lambda: app.status()["master"]["kept"]["systems"] == 0)
+            with pytest.raises(ts.UnknownTaskSystem, match="was collected"):
+                other.system_result(handle.system_id, timeout=10)
 
 
 def detached_blobs(cluster: Cluster, tmp_path: Path, size: int, count: int) -> list[tuple]:
