@@ -4,7 +4,10 @@ Each live system has a ``SystemRunner`` thread (``master.runner``); this table l
 master's loop thread and is the only place that creates, journals and retires them. Runners talk
 back through the master's mailbox: ``Push`` (tasks, with a snapshot when durable), ``Progress``
 and ``Done`` (``taskswarm.master.edges``). The table knows the rest of the master only by what
-it is given: the scheduler, the journal, how to post to the loop, send and cancel on slaves.
+it is given: the scheduler, the journal, how to post to the loop, send and cancel on slaves,
+and the dependency table, where a system's tasks that take its other tasks' results
+(``ResultRef``) wait for them, and which sends a runner back a task whose input's outcome
+was already on its way to it (``RESEND``: ``taskswarm.inputs``).
 
 A completed system's outcome is kept (in memory and in the journal) until it is *collected*: an
 application that received it in SYSTEM_DONE confirms with ``RESULTS_ACK {"systems": [id]}``,
@@ -115,7 +118,7 @@ class SystemTable:
         journal: Journal | NullJournal,
         send: Send,
         *,
-        dependencies: DependencyTable | None = None,
+        dependencies: DependencyTable,
         tell_application: Callable[[str, Header], None],
         cancel_on_slaves: Callable[[list[TaskRecord], bool], None],
         cluster_info: Callable[[], dict[str, int]],
@@ -126,7 +129,7 @@ class SystemTable:
         self.scheduler = scheduler
         self.journal = journal
         #: Where tasks that take other tasks' results wait for them.
-        self.dependencies = dependencies or DependencyTable(scheduler, send)
+        self.dependencies = dependencies
         self.send = send
         #: Send to an application by its id (if it is connected).
         self.tell_application = tell_application
