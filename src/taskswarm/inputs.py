@@ -165,7 +165,7 @@ class ResultRef:
 def _revive(task_id: str, system_id: str, name: str, outcome: tuple[Any, Any] | None) -> ResultRef:
     ref = ResultRef(task_id, system_id, name)
     ref.outcome = outcome
-    register = _local.refs
+    register = _local.revive
     if register is not None and outcome is None:
         register(ref)
     return ref
@@ -211,7 +211,7 @@ class SystemCollector:
 class _Local(threading.local):
     collector: Collector | SystemCollector | None = None
     #: While a runner unpickles its system's snapshot: where the refs in it are registered.
-    refs: Callable[[ResultRef], None] | None = None
+    revive: Callable[[ResultRef], None] | None = None
 
 
 _local = _Local()
@@ -226,11 +226,11 @@ def collect(active: Collector | SystemCollector | None) -> Collector | SystemCol
 @contextlib.contextmanager
 def reviving(register: Callable[[ResultRef], None]) -> Iterator[None]:
     """While a runner unpickles its system's snapshot: each pending ref in it is registered."""
-    before, _local.refs = _local.refs, register
+    before, _local.revive = _local.revive, register
     try:
         yield
     finally:
-        _local.refs = before
+        _local.revive = before
 
 
 def reduce_future(future: Any) -> tuple[Any, ...]:

@@ -103,19 +103,19 @@ class DependencyTable:
                 ready.append(task)
                 continue
             missing: set[str] = set()
-            broken: Outcome | None = None
+            broken = False
             for dep in task.deps:
                 found = self._look_up(dep, client_id, batch, kept)
                 if found is _MISSING:
                     missing.add(dep)
                 elif found is not _HELD:
-                    broken = _failed(task, dep, found)
+                    broken = True
                     break
-            if broken is not None:
+            if broken:  # ``dep`` cannot be had: why is ``found``
                 if resend is not None:
                     resend.append((task, dep))
-                    continue
-                failed.append(broken)
+                else:
+                    failed.append(_failed(task, dep, found))
                 continue
             for dep in task.deps:
                 self.dependents.setdefault(dep, set()).add(task.task_id)

@@ -346,13 +346,8 @@ class Mapped:
     def __init__(
         self, mapping: mmap.mmap, name: str, length: int, spans: list[list[int]], digest: bytes
     ) -> None:
-        self.mapping, self.name, self.length, self.spans, self.digest = (
-            mapping,
-            name,
-            length,
-            spans,
-            digest,
-        )
+        self.mapping, self.name, self.digest = mapping, name, digest
+        self.length, self.spans = length, spans
         #: Held while it is read: one read, whoever asks first (``TaskFuture.result``).
         self.lock = threading.Lock()
 
